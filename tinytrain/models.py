@@ -1,0 +1,158 @@
+"""Small models for multichannel sensor windows (ECG, PPG, motion).
+
+Both models are ordered input -> output and expose their parameters in named
+*groups* (one per layer: ``stem``, ``block2`` ... ``head``). A sparse subset is a
+set of parameter-tensor names; the groups give the vocabulary a subset is
+written in, and their order is what the nested subset ladder walks backwards.
+
+The CNN is shaped the way MCUNet-style on-device training expects: early layers
+have long feature maps (large activations, few parameters), late layers have
+short maps. Training only the late layers is therefore cheap in memory, which is
+the property FTTE's memory-sized subsets rely on.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+Params = dict[str, np.ndarray]
+
+
+class ModelKind(enum.StrEnum):
+    CNN = "cnn"
+    MLP = "mlp"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    kind: ModelKind = ModelKind.CNN
+    in_channels: int = 3
+    window: int = 500
+    num_classes: int = 4
+    width: int = 16
+
+    def __post_init__(self) -> None:
+        for name in ("in_channels", "window", "num_classes", "width"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ModelConfig.{name} must be >= 1")
+        if self.kind is ModelKind.CNN and self.window < 64:
+            raise ValueError("the CNN needs windows of at least 64 samples")
+
+
+class _ConvBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, *, kernel: int, pool: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(cin, cout, kernel, padding=kernel // 2)
+        self.act = nn.ReLU()
+        self.pool = nn.MaxPool1d(pool) if pool > 1 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.act(self.conv(x)))
+
+
+class SensorCNN(nn.Module):
+    """1-D CNN: stem -> block2 -> block3 -> block4 -> global average -> head."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        w = config.width
+        self.stem = _ConvBlock(config.in_channels, w, kernel=7, pool=4)
+        self.block2 = _ConvBlock(w, 2 * w, kernel=7, pool=4)
+        self.block3 = _ConvBlock(2 * w, 4 * w, kernel=7, pool=2)
+        self.block4 = _ConvBlock(4 * w, 2 * w, kernel=3, pool=1)
+        self.head = nn.Linear(2 * w, config.num_classes)
+
+    def layers(self) -> list[tuple[str, nn.Module]]:
+        return [
+            ("stem", self.stem),
+            ("block2", self.block2),
+            ("block3", self.block3),
+            ("block4", self.block4),
+            ("pool", _GlobalAvgPool()),
+            ("head", self.head),
+        ]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for _, layer in self.layers():
+            x = layer(x)
+        return x
+
+
+class _GlobalAvgPool(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=-1)
+
+
+class SensorMLP(nn.Module):
+    """MLP on a flattened, 4x-downsampled window: a baseline for tiny devices."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        d_in = config.in_channels * (config.window // 4)
+        h = 8 * config.width
+        self.stem = nn.Sequential(nn.AvgPool1d(4), nn.Flatten(), nn.Linear(d_in, h), nn.ReLU())
+        self.block2 = nn.Sequential(nn.Linear(h, h // 2), nn.ReLU())
+        self.head = nn.Linear(h // 2, config.num_classes)
+
+    def layers(self) -> list[tuple[str, nn.Module]]:
+        return [("stem", self.stem), ("block2", self.block2), ("head", self.head)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for _, layer in self.layers():
+            x = layer(x)
+        return x
+
+
+def build_model(config: ModelConfig, *, seed: int) -> SensorCNN | SensorMLP:
+    """Build a model with deterministic initial weights (the seed is explicit)."""
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        model = SensorCNN(config) if config.kind is ModelKind.CNN else SensorMLP(config)
+    finally:
+        torch.random.set_rng_state(generator_state)
+    return model
+
+
+def parameter_groups(model: SensorCNN | SensorMLP) -> OrderedDict[str, tuple[str, ...]]:
+    """Layer name -> names of its parameter tensors, in forward order."""
+    groups: OrderedDict[str, tuple[str, ...]] = OrderedDict()
+    for layer_name, layer in model.layers():
+        names = tuple(f"{layer_name}.{n}" for n, _ in layer.named_parameters())
+        if names:
+            groups[layer_name] = names
+    return groups
+
+
+def get_params(model: nn.Module) -> Params:
+    """A detached float32 numpy copy of every parameter, in model order."""
+    return {
+        n: p.detach().cpu().numpy().astype(np.float32, copy=True)
+        for n, p in model.named_parameters()
+    }
+
+
+def set_params(model: nn.Module, params: Params, *, strict: bool = True) -> None:
+    """Load ``params`` into ``model``; with ``strict`` every parameter must be given."""
+    own = dict(model.named_parameters())
+    unknown = set(params) - set(own)
+    if unknown:
+        raise KeyError(f"unknown parameter names: {sorted(unknown)}")
+    if strict and set(own) - set(params):
+        raise KeyError(f"missing parameter names: {sorted(set(own) - set(params))}")
+    with torch.no_grad():
+        for name, value in params.items():
+            target = own[name]
+            if tuple(value.shape) != tuple(target.shape):
+                raise ValueError(f"{name}: shape {value.shape} != {tuple(target.shape)}")
+            target.copy_(torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32)))
+
+
+def param_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    return {n: tuple(p.shape) for n, p in model.named_parameters()}
