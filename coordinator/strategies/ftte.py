@@ -1,0 +1,96 @@
+"""FTTE's semi-asynchronous merge, with our documented weighting.
+
+Buffer ``K`` updates (each trained on a sparse subset) and merge them with
+weights from their *age* and the *variance* of their update::
+
+    q_i   = mean squared value of Delta_i per trained coordinate
+    r_i   = q_i / median_j q_j                  (relative update energy in the buffer)
+    s_i   = (1 + tau_i) ^ -a                    (age: server versions since the base)
+    g_i   = 1 / (1 + beta * max(0, r_i - 1))    (variance: damp unusually energetic updates)
+    w_i   = n_i * s_i * g_i                      (n_i = samples, optional)
+    Delta = sum_i w_i Delta_i / sum_{i trained it} w_i     (per tensor)
+    w    <- w + eta_g * Delta
+
+Why these terms: age, because a stale delta was computed against a model that
+has since moved; variance, because updates far larger than their peers in the
+same buffer come from tiny or skewed local sets, divergent local runs or very
+stale bases, and averaging them in at full weight costs accuracy on non-IID
+fleets. The variance statistic is one scalar per update, reported by the device
+(``update_msq``) so it also works under secure aggregation, where it is exactly
+what the server learns about an individual update. ``bench/ablation`` measures
+what each term earns (a = 0 or beta = 0 switches it off).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from ..errors import StrategyConfigError
+from .base import ClientUpdate, Params, Schedule, Strategy, StrategyName, apply_step, weighted_mean
+
+
+class FTTE(Strategy):
+    name = StrategyName.FTTE
+    schedule = Schedule.BUFFERED
+
+    def __init__(
+        self,
+        *,
+        shapes: Mapping[str, tuple[int, ...]],
+        buffer_size: int,
+        server_lr: float = 1.0,
+        staleness_exponent: float = 0.5,
+        variance_beta: float = 1.0,
+        sample_weighting: bool = True,
+        max_staleness: int | None = None,
+    ) -> None:
+        super().__init__(shapes=shapes, max_staleness=max_staleness)
+        if buffer_size < 1:
+            raise StrategyConfigError("buffer_size must be >= 1")
+        if not server_lr > 0:
+            raise StrategyConfigError("server_lr must be > 0")
+        if staleness_exponent < 0 or variance_beta < 0:
+            raise StrategyConfigError("staleness_exponent and variance_beta must be >= 0")
+        self.buffer_size = buffer_size
+        self.server_lr = server_lr
+        self.staleness_exponent = staleness_exponent
+        self.variance_beta = variance_beta
+        self.sample_weighting = sample_weighting
+
+    def ready(self) -> bool:
+        return self.pending >= self.buffer_size
+
+    def weights(self, buffer: list[ClientUpdate], staleness: tuple[int, ...]) -> list[float]:
+        q = np.array([u.mean_square() for u in buffer], dtype=np.float64)
+        median = float(np.median(q))
+        r = q / median if median > 0 else np.ones_like(q)
+        weights = []
+        for update, tau, ratio in zip(buffer, staleness, r, strict=True):
+            s = (1.0 + tau) ** -self.staleness_exponent
+            g = 1.0 / (1.0 + self.variance_beta * max(0.0, float(ratio) - 1.0))
+            n = float(update.num_samples) if self.sample_weighting else 1.0
+            weights.append(n * s * g)
+        return weights
+
+    def _merge(
+        self,
+        params: Mapping[str, np.ndarray],
+        buffer: list[ClientUpdate],
+        staleness: tuple[int, ...],
+    ) -> tuple[Params, list[float], dict[str, int]]:
+        weights = self.weights(buffer, staleness)
+        mean, coverage = weighted_mean(buffer, weights)
+        return apply_step(params, mean, lr=self.server_lr), weights, coverage
+
+    def config(self) -> dict[str, Any]:
+        return {
+            **super().config(),
+            "buffer_size": self.buffer_size,
+            "server_lr": self.server_lr,
+            "staleness_exponent": self.staleness_exponent,
+            "variance_beta": self.variance_beta,
+            "sample_weighting": self.sample_weighting,
+        }
