@@ -1,0 +1,332 @@
+"""The coordinator's engine: tasks out, updates in, merges, events for audit.
+
+The engine is the one place where a study's state lives (model, version,
+devices, tasks in flight, the strategy's buffer). It never does I/O and never
+reads a clock: callers pass ``now`` (seconds; virtual in the simulator, wall
+time in the live service) and get back plain objects to send or record. Every
+decision is also emitted as an ``EngineEvent`` to the listeners (audit log,
+metrics, persistence), so the simulator and the live coordinator produce the
+same audit trail.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from tinytrain.subsets import SubsetSpec
+
+from .errors import CoordinatorError, RejectReason, UpdateRejected
+from .planning import SubsetPlanner
+from .strategies import ClientUpdate, FedAvg, MergeResult, Schedule, Strategy
+
+Params = dict[str, np.ndarray]
+
+
+class DeviceState(enum.StrEnum):
+    IDLE = "idle"
+    BUSY = "busy"
+    OFFLINE = "offline"
+    REVOKED = "revoked"
+    EXHAUSTED = "exhausted"  # privacy budget spent: never scheduled again
+
+
+@dataclass(kw_only=True)
+class Device:
+    device_id: str
+    device_class: str
+    memory_bytes: int
+    state: DeviceState = DeviceState.IDLE
+    held_version: int = -1  # last model version the device fully holds
+    completed: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskOrder:
+    """What the transport sends to a device: a task plus the tensors it lacks."""
+
+    task_id: str
+    device_id: str
+    model_version: int
+    subset: SubsetSpec
+    download: tuple[str, ...]  # tensor names the device must receive
+    issued_at: float
+    round_id: int | None = None
+
+
+class EventKind(enum.StrEnum):
+    TASK_DISPATCHED = "task_dispatched"
+    TASK_FAILED = "task_failed"
+    UPDATE_ACCEPTED = "update_accepted"
+    UPDATE_REJECTED = "update_rejected"
+    MODEL_MERGED = "model_merged"
+    DEVICE_ENROLLED = "device_enrolled"
+    DEVICE_STATE = "device_state"
+
+
+@dataclass(frozen=True)
+class EngineEvent:
+    kind: EventKind
+    at: float
+    details: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class SubmitOutcome:
+    accepted: bool
+    reason: RejectReason | None = None
+    merge: MergeResult | None = None
+
+
+@dataclass(kw_only=True)
+class EngineStats:
+    dispatched: int = 0
+    accepted: int = 0
+    merges: int = 0
+    failed: int = 0
+    rejected: Counter = field(default_factory=Counter)
+
+
+class Engine:
+    def __init__(
+        self,
+        *,
+        params: Params,
+        strategy: Strategy,
+        planner: SubsetPlanner,
+        concurrency: int,
+        rng: random.Random,
+        listeners: tuple[Callable[[EngineEvent], None], ...] = (),
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be >= 1")
+        self.params: Params = {n: v.astype(np.float32, copy=True) for n, v in params.items()}
+        self.version = 0
+        self.strategy = strategy
+        self.planner = planner
+        self.concurrency = concurrency
+        self.rng = rng
+        self.listeners = list(listeners)
+        self.devices: dict[str, Device] = {}
+        self.tasks: dict[str, TaskOrder] = {}
+        self.stats = EngineStats()
+        self._task_counter = 0
+        self._round = 0
+        self._round_open = False
+        self._changed_at: dict[str, int] = dict.fromkeys(self.params, 0)
+        self._versions: dict[int, Params] = {0: self.params}
+
+    # -- devices -----------------------------------------------------------
+    def enrol(self, device_id: str, *, device_class: str, memory_bytes: int, now: float) -> Device:
+        if device_id in self.devices:
+            raise CoordinatorError(f"device {device_id} is already enrolled")
+        device = Device(device_id=device_id, device_class=device_class, memory_bytes=memory_bytes)
+        self.devices[device_id] = device
+        self._emit(EventKind.DEVICE_ENROLLED, now, device_id=device_id, device_class=device_class)
+        return device
+
+    def set_device_state(
+        self, device_id: str, state: DeviceState, *, now: float, reason: str = ""
+    ) -> None:
+        device = self.devices[device_id]
+        if (
+            device.state in (DeviceState.REVOKED, DeviceState.EXHAUSTED)
+            and state is not device.state
+        ):
+            return  # terminal states stick
+        device.state = state
+        self._emit(
+            EventKind.DEVICE_STATE, now, device_id=device_id, state=state.value, reason=reason
+        )
+
+    def subset_for(self, device: Device) -> SubsetSpec:
+        return self.planner.subset_for(
+            device.memory_bytes, fleet_memory=(d.memory_bytes for d in self.devices.values())
+        )
+
+    # -- dispatch ----------------------------------------------------------
+    def in_flight(self) -> int:
+        return len(self.tasks)
+
+    def dispatch(
+        self, *, now: float, eligible: Callable[[Device], bool] = lambda d: True
+    ) -> list[TaskOrder]:
+        """Tasks to send now: a whole cohort (synchronous) or top-ups to ``concurrency``."""
+        idle = [d for d in self.devices.values() if d.state is DeviceState.IDLE and eligible(d)]
+        if self.strategy.schedule is Schedule.SYNCHRONOUS:
+            if self._round_open or not idle:
+                return []
+            chosen = self.rng.sample(idle, min(self.concurrency, len(idle)))
+        else:
+            room = self.concurrency - self.in_flight()
+            if room <= 0 or not idle:
+                return []
+            chosen = self.rng.sample(idle, min(room, len(idle)))
+        orders = [self._make_task(d, now=now) for d in chosen]
+        if self.strategy.schedule is Schedule.SYNCHRONOUS:
+            self._round += 1
+            self._round_open = True
+            self._fedavg().begin_round(o.task_id for o in orders)
+        return orders
+
+    def _fedavg(self) -> FedAvg:
+        if not isinstance(self.strategy, FedAvg):
+            raise CoordinatorError("synchronous schedule requires a FedAvg strategy")
+        return self.strategy
+
+    def _make_task(self, device: Device, *, now: float) -> TaskOrder:
+        self._task_counter += 1
+        subset = self.subset_for(device)
+        download = tuple(n for n, v in self._changed_at.items() if v > device.held_version)
+        order = TaskOrder(
+            task_id=f"t{self._task_counter:07d}",
+            device_id=device.device_id,
+            model_version=self.version,
+            subset=subset,
+            download=download,
+            issued_at=now,
+            round_id=self._round + 1 if self.strategy.schedule is Schedule.SYNCHRONOUS else None,
+        )
+        self.tasks[order.task_id] = order
+        device.state = DeviceState.BUSY
+        device.held_version = self.version
+        self.stats.dispatched += 1
+        self._emit(
+            EventKind.TASK_DISPATCHED,
+            now,
+            task_id=order.task_id,
+            device_id=device.device_id,
+            model_version=self.version,
+            subset_id=subset.subset_id,
+            tier=subset.tier,
+        )
+        return order
+
+    def base_params(self, version: int) -> Params:
+        return self._versions[version]
+
+    # -- results -----------------------------------------------------------
+    def task_failed(self, task_id: str, *, now: float, reason: str) -> None:
+        """A device dropped or missed its deadline: free it, close its slot."""
+        order = self.tasks.pop(task_id, None)
+        if order is None:
+            return
+        self.stats.failed += 1
+        device = self.devices[order.device_id]
+        if device.state is DeviceState.BUSY:
+            device.state = DeviceState.IDLE
+        if self.strategy.schedule is Schedule.SYNCHRONOUS:
+            fedavg = self._fedavg()
+            fedavg.mark_dropped(task_id)
+            self._maybe_close_round(now)
+        self._emit(
+            EventKind.TASK_FAILED, now, task_id=task_id, device_id=order.device_id, reason=reason
+        )
+        self._prune_versions()
+
+    def submit(self, update: ClientUpdate, *, now: float) -> SubmitOutcome:
+        order = self.tasks.get(update.task_id)
+        try:
+            if order is None:
+                raise UpdateRejected(RejectReason.UNKNOWN_TASK, update.task_id)
+            if order.device_id != update.device_id:
+                raise UpdateRejected(RejectReason.UNKNOWN_TASK, "task belongs to another device")
+            if update.subset_id != order.subset.subset_id or set(update.delta) != set(
+                order.subset.names
+            ):
+                raise UpdateRejected(RejectReason.WRONG_SUBSET, update.subset_id)
+            if update.base_version != order.model_version:
+                raise UpdateRejected(RejectReason.MALFORMED, "base version differs from the task's")
+            if self.strategy.needs_base_params:
+                update = _with_base(update, self._versions[order.model_version])
+            self.strategy.accept(update, server_version=self.version)
+        except UpdateRejected as exc:
+            self.stats.rejected[exc.reason] += 1
+            self._emit(
+                EventKind.UPDATE_REJECTED,
+                now,
+                task_id=update.task_id,
+                device_id=update.device_id,
+                reason=exc.reason.value,
+                detail=exc.detail[:200],
+            )
+            if order is not None and order.device_id == update.device_id:
+                self.task_failed(update.task_id, now=now, reason=f"rejected:{exc.reason.value}")
+            return SubmitOutcome(accepted=False, reason=exc.reason)
+        del self.tasks[update.task_id]
+        device = self.devices[update.device_id]
+        device.completed += 1
+        if device.state is DeviceState.BUSY:
+            device.state = DeviceState.IDLE
+        self.stats.accepted += 1
+        self._emit(
+            EventKind.UPDATE_ACCEPTED,
+            now,
+            task_id=update.task_id,
+            device_id=update.device_id,
+            base_version=update.base_version,
+            staleness=self.version - update.base_version,
+            num_samples=update.num_samples,
+        )
+        merge = self._maybe_merge(now)
+        return SubmitOutcome(accepted=True, merge=merge)
+
+    def _maybe_merge(self, now: float) -> MergeResult | None:
+        if self.strategy.schedule is Schedule.SYNCHRONOUS:
+            return self._maybe_close_round(now)
+        if not self.strategy.ready():
+            return None
+        return self._merge(now)
+
+    def _maybe_close_round(self, now: float) -> MergeResult | None:
+        fedavg = self._fedavg()
+        if not fedavg.round_closed:
+            return None
+        self._round_open = False
+        if not fedavg.ready():
+            fedavg.abandon_round()
+            return None
+        return self._merge(now)
+
+    def _merge(self, now: float) -> MergeResult:
+        parent = self.version
+        result = self.strategy.aggregate(self.params, server_version=self.version)
+        self.version += 1
+        for name in result.coverage:
+            self._changed_at[name] = self.version
+        self.params = result.params
+        self._versions[self.version] = self.params
+        self.stats.merges += 1
+        self._prune_versions()
+        self._emit(
+            EventKind.MODEL_MERGED,
+            now,
+            version=self.version,
+            parent=parent,
+            strategy=self.strategy.name.value,
+            task_ids=list(result.task_ids),
+            staleness_max=max(result.staleness, default=0),
+        )
+        return result
+
+    def _prune_versions(self) -> None:
+        """Keep only versions still referenced by a task in flight (and the current)."""
+        live = {o.model_version for o in self.tasks.values()} | {self.version}
+        for v in list(self._versions):
+            if v not in live:
+                del self._versions[v]
+
+    def _emit(self, kind: EventKind, at: float, **details: Any) -> None:
+        event = EngineEvent(kind=kind, at=at, details=details)
+        for listener in self.listeners:
+            listener(event)
+
+
+def _with_base(update: ClientUpdate, base: Params) -> ClientUpdate:
+    return replace(update, base_params=base)
