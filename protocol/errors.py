@@ -1,0 +1,57 @@
+"""Errors raised by the wire protocol.
+
+Everything that arrives from the network is untrusted, so every failure to
+understand it must surface as one catchable family instead of whatever
+``struct``/``numpy``/``json`` happened to raise. Callers (the coordinator
+bridge, the edge agent) catch :class:`ProtocolError`, drop the message and
+audit it; they never have to guess which low-level exception a forged
+payload might trigger.
+
+Hierarchy::
+
+    ProtocolError            base class for everything below
+    ├── DecodeError          bytes that are not a valid message/tensor payload
+    ├── EncodeError          a local value that cannot be put on the wire
+    ├── MessageTooLarge      above the configured per-message byte limit
+    ├── UnsupportedVersion   valid framing, but a protocol/format version we do not speak
+    ├── ChunkError           a chunk that is malformed or inconsistent with its siblings
+    └── TransportError       the transport could not connect/publish/subscribe
+
+Validation is always done with explicit ``raise``; ``assert`` disappears
+under ``python -O`` and must never guard untrusted input.
+"""
+
+from __future__ import annotations
+
+
+class ProtocolError(Exception):
+    """Base class of every error raised by :mod:`protocol`."""
+
+
+class DecodeError(ProtocolError):
+    """Received bytes are malformed, truncated, corrupted or forged."""
+
+
+class EncodeError(ProtocolError):
+    """A local value cannot be encoded (unsupported dtype, bad name, ...).
+
+    This is a programming error on the sending side, kept separate from
+    :class:`DecodeError` so receivers never confuse their own bugs with
+    hostile input.
+    """
+
+
+class MessageTooLarge(ProtocolError):
+    """A message exceeds the configured per-message size limit."""
+
+
+class UnsupportedVersion(ProtocolError):
+    """The peer speaks a protocol or format version this build does not."""
+
+
+class ChunkError(ProtocolError):
+    """A chunk is malformed, corrupted or inconsistent with its message."""
+
+
+class TransportError(ProtocolError):
+    """The transport failed (not connected, broker refused, timeout, ...)."""

@@ -1,0 +1,407 @@
+"""Versioned wire contract between coordinator and devices.
+
+Why pydantic in strict mode: the coordinator's decisions (privacy budget,
+staleness weights, audit records) are computed from these fields, so a
+value that is merely "coercible" is a bug or an attack. Strict mode
+rejects ``true`` where a number is expected, ``"3"`` where an int is,
+and ``allow_inf_nan=False`` rejects NaN/Infinity, which JSON parsers
+otherwise let through. ``extra="forbid"`` makes a typo or a field from a
+newer protocol a loud error instead of silently dropped data; ``frozen``
+means a validated message cannot be mutated afterwards.
+
+Every message carries ``protocol_version`` (only :data:`PROTOCOL_VERSION`
+is accepted; others raise :class:`~protocol.errors.UnsupportedVersion`
+from :func:`decode_frame`) and a ``kind`` discriminator so any header can
+be parsed with :data:`MESSAGE_ADAPTER` without knowing its type first.
+
+In Python code, enum fields take enum members and sequence fields take
+tuples (strict mode); on the wire they are JSON strings and arrays.
+``bytes`` fields are base64 in JSON (URL-safe alphabet on output, both
+alphabets accepted on input).
+
+Frames put a JSON header and an optional tensor payload
+(:mod:`protocol.codec`) in one binary message::
+
+    magic       4 bytes  b"FWFR"
+    version     u8       FRAME_VERSION
+    flags       u8       must be 0 (reserved)
+    header_len  u32      1..MAX_HEADER_BYTES
+    header      header_len bytes of UTF-8 JSON (one message)
+    crc         u32      zlib.crc32 of everything above (prefix + header)
+    payload     the rest: empty, or a tensor payload with its own CRC
+
+The prefix layout and the CRC position are frozen across frame versions,
+so the CRC is checked before the version: a corrupted version byte is a
+:class:`~protocol.errors.DecodeError`, only an intact frame of another
+version is :class:`~protocol.errors.UnsupportedVersion`.
+
+Only :data:`TENSOR_KINDS` may carry tensors, and a ``ModelDownload``'s
+``names`` must list the payload's tensors in order, so a header can never
+describe different tensors than the ones it travels with.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from collections.abc import Mapping
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from protocol.codec import MAX_NAME_BYTES, decode_tensors, encode_tensors, tensor_bytes
+from protocol.errors import DecodeError, EncodeError, MessageTooLarge, UnsupportedVersion
+from protocol.ids import Id
+
+PROTOCOL_VERSION = 1
+FRAME_VERSION = 1
+FRAME_MAGIC = b"FWFR"
+DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+MAX_HEADER_BYTES = 64 * 1024
+MAX_TEXT_CHARS = 1024
+
+
+class MessageKind(StrEnum):
+    """Discriminator of every wire message."""
+
+    ENROL = "enrol"
+    ENROL_ACK = "enrol_ack"
+    TASK = "task"
+    MODEL_DOWNLOAD = "model_download"
+    UPDATE = "update"
+    ACK = "ack"
+    HEARTBEAT = "heartbeat"
+    ERROR = "error"
+
+
+class DeviceClass(StrEnum):
+    WEARABLE = "wearable"
+    PHONE = "phone"
+    GATEWAY = "gateway"
+
+
+class AckStatus(StrEnum):
+    MERGED = "merged"
+    BUFFERED = "buffered"
+    REJECTED = "rejected"
+
+
+class Accountant(StrEnum):
+    """Privacy accountant (Opacus names). GDP can underestimate epsilon."""
+
+    RDP = "rdp"
+    PRV = "prv"
+    GDP = "gdp"
+
+
+class DeviceStatus(StrEnum):
+    IDLE = "idle"
+    TRAINING = "training"
+    UPLOADING = "uploading"
+    BUSY = "busy"
+    SHUTTING_DOWN = "shutting_down"
+
+
+class ErrorCode(StrEnum):
+    MALFORMED = "malformed"
+    UNSUPPORTED_VERSION = "unsupported_version"
+    TOO_LARGE = "too_large"
+    NOT_ENROLLED = "not_enrolled"
+    UNAUTHORIZED = "unauthorized"
+    UNKNOWN_TASK = "unknown_task"
+    STALE = "stale"
+    BUDGET_EXHAUSTED = "budget_exhausted"
+    INTERNAL = "internal"
+
+
+def _name_fits_codec(name: str) -> str:
+    if len(name.encode("utf-8")) > MAX_NAME_BYTES:  # surrogates raise ValueError too
+        raise ValueError(f"tensor name longer than {MAX_NAME_BYTES} UTF-8 bytes")
+    return name
+
+
+def _unique(names: tuple[str, ...]) -> tuple[str, ...]:
+    if len(set(names)) != len(names):
+        raise ValueError("tensor names must be unique")
+    return names
+
+
+TensorName = Annotated[str, Field(min_length=1), AfterValidator(_name_fits_codec)]
+TensorNames = Annotated[tuple[TensorName, ...], AfterValidator(_unique)]
+Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
+Probability = Annotated[float, Field(gt=0.0, lt=1.0)]
+SampleRate = Annotated[float, Field(gt=0.0, le=1.0)]
+NonNegFloat = Annotated[float, Field(ge=0.0)]
+PosFloat = Annotated[float, Field(gt=0.0)]
+NonNegInt = Annotated[int, Field(ge=0)]
+PosInt = Annotated[int, Field(gt=0)]
+PublicKey = Annotated[bytes, Field(min_length=32, max_length=32)]
+
+
+class WireModel(BaseModel):
+    """Common strict configuration of everything that goes on the wire."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        frozen=True,
+        allow_inf_nan=False,
+        ser_json_bytes="base64",
+        val_json_bytes="base64",
+    )
+
+
+class WireMessage(WireModel):
+    """Base of top-level messages: versioned and self-describing."""
+
+    # A strict int, not Literal[1]: Literal would accept True and 1.0.
+    protocol_version: Annotated[int, Field(ge=PROTOCOL_VERSION, le=PROTOCOL_VERSION)] = (
+        PROTOCOL_VERSION
+    )
+
+
+class DpParams(WireModel):
+    """DP-SGD parameters a task imposes on the device (sample-level DP)."""
+
+    noise_multiplier: NonNegFloat
+    max_grad_norm: PosFloat
+    sample_rate: SampleRate
+    delta: Probability
+    accountant: Accountant = Accountant.RDP
+    max_steps: PosInt | None = None
+
+
+class PrivacyReport(WireModel):
+    """What the device says it spent; the coordinator re-derives epsilon."""
+
+    noise_multiplier: NonNegFloat
+    sample_rate: SampleRate
+    steps: NonNegInt
+    max_grad_norm: PosFloat
+    accountant: Accountant
+    claimed_epsilon: NonNegFloat
+    delta: Probability
+
+
+class Enrol(WireMessage):
+    kind: Literal[MessageKind.ENROL] = MessageKind.ENROL
+    device_id: Id
+    study_id: Id
+    device_class: DeviceClass
+    memory_bytes: PosInt
+    public_key: PublicKey
+    """Ed25519 raw public key (32 bytes); base64 in JSON."""
+
+
+class EnrolAck(WireMessage):
+    kind: Literal[MessageKind.ENROL_ACK] = MessageKind.ENROL_ACK
+    accepted: bool
+    reason: Text | None = None
+
+
+class Task(WireMessage):
+    kind: Literal[MessageKind.TASK] = MessageKind.TASK
+    task_id: Id
+    study_id: Id
+    device_id: Id
+    model_version: NonNegInt
+    subset_id: Id
+    subset_names: TensorNames
+    local_epochs: PosInt
+    batch_size: PosInt
+    lr: PosFloat
+    deadline_s: PosFloat
+    dp: DpParams | None = None
+    secagg_cohort_id: Id | None = None
+
+
+class ModelDownload(WireMessage):
+    """Header of a model frame; ``names`` lists the tensors in frame order."""
+
+    kind: Literal[MessageKind.MODEL_DOWNLOAD] = MessageKind.MODEL_DOWNLOAD
+    model_version: NonNegInt
+    subset_id: Id
+    names: TensorNames
+
+
+class Update(WireMessage):
+    """Header of an update frame; the tensors carry the (sparse) delta."""
+
+    kind: Literal[MessageKind.UPDATE] = MessageKind.UPDATE
+    task_id: Id
+    device_id: Id
+    base_model_version: NonNegInt
+    subset_id: Id
+    num_samples: PosInt
+    update_sq_norm: NonNegFloat
+    train_loss: float
+    privacy: PrivacyReport | None = None
+    secagg_cohort_id: Id | None = None
+
+
+class Ack(WireMessage):
+    kind: Literal[MessageKind.ACK] = MessageKind.ACK
+    task_id: Id
+    status: AckStatus
+    reason: Text | None = None
+
+
+class Heartbeat(WireMessage):
+    kind: Literal[MessageKind.HEARTBEAT] = MessageKind.HEARTBEAT
+    device_id: Id
+    status: DeviceStatus
+    battery: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
+
+
+class ErrorMessage(WireMessage):
+    kind: Literal[MessageKind.ERROR] = MessageKind.ERROR
+    code: ErrorCode
+    detail: Text = ""
+
+
+Message = Annotated[
+    Enrol | EnrolAck | Task | ModelDownload | Update | Ack | Heartbeat | ErrorMessage,
+    Field(discriminator="kind"),
+]
+"""Any wire message, discriminated by ``kind``."""
+
+MESSAGE_TYPES: tuple[type[WireMessage], ...] = (
+    Enrol,
+    EnrolAck,
+    Task,
+    ModelDownload,
+    Update,
+    Ack,
+    Heartbeat,
+    ErrorMessage,
+)
+TENSOR_KINDS = frozenset({MessageKind.MODEL_DOWNLOAD, MessageKind.UPDATE})
+"""The only kinds whose frames may carry tensors."""
+
+MESSAGE_ADAPTER: TypeAdapter[Message] = TypeAdapter(Message)
+"""Parses any message: ``MESSAGE_ADAPTER.validate_json(raw)`` (stateless)."""
+
+
+_FRAME_PREFIX = struct.Struct("<4sBBI")
+_CRC = struct.Struct("<I")
+_FRAME_OVERHEAD = _FRAME_PREFIX.size + _CRC.size
+
+
+def _header_json(header: BaseModel) -> bytes:
+    if not isinstance(header, MESSAGE_TYPES):
+        raise EncodeError(f"{type(header).__name__} is not a wire message")
+    raw = header.model_dump_json().encode("utf-8")
+    if len(raw) > MAX_HEADER_BYTES:
+        raise EncodeError(f"header of {len(raw)} bytes > {MAX_HEADER_BYTES}")
+    return raw
+
+
+def _check_tensors_allowed(header: Any, names: tuple[str, ...], error: type[Exception]) -> None:
+    if names and header.kind not in TENSOR_KINDS:
+        raise error(f"{header.kind} frames cannot carry tensors")
+    if isinstance(header, ModelDownload) and header.names != names:
+        raise error("ModelDownload.names does not match the frame's tensors")
+
+
+def frame_size(header: BaseModel, tensors: Mapping[str, np.ndarray] | None = None) -> int:
+    """Exact ``len(encode_frame(header, tensors))``, without building the payload."""
+    payload = tensor_bytes(tensors) if tensors else 0
+    return _FRAME_OVERHEAD + len(_header_json(header)) + payload
+
+
+def encode_frame(
+    header: BaseModel,
+    tensors: Mapping[str, np.ndarray] | None = None,
+    *,
+    max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+) -> bytes:
+    """Encode one message header plus optional tensors into a frame.
+
+    Raises :class:`EncodeError` for a non-message header, tensors on a kind
+    that cannot carry them or a ``ModelDownload`` whose names disagree with
+    its tensors; :class:`MessageTooLarge` above ``max_bytes``.
+    """
+    raw_header = _header_json(header)
+    _check_tensors_allowed(header, tuple(tensors or ()), EncodeError)
+    size = _FRAME_OVERHEAD + len(raw_header) + (tensor_bytes(tensors) if tensors else 0)
+    if size > max_bytes:
+        raise MessageTooLarge(f"frame of {size} bytes > limit {max_bytes}")
+    head = _FRAME_PREFIX.pack(FRAME_MAGIC, FRAME_VERSION, 0, len(raw_header)) + raw_header
+    payload = encode_tensors(tensors) if tensors else b""
+    return head + _CRC.pack(zlib.crc32(head)) + payload
+
+
+def _reject_constant(token: str) -> None:
+    raise DecodeError(f"non-finite number {token} in header")
+
+
+def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise DecodeError("duplicate key in header")
+    return obj
+
+
+def parse_header(raw: bytes) -> Message:
+    """Validate one JSON header; version is checked before the schema.
+
+    Duplicate keys are rejected so that no two parsers (ours, an auditor's)
+    can disagree about what a header says.
+    """
+    try:
+        text = raw.decode("utf-8")  # json.loads(bytes) would also sniff UTF-16/32
+        obj = json.loads(
+            text, parse_constant=_reject_constant, object_pairs_hook=_reject_duplicates
+        )
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise DecodeError(f"header is not JSON: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise DecodeError("header is not a JSON object")
+    version = obj.get("protocol_version")
+    if type(version) is not int:  # bool is a subclass of int; `type is` excludes it
+        raise DecodeError("header lacks an integer protocol_version")
+    if version != PROTOCOL_VERSION:
+        raise UnsupportedVersion(f"protocol version {version} (supported: {PROTOCOL_VERSION})")
+    try:
+        return MESSAGE_ADAPTER.validate_json(raw)
+    except ValidationError as exc:
+        raise DecodeError(f"invalid header: {exc}") from exc
+
+
+def decode_frame(
+    data: bytes | bytearray | memoryview, *, max_bytes: int
+) -> tuple[Message, dict[str, np.ndarray]]:
+    """Decode :func:`encode_frame` output into ``(message, tensors)``.
+
+    Every malformed input raises :class:`DecodeError`; an intact frame of
+    another frame or protocol version raises :class:`UnsupportedVersion`;
+    more than ``max_bytes`` raises :class:`MessageTooLarge` before parsing.
+    """
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise DecodeError(f"expected bytes, got {type(data).__name__}")
+    view = memoryview(data).cast("B")
+    if len(view) > max_bytes:
+        raise MessageTooLarge(f"frame of {len(view)} bytes > limit {max_bytes}")
+    if len(view) < _FRAME_OVERHEAD:
+        raise DecodeError("frame too short")
+    magic, version, flags, header_len = _FRAME_PREFIX.unpack(view[: _FRAME_PREFIX.size])
+    if magic != FRAME_MAGIC:
+        raise DecodeError("bad frame magic")
+    head_end = _FRAME_PREFIX.size + header_len
+    if not 1 <= header_len <= MAX_HEADER_BYTES or head_end + _CRC.size > len(view):
+        raise DecodeError(f"bad header length {header_len}")
+    (crc,) = _CRC.unpack(view[head_end : head_end + _CRC.size])
+    if zlib.crc32(view[:head_end]) != crc:
+        raise DecodeError("frame header CRC mismatch")
+    if version != FRAME_VERSION:
+        raise UnsupportedVersion(f"frame version {version} (supported: {FRAME_VERSION})")
+    if flags != 0:
+        raise DecodeError(f"unknown frame flags {flags:#x}")
+    message = parse_header(bytes(view[_FRAME_PREFIX.size : head_end]))
+    rest = view[head_end + _CRC.size :]
+    tensors = decode_tensors(rest, max_bytes=max_bytes) if len(rest) else {}
+    _check_tensors_allowed(message, tuple(tensors), DecodeError)
+    return message, tensors
