@@ -1,0 +1,382 @@
+"""The budget ledger: each device's cumulative epsilon over a whole study.
+
+Peers report a per-round epsilon and never compose it. Here every update a
+device sends carries its mechanism parameters (noise multiplier, sample rate,
+steps, clip norm); the ledger appends them to the device's history and
+*recomputes* the cumulative epsilon with the study's accountant. A claimed
+epsilon is only checked against that recomputation, never believed.
+
+Rules:
+- a charge that would take a device past the policy's epsilon raises
+  ``BudgetExceeded`` and records nothing (the caller discards the update);
+- a claim that disagrees with the recomputation raises ``ForgedClaim`` and
+  records nothing;
+- a (device, task) pair is charged at most once (``DuplicateCharge``).
+
+The ledger is pure: no clock (the caller passes ``at``), no files. The
+coordinator persists ``state_dict()`` (JSON-serialisable) and restores it with
+``from_state_dict`` after a restart. The SHA-256 in the state detects
+corruption and naive edits; it is not a signature (anyone can recompute it),
+so authenticity comes from the signed audit log the state is recorded in.
+
+The same class serves a device: a ledger holding only itself tells it whether
+to refuse a task (``can_afford``) before it trains.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .accounting import EpsilonCalculator, MechanismStep
+from .budget import BudgetPolicy
+from .errors import (
+    BudgetExceeded,
+    DuplicateCharge,
+    ForgedClaim,
+    LedgerStateError,
+    PolicyError,
+)
+
+STATE_FORMAT = "fedward.privacy.ledger"
+STATE_VERSION = 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class SpendRecord:
+    """One charged task: what the device reported and what the ledger computed."""
+
+    device: str
+    task_id: str
+    at: float
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    max_grad_norm: float
+    epsilon_before: float
+    epsilon_after: float
+    claimed_epsilon: float | None = None
+
+    def __post_init__(self) -> None:
+        _check_name("device", self.device)
+        _check_name("task_id", self.task_id)
+        _finite("at", self.at)
+        _positive_finite("max_grad_norm", self.max_grad_norm)
+        for name in ("epsilon_before", "epsilon_after"):
+            if _finite(name, getattr(self, name)) < 0:
+                raise ValueError(f"{name} must be >= 0")
+        if self.epsilon_after < self.epsilon_before:
+            raise ValueError("epsilon_after must be >= epsilon_before")
+        if self.claimed_epsilon is not None:
+            _finite("claimed_epsilon", self.claimed_epsilon)
+        self.step  # noqa: B018 - validates the mechanism fields
+
+    @property
+    def step(self) -> MechanismStep:
+        return MechanismStep(
+            noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate, steps=self.steps
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SpendRecord:
+        if not isinstance(data, Mapping):
+            raise TypeError("a spend record must be a mapping")
+        return cls(**data)
+
+
+@dataclass
+class _Account:
+    records: list[SpendRecord] = field(default_factory=list)
+    task_ids: set[str] = field(default_factory=set)
+    # canonical history, maintained incrementally: (sigma, q) -> steps
+    merged: dict[tuple[float, float], int] = field(default_factory=dict)
+    epsilon: float = 0.0
+
+    def history_with(self, step: MechanismStep | None) -> list[MechanismStep]:
+        merged = dict(self.merged)
+        if step is not None:
+            merged[step.key] = merged.get(step.key, 0) + step.steps
+        return [
+            MechanismStep(noise_multiplier=s, sample_rate=q, steps=n)
+            for (s, q), n in merged.items()
+        ]
+
+
+def _check_name(kind: str, value: str) -> None:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{kind} must be a non-empty string, got {value!r}")
+
+
+def _finite(kind: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{kind} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _positive_finite(kind: str, value: float) -> float:
+    if _finite(kind, value) <= 0:
+        raise ValueError(f"{kind} must be positive, got {value!r}")
+    return float(value)
+
+
+class PrivacyLedger:
+    """Per-device mechanism histories and cumulative epsilons under one policy."""
+
+    def __init__(self, policy: BudgetPolicy, *, claim_tolerance: float = 1e-6) -> None:
+        if not isinstance(policy, BudgetPolicy):
+            raise PolicyError(f"policy must be a BudgetPolicy, got {policy!r}")
+        if not (math.isfinite(claim_tolerance) and claim_tolerance >= 0):
+            raise ValueError("claim_tolerance must be a finite number >= 0")
+        self._policy = policy
+        self._claim_tolerance = float(claim_tolerance)
+        self._calc = EpsilonCalculator()
+        self._accounts: dict[str, _Account] = {}
+
+    # -- queries ---------------------------------------------------------------
+
+    @property
+    def policy(self) -> BudgetPolicy:
+        return self._policy
+
+    def devices(self) -> list[str]:
+        return sorted(self._accounts)
+
+    def history(self, device: str) -> list[MechanismStep]:
+        return [r.step for r in self._records(device)]
+
+    def records(self, device: str) -> list[SpendRecord]:
+        return list(self._records(device))
+
+    def spent(self, device: str) -> float:
+        """Cached cumulative epsilon (updated on each charge)."""
+        account = self._accounts.get(device)
+        return account.epsilon if account else 0.0
+
+    def remaining(self, device: str) -> float:
+        return max(0.0, self._policy.epsilon - self.spent(device))
+
+    def exhausted(self, device: str) -> bool:
+        """True once the device has spent its whole budget.
+
+        A device with budget left may still be unable to afford a given task;
+        ``can_afford`` answers that for a specific mechanism step.
+        """
+        return self.spent(device) >= self._policy.epsilon
+
+    def recompute(self, device: str) -> float:
+        """Cumulative epsilon recomputed from the device's recorded history."""
+        return self._epsilon(self.history(device))
+
+    def epsilon_with(self, device: str, step: MechanismStep) -> float:
+        """Cumulative epsilon the device would reach after ``step``."""
+        if not isinstance(step, MechanismStep):
+            raise TypeError("step must be a MechanismStep")
+        account = self._accounts.get(device, _Account())
+        return self._epsilon(account.history_with(step))
+
+    def can_afford(self, device: str, step: MechanismStep) -> bool:
+        return self.epsilon_with(device, step) <= self._policy.epsilon
+
+    def check_claim(self, device: str, claimed_epsilon: float, *, tolerance: float) -> float:
+        """Compare a claimed cumulative epsilon with the recomputation.
+
+        Returns the recomputed value; raises ``ForgedClaim`` if they differ by
+        more than ``tolerance`` (absolute, in epsilon units) in either
+        direction: any disagreement means the histories differ.
+        """
+        return self._verify_claim(device, claimed_epsilon, self.recompute(device), tolerance)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.devices())
+
+    # -- charging ----------------------------------------------------------------
+
+    def charge(
+        self,
+        device: str,
+        task_id: str,
+        step: MechanismStep,
+        *,
+        at: float,
+        max_grad_norm: float,
+        claimed_epsilon: float | None = None,
+    ) -> SpendRecord:
+        """Record a task's mechanism for ``device`` if the budget allows it.
+
+        ``claimed_epsilon`` is the device's own cumulative epsilon after the
+        task; it is checked against the recomputation (``ForgedClaim``). Over
+        budget raises ``BudgetExceeded``. On any error nothing is recorded.
+        """
+        _check_name("device", device)
+        _check_name("task_id", task_id)
+        if not isinstance(step, MechanismStep):
+            raise TypeError("step must be a MechanismStep")
+        _finite("at", at)
+        clip = _positive_finite("max_grad_norm", max_grad_norm)
+        account = self._accounts.get(device, _Account())
+        if task_id in account.task_ids:
+            raise DuplicateCharge(f"task {task_id!r} was already charged to device {device!r}")
+        before = account.epsilon
+        after = self._epsilon(account.history_with(step))
+        if claimed_epsilon is not None:
+            self._verify_claim(device, claimed_epsilon, after, self._claim_tolerance)
+        if after > self._policy.epsilon:
+            raise BudgetExceeded(
+                device=device, spent=before, requested=after, budget=self._policy.epsilon
+            )
+        record = SpendRecord(
+            device=device,
+            task_id=task_id,
+            at=float(at),
+            noise_multiplier=step.noise_multiplier,
+            sample_rate=step.sample_rate,
+            steps=step.steps,
+            max_grad_norm=clip,
+            epsilon_before=before,
+            epsilon_after=after,
+            claimed_epsilon=None if claimed_epsilon is None else float(claimed_epsilon),
+        )
+        self._append(device, account, record)
+        return record
+
+    # -- persistence ---------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-serialisable state with a format version and a SHA-256 of the content."""
+        content = {
+            "format": STATE_FORMAT,
+            "version": STATE_VERSION,
+            "policy": self._policy.to_dict(),
+            "devices": {
+                device: [r.to_dict() for r in self._accounts[device].records]
+                for device in self.devices()
+            },
+        }
+        return {**content, "sha256": _digest(content)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Replace this ledger's content with ``state`` (all or nothing).
+
+        Raises ``LedgerStateError`` for a wrong format or version, a checksum
+        mismatch or records whose epsilons do not match a recomputation, and
+        ``PolicyError`` if the state was written under another policy.
+        """
+        content = _verified_content(state)
+        try:
+            policy = BudgetPolicy.from_dict(content["policy"])
+        except (PolicyError, TypeError, KeyError) as exc:
+            raise LedgerStateError(f"bad policy in ledger state: {exc}") from exc
+        self._policy.ensure_same(policy)
+        accounts: dict[str, _Account] = {}
+        devices = content["devices"]
+        if not isinstance(devices, Mapping):
+            raise LedgerStateError("'devices' must be a mapping")
+        for device, raw_records in devices.items():
+            account = _Account()
+            for raw in raw_records:
+                try:
+                    record = SpendRecord.from_dict(raw)
+                except (TypeError, ValueError) as exc:
+                    raise LedgerStateError(f"bad record for {device!r}: {exc}") from exc
+                if record.device != device or record.task_id in account.task_ids:
+                    raise LedgerStateError(f"inconsistent record for {device!r}: {record}")
+                if record.epsilon_before != account.epsilon:
+                    raise LedgerStateError(
+                        f"broken epsilon chain for {device!r} at {record.task_id!r}"
+                    )
+                account.records.append(record)
+                account.task_ids.add(record.task_id)
+                step = record.step
+                account.merged[step.key] = account.merged.get(step.key, 0) + step.steps
+                account.epsilon = record.epsilon_after
+            recomputed = self._epsilon(account.history_with(None))
+            if not math.isclose(recomputed, account.epsilon, rel_tol=1e-9, abs_tol=1e-12):
+                raise LedgerStateError(
+                    f"device {device!r}: recorded epsilon {account.epsilon!r} != "
+                    f"recomputed {recomputed!r}"
+                )
+            account.epsilon = recomputed
+            accounts[device] = account
+        self._accounts = accounts
+
+    @classmethod
+    def from_state_dict(
+        cls, state: Mapping[str, Any], *, claim_tolerance: float = 1e-6
+    ) -> PrivacyLedger:
+        """Restore a ledger (e.g. after a coordinator restart) under its stored policy."""
+        content = _verified_content(state)
+        try:
+            policy = BudgetPolicy.from_dict(content["policy"])
+        except (PolicyError, TypeError, KeyError) as exc:
+            raise LedgerStateError(f"bad policy in ledger state: {exc}") from exc
+        ledger = cls(policy, claim_tolerance=claim_tolerance)
+        ledger.load_state_dict(state)
+        return ledger
+
+    # -- internals -------------------------------------------------------------------
+
+    def _records(self, device: str) -> list[SpendRecord]:
+        account = self._accounts.get(device)
+        return account.records if account else []
+
+    def _epsilon(self, history: list[MechanismStep]) -> float:
+        return self._calc.epsilon(
+            history, delta=self._policy.delta, accountant=self._policy.accountant
+        )
+
+    def _append(self, device: str, account: _Account, record: SpendRecord) -> None:
+        step = record.step
+        account.records.append(record)
+        account.task_ids.add(record.task_id)
+        account.merged[step.key] = account.merged.get(step.key, 0) + step.steps
+        account.epsilon = record.epsilon_after
+        self._accounts[device] = account
+
+    @staticmethod
+    def _verify_claim(device: str, claimed: float, recomputed: float, tolerance: float) -> float:
+        if not (isinstance(tolerance, int | float) and math.isfinite(tolerance) and tolerance >= 0):
+            raise ValueError("tolerance must be a finite number >= 0")
+        if (
+            isinstance(claimed, bool)
+            or not isinstance(claimed, int | float)
+            or not math.isfinite(claimed)
+            or abs(claimed - recomputed) > tolerance
+        ):
+            raise ForgedClaim(device=device, claimed=claimed, recomputed=recomputed)
+        return recomputed
+
+
+def _canonical_json(content: Mapping[str, Any]) -> bytes:
+    return json.dumps(content, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _digest(content: Mapping[str, Any]) -> str:
+    return hashlib.sha256(_canonical_json(content)).hexdigest()
+
+
+def _verified_content(state: Mapping[str, Any]) -> dict[str, Any]:
+    if not isinstance(state, Mapping):
+        raise LedgerStateError("ledger state must be a mapping")
+    expected_keys = {"format", "version", "policy", "devices", "sha256"}
+    if set(state) != expected_keys:
+        raise LedgerStateError(f"ledger state keys must be {sorted(expected_keys)}")
+    if state["format"] != STATE_FORMAT or state["version"] != STATE_VERSION:
+        raise LedgerStateError(
+            f"unsupported ledger state {state['format']!r} v{state['version']!r}; "
+            f"this code reads {STATE_FORMAT!r} v{STATE_VERSION}"
+        )
+    content = {k: v for k, v in state.items() if k != "sha256"}
+    try:
+        digest = _digest(content)
+    except (TypeError, ValueError) as exc:
+        raise LedgerStateError(f"ledger state is not canonical JSON: {exc}") from exc
+    if digest != state["sha256"]:
+        raise LedgerStateError("ledger state checksum mismatch: corrupted or edited")
+    return content
