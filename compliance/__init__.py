@@ -1,0 +1,87 @@
+"""fedward compliance: tamper-evident audit log and model lineage.
+
+Layering: imports only the standard library, pydantic, cryptography (and, if
+ever needed, :mod:`privacy`); nothing from the coordinator, edge, protocol or
+simulation layers, so any of them can audit without import cycles.
+
+* :mod:`compliance.events`   typed audit events and the health-data guard
+* :mod:`compliance.log`      :class:`AuditLog` (hash chain + RFC 9162 tree + signed tree heads)
+* :mod:`compliance.verify`   :func:`verify_log` and its report
+* :mod:`compliance.store`    JSONL and in-memory storage
+* :mod:`compliance.proofs`   receipts, signed tree heads, inclusion/consistency proofs
+* :mod:`compliance.merkle`   RFC 9162 Merkle tree (``merkle_reference``: slow check)
+* :mod:`compliance.lineage`  :class:`ModelLineage`
+* :mod:`compliance.keys`     Ed25519 key files (0600, refused if exposed)
+"""
+
+from compliance.errors import (
+    AuditIntegrityError,
+    AuditStoreBusy,
+    ComplianceError,
+    ForbiddenAuditContent,
+    KeyFileError,
+    LineageError,
+)
+from compliance.events import (
+    Actor,
+    ActorKind,
+    AuditAction,
+    AuditEntry,
+    AuditEvent,
+    Outcome,
+    check_details,
+    privacy_details,
+    sha256_hex,
+)
+from compliance.keys import (
+    create_signing_key,
+    load_or_create_signing_key,
+    load_signing_key,
+    public_key_from_raw,
+    public_key_hex,
+    public_key_raw,
+)
+from compliance.lineage import ModelLineage, ModelVersion
+from compliance.log import AuditLog, AuditLogState
+from compliance.proofs import AuditReceipt, ConsistencyProof, InclusionProof, SignedTreeHead
+from compliance.store import AuditStore, JsonlAuditStore, MemoryAuditStore
+from compliance.verify import AuditProblem, ProblemKind, VerificationReport, verify_log
+
+__all__ = [
+    "Actor",
+    "ActorKind",
+    "AuditAction",
+    "AuditEntry",
+    "AuditEvent",
+    "AuditIntegrityError",
+    "AuditLog",
+    "AuditLogState",
+    "AuditProblem",
+    "AuditReceipt",
+    "AuditStore",
+    "AuditStoreBusy",
+    "ComplianceError",
+    "ConsistencyProof",
+    "ForbiddenAuditContent",
+    "InclusionProof",
+    "JsonlAuditStore",
+    "KeyFileError",
+    "LineageError",
+    "MemoryAuditStore",
+    "ModelLineage",
+    "ModelVersion",
+    "Outcome",
+    "ProblemKind",
+    "SignedTreeHead",
+    "VerificationReport",
+    "check_details",
+    "create_signing_key",
+    "load_or_create_signing_key",
+    "load_signing_key",
+    "privacy_details",
+    "public_key_from_raw",
+    "public_key_hex",
+    "public_key_raw",
+    "sha256_hex",
+    "verify_log",
+]

@@ -15,6 +15,7 @@ Hierarchy::
     ├── MessageTooLarge      above the configured per-message byte limit
     ├── UnsupportedVersion   valid framing, but a protocol/format version we do not speak
     ├── ChunkError           a chunk that is malformed or inconsistent with its siblings
+    ├── RouteError           a valid message on a topic it may not use (spoofed ids)
     └── TransportError       the transport could not connect/publish/subscribe
 
 Validation is always done with explicit ``raise``; ``assert`` disappears
@@ -51,6 +52,14 @@ class UnsupportedVersion(ProtocolError):
 
 class ChunkError(ProtocolError):
     """A chunk is malformed, corrupted or inconsistent with its message."""
+
+
+class RouteError(ProtocolError):
+    """A well-formed message arrived on a topic it does not belong to.
+
+    Separate from :class:`DecodeError` because it is an authorisation
+    signal (a device speaking for another device), worth auditing as such.
+    """
 
 
 class TransportError(ProtocolError):

@@ -35,7 +35,7 @@ class ModelConfig:
     in_channels: int = 3
     window: int = 500
     num_classes: int = 4
-    width: int = 16
+    width: int = 24
 
     def __post_init__(self) -> None:
         for name in ("in_channels", "window", "num_classes", "width"):
@@ -115,6 +115,13 @@ def build_model(config: ModelConfig, *, seed: int) -> SensorCNN | SensorMLP:
     torch.manual_seed(seed)
     try:
         model = SensorCNN(config) if config.kind is ModelKind.CNN else SensorMLP(config)
+        # He initialisation for ReLU convs: frozen layers then pass on features of
+        # useful scale, which matters when only the last layers are trained.
+        generator = torch.Generator().manual_seed(seed)
+        for module in model.modules():
+            if isinstance(module, nn.Conv1d):
+                nn.init.kaiming_normal_(module.weight, nonlinearity="relu", generator=generator)
+                nn.init.zeros_(module.bias)
     finally:
         torch.random.set_rng_state(generator_state)
     return model
