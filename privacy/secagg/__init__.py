@@ -1,0 +1,86 @@
+"""Secure aggregation for buffered (semi-asynchronous) merges: one instance per buffer fill.
+
+Bonawitz et al. (CCS 2017), semi-honest variant: X25519 pairwise masks
+expanded with ChaCha20, a self mask from a fresh 32-byte seed, and t-of-n
+Shamir shares (AEAD-encrypted device to device, relayed by the server) so that
+any ``threshold`` survivors let the server remove the masks of devices that
+dropped. The coordinator fixes the cohort at dispatch; every member masks the
+SAME index set. Each device scales its own update by its weight w_i and appends
+w_i and its sample count n_i as two extra masked coordinates.
+
+What the server learns, exactly:
+
+* the sum over the survivors of ``clip(w_i * Delta_i)`` (fixed point, mod 2^k),
+  together with ``sum(w_i)`` and ``sum(n_i)`` over the same survivors;
+* the cohort membership, and who dropped at which step (who advertised, who
+  shared keys, whose masked input arrived, who answered the unmask request);
+* nothing else: each masked vector it holds is uniform in Z_{2^k} to it, it
+  recovers a survivor's self-mask seed or a dropped device's mask key, never
+  both for one device, and it refuses to unmask with fewer than ``threshold``
+  survivors (``threshold > n/2`` by default).
+
+Not covered (documented limits): the active-adversary consistency round of
+Bonawitz et al. (a malicious server that also controls devices is out of
+scope; identities can be authenticated with Ed25519-signed advertisements);
+distributed DP noise, which the edge DP mod adds before masking.
+
+``privacy.secagg`` is pure: no I/O, no clock, numpy and cryptography only, and
+all randomness comes from an injected ``random_bytes`` (default ``os.urandom``).
+"""
+
+from .client import ClientStage, SecAggClient
+from .config import EXTRA_WORDS, SecAggConfig, SecAggSession, canonical_order
+from .errors import (
+    ConfigError,
+    OverflowRisk,
+    ProtocolViolation,
+    SecAggError,
+    StateError,
+    TooFewSurvivors,
+)
+from .local import ClientInput, DropPoint, LocalRound, run_local_round
+from .messages import (
+    EncryptedShare,
+    KeyAdvertisement,
+    KeyRoster,
+    MaskedInput,
+    RevealedShare,
+    ShareBundle,
+    ShareDelivery,
+    UnmaskRequest,
+    UnmaskResponse,
+)
+from .prg import chacha20_stream
+from .server import AggregateResult, SecAggServer, ServerStage
+
+__all__ = [
+    "EXTRA_WORDS",
+    "AggregateResult",
+    "ClientInput",
+    "ClientStage",
+    "ConfigError",
+    "DropPoint",
+    "EncryptedShare",
+    "KeyAdvertisement",
+    "KeyRoster",
+    "LocalRound",
+    "MaskedInput",
+    "OverflowRisk",
+    "ProtocolViolation",
+    "RevealedShare",
+    "SecAggClient",
+    "SecAggConfig",
+    "SecAggError",
+    "SecAggServer",
+    "SecAggSession",
+    "ServerStage",
+    "ShareBundle",
+    "ShareDelivery",
+    "StateError",
+    "TooFewSurvivors",
+    "UnmaskRequest",
+    "UnmaskResponse",
+    "canonical_order",
+    "chacha20_stream",
+    "run_local_round",
+]

@@ -1,0 +1,411 @@
+"""The device side of one SecAgg instance, as an explicit state machine.
+
+    NEW --advertise--> ADVERTISED --share_keys--> SHARED --mask_input--> MASKED
+        --unmask--> DONE            (abort() from any stage -> ABORTED)
+
+Each transition is one-shot: a device never splits its secrets twice, never
+masks two inputs with the same masks and answers at most one unmask request.
+A method that raises leaves the client unchanged. After masking, the client
+forgets its own private keys and seed; it keeps only its peers' shares until
+it has answered the unmask request.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from . import crypto, masking, state
+from .config import SecAggConfig, SecAggSession
+from .errors import ConfigError, ProtocolViolation, SecAggError, StateError, TooFewSurvivors
+from .messages import (
+    EncryptedShare,
+    KeyAdvertisement,
+    KeyRoster,
+    MaskedInput,
+    RevealedShare,
+    ShareBundle,
+    ShareDelivery,
+    UnmaskRequest,
+    UnmaskResponse,
+)
+from .quantize import words_to_bytes
+from .shamir import Share, share_size, split_bytes
+
+CLIENT_STATE_FORMAT = "fedward.secagg.client"
+_SECRET = masking.SECRET_BYTES
+_SHARE = share_size(_SECRET)
+
+
+class ClientStage(enum.Enum):
+    NEW = "new"
+    ADVERTISED = "advertised"
+    SHARED = "shared"
+    MASKED = "masked"
+    DONE = "done"
+    ABORTED = "aborted"
+
+
+class SecAggClient:
+    """One device's participation in one SecAgg instance.
+
+    ``random_bytes`` is the only source of randomness (keys, seed, Shamir
+    coefficients, AEAD nonces); it must be cryptographically secure in
+    production (default ``os.urandom``). ``signing_key`` signs the key
+    advertisement with the device's Ed25519 identity; ``identity_keys`` (every
+    cohort member's Ed25519 public key), when given, makes signatures mandatory.
+    """
+
+    def __init__(
+        self,
+        *,
+        config: SecAggConfig,
+        session: SecAggSession,
+        device_id: str,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+        signing_key: Ed25519PrivateKey | None = None,
+        identity_keys: Mapping[str, Ed25519PublicKey] | None = None,
+    ) -> None:
+        config.check_cohort(session.n)
+        if device_id not in session.cohort:
+            raise ConfigError(f"device {device_id!r} is not in the cohort")
+        self.config = config
+        self.session = session
+        self.device_id = device_id
+        self._random_bytes = random_bytes
+        self._signing_key = signing_key
+        self._identity_keys = dict(identity_keys) if identity_keys is not None else None
+        self._context = crypto.session_context(session, config)
+        self._x = session.x_of(device_id)
+        self._reset(ClientStage.NEW)
+
+    def _reset(self, stage: ClientStage) -> None:
+        self._stage = stage
+        self._enc_sk: bytes | None = None
+        self._mask_sk: bytes | None = None
+        self._seed: bytes | None = None
+        self._roster: dict[str, KeyAdvertisement] = {}
+        self._own_shares: tuple[bytes, bytes] | None = None
+        self._held: dict[str, tuple[bytes, bytes]] = {}
+
+    @property
+    def stage(self) -> ClientStage:
+        return self._stage
+
+    def _require(self, stage: ClientStage, action: str) -> None:
+        if self._stage is not stage:
+            raise StateError(f"cannot {action} in stage {self._stage.name} (needs {stage.name})")
+
+    # -- round 0: advertise keys -------------------------------------------------
+
+    def advertise(self) -> KeyAdvertisement:
+        """Generate the two X25519 key pairs and advertise their public halves."""
+        self._require(ClientStage.NEW, "advertise")
+        enc = crypto.new_x25519(self._random_bytes)
+        mask = crypto.new_x25519(self._random_bytes)
+        msg = self._advertisement(enc_sk=crypto.private_raw(enc), mask_sk=crypto.private_raw(mask))
+        self._enc_sk, self._mask_sk = crypto.private_raw(enc), crypto.private_raw(mask)
+        self._stage = ClientStage.ADVERTISED
+        return msg
+
+    def _advertisement(self, *, enc_sk: bytes, mask_sk: bytes) -> KeyAdvertisement:
+        enc_pk = crypto.public_raw(crypto.load_private(enc_sk))
+        mask_pk = crypto.public_raw(crypto.load_private(mask_sk))
+        signature = b""
+        if self._signing_key is not None:
+            payload = crypto.advertisement_payload(self._context, self.device_id, enc_pk, mask_pk)
+            signature = crypto.sign(self._signing_key, payload)
+        return KeyAdvertisement(
+            session_id=self.session.session_id,
+            round_index=self.session.round_index,
+            device_id=self.device_id,
+            enc_public_key=enc_pk,
+            mask_public_key=mask_pk,
+            signature=signature,
+        )
+
+    # -- round 1: share keys -----------------------------------------------------
+
+    def share_keys(self, roster: KeyRoster) -> ShareBundle:
+        """Check the roster (U1), then Shamir-share the mask key and a fresh self-mask seed."""
+        self._require(ClientStage.ADVERTISED, "share keys")
+        members = self._check_roster(roster, enc_sk=self._enc_sk, mask_sk=self._mask_sk)
+        seed = self._random_bytes(_SECRET)
+        if not isinstance(seed, bytes) or len(seed) != _SECRET:
+            raise ConfigError("random_bytes returned the wrong number of bytes")
+        t = self.config.threshold
+        xs = [self.session.x_of(d) for d in members]
+        key_shares = split_bytes(self._mask_sk, threshold=t, xs=xs, random_bytes=self._random_bytes)  # type: ignore[arg-type]
+        seed_shares = split_bytes(seed, threshold=t, xs=xs, random_bytes=self._random_bytes)
+        enc = crypto.load_private(self._enc_sk)  # type: ignore[arg-type]
+        advs = self._roster_from(roster)
+        out, own = [], None
+        for peer, ks, ss in zip(members, key_shares, seed_shares, strict=True):
+            plaintext = ks.to_bytes() + ss.to_bytes()
+            if peer == self.device_id:
+                own = (ks.to_bytes(), ss.to_bytes())
+                continue
+            nonce, ct = crypto.encrypt_share(
+                plaintext,
+                private=enc,
+                peer_public=advs[peer].enc_public_key,
+                context=self._context,
+                sender=self.device_id,
+                recipient=peer,
+                random_bytes=self._random_bytes,
+            )
+            out.append(
+                EncryptedShare(sender=self.device_id, recipient=peer, nonce=nonce, ciphertext=ct)
+            )
+        self._roster = advs
+        self._seed, self._own_shares = seed, own
+        self._stage = ClientStage.SHARED
+        return ShareBundle(
+            session_id=self.session.session_id,
+            round_index=self.session.round_index,
+            sender=self.device_id,
+            shares=tuple(out),
+        )
+
+    @staticmethod
+    def _roster_from(roster: KeyRoster) -> dict[str, KeyAdvertisement]:
+        return {a.device_id: a for a in roster.advertisements}
+
+    def _check_roster(
+        self, roster: KeyRoster, *, enc_sk: bytes | None, mask_sk: bytes | None
+    ) -> tuple[str, ...]:
+        if not isinstance(roster, KeyRoster):
+            raise ProtocolViolation("expected a KeyRoster")
+        masking.check_header(roster, self.session, "roster")
+        advs = roster.advertisements
+        if not isinstance(advs, tuple | list):
+            raise ProtocolViolation("roster advertisements must be a sequence")
+        for adv in advs:
+            masking.check_advertisement(
+                adv, session=self.session, context=self._context, identity_keys=self._identity_keys
+            )
+        masking.check_roster_keys_unique(advs)
+        mine = [a for a in advs if a.device_id == self.device_id]
+        expected = self._advertisement(enc_sk=enc_sk, mask_sk=mask_sk)  # type: ignore[arg-type]
+        if len(mine) != 1 or (mine[0].enc_public_key, mine[0].mask_public_key) != (
+            expected.enc_public_key,
+            expected.mask_public_key,
+        ):
+            raise ProtocolViolation("the roster does not carry this device's own advertisement")
+        if len(advs) < self.config.threshold:
+            raise TooFewSurvivors(
+                f"roster has {len(advs)} devices < threshold {self.config.threshold}"
+            )
+        return tuple(sorted((a.device_id for a in advs), key=self.session.x_of))
+
+    # -- round 2: masked input ---------------------------------------------------
+
+    def mask_input(
+        self,
+        delivery: ShareDelivery,
+        *,
+        update: np.ndarray,
+        weight: float,
+        num_samples: int,
+    ) -> MaskedInput:
+        """Decrypt and check the peers' shares (U2), then mask ``weight * update`` and extras.
+
+        ``update`` is the device's Delta_i over the shared index set (length
+        ``session.vector_length``); the device scales it by ``weight`` itself.
+        """
+        self._require(ClientStage.SHARED, "mask an input")
+        held = self._open_delivery(delivery)
+        cfg, ses = self.config, self.session
+        words = masking.encode_contribution(
+            update, weight=weight, num_samples=num_samples, config=cfg, session=ses
+        )
+        seed_key = crypto.self_mask_key(self._seed, context=self._context, device_id=self.device_id)  # type: ignore[arg-type]
+        words += masking.mask_stream(seed_key, config=cfg, session=ses)
+        mask_sk = crypto.load_private(self._mask_sk)  # type: ignore[arg-type]
+        for peer in held:
+            if peer == self.device_id:
+                continue
+            key = crypto.pairwise_mask_key(
+                mask_sk,
+                self._roster[peer].mask_public_key,
+                context=self._context,
+                me=self.device_id,
+                peer=peer,
+            )
+            stream = masking.mask_stream(key, config=cfg, session=ses)
+            if masking.adds_pairwise_mask(self.device_id, peer):
+                words += stream
+            else:
+                words -= stream
+        msg = MaskedInput(
+            session_id=ses.session_id,
+            round_index=ses.round_index,
+            device_id=self.device_id,
+            data=words_to_bytes(words, modulus_bits=cfg.modulus_bits),
+        )
+        held[self.device_id] = self._own_shares  # type: ignore[assignment]
+        roster = self._roster
+        self._reset(ClientStage.MASKED)
+        self._roster, self._held = roster, held
+        return msg
+
+    def _open_delivery(self, delivery: ShareDelivery) -> dict[str, tuple[bytes, bytes]]:
+        if not isinstance(delivery, ShareDelivery):
+            raise ProtocolViolation("expected a ShareDelivery")
+        masking.check_header(delivery, self.session, "share delivery")
+        if delivery.recipient != self.device_id:
+            raise ProtocolViolation("share delivery addressed to another device")
+        if not isinstance(delivery.shares, tuple | list):
+            raise ProtocolViolation("share delivery must carry a sequence of shares")
+        enc = crypto.load_private(self._enc_sk)  # type: ignore[arg-type]
+        held: dict[str, tuple[bytes, bytes]] = {}
+        for item in delivery.shares:
+            if not isinstance(item, EncryptedShare):
+                raise ProtocolViolation("share delivery carries a non-share")
+            sender = item.sender
+            if sender not in self._roster or sender == self.device_id or sender in held:
+                raise ProtocolViolation(f"unexpected or duplicate share sender {sender!r}")
+            if item.recipient != self.device_id:
+                raise ProtocolViolation("share addressed to another device")
+            plaintext = crypto.decrypt_share(
+                item.nonce,
+                item.ciphertext,
+                private=enc,
+                peer_public=self._roster[sender].enc_public_key,
+                context=self._context,
+                sender=sender,
+                recipient=self.device_id,
+            )
+            held[sender] = self._parse_pair(plaintext, sender)
+        if len(held) + 1 < self.config.threshold:
+            raise TooFewSurvivors(
+                f"only {len(held) + 1} devices shared keys < threshold {self.config.threshold}"
+            )
+        return held
+
+    def _parse_pair(self, plaintext: bytes, owner: str) -> tuple[bytes, bytes]:
+        if len(plaintext) != 2 * _SHARE:
+            raise ProtocolViolation(f"share from {owner!r} has the wrong size")
+        pair = (plaintext[:_SHARE], plaintext[_SHARE:])
+        for raw in pair:
+            if Share.from_bytes(raw, secret_len=_SECRET).x != self._x:
+                raise ProtocolViolation(f"share from {owner!r} is for another evaluation point")
+        return pair
+
+    # -- round 3: unmasking ------------------------------------------------------
+
+    def unmask(self, request: UnmaskRequest) -> UnmaskResponse:
+        """Reveal seed shares of survivors and key shares of dropped devices, once.
+
+        Refuses (ProtocolViolation) a request that names a device both as
+        survivor and as dropped, that does not partition U2, or that does not
+        count this device among the survivors; TooFewSurvivors below threshold.
+        """
+        self._require(ClientStage.MASKED, "unmask")
+        survivors, dropped = masking.check_unmask_request(
+            request, session=self.session, shared=self._held.keys(), threshold=self.config.threshold
+        )
+        if self.device_id not in survivors:
+            raise ProtocolViolation("unmask request does not count this device as a survivor")
+        response = UnmaskResponse(
+            session_id=self.session.session_id,
+            round_index=self.session.round_index,
+            device_id=self.device_id,
+            seed_shares=tuple(RevealedShare(owner=d, share=self._held[d][1]) for d in survivors),
+            key_shares=tuple(RevealedShare(owner=d, share=self._held[d][0]) for d in dropped),
+        )
+        self._reset(ClientStage.DONE)
+        return response
+
+    def abort(self) -> None:
+        """Give up on this instance and forget every secret."""
+        self._reset(ClientStage.ABORTED)
+
+    # -- persistence -------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume; contains this device's secrets (see ``state``)."""
+        out = state.header(CLIENT_STATE_FORMAT, self.session, self.config)
+        out.update(
+            device_id=self.device_id,
+            stage=self._stage.name,
+            enc_sk=self._enc_sk,
+            mask_sk=self._mask_sk,
+            seed=self._seed,
+            roster=[state.to_plain(a) for a in self._roster.values()],
+            own_shares=list(self._own_shares) if self._own_shares is not None else None,
+            held={d: list(pair) for d, pair in self._held.items()},
+        )
+        return out
+
+    def load_state_dict(self, saved: Mapping[str, Any]) -> None:
+        """Resume from :meth:`state_dict`; StateError (object unchanged) if anything is off."""
+        saved = state.check_header(saved, CLIENT_STATE_FORMAT, self.session, self.config)
+        if saved.get("device_id") != self.device_id:
+            raise StateError("state belongs to another device")
+        stage = state.parse_stage(ClientStage, saved.get("stage"))
+        try:
+            loaded = self._validated(stage, saved)
+        except StateError:
+            raise
+        except (SecAggError, TypeError, ValueError, KeyError, AttributeError) as exc:
+            raise StateError(f"invalid client state for stage {stage.name}: {exc}") from None
+        self._reset(stage)
+        for name, value in loaded.items():
+            setattr(self, name, value)
+
+    def _validated(self, stage: ClientStage, saved: Mapping[str, Any]) -> dict[str, Any]:
+        enc_sk = state.opt_bytes(saved.get("enc_sk"), _SECRET, "enc_sk")
+        mask_sk = state.opt_bytes(saved.get("mask_sk"), _SECRET, "mask_sk")
+        seed = state.opt_bytes(saved.get("seed"), _SECRET, "seed")
+        roster_list = saved.get("roster")
+        own, held = saved.get("own_shares"), saved.get("held")
+        if not isinstance(roster_list, list) or not isinstance(held, dict):
+            raise StateError("roster must be a list and held a dict")
+        has_keys = stage in (ClientStage.ADVERTISED, ClientStage.SHARED)
+        if (enc_sk is not None, mask_sk is not None) != (has_keys, has_keys):
+            raise StateError(f"private keys present/absent wrongly for stage {stage.name}")
+        if (seed is not None) != (stage is ClientStage.SHARED) or (own is not None) != (
+            stage is ClientStage.SHARED
+        ):
+            raise StateError(f"seed/own shares present/absent wrongly for stage {stage.name}")
+        has_roster = stage in (ClientStage.SHARED, ClientStage.MASKED)
+        if bool(roster_list) != has_roster or bool(held) != (stage is ClientStage.MASKED):
+            raise StateError(f"roster/held shares present/absent wrongly for stage {stage.name}")
+        out: dict[str, Any] = {"_enc_sk": enc_sk, "_mask_sk": mask_sk, "_seed": seed}
+        if has_roster:
+            advs = tuple(state.from_plain(KeyAdvertisement, a) for a in roster_list)
+            roster = KeyRoster(self.session.session_id, self.session.round_index, advs)
+            if stage is ClientStage.SHARED:
+                self._check_roster(roster, enc_sk=enc_sk, mask_sk=mask_sk)
+            else:
+                for adv in advs:
+                    masking.check_advertisement(
+                        adv,
+                        session=self.session,
+                        context=self._context,
+                        identity_keys=self._identity_keys,
+                    )
+                masking.check_roster_keys_unique(advs)
+            out["_roster"] = self._roster_from(roster)
+        if stage is ClientStage.SHARED:
+            out["_own_shares"] = self._pair_from_state(own, self.device_id)
+        if stage is ClientStage.MASKED:
+            if not set(held) <= set(out["_roster"]) or self.device_id not in held:
+                raise StateError("held shares name devices outside the roster")
+            if len(held) < self.config.threshold:
+                raise StateError("fewer held shares than the threshold")
+            out["_held"] = {d: self._pair_from_state(pair, d) for d, pair in held.items()}
+        return out
+
+    def _pair_from_state(self, value: object, owner: str) -> tuple[bytes, bytes]:
+        if not isinstance(value, list | tuple) or len(value) != 2:
+            raise StateError(f"shares of {owner!r} must be a (key, seed) pair")
+        if not all(isinstance(v, bytes) for v in value):
+            raise StateError(f"shares of {owner!r} must be bytes")
+        return self._parse_pair(value[0] + value[1], owner)

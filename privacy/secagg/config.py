@@ -1,0 +1,204 @@
+"""Configuration of one secure-aggregation instance (one buffer fill).
+
+``SecAggConfig`` holds the numeric, privacy-critical parameters (threshold,
+modulus, fixed-point scale and clipping, bounds of the extra coordinates);
+``SecAggSession`` names one instance: its id, round, the fixed cohort and the
+length of the shared index set. Both are frozen, keyword-only and validated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+from .errors import ConfigError
+from .quantize import check_headroom, max_abs_encoded, word_dtype
+
+#: Coordinates appended to every input before masking: the device weight w_i
+#: and its sample count. The server learns only their sums.
+EXTRA_WORDS = 2
+MIN_SESSION_ID_BYTES = 16
+MAX_SESSION_ID_BYTES = 64
+MAX_DEVICE_ID_BYTES = 255
+MAX_COHORT = (1 << 16) - 1
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _finite_positive(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number, got {value!r}")
+    if value <= 0:
+        raise ConfigError(f"{name} must be > 0, got {value!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SecAggConfig:
+    """Parameters shared by the server and every device of a cohort.
+
+    threshold: t, the number of devices needed to unmask (t-of-n Shamir). Must be
+        >= 2 and <= n; with ``require_honest_majority`` (default) also > n/2,
+        which is what keeps a server that asks different devices different
+        questions from unmasking an individual device.
+    modulus_bits: 32 or 64; masked words live in Z_{2^modulus_bits}.
+    scale, clip: fixed point: each coordinate of ``w_i * Delta_i`` is clipped to
+        [-clip, clip] and encoded as round(x * scale).
+    weight_scale: fixed-point scale of the weight coordinate (default: ``scale``).
+    max_weight: a device weight must lie in [0, max_weight].
+    max_samples: a device sample count must lie in [0, max_samples].
+    """
+
+    threshold: int
+    scale: float
+    clip: float
+    modulus_bits: int = 32
+    weight_scale: float | None = None
+    max_weight: float = 1.0
+    max_samples: int = 1 << 16
+    require_honest_majority: bool = True
+
+    def __post_init__(self) -> None:
+        if not _is_int(self.threshold) or self.threshold < 2:
+            raise ConfigError(f"threshold must be an int >= 2, got {self.threshold!r}")
+        if self.modulus_bits not in (32, 64) or not _is_int(self.modulus_bits):
+            raise ConfigError(f"modulus_bits must be 32 or 64, got {self.modulus_bits!r}")
+        _finite_positive("scale", self.scale)
+        _finite_positive("clip", self.clip)
+        if self.weight_scale is not None:
+            _finite_positive("weight_scale", self.weight_scale)
+        _finite_positive("max_weight", self.max_weight)
+        if not _is_int(self.max_samples) or self.max_samples < 1:
+            raise ConfigError(f"max_samples must be an int >= 1, got {self.max_samples!r}")
+        if not isinstance(self.require_honest_majority, bool):
+            raise ConfigError("require_honest_majority must be a bool")
+        if self.value_bound < 1:
+            raise ConfigError("clip * scale rounds to 0: the encoding has no resolution")
+        if self.weight_bound < 1:
+            raise ConfigError("max_weight * weight_scale rounds to 0: weights cannot be encoded")
+        check_headroom(1, bound=self.value_bound, modulus_bits=self.modulus_bits, what="clip")
+
+    @property
+    def effective_weight_scale(self) -> float:
+        return float(self.scale if self.weight_scale is None else self.weight_scale)
+
+    @property
+    def value_bound(self) -> int:
+        """Largest magnitude of one encoded coordinate."""
+        return max_abs_encoded(clip=self.clip, scale=self.scale)
+
+    @property
+    def weight_bound(self) -> int:
+        return max_abs_encoded(clip=self.max_weight, scale=self.effective_weight_scale)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return word_dtype(self.modulus_bits)
+
+    def check_cohort(self, n: int) -> None:
+        """Validate the threshold and the modular headroom for a cohort of ``n`` devices.
+
+        Raises ConfigError (threshold) or OverflowRisk (n * clip * scale too large).
+        """
+        if not _is_int(n) or n < 2:
+            raise ConfigError(f"a cohort needs at least 2 devices, got {n!r}")
+        if self.threshold > n:
+            raise ConfigError(f"threshold {self.threshold} exceeds the cohort size {n}")
+        if self.require_honest_majority and 2 * self.threshold <= n:
+            raise ConfigError(
+                f"threshold {self.threshold} is not > n/2 = {n / 2}; set "
+                "require_honest_majority=False to accept the weaker guarantee"
+            )
+        bits = self.modulus_bits
+        check_headroom(n, bound=self.value_bound, modulus_bits=bits, what="n * clip * scale")
+        check_headroom(n, bound=self.weight_bound, modulus_bits=bits, what="sum of weights")
+        check_headroom(n, bound=self.max_samples, modulus_bits=bits, what="sum of samples")
+
+    def fingerprint(self) -> bytes:
+        """SHA-256 of a canonical encoding; bound into every key derivation."""
+        text = (
+            f"t={self.threshold};bits={self.modulus_bits};scale={float(self.scale)!r};"
+            f"clip={float(self.clip)!r};wscale={self.effective_weight_scale!r};"
+            f"wmax={float(self.max_weight)!r};smax={self.max_samples};"
+            f"majority={self.require_honest_majority}"
+        )
+        return hashlib.sha256(text.encode()).digest()
+
+
+def canonical_order(device_ids: object) -> tuple[str, ...]:
+    """Device ids sorted by their UTF-8 bytes (the order used for mask signs and x)."""
+    return tuple(sorted(device_ids, key=lambda d: d.encode("utf-8")))  # type: ignore[arg-type]
+
+
+def check_device_id(device_id: object) -> str:
+    if not isinstance(device_id, str) or not device_id:
+        raise ConfigError(f"device id must be a non-empty str, got {device_id!r}")
+    if len(device_id.encode("utf-8")) > MAX_DEVICE_ID_BYTES:
+        raise ConfigError("device id longer than 255 UTF-8 bytes")
+    return device_id
+
+
+@dataclass(frozen=True, kw_only=True)
+class SecAggSession:
+    """One SecAgg instance: one buffer fill of the coordinator.
+
+    session_id: 16-64 unpredictable bytes chosen by the coordinator per instance.
+    round_index: the coordinator's round / model version this fill belongs to.
+    cohort: the devices fixed at dispatch (stored in canonical order).
+    vector_length: number of model coordinates every device masks (the shared
+        index set; the two extra coordinates are added on top).
+    index_set_digest: optional hash of the index set, bound into every key so
+        devices that disagree on the subset fail loudly instead of mis-summing.
+    """
+
+    session_id: bytes
+    round_index: int
+    cohort: tuple[str, ...]
+    vector_length: int
+    index_set_digest: bytes = b""
+
+    def __post_init__(self) -> None:
+        sid = self.session_id
+        if not isinstance(sid, bytes) or not (
+            MIN_SESSION_ID_BYTES <= len(sid) <= MAX_SESSION_ID_BYTES
+        ):
+            raise ConfigError("session_id must be 16 to 64 bytes")
+        if not _is_int(self.round_index) or self.round_index < 0:
+            raise ConfigError(f"round_index must be an int >= 0, got {self.round_index!r}")
+        if isinstance(self.cohort, str | bytes):
+            raise ConfigError("cohort must be a collection of device ids, not a string")
+        cohort = canonical_order(check_device_id(d) for d in self.cohort)
+        if len(set(cohort)) != len(cohort):
+            raise ConfigError("cohort contains duplicate device ids")
+        if not 2 <= len(cohort) <= MAX_COHORT:
+            raise ConfigError(f"cohort size must be in [2, {MAX_COHORT}], got {len(cohort)}")
+        object.__setattr__(self, "cohort", cohort)
+        if not _is_int(self.vector_length) or self.vector_length < 1:
+            raise ConfigError(f"vector_length must be an int >= 1, got {self.vector_length!r}")
+        if not isinstance(self.index_set_digest, bytes) or len(self.index_set_digest) > 64:
+            raise ConfigError("index_set_digest must be at most 64 bytes")
+
+    @property
+    def n(self) -> int:
+        return len(self.cohort)
+
+    @property
+    def total_words(self) -> int:
+        """Masked words per device: the model coordinates plus weight and sample count."""
+        return self.vector_length + EXTRA_WORDS
+
+    @cached_property
+    def _positions(self) -> dict[str, int]:
+        return {d: i + 1 for i, d in enumerate(self.cohort)}
+
+    def x_of(self, device_id: str) -> int:
+        """The Shamir evaluation point of a device: its 1-based canonical position."""
+        try:
+            return self._positions[device_id]
+        except (KeyError, TypeError):
+            raise ConfigError(f"device {device_id!r} is not in the cohort") from None

@@ -1,0 +1,47 @@
+"""Errors raised by fedward's secure aggregation.
+
+Hierarchy (every error derives from ``SecAggError``; catch the narrowest you can handle)::
+
+    SecAggError             base of everything privacy.secagg raises on purpose
+    ├── ConfigError         invalid SecAggConfig / SecAggSession (also a ValueError)
+    ├── ProtocolViolation   a peer or the server sent something the protocol forbids:
+    │                       wrong session or round, unknown or duplicate device, wrong
+    │                       vector length, bad signature, failed AEAD tag (tampered share),
+    │                       inconsistent Shamir shares, or a request for BOTH the self-mask
+    │                       seed and the mask key of the same device
+    ├── TooFewSurvivors     fewer than ``threshold`` devices (or shares) remain, so the
+    │                       round cannot continue; nothing is revealed
+    ├── OverflowRisk        n clipped, scaled inputs (or weights, sample counts) could wrap
+    │                       around the modulus, or an input exceeds its declared bound
+    └── StateError          a method called in the wrong stage, or a state_dict that does
+                            not match this object (format version, session, stage, lengths)
+
+Every raise leaves the object unchanged: a caller may catch, log and carry on
+(e.g. ignore a bad message from one device, or wait for more responses).
+"""
+
+from __future__ import annotations
+
+
+class SecAggError(Exception):
+    """Base class for errors raised deliberately by privacy.secagg."""
+
+
+class ConfigError(SecAggError, ValueError):
+    """A configuration or session parameter is invalid."""
+
+
+class ProtocolViolation(SecAggError):
+    """A message breaks the protocol (or failed an integrity check)."""
+
+
+class TooFewSurvivors(SecAggError):
+    """Fewer than ``threshold`` participants or shares are available."""
+
+
+class OverflowRisk(SecAggError):
+    """The modular sum could wrap, or an input is outside its declared bound."""
+
+
+class StateError(SecAggError):
+    """Wrong stage for this call, or a state_dict that fails its checks."""

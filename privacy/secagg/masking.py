@@ -1,0 +1,177 @@
+"""Input encoding, mask streams and the checks shared by client and server.
+
+A device's plain input is ``encode(clip(w_i * Delta_i)) || encode(w_i) || n_i``
+(``vector_length + 2`` words of Z_{2^k}). Its masked input adds
+
+* its self mask ``PRG(KDF(b_i))``, and
+* for every other device j of U2, ``+PRG(KDF(s_ij))`` if i < j in canonical
+  order, ``-PRG(KDF(s_ij))`` otherwise (s_ij the X25519 secret of the pair),
+
+so pairwise masks cancel in the sum over U2 and the server removes the rest
+with the secrets it reconstructs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+
+import numpy as np
+
+from .config import SecAggConfig, SecAggSession, canonical_order
+from .crypto import advertisement_payload, verify
+from .errors import OverflowRisk, ProtocolViolation, TooFewSurvivors
+from .messages import KeyAdvertisement, UnmaskRequest
+from .prg import chacha20_stream
+from .quantize import decode_fixed_point, encode_fixed_point, to_signed
+
+# Every mask key is used for exactly one stream, so a fixed nonce is safe.
+MASK_NONCE = bytes(12)
+SECRET_BYTES = 32
+
+
+def encode_contribution(
+    update: np.ndarray,
+    *,
+    weight: float,
+    num_samples: int,
+    config: SecAggConfig,
+    session: SecAggSession,
+) -> np.ndarray:
+    """Words of ``clip(weight * update) || weight || num_samples`` (unmasked)."""
+    arr = np.asarray(update, dtype=np.float64)
+    if arr.ndim != 1 or arr.shape[0] != session.vector_length:
+        raise ProtocolViolation(
+            f"update must be a vector of length {session.vector_length} (the shared index "
+            f"set), got shape {arr.shape}"
+        )
+    if not np.all(np.isfinite(arr)):
+        raise ProtocolViolation("update contains non-finite values")
+    if isinstance(weight, bool) or not isinstance(weight, int | float) or not np.isfinite(weight):
+        raise ProtocolViolation(f"weight must be a finite number, got {weight!r}")
+    if weight < 0 or weight > config.max_weight:
+        raise OverflowRisk(f"weight {weight} outside [0, max_weight={config.max_weight}]")
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int | np.integer):
+        raise ProtocolViolation(f"num_samples must be an int, got {num_samples!r}")
+    if not 0 <= num_samples <= config.max_samples:
+        raise OverflowRisk(f"num_samples {num_samples} outside [0, {config.max_samples}]")
+    bits = config.modulus_bits
+    words = np.empty(session.total_words, dtype=config.dtype)
+    words[: session.vector_length] = encode_fixed_point(
+        arr * float(weight), scale=config.scale, clip=config.clip, modulus_bits=bits
+    )
+    words[session.vector_length] = encode_fixed_point(
+        np.array([float(weight)]),
+        scale=config.effective_weight_scale,
+        clip=config.max_weight,
+        modulus_bits=bits,
+    )[0]
+    words[session.vector_length + 1] = int(num_samples)
+    return words
+
+
+def decode_sum(
+    words: np.ndarray, *, config: SecAggConfig, session: SecAggSession
+) -> tuple[np.ndarray, float, int]:
+    """(sum of w_i * Delta_i, sum of w_i, sum of n_i) from the unmasked modular sum."""
+    bits = config.modulus_bits
+    d = session.vector_length
+    weighted = decode_fixed_point(words[:d], scale=config.scale, modulus_bits=bits)
+    weight = float(
+        decode_fixed_point(
+            words[d : d + 1], scale=config.effective_weight_scale, modulus_bits=bits
+        )[0]
+    )
+    samples = int(to_signed(words[d + 1 : d + 2], modulus_bits=bits)[0])
+    return weighted, weight, samples
+
+
+def mask_stream(key: bytes, *, config: SecAggConfig, session: SecAggSession) -> np.ndarray:
+    return chacha20_stream(key, MASK_NONCE, session.total_words, modulus_bits=config.modulus_bits)
+
+
+def adds_pairwise_mask(me: str, peer: str) -> bool:
+    """True if ``me`` adds (rather than subtracts) the mask it shares with ``peer``."""
+    return canonical_order((me, peer))[0] == me
+
+
+def check_header(msg: object, session: SecAggSession, what: str) -> None:
+    if getattr(msg, "session_id", None) != session.session_id:
+        raise ProtocolViolation(f"{what} belongs to another session")
+    if getattr(msg, "round_index", None) != session.round_index:
+        raise ProtocolViolation(f"{what} belongs to another round")
+
+
+def check_member(device_id: object, session: SecAggSession, what: str) -> str:
+    if not isinstance(device_id, str) or device_id not in session.cohort:
+        raise ProtocolViolation(f"{what}: {device_id!r} is not in the cohort")
+    return device_id
+
+
+def check_advertisement(
+    adv: KeyAdvertisement,
+    *,
+    session: SecAggSession,
+    context: bytes,
+    identity_keys: Mapping[str, object] | None,
+) -> None:
+    """Header, membership, key sizes and (if identities are configured) the signature."""
+    if not isinstance(adv, KeyAdvertisement):
+        raise ProtocolViolation("expected a KeyAdvertisement")
+    check_header(adv, session, "advertisement")
+    device = check_member(adv.device_id, session, "advertisement")
+    for key in (adv.enc_public_key, adv.mask_public_key):
+        if not isinstance(key, bytes) or len(key) != SECRET_BYTES:
+            raise ProtocolViolation(f"advertisement of {device!r}: public keys must be 32 bytes")
+    if adv.enc_public_key == adv.mask_public_key:
+        raise ProtocolViolation(f"advertisement of {device!r} reuses one key for both roles")
+    if identity_keys is not None:
+        identity = identity_keys.get(device)
+        if identity is None:
+            raise ProtocolViolation(f"no identity key known for {device!r}")
+        payload = advertisement_payload(context, device, adv.enc_public_key, adv.mask_public_key)
+        verify(identity, adv.signature, payload, device_id=device)  # type: ignore[arg-type]
+
+
+def check_roster_keys_unique(advertisements: Collection[KeyAdvertisement]) -> None:
+    keys = [a.enc_public_key for a in advertisements] + [a.mask_public_key for a in advertisements]
+    if len(set(keys)) != len(keys):
+        raise ProtocolViolation("two advertisements share a public key")
+    devices = [a.device_id for a in advertisements]
+    if len(set(devices)) != len(devices):
+        raise ProtocolViolation("a device advertised twice")
+
+
+def _id_tuple(value: object, what: str) -> tuple[str, ...]:
+    if not isinstance(value, tuple | list) or not all(isinstance(v, str) for v in value):
+        raise ProtocolViolation(f"{what} must be a sequence of device ids")
+    if len(set(value)) != len(value):
+        raise ProtocolViolation(f"{what} lists a device twice")
+    return canonical_order(value)
+
+
+def check_unmask_request(
+    request: UnmaskRequest, *, session: SecAggSession, shared: Collection[str], threshold: int
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Validate an unmask request against U2 (``shared``); returns (survivors, dropped).
+
+    Refuses (ProtocolViolation) a request naming any device both as survivor
+    (asking for its self-mask seed) and as dropped (asking for its mask key):
+    both together would unmask that device's individual input.
+    """
+    if not isinstance(request, UnmaskRequest):
+        raise ProtocolViolation("expected an UnmaskRequest")
+    check_header(request, session, "unmask request")
+    survivors = _id_tuple(request.survivors, "survivors")
+    dropped = _id_tuple(request.dropped, "dropped")
+    both = set(survivors) & set(dropped)
+    if both:
+        raise ProtocolViolation(
+            f"unmask request asks for both the self-mask seed and the mask key of {sorted(both)}"
+        )
+    if set(survivors) | set(dropped) != set(shared):
+        raise ProtocolViolation("unmask request does not partition the devices that shared keys")
+    if len(survivors) < threshold:
+        raise TooFewSurvivors(
+            f"{len(survivors)} survivors < threshold {threshold}: refusing to unmask"
+        )
+    return survivors, dropped
