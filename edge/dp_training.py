@@ -1,0 +1,413 @@
+"""Local DP-SGD (Opacus) on a device's trainable subset only.
+
+Per-sample gradients are what makes DP-SGD expensive; Opacus computes them only
+for parameters with ``requires_grad=True`` when the module is wrapped. So:
+
+1. the model is split with ``tinytrain.training.split_for_training`` *before*
+   wrapping (that sets ``requires_grad`` for the subset only);
+2. the frozen prefix runs once, without autograd, micro-batched
+   (``frozen_features``): its output is the dataset the suffix trains on. The
+   prefix is a fixed function of each sample, so DP-SGD on the suffix over
+   these features is DP for the raw samples (post-processing);
+3. Opacus wraps only the suffix, with Poisson sampling and a
+   ``BatchMemoryManager`` capping the physical batch.
+
+The subset may change between tasks, so the wrapper is rebuilt per task and
+removed afterwards (its hooks live on the model's modules); what carries over
+is the accountant's state. Opacus clips and noises whole tensors: a subset that
+takes part of a tensor would get noise over the whole tensor (our ladder only
+uses whole tensors).
+
+Seeds: ``seed`` drives Poisson sampling and the noise. A seed known to anyone
+else makes the noise removable, so production devices pass ``seed=None``
+(OS entropy); integers are for tests and simulations. Opacus' ``secure_mode``
+needs torchcsprng, which is not installable here.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from opacus import GradSampleModule, PrivacyEngine
+from opacus.optimizers import DPOptimizer
+from opacus.utils.batch_memory_manager import BatchMemoryManager
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from privacy.accounting import (
+    Accountant,
+    MechanismStep,
+    epsilon_for,
+    history_from_state,
+    history_to_state,
+)
+from privacy.errors import PolicyError
+from tinytrain.memory import Footprint, _profiler_peak, _storage_key
+from tinytrain.models import ModelConfig, Params, build_model, get_params, set_params
+from tinytrain.training import Model, frozen_features, split_for_training
+
+
+@dataclass(frozen=True, kw_only=True)
+class DPTrainConfig:
+    """DP-SGD settings of one task. ``batch_size`` is the *expected* Poisson batch."""
+
+    noise_multiplier: float
+    max_grad_norm: float
+    epochs: int = 1
+    batch_size: int = 32
+    lr: float = 0.05
+    momentum: float = 0.9
+    max_physical_batch_size: int = 8
+    accountant: Accountant = Accountant.RDP
+    prefix_micro_batch: int = 4
+
+    def __post_init__(self) -> None:
+        for name in ("noise_multiplier", "max_grad_norm", "lr"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+        for name in ("epochs", "batch_size", "max_physical_batch_size", "prefix_micro_batch"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError("momentum must be in [0, 1)")
+        if not isinstance(self.accountant, Accountant):
+            raise ValueError(f"accountant must be an Accountant, got {self.accountant!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DPTrainResult:
+    """What one DP task produced and what the device reports with its update."""
+
+    delta: Params  # trained tensors only, model order: new - base
+    num_samples: int
+    steps: int
+    mean_loss: float
+    sample_rate: float
+    noise_multiplier: float
+    max_grad_norm: float
+    accountant: Accountant
+    accountant_state: dict[str, Any]  # JSON-serialisable; pass to the next task
+
+    @property
+    def mechanism_step(self) -> MechanismStep:
+        """This task's mechanism, as reported to the coordinator's ledger."""
+        return MechanismStep(
+            noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate, steps=self.steps
+        )
+
+    @property
+    def history(self) -> tuple[MechanismStep, ...]:
+        return history_from_state(self.accountant_state, accountant=self.accountant)
+
+    def epsilon(self, *, delta: float) -> float:
+        """Cumulative epsilon at ``delta`` over every task in the carried state."""
+        return epsilon_for(self.history, delta=delta, accountant=self.accountant)
+
+
+def _generators(seed: int | None) -> tuple[torch.Generator, torch.Generator]:
+    if seed is None:
+        seeds = [int.from_bytes(os.urandom(8), "little") >> 1 for _ in range(2)]
+    else:
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"seed must be an int or None, got {seed!r}")
+        seeds = [int(s) for s in np.random.SeedSequence(seed).generate_state(2, dtype=np.uint64)]
+        seeds = [s >> 1 for s in seeds]  # torch seeds are signed 64-bit
+    return torch.Generator().manual_seed(seeds[0]), torch.Generator().manual_seed(seeds[1])
+
+
+def _total_steps(history: Sequence[MechanismStep]) -> int:
+    return sum(step.steps for step in history)
+
+
+def _check_gdp_constant(
+    prior: Sequence[MechanismStep], noise_multiplier: float, sample_rate: float
+) -> None:
+    keys = {step.key for step in prior} | {(float(noise_multiplier), float(sample_rate))}
+    if len(keys) > 1:
+        raise PolicyError(
+            "the GDP accountant needs a constant (noise_multiplier, sample_rate) across tasks"
+        )
+
+
+def train_subset_dp(
+    model: Model,
+    base_params: Params,
+    trainable_names: Sequence[str],
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    config: DPTrainConfig,
+    accountant_state: Mapping[str, Any] | None,
+    seed: int | None,
+) -> DPTrainResult:
+    """DP-SGD on ``trainable_names`` from ``base_params``; returns the delta and new state.
+
+    ``accountant_state`` is the previous task's ``DPTrainResult.accountant_state``
+    (or ``None`` for a device's first task); the returned state composes it
+    with this task. Refusing a task the budget cannot afford is the caller's
+    job (``privacy.ledger.PrivacyLedger.can_afford`` with ``planned_step``).
+    """
+    if len(x) != len(y) or len(x) == 0:
+        raise ValueError("x and y must be non-empty and of equal length")
+    prior = (
+        history_from_state(accountant_state, accountant=config.accountant)
+        if accountant_state is not None
+        else ()
+    )
+    sample_rate = planned_sample_rate(len(x), batch_size=config.batch_size)
+    if config.accountant is Accountant.GDP:
+        _check_gdp_constant(prior, config.noise_multiplier, sample_rate)
+    set_params(model, base_params)
+    split = split_for_training(model, trainable_names)
+    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    yt = torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64))
+    features = frozen_features(split.prefix, xt, micro_batch=config.prefix_micro_batch)
+    sample_generator, noise_generator = _generators(seed)
+
+    with warnings.catch_warnings():
+        # GDP's warning is raised once by privacy.accounting when epsilon is computed;
+        # "secure_mode" advice is documented in the module docstring.
+        warnings.simplefilter("ignore", UserWarning)
+        engine = PrivacyEngine(accountant=config.accountant.value, secure_mode=False)
+    if prior:
+        engine.accountant.load_state_dict(
+            {"history": [s.as_tuple() for s in prior], "mechanism": config.accountant.value}
+        )
+    trained = [p for p in split.suffix.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(trained, lr=config.lr, momentum=config.momentum)
+    loader = DataLoader(
+        TensorDataset(features, yt), batch_size=config.batch_size, generator=sample_generator
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        dp_module, dp_optimizer, dp_loader = engine.make_private(
+            module=split.suffix,
+            optimizer=optimizer,
+            data_loader=loader,
+            noise_multiplier=config.noise_multiplier,
+            max_grad_norm=config.max_grad_norm,
+            poisson_sampling=True,
+            noise_generator=noise_generator,
+        )
+    if dp_loader.sample_rate != sample_rate:
+        dp_module.cleanup()
+        raise RuntimeError(f"Opacus sample rate {dp_loader.sample_rate} != planned {sample_rate}")
+    try:
+        loss_sum, loss_count = _run_epochs(dp_module, dp_optimizer, dp_loader, config=config)
+    finally:
+        dp_module.cleanup()  # the hooks are on the model's own modules
+    after = history_from_state(engine.accountant.state_dict(), accountant=config.accountant)
+    steps = _total_steps(after) - _total_steps(prior)
+    new = get_params(model)
+    delta = {n: new[n] - base_params[n] for n in split.trainable}
+    return DPTrainResult(
+        delta=delta,
+        num_samples=len(x),
+        steps=steps,
+        mean_loss=loss_sum / max(loss_count, 1),
+        sample_rate=sample_rate,
+        noise_multiplier=config.noise_multiplier,
+        max_grad_norm=config.max_grad_norm,
+        accountant=config.accountant,
+        accountant_state=history_to_state(after, accountant=config.accountant),
+    )
+
+
+_BACKWARD_HOOK_WARNING = "Full backward hook is firing when gradients are computed with respect"
+
+
+def _run_epochs(
+    dp_module: GradSampleModule,
+    dp_optimizer: DPOptimizer,
+    dp_loader: DataLoader,
+    *,
+    config: DPTrainConfig,
+) -> tuple[float, int]:
+    """The DP-SGD loop; returns the summed loss and the number of samples seen."""
+    loss_fn = nn.CrossEntropyLoss()
+    loss_sum, loss_count = 0.0, 0
+    dp_module.train()
+    with warnings.catch_warnings():
+        # the suffix input (frozen features) needs no gradient; Opacus' hooks only
+        # need gradients with respect to layer outputs, so this warning is expected
+        warnings.filterwarnings("ignore", message=_BACKWARD_HOOK_WARNING, category=UserWarning)
+        for _ in range(config.epochs):
+            with BatchMemoryManager(
+                data_loader=dp_loader,
+                max_physical_batch_size=config.max_physical_batch_size,
+                optimizer=dp_optimizer,
+            ) as physical_loader:
+                for xb, yb in physical_loader:
+                    dp_optimizer.zero_grad(set_to_none=True)
+                    out = dp_module(xb)
+                    # an empty Poisson batch still steps: the accountant counts it
+                    # and the optimizer adds noise to a zero gradient
+                    loss = loss_fn(out, yb) if len(yb) else out.sum() * 0.0
+                    loss.backward()
+                    dp_optimizer.step()
+                    if len(yb):
+                        loss_sum += float(loss.detach()) * len(yb)
+                        loss_count += len(yb)
+    return loss_sum, loss_count
+
+
+def planned_sample_rate(num_samples: int, *, batch_size: int) -> float:
+    """Opacus' Poisson rate for ``num_samples`` at expected batch ``batch_size``.
+
+    ``make_private`` uses ``1 / len(data_loader)``, i.e. ``1 / ceil(n / b)``.
+    """
+    if num_samples < 1 or batch_size < 1:
+        raise ValueError("num_samples and batch_size must be >= 1")
+    return 1 / math.ceil(num_samples / batch_size)
+
+
+def planned_step(num_samples: int, *, config: DPTrainConfig) -> MechanismStep:
+    """The mechanism a task will run, known before training (for budget checks).
+
+    Steps = epochs x number of logical batches per epoch, which is what
+    Opacus' accountant records (one entry per logical batch, empty ones too).
+    """
+    q = planned_sample_rate(num_samples, batch_size=config.batch_size)
+    return MechanismStep(
+        noise_multiplier=config.noise_multiplier,
+        sample_rate=q,
+        steps=config.epochs * math.ceil(num_samples / config.batch_size),
+    )
+
+
+@dataclass(frozen=True)
+class DPFootprint(Footprint):
+    """``Footprint`` of a DP step; ``grads`` includes ``per_sample_grads``.
+
+    ``grads`` = regular gradients + Opacus' clipped-sum accumulators
+    (``summed_grad``) + per-sample gradients (``grad_sample``) of one physical
+    batch, all of which coexist when the optimizer steps.
+    """
+
+    per_sample_grads: int = 0
+
+
+def _tensor_bytes(tensors: Sequence[torch.Tensor]) -> int:
+    seen: dict[tuple[int, int], int] = {}
+    for t in tensors:
+        seen[_storage_key(t)] = t.untyped_storage().nbytes()
+    return sum(seen.values())
+
+
+def _opacus_tensors(model: nn.Module, attr: str) -> list[torch.Tensor]:
+    found: list[torch.Tensor] = []
+    for p in model.parameters():
+        value = getattr(p, attr, None)
+        if isinstance(value, torch.Tensor):
+            found.append(value)
+        elif isinstance(value, list):
+            found.extend(v for v in value if isinstance(v, torch.Tensor))
+    return found
+
+
+def measure_dp_training_step(
+    model_config: ModelConfig,
+    trainable: Sequence[str],
+    *,
+    batch_size: int,
+    max_physical_batch_size: int | None = None,
+    noise_multiplier: float = 1.0,
+    max_grad_norm: float = 1.0,
+    momentum: float = 0.9,
+    prefix_micro_batch: int = 4,
+    seed: int = 0,
+) -> DPFootprint:
+    """Run one real DP-SGD step (one logical batch) and measure what it holds.
+
+    Mirrors ``tinytrain.memory.measure_training_step``: same model, inputs and
+    split; the suffix is wrapped in Opacus' ``GradSampleModule`` and
+    ``DPOptimizer``. The logical batch is split into physical batches of at
+    most ``max_physical_batch_size`` as ``BatchMemoryManager`` does;
+    ``saved`` and ``per_sample_grads`` are the largest of any physical batch.
+    ``saved`` also counts the layer inputs Opacus' hooks keep for the
+    per-sample gradient computation.
+    """
+    physical = batch_size if max_physical_batch_size is None else max_physical_batch_size
+    if batch_size < 1 or physical < 1:
+        raise ValueError("batch_size and max_physical_batch_size must be >= 1")
+    model = build_model(model_config, seed=seed)
+    split = split_for_training(model, trainable)
+    param_keys = {_storage_key(p) for p in model.parameters()}
+    params_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch_size, model_config.in_channels, model_config.window, generator=generator)
+    y = torch.randint(0, model_config.num_classes, (batch_size,), generator=generator)
+    trained = [p for p in split.suffix.parameters() if p.requires_grad]
+    gsm = GradSampleModule(split.suffix)
+    optimizer = DPOptimizer(
+        torch.optim.SGD(trained, lr=0.01, momentum=momentum),
+        noise_multiplier=noise_multiplier,
+        max_grad_norm=max_grad_norm,
+        expected_batch_size=batch_size,
+        generator=torch.Generator().manual_seed(seed + 1),
+    )
+    chunks = [slice(i, min(i + physical, batch_size)) for i in range(0, batch_size, physical)]
+    peak_saved = peak_per_sample = 0
+    try:
+        with torch.profiler.profile(
+            activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
+        ) as prof:
+            features = frozen_features(split.prefix, x, micro_batch=prefix_micro_batch)
+            for k, chunk in enumerate(chunks):
+                saved: dict[tuple[int, int], int] = {}
+
+                def pack(t: torch.Tensor, saved: dict = saved) -> torch.Tensor:
+                    key = _storage_key(t)
+                    if key not in param_keys:
+                        saved[key] = t.untyped_storage().nbytes()
+                    return t
+
+                with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                    loss = nn.functional.cross_entropy(gsm(features[chunk]), y[chunk])
+                for module in split.suffix.modules():
+                    for inputs in getattr(module, "activations", []):
+                        for t in inputs:
+                            if _storage_key(t) not in param_keys:
+                                saved[_storage_key(t)] = t.untyped_storage().nbytes()
+                with warnings.catch_warnings():
+                    warnings.filterwarnings(
+                        "ignore", message=_BACKWARD_HOOK_WARNING, category=UserWarning
+                    )
+                    loss.backward()
+                peak_saved = max(peak_saved, sum(saved.values()))
+                peak_per_sample = max(
+                    peak_per_sample, _tensor_bytes(_opacus_tensors(model, "grad_sample"))
+                )
+                optimizer.signal_skip_step(do_skip=k < len(chunks) - 1)
+                optimizer.step()
+                if k < len(chunks) - 1:
+                    optimizer.zero_grad()
+        grads = _tensor_bytes(
+            [p.grad for p in model.parameters() if p.grad is not None]
+            + _opacus_tensors(model, "summed_grad")
+        )
+        state = sum(
+            v.numel() * v.element_size()
+            for s in optimizer.original_optimizer.state.values()
+            for v in s.values()
+            if isinstance(v, torch.Tensor)
+        )
+    finally:
+        gsm.cleanup()
+    return DPFootprint(
+        params=params_bytes,
+        grads=grads + peak_per_sample,
+        optimizer=state,
+        saved=peak_saved,
+        profiler_peak=_profiler_peak(prof.events()),
+        per_sample_grads=peak_per_sample,
+    )
