@@ -85,7 +85,7 @@ def _beat_times(label: Rhythm, p: Patient, rng: np.random.Generator) -> tuple[np
     mean_rr = 60.0 / hr
     n = int((WINDOW_S + 2) / mean_rr) + 4
     if label is Rhythm.AF:
-        rr = mean_rr * rng.lognormal(-cv**2 / 2, cv, size=n)
+        rr = mean_rr * rng.lognormal(-(cv**2) / 2, cv, size=n)
     else:
         # sinus: smooth respiratory modulation plus small jitter
         phase = rng.uniform(0, 2 * np.pi)
@@ -127,8 +127,18 @@ def synth_window(label: Rhythm, p: Patient, rng: np.random.Generator) -> np.ndar
     motion = activity * (1 + np.sin(2 * np.pi * rng.uniform(0.8, 2.5) * t + rng.uniform(0, 6.3)))
     wander = p.wander * np.sin(2 * np.pi * rng.uniform(0.1, 0.4) * t + rng.uniform(0, 6.3))
     noise = p.noise * (1 + activity)
-    ecg = ecg + wander + noise * rng.normal(size=WINDOW) + 0.3 * activity * rng.normal(size=WINDOW).cumsum() / 20
-    ppg = ppg + 0.5 * wander + 0.8 * noise * rng.normal(size=WINDOW) + 0.6 * motion * rng.normal(size=WINDOW)
+    ecg = (
+        ecg
+        + wander
+        + noise * rng.normal(size=WINDOW)
+        + 0.3 * activity * rng.normal(size=WINDOW).cumsum() / 20
+    )
+    ppg = (
+        ppg
+        + 0.5 * wander
+        + 0.8 * noise * rng.normal(size=WINDOW)
+        + 0.6 * motion * rng.normal(size=WINDOW)
+    )
     acc = motion + 0.05 * rng.normal(size=WINDOW)
     return np.stack([ecg, ppg - ppg.mean(), acc]).astype(np.float32)
 

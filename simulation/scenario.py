@@ -1,0 +1,157 @@
+"""A simulated study: fleet, data, training and strategy settings in one file.
+
+Scenarios are pydantic models (strict, no unknown keys), loadable from JSON or
+YAML, with named presets. Every strategy in a benchmark runs the same scenario:
+same fleet, data split, model, batch size, optimizer and local work; only what
+the strategy itself changes differs (merge rule, and for FTTE the subset).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from coordinator.planning import SubsetMode
+from coordinator.strategies import StrategyName
+from tinytrain.models import ModelConfig
+
+from .profiles import DeviceClass
+from .sensordata import StudyDataConfig
+
+
+class StrategyRun(enum.StrEnum):
+    """A row of a benchmark: a strategy and the subsets it trains."""
+
+    FEDAVG = "fedavg"
+    FEDBUFF = "fedbuff"
+    FEDASYNC = "fedasync"
+    FTTE = "ftte"  # FTTE: one global subset sized to the smallest device
+    FTTE_NESTED = "ftte_nested"  # our extension: nested tiers per device
+
+    @property
+    def strategy(self) -> StrategyName:
+        return StrategyName.FTTE if self is StrategyRun.FTTE_NESTED else StrategyName(self.value)
+
+    @property
+    def subset_mode(self) -> SubsetMode:
+        if self is StrategyRun.FTTE:
+            return SubsetMode.GLOBAL
+        if self is StrategyRun.FTTE_NESTED:
+            return SubsetMode.NESTED
+        return SubsetMode.FULL
+
+
+class Scenario(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = "ecg-rhythm"
+    seed: int = 0
+    devices: int = Field(default=500, ge=2)
+    straggler_fraction: float = Field(default=0.9, ge=0, le=1)
+    straggler_slowdown: tuple[float, float] = (4.0, 40.0)
+    mix: dict[DeviceClass, float] = {
+        DeviceClass.WEARABLE: 0.6,
+        DeviceClass.PHONE: 0.3,
+        DeviceClass.GATEWAY: 0.1,
+    }
+    # data
+    alpha: float = Field(default=0.5, gt=0)
+    min_windows: int = Field(default=24, ge=1)
+    max_windows: int = Field(default=96, ge=1)
+    test_patients: int = Field(default=100, ge=1)
+    # training (identical for every strategy)
+    epochs: int = Field(default=2, ge=1)
+    batch_size: int = Field(default=32, ge=1)
+    lr: float = Field(default=0.05, gt=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    width: int = Field(default=24, ge=1)
+    # federation
+    concurrency: int = Field(default=50, ge=1)
+    buffer_size: int = Field(default=10, ge=1)
+    server_lr: float = Field(default=1.0, gt=0)
+    update_budget: int = Field(default=3000, ge=1)
+    heartbeat_timeout_s: float = Field(default=30.0, gt=0)
+    # FTTE weighting
+    staleness_exponent: float = Field(default=0.5, ge=0)
+    variance_beta: float = Field(default=1.0, ge=0)
+    # evaluation
+    target_accuracy: float = Field(default=0.85, gt=0, le=1)
+    eval_every_merges: int = Field(default=1, ge=1)
+    eval_windows: int = Field(default=1000, ge=10)
+
+    @model_validator(mode="after")
+    def _check(self) -> Scenario:
+        if self.min_windows > self.max_windows:
+            raise ValueError("min_windows must be <= max_windows")
+        if (
+            self.straggler_slowdown[0] < 1
+            or self.straggler_slowdown[0] > self.straggler_slowdown[1]
+        ):
+            raise ValueError("straggler_slowdown must be (low, high) with 1 <= low <= high")
+        if not self.mix or min(self.mix.values()) < 0 or sum(self.mix.values()) <= 0:
+            raise ValueError("mix needs non-negative weights with a positive sum")
+        return self
+
+    def data_config(self) -> StudyDataConfig:
+        return StudyDataConfig(
+            devices=self.devices,
+            alpha=self.alpha,
+            min_windows=self.min_windows,
+            max_windows=self.max_windows,
+            test_patients=self.test_patients,
+            seed=self.seed,
+        )
+
+    def model_settings(self) -> ModelConfig:
+        return ModelConfig(width=self.width)
+
+    @classmethod
+    def from_file(cls, path: Path) -> Scenario:
+        text = path.read_text()
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            return cls.model_validate(yaml.safe_load(text))
+        return cls.model_validate(json.loads(text))
+
+
+PRESETS: dict[str, Scenario] = {
+    "full": Scenario(name="ecg-rhythm-500"),
+    "quick": Scenario(
+        name="ecg-rhythm-quick",
+        devices=100,
+        concurrency=20,
+        buffer_size=5,
+        update_budget=600,
+        test_patients=40,
+        eval_windows=600,
+        target_accuracy=0.75,
+    ),
+    "tiny": Scenario(
+        name="ecg-rhythm-tiny",
+        devices=24,
+        concurrency=8,
+        buffer_size=4,
+        update_budget=64,
+        min_windows=16,
+        max_windows=32,
+        test_patients=10,
+        eval_windows=200,
+        target_accuracy=0.4,
+        width=8,
+    ),
+}
+
+
+def load_scenario(name_or_path: str) -> Scenario:
+    if name_or_path in PRESETS:
+        return PRESETS[name_or_path]
+    path = Path(name_or_path)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"no preset or file named {name_or_path!r} (presets: {sorted(PRESETS)})"
+        )
+    return Scenario.from_file(path)

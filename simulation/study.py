@@ -1,0 +1,363 @@
+"""Run one strategy on one scenario in virtual time.
+
+The study wires the real parts: edge code trains (in an executor), updates are
+encoded as real protocol frames and decoded by the coordinator's ingest, and
+the coordinator's ``Engine`` with a pure strategy decides what to merge. Only
+time is simulated: a device's task takes
+
+    rtt + download_bytes / downlink          (tensors it lacks, encoded frame size)
+    + counted FLOPs of its step / compute    (``tinytrain.costs``)
+    + rtt + update_bytes / uplink            (the encoded update frame)
+
+scaled by its straggler slowdown. A device that drops out is noticed by the
+coordinator a heartbeat timeout after it went silent.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+from coordinator.engine import Device, Engine, EngineEvent, TaskOrder
+from coordinator.ingest import decode_update
+from coordinator.planning import SubsetPlanner
+from coordinator.strategies import FTTE, FedAsync, FedAvg, FedBuff, Strategy, StrategyName
+from edge.local import LocalTask
+from edge.updates import encode_update, update_header
+from protocol.messages import DEFAULT_MAX_MESSAGE_BYTES, ModelDownload, Update, frame_size
+from tinytrain.costs import task_flops
+from tinytrain.memory import measure_training_step
+from tinytrain.models import ModelConfig, build_model, get_params, param_shapes, parameter_groups
+from tinytrain.subsets import SubsetLadder, SubsetSpec
+from tinytrain.training import LocalTrainConfig, evaluate
+
+from .executor import Executor, TrainJob
+from .profiles import SimDevice, draw_fleet
+from .scenario import Scenario, StrategyRun
+from .sensordata import load_study_data
+
+Progress = Callable[[int, int, float | None], None]  # (accepted, budget, accuracy)
+
+
+@lru_cache(maxsize=64)
+def footprint_bytes(config: ModelConfig, names: tuple[str, ...], batch_size: int) -> int:
+    return measure_training_step(config, names, batch_size=batch_size).total
+
+
+def build_strategy(
+    run: StrategyRun, scenario: Scenario, shapes: dict[str, tuple[int, ...]]
+) -> Strategy:
+    name = run.strategy
+    if name is StrategyName.FEDAVG:
+        return FedAvg(shapes=shapes, server_lr=scenario.server_lr)
+    if name is StrategyName.FEDBUFF:
+        return FedBuff(
+            shapes=shapes, buffer_size=scenario.buffer_size, server_lr=scenario.server_lr
+        )
+    if name is StrategyName.FEDASYNC:
+        return FedAsync(shapes=shapes)
+    return FTTE(
+        shapes=shapes,
+        buffer_size=scenario.buffer_size,
+        server_lr=scenario.server_lr,
+        staleness_exponent=scenario.staleness_exponent,
+        variance_beta=scenario.variance_beta,
+    )
+
+
+@dataclass
+class StudyResult:
+    run: str
+    scenario: str
+    series: list[dict[str, float]] = field(default_factory=list)
+    time_to_target_s: float | None = None
+    final_accuracy: float = 0.0
+    final_loss: float = 0.0
+    updates: int = 0
+    merges: int = 0
+    failed_tasks: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    upload_bytes: int = 0
+    download_bytes: int = 0
+    virtual_time_s: float = 0.0
+    wall_s: float = 0.0
+    subset_by_class: dict[str, dict[str, Any]] = field(default_factory=dict)
+    updates_by_class: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def upload_bytes_per_update(self) -> float:
+        return self.upload_bytes / max(self.updates, 1)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "run": self.run,
+            "scenario": self.scenario,
+            "time_to_target_s": self.time_to_target_s,
+            "final_accuracy": self.final_accuracy,
+            "final_loss": self.final_loss,
+            "updates": self.updates,
+            "merges": self.merges,
+            "failed_tasks": self.failed_tasks,
+            "rejected": self.rejected,
+            "upload_bytes_per_update": self.upload_bytes_per_update,
+            "download_bytes_total": self.download_bytes,
+            "virtual_time_s": self.virtual_time_s,
+            "wall_s": self.wall_s,
+            "subset_by_class": self.subset_by_class,
+            "updates_by_class": self.updates_by_class,
+            "series": self.series,
+        }
+
+
+@dataclass(order=True)
+class _Event:
+    at: float
+    seq: int
+    kind: str = field(compare=False)
+    task_id: str = field(compare=False, default="")
+
+
+class Study:
+    """One strategy run: call ``run()`` once."""
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        run: StrategyRun,
+        *,
+        executor: Executor,
+        listeners: tuple[Callable[[EngineEvent], None], ...] = (),
+        progress: Progress | None = None,
+    ) -> None:
+        self.scenario, self.run_kind, self.executor, self.progress = (
+            scenario,
+            run,
+            executor,
+            progress,
+        )
+        self.model_config = scenario.model_settings()
+        self.model = build_model(self.model_config, seed=scenario.seed)
+        self.shapes = param_shapes(self.model)
+        data = load_study_data(scenario.data_config())
+        pick = np.random.default_rng(scenario.seed + 7).permutation(len(data.test_y))[
+            : scenario.eval_windows
+        ]
+        self.test_x, self.test_y = data.test_x[pick], data.test_y[pick]
+        self.num_samples = [len(y) for y in data.device_y]
+        ladder = SubsetLadder(parameter_groups(self.model))
+        planner = SubsetPlanner(
+            ladder,
+            footprint_bytes=lambda s: footprint_bytes(
+                self.model_config, s.names, scenario.batch_size
+            ),
+            mode=run.subset_mode,
+        )
+        self.fleet: list[SimDevice] = draw_fleet(
+            devices=scenario.devices,
+            mix=dict(scenario.mix),
+            straggler_fraction=scenario.straggler_fraction,
+            straggler_slowdown=scenario.straggler_slowdown,
+            rng=np.random.default_rng(scenario.seed + 1),
+        )
+        self.by_id = {d.device_id: d for d in self.fleet}
+        self.engine = Engine(
+            params=get_params(self.model),
+            strategy=build_strategy(run, scenario, self.shapes),
+            planner=planner,
+            concurrency=scenario.concurrency,
+            rng=random.Random(scenario.seed + 2),
+            listeners=listeners,
+        )
+        for d in self.fleet:
+            self.engine.enrol(
+                d.device_id,
+                device_class=d.profile.device_class.value,
+                memory_bytes=d.profile.memory_bytes,
+                now=0.0,
+            )
+        self.train = LocalTrainConfig(
+            epochs=scenario.epochs,
+            batch_size=scenario.batch_size,
+            lr=scenario.lr,
+            momentum=scenario.momentum,
+        )
+        self.chance = random.Random(scenario.seed + 3)  # availability and dropouts
+        self._events: list[_Event] = []
+        self._seq = 0
+        self._jobs: dict[str, Any] = {}
+        self._upload_s: dict[str, float] = {}
+
+    # -- virtual time --------------------------------------------------------
+    def _push(self, at: float, kind: str, task_id: str = "") -> None:
+        self._seq += 1
+        heapq.heappush(self._events, _Event(at, self._seq, kind, task_id))
+
+    def _online(self, device: Device) -> bool:
+        return self.chance.random() < self.by_id[device.device_id].profile.availability
+
+    def _download_bytes(self, order: TaskOrder) -> int:
+        params = self.engine.params
+        header = ModelDownload(
+            model_version=order.model_version,
+            subset_id=order.subset.subset_id,
+            names=order.download,
+        )
+        return frame_size(
+            header, {n: params[n] for n in order.download} if order.download else None
+        )
+
+    def _update_bytes(self, order: TaskOrder) -> int:
+        header = Update(
+            task_id=order.task_id,
+            device_id=order.device_id,
+            base_model_version=order.model_version,
+            subset_id=order.subset.subset_id,
+            num_samples=1,
+            update_sq_norm=0.0,
+            train_loss=0.0,
+        )
+        return frame_size(header, {n: self.engine.params[n] for n in order.subset.names})
+
+    def _start(self, order: TaskOrder, now: float, result: StudyResult) -> None:
+        device = self.by_id[order.device_id]
+        samples = self.num_samples[device.index]
+        down = self._download_bytes(order)
+        result.download_bytes += down
+        flops = task_flops(
+            self.model_config,
+            order.subset.names,
+            samples=samples,
+            epochs=self.scenario.epochs,
+            batch_size=self.scenario.batch_size,
+        )
+        up_s = device.upload_s(self._update_bytes(order))
+        duration = device.download_s(down) + device.compute_s(flops) + up_s
+        if self.chance.random() < device.profile.dropout:
+            silent_at = now + self.chance.uniform(0, duration)
+            self._push(silent_at + self.scenario.heartbeat_timeout_s, "dropped", order.task_id)
+            return
+        task = LocalTask(
+            task_id=order.task_id,
+            model_version=order.model_version,
+            subset_names=order.subset.names,
+            train=self.train,
+            seed=self.scenario.seed * 1_000_003 + int(order.task_id[1:]),
+        )
+        base = self.engine.base_params(order.model_version)
+        self._jobs[order.task_id] = self.executor.submit(
+            TrainJob(device_index=device.index, base=base, task=task)
+        )
+        self._push(now + duration, "arrived", order.task_id)
+
+    def _dispatch(self, now: float, result: StudyResult) -> None:
+        orders = self.engine.dispatch(now=now, eligible=self._online)
+        for order in orders:
+            self._start(order, now, result)
+        if not orders and self.engine.in_flight() == 0:
+            self._push(now + 60.0, "retry")  # nobody online: look again in a minute
+
+    # -- main loop -------------------------------------------------------------
+    def _evaluate(self, now: float, result: StudyResult) -> None:
+        acc, loss = evaluate(self.model, self.engine.params, self.test_x, self.test_y)
+        result.series.append(
+            {
+                "t": now,
+                "updates": self.engine.stats.accepted,
+                "version": self.engine.version,
+                "accuracy": acc,
+                "loss": loss,
+            }
+        )
+        if result.time_to_target_s is None and acc >= self.scenario.target_accuracy:
+            result.time_to_target_s = now
+        result.final_accuracy, result.final_loss = acc, loss
+
+    def run(self) -> StudyResult:
+        started = time.perf_counter()
+        result = StudyResult(run=self.run_kind.value, scenario=self.scenario.name)
+        classes: Counter[str] = Counter()
+        tiers: dict[str, SubsetSpec] = {}
+        for d in self.fleet:
+            tiers.setdefault(
+                d.profile.device_class.value,
+                self.engine.subset_for(self.engine.devices[d.device_id]),
+            )
+        self._evaluate(0.0, result)
+        now = 0.0
+        self._dispatch(now, result)
+        budget = self.scenario.update_budget
+        while self.engine.stats.accepted < budget and self._events:
+            event = heapq.heappop(self._events)
+            now = event.at
+            if event.kind == "dropped":
+                self.engine.task_failed(event.task_id, now=now, reason="device went silent")
+            elif event.kind == "arrived":
+                merged = self._arrive(event.task_id, now, result, classes)
+                if merged and self.engine.stats.merges % self.scenario.eval_every_merges == 0:
+                    self._evaluate(now, result)
+                    if self.progress:
+                        self.progress(self.engine.stats.accepted, budget, result.final_accuracy)
+            self._dispatch(now, result)
+        if not result.series or result.series[-1]["version"] != self.engine.version:
+            self._evaluate(now, result)
+        result.updates = self.engine.stats.accepted
+        result.merges = self.engine.stats.merges
+        result.failed_tasks = self.engine.stats.failed
+        result.rejected = {str(k): v for k, v in self.engine.stats.rejected.items()}
+        result.virtual_time_s = now
+        result.wall_s = time.perf_counter() - started
+        result.updates_by_class = dict(classes)
+        result.subset_by_class = {
+            c: {
+                "tier": s.tier,
+                "subset_id": s.subset_id,
+                "trained_fraction": s.numel(self.shapes)
+                / sum(int(np.prod(v)) for v in self.shapes.values()),
+                "train_memory_bytes": footprint_bytes(
+                    self.model_config, s.names, self.scenario.batch_size
+                ),
+            }
+            for c, s in tiers.items()
+        }
+        for handle in self._jobs.values():  # tasks still in flight at the end
+            handle.result()
+        return result
+
+    def _arrive(self, task_id: str, now: float, result: StudyResult, classes: Counter[str]) -> bool:
+        order = self.engine.tasks.get(task_id)
+        outcome = self._jobs.pop(task_id).result()
+        if order is None:
+            return False
+        header = update_header(
+            outcome,
+            device_id=order.device_id,
+            subset_id=order.subset.subset_id,
+            base_version=order.model_version,
+        )
+        frame = encode_update(header, outcome, max_bytes=DEFAULT_MAX_MESSAGE_BYTES)
+        result.upload_bytes += len(frame)
+        incoming = decode_update(frame, max_bytes=DEFAULT_MAX_MESSAGE_BYTES)
+        before = self.engine.stats.merges
+        outcome_ = self.engine.submit(incoming.update, now=now)
+        if outcome_.accepted:
+            classes[self.by_id[order.device_id].profile.device_class.value] += 1
+        if self.progress and self.engine.stats.merges == before:
+            self.progress(self.engine.stats.accepted, self.scenario.update_budget, None)
+        return self.engine.stats.merges > before
+
+
+def per_class_counts(fleet: list[SimDevice]) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = defaultdict(lambda: {"devices": 0, "stragglers": 0})
+    for d in fleet:
+        row = out[d.profile.device_class.value]
+        row["devices"] += 1
+        row["stragglers"] += int(d.straggler)
+    return dict(out)
