@@ -26,9 +26,13 @@ Frames put a JSON header and an optional tensor payload
     version     u8       FRAME_VERSION
     flags       u8       must be 0 (reserved)
     header_len  u32      1..MAX_HEADER_BYTES
+    payload_len u32      0, or the length of the tensor payload
     header      header_len bytes of UTF-8 JSON (one message)
     crc         u32      zlib.crc32 of everything above (prefix + header)
-    payload     the rest: empty, or a tensor payload with its own CRC
+    payload     payload_len bytes: a tensor payload with its own CRC
+
+``payload_len`` makes a frame cut exactly after its header a DecodeError
+rather than a valid message that silently lost its tensors.
 
 The prefix layout and the CRC position are frozen across frame versions,
 so the CRC is checked before the version: a corrupted version byte is a
@@ -61,6 +65,7 @@ FRAME_VERSION = 1
 FRAME_MAGIC = b"FWFR"
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 MAX_HEADER_BYTES = 64 * 1024
+MAX_FRAME_BYTES = 2**32 - 1  # payload_len is a u32
 MAX_TEXT_CHARS = 1024
 
 
@@ -285,7 +290,7 @@ MESSAGE_ADAPTER: TypeAdapter[Message] = TypeAdapter(Message)
 """Parses any message: ``MESSAGE_ADAPTER.validate_json(raw)`` (stateless)."""
 
 
-_FRAME_PREFIX = struct.Struct("<4sBBI")
+_FRAME_PREFIX = struct.Struct("<4sBBII")
 _CRC = struct.Struct("<I")
 _FRAME_OVERHEAD = _FRAME_PREFIX.size + _CRC.size
 
@@ -327,10 +332,11 @@ def encode_frame(
     raw_header = _header_json(header)
     _check_tensors_allowed(header, tuple(tensors or ()), EncodeError)
     size = _FRAME_OVERHEAD + len(raw_header) + (tensor_bytes(tensors) if tensors else 0)
-    if size > max_bytes:
+    if size > min(max_bytes, MAX_FRAME_BYTES):
         raise MessageTooLarge(f"frame of {size} bytes > limit {max_bytes}")
-    head = _FRAME_PREFIX.pack(FRAME_MAGIC, FRAME_VERSION, 0, len(raw_header)) + raw_header
     payload = encode_tensors(tensors) if tensors else b""
+    prefix = _FRAME_PREFIX.pack(FRAME_MAGIC, FRAME_VERSION, 0, len(raw_header), len(payload))
+    head = prefix + raw_header
     return head + _CRC.pack(zlib.crc32(head)) + payload
 
 
@@ -387,12 +393,16 @@ def decode_frame(
         raise MessageTooLarge(f"frame of {len(view)} bytes > limit {max_bytes}")
     if len(view) < _FRAME_OVERHEAD:
         raise DecodeError("frame too short")
-    magic, version, flags, header_len = _FRAME_PREFIX.unpack(view[: _FRAME_PREFIX.size])
+    magic, version, flags, header_len, payload_len = _FRAME_PREFIX.unpack(
+        view[: _FRAME_PREFIX.size]
+    )
     if magic != FRAME_MAGIC:
         raise DecodeError("bad frame magic")
     head_end = _FRAME_PREFIX.size + header_len
     if not 1 <= header_len <= MAX_HEADER_BYTES or head_end + _CRC.size > len(view):
         raise DecodeError(f"bad header length {header_len}")
+    if head_end + _CRC.size + payload_len != len(view):
+        raise DecodeError(f"frame length differs from announced payload of {payload_len} bytes")
     (crc,) = _CRC.unpack(view[head_end : head_end + _CRC.size])
     if zlib.crc32(view[:head_end]) != crc:
         raise DecodeError("frame header CRC mismatch")

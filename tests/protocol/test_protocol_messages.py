@@ -93,7 +93,7 @@ SAMPLES = [
 def header_frame(header: dict, version: int = FRAME_VERSION) -> bytes:
     """A frame with an arbitrary (possibly invalid) JSON header and a valid CRC."""
     raw = json.dumps(header).encode()
-    head = struct.pack("<4sBBI", b"FWFR", version, 0, len(raw)) + raw
+    head = struct.pack("<4sBBII", b"FWFR", version, 0, len(raw), 0) + raw
     return head + struct.pack("<I", zlib.crc32(head))
 
 

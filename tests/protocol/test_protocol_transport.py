@@ -173,9 +173,9 @@ def test_errors_follow_the_policy():
     with pytest.raises(RuntimeError, match="handler bug"):
         pub.publish("t", b"1")
     assert delivered == [b"1"] and len(seen) == 1
-    # a corrupted chunk goes to on_error as a ChunkError
+    # a corrupted chunk injected at the broker goes to on_error as a ChunkError
     strict.unsubscribe("t")
-    pub.publish("t", CHUNK_MAGIC + b"\x01" * 100)
+    broker.publish("t", CHUNK_MAGIC + b"\x01" * 100)
     assert len(seen) == 2 and isinstance(seen[-1], ChunkError)
 
 
