@@ -38,7 +38,7 @@ from .errors import (
     StateError,
     TooFewSurvivors,
 )
-from .local import ClientInput, DropPoint, LocalRound, run_local_round
+from .local import ClientInput, DropPoint, LocalRound, LocalRunner, run_local_round
 from .messages import (
     EncryptedShare,
     KeyAdvertisement,
@@ -64,6 +64,7 @@ __all__ = [
     "KeyAdvertisement",
     "KeyRoster",
     "LocalRound",
+    "LocalRunner",
     "MaskedInput",
     "OverflowRisk",
     "ProtocolViolation",

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import enum
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .client import SecAggClient
 from .config import SecAggConfig, SecAggSession
+from .messages import KeyRoster, ShareDelivery, UnmaskRequest
 from .server import AggregateResult, SecAggServer
 
 
@@ -42,6 +43,59 @@ class LocalRound:
     clients: dict[str, SecAggClient] = field(default_factory=dict)
 
 
+class LocalRunner:
+    """One server and its cohort's clients in memory, driven stage by stage.
+
+    Each step delivers the previous stage's output to ``devices`` (those still
+    online), feeds their answers to the server and closes the stage. Tests and
+    the simulator may swap ``server`` or ``clients[d]`` between steps (e.g.
+    after a state_dict round trip).
+    """
+
+    def __init__(
+        self,
+        *,
+        config: SecAggConfig,
+        session: SecAggSession,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        self.server = SecAggServer(config=config, session=session)
+        self.clients = {
+            d: SecAggClient(config=config, session=session, device_id=d, random_bytes=random_bytes)
+            for d in session.cohort
+        }
+
+    def advertise(self, devices: Iterable[str]) -> KeyRoster:
+        for d in devices:
+            self.server.receive_advertisement(self.clients[d].advertise())
+        return self.server.close_advertisements()
+
+    def share_keys(self, devices: Iterable[str], roster: KeyRoster) -> dict[str, ShareDelivery]:
+        for d in devices:
+            self.server.receive_share_bundle(self.clients[d].share_keys(roster))
+        return self.server.close_shares()
+
+    def mask(
+        self,
+        devices: Iterable[str],
+        deliveries: Mapping[str, ShareDelivery],
+        inputs: Mapping[str, ClientInput],
+    ) -> UnmaskRequest:
+        for d in devices:
+            x = inputs[d]
+            self.server.receive_masked_input(
+                self.clients[d].mask_input(
+                    deliveries[d], update=x.update, weight=x.weight, num_samples=x.num_samples
+                )
+            )
+        return self.server.close_masked_inputs()
+
+    def unmask(self, devices: Iterable[str], request: UnmaskRequest) -> AggregateResult:
+        for d in devices:
+            self.server.receive_unmask_response(self.clients[d].unmask(request))
+        return self.server.finalize()
+
+
 def run_local_round(
     *,
     config: SecAggConfig,
@@ -52,29 +106,13 @@ def run_local_round(
 ) -> LocalRound:
     """Run every stage for the cohort; devices in ``drops`` fall silent at their point."""
     drops = dict(drops or {})
-    server = SecAggServer(config=config, session=session)
-    clients = {
-        d: SecAggClient(config=config, session=session, device_id=d, random_bytes=random_bytes)
-        for d in session.cohort
-    }
+    runner = LocalRunner(config=config, session=session, random_bytes=random_bytes)
 
-    def active(point: DropPoint) -> list[str]:
+    def online(point: DropPoint) -> list[str]:
         return [d for d in session.cohort if d not in drops or drops[d].value > point.value]
 
-    for d in active(DropPoint.BEFORE_ADVERTISE):
-        server.receive_advertisement(clients[d].advertise())
-    roster = server.close_advertisements()
-    for d in active(DropPoint.BEFORE_SHARES):
-        server.receive_share_bundle(clients[d].share_keys(roster))
-    deliveries = server.close_shares()
-    for d in active(DropPoint.BEFORE_INPUT):
-        x = inputs[d]
-        server.receive_masked_input(
-            clients[d].mask_input(
-                deliveries[d], update=x.update, weight=x.weight, num_samples=x.num_samples
-            )
-        )
-    request = server.close_masked_inputs()
-    for d in active(DropPoint.BEFORE_UNMASK):
-        server.receive_unmask_response(clients[d].unmask(request))
-    return LocalRound(result=server.finalize(), server=server, clients=clients)
+    roster = runner.advertise(online(DropPoint.BEFORE_ADVERTISE))
+    deliveries = runner.share_keys(online(DropPoint.BEFORE_SHARES), roster)
+    request = runner.mask(online(DropPoint.BEFORE_INPUT), deliveries, inputs)
+    result = runner.unmask(online(DropPoint.BEFORE_UNMASK), request)
+    return LocalRound(result=result, server=runner.server, clients=runner.clients)
