@@ -14,7 +14,9 @@ Why these choices (see :mod:`protocol.mqtt_settings` for the knobs):
 * Receive-path errors never escape into paho's thread (which would stop
   the loop): the transport's error policy defaults to LOG.
 
-:meth:`MqttTransport.subscribe` waits for the SUBACK (except when called
+:meth:`MqttTransport.connect` returns (and :attr:`MqttTransport.connected`
+turns true after a reconnect) only once every known filter is subscribed
+again. :meth:`MqttTransport.subscribe` waits for the SUBACK (except when called
 from a message handler, which runs on paho's thread), so a caller that
 subscribes and then triggers a reply cannot miss it.
 """
@@ -146,10 +148,16 @@ class MqttTransport(Transport):
         packet_limit = getattr(properties, "MaximumPacketSize", None) if properties else None
         self._broker_max_packet = packet_limit
         subs = list(self.subscriptions.items())
-        if subs:
-            _, mid = client.subscribe(subs)
-            with self._state:
-                self._unawaited.add(mid)
+        if not subs:
+            self._mark_connected()
+            return
+        # "connected" is announced only once the re-subscription is acknowledged,
+        # so nobody publishes a request whose reply could arrive unsubscribed.
+        _, mid = client.subscribe(subs)
+        with self._state:
+            self._unawaited.add(mid)
+
+    def _mark_connected(self) -> None:
         self.connect_count += 1
         self._connected.set()
 
@@ -168,8 +176,9 @@ class MqttTransport(Transport):
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
         ok = not any(rc.is_failure for rc in reason_codes)
         with self._state:
-            if mid in self._unawaited:  # re-subscription after a reconnect
+            if mid in self._unawaited:  # re-subscription after a (re)connect
                 self._unawaited.discard(mid)
+                self._mark_connected()
                 if not ok:
                     self._report("<resubscribe>", TransportError(f"refused: {reason_codes}"))
                 return
