@@ -15,7 +15,9 @@ from :func:`decode_frame`) and a ``kind`` discriminator so any header can
 be parsed with :data:`MESSAGE_ADAPTER` without knowing its type first.
 
 In Python code, enum fields take enum members and sequence fields take
-tuples (strict mode); on the wire they are JSON strings and arrays.
+tuples (strict mode); on the wire they are JSON strings and arrays. numpy
+scalars other than ``np.float64`` are refused too: pass ``int(x)`` /
+``float(x)`` (a ``np.float32`` loss would otherwise be a silent lax coercion).
 ``bytes`` fields are base64 in JSON (URL-safe alphabet on output, both
 alphabets accepted on input).
 

@@ -134,8 +134,13 @@ class MqttTransport(Transport):
         self._connected.clear()
 
     def flush(self, *, timeout_s: float | None = None) -> None:
-        """Block until every QoS>0 publish so far is acknowledged by the broker."""
+        """Block until every QoS>0 publish so far is acknowledged by the broker.
+
+        Not from a message handler: acks are processed on that same thread.
+        """
         client = self._require_client()
+        if threading.get_ident() == self._loop_thread:
+            raise TransportError("flush() from a message handler would deadlock")
         self._flush(client, timeout_s=timeout_s or self.settings.ack_timeout_s)
 
     # -- paho callbacks (network thread) ------------------------------------

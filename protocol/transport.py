@@ -332,7 +332,8 @@ class InMemoryTransport(Transport):
 
     def wants(self, topic: str) -> bool:
         """True if any subscription matches ``topic`` (used by the broker)."""
-        return any(topic_matches(f, topic) for f in self.subscriptions)
+        with self._lock:
+            return any(topic_matches(f, topic) for f in self._subscriptions)
 
     def _send(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
         if not self.connected:
