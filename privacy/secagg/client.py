@@ -113,9 +113,15 @@ class SecAggClient:
         self._stage = ClientStage.ADVERTISED
         return msg
 
+    @staticmethod
+    def _public_keys(enc_sk: bytes, mask_sk: bytes) -> tuple[bytes, bytes]:
+        return (
+            crypto.public_raw(crypto.load_private(enc_sk)),
+            crypto.public_raw(crypto.load_private(mask_sk)),
+        )
+
     def _advertisement(self, *, enc_sk: bytes, mask_sk: bytes) -> KeyAdvertisement:
-        enc_pk = crypto.public_raw(crypto.load_private(enc_sk))
-        mask_pk = crypto.public_raw(crypto.load_private(mask_sk))
+        enc_pk, mask_pk = self._public_keys(enc_sk, mask_sk)
         signature = b""
         if self._signing_key is not None:
             payload = crypto.advertisement_payload(self._context, self.device_id, enc_pk, mask_pk)
@@ -190,12 +196,10 @@ class SecAggClient:
                 adv, session=self.session, context=self._context, identity_keys=self._identity_keys
             )
         masking.check_roster_keys_unique(advs)
-        mine = [a for a in advs if a.device_id == self.device_id]
-        expected = self._advertisement(enc_sk=enc_sk, mask_sk=mask_sk)  # type: ignore[arg-type]
-        if len(mine) != 1 or (mine[0].enc_public_key, mine[0].mask_public_key) != (
-            expected.enc_public_key,
-            expected.mask_public_key,
-        ):
+        mine = [
+            (a.enc_public_key, a.mask_public_key) for a in advs if a.device_id == self.device_id
+        ]
+        if mine != [self._public_keys(enc_sk, mask_sk)]:  # type: ignore[arg-type]
             raise ProtocolViolation("the roster does not carry this device's own advertisement")
         if len(advs) < self.config.threshold:
             raise TooFewSurvivors(

@@ -194,17 +194,15 @@ class SecAggServer:
         """Per device of U2, the ciphertexts the other members of U2 addressed to it."""
         self._require_past(ServerStage.COLLECTING_SHARES, "route shares")
         shared = canonical_order(self._st.bundles)
-        out = {}
-        for recipient in shared:
-            items = tuple(
-                share
-                for sender in shared
-                if sender != recipient
-                for share in self._st.bundles[sender].shares
-                if share.recipient == recipient
-            )
-            out[recipient] = ShareDelivery(**self._header(), recipient=recipient, shares=items)
-        return out
+        inbox: dict[str, list[EncryptedShare]] = {d: [] for d in shared}
+        for sender in shared:
+            for share in self._st.bundles[sender].shares:
+                if share.recipient in inbox:  # shares for devices outside U2 stay undelivered
+                    inbox[share.recipient].append(share)
+        return {
+            d: ShareDelivery(**self._header(), recipient=d, shares=tuple(items))
+            for d, items in inbox.items()
+        }
 
     # -- round 2 -----------------------------------------------------------------
 
@@ -299,17 +297,16 @@ class SecAggServer:
         self._need(len(st.responses), "unmask responses")
         if set(st.survivors) & set(st.dropped):
             raise ProtocolViolation("refusing to unmask a device both ways")
-        responders = {ses.x_of(d): r for d, r in st.responses.items()}
-        interp = Interpolator(responders, threshold=cfg.threshold)
+        interp = Interpolator((ses.x_of(d) for d in st.responses), threshold=cfg.threshold)
+        seeds: dict[str, dict[int, Share]] = {d: {} for d in st.survivors}
+        keys: dict[str, dict[int, Share]] = {d: {} for d in st.dropped}
+        for device, resp in st.responses.items():
+            x = ses.x_of(device)
+            for table, items in ((seeds, resp.seed_shares), (keys, resp.key_shares)):
+                for item in items:
+                    table[item.owner][x] = Share.from_bytes(item.share, secret_len=_SECRET)
 
-        def recover(owner: str, field: str) -> bytes:
-            shares = {
-                x: Share.from_bytes(
-                    next(s.share for s in getattr(r, field) if s.owner == owner),
-                    secret_len=_SECRET,
-                )
-                for x, r in responders.items()
-            }
+        def recover(shares: dict[int, Share]) -> bytes:
             return interp.recover_bytes(shares, length=_SECRET)
 
         n_words, bits = ses.total_words, cfg.modulus_bits
@@ -320,11 +317,11 @@ class SecAggServer:
             )
         for device in st.survivors:
             key = crypto.self_mask_key(
-                recover(device, "seed_shares"), context=self._context, device_id=device
+                recover(seeds[device]), context=self._context, device_id=device
             )
             total = mod_sub(total, masking.mask_stream(key, config=cfg, session=ses))
         for gone in st.dropped:
-            private = crypto.load_private(recover(gone, "key_shares"))
+            private = crypto.load_private(recover(keys[gone]))
             if crypto.public_raw(private) != st.adverts[gone].mask_public_key:
                 raise ProtocolViolation(
                     f"reconstructed key of {gone!r} does not match its advertisement"

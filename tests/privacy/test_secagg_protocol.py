@@ -546,3 +546,20 @@ def test_shares_in_responses_are_the_responders_own() -> None:
     runner, session, request = masked_runner()
     resp = runner.clients[session.cohort[0]].unmask(request)
     assert all(Share.from_bytes(s.share, secret_len=32).x == 1 for s in resp.seed_shares)
+
+
+def test_device_with_another_index_set_fails_loudly_instead_of_mis_summing() -> None:
+    # Prepare: dev-00 believes in a different subset (same length, different digest)
+    config, session, inputs = setup(n=4, t=3, d=30)
+    session = dataclasses.replace(session, index_set_digest=b"subset-A")
+    runner = LocalRunner(config=config, session=session)
+    odd = dataclasses.replace(session, index_set_digest=b"subset-B")
+    runner.clients["dev-00"] = SecAggClient(config=config, session=odd, device_id="dev-00")
+    deliveries = runner.share_keys(session.cohort, runner.advertise(session.cohort))
+    # Execute / Assert: its share cannot be opened by the others, nor theirs by it
+    for dev in session.cohort:
+        x = inputs[dev]
+        with pytest.raises(ProtocolViolation, match="authentication"):
+            runner.clients[dev].mask_input(
+                deliveries[dev], update=x.update, weight=1.0, num_samples=1
+            )
