@@ -273,6 +273,8 @@ def _check_text(text: str, *, key: str, limit: int) -> int:
 
 def _check_value(value: object, *, key: str) -> tuple[DetailValue, int]:
     """Validate one value; return it normalised and how many numbers it holds."""
+    if isinstance(value, Enum):
+        value = value.value  # e.g. the privacy package's accountant enum: log its value
     if value is None or isinstance(value, bool):
         return value, 0
     if _is_array_like(value) and getattr(value, "shape", None) == () and hasattr(value, "item"):
@@ -289,6 +291,7 @@ def _check_value(value: object, *, key: str) -> tuple[DetailValue, int]:
             raise ForbiddenAuditContent("float must be finite", key=key)
         return float(value), 1
     if isinstance(value, str):
+        value = str.__str__(value)  # a plain str, whatever subclass came in
         return value, _check_text(value, key=key, limit=MAX_STR_LEN)
     if isinstance(value, bytes | bytearray | memoryview):
         raise ForbiddenAuditContent("raw bytes are not allowed (log a sha256 hex instead)", key=key)
@@ -307,6 +310,8 @@ def _check_list(items: list[object] | tuple[object, ...], *, key: str) -> tuple[
     numeric = 0
     out: list[str | int] = []
     for item in items:
+        if isinstance(item, Enum):
+            item = item.value
         if isinstance(item, bool) or not isinstance(item, str | int):
             raise ForbiddenAuditContent("lists may hold only str or int ids", key=key)
         if isinstance(item, int):
@@ -315,6 +320,7 @@ def _check_list(items: list[object] | tuple[object, ...], *, key: str) -> tuple[
             item = int(item)
             numeric += 1
         else:
+            item = str.__str__(item)
             numeric += _check_text(item, key=key, limit=MAX_ID_LEN)
         out.append(item)
     if numeric > MAX_NUMERIC_ITEMS:
@@ -370,10 +376,7 @@ class AuditEvent(BaseModel):
     @field_validator("ts")
     @classmethod
     def _utc(cls, value: datetime) -> datetime:
-        try:
-            return to_utc(value)
-        except ValueError as exc:  # re-raised as a pydantic ValidationError
-            raise ValueError(str(exc)) from None
+        return to_utc(value)  # a naive datetime raises ValueError -> ValidationError
 
     @field_validator("details", mode="before")
     @classmethod

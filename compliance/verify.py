@@ -276,6 +276,8 @@ def verify_log(
 
     ``store_or_path`` is an :class:`AuditStore` or the path of a JSONL entry
     file (its tree heads are read from ``<path>.sth``, read-only, no lock).
+    Reading a log that another process is appending to may catch a line
+    half-written and report it as truncated: verify closed logs, or re-run.
     """
     key = _public_key(public_key)
     if isinstance(store_or_path, str | os.PathLike):

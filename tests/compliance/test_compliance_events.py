@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from datetime import UTC, datetime, timedelta, timezone
+from enum import Enum, IntEnum
 from typing import Any
 
 import numpy as np
@@ -108,6 +109,21 @@ def test_numpy_scalars_are_judged_by_the_number_they_hold() -> None:
     # Assert
     assert event.details == {"steps": 5, "epsilon": 0.5, "ok": True}
     assert type(event.details["steps"]) is int
+
+
+def test_enum_values_are_logged_by_value_not_by_name() -> None:
+    # Prepare
+    class Accountant(Enum):
+        RDP = "rdp"
+
+    class Level(IntEnum):
+        HIGH = 3
+
+    # Execute
+    event = _event({"accountant": Accountant.RDP, "level": Level.HIGH, "ids": [Accountant.RDP]})
+    # Assert
+    assert event.details == {"accountant": "rdp", "level": 3, "ids": ("rdp",)}
+    assert type(event.details["level"]) is int
 
 
 # -- what the guard refuses ---------------------------------------------------
