@@ -199,12 +199,12 @@ def train_subset_dp(
             noise_generator=noise_generator,
         )
     if dp_loader.sample_rate != sample_rate:
-        dp_module.cleanup()
+        _release(dp_module, trained)
         raise RuntimeError(f"Opacus sample rate {dp_loader.sample_rate} != planned {sample_rate}")
     try:
         loss_sum, loss_count = _run_epochs(dp_module, dp_optimizer, dp_loader, config=config)
     finally:
-        dp_module.cleanup()  # the hooks are on the model's own modules
+        _release(dp_module, trained)
     after = history_from_state(engine.accountant.state_dict(), accountant=config.accountant)
     steps = _total_steps(after) - _total_steps(prior)
     new = get_params(model)
@@ -220,6 +220,20 @@ def train_subset_dp(
         accountant=config.accountant,
         accountant_state=history_to_state(after, accountant=config.accountant),
     )
+
+
+def _release(dp_module: GradSampleModule, trained: Sequence[torch.Tensor]) -> None:
+    """Remove Opacus' hooks and buffers: they live on the caller's model.
+
+    The model object is reused for the next task (possibly another subset), so
+    stale hooks would compute per-sample gradients for the wrong tensors and
+    stale buffers would hold memory the footprint does not account for.
+    """
+    dp_module.cleanup()
+    for p in trained:
+        if hasattr(p, "summed_grad"):
+            del p.summed_grad
+        p.grad = None
 
 
 _BACKWARD_HOOK_WARNING = "Full backward hook is firing when gradients are computed with respect"
