@@ -174,9 +174,10 @@ def train_subset_dp(
     sample_generator, noise_generator = _generators(seed)
 
     with warnings.catch_warnings():
-        # GDP's warning is raised once by privacy.accounting when epsilon is computed;
-        # "secure_mode" advice is documented in the module docstring.
-        warnings.simplefilter("ignore", UserWarning)
+        # both are documented above; privacy.accounting warns about GDP whenever
+        # an epsilon is computed with it
+        warnings.filterwarnings("ignore", message="Secure RNG turned off", category=UserWarning)
+        warnings.filterwarnings("ignore", message="GDP accounting is experimental")
         engine = PrivacyEngine(accountant=config.accountant.value, secure_mode=False)
     if prior:
         engine.accountant.load_state_dict(
@@ -187,17 +188,15 @@ def train_subset_dp(
     loader = DataLoader(
         TensorDataset(features, yt), batch_size=config.batch_size, generator=sample_generator
     )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        dp_module, dp_optimizer, dp_loader = engine.make_private(
-            module=split.suffix,
-            optimizer=optimizer,
-            data_loader=loader,
-            noise_multiplier=config.noise_multiplier,
-            max_grad_norm=config.max_grad_norm,
-            poisson_sampling=True,
-            noise_generator=noise_generator,
-        )
+    dp_module, dp_optimizer, dp_loader = engine.make_private(
+        module=split.suffix,
+        optimizer=optimizer,
+        data_loader=loader,
+        noise_multiplier=config.noise_multiplier,
+        max_grad_norm=config.max_grad_norm,
+        poisson_sampling=True,
+        noise_generator=noise_generator,
+    )
     if dp_loader.sample_rate != sample_rate:
         _release(dp_module, trained)
         raise RuntimeError(f"Opacus sample rate {dp_loader.sample_rate} != planned {sample_rate}")
