@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from coordinator.planning import SubsetMode
 from coordinator.strategies import StrategyName
-from tinytrain.models import ModelConfig
+from coordinator.study_spec import StudySpec
 
 from .profiles import DeviceClass
 from .sensordata import StudyDataConfig
@@ -62,6 +62,11 @@ class Scenario(BaseModel):
     min_windows: int = Field(default=24, ge=1)
     max_windows: int = Field(default=96, ge=1)
     test_patients: int = Field(default=100, ge=1)
+    # warm start: every strategy starts from one model pre-trained centrally on a
+    # small public cohort (patients disjoint from the federation), as on-device
+    # training methods (FTTE, TinyTL, Lin et al.) assume; 0 starts from scratch.
+    pretrain_patients: int = Field(default=20, ge=0)
+    pretrain_epochs: int = Field(default=10, ge=1)
     # training (identical for every strategy)
     epochs: int = Field(default=2, ge=1)
     batch_size: int = Field(default=32, ge=1)
@@ -105,8 +110,24 @@ class Scenario(BaseModel):
             seed=self.seed,
         )
 
-    def model_settings(self) -> ModelConfig:
-        return ModelConfig(width=self.width)
+    def study_spec(self, run: StrategyRun) -> StudySpec:
+        """The coordinator-side study every strategy row runs (same model and local work)."""
+        return StudySpec(
+            name=f"{self.name}-{run.value}",
+            strategy=run.strategy,
+            subset_mode=run.subset_mode,
+            width=self.width,
+            model_seed=self.seed,
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            momentum=self.momentum,
+            concurrency=self.concurrency,
+            buffer_size=self.buffer_size,
+            server_lr=self.server_lr,
+            staleness_exponent=self.staleness_exponent,
+            variance_beta=self.variance_beta,
+        )
 
     @classmethod
     def from_file(cls, path: Path) -> Scenario:

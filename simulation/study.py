@@ -21,56 +21,28 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
 
-from coordinator.engine import Device, Engine, EngineEvent, TaskOrder
+from coordinator.engine import Device, EngineEvent, TaskOrder
 from coordinator.ingest import decode_update
-from coordinator.planning import SubsetPlanner
-from coordinator.strategies import FTTE, FedAsync, FedAvg, FedBuff, Strategy, StrategyName
+from coordinator.study_spec import build_engine, footprint_bytes
 from edge.local import LocalTask
 from edge.updates import encode_update, update_header
 from protocol.messages import DEFAULT_MAX_MESSAGE_BYTES, ModelDownload, Update, frame_size
 from tinytrain.costs import task_flops
-from tinytrain.memory import measure_training_step
-from tinytrain.models import ModelConfig, build_model, get_params, param_shapes, parameter_groups
-from tinytrain.subsets import SubsetLadder, SubsetSpec
-from tinytrain.training import LocalTrainConfig, evaluate
+from tinytrain.models import build_model, param_shapes
+from tinytrain.subsets import SubsetSpec
+from tinytrain.training import evaluate
 
 from .executor import Executor, TrainJob
 from .profiles import SimDevice, draw_fleet
 from .scenario import Scenario, StrategyRun
 from .sensordata import load_study_data
+from .warmstart import pretrained_params
 
 Progress = Callable[[int, int, float | None], None]  # (accepted, budget, accuracy)
-
-
-@lru_cache(maxsize=64)
-def footprint_bytes(config: ModelConfig, names: tuple[str, ...], batch_size: int) -> int:
-    return measure_training_step(config, names, batch_size=batch_size).total
-
-
-def build_strategy(
-    run: StrategyRun, scenario: Scenario, shapes: dict[str, tuple[int, ...]]
-) -> Strategy:
-    name = run.strategy
-    if name is StrategyName.FEDAVG:
-        return FedAvg(shapes=shapes, server_lr=scenario.server_lr)
-    if name is StrategyName.FEDBUFF:
-        return FedBuff(
-            shapes=shapes, buffer_size=scenario.buffer_size, server_lr=scenario.server_lr
-        )
-    if name is StrategyName.FEDASYNC:
-        return FedAsync(shapes=shapes)
-    return FTTE(
-        shapes=shapes,
-        buffer_size=scenario.buffer_size,
-        server_lr=scenario.server_lr,
-        staleness_exponent=scenario.staleness_exponent,
-        variance_beta=scenario.variance_beta,
-    )
 
 
 @dataclass
@@ -143,7 +115,8 @@ class Study:
             executor,
             progress,
         )
-        self.model_config = scenario.model_settings()
+        self.spec = scenario.study_spec(run)
+        self.model_config = self.spec.model_settings()
         self.model = build_model(self.model_config, seed=scenario.seed)
         self.shapes = param_shapes(self.model)
         data = load_study_data(scenario.data_config())
@@ -152,14 +125,6 @@ class Study:
         ]
         self.test_x, self.test_y = data.test_x[pick], data.test_y[pick]
         self.num_samples = [len(y) for y in data.device_y]
-        ladder = SubsetLadder(parameter_groups(self.model))
-        planner = SubsetPlanner(
-            ladder,
-            footprint_bytes=lambda s: footprint_bytes(
-                self.model_config, s.names, scenario.batch_size
-            ),
-            mode=run.subset_mode,
-        )
         self.fleet: list[SimDevice] = draw_fleet(
             devices=scenario.devices,
             mix=dict(scenario.mix),
@@ -168,13 +133,17 @@ class Study:
             rng=np.random.default_rng(scenario.seed + 1),
         )
         self.by_id = {d.device_id: d for d in self.fleet}
-        self.engine = Engine(
-            params=get_params(self.model),
-            strategy=build_strategy(run, scenario, self.shapes),
-            planner=planner,
-            concurrency=scenario.concurrency,
-            rng=random.Random(scenario.seed + 2),
-            listeners=listeners,
+        start = pretrained_params(
+            self.model_config,
+            seed=scenario.seed,
+            patients=scenario.pretrain_patients,
+            epochs=scenario.pretrain_epochs,
+            batch_size=scenario.batch_size,
+            lr=scenario.lr,
+            momentum=scenario.momentum,
+        )
+        self.engine = build_engine(
+            self.spec, rng=random.Random(scenario.seed + 2), params=start, listeners=listeners
         )
         for d in self.fleet:
             self.engine.enrol(
@@ -183,12 +152,7 @@ class Study:
                 memory_bytes=d.profile.memory_bytes,
                 now=0.0,
             )
-        self.train = LocalTrainConfig(
-            epochs=scenario.epochs,
-            batch_size=scenario.batch_size,
-            lr=scenario.lr,
-            momentum=scenario.momentum,
-        )
+        self.train = self.spec.train_settings()
         self.chance = random.Random(scenario.seed + 3)  # availability and dropouts
         self._events: list[_Event] = []
         self._seq = 0

@@ -1,0 +1,139 @@
+"""What a study is: the settings that build its engine, shared by sim and live.
+
+A ``StudySpec`` is validated once (strict pydantic, no unknown keys) and is
+immutable afterwards: the live coordinator persists it at creation and refuses
+to change it; the simulator builds one from its scenario. ``build_engine``
+turns a spec into the engine, so the live service and the simulator run the
+very same strategy, planner and scheduling code.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from functools import lru_cache
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tinytrain.memory import measure_training_step
+from tinytrain.models import (
+    ModelConfig,
+    ModelKind,
+    Params,
+    build_model,
+    get_params,
+    param_shapes,
+    parameter_groups,
+)
+from tinytrain.subsets import SubsetLadder
+from tinytrain.training import LocalTrainConfig
+
+from .engine import Engine, EngineEvent
+from .planning import SubsetMode, SubsetPlanner
+from .strategies import FTTE, FedAsync, FedAvg, FedBuff, Strategy, StrategyName
+
+
+class StudySpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(default="study", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    strategy: StrategyName = StrategyName.FTTE
+    subset_mode: SubsetMode = SubsetMode.GLOBAL
+    # model
+    model_kind: ModelKind = ModelKind.CNN
+    in_channels: int = Field(default=3, ge=1)
+    window: int = Field(default=500, ge=64)
+    num_classes: int = Field(default=4, ge=2)
+    width: int = Field(default=24, ge=1)
+    model_seed: int = 0
+    # local training (identical for every device of the study)
+    epochs: int = Field(default=2, ge=1)
+    batch_size: int = Field(default=32, ge=1)
+    lr: float = Field(default=0.05, gt=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    # federation
+    concurrency: int = Field(default=50, ge=1)
+    buffer_size: int = Field(default=10, ge=1)
+    server_lr: float = Field(default=1.0, gt=0)
+    max_staleness: int | None = Field(default=None, ge=0)
+    staleness_exponent: float = Field(default=0.5, ge=0)
+    variance_beta: float = Field(default=1.0, ge=0)
+    task_deadline_s: float = Field(default=3600.0, gt=0)
+
+    def model_settings(self) -> ModelConfig:
+        return ModelConfig(
+            kind=self.model_kind,
+            in_channels=self.in_channels,
+            window=self.window,
+            num_classes=self.num_classes,
+            width=self.width,
+        )
+
+    def train_settings(self) -> LocalTrainConfig:
+        return LocalTrainConfig(
+            epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, momentum=self.momentum
+        )
+
+
+@lru_cache(maxsize=128)
+def footprint_bytes(config: ModelConfig, names: tuple[str, ...], batch_size: int) -> int:
+    """Measured training footprint of a subset (cached: it runs a real step)."""
+    return measure_training_step(config, names, batch_size=batch_size).total
+
+
+def build_strategy(spec: StudySpec, shapes: dict[str, tuple[int, ...]]) -> Strategy:
+    if spec.strategy is StrategyName.FEDAVG:
+        return FedAvg(shapes=shapes, server_lr=spec.server_lr)
+    if spec.strategy is StrategyName.FEDBUFF:
+        return FedBuff(
+            shapes=shapes,
+            buffer_size=spec.buffer_size,
+            server_lr=spec.server_lr,
+            max_staleness=spec.max_staleness,
+        )
+    if spec.strategy is StrategyName.FEDASYNC:
+        return FedAsync(shapes=shapes, max_staleness=spec.max_staleness)
+    return FTTE(
+        shapes=shapes,
+        buffer_size=spec.buffer_size,
+        server_lr=spec.server_lr,
+        staleness_exponent=spec.staleness_exponent,
+        variance_beta=spec.variance_beta,
+        max_staleness=spec.max_staleness,
+    )
+
+
+def build_planner(spec: StudySpec) -> SubsetPlanner:
+    config = spec.model_settings()
+    ladder = SubsetLadder(parameter_groups(build_model(config, seed=spec.model_seed)))
+    return SubsetPlanner(
+        ladder,
+        footprint_bytes=lambda s: footprint_bytes(config, s.names, spec.batch_size),
+        mode=spec.subset_mode,
+    )
+
+
+def initial_params(spec: StudySpec) -> Params:
+    return get_params(build_model(spec.model_settings(), seed=spec.model_seed))
+
+
+def build_engine(
+    spec: StudySpec,
+    *,
+    rng: random.Random,
+    params: Params | None = None,
+    listeners: tuple[Callable[[EngineEvent], None], ...] = (),
+) -> Engine:
+    """The engine of a study, starting from ``params`` (default: the spec's initial model)."""
+    params = params if params is not None else initial_params(spec)
+    shapes = param_shapes(build_model(spec.model_settings(), seed=spec.model_seed))
+    if {n: tuple(v.shape) for n, v in params.items()} != shapes:
+        raise ValueError("initial parameters do not match the study's model")
+    return Engine(
+        params=params,
+        strategy=build_strategy(spec, shapes),
+        planner=build_planner(spec),
+        concurrency=spec.concurrency,
+        rng=rng,
+        listeners=listeners,
+    )
