@@ -16,7 +16,7 @@ import random
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -77,6 +77,24 @@ class EngineEvent:
     details: Mapping[str, Any]
 
 
+class EngineGuard(Protocol):
+    """A policy the engine consults before it dispatches or accepts (e.g. privacy budgets).
+
+    ``may_dispatch`` filters idle devices (return False to skip one; the guard
+    may also move the device to a terminal state through the engine).
+    ``admit`` sees an update and its task before the strategy does; it raises
+    ``UpdateRejected`` to refuse it (counted and audited like any rejection).
+    ``context`` is what the transport decoded beside the tensors (e.g. the
+    device's privacy report), opaque to the engine.
+    """
+
+    def may_dispatch(self, engine: Engine, device: Device, *, now: float) -> bool: ...
+
+    def admit(
+        self, engine: Engine, update: ClientUpdate, order: TaskOrder, *, context: Any, now: float
+    ) -> None: ...
+
+
 @dataclass(frozen=True)
 class SubmitOutcome:
     accepted: bool
@@ -103,6 +121,7 @@ class Engine:
         concurrency: int,
         rng: random.Random,
         listeners: tuple[Callable[[EngineEvent], None], ...] = (),
+        guards: tuple[EngineGuard, ...] = (),
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
@@ -113,6 +132,7 @@ class Engine:
         self.concurrency = concurrency
         self.rng = rng
         self.listeners = list(listeners)
+        self.guards = list(guards)
         self.devices: dict[str, Device] = {}
         self.tasks: dict[str, TaskOrder] = {}
         self.stats = EngineStats()
@@ -158,7 +178,13 @@ class Engine:
         self, *, now: float, eligible: Callable[[Device], bool] = lambda d: True
     ) -> list[TaskOrder]:
         """Tasks to send now: a whole cohort (synchronous) or top-ups to ``concurrency``."""
-        idle = [d for d in self.devices.values() if d.state is DeviceState.IDLE and eligible(d)]
+        idle = [
+            d
+            for d in self.devices.values()
+            if d.state is DeviceState.IDLE
+            and eligible(d)
+            and all(g.may_dispatch(self, d, now=now) for g in self.guards)
+        ]
         if self.strategy.schedule is Schedule.SYNCHRONOUS:
             if self._round_open or not idle:
                 return []
@@ -230,7 +256,7 @@ class Engine:
         )
         self._prune_versions()
 
-    def submit(self, update: ClientUpdate, *, now: float) -> SubmitOutcome:
+    def submit(self, update: ClientUpdate, *, now: float, context: Any = None) -> SubmitOutcome:
         order = self.tasks.get(update.task_id)
         try:
             if order is None:
@@ -245,6 +271,8 @@ class Engine:
                 raise UpdateRejected(RejectReason.MALFORMED, "base version differs from the task's")
             if self.strategy.needs_base_params:
                 update = _with_base(update, self._versions[order.model_version])
+            for guard in self.guards:
+                guard.admit(self, update, order, context=context, now=now)
             self.strategy.accept(update, server_version=self.version)
         except UpdateRejected as exc:
             self.stats.rejected[exc.reason] += 1
