@@ -83,9 +83,10 @@ class Scenario(BaseModel):
     staleness_exponent: float = Field(default=0.5, ge=0)
     variance_beta: float = Field(default=1.0, ge=0)
     # evaluation
-    target_accuracy: float = Field(default=0.85, gt=0, le=1)
+    target_accuracy: float = Field(default=0.95, gt=0, le=1)
     eval_every_merges: int = Field(default=1, ge=1)
-    eval_windows: int = Field(default=1000, ge=10)
+    eval_windows: int = Field(default=2000, ge=10)
+    final_tail: float = Field(default=0.1, gt=0, le=1)  # final accuracy = mean over this tail
 
     @model_validator(mode="after")
     def _check(self) -> Scenario:
@@ -148,8 +149,8 @@ PRESETS: dict[str, Scenario] = {
         buffer_size=5,
         update_budget=600,
         test_patients=40,
-        eval_windows=600,
-        target_accuracy=0.75,
+        eval_windows=800,
+        target_accuracy=0.93,
     ),
     "tiny": Scenario(
         name="ecg-rhythm-tiny",
@@ -161,7 +162,7 @@ PRESETS: dict[str, Scenario] = {
         max_windows=32,
         test_patients=10,
         eval_windows=200,
-        target_accuracy=0.4,
+        target_accuracy=0.9,
         width=8,
     ),
 }

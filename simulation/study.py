@@ -272,6 +272,7 @@ class Study:
             self._dispatch(now, result)
         if not result.series or result.series[-1]["version"] != self.engine.version:
             self._evaluate(now, result)
+        result.final_accuracy = final_accuracy(result.series, tail=self.scenario.final_tail)
         result.updates = self.engine.stats.accepted
         result.merges = self.engine.stats.merges
         result.failed_tasks = self.engine.stats.failed
@@ -316,6 +317,18 @@ class Study:
         if self.progress and self.engine.stats.merges == before:
             self.progress(self.engine.stats.accepted, self.scenario.update_budget, None)
         return self.engine.stats.merges > before
+
+
+def final_accuracy(series: list[dict[str, float]], *, tail: float) -> float:
+    """Mean held-out accuracy over the evaluations in the last ``tail`` of the updates.
+
+    One evaluation on a finite test set is noisy (and so is one merge); the
+    mean over the tail of the run is what the strategy converged to.
+    """
+    last = series[-1]["updates"]
+    cut = last * (1 - tail)
+    window = [p["accuracy"] for p in series if p["updates"] >= cut and p["updates"] > 0]
+    return float(np.mean(window)) if window else float(series[-1]["accuracy"])
 
 
 def per_class_counts(fleet: list[SimDevice]) -> dict[str, dict[str, int]]:
