@@ -1,0 +1,67 @@
+"""``fedward bench``: FedAvg, FedBuff and FTTE side by side on one scenario."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markdown import Markdown
+
+from simulation.bench import DEFAULT_RUNS, ratios, run_benchmark
+from simulation.executor import ExecutorKind
+from simulation.report import markdown_table, plot_accuracy
+from simulation.scenario import PRESETS, StrategyRun, load_scenario
+
+from ..progress import make_progress, tracker
+
+
+def command(
+    quick: Annotated[
+        bool, typer.Option("--quick", help="The small scenario (< 60 s on 2 cores).")
+    ] = False,
+    scenario: Annotated[
+        str | None, typer.Option(help="Preset or scenario file (overrides --quick).")
+    ] = None,
+    json_path: Annotated[
+        Path, typer.Option("--json", help="Where to write the JSON report.")
+    ] = Path("runs/bench/bench.json"),
+    runs: Annotated[
+        list[StrategyRun] | None, typer.Option("--run", help="Rows to run (repeat).")
+    ] = None,
+    executor: Annotated[
+        ExecutorKind, typer.Option(help="Where device training runs.")
+    ] = ExecutorKind.PROCESS,
+    workers: Annotated[int | None, typer.Option(min=1)] = None,
+) -> None:
+    """Run the benchmark; write JSON, a markdown table and a PNG beside it."""
+    console = Console()
+    sc = load_scenario(scenario) if scenario else PRESETS["quick" if quick else "full"]
+    with make_progress() as progress:
+        report = run_benchmark(
+            sc,
+            runs=tuple(runs or DEFAULT_RUNS),
+            executor=executor,
+            workers=workers,
+            progress=tracker(progress),
+        )
+    if "ftte" in report["strategies"] and "fedavg" in report["strategies"]:
+        report["ratios_ftte_vs_fedavg"] = ratios(report)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(report, indent=2))
+    table = markdown_table(report)
+    json_path.with_suffix(".md").write_text(table)
+    png = plot_accuracy(
+        {k: v["series"] for k, v in report["strategies"].items()},
+        json_path.with_suffix(".png"),
+        title=f"{sc.name}: accuracy vs virtual time",
+        target=sc.target_accuracy,
+    )
+    console.print(Markdown(table))
+    if "ratios_ftte_vs_fedavg" in report:
+        console.print(f"FTTE / FedAvg: {report['ratios_ftte_vs_fedavg']}")
+    console.print(
+        f"wrote {json_path}, {json_path.with_suffix('.md')}, {png} (total {report['total_wall_s']:.0f} s)"
+    )

@@ -1,0 +1,72 @@
+"""Tables and plots of study and benchmark results (matplotlib, Agg backend)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def plot_accuracy(
+    series_by_run: dict[str, list[dict[str, float]]],
+    path: Path,
+    *,
+    title: str,
+    target: float | None = None,
+) -> Path:
+    """Held-out accuracy against virtual time, one line per run (log time axis)."""
+    fig, ax = plt.subplots(figsize=(8, 4.8), dpi=120)
+    for run, series in series_by_run.items():
+        points = [(max(p["t"], 1.0), p["accuracy"]) for p in series]
+        ax.plot([t for t, _ in points], [a for _, a in points], label=run, linewidth=1.4)
+    if target is not None:
+        ax.axhline(target, color="grey", linestyle="--", linewidth=1, label=f"target {target:.2f}")
+    ax.set_xscale("log")
+    ax.set_xlabel("virtual time (s, log scale)")
+    ax.set_ylabel("held-out accuracy")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def markdown_table(report: dict[str, Any]) -> str:
+    """The benchmark as a markdown table with ratios against FedAvg."""
+    strategies = report["strategies"]
+    base = strategies.get("fedavg")
+    rows = [
+        "| strategy | time to target (s) | vs FedAvg | final acc | peak train mem (B) | vs FedAvg "
+        "| upload B/update | vs FedAvg | updates | wall (s) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, s in strategies.items():
+        ratio_t = (
+            s["time_to_target_s"] / base["time_to_target_s"]
+            if base and s["time_to_target_s"] is not None and base["time_to_target_s"]
+            else None
+        )
+        ratio_m = s["peak_train_memory_bytes"] / base["peak_train_memory_bytes"] if base else None
+        ratio_u = s["upload_bytes_per_update"] / base["upload_bytes_per_update"] if base else None
+        rows.append(
+            f"| {name} | {_fmt(s['time_to_target_s'], '.0f')} | {_fmt(ratio_t, '.3f')} "
+            f"| {s['final_accuracy']:.4f} | {s['peak_train_memory_bytes']:,} | {_fmt(ratio_m, '.3f')} "
+            f"| {s['upload_bytes_per_update']:,.0f} | {_fmt(ratio_u, '.3f')} | {s['updates']} | {s['wall_s']:.1f} |"
+        )
+    sc = report["scenario"]
+    head = (
+        f"Scenario `{sc['name']}`: {sc['devices']} devices, {sc['straggler_fraction']:.0%} stragglers, "
+        f"target accuracy {sc['target_accuracy']:.2f}.\n\n"
+    )
+    return head + "\n".join(rows) + "\n"
