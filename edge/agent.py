@@ -1,0 +1,460 @@
+"""The live edge agent: enrol, take tasks, train, deliver updates exactly once.
+
+Data path of one task::
+
+    task topic ──► Task ─┐
+    model topic ─► ModelDownload (tensors the device lacks) ─► held model ⊕ frame = base
+                         └► worker thread: run_local_task(base) ─► update frame
+                             ─► outbox (fsync) ─► publish QoS 1 ─► … ─► Ack ─► outbox.remove
+
+Why each piece:
+
+* Training runs on the agent's own worker thread, never in the transport's
+  callback thread: a paho callback that trains for seconds would stall
+  keep-alives, acks and every other message of the connection.
+* The frame is durable in the :class:`~edge.outbox.Outbox` before it is
+  published and is deleted only when the coordinator's Ack for its task id
+  arrives. Entries are published again after a reconnect and whenever they
+  stay unacknowledged for ``resend_after_s``; the coordinator de-duplicates by
+  task id, so an update survives an outage and is still merged once.
+* Model frames are broadcast per (version, subset) (:mod:`protocol.topics`),
+  so the agent sees frames meant for other devices too. Every frame of
+  version V carries V's values, so the agent overlays every frame of V on the
+  last full model it holds. The bridge publishes a device's model frame
+  before its task, so the device's own frame (exactly what it lacks) is in
+  by the time its task is taken. ``ModelDownload`` does not say which version
+  a partial frame is relative to; a ``base_version`` field would make that
+  checkable (see the report on the protocol).
+* Every incoming message is decoded strictly, its topic parsed and the route
+  checked; anything else is counted in :attr:`AgentStats.rejected` and
+  dropped. A bad message never raises into the transport.
+* The Enrol carries the device's Ed25519 public key; the contract has no
+  signature field yet, so proof of possession is left for a protocol change.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import random
+import threading
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from protocol.errors import ProtocolError
+from protocol.messages import (
+    Ack,
+    DeviceStatus,
+    Enrol,
+    EnrolAck,
+    ErrorCode,
+    ErrorMessage,
+    Heartbeat,
+    ModelDownload,
+    Task,
+    decode_frame,
+    encode_frame,
+)
+from protocol.topics import TopicKind, check_route, device_topic, model_filter, parse_topic
+from protocol.transport import Transport
+from tinytrain.models import Params, build_model, param_shapes
+from tinytrain.training import LocalTrainConfig
+
+from .dataset import LocalDataset
+from .identity import DeviceIdentity
+from .local import LocalTask, run_local_task
+from .outbox import Outbox
+from .settings import AgentSettings
+from .updates import encode_update, update_header
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.npz"
+_VERSION_KEY = "__version__"
+
+
+class AgentError(Exception):
+    """The agent cannot go on (enrolment refused, unusable state)."""
+
+
+class EnrolmentRefused(AgentError):
+    pass
+
+
+@dataclass
+class AgentStats:
+    tasks_received: int = 0
+    tasks_completed: int = 0
+    tasks_abandoned: int = 0
+    updates_published: int = 0
+    republished: int = 0
+    heartbeats: int = 0
+    acks: Counter = field(default_factory=Counter)
+    rejected: Counter = field(default_factory=Counter)
+    errors_received: Counter = field(default_factory=Counter)
+
+
+class _HeldModel:
+    """The last full model the device holds plus frames of newer versions.
+
+    Persisted to ``state_dir/model.npz`` so a restarted agent still holds what
+    the coordinator believes it holds (it sends only tensors that changed).
+    """
+
+    def __init__(self, path: Path, shapes: dict[str, tuple[int, ...]], *, keep: int) -> None:
+        self.path = path
+        self.shapes = shapes
+        self.keep = keep
+        self.version = -1
+        self.params: Params = {}
+        self.frames: OrderedDict[int, Params] = OrderedDict()
+        self.cond = threading.Condition()
+        self._load()
+
+    def _load(self) -> None:
+        if not self.path.exists():
+            return
+        try:
+            with np.load(self.path, allow_pickle=False) as f:
+                params = {n: f[n] for n in self.shapes}
+                version = int(f[_VERSION_KEY])
+        except (OSError, KeyError, ValueError) as exc:
+            log.warning("ignoring unreadable held model %s: %s", self.path, exc)
+            return
+        if all(params[n].shape == s for n, s in self.shapes.items()):
+            self.params, self.version = params, version
+
+    def add_frame(self, version: int, tensors: Params) -> None:
+        with self.cond:
+            if version <= self.version and self.params:
+                return  # older than what we hold: useless
+            merged = self.frames.setdefault(version, {})
+            merged.update(tensors)
+            while len(self.frames) > self.keep:
+                self.frames.popitem(last=False)
+            self.cond.notify_all()
+
+    def base_for(self, version: int, *, timeout_s: float, stop: threading.Event) -> Params | None:
+        """Full parameters of ``version`` once held ⊕ frames cover every tensor."""
+        deadline = time.monotonic() + timeout_s
+        with self.cond:
+            while not stop.is_set():
+                if version == self.version and self.params:
+                    return dict(self.params)
+                frame = self.frames.get(version)
+                if frame is not None:
+                    base = {**self.params, **frame}
+                    if set(base) == set(self.shapes):
+                        return base
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self.cond.wait(min(left, 0.5))
+        return None
+
+    def hold(self, version: int, params: Params) -> None:
+        """The device now fully holds ``version`` (what the coordinator assumes)."""
+        with self.cond:
+            if version < self.version:
+                return
+            self.version, self.params = version, params
+            for v in [v for v in self.frames if v <= version]:
+                del self.frames[v]
+        tmp = self.path.with_name(self.path.name + ".tmp.npz")
+        with open(tmp, "wb") as f:
+            np.savez(f, **params, **{_VERSION_KEY: np.array(version)})
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(self.path)
+
+
+def _validate_tensors(tensors: Params, shapes: dict[str, tuple[int, ...]]) -> None:
+    for name, value in tensors.items():
+        if name not in shapes:
+            raise ProtocolError(f"unknown tensor {name!r}")
+        if value.shape != shapes[name] or value.dtype != np.float32:
+            raise ProtocolError(f"tensor {name!r} is {value.dtype}{value.shape}")
+        if not np.all(np.isfinite(value)):
+            raise ProtocolError(f"tensor {name!r} holds non-finite values")
+
+
+class EdgeAgent:
+    """One device. ``start()`` connects and enrols; ``stop()`` shuts it down.
+
+    ``rng`` seeds local training (one draw per task), so a fleet run is
+    reproducible given its seeds; ``clock`` is monotonic seconds.
+    """
+
+    def __init__(
+        self,
+        settings: AgentSettings,
+        *,
+        transport: Transport,
+        identity: DeviceIdentity,
+        dataset: LocalDataset,
+        rng: random.Random,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if identity.device_id != settings.device_id:
+            raise AgentError("identity belongs to another device id")
+        self.settings = settings
+        self.transport = transport
+        self.identity = identity
+        self.dataset = dataset
+        self.rng = rng
+        self.clock = clock
+        self.stats = AgentStats()
+        self.model = build_model(settings.model_settings(), seed=0)
+        self.shapes = param_shapes(self.model)
+        self.outbox = Outbox(settings.state_dir / "outbox")
+        self.held = _HeldModel(
+            settings.state_dir / MODEL_FILE, self.shapes, keep=settings.model_cache_versions
+        )
+        self.status = DeviceStatus.IDLE
+        self.enrolled = threading.Event()
+        self.refused: str | None = None
+        self._tasks: queue.Queue[Task | None] = queue.Queue()
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._sent_at: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._last_enrol = -float("inf")
+        self._last_heartbeat = -float("inf")
+        self._conn_epoch: object = None
+
+    # -- topics -------------------------------------------------------------
+
+    def _topic(self, kind: TopicKind) -> str:
+        return device_topic(kind, self.settings.study_id, self.settings.device_id)
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def start(self, *, wait_enrolled_s: float | None = None) -> None:
+        """Subscribe, connect, enrol, start worker and maintenance threads."""
+        s = self.settings
+        for kind in (TopicKind.TASK, TopicKind.ACK, TopicKind.ERROR):
+            self.transport.subscribe(self._topic(kind), self._on_message, qos=1)
+        self.transport.subscribe(model_filter(s.study_id), self._on_message, qos=1)
+        self.transport.connect()
+        self._conn_epoch = self._connection_epoch()
+        for target, name in ((self._work, "worker"), (self._maintain, "maintenance")):
+            thread = threading.Thread(target=target, name=f"{s.device_id}-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        self._enrol()
+        if wait_enrolled_s is not None:
+            self.wait_enrolled(wait_enrolled_s)
+
+    def wait_enrolled(self, timeout_s: float) -> None:
+        if not self.enrolled.wait(timeout_s):
+            raise AgentError(f"{self.settings.device_id}: no EnrolAck within {timeout_s}s")
+        if self.refused is not None:
+            raise EnrolmentRefused(self.refused)
+
+    def stop(self) -> None:
+        """Stop threads and close the transport; the outbox stays on disk."""
+        self._stop.set()
+        self._tasks.put(None)
+        with self.held.cond:
+            self.held.cond.notify_all()
+        for thread in self._threads:
+            thread.join(timeout=30)
+        self._threads.clear()
+        self.transport.close()
+
+    # -- outgoing -------------------------------------------------------------
+
+    def _publish(self, kind: TopicKind, frame: bytes, *, qos: int = 1) -> bool:
+        try:
+            self.transport.publish(self._topic(kind), frame, qos=qos)
+            return True
+        except ProtocolError as exc:  # offline in-memory transport, broker refused, ...
+            log.info("%s: publish on %s failed: %s", self.settings.device_id, kind, exc)
+            return False
+
+    def _enrol(self) -> None:
+        s = self.settings
+        self._last_enrol = self.clock()
+        message = Enrol(
+            device_id=s.device_id,
+            study_id=s.study_id,
+            device_class=s.device_class,
+            memory_bytes=s.memory_bytes,
+            public_key=self.identity.public_key,
+        )
+        self._publish(TopicKind.ENROL, encode_frame(message))
+
+    def _heartbeat(self) -> None:
+        self._last_heartbeat = self.clock()
+        message = Heartbeat(device_id=self.settings.device_id, status=self.status)
+        if self._publish(TopicKind.HEARTBEAT, encode_frame(message), qos=0):
+            self.stats.heartbeats += 1
+
+    def resend_outbox(self, *, only_older_than_s: float | None = None) -> int:
+        """Publish unacknowledged updates again; returns how many were sent."""
+        now, sent = self.clock(), 0
+        for task_id, frame in self.outbox.pending():
+            last = self._sent_at.get(task_id)
+            if only_older_than_s is not None and last is not None:
+                if now - last < only_older_than_s:
+                    continue
+            if self._publish(TopicKind.UPDATE, frame):
+                self._sent_at[task_id] = now
+                self.stats.republished += 1
+                sent += 1
+        return sent
+
+    # -- incoming (transport thread: decode, check, hand off; never train) ----
+
+    def _reject(self, reason: str, topic: str, detail: object) -> None:
+        self.stats.rejected[reason] += 1
+        log.warning(
+            "%s: dropped message on %s (%s): %s", self.settings.device_id, topic, reason, detail
+        )
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        try:
+            info = parse_topic(topic)
+            message, tensors = decode_frame(payload, max_bytes=self.settings.max_message_bytes)
+            check_route(info, message)
+            if info.study_id != self.settings.study_id or info.device_id not in (
+                None,
+                self.settings.device_id,
+            ):
+                raise ProtocolError("message addressed to another study or device")
+        except ProtocolError as exc:
+            self._reject(type(exc).__name__, topic, exc)
+            return
+        try:
+            self._handle(message, tensors)
+        except ProtocolError as exc:
+            self._reject(type(exc).__name__, topic, exc)
+        except Exception as exc:  # a bug here must not kill the network loop
+            self._reject("internal", topic, repr(exc))
+
+    def _handle(self, message: object, tensors: Params) -> None:
+        if isinstance(message, ModelDownload):
+            _validate_tensors(tensors, self.shapes)
+            self.held.add_frame(message.model_version, tensors)
+        elif isinstance(message, Task):
+            self._on_task(message)
+        elif isinstance(message, Ack):
+            self.stats.acks[message.status.value] += 1
+            self.outbox.remove(message.task_id)
+            self._sent_at.pop(message.task_id, None)
+        elif isinstance(message, EnrolAck):
+            if not message.accepted:
+                self.refused = message.reason or "refused"
+            self.enrolled.set()
+        elif isinstance(message, ErrorMessage):
+            self.stats.errors_received[message.code.value] += 1
+            if message.code is ErrorCode.NOT_ENROLLED:
+                self.enrolled.clear()
+                self._last_enrol = -float("inf")  # maintenance re-enrols now
+
+    def _on_task(self, task: Task) -> None:
+        unknown = set(task.subset_names) - set(self.shapes)
+        if unknown:
+            raise ProtocolError(f"task trains unknown tensors {sorted(unknown)}")
+        with self._lock:
+            if task.task_id in self._seen:
+                return  # QoS-1 duplicate
+            self._seen[task.task_id] = None
+            while len(self._seen) > self.settings.seen_task_ids:
+                self._seen.popitem(last=False)
+        self.stats.tasks_received += 1
+        if task.task_id in self.outbox:  # trained before a restart: deliver, not retrain
+            self.resend_outbox()
+            return
+        self._tasks.put(task)
+
+    # -- worker thread ----------------------------------------------------------
+
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            task = self._tasks.get()
+            if task is None:
+                return
+            try:
+                self._run_task(task)
+            except Exception:  # keep serving later tasks; the coordinator times this one out
+                log.exception("%s: task %s failed", self.settings.device_id, task.task_id)
+                self.stats.tasks_abandoned += 1
+            finally:
+                self.status = DeviceStatus.IDLE
+
+    def _run_task(self, task: Task) -> None:
+        s = self.settings
+        if task.dp is not None:
+            # DP-SGD on the device is wired by the privacy integration (edge.dp_training);
+            # training without the noise the task demands would break its promise.
+            raise AgentError("DP tasks are not supported by this agent build")
+        base = self.held.base_for(
+            task.model_version, timeout_s=min(s.model_wait_s, task.deadline_s), stop=self._stop
+        )
+        if base is None:
+            log.warning("%s: no model for task %s", s.device_id, task.task_id)
+            self.stats.tasks_abandoned += 1
+            return
+        self.held.hold(task.model_version, base)
+        self.status = DeviceStatus.TRAINING
+        local = LocalTask(
+            task_id=task.task_id,
+            model_version=task.model_version,
+            subset_names=task.subset_names,
+            train=LocalTrainConfig(
+                epochs=task.local_epochs,
+                batch_size=task.batch_size,
+                lr=task.lr,
+                momentum=s.momentum,
+            ),
+            seed=self.rng.getrandbits(31),
+        )
+        outcome = run_local_task(self.model, base, self.dataset.x, self.dataset.y, local)
+        header = update_header(
+            outcome,
+            device_id=s.device_id,
+            subset_id=task.subset_id,
+            base_version=task.model_version,
+        )
+        frame = encode_update(header, outcome, max_bytes=s.max_message_bytes)
+        self.status = DeviceStatus.UPLOADING
+        self.outbox.put(task.task_id, frame)  # durable before it leaves the device
+        self._sent_at[task.task_id] = self.clock()
+        if self._publish(TopicKind.UPDATE, frame):
+            self.stats.updates_published += 1
+        self.stats.tasks_completed += 1
+
+    # -- maintenance thread -----------------------------------------------------
+
+    def _connection_epoch(self) -> object:
+        """Changes whenever the transport (re)connects (MQTT: connect_count)."""
+        return (
+            getattr(self.transport, "connected", True),
+            getattr(self.transport, "connect_count", None),
+        )
+
+    def _maintain(self) -> None:
+        s = self.settings
+        while not self._stop.wait(s.poll_interval_s):
+            try:
+                now = self.clock()
+                epoch = self._connection_epoch()
+                if epoch != self._conn_epoch:
+                    self._conn_epoch = epoch
+                    if epoch[0]:  # back online: deliver everything still pending
+                        self.resend_outbox()
+                if not self.enrolled.is_set() and now - self._last_enrol >= s.enrol_retry_s:
+                    self._enrol()
+                if self.enrolled.is_set() and now - self._last_heartbeat >= s.heartbeat_interval_s:
+                    self._heartbeat()
+                self.resend_outbox(only_older_than_s=s.resend_after_s)
+            except Exception:
+                log.exception("%s: maintenance step failed", s.device_id)

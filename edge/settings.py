@@ -1,0 +1,61 @@
+"""Settings of one edge agent (pydantic: validated once, immutable).
+
+What is here and not on the wire: the model architecture and the optimizer
+momentum. A ``Task`` names tensors, epochs, batch size and learning rate, but
+not the architecture those tensors belong to nor the momentum, so the
+device is provisioned with them (``fedward up`` copies them from the study
+spec; ``fedward edge run`` takes them as options).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from protocol.ids import Id
+from protocol.messages import DEFAULT_MAX_MESSAGE_BYTES, DeviceClass
+from tinytrain.models import ModelConfig, ModelKind
+
+PosFloat = Annotated[float, Field(gt=0)]
+
+
+class AgentSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    device_id: Id
+    study_id: Id
+    device_class: DeviceClass
+    memory_bytes: Annotated[int, Field(gt=0)]
+    data_path: Path
+    state_dir: Path
+    """Holds the key (0600), the outbox and the last full model the device holds."""
+    # model (must equal the study's)
+    model_kind: ModelKind = ModelKind.CNN
+    in_channels: Annotated[int, Field(ge=1)] = 3
+    window: Annotated[int, Field(ge=1)] = 500
+    num_classes: Annotated[int, Field(ge=2)] = 4
+    width: Annotated[int, Field(ge=1)] = 24
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    # timing
+    heartbeat_interval_s: PosFloat = 10.0
+    enrol_retry_s: PosFloat = 5.0
+    resend_after_s: PosFloat = 30.0
+    """Re-publish an outbox entry not acknowledged for this long."""
+    poll_interval_s: PosFloat = 0.2
+    model_wait_s: PosFloat = 60.0
+    """How long a task waits for its model frame before it is given up."""
+    # limits
+    max_message_bytes: Annotated[int, Field(ge=1024)] = DEFAULT_MAX_MESSAGE_BYTES
+    model_cache_versions: Annotated[int, Field(ge=1)] = 8
+    seen_task_ids: Annotated[int, Field(ge=16)] = 4096
+
+    def model_settings(self) -> ModelConfig:
+        return ModelConfig(
+            kind=self.model_kind,
+            in_channels=self.in_channels,
+            window=self.window,
+            num_classes=self.num_classes,
+            width=self.width,
+        )
