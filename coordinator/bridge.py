@@ -1,0 +1,356 @@
+"""MQTT <-> StudyService: the coordinator's side of the live federation.
+
+The bridge only knows the :class:`protocol.transport.Transport` seam, so the
+same code runs over Mosquitto, the embedded amqtt broker and the in-memory
+broker of the tests. Per study it subscribes to the uplink filters::
+
+    fedward/v1/{study}/enrol/+      Enrol      -> service.enrol        -> EnrolAck on ack/{device}
+    fedward/v1/{study}/update/+     Update     -> service.submit_update -> Ack on ack/{device}
+    fedward/v1/{study}/heartbeat/+  Heartbeat  -> service.heartbeat
+
+and publishes every task the service hands out as its model frame on
+``model/{version}/{subset}`` followed by the Task on ``task/{device}``
+(model first: the agent then holds the tensors it lacks when the task comes).
+
+Why a single worker thread: transport callbacks run on the network thread
+(paho's), which must stay free for keep-alives and acks, and the service's
+calls are then serialised without the bridge needing locks of its own. The
+worker also runs ``service.dispatch`` after every enrolment and update and on
+a timer, and ``service.task_timeouts`` on a slower timer.
+
+Trust: the topic is the device's identity at this layer (a broker ACL binds
+a client to its own topics, see :mod:`protocol.topics`), so every uplink
+message is route-checked: the ids it names must equal the topic's. Anything
+malformed, misrouted or refused is counted in :attr:`BridgeStats.rejected`,
+reported to the service's audit hook, answered with an ``ErrorMessage`` when
+a device can be named, and dropped; nothing a device sends can stop the loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+
+from protocol.errors import MessageTooLarge, ProtocolError, RouteError, UnsupportedVersion
+from protocol.messages import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    Ack,
+    Enrol,
+    EnrolAck,
+    ErrorCode,
+    ErrorMessage,
+    Heartbeat,
+    Task,
+    Update,
+    decode_frame,
+    encode_frame,
+)
+from protocol.topics import (
+    TopicInfo,
+    TopicKind,
+    check_route,
+    device_filter,
+    device_topic,
+    model_topic,
+    parse_topic,
+)
+from protocol.transport import Transport
+
+log = logging.getLogger(__name__)
+
+UPLINK_KINDS = (TopicKind.ENROL, TopicKind.UPDATE, TopicKind.HEARTBEAT)
+
+
+class OutboundLike(Protocol):
+    device_id: str
+    task: Task
+    model_frame: bytes
+
+
+class StudyServiceLike(Protocol):
+    """The part of :class:`coordinator.service.StudyService` the bridge uses."""
+
+    def enrol(self, study_id: str, msg: Enrol) -> EnrolAck: ...
+    def submit_update(self, study_id: str, frame: bytes) -> Ack: ...
+    def heartbeat(self, study_id: str, msg: Heartbeat) -> Any: ...
+    def dispatch(self, study_id: str) -> Sequence[OutboundLike]: ...
+    def task_timeouts(self) -> Any: ...
+
+
+RejectHook = Callable[[str, str | None, str, str], None]
+"""``(study_id, device_id or None, reason, detail)``: audit a dropped message."""
+
+
+class RejectKind(StrEnum):
+    MALFORMED = "malformed"
+    UNSUPPORTED_VERSION = "unsupported_version"
+    TOO_LARGE = "too_large"
+    ROUTE = "route"
+    WRONG_TOPIC = "wrong_topic"
+    REFUSED = "refused"
+    INTERNAL = "internal"
+
+
+_ERROR_CODES = {
+    RejectKind.MALFORMED: ErrorCode.MALFORMED,
+    RejectKind.UNSUPPORTED_VERSION: ErrorCode.UNSUPPORTED_VERSION,
+    RejectKind.TOO_LARGE: ErrorCode.TOO_LARGE,
+    RejectKind.ROUTE: ErrorCode.UNAUTHORIZED,
+    RejectKind.WRONG_TOPIC: ErrorCode.MALFORMED,
+    RejectKind.INTERNAL: ErrorCode.INTERNAL,
+}
+
+
+def _reject_kind(exc: ProtocolError) -> RejectKind:
+    if isinstance(exc, RouteError):
+        return RejectKind.ROUTE
+    if isinstance(exc, MessageTooLarge):
+        return RejectKind.TOO_LARGE
+    if isinstance(exc, UnsupportedVersion):
+        return RejectKind.UNSUPPORTED_VERSION
+    return RejectKind.MALFORMED
+
+
+@dataclass
+class BridgeStats:
+    received: Counter = field(default_factory=Counter)
+    rejected: Counter = field(default_factory=Counter)
+    acks: Counter = field(default_factory=Counter)
+    tasks_sent: int = 0
+    model_bytes_sent: int = 0
+    timeouts_checked: int = 0
+    publish_failures: int = 0
+
+
+class _Tick(StrEnum):
+    DISPATCH = "dispatch"
+    TIMEOUTS = "timeouts"
+
+
+class StudyBridge:
+    """Connects one study of a service to a transport. ``start()``/``stop()``.
+
+    The transport is connected by the caller (it may carry several studies);
+    subscriptions made in ``start()`` become active on connect. ``refuse`` maps
+    a service exception to a device-facing ``ErrorCode`` (or ``None`` to treat
+    it as an internal error); ``on_reject`` audits dropped messages.
+    """
+
+    def __init__(
+        self,
+        service: StudyServiceLike,
+        transport: Transport,
+        *,
+        study_id: str,
+        dispatch_interval_s: float = 1.0,
+        timeout_interval_s: float = 5.0,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        refuse: Callable[[Exception], ErrorCode | None] = lambda exc: None,
+        on_reject: RejectHook | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if dispatch_interval_s <= 0 or timeout_interval_s <= 0:
+            raise ValueError("intervals must be > 0")
+        self.service = service
+        self.transport = transport
+        self.study_id = study_id
+        self.dispatch_interval_s = dispatch_interval_s
+        self.timeout_interval_s = timeout_interval_s
+        self.max_message_bytes = max_message_bytes
+        self.refuse = refuse
+        self.on_reject = on_reject
+        self.clock = clock
+        self.stats = BridgeStats()
+        self._inbox: queue.Queue[tuple[str, bytes] | _Tick | None] = queue.Queue()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._idle = threading.Condition()
+        self._busy = 0
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def start(self) -> None:
+        for kind in UPLINK_KINDS:
+            self.transport.subscribe(device_filter(kind, self.study_id), self._enqueue, qos=1)
+        for target, name in ((self._work, "worker"), (self._tick, "timer")):
+            thread = threading.Thread(
+                target=target, name=f"bridge-{self.study_id}-{name}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+        self.request_dispatch()
+
+    def stop(self) -> None:
+        """Stop the threads; does not close the caller's transport."""
+        self._stop.set()
+        self._inbox.put(None)
+        for thread in self._threads:
+            thread.join(timeout=30)
+        self._threads.clear()
+        for kind in UPLINK_KINDS:
+            try:
+                self.transport.unsubscribe(device_filter(kind, self.study_id))
+            except ProtocolError:
+                pass
+
+    def request_dispatch(self) -> None:
+        self._inbox.put(_Tick.DISPATCH)
+
+    def drain(self, timeout_s: float = 10.0) -> bool:
+        """Wait until everything queued so far is processed (tests, shutdown)."""
+        deadline = time.monotonic() + timeout_s
+        with self._idle:
+            return self._idle.wait_for(
+                lambda: self._inbox.empty() and self._busy == 0,
+                max(0.0, deadline - time.monotonic()),
+            )
+
+    # -- threads ----------------------------------------------------------------
+
+    def _enqueue(self, topic: str, payload: bytes) -> None:
+        """Transport callback: hand off, never process on the network thread."""
+        self._inbox.put((topic, payload))
+
+    def _tick(self) -> None:
+        last_timeouts = self.clock()
+        while not self._stop.wait(self.dispatch_interval_s):
+            self._inbox.put(_Tick.DISPATCH)
+            if self.clock() - last_timeouts >= self.timeout_interval_s:
+                last_timeouts = self.clock()
+                self._inbox.put(_Tick.TIMEOUTS)
+
+    def _work(self) -> None:
+        while True:
+            item = self._inbox.get()
+            if item is None:
+                return
+            with self._idle:
+                self._busy += 1
+            try:
+                self._process(item)
+            except Exception:  # the loop outlives any bug in one message
+                log.exception("bridge %s: unexpected failure", self.study_id)
+                self.stats.rejected[RejectKind.INTERNAL.value] += 1
+            finally:
+                with self._idle:
+                    self._busy -= 1
+                    self._idle.notify_all()
+
+    def _process(self, item: tuple[str, bytes] | _Tick) -> None:
+        if item is _Tick.DISPATCH:
+            self._dispatch()
+        elif item is _Tick.TIMEOUTS:
+            self.stats.timeouts_checked += 1
+            self.service.task_timeouts()
+            self._dispatch()
+        else:
+            topic, payload = item
+            if self._handle(topic, payload):
+                self._dispatch()
+
+    # -- uplink -------------------------------------------------------------------
+
+    def _handle(self, topic: str, payload: bytes) -> bool:
+        """Process one uplink message; True if the study's schedule may have changed."""
+        info: TopicInfo | None = None
+        try:
+            info = parse_topic(topic)
+            if info.kind not in UPLINK_KINDS or info.study_id != self.study_id:
+                self._reject(info, RejectKind.WRONG_TOPIC, f"{info.kind} on {topic}")
+                return False
+            message, _ = decode_frame(payload, max_bytes=self.max_message_bytes)
+            check_route(info, message)
+        except ProtocolError as exc:
+            self._reject(info, _reject_kind(exc), str(exc))
+            return False
+        self.stats.received[info.kind.value] += 1
+        try:
+            if isinstance(message, Enrol):
+                self._reply(info, self.service.enrol(self.study_id, message))
+                return True
+            if isinstance(message, Update):
+                ack = self.service.submit_update(self.study_id, payload)
+                self.stats.acks[ack.status.value] += 1
+                self._reply(info, ack)
+                return True
+            if isinstance(message, Heartbeat):
+                self.service.heartbeat(self.study_id, message)
+                return False
+        except Exception as exc:  # a refusal by the service, or its bug
+            code = self.refuse(exc)
+            kind = RejectKind.INTERNAL if code is None else RejectKind.REFUSED
+            if code is None:
+                log.exception("bridge %s: service failed on %s", self.study_id, topic)
+            self._reject(info, kind, f"{type(exc).__name__}: {exc}", code=code)
+            return False
+        self._reject(info, RejectKind.WRONG_TOPIC, f"unexpected {message.kind}")  # unreachable
+        return False
+
+    def _reject(
+        self,
+        info: TopicInfo | None,
+        kind: RejectKind,
+        detail: str,
+        *,
+        code: ErrorCode | None = None,
+    ) -> None:
+        self.stats.rejected[kind.value] += 1
+        device = info.device_id if info is not None else None
+        log.warning(
+            "bridge %s: dropped message from %s (%s): %s", self.study_id, device, kind, detail
+        )
+        if self.on_reject is not None:
+            try:
+                self.on_reject(self.study_id, device, kind.value, detail[:500])
+            except Exception:
+                log.exception("bridge %s: audit hook failed", self.study_id)
+        code = code or _ERROR_CODES.get(kind)
+        if (
+            info is not None
+            and device is not None
+            and code is not None
+            and info.study_id == self.study_id
+        ):
+            self._send(
+                device_topic(TopicKind.ERROR, self.study_id, device),
+                encode_frame(ErrorMessage(code=code, detail=detail[:200])),
+            )
+
+    # -- downlink ---------------------------------------------------------------
+
+    def _send(self, topic: str, frame: bytes) -> bool:
+        try:
+            self.transport.publish(topic, frame, qos=1)
+            return True
+        except ProtocolError as exc:
+            self.stats.publish_failures += 1
+            log.warning("bridge %s: publish to %s failed: %s", self.study_id, topic, exc)
+            return False
+
+    def _reply(self, info: TopicInfo, message: Ack | EnrolAck) -> None:
+        if info.device_id is None:
+            return
+        topic = device_topic(TopicKind.ACK, self.study_id, info.device_id)
+        self._send(topic, encode_frame(message))
+
+    def _dispatch(self) -> None:
+        for out in self.service.dispatch(self.study_id):
+            task = out.task
+            self._send(
+                model_topic(self.study_id, task.model_version, task.subset_id), out.model_frame
+            )
+            self.stats.model_bytes_sent += len(out.model_frame)
+            if self._send(
+                device_topic(TopicKind.TASK, self.study_id, out.device_id), encode_frame(task)
+            ):
+                self.stats.tasks_sent += 1
+
+
+__all__ = ["BridgeStats", "RejectKind", "StudyBridge", "StudyServiceLike", "UPLINK_KINDS"]
