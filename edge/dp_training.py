@@ -18,6 +18,18 @@ is the accountant's state. Opacus clips and noises whole tensors: a subset that
 takes part of a tensor would get noise over the whole tensor (our ladder only
 uses whole tensors).
 
+Two ways to fix the mechanism:
+
+- *from the data* (``sample_rate=None``): Opacus' own rule, ``q = 1/ceil(n/b)``
+  and ``epochs`` passes, so ``(q, steps)`` depend on the device's sample count;
+- *fixed by the task* (``sample_rate`` and ``steps`` set): the coordinator's
+  task says "``steps`` logical batches, each sample drawn with probability
+  ``q``" (``protocol.messages.DpParams.sample_rate`` / ``max_steps``). The
+  mechanism, hence the epsilon it costs, is then known when the task is
+  dispatched, whatever the device's data size: that is what lets the
+  coordinator refuse to schedule a device its budget cannot afford. The
+  expected batch is ``q * n``; ``q * steps`` passes over the data on average.
+
 Seeds: ``seed`` drives Poisson sampling and the noise. A seed known to anyone
 else makes the noise removable, so production devices pass ``seed=None``
 (OS entropy); integers are for tests and simulations. Opacus' ``secure_mode``
@@ -36,10 +48,13 @@ from typing import Any
 import numpy as np
 import torch
 from opacus import GradSampleModule, PrivacyEngine
+from opacus.data_loader import dtype_safe, shape_safe, wrap_collate_with_empty
 from opacus.optimizers import DPOptimizer
 from opacus.utils.batch_memory_manager import BatchMemoryManager
+from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data.dataloader import default_collate
 
 from privacy.accounting import (
     Accountant,
@@ -56,7 +71,12 @@ from tinytrain.training import Model, frozen_features, split_for_training
 
 @dataclass(frozen=True, kw_only=True)
 class DPTrainConfig:
-    """DP-SGD settings of one task. ``batch_size`` is the *expected* Poisson batch."""
+    """DP-SGD settings of one task. ``batch_size`` is the *expected* Poisson batch.
+
+    ``sample_rate`` and ``steps`` (both or neither) fix the mechanism
+    independently of the data: ``steps`` logical batches at Poisson rate
+    ``sample_rate``; ``epochs`` and ``batch_size`` are then unused.
+    """
 
     noise_multiplier: float
     max_grad_norm: float
@@ -67,6 +87,8 @@ class DPTrainConfig:
     max_physical_batch_size: int = 8
     accountant: Accountant = Accountant.RDP
     prefix_micro_batch: int = 4
+    sample_rate: float | None = None
+    steps: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("noise_multiplier", "max_grad_norm", "lr"):
@@ -81,6 +103,21 @@ class DPTrainConfig:
             raise ValueError("momentum must be in [0, 1)")
         if not isinstance(self.accountant, Accountant):
             raise ValueError(f"accountant must be an Accountant, got {self.accountant!r}")
+        if (self.sample_rate is None) != (self.steps is None):
+            raise ValueError(
+                "sample_rate and steps fix the mechanism together: set both or neither"
+            )
+        if self.sample_rate is not None:
+            q = self.sample_rate
+            if isinstance(q, bool) or not isinstance(q, int | float) or not 0 < q <= 1:
+                raise ValueError(f"sample_rate must be in (0, 1], got {q!r}")
+            if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+                raise ValueError(f"steps must be an integer >= 1, got {self.steps!r}")
+
+    @property
+    def fixed_mechanism(self) -> bool:
+        """True when the task, not the data size, fixes ``(sample_rate, steps)``."""
+        return self.sample_rate is not None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -163,7 +200,7 @@ def train_subset_dp(
         if accountant_state is not None
         else ()
     )
-    sample_rate = planned_sample_rate(len(x), batch_size=config.batch_size)
+    sample_rate = planned_step(len(x), config=config).sample_rate
     if config.accountant is Accountant.GDP:
         _check_gdp_constant(prior, config.noise_multiplier, sample_rate)
     set_params(model, base_params)
@@ -185,27 +222,42 @@ def train_subset_dp(
         )
     trained = [p for p in split.suffix.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(trained, lr=config.lr, momentum=config.momentum)
-    loader = DataLoader(
-        TensorDataset(features, yt), batch_size=config.batch_size, generator=sample_generator
-    )
-    dp_module, dp_optimizer, dp_loader = engine.make_private(
-        module=split.suffix,
-        optimizer=optimizer,
-        data_loader=loader,
-        noise_multiplier=config.noise_multiplier,
-        max_grad_norm=config.max_grad_norm,
-        poisson_sampling=True,
-        noise_generator=noise_generator,
-    )
+    dataset = TensorDataset(features, yt)
+    if config.fixed_mechanism:
+        dp_module, dp_optimizer, dp_loader = _wrap_fixed_mechanism(
+            engine,
+            split.suffix,
+            optimizer,
+            dataset,
+            config=config,
+            generators=(sample_generator, noise_generator),
+        )
+        epochs = 1  # the sampler yields exactly config.steps logical batches
+    else:
+        loader = DataLoader(dataset, batch_size=config.batch_size, generator=sample_generator)
+        dp_module, dp_optimizer, dp_loader = engine.make_private(
+            module=split.suffix,
+            optimizer=optimizer,
+            data_loader=loader,
+            noise_multiplier=config.noise_multiplier,
+            max_grad_norm=config.max_grad_norm,
+            poisson_sampling=True,
+            noise_generator=noise_generator,
+        )
+        epochs = config.epochs
     if dp_loader.sample_rate != sample_rate:
         _release(dp_module, trained)
         raise RuntimeError(f"Opacus sample rate {dp_loader.sample_rate} != planned {sample_rate}")
     try:
-        loss_sum, loss_count = _run_epochs(dp_module, dp_optimizer, dp_loader, config=config)
+        loss_sum, loss_count = _run_epochs(
+            dp_module, dp_optimizer, dp_loader, config=config, epochs=epochs
+        )
     finally:
         _release(dp_module, trained)
     after = history_from_state(engine.accountant.state_dict(), accountant=config.accountant)
     steps = _total_steps(after) - _total_steps(prior)
+    if config.fixed_mechanism and steps != config.steps:
+        raise RuntimeError(f"ran {steps} DP steps, the task fixed {config.steps}")
     new = get_params(model)
     delta = {n: new[n] - base_params[n] for n in split.trainable}
     return DPTrainResult(
@@ -235,6 +287,70 @@ def _release(dp_module: GradSampleModule, trained: Sequence[torch.Tensor]) -> No
         p.grad = None
 
 
+class _FixedRateLoader(DataLoader):
+    """A Poisson loader of exactly ``steps`` logical batches at rate ``sample_rate``.
+
+    What Opacus' ``DPDataLoader`` builds, except that the number of batches is
+    the task's ``steps`` rather than ``1 / sample_rate`` (one "epoch").
+    """
+
+    def __init__(
+        self, dataset: TensorDataset, *, sample_rate: float, steps: int, generator: torch.Generator
+    ) -> None:
+        first = dataset[0]
+        super().__init__(
+            dataset,
+            batch_sampler=UniformWithReplacementSampler(
+                num_samples=len(dataset), sample_rate=sample_rate, generator=generator, steps=steps
+            ),
+            collate_fn=wrap_collate_with_empty(
+                collate_fn=default_collate,
+                sample_empty_shapes=[(0, *shape_safe(t)) for t in first],
+                dtypes=[dtype_safe(t) for t in first],
+            ),
+            generator=generator,
+        )
+        self.sample_rate = sample_rate
+
+
+def _wrap_fixed_mechanism(
+    engine: PrivacyEngine,
+    module: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    dataset: TensorDataset,
+    *,
+    config: DPTrainConfig,
+    generators: tuple[torch.Generator, torch.Generator],
+) -> tuple[GradSampleModule, DPOptimizer, DataLoader]:
+    """``make_private`` with the task's sample rate and step count.
+
+    The same three Opacus pieces ``make_private`` builds (``GradSampleModule``,
+    ``DPOptimizer``, the accountant's step hook), but the accountant is told
+    the task's ``sample_rate`` instead of ``1 / len(loader)``, and the loader
+    yields exactly ``steps`` Poisson batches.
+    """
+    if config.sample_rate is None or config.steps is None:
+        raise ValueError("the fixed-mechanism path needs sample_rate and steps")
+    sample_generator, noise_generator = generators
+    dp_module = GradSampleModule(module, batch_first=True, loss_reduction="mean")
+    dp_module.forbid_grad_accumulation()
+    dp_optimizer = DPOptimizer(
+        optimizer,
+        noise_multiplier=config.noise_multiplier,
+        max_grad_norm=config.max_grad_norm,
+        expected_batch_size=max(1, int(len(dataset) * config.sample_rate)),
+        loss_reduction="mean",
+        generator=noise_generator,
+    )
+    dp_optimizer.attach_step_hook(
+        engine.accountant.get_optimizer_hook_fn(sample_rate=config.sample_rate)
+    )
+    loader = _FixedRateLoader(
+        dataset, sample_rate=config.sample_rate, steps=config.steps, generator=sample_generator
+    )
+    return dp_module, dp_optimizer, loader
+
+
 _BACKWARD_HOOK_WARNING = "Full backward hook is firing when gradients are computed with respect"
 
 
@@ -244,6 +360,7 @@ def _run_epochs(
     dp_loader: DataLoader,
     *,
     config: DPTrainConfig,
+    epochs: int,
 ) -> tuple[float, int]:
     """The DP-SGD loop; returns the summed loss and the number of samples seen."""
     loss_fn = nn.CrossEntropyLoss()
@@ -253,7 +370,7 @@ def _run_epochs(
         # the suffix input (frozen features) needs no gradient; Opacus' hooks only
         # need gradients with respect to layer outputs, so this warning is expected
         warnings.filterwarnings("ignore", message=_BACKWARD_HOOK_WARNING, category=UserWarning)
-        for _ in range(config.epochs):
+        for _ in range(epochs):
             with BatchMemoryManager(
                 data_loader=dp_loader,
                 max_physical_batch_size=config.max_physical_batch_size,
@@ -288,7 +405,14 @@ def planned_step(num_samples: int, *, config: DPTrainConfig) -> MechanismStep:
 
     Steps = epochs x number of logical batches per epoch, which is what
     Opacus' accountant records (one entry per logical batch, empty ones too).
+    A config with a fixed mechanism returns it as is, whatever ``num_samples``.
     """
+    if config.sample_rate is not None and config.steps is not None:
+        return MechanismStep(
+            noise_multiplier=config.noise_multiplier,
+            sample_rate=config.sample_rate,
+            steps=config.steps,
+        )
     q = planned_sample_rate(num_samples, batch_size=config.batch_size)
     return MechanismStep(
         noise_multiplier=config.noise_multiplier,
