@@ -228,6 +228,7 @@ class EdgeAgent:
         self._last_enrol = -float("inf")
         self._last_heartbeat = -float("inf")
         self._conn_epoch: object = None
+        self._publish_failed = False
 
     # -- topics -------------------------------------------------------------
 
@@ -276,6 +277,7 @@ class EdgeAgent:
             self.transport.publish(self._topic(kind), frame, qos=qos)
             return True
         except ProtocolError as exc:  # offline in-memory transport, broker refused, ...
+            self._publish_failed = True  # maintenance resends once connected again
             log.info("%s: publish on %s failed: %s", self.settings.device_id, kind, exc)
             return False
 
@@ -450,7 +452,11 @@ class EdgeAgent:
                 if epoch != self._conn_epoch:
                     self._conn_epoch = epoch
                     if epoch[0]:  # back online: deliver everything still pending
+                        self._publish_failed = False
                         self.resend_outbox()
+                elif self._publish_failed and epoch[0]:
+                    self._publish_failed = False
+                    self.resend_outbox()
                 if not self.enrolled.is_set() and now - self._last_enrol >= s.enrol_retry_s:
                     self._enrol()
                 if self.enrolled.is_set() and now - self._last_heartbeat >= s.heartbeat_interval_s:
