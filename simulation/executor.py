@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from edge.local import LocalOutcome, LocalTask, run_local_task
 from tinytrain.models import ModelConfig, Params, build_model
+from tinytrain.runtime import limit_threads
 
 from .sensordata import StudyDataConfig, load_study_data
 
@@ -50,9 +51,7 @@ _WORKER: dict[str, Any] = {}
 
 
 def _init_worker(data_config: StudyDataConfig, model_config: ModelConfig, threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads)
+    limit_threads(threads)
     data = load_study_data(data_config)
     _WORKER.update(x=data.device_x, y=data.device_y, model=build_model(model_config, seed=0))
 

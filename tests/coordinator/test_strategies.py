@@ -1,0 +1,184 @@
+"""Strategies against merges computed by hand (Prepare / Execute / Assert)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from coordinator.errors import NotReadyError, RejectReason, StateLoadError, UpdateRejected
+from coordinator.strategies import FTTE, ClientUpdate, FedAsync, FedAvg, FedBuff, StalenessFunction
+
+SHAPES = {"a": (2,), "b": (1,)}
+
+
+def params() -> dict[str, np.ndarray]:
+    return {"a": np.array([1.0, 2.0], dtype=np.float32), "b": np.array([0.5], dtype=np.float32)}
+
+
+def upd(
+    task: str, delta: dict[str, list[float]], *, n: int = 1, base: int = 0, device: str = ""
+) -> ClientUpdate:
+    return ClientUpdate(
+        device_id=device or f"dev-{task}",
+        task_id=task,
+        base_version=base,
+        subset_id="s",
+        delta={k: np.array(v, dtype=np.float32) for k, v in delta.items()},
+        num_samples=n,
+    )
+
+
+def test_fedavg_is_the_sample_weighted_mean_per_tensor() -> None:
+    # Prepare
+    s = FedAvg(shapes=SHAPES)
+    s.begin_round(["t1", "t2"])
+    s.accept(upd("t1", {"a": [1.0, 0.0], "b": [3.0]}, n=1), server_version=0)
+    # Execute
+    s.accept(upd("t2", {"a": [4.0, 3.0]}, n=3), server_version=0)  # t2 did not train b
+    merged = s.aggregate(params(), server_version=0)
+    # Assert: a <- a + (1*[1,0] + 3*[4,3]) / 4 ; b <- b + 3 (only t1 trained b)
+    np.testing.assert_allclose(merged.params["a"], [1 + 13 / 4, 2 + 9 / 4], rtol=1e-6)
+    np.testing.assert_allclose(merged.params["b"], [3.5], rtol=1e-6)
+    assert merged.coverage == {"a": 2, "b": 1}
+
+
+def test_fedavg_waits_for_cohort_and_counts_dropouts() -> None:
+    s = FedAvg(shapes=SHAPES)
+    s.begin_round(["t1", "t2", "t3"])
+    s.accept(upd("t1", {"a": [1.0, 1.0]}), server_version=0)
+    assert not s.ready()
+    s.mark_dropped("t2")
+    assert not s.ready()
+    s.accept(upd("t3", {"a": [3.0, 3.0]}), server_version=0)
+    assert s.ready()
+    with pytest.raises(UpdateRejected) as err:
+        s.accept(upd("t9", {"a": [0.0, 0.0]}), server_version=0)
+    assert err.value.reason is RejectReason.NOT_IN_COHORT
+
+
+def test_fedbuff_divides_by_k_and_discounts_staleness() -> None:
+    # Prepare: K = 2, one fresh and one update three versions stale
+    s = FedBuff(shapes=SHAPES, buffer_size=2, server_lr=0.5)
+    s.accept(upd("t1", {"a": [2.0, 2.0]}, base=5), server_version=5)
+    s.accept(upd("t2", {"a": [4.0, 0.0]}, base=2), server_version=5)
+    # Execute
+    merged = s.aggregate(params(), server_version=5)
+    # Assert: a <- a + 0.5 * (1*[2,2] + 1/sqrt(4)*[4,0]) / 2
+    expected = np.array([1.0, 2.0]) + 0.5 * (np.array([2.0, 2.0]) + 0.5 * np.array([4.0, 0.0])) / 2
+    np.testing.assert_allclose(merged.params["a"], expected, rtol=1e-6)
+    assert merged.staleness == (0, 3)
+    np.testing.assert_allclose(merged.weights, [1.0, 1 / math.sqrt(4)])
+
+
+def test_fedasync_mixes_the_trained_model_with_polynomial_staleness() -> None:
+    # Prepare: base model of version 0 differs from the current one (version 2)
+    s = FedAsync(shapes=SHAPES, mixing=0.5, function=StalenessFunction.POLYNOMIAL, exponent=1.0)
+    base = {"a": np.array([0.0, 0.0], dtype=np.float32), "b": np.array([0.0], dtype=np.float32)}
+    u = upd("t1", {"a": [1.0, 1.0]}, base=0)
+    u = ClientUpdate(**{**u.__dict__, "base_params": base})
+    # Execute
+    s.accept(u, server_version=2)
+    merged = s.aggregate(params(), server_version=2)
+    # Assert: alpha = 0.5 * (2+1)^-1 ; a <- (1-alpha) a + alpha (base + delta)
+    alpha = 0.5 / 3
+    np.testing.assert_allclose(
+        merged.params["a"], (1 - alpha) * np.array([1.0, 2.0]) + alpha * 1.0, rtol=1e-6
+    )
+    np.testing.assert_allclose(merged.params["b"], [0.5])
+
+
+def test_fedasync_hinge() -> None:
+    s = FedAsync(shapes=SHAPES, function=StalenessFunction.HINGE, exponent=0.5, hinge_b=2)
+    assert s.staleness_weight(2) == 1.0
+    assert s.staleness_weight(6) == pytest.approx(1 / (0.5 * 4 + 1))
+
+
+def test_ftte_weights_by_samples_age_and_relative_update_energy() -> None:
+    # Prepare: three updates; the third is stale, the second unusually energetic
+    s = FTTE(shapes=SHAPES, buffer_size=3, staleness_exponent=1.0, variance_beta=2.0)
+    u1 = upd("t1", {"a": [1.0, 1.0]}, n=2, base=4)  # msq 1
+    u2 = upd("t2", {"a": [3.0, 3.0]}, n=2, base=4)  # msq 9
+    u3 = upd("t3", {"a": [-1.0, 1.0]}, n=4, base=1)  # msq 1, staleness 3
+    for u in (u1, u2, u3):
+        s.accept(u, server_version=4)
+    # Execute
+    merged = s.aggregate(params(), server_version=4)
+    # Assert: median msq = 1 -> r = (1, 9, 1); g = (1, 1/(1+2*8), 1); s = (1, 1, 1/4)
+    w = np.array([2 * 1 * 1, 2 * 1 * (1 / 17), 4 * 0.25 * 1])
+    deltas = np.array([[1.0, 1.0], [3.0, 3.0], [-1.0, 1.0]])
+    expected = np.array([1.0, 2.0]) + (w[:, None] * deltas).sum(0) / w.sum()
+    np.testing.assert_allclose(merged.weights, w, rtol=1e-9)
+    np.testing.assert_allclose(merged.params["a"], expected, rtol=1e-6)
+
+
+def test_ftte_nested_subsets_normalise_each_tensor_by_who_trained_it() -> None:
+    s = FTTE(shapes=SHAPES, buffer_size=2, staleness_exponent=0.0, variance_beta=0.0)
+    s.accept(upd("t1", {"a": [1.0, 1.0], "b": [2.0]}, n=1), server_version=0)
+    s.accept(upd("t2", {"a": [3.0, 3.0]}, n=1), server_version=0)
+    merged = s.aggregate(params(), server_version=0)
+    np.testing.assert_allclose(merged.params["a"], [3.0, 4.0])
+    np.testing.assert_allclose(merged.params["b"], [2.5])  # not diluted by t2
+    assert merged.coverage == {"a": 2, "b": 1}
+
+
+@pytest.mark.parametrize(
+    ("update", "reason"),
+    [
+        (upd("x", {"a": [np.nan, 1.0]}), RejectReason.NON_FINITE),
+        (upd("x", {"a": [1.0, 1.0, 1.0]}), RejectReason.SHAPE_MISMATCH),
+        (upd("x", {"zz": [1.0]}), RejectReason.UNEXPECTED_TENSOR),
+        (upd("x", {}), RejectReason.MISSING_TENSOR),
+        (upd("x", {"a": [1.0, 1.0]}, n=0), RejectReason.BAD_SAMPLE_COUNT),
+        (upd("x", {"a": [1.0, 1.0]}, base=9), RejectReason.MALFORMED),
+    ],
+)
+def test_bad_updates_are_rejected_with_a_reason(update: ClientUpdate, reason: RejectReason) -> None:
+    s = FTTE(shapes=SHAPES, buffer_size=2)
+    with pytest.raises(UpdateRejected) as err:
+        s.accept(update, server_version=3)
+    assert err.value.reason is reason
+    assert s.pending == 0
+
+
+def test_too_stale_and_duplicate_updates_are_rejected() -> None:
+    s = FedBuff(shapes=SHAPES, buffer_size=3, max_staleness=2)
+    with pytest.raises(UpdateRejected) as err:
+        s.accept(upd("t1", {"a": [1.0, 1.0]}, base=0), server_version=3)
+    assert err.value.reason is RejectReason.TOO_STALE
+    s.accept(upd("t2", {"a": [1.0, 1.0]}, base=2), server_version=3)
+    with pytest.raises(UpdateRejected) as err:
+        s.accept(upd("t2", {"a": [1.0, 1.0]}, base=2), server_version=3)
+    assert err.value.reason is RejectReason.DUPLICATE
+
+
+def test_aggregate_before_ready_raises() -> None:
+    s = FedBuff(shapes=SHAPES, buffer_size=2)
+    s.accept(upd("t1", {"a": [1.0, 1.0]}), server_version=0)
+    with pytest.raises(NotReadyError):
+        s.aggregate(params(), server_version=0)
+
+
+def test_state_dict_round_trip_restores_the_buffer_and_checks_config() -> None:
+    # Prepare
+    s = FTTE(shapes=SHAPES, buffer_size=2)
+    s.accept(upd("t1", {"a": [1.0, 2.0]}, n=3), server_version=0)
+    state = s.state_dict()
+    # Execute
+    restored = FTTE(shapes=SHAPES, buffer_size=2)
+    restored.load_state_dict(state)
+    restored.accept(upd("t2", {"a": [3.0, 4.0]}, n=1), server_version=0)
+    s.accept(upd("t2", {"a": [3.0, 4.0]}, n=1), server_version=0)
+    # Assert
+    np.testing.assert_array_equal(
+        restored.aggregate(params(), server_version=0).params["a"],
+        s.aggregate(params(), server_version=0).params["a"],
+    )
+    with pytest.raises(StateLoadError):
+        FTTE(shapes=SHAPES, buffer_size=5).load_state_dict(state)
+    with pytest.raises(StateLoadError):
+        FedBuff(shapes=SHAPES, buffer_size=2).load_state_dict(state)
+    bad = {**state, "buffer": [{**state["buffer"][0], "delta": {"a": np.array([np.inf, 0.0])}}]}
+    with pytest.raises(StateLoadError):
+        FTTE(shapes=SHAPES, buffer_size=2).load_state_dict(bad)
