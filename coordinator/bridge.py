@@ -22,7 +22,8 @@ Trust: the topic is the device's identity at this layer (a broker ACL binds
 a client to its own topics, see :mod:`protocol.topics`), so every uplink
 message is route-checked: the ids it names must equal the topic's. Anything
 malformed, misrouted or refused is counted in :attr:`BridgeStats.rejected`,
-reported to the service's audit hook, answered with an ``ErrorMessage`` when
+audited (a malformed update through ``service.submit_update``, which
+refuses and audits it; anything else through the ``on_reject`` hook), answered with an ``ErrorMessage`` when
 a device can be named, and dropped; nothing a device sends can stop the loop.
 """
 
@@ -79,7 +80,7 @@ class StudyServiceLike(Protocol):
 
     def enrol(self, study_id: str, msg: Enrol) -> EnrolAck: ...
     def submit_update(self, study_id: str, frame: bytes) -> Ack: ...
-    def heartbeat(self, study_id: str, msg: Heartbeat) -> Any: ...
+    def heartbeat(self, study_id: str, msg: Heartbeat) -> bool: ...
     def dispatch(self, study_id: str) -> Sequence[OutboundLike]: ...
     def task_timeouts(self) -> Any: ...
 
@@ -268,7 +269,14 @@ class StudyBridge:
             message, _ = decode_frame(payload, max_bytes=self.max_message_bytes)
             check_route(info, message)
         except ProtocolError as exc:
-            self._reject(info, _reject_kind(exc), str(exc))
+            kind = _reject_kind(exc)
+            if info is not None and info.kind is TopicKind.UPDATE and kind is not RejectKind.ROUTE:
+                # The service decodes again, refuses, counts and audits it (with the
+                # frame's hash); its REJECTED ack tells the device.
+                self._reply(info, self.service.submit_update(self.study_id, payload))
+                self.stats.rejected[kind.value] += 1
+                return False
+            self._reject(info, kind, str(exc))
             return False
         self.stats.received[info.kind.value] += 1
         try:
@@ -281,7 +289,11 @@ class StudyBridge:
                 self._reply(info, ack)
                 return True
             if isinstance(message, Heartbeat):
-                self.service.heartbeat(self.study_id, message)
+                if self.service.heartbeat(self.study_id, message) is False:
+                    # Unknown (or revoked) here: tell the device, which re-enrols.
+                    self._reject(
+                        info, RejectKind.REFUSED, "not enrolled", code=ErrorCode.NOT_ENROLLED
+                    )
                 return False
         except Exception as exc:  # a refusal by the service, or its bug
             code = self.refuse(exc)

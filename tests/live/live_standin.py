@@ -31,10 +31,6 @@ from protocol.messages import (
 )
 
 
-class NotEnrolled(Exception):
-    pass
-
-
 @dataclass(frozen=True)
 class OutboundTask:
     device_id: str
@@ -121,9 +117,8 @@ class EngineService:
         study.acks[task_id] = ack
         return ack
 
-    def heartbeat(self, study_id: str, msg: Heartbeat) -> None:
-        if msg.device_id not in self.studies[study_id].engine.devices:
-            raise NotEnrolled(msg.device_id)
+    def heartbeat(self, study_id: str, msg: Heartbeat) -> bool:
+        return msg.device_id in self.studies[study_id].engine.devices
 
     def task_timeouts(self) -> int:
         failed = 0
