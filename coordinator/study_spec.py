@@ -30,6 +30,8 @@ from tinytrain.training import LocalTrainConfig
 
 from .engine import Engine, EngineEvent
 from .planning import SubsetMode, SubsetPlanner
+from .privacy_guard import PrivacyGuard, PrivacyListener
+from .privacy_settings import StudyPrivacy
 from .strategies import FTTE, FedAsync, FedAvg, FedBuff, Strategy, StrategyName
 
 
@@ -59,6 +61,8 @@ class StudySpec(BaseModel):
     staleness_exponent: float = Field(default=0.5, ge=0)
     variance_beta: float = Field(default=1.0, ge=0)
     task_deadline_s: float = Field(default=3600.0, gt=0)
+    # differential privacy (issue 4): None = no DP; set at creation, immutable
+    privacy: StudyPrivacy | None = None
 
     def model_settings(self) -> ModelConfig:
         return ModelConfig(
@@ -123,8 +127,14 @@ def build_engine(
     rng: random.Random,
     params: Params | None = None,
     listeners: tuple[Callable[[EngineEvent], None], ...] = (),
+    privacy_listeners: tuple[PrivacyListener, ...] = (),
 ) -> Engine:
-    """The engine of a study, starting from ``params`` (default: the spec's initial model)."""
+    """The engine of a study, starting from ``params`` (default: the spec's initial model).
+
+    A study with ``privacy`` gets a ``PrivacyGuard`` (find it again with
+    ``coordinator.privacy_guard.privacy_guard_of``); ``privacy_listeners``
+    receive its spend / exhaustion / rejection events (for the audit log).
+    """
     params = params if params is not None else initial_params(spec)
     shapes = param_shapes(build_model(spec.model_settings(), seed=spec.model_seed))
     if {n: tuple(v.shape) for n, v in params.items()} != shapes:
@@ -136,4 +146,9 @@ def build_engine(
         concurrency=spec.concurrency,
         rng=rng,
         listeners=listeners,
+        guards=(
+            (PrivacyGuard(spec.privacy, listeners=privacy_listeners),)
+            if spec.privacy is not None
+            else ()
+        ),
     )

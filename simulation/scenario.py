@@ -15,8 +15,10 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from coordinator.planning import SubsetMode
+from coordinator.privacy_settings import StudyPrivacy
 from coordinator.strategies import StrategyName
 from coordinator.study_spec import StudySpec
+from privacy.accounting import Accountant
 
 from .profiles import DeviceClass
 from .sensordata import StudyDataConfig
@@ -30,14 +32,26 @@ class StrategyRun(enum.StrEnum):
     FEDASYNC = "fedasync"
     FTTE = "ftte"  # FTTE: one global subset sized to the smallest device
     FTTE_NESTED = "ftte_nested"  # our extension: nested tiers per device
+    FTTE_DP = "ftte+dp"  # FTTE's global subset, trained with DP-SGD under per-device budgets
 
     @property
     def strategy(self) -> StrategyName:
-        return StrategyName.FTTE if self is StrategyRun.FTTE_NESTED else StrategyName(self.value)
+        if self in (StrategyRun.FTTE_NESTED, StrategyRun.FTTE_DP):
+            return StrategyName.FTTE
+        return StrategyName(self.value)
+
+    @property
+    def slug(self) -> str:
+        """The value as a study-name-safe id (``ftte+dp`` -> ``ftte-dp``)."""
+        return self.value.replace("+", "-")
+
+    @property
+    def dp(self) -> bool:
+        return self is StrategyRun.FTTE_DP
 
     @property
     def subset_mode(self) -> SubsetMode:
-        if self is StrategyRun.FTTE:
+        if self in (StrategyRun.FTTE, StrategyRun.FTTE_DP):
             return SubsetMode.GLOBAL
         if self is StrategyRun.FTTE_NESTED:
             return SubsetMode.NESTED
@@ -87,6 +101,19 @@ class Scenario(BaseModel):
     eval_every_merges: int = Field(default=1, ge=1)
     eval_windows: int = Field(default=2000, ge=10)
     final_tail: float = Field(default=0.1, gt=0, le=1)  # final accuracy = mean over this tail
+    # differential privacy (rows with ``StrategyRun.dp``): every device's cumulative
+    # epsilon at delta over the study stays within dp_epsilon. Each task runs
+    # dp_steps_per_task DP-SGD steps at Poisson rate dp_sample_rate (default
+    # steps: round(epochs / rate), i.e. the non-DP rows' passes over the data on
+    # average); the noise multiplier decides how many tasks the budget buys.
+    dp_epsilon: float = Field(default=8.0, gt=0)
+    dp_delta: float = Field(default=1e-5, gt=0, lt=1e-2)
+    dp_accountant: Accountant = Accountant.RDP
+    dp_noise_multiplier: float = Field(default=1.5, gt=0)
+    dp_max_grad_norm: float = Field(default=1.0, gt=0)
+    dp_sample_rate: float = Field(default=0.25, gt=0, le=1)
+    dp_steps_per_task: int | None = Field(default=None, ge=1)
+    dp_max_physical_batch: int = Field(default=8, ge=1)
 
     @model_validator(mode="after")
     def _check(self) -> Scenario:
@@ -114,7 +141,7 @@ class Scenario(BaseModel):
     def study_spec(self, run: StrategyRun) -> StudySpec:
         """The coordinator-side study every strategy row runs (same model and local work)."""
         return StudySpec(
-            name=f"{self.name}-{run.value}",
+            name=f"{self.name}-{run.slug}",
             strategy=run.strategy,
             subset_mode=run.subset_mode,
             width=self.width,
@@ -128,6 +155,21 @@ class Scenario(BaseModel):
             server_lr=self.server_lr,
             staleness_exponent=self.staleness_exponent,
             variance_beta=self.variance_beta,
+            privacy=self.study_privacy() if run.dp else None,
+        )
+
+    def study_privacy(self) -> StudyPrivacy:
+        """The DP settings of the ``dp`` rows (budget policy + per-task mechanism)."""
+        steps = self.dp_steps_per_task or max(1, round(self.epochs / self.dp_sample_rate))
+        return StudyPrivacy(
+            epsilon=self.dp_epsilon,
+            delta=self.dp_delta,
+            accountant=self.dp_accountant,
+            noise_multiplier=self.dp_noise_multiplier,
+            max_grad_norm=self.dp_max_grad_norm,
+            sample_rate=self.dp_sample_rate,
+            steps_per_task=steps,
+            max_physical_batch_size=self.dp_max_physical_batch,
         )
 
     @classmethod

@@ -11,6 +11,17 @@ time is simulated: a device's task takes
 
 scaled by its straggler slowdown. A device that drops out is noticed by the
 coordinator a heartbeat timeout after it went silent.
+
+Differential privacy (rows with ``StrategyRun.dp``): the engine carries a
+``PrivacyGuard``; each simulated device keeps its own ``edge.budget.DeviceBudget``
+here in the main process (its Opacus accountant state travels to the worker
+in ``TrainJob.accountant_state`` and back in the outcome), refuses a task it
+cannot afford, and reports its mechanism and its own epsilon claim with every
+update, which the guard recomputes. Devices at their budget become
+``EXHAUSTED``; the study then ends when no device can work and nothing is in
+flight, even if the update budget was not reached. DP-SGD's per-sample
+gradients cost about the FLOPs of the ordinary weight gradient they replace,
+so virtual compute time uses the same counted FLOPs.
 """
 
 from __future__ import annotations
@@ -25,12 +36,21 @@ from typing import Any
 
 import numpy as np
 
-from coordinator.engine import Device, EngineEvent, TaskOrder
+from coordinator.engine import Device, DeviceState, EngineEvent, TaskOrder
 from coordinator.ingest import decode_update
+from coordinator.privacy_guard import PrivacyListener, privacy_guard_of
 from coordinator.study_spec import build_engine, footprint_bytes
-from edge.local import LocalTask
+from edge.budget import DeviceBudget, TaskRefused
+from edge.dp_training import DPTrainConfig
+from edge.local import LocalOutcome, LocalTask
 from edge.updates import encode_update, update_header
-from protocol.messages import DEFAULT_MAX_MESSAGE_BYTES, ModelDownload, Update, frame_size
+from protocol.messages import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    ModelDownload,
+    PrivacyReport,
+    Update,
+    frame_size,
+)
 from tinytrain.costs import task_flops
 from tinytrain.models import build_model, param_shapes
 from tinytrain.subsets import SubsetSpec
@@ -63,6 +83,8 @@ class StudyResult:
     wall_s: float = 0.0
     subset_by_class: dict[str, dict[str, Any]] = field(default_factory=dict)
     updates_by_class: dict[str, int] = field(default_factory=dict)
+    exhausted_devices: int = 0  # DP rows: devices whose budget cannot afford another task
+    privacy: dict[str, Any] = field(default_factory=dict)  # DP rows: epsilon figures
 
     @property
     def upload_bytes_per_update(self) -> float:
@@ -85,6 +107,8 @@ class StudyResult:
             "wall_s": self.wall_s,
             "subset_by_class": self.subset_by_class,
             "updates_by_class": self.updates_by_class,
+            "exhausted_devices": self.exhausted_devices,
+            "privacy": self.privacy,
             "series": self.series,
         }
 
@@ -108,6 +132,7 @@ class Study:
         executor: Executor,
         listeners: tuple[Callable[[EngineEvent], None], ...] = (),
         progress: Progress | None = None,
+        privacy_listeners: tuple[PrivacyListener, ...] = (),
     ) -> None:
         self.scenario, self.run_kind, self.executor, self.progress = (
             scenario,
@@ -143,8 +168,15 @@ class Study:
             momentum=scenario.momentum,
         )
         self.engine = build_engine(
-            self.spec, rng=random.Random(scenario.seed + 2), params=start, listeners=listeners
+            self.spec,
+            rng=random.Random(scenario.seed + 2),
+            params=start,
+            listeners=listeners,
+            privacy_listeners=privacy_listeners,
         )
+        self.guard = privacy_guard_of(self.engine)  # None unless a DP row
+        self.budgets: dict[str, DeviceBudget] = {}  # each device's own accountant
+        self.refused_tasks = 0
         for d in self.fleet:
             self.engine.enrol(
                 d.device_id,
@@ -192,6 +224,8 @@ class Study:
 
     def _start(self, order: TaskOrder, now: float, result: StudyResult) -> None:
         device = self.by_id[order.device_id]
+        if self._refuses(order, now):
+            return  # the device's own budget cannot afford the task
         samples = self.num_samples[device.index]
         down = self._download_bytes(order)
         result.download_bytes += down
@@ -213,11 +247,13 @@ class Study:
             model_version=order.model_version,
             subset_names=order.subset.names,
             train=self.train,
+            dp=self._dp_config(order),
             seed=self.scenario.seed * 1_000_003 + int(order.task_id[1:]),
         )
         base = self.engine.base_params(order.model_version)
+        state = self.budgets[order.device_id].accountant_state if task.dp else None
         self._jobs[order.task_id] = self.executor.submit(
-            TrainJob(device_index=device.index, base=base, task=task)
+            TrainJob(device_index=device.index, base=base, task=task, accountant_state=state)
         )
         self._push(now + duration, "arrived", order.task_id)
 
@@ -225,7 +261,7 @@ class Study:
         orders = self.engine.dispatch(now=now, eligible=self._online)
         for order in orders:
             self._start(order, now, result)
-        if not orders and self.engine.in_flight() == 0:
+        if not orders and self.engine.in_flight() == 0 and self._anyone_can_work():
             self._push(now + 60.0, "retry")  # nobody online: look again in a minute
 
     # -- main loop -------------------------------------------------------------
@@ -280,6 +316,8 @@ class Study:
         result.virtual_time_s = now
         result.wall_s = time.perf_counter() - started
         result.updates_by_class = dict(classes)
+        if self.guard is not None:
+            self._privacy_figures(result)
         result.subset_by_class = {
             c: {
                 "tier": s.tier,
@@ -306,17 +344,88 @@ class Study:
             device_id=order.device_id,
             subset_id=order.subset.subset_id,
             base_version=order.model_version,
+            privacy=self._record_spend(order, outcome),
         )
         frame = encode_update(header, outcome, max_bytes=DEFAULT_MAX_MESSAGE_BYTES)
         result.upload_bytes += len(frame)
         incoming = decode_update(frame, max_bytes=DEFAULT_MAX_MESSAGE_BYTES)
         before = self.engine.stats.merges
-        outcome_ = self.engine.submit(incoming.update, now=now)
+        outcome_ = self.engine.submit(incoming.update, now=now, context=incoming.privacy)
         if outcome_.accepted:
             classes[self.by_id[order.device_id].profile.device_class.value] += 1
         if self.progress and self.engine.stats.merges == before:
             self.progress(self.engine.stats.accepted, self.scenario.update_budget, None)
         return self.engine.stats.merges > before
+
+    # -- differential privacy (DP rows only) -----------------------------------------
+    def _refuses(self, order: TaskOrder, now: float) -> bool:
+        """DP rows: the device checks its own budget before it trains (and may refuse)."""
+        if self.guard is None:
+            return False
+        budget = self.budgets.setdefault(
+            order.device_id, DeviceBudget(self.guard.settings.policy())
+        )
+        try:
+            budget.check(self.guard.task_dp(order))
+        except TaskRefused:
+            self.refused_tasks += 1
+            self.guard.device_refused(self.engine, order.task_id, now=now)
+            return True
+        return False
+
+    def _dp_config(self, order: TaskOrder) -> DPTrainConfig | None:
+        """The task's DP-SGD settings: the study's mechanism, the device's memory cap."""
+        if self.guard is None:
+            return None
+        return self.budgets[order.device_id].train_config(
+            self.guard.task_dp(order),
+            lr=self.train.lr,
+            momentum=self.train.momentum,
+            max_physical_batch_size=self.guard.settings.max_physical_batch_size,
+        )
+
+    def _record_spend(self, order: TaskOrder, outcome: LocalOutcome) -> PrivacyReport | None:
+        """The device adopts its new accountant state and claims its own epsilon."""
+        if outcome.dp is None:
+            return None
+        return self.budgets[order.device_id].record(outcome)
+
+    def _anyone_can_work(self) -> bool:
+        return any(
+            d.state in (DeviceState.IDLE, DeviceState.BUSY) for d in self.engine.devices.values()
+        )
+
+    def _privacy_figures(self, result: StudyResult) -> None:
+        guard = self.guard
+        if guard is None:
+            return
+        ledger = guard.ledger
+        by_class: dict[str, list[float]] = defaultdict(list)
+        for d in self.fleet:
+            by_class[d.profile.device_class.value].append(ledger.spent(d.device_id))
+        exhausted = {
+            d.device_id for d in self.engine.devices.values() if d.state is DeviceState.EXHAUSTED
+        }
+        result.exhausted_devices = len(exhausted)
+        everyone = [e for values in by_class.values() for e in values]
+        result.privacy = {
+            "epsilon_budget": ledger.policy.epsilon,
+            "delta": ledger.policy.delta,
+            "accountant": ledger.policy.accountant.value,
+            "noise_multiplier": guard.settings.noise_multiplier,
+            "max_grad_norm": guard.settings.max_grad_norm,
+            "sample_rate": guard.settings.sample_rate,
+            "steps_per_task": guard.settings.steps_per_task,
+            "epsilon_max": max(everyone, default=0.0),
+            "epsilon_mean": float(np.mean(everyone)) if everyone else 0.0,
+            "epsilon_by_class": {
+                c: {"mean": float(np.mean(v)), "max": max(v)} for c, v in sorted(by_class.items())
+            },
+            "exhausted_by_class": dict(
+                Counter(self.by_id[d].profile.device_class.value for d in exhausted)
+            ),
+            "refused_tasks": self.refused_tasks,
+        }
 
 
 def final_accuracy(series: list[dict[str, float]], *, tail: float) -> float:

@@ -1,0 +1,464 @@
+"""The coordinator's privacy guard: budgets enforced at dispatch and at admission.
+
+An ``EngineGuard`` holding the study's ``PrivacyLedger``:
+
+- ``may_dispatch``: a device whose ledger cannot afford one more task (the
+  task's mechanism is fixed by ``StudyPrivacy``, so its cost is known) is moved
+  to ``DeviceState.EXHAUSTED`` with a reason and never scheduled again;
+- ``admit``: the update must carry a ``PrivacyReport`` (the transport's
+  ``context``) with exactly the task's mechanism; the ledger charges it and
+  *recomputes* the device's cumulative epsilon, so a claim that disagrees is
+  a ``BAD_PRIVACY_CLAIM`` and a spend past the budget a ``BUDGET_EXCEEDED``;
+- every spend, exhaustion, refusal and rejection is emitted as a
+  ``PrivacyEvent`` whose ``action``/``outcome``/``details`` go into the audit
+  log as they are (``compliance.privacy_details`` builds the details).
+
+Charging happens before the strategy sees the update: the server has seen a
+data-derived update even if the strategy then drops it (too stale), so the
+spend is real. For the same reason a forged claim is still charged with the
+mechanism the device reported (a lower bound of what it spent) before the
+update is discarded, and the device is revoked: its own accountant and the
+ledger disagree for good, so every later update would be rejected while still
+spending the patient's budget.
+
+Known limit: an update that trained but never reached ``admit`` (lost, or
+arriving after its task timed out: the engine rejects unknown tasks before
+the guards) is spent on the device but not in the ledger; the device's next
+claim then disagrees and it is revoked. That errs on the side of privacy.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+from compliance.events import AuditAction, DetailValue, Outcome, check_details, privacy_details
+from privacy.accounting import MechanismStep
+from privacy.errors import BudgetExceeded, DuplicateCharge, ForgedClaim, PolicyError
+from privacy.ledger import PrivacyLedger, SpendRecord
+from protocol.messages import DpParams, PrivacyReport
+
+from .engine import Device, DeviceState, Engine, TaskOrder
+from .errors import RejectReason, UpdateRejected
+from .privacy_settings import StudyPrivacy
+from .strategies import ClientUpdate
+
+STATE_FORMAT = "fedward.coordinator.privacy_guard"
+STATE_VERSION = 1
+
+
+class PrivacyEventKind(enum.StrEnum):
+    SPENT = "spent"  # a task's mechanism was charged to a device
+    EXHAUSTED = "exhausted"  # a device cannot afford another task: no more scheduling
+    REJECTED = "rejected"  # an update refused for a privacy reason
+    REFUSED = "refused"  # the device itself refused a task (its own budget)
+    REVOKED = "revoked"  # the device's accounting disagrees with the ledger for good
+
+
+@dataclass(frozen=True, kw_only=True)
+class PrivacyEvent:
+    """One privacy decision, ready for ``AuditLog.append(action=, outcome=, details=)``."""
+
+    kind: PrivacyEventKind
+    at: float
+    device_id: str
+    action: AuditAction
+    outcome: Outcome
+    details: Mapping[str, DetailValue]
+    record: SpendRecord | None = None  # the ledger's record, for SPENT
+
+
+PrivacyListener = Callable[[PrivacyEvent], None]
+
+
+@dataclass
+class _Status:
+    """What the guard remembers besides the ledger (persisted with it)."""
+
+    device_classes: dict[str, str] = field(default_factory=dict)
+    exhausted: set[str] = field(default_factory=set)
+    revoked: set[str] = field(default_factory=set)
+
+
+class PrivacyGuard:
+    """Per-device budgets of one study, composed over all its tasks."""
+
+    def __init__(
+        self,
+        settings: StudyPrivacy,
+        *,
+        listeners: Iterable[PrivacyListener] = (),
+        claim_tolerance: float = 1e-6,
+    ) -> None:
+        if not isinstance(settings, StudyPrivacy):
+            raise TypeError("settings must be a StudyPrivacy")
+        self.settings = settings
+        self.ledger = PrivacyLedger(settings.policy(), claim_tolerance=claim_tolerance)
+        self.listeners: list[PrivacyListener] = list(listeners)
+        self._step = settings.task_step()
+        self._dp = settings.task_dp()
+        self._status = _Status()
+        self._affordable: dict[str, bool] = {}  # cache, invalidated on every charge
+
+    # -- what tasks carry --------------------------------------------------------
+
+    def task_dp(self, order: TaskOrder) -> DpParams:
+        """The ``Task.dp`` to send with ``order`` (the same mechanism for every task)."""
+        del order  # every task of a study runs the study's mechanism
+        return self._dp
+
+    @property
+    def task_step(self) -> MechanismStep:
+        return self._step
+
+    # -- queries -------------------------------------------------------------------
+
+    def can_afford_task(self, device_id: str) -> bool:
+        cached = self._affordable.get(device_id)
+        if cached is None:
+            cached = self.ledger.can_afford(device_id, self._step)
+            self._affordable[device_id] = cached
+        return cached
+
+    def exhausted_devices(self) -> set[str]:
+        return set(self._status.exhausted)
+
+    def revoked_devices(self) -> set[str]:
+        return set(self._status.revoked)
+
+    def device_classes(self) -> dict[str, str]:
+        return dict(self._status.device_classes)
+
+    # -- EngineGuard -------------------------------------------------------------------
+
+    def may_dispatch(self, engine: Engine, device: Device, *, now: float) -> bool:
+        device_id = device.device_id
+        self._status.device_classes.setdefault(device_id, device.device_class)
+        if device_id in self._status.revoked:
+            engine.set_device_state(
+                device_id, DeviceState.REVOKED, now=now, reason="privacy accounting diverged"
+            )
+            return False
+        if device_id in self._status.exhausted or not self.can_afford_task(device_id):
+            self._exhaust(engine, device_id, now=now)
+            return False
+        return True
+
+    def admit(
+        self, engine: Engine, update: ClientUpdate, order: TaskOrder, *, context: Any, now: float
+    ) -> None:
+        device_id = order.device_id
+        device = engine.devices.get(device_id)
+        if device is not None:
+            self._status.device_classes.setdefault(device_id, device.device_class)
+        report = context
+        if not isinstance(report, PrivacyReport):
+            self._reject(
+                RejectReason.BAD_PRIVACY_CLAIM,
+                "a DP study's update must carry a privacy report",
+                device_id=device_id,
+                task_id=order.task_id,
+                now=now,
+            )
+        problem = self._mechanism_problem(report)
+        if problem:
+            self._reject(
+                RejectReason.BAD_PRIVACY_CLAIM,
+                f"mechanism differs from the task's: {problem}",
+                device_id=device_id,
+                task_id=order.task_id,
+                now=now,
+                report=report,
+            )
+        step = MechanismStep(
+            noise_multiplier=report.noise_multiplier,
+            sample_rate=report.sample_rate,
+            steps=report.steps,
+        )
+        try:
+            record = self.ledger.charge(
+                device_id,
+                order.task_id,
+                step,
+                at=now,
+                max_grad_norm=report.max_grad_norm,
+                claimed_epsilon=report.claimed_epsilon,
+            )
+        except ForgedClaim as exc:
+            self._forged(engine, exc, order, step, report, now=now)
+        except BudgetExceeded as exc:
+            self._affordable.pop(device_id, None)
+            self._exhaust(engine, device_id, now=now, reason="update past the budget")
+            self._reject(
+                RejectReason.BUDGET_EXCEEDED,
+                str(exc),
+                device_id=device_id,
+                task_id=order.task_id,
+                now=now,
+                report=report,
+            )
+        except DuplicateCharge as exc:
+            self._reject(
+                RejectReason.DUPLICATE,
+                str(exc),
+                device_id=device_id,
+                task_id=order.task_id,
+                now=now,
+            )
+        self._affordable.pop(device_id, None)
+        self._spent(record, now=now)
+        if not self.can_afford_task(device_id):
+            self._exhaust(engine, device_id, now=now)
+
+    # -- device-side refusals ------------------------------------------------------------
+
+    def device_refused(self, engine: Engine, task_id: str, *, now: float) -> None:
+        """A device refused ``task_id`` because its own budget cannot afford it.
+
+        The task is failed (its slot freed) and the device is never scheduled
+        again: a device's budget only shrinks. The device's free-text detail is
+        not logged (it is device-controlled text headed for a permanent log).
+        """
+        order = engine.tasks.get(task_id)
+        if order is None:
+            return
+        engine.task_failed(task_id, now=now, reason="refused by the device: privacy budget")
+        self._emit(
+            PrivacyEventKind.REFUSED,
+            now,
+            order.device_id,
+            AuditAction.TASK_REFUSED,
+            Outcome.DENIED,
+            {"task_id": task_id, "reason": "device budget cannot afford the task"},
+        )
+        self._exhaust(engine, order.device_id, now=now, reason="the device refused: own budget")
+
+    # -- persistence ---------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-serialisable: settings, the ledger's state, classes, exhausted and revoked."""
+        return {
+            "format": STATE_FORMAT,
+            "version": STATE_VERSION,
+            "settings": self.settings.model_dump(mode="json"),
+            "ledger": self.ledger.state_dict(),
+            "device_classes": dict(sorted(self._status.device_classes.items())),
+            "exhausted": sorted(self._status.exhausted),
+            "revoked": sorted(self._status.revoked),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore after a restart; refuses state written under other settings."""
+        if not isinstance(state, Mapping) or state.get("format") != STATE_FORMAT:
+            raise PolicyError("not a privacy guard state")
+        if state.get("version") != STATE_VERSION:
+            raise PolicyError(f"unsupported privacy guard state version {state.get('version')!r}")
+        stored = StudyPrivacy.model_validate_json(json.dumps(state["settings"]))
+        if stored != self.settings:
+            raise PolicyError(
+                "a study's privacy settings are immutable: the stored state was written "
+                f"under {stored.model_dump(mode='json')}"
+            )
+        self.ledger.load_state_dict(state["ledger"])  # verifies checksum and every epsilon
+        classes = state.get("device_classes", {})
+        if not isinstance(classes, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in classes.items()
+        ):
+            raise PolicyError("device_classes must map device ids to class names")
+        self._status = _Status(
+            device_classes=dict(classes),
+            exhausted=set(_names(state.get("exhausted", []))),
+            revoked=set(_names(state.get("revoked", []))),
+        )
+        self._affordable.clear()
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _mechanism_problem(self, report: PrivacyReport) -> str:
+        dp = self._dp
+        if report.noise_multiplier != dp.noise_multiplier:
+            return f"noise_multiplier {report.noise_multiplier} != {dp.noise_multiplier}"
+        if report.sample_rate != dp.sample_rate:
+            return f"sample_rate {report.sample_rate} != {dp.sample_rate}"
+        if report.max_grad_norm != dp.max_grad_norm:
+            return f"max_grad_norm {report.max_grad_norm} != {dp.max_grad_norm}"
+        if not 1 <= report.steps <= (dp.max_steps or 0):
+            return f"steps {report.steps} outside [1, {dp.max_steps}]"
+        if report.accountant.value != dp.accountant.value:
+            return f"accountant {report.accountant.value} != {dp.accountant.value}"
+        if report.delta != dp.delta:
+            return f"delta {report.delta} != {dp.delta}"
+        return ""
+
+    def _forged(
+        self,
+        engine: Engine,
+        exc: ForgedClaim,
+        order: TaskOrder,
+        step: MechanismStep,
+        report: PrivacyReport,
+        *,
+        now: float,
+    ) -> NoReturn:
+        device_id = order.device_id
+        try:  # the server saw the update: charge what the device says it ran
+            record = self.ledger.charge(
+                device_id, order.task_id, step, at=now, max_grad_norm=report.max_grad_norm
+            )
+            self._spent(record, now=now)
+        except (BudgetExceeded, DuplicateCharge):
+            pass
+        self._affordable.pop(device_id, None)
+        self._status.revoked.add(device_id)
+        engine.set_device_state(
+            device_id, DeviceState.REVOKED, now=now, reason="privacy claim disagrees with ledger"
+        )
+        self._emit(
+            PrivacyEventKind.REVOKED,
+            now,
+            device_id,
+            AuditAction.DEVICE_REVOKED,
+            Outcome.SUCCESS,
+            {"task_id": order.task_id, "reason": "privacy claim disagrees with the ledger"},
+        )
+        self._reject(
+            RejectReason.BAD_PRIVACY_CLAIM,
+            str(exc),
+            device_id=device_id,
+            task_id=order.task_id,
+            now=now,
+            report=report,
+            extra={"claimed_epsilon": float(exc.claimed), "recomputed_epsilon": exc.recomputed},
+        )
+
+    def _exhaust(self, engine: Engine, device_id: str, *, now: float, reason: str = "") -> None:
+        first = device_id not in self._status.exhausted
+        self._status.exhausted.add(device_id)
+        if device_id in engine.devices:
+            engine.set_device_state(
+                device_id,
+                DeviceState.EXHAUSTED,
+                now=now,
+                reason=reason or "privacy budget cannot afford another task",
+            )
+        if first:
+            spent = self.ledger.spent(device_id)
+            details = self._privacy_details(self._step, epsilon=spent)
+            details["device_id"] = device_id
+            details["epsilon_remaining"] = self.ledger.remaining(device_id)
+            details["epsilon_next_task"] = self.ledger.epsilon_with(device_id, self._step)
+            self._emit(
+                PrivacyEventKind.EXHAUSTED,
+                now,
+                device_id,
+                AuditAction.BUDGET_EXHAUSTED,
+                Outcome.SUCCESS,
+                details,
+            )
+
+    def _spent(self, record: SpendRecord, *, now: float) -> None:
+        details = self._privacy_details(record.step, epsilon=record.epsilon_after)
+        details.update(
+            device_id=record.device,
+            task_id=record.task_id,
+            epsilon_before=record.epsilon_before,
+            clip_norm=record.max_grad_norm,
+        )
+        self._emit(
+            PrivacyEventKind.SPENT,
+            now,
+            record.device,
+            AuditAction.PRIVACY_SPENT,
+            Outcome.SUCCESS,
+            details,
+            record=record,
+        )
+
+    def _reject(
+        self,
+        reason: RejectReason,
+        detail: str,
+        *,
+        device_id: str,
+        task_id: str,
+        now: float,
+        report: PrivacyReport | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> NoReturn:
+        details: dict[str, Any] = {"device_id": device_id, "task_id": task_id}
+        if report is not None:
+            details.update(
+                noise_multiplier=report.noise_multiplier,
+                clip_norm=report.max_grad_norm,
+                sample_rate=report.sample_rate,
+                steps=report.steps,
+                accountant=report.accountant.value,
+                claimed_epsilon=report.claimed_epsilon,
+                delta=report.delta,
+            )
+        details.update(extra or {})
+        details.update(reason=reason.value, detail=detail[:200])
+        self._emit(
+            PrivacyEventKind.REJECTED,
+            now,
+            device_id,
+            AuditAction.UPDATE_REJECTED,
+            Outcome.DENIED,
+            details,
+        )
+        raise UpdateRejected(reason, detail)
+
+    def _privacy_details(self, step: MechanismStep, *, epsilon: float) -> dict[str, Any]:
+        policy = self.ledger.policy
+        return dict(
+            privacy_details(
+                noise_multiplier=step.noise_multiplier,
+                clip_norm=self.settings.max_grad_norm,
+                sample_rate=step.sample_rate,
+                steps=step.steps,
+                accountant=policy.accountant,
+                epsilon=epsilon,
+                delta=policy.delta,
+                epsilon_budget=policy.epsilon,
+            )
+        )
+
+    def _emit(
+        self,
+        kind: PrivacyEventKind,
+        at: float,
+        device_id: str,
+        action: AuditAction,
+        outcome: Outcome,
+        details: Mapping[str, Any],
+        *,
+        record: SpendRecord | None = None,
+    ) -> None:
+        event = PrivacyEvent(
+            kind=kind,
+            at=at,
+            device_id=device_id,
+            action=action,
+            outcome=outcome,
+            details=check_details({"device_id": device_id, **details}),
+            record=record,
+        )
+        for listener in self.listeners:
+            listener(event)
+
+
+def privacy_guard_of(engine: Engine) -> PrivacyGuard | None:
+    """The engine's privacy guard (``build_engine`` attaches one for a DP study)."""
+    for guard in engine.guards:
+        if isinstance(guard, PrivacyGuard):
+            return guard
+    return None
+
+
+def _names(values: Any) -> list[str]:
+    if not isinstance(values, list) or not all(isinstance(v, str) and v for v in values):
+        raise PolicyError("expected a list of device ids")
+    return values

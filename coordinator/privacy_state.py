@@ -1,0 +1,115 @@
+"""Where a study's privacy ledger lives between runs, and the report built from it.
+
+The live service persists the guard's ``state_dict`` inside its engine snapshot
+(``coordinator.store.snapshot`` saves every guard that has one), so budgets
+survive a restart with no extra call. For runs without the store (simulator,
+tests, an offline copy for auditors) the same state is a JSON file
+``privacy-ledger-<study>.json`` in a data directory, written atomically.
+
+Loading always goes through ``PrivacyLedger.load_state_dict``, which checks the
+checksum and recomputes every device's epsilon from its mechanism history, so
+a report never shows a figure the ledger cannot re-derive.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from compliance.reports import BudgetReport, build_budget_report
+from privacy.errors import PolicyError
+from privacy.ledger import PrivacyLedger
+
+from .engine import DeviceState, Engine
+from .privacy_guard import STATE_FORMAT, PrivacyGuard, privacy_guard_of
+from .privacy_settings import StudyPrivacy
+
+
+def ledger_file(data_dir: Path, study_id: str) -> Path:
+    """``<data_dir>/privacy-ledger-<study_id>.json``."""
+    if not study_id or "/" in study_id or study_id.startswith("."):
+        raise ValueError(f"bad study id {study_id!r}")
+    return Path(data_dir) / f"privacy-ledger-{study_id}.json"
+
+
+def save_guard_state(guard: PrivacyGuard, path: Path) -> Path:
+    """Write the guard's state atomically (temp file, fsync, rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(guard.state_dict(), handle, sort_keys=True, allow_nan=False)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_guard_state(path: Path) -> dict[str, Any]:
+    state = json.loads(Path(path).read_text())
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise PolicyError(f"{path} is not a privacy guard state")
+    return state
+
+
+def guard_state_from_snapshot(snapshot: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The privacy guard's state inside an engine snapshot (``None`` if not a DP study)."""
+    for state in snapshot.get("guards", []) or []:
+        if isinstance(state, Mapping) and state.get("format") == STATE_FORMAT:
+            return dict(state)
+    return None
+
+
+def report_from_guard_state(
+    state: Mapping[str, Any],
+    *,
+    study_id: str,
+    device_classes: Mapping[str, str] | None = None,
+    exhausted: set[str] | None = None,
+) -> BudgetReport:
+    """A budget report from a persisted guard state (verified and recomputed on load).
+
+    ``device_classes`` adds devices the guard never saw (e.g. every enrolled
+    device from the engine snapshot); the guard's own classes win otherwise.
+    """
+    if state.get("format") != STATE_FORMAT:
+        raise PolicyError("not a privacy guard state")
+    settings = StudyPrivacy.model_validate_json(json.dumps(state["settings"]))
+    guard = PrivacyGuard(settings)
+    guard.load_state_dict(state)
+    classes = {**(device_classes or {}), **guard.device_classes()}
+    return build_budget_report(
+        guard.ledger,
+        study_id=study_id,
+        device_classes=classes,
+        exhausted=guard.exhausted_devices() | (exhausted or set()),
+        next_step=guard.task_step,
+    )
+
+
+def privacy_report(engine: Engine, *, study_id: str) -> BudgetReport | None:
+    """The body of REST ``GET /studies/{id}/privacy`` (``None``: the study has no DP)."""
+    guard = privacy_guard_of(engine)
+    if guard is None:
+        return None
+    return build_budget_report(
+        guard.ledger,
+        study_id=study_id,
+        device_classes={d.device_id: d.device_class for d in engine.devices.values()},
+        exhausted=guard.exhausted_devices()
+        | {d.device_id for d in engine.devices.values() if d.state is DeviceState.EXHAUSTED},
+        next_step=guard.task_step,
+    )
+
+
+def ledger_of(state: Mapping[str, Any]) -> PrivacyLedger:
+    """Just the verified ledger of a guard state."""
+    return PrivacyLedger.from_state_dict(state["ledger"])
