@@ -1,0 +1,154 @@
+"""One JSON error shape for every failure: ``{"error": code, "detail": ...}``.
+
+Why: clients (the CLI, dashboards, scripts) branch on a stable ``error`` code,
+not on free text or on FastAPI's default shapes, which differ between
+validation errors and HTTP errors. Malformed input is always 422, a missing
+study/device/version 404, a lifecycle call in the wrong state 409, and an
+unexpected failure a bare 500 without internals.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from coordinator.service import (
+    DeviceNotFound,
+    InvalidStudyId,
+    InvalidTransition,
+    ModelVersionNotFound,
+    ServiceError,
+    StudyExists,
+    StudyNotFound,
+)
+
+log = logging.getLogger(__name__)
+
+
+class ErrorCode(enum.StrEnum):
+    VALIDATION_ERROR = "validation_error"
+    UNAUTHORIZED = "unauthorized"
+    NOT_FOUND = "not_found"
+    STUDY_NOT_FOUND = "study_not_found"
+    DEVICE_NOT_FOUND = "device_not_found"
+    MODEL_VERSION_NOT_FOUND = "model_version_not_found"
+    STUDY_EXISTS = "study_exists"
+    INVALID_TRANSITION = "invalid_transition"
+    ENROL_REFUSED = "enrol_refused"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    NOT_READY = "not_ready"
+    HTTP_ERROR = "http_error"
+    INTERNAL = "internal"
+
+
+class ErrorBody(BaseModel):
+    """The body of every error response."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    error: ErrorCode
+    detail: Any = None
+
+
+class ApiError(Exception):
+    """Raise from a route to answer with ``status`` and an :class:`ErrorBody`."""
+
+    def __init__(self, status: int, error: ErrorCode, detail: Any = None) -> None:
+        super().__init__(f"{status} {error}: {detail}")
+        self.status = status
+        self.error = error
+        self.detail = detail
+
+
+def error_response(
+    status: int, error: ErrorCode, detail: Any = None, *, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    body = ErrorBody(error=error, detail=detail).model_dump(mode="json")
+    return JSONResponse(status_code=status, content=body, headers=headers)
+
+
+def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI documentation of the error responses a route can give."""
+    descriptions = {
+        401: "Missing or wrong operator token",
+        404: "Study, device or model version not found",
+        409: "Conflict with the study's current state",
+        422: "Malformed input",
+        503: "Not ready",
+    }
+    return {s: {"model": ErrorBody, "description": descriptions[s]} for s in statuses}
+
+
+_SERVICE_ERRORS: tuple[tuple[type[ServiceError], int, ErrorCode], ...] = (
+    (StudyNotFound, 404, ErrorCode.STUDY_NOT_FOUND),
+    (DeviceNotFound, 404, ErrorCode.DEVICE_NOT_FOUND),
+    (ModelVersionNotFound, 404, ErrorCode.MODEL_VERSION_NOT_FOUND),
+    (StudyExists, 409, ErrorCode.STUDY_EXISTS),
+    (InvalidTransition, 409, ErrorCode.INVALID_TRANSITION),
+    (InvalidStudyId, 422, ErrorCode.VALIDATION_ERROR),
+)
+
+_HTTP_CODES = {
+    401: ErrorCode.UNAUTHORIZED,
+    404: ErrorCode.NOT_FOUND,
+    405: ErrorCode.METHOD_NOT_ALLOWED,
+    422: ErrorCode.VALIDATION_ERROR,
+}
+
+
+def _validation_detail(exc: RequestValidationError) -> list[dict[str, Any]]:
+    # Only location, message and type: the raw input and ``ctx`` may hold bytes or
+    # exception objects that are not JSON, and echoing input back is not needed.
+    return [
+        {
+            "loc": [str(part) for part in err.get("loc", ())],
+            "msg": str(err.get("msg", "")),
+            "type": str(err.get("type", "")),
+        }
+        for err in exc.errors()
+    ]
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def on_validation(_: Request, exc: Exception) -> JSONResponse:
+        if not isinstance(exc, RequestValidationError):
+            raise exc
+        return error_response(422, ErrorCode.VALIDATION_ERROR, _validation_detail(exc))
+
+    async def on_http(_: Request, exc: Exception) -> JSONResponse:
+        if not isinstance(exc, StarletteHTTPException):
+            raise exc
+        code = _HTTP_CODES.get(exc.status_code, ErrorCode.HTTP_ERROR)
+        return error_response(
+            exc.status_code, code, exc.detail, headers=getattr(exc, "headers", None)
+        )
+
+    async def on_api_error(_: Request, exc: Exception) -> JSONResponse:
+        if not isinstance(exc, ApiError):
+            raise exc
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return error_response(exc.status, exc.error, exc.detail, headers=headers)
+
+    async def on_service_error(_: Request, exc: Exception) -> JSONResponse:
+        for cls, status, code in _SERVICE_ERRORS:
+            if isinstance(exc, cls):
+                return error_response(status, code, str(exc.args[0]) if exc.args else None)
+        log.error("unmapped service error", exc_info=exc)
+        return error_response(500, ErrorCode.INTERNAL)
+
+    async def on_unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error in the coordinator API", exc_info=exc)
+        return error_response(500, ErrorCode.INTERNAL)
+
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(ApiError, on_api_error)
+    app.add_exception_handler(ServiceError, on_service_error)
+    app.add_exception_handler(Exception, on_unexpected)

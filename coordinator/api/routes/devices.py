@@ -1,0 +1,59 @@
+"""Devices of a study: enrol (provisioning by an operator), list, revoke."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, status
+
+from coordinator.service import DeviceInfo
+from protocol.messages import Enrol
+
+from ..deps import OperatorDep, ServiceDep
+from ..errors import ApiError, ErrorCode, responses
+from ..schemas import EnrolRequest
+from .common import DeviceIdPath, StudyIdPath
+
+router = APIRouter(
+    prefix="/studies/{study_id}/devices", tags=["devices"], responses=responses(401, 404, 422)
+)
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=DeviceInfo,
+    responses=responses(409),
+    summary="Enrol a device (same key again is idempotent; a refusal is 409)",
+)
+def enrol(
+    study_id: StudyIdPath, body: EnrolRequest, service: ServiceDep, _: OperatorDep
+) -> DeviceInfo:
+    service.study(study_id)  # 404 before anything else
+    ack = service.enrol(
+        study_id,
+        Enrol(
+            device_id=body.device_id,
+            study_id=study_id,
+            device_class=body.device_class,
+            memory_bytes=body.memory_bytes,
+            public_key=body.public_key,
+        ),
+    )
+    if not ack.accepted:
+        raise ApiError(409, ErrorCode.ENROL_REFUSED, ack.reason)
+    return next(d for d in service.list_devices(study_id) if d.device_id == body.device_id)
+
+
+@router.get("", response_model=list[DeviceInfo], summary="List a study's devices")
+def list_devices(study_id: StudyIdPath, service: ServiceDep, _: OperatorDep) -> list[DeviceInfo]:
+    return service.list_devices(study_id)
+
+
+@router.post(
+    "/{device_id}/revoke",
+    response_model=DeviceInfo,
+    summary="Revoke a device for good (its task in flight fails)",
+)
+def revoke(
+    study_id: StudyIdPath, device_id: DeviceIdPath, service: ServiceDep, operator: OperatorDep
+) -> DeviceInfo:
+    return service.revoke(study_id, device_id, by=operator)

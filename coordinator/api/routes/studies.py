@@ -1,0 +1,77 @@
+"""Studies: create, list, inspect, and move through DRAFT -> RUNNING <-> PAUSED -> STOPPED."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, status
+
+from coordinator.service import StudyInfo, StudyStatus
+
+from ..deps import OperatorDep, ServiceDep
+from ..errors import responses
+from ..schemas import EvaluationReport, StudyCreate
+from .common import StudyIdPath
+
+router = APIRouter(prefix="/studies", tags=["studies"], responses=responses(401, 422))
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=StudyInfo,
+    responses=responses(409),
+    summary="Create a study (its spec is immutable afterwards)",
+)
+def create_study(body: StudyCreate, service: ServiceDep, operator: OperatorDep) -> StudyInfo:
+    return service.create_study(body.spec.to_spec(), study_id=body.study_id, by=operator)
+
+
+@router.get("", response_model=list[StudyInfo], summary="List studies")
+def list_studies(service: ServiceDep, _: OperatorDep) -> list[StudyInfo]:
+    return service.list_studies()
+
+
+@router.get("/{study_id}", response_model=StudyInfo, responses=responses(404))
+def get_study(study_id: StudyIdPath, service: ServiceDep, _: OperatorDep) -> StudyInfo:
+    return service.study(study_id)
+
+
+@router.get(
+    "/{study_id}/status",
+    response_model=StudyStatus,
+    responses=responses(404),
+    summary="Version, counters, devices by state, rejections by reason",
+)
+def get_status(study_id: StudyIdPath, service: ServiceDep, _: OperatorDep) -> StudyStatus:
+    return service.status(study_id)
+
+
+@router.post("/{study_id}/start", response_model=StudyInfo, responses=responses(404, 409))
+def start(study_id: StudyIdPath, service: ServiceDep, operator: OperatorDep) -> StudyInfo:
+    return service.start(study_id, by=operator)
+
+
+@router.post("/{study_id}/pause", response_model=StudyInfo, responses=responses(404, 409))
+def pause(study_id: StudyIdPath, service: ServiceDep, operator: OperatorDep) -> StudyInfo:
+    return service.pause(study_id, by=operator)
+
+
+@router.post("/{study_id}/resume", response_model=StudyInfo, responses=responses(404, 409))
+def resume(study_id: StudyIdPath, service: ServiceDep, operator: OperatorDep) -> StudyInfo:
+    return service.resume(study_id, by=operator)
+
+
+@router.post("/{study_id}/stop", response_model=StudyInfo, responses=responses(404, 409))
+def stop(study_id: StudyIdPath, service: ServiceDep, operator: OperatorDep) -> StudyInfo:
+    return service.stop(study_id, by=operator)
+
+
+@router.post(
+    "/{study_id}/evaluations",
+    response_model=StudyStatus,
+    responses=responses(404),
+    summary="Report the accuracy an evaluator measured for a model version",
+)
+def report_evaluation(
+    study_id: StudyIdPath, body: EvaluationReport, service: ServiceDep, _: OperatorDep
+) -> StudyStatus:
+    return service.report_evaluation(study_id, version=body.version, accuracy=body.accuracy)

@@ -1,0 +1,131 @@
+"""The coordinator's settings: one validated object, built explicitly.
+
+Why no import-time singleton: tests, ``fedward up`` and ``fedward coordinator
+serve`` each build their own settings (from the environment, a CLI flag or
+code), and a module-level object would freeze whatever the environment held
+when something first imported this file.
+
+Why the operator token is required and checked: every ``/v1`` endpoint starts,
+stops or inspects studies on health data. A coordinator that starts with an
+empty or well-known token ("changeme") is an open door, so construction fails
+instead. Environment variables use the prefix ``FEDWARD_``; nested MQTT
+fields use ``__`` (``FEDWARD_MQTT__HOST``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from protocol.messages import DEFAULT_MAX_MESSAGE_BYTES
+from protocol.mqtt_settings import MqttProtocol, MqttSettings, TlsSettings
+
+DEFAULT_DATABASE_URL = "sqlite:///./fedward-data/coordinator.db"
+MIN_TOKEN_CHARS = 16
+# Tokens that appear in examples, tutorials and default configs everywhere.
+KNOWN_WEAK_TOKENS = frozenset(
+    {
+        "changeme", "change-me", "change_me", "changeit", "secret", "password", "token",
+        "admin", "default", "test", "example", "letmein", "operator", "fedward",
+    }
+)  # fmt: skip
+
+
+class BrokerSettings(BaseModel):
+    """Where the coordinator's MQTT bridge connects (the bridge builds its client)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 1883
+    protocol: MqttProtocol = MqttProtocol.MQTT5
+    username: str | None = None
+    password: SecretStr | None = None
+    tls: TlsSettings | None = None
+    client_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] = "fedward-coordinator"
+
+    def client_settings(self, **overrides: object) -> MqttSettings:
+        """The transport's settings for this broker (``overrides`` win)."""
+        values: dict[str, object] = {
+            "host": self.host,
+            "port": self.port,
+            "protocol": self.protocol,
+            "username": self.username,
+            "password": self.password,
+            "tls": self.tls,
+            "client_id": self.client_id,
+        }
+        values.update(overrides)
+        return MqttSettings.model_validate(values)
+
+
+def _is_weak(token: str) -> bool:
+    lowered = token.strip().lower()
+    if lowered in KNOWN_WEAK_TOKENS:
+        return True
+    # "changemechangeme", "aaaaaaaaaaaaaaaa", "secretsecret1234"-style padding.
+    if len(set(lowered)) < 6:
+        return True
+    return any(lowered.startswith(w) and len(w) >= 6 for w in KNOWN_WEAK_TOKENS)
+
+
+class CoordinatorSettings(BaseSettings):
+    """Everything the live coordinator needs; refuses unsafe values."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FEDWARD_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    database_url: str = Field(default=DEFAULT_DATABASE_URL, min_length=1)
+    """SQLAlchemy URL: ``sqlite:///path.db`` or ``postgresql+psycopg://user@host/db``."""
+    data_dir: Path = Path("./fedward-data")
+    """Model blobs, buffered updates, the audit log and its signing key live here."""
+    api_host: str = "127.0.0.1"
+    api_port: Annotated[int, Field(ge=1, le=65535)] = 8080
+    mqtt: BrokerSettings = BrokerSettings()
+    max_message_bytes: Annotated[int, Field(ge=1024, le=2**32 - 1)] = DEFAULT_MAX_MESSAGE_BYTES
+    operator_token: SecretStr
+    """Bearer token of the operator API (required, >= 16 characters, not a known default)."""
+    audit_key_password: SecretStr | None = None
+    """Passphrase of the audit signing key file, if it is encrypted."""
+
+    @field_validator("operator_token")
+    @classmethod
+    def _strong_token(cls, value: SecretStr) -> SecretStr:
+        token = value.get_secret_value()
+        if len(token) < MIN_TOKEN_CHARS:
+            raise ValueError(f"operator_token must be at least {MIN_TOKEN_CHARS} characters")
+        if token != token.strip():
+            raise ValueError("operator_token must not start or end with whitespace")
+        if _is_weak(token):
+            raise ValueError("operator_token is a well-known default or too repetitive")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        if not value.startswith(("sqlite:", "sqlite+pysqlite:", "postgresql")):
+            raise ValueError("database_url must be a sqlite:// or postgresql+psycopg:// URL")
+        return value
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+    @property
+    def pending_dir(self) -> Path:
+        return self.data_dir / "pending"
+
+    @property
+    def audit_log_path(self) -> Path:
+        return self.data_dir / "audit" / "coordinator.jsonl"
+
+    @property
+    def signing_key_path(self) -> Path:
+        return self.data_dir / "keys" / "audit-signing-key.pem"

@@ -1,0 +1,31 @@
+"""Persistence of the live coordinator: tables, blobs, engine snapshots.
+
+* :mod:`coordinator.store.models`      SQLAlchemy tables
+* :mod:`coordinator.store.db`          engines for SQLite / PostgreSQL
+* :mod:`coordinator.store.repository`  reads and one-transaction writes
+* :mod:`coordinator.store.blobs`       content-addressed blob files
+* :mod:`coordinator.store.snapshot`    engine state <-> JSON (restart)
+"""
+
+from .blobs import BlobCorrupted, BlobError, BlobNotFound, BlobStore, sha256_of
+from .db import create_db_engine, is_sqlite
+from .models import Base, StudyState, TaskStatus
+from .repository import Repository, StudyChanges
+from .snapshot import engine_snapshot, restore_engine
+
+__all__ = [
+    "Base",
+    "BlobCorrupted",
+    "BlobError",
+    "BlobNotFound",
+    "BlobStore",
+    "Repository",
+    "StudyChanges",
+    "StudyState",
+    "TaskStatus",
+    "create_db_engine",
+    "engine_snapshot",
+    "is_sqlite",
+    "restore_engine",
+    "sha256_of",
+]

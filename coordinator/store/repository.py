@@ -1,0 +1,182 @@
+"""Reads and one-transaction writes of the coordinator's tables.
+
+The service changes a study in memory (through the engine) and then hands a
+:class:`StudyChanges` batch to :meth:`Repository.apply`, which writes all of it
+-- new rows, status changes, receipts, counters and the engine snapshot -- in
+one transaction. Either the whole decision is durable or none of it is, so the
+tables and the snapshot a restart resumes from never disagree.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Engine, select, text, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from coordinator.errors import RejectReason
+from protocol.messages import AckStatus
+
+from .models import (
+    DeviceRow,
+    EngineStateRow,
+    ModelVersionRow,
+    RejectionCounterRow,
+    StudyRow,
+    TaskRow,
+    UpdateReceiptRow,
+)
+
+
+@dataclass
+class StudyChanges:
+    """Everything one service call changed in one study."""
+
+    study_id: str
+    at: float
+    new_study: StudyRow | None = None
+    study_values: dict[str, Any] = field(default_factory=dict)
+    new_devices: list[DeviceRow] = field(default_factory=list)
+    device_values: dict[str, dict[str, Any]] = field(default_factory=dict)
+    new_tasks: list[TaskRow] = field(default_factory=list)
+    task_values: dict[str, dict[str, Any]] = field(default_factory=dict)
+    new_versions: list[ModelVersionRow] = field(default_factory=list)
+    new_receipts: list[UpdateReceiptRow] = field(default_factory=list)
+    receipt_status: dict[str, AckStatus] = field(default_factory=dict)
+    rejections: Counter[RejectReason] = field(default_factory=Counter)
+    engine_state: tuple[int, dict[str, Any]] | None = None  # (model version, snapshot)
+
+    def device(self, device_id: str, **values: Any) -> None:
+        self.device_values.setdefault(device_id, {}).update(values)
+
+    def task(self, task_id: str, **values: Any) -> None:
+        self.task_values.setdefault(task_id, {}).update(values)
+
+
+class Repository:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    @contextmanager
+    def _read(self) -> Iterator[Session]:
+        with self._sessions() as session:
+            yield session
+
+    def ping(self) -> None:
+        """Raise if the database cannot be reached."""
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- reads ---------------------------------------------------------------
+    def studies(self) -> list[StudyRow]:
+        with self._read() as s:
+            return list(s.scalars(select(StudyRow).order_by(StudyRow.created_at, StudyRow.id)))
+
+    def study(self, study_id: str) -> StudyRow | None:
+        with self._read() as s:
+            return s.get(StudyRow, study_id)
+
+    def devices(self, study_id: str) -> list[DeviceRow]:
+        with self._read() as s:
+            query = select(DeviceRow).where(DeviceRow.study_id == study_id)
+            return list(s.scalars(query.order_by(DeviceRow.device_id)))
+
+    def tasks(self, study_id: str) -> list[TaskRow]:
+        with self._read() as s:
+            query = select(TaskRow).where(TaskRow.study_id == study_id)
+            return list(s.scalars(query.order_by(TaskRow.task_id)))
+
+    def model_versions(self, study_id: str) -> list[ModelVersionRow]:
+        with self._read() as s:
+            query = select(ModelVersionRow).where(ModelVersionRow.study_id == study_id)
+            return list(s.scalars(query.order_by(ModelVersionRow.version)))
+
+    def engine_state(self, study_id: str) -> EngineStateRow | None:
+        with self._read() as s:
+            return s.get(EngineStateRow, study_id)
+
+    def receipt(self, study_id: str, task_id: str) -> UpdateReceiptRow | None:
+        with self._read() as s:
+            query = select(UpdateReceiptRow).where(
+                UpdateReceiptRow.study_id == study_id, UpdateReceiptRow.task_id == task_id
+            )
+            return s.scalars(query).one_or_none()
+
+    def receipts(self, study_id: str, *, status: AckStatus | None = None) -> list[UpdateReceiptRow]:
+        with self._read() as s:
+            query = select(UpdateReceiptRow).where(UpdateReceiptRow.study_id == study_id)
+            if status is not None:
+                query = query.where(UpdateReceiptRow.status == status)
+            return list(s.scalars(query.order_by(UpdateReceiptRow.id)))
+
+    def rejection_counts(self, study_id: str) -> Counter[RejectReason]:
+        with self._read() as s:
+            query = select(RejectionCounterRow).where(RejectionCounterRow.study_id == study_id)
+            return Counter({row.reason: row.count for row in s.scalars(query)})
+
+    # -- the one write -------------------------------------------------------
+    def apply(self, changes: StudyChanges) -> None:
+        """Write ``changes`` in one transaction (all or nothing)."""
+        sid = changes.study_id
+        with self._sessions.begin() as s:
+            if changes.new_study is not None:
+                s.add(changes.new_study)
+                s.flush()
+            if changes.study_values:
+                s.execute(update(StudyRow).where(StudyRow.id == sid).values(changes.study_values))
+            s.add_all(changes.new_devices)
+            s.flush()
+            for device_id, values in changes.device_values.items():
+                s.execute(
+                    update(DeviceRow)
+                    .where(DeviceRow.study_id == sid, DeviceRow.device_id == device_id)
+                    .values(values)
+                )
+            s.add_all(changes.new_tasks)
+            s.add_all(changes.new_versions)
+            s.add_all(changes.new_receipts)
+            s.flush()
+            for task_id, values in changes.task_values.items():
+                s.execute(
+                    update(TaskRow)
+                    .where(TaskRow.study_id == sid, TaskRow.task_id == task_id)
+                    .values(values)
+                )
+            for task_id, status in changes.receipt_status.items():
+                s.execute(
+                    update(UpdateReceiptRow)
+                    .where(UpdateReceiptRow.study_id == sid, UpdateReceiptRow.task_id == task_id)
+                    .values(status=status)
+                )
+            for reason, n in changes.rejections.items():
+                row = s.get(RejectionCounterRow, (sid, reason))
+                if row is None:
+                    s.add(RejectionCounterRow(study_id=sid, reason=reason, count=n))
+                else:
+                    row.count += n
+            if changes.engine_state is not None:
+                version, state = changes.engine_state
+                row = s.get(EngineStateRow, sid)
+                if row is None:
+                    s.add(
+                        EngineStateRow(
+                            study_id=sid,
+                            model_version=version,
+                            revision=1,
+                            state=state,
+                            updated_at=changes.at,
+                        )
+                    )
+                else:
+                    row.model_version = version
+                    row.revision += 1
+                    row.state = state
+                    row.updated_at = changes.at
