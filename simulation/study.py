@@ -32,6 +32,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,6 +40,7 @@ import numpy as np
 from coordinator.engine import Device, DeviceState, EngineEvent, TaskOrder
 from coordinator.ingest import decode_update
 from coordinator.privacy_guard import PrivacyListener, privacy_guard_of
+from coordinator.privacy_state import ledger_file, save_guard_state
 from coordinator.study_spec import build_engine, footprint_bytes
 from edge.budget import DeviceBudget, TaskRefused
 from edge.dp_training import DPTrainConfig
@@ -389,6 +391,12 @@ class Study:
         if outcome.dp is None:
             return None
         return self.budgets[order.device_id].record(outcome)
+
+    def save_privacy_ledger(self, data_dir: Path) -> Path | None:
+        """DP rows: write ``privacy-ledger-<study>.json`` for ``fedward budget report``."""
+        if self.guard is None:
+            return None
+        return save_guard_state(self.guard, ledger_file(data_dir, self.spec.name))
 
     def _anyone_can_work(self) -> bool:
         return any(
