@@ -428,8 +428,8 @@ class EdgeAgent:
         )
         frame = encode_update(header, outcome, max_bytes=s.max_message_bytes)
         self.status = DeviceStatus.UPLOADING
+        self._sent_at[task.task_id] = self.clock()  # before put: no resend race with maintenance
         self.outbox.put(task.task_id, frame)  # durable before it leaves the device
-        self._sent_at[task.task_id] = self.clock()
         if self._publish(TopicKind.UPDATE, frame):
             self.stats.updates_published += 1
         self.stats.tasks_completed += 1

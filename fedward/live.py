@@ -1,0 +1,464 @@
+"""Wiring of ``fedward up``: a broker, the coordinator service and its bridge, N agents.
+
+Everything runs in one process so a user can watch a real federation over
+MQTT in one command: an embedded amqtt broker on a free loopback port (or an
+existing broker given by URL), the :class:`~coordinator.service.StudyService`
+on SQLite in a data directory, the :class:`~coordinator.bridge.StudyBridge`,
+and one :class:`~edge.agent.EdgeAgent` thread per device, each with its own
+MQTT connection, key, outbox and dataset file (device ``i``'s share of the
+scenario's simulated data). Only this floor imports both edge and coordinator.
+
+The study is the scenario's (same spec, data split, fleet classes and memory)
+so its accuracy is comparable with ``fedward simulate``; differences: devices
+run at their real speed (no simulated stragglers or dropouts) and the study
+starts from the spec's initial model, because ``StudyService.create_study``
+takes no warm-start parameters (the simulator's warm start is skipped).
+Accuracy is measured as in the simulator: every model version is evaluated
+on the same held-out windows and the final figure is the mean over the last
+``final_tail`` of the updates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import secrets
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import numpy as np
+import torch
+
+from coordinator.bridge import StudyBridge
+from coordinator.service import ServiceError, StudyService
+from coordinator.settings import CoordinatorSettings
+from edge.agent import EdgeAgent
+from edge.dataset import load_dataset, save_dataset
+from edge.identity import load_or_create_identity
+from edge.settings import AgentSettings
+from protocol.codec import decode_tensors
+from protocol.messages import DeviceClass, ErrorCode
+from protocol.mqtt import MqttTransport
+from protocol.mqtt_settings import MqttProtocol, MqttSettings
+from simulation.profiles import draw_fleet
+from simulation.scenario import Scenario, StrategyRun
+from simulation.sensordata import load_study_data
+from simulation.study import final_accuracy
+from tinytrain.models import build_model
+from tinytrain.training import evaluate
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int, float | None], None]
+
+
+class LiveError(Exception):
+    """The live study could not be set up or did not finish."""
+
+
+# -- broker ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    host: str
+    port: int
+    protocol: MqttProtocol = MqttProtocol.MQTT5
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+
+def parse_broker_url(url: str, *, protocol: MqttProtocol = MqttProtocol.MQTT5) -> BrokerAddress:
+    """``mqtt://host[:port]`` (port 1883 by default); TLS URLs are not wired here yet."""
+    parsed = urlparse(url)
+    if parsed.scheme != "mqtt" or not parsed.hostname:
+        raise LiveError(f"broker URL must look like mqtt://host:port, got {url!r}")
+    return BrokerAddress(parsed.hostname, parsed.port or 1883, protocol)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+class EmbeddedBroker:
+    """amqtt (MQTT 3.1.1 only) on its own event loop in a daemon thread."""
+
+    def __init__(self, *, host: str = "127.0.0.1", port: int | None = None) -> None:
+        self.host = host
+        self.port = port or free_port(host)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._broker: Any = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def address(self) -> BrokerAddress:
+        return BrokerAddress(self.host, self.port, MqttProtocol.MQTT311)
+
+    def start(self, *, timeout_s: float = 10.0) -> BrokerAddress:
+        from amqtt.broker import Broker  # optional dependency: fedward[embedded]
+
+        config = {
+            "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},
+            "plugins": {
+                "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}
+            },
+        }
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        def serve() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            asyncio.set_event_loop(loop)
+
+            async def boot() -> None:
+                self._broker = Broker(config, loop=loop)
+                await self._broker.start()
+
+            try:
+                loop.run_until_complete(boot())
+            except BaseException as exc:
+                failure.append(exc)
+                ready.set()
+                return
+            ready.set()
+            loop.run_forever()
+            loop.close()
+
+        self._thread = threading.Thread(target=serve, name="amqtt-broker", daemon=True)
+        self._thread.start()
+        if not ready.wait(timeout_s) or failure:
+            raise LiveError(
+                f"embedded broker did not start: {failure[0] if failure else 'timeout'}"
+            )
+        return self.address
+
+    def stop(self) -> None:
+        loop, broker = self._loop, self._broker
+        if loop is None or broker is None:
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(broker.shutdown(), loop).result(timeout=10)
+        except Exception:  # shutting down anyway
+            log.debug("embedded broker shutdown", exc_info=True)
+        loop.call_soon_threadsafe(loop.stop)
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self._loop = self._broker = None
+
+
+# -- the live study ------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class LiveOptions:
+    scenario: Scenario
+    run: StrategyRun = StrategyRun.FTTE
+    broker: BrokerAddress | None = None
+    """``None``: start the embedded amqtt broker on a free loopback port."""
+    data_dir: Path | None = None
+    """Coordinator database, blobs, audit log and device state; a new temp dir if ``None``."""
+    study_id: str | None = None
+    task_deadline_s: float = 120.0
+    poll_s: float = 0.25
+    heartbeat_interval_s: float = 5.0
+    resend_after_s: float = 10.0
+    torch_threads: int | None = 1
+    """Per-process torch threads while the study runs (N agents share the cores)."""
+
+
+@dataclass
+class LiveResult:
+    study_id: str
+    broker_url: str
+    data_dir: Path
+    audit_log: Path
+    final_accuracy: float
+    last_accuracy: float
+    updates: int
+    merges: int
+    model_version: int
+    duplicates: int
+    wall_s: float
+    rejections: dict[str, int] = field(default_factory=dict)
+    bridge_rejected: dict[str, int] = field(default_factory=dict)
+    agent_republished: int = 0
+    series: list[dict[str, float]] = field(default_factory=list)
+
+
+class LiveStudy:
+    """One live study. Use as a context manager: ``start`` on enter, ``close`` on exit."""
+
+    def __init__(self, options: LiveOptions) -> None:
+        self.options = options
+        scenario = options.scenario
+        self.spec = scenario.study_spec(options.run).model_copy(
+            update={"task_deadline_s": options.task_deadline_s}
+        )
+        self.model_config = self.spec.model_settings()
+        # A temp dir is kept after the run: it holds the audit log the user may verify.
+        self.data_dir = options.data_dir or Path(tempfile.mkdtemp(prefix="fedward-up-"))
+        self.study_id = options.study_id or f"{self.spec.name}-{secrets.token_hex(4)}"
+        self.embedded: EmbeddedBroker | None = None
+        self.broker: BrokerAddress | None = None
+        self.service: StudyService | None = None
+        self.bridge: StudyBridge | None = None
+        self.coordinator_transport: MqttTransport | None = None
+        self.agents: list[EdgeAgent] = []
+        self.series: list[dict[str, float]] = []
+        self._evaluated = -1
+        self._eval_model = build_model(self.model_config, seed=scenario.seed)
+        self._test: tuple[np.ndarray, np.ndarray] | None = None
+        self._threads_before = torch.get_num_threads()
+        self._started = 0.0
+
+    # -- setup --------------------------------------------------------------------
+
+    def __enter__(self) -> LiveStudy:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start(self) -> None:
+        o, scenario = self.options, self.options.scenario
+        if o.torch_threads is not None:
+            torch.set_num_threads(o.torch_threads)
+        self._started = time.monotonic()
+        if o.broker is None:
+            self.embedded = EmbeddedBroker()
+            self.broker = self.embedded.start()
+        else:
+            self.broker = o.broker
+        data = load_study_data(scenario.data_config())
+        pick = np.random.default_rng(scenario.seed + 7).permutation(len(data.test_y))
+        self._test = (
+            data.test_x[pick[: scenario.eval_windows]],
+            data.test_y[pick[: scenario.eval_windows]],
+        )
+        self._start_coordinator()
+        fleet = draw_fleet(
+            devices=scenario.devices,
+            mix=dict(scenario.mix),
+            straggler_fraction=scenario.straggler_fraction,
+            straggler_slowdown=scenario.straggler_slowdown,
+            rng=np.random.default_rng(scenario.seed + 1),
+        )
+        for device in fleet:
+            path = self.data_dir / "devices" / device.device_id / "data.npz"
+            save_dataset(path, data.device_x[device.index], data.device_y[device.index])
+            self.agents.append(
+                self._agent(
+                    device.device_id,
+                    DeviceClass(device.profile.device_class.value),
+                    device.profile.memory_bytes,
+                    path,
+                    seed=scenario.seed * 1_000_003 + device.index,
+                )
+            )
+        for agent in self.agents:
+            agent.start()
+        for agent in self.agents:
+            agent.wait_enrolled(30)
+        self.service.start(self.study_id)
+        self.bridge.request_dispatch()
+
+    def _mqtt(self, client_id: str) -> MqttTransport:
+        if self.broker is None:
+            raise LiveError("no broker")
+        return MqttTransport(
+            MqttSettings(
+                host=self.broker.host,
+                port=self.broker.port,
+                client_id=client_id[-64:],
+                protocol=self.broker.protocol,
+                clean_start=False,
+                session_expiry_s=3600,
+                reconnect_min_delay_s=0.1,
+                reconnect_max_delay_s=2.0,
+            )
+        )
+
+    def _start_coordinator(self) -> None:
+        settings = CoordinatorSettings(
+            database_url=f"sqlite:///{self.data_dir / 'coordinator.db'}",
+            data_dir=self.data_dir / "coordinator",
+            operator_token=secrets.token_urlsafe(32),
+        )
+        self.audit_log = settings.audit_log_path
+        self.service = StudyService.open(settings, seed=self.options.scenario.seed)
+        self.service.create_study(self.spec, study_id=self.study_id)
+        self.coordinator_transport = self._mqtt(f"coord.{self.study_id}")
+        self.bridge = StudyBridge(
+            self.service,
+            self.coordinator_transport,
+            study_id=self.study_id,
+            dispatch_interval_s=0.5,
+            timeout_interval_s=5.0,
+            refuse=lambda exc: ErrorCode.UNAUTHORIZED if isinstance(exc, ServiceError) else None,
+        )
+        self.bridge.start()
+        self.coordinator_transport.connect()
+
+    def _agent(
+        self, device_id: str, device_class: DeviceClass, memory: int, data: Path, *, seed: int
+    ) -> EdgeAgent:
+        spec, o = self.spec, self.options
+        settings = AgentSettings(
+            device_id=device_id,
+            study_id=self.study_id,
+            device_class=device_class,
+            memory_bytes=memory,
+            data_path=data,
+            state_dir=data.parent,
+            model_kind=spec.model_kind,
+            in_channels=spec.in_channels,
+            window=spec.window,
+            num_classes=spec.num_classes,
+            width=spec.width,
+            momentum=spec.momentum,
+            heartbeat_interval_s=o.heartbeat_interval_s,
+            resend_after_s=o.resend_after_s,
+            poll_interval_s=0.1,
+        )
+        dataset = load_dataset(
+            data, channels=spec.in_channels, window=spec.window, num_classes=spec.num_classes
+        )
+        return EdgeAgent(
+            settings,
+            transport=self._mqtt(f"{self.study_id}.{device_id}"),
+            identity=load_or_create_identity(settings.state_dir, device_id=device_id),
+            dataset=dataset,
+            rng=random.Random(seed),
+        )
+
+    # -- running ------------------------------------------------------------------
+
+    def _evaluate_new_versions(self) -> float | None:
+        """Evaluate every model version not seen yet; the latest accuracy, if any new."""
+        if self.service is None or self._test is None:
+            return None
+        latest = None
+        merged = 0
+        for info in self.service.model_versions(self.study_id):
+            merged += info.update_count
+            if info.version <= self._evaluated:
+                continue
+            params = decode_tensors(self.service.model_blob(self.study_id, info.version))
+            acc, loss = evaluate(self._eval_model, params, *self._test)
+            self.series.append(
+                {"updates": merged, "version": info.version, "accuracy": acc, "loss": loss}
+            )
+            self._evaluated = info.version
+            latest = acc
+        if latest is not None:
+            self.service.report_evaluation(self.study_id, version=self._evaluated, accuracy=latest)
+        return latest
+
+    def accepted(self) -> int:
+        if self.service is None:
+            return 0
+        return self.service.status(self.study_id).updates_accepted
+
+    def wait(
+        self,
+        *,
+        updates: int,
+        timeout_s: float = 600.0,
+        progress: Progress | None = None,
+        on_poll: Callable[[LiveStudy], None] | None = None,
+    ) -> None:
+        """Block until ``updates`` updates were accepted (evaluating as merges land)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            done = self.accepted()
+            accuracy = self._evaluate_new_versions()
+            if progress is not None:
+                progress(done, updates, accuracy)
+            if done >= updates:
+                return
+            if on_poll is not None:
+                on_poll(self)
+            if time.monotonic() > deadline:
+                raise LiveError(f"only {done}/{updates} updates after {timeout_s}s")
+            time.sleep(self.options.poll_s)
+
+    def result(self) -> LiveResult:
+        if self.service is None or self.bridge is None or self.broker is None:
+            raise LiveError("the study was not started")
+        self._evaluate_new_versions()
+        status = self.service.status(self.study_id)
+        if not self.series:
+            raise LiveError("no model version was evaluated")
+        return LiveResult(
+            study_id=self.study_id,
+            broker_url=self.broker.url,
+            data_dir=self.data_dir,
+            audit_log=self.audit_log,
+            final_accuracy=final_accuracy(self.series, tail=self.options.scenario.final_tail),
+            last_accuracy=self.series[-1]["accuracy"],
+            updates=status.updates_accepted,
+            merges=status.merges,
+            model_version=status.model_version,
+            duplicates=status.duplicates,
+            wall_s=time.monotonic() - self._started,
+            rejections={k.value: v for k, v in status.rejections.items()},
+            bridge_rejected=dict(self.bridge.stats.rejected),
+            agent_republished=sum(a.stats.republished for a in self.agents),
+            series=list(self.series),
+        )
+
+    def close(self) -> None:
+        """Stop the study and everything started for it (idempotent)."""
+        if self.service is not None:
+            try:
+                if self.service.study(self.study_id).state.value == "running":
+                    self.service.stop(self.study_id)
+            except ServiceError:
+                pass
+        for agent in self.agents:
+            try:
+                agent.stop()
+            except Exception:
+                log.exception("stopping agent %s", agent.settings.device_id)
+        self.agents = []
+        if self.bridge is not None:
+            self.bridge.stop()
+        if self.coordinator_transport is not None:
+            self.coordinator_transport.close()
+        if self.service is not None:
+            self.service.close()
+        if self.embedded is not None:
+            self.embedded.stop()
+        self.bridge = self.coordinator_transport = self.service = self.embedded = None
+        torch.set_num_threads(self._threads_before)
+
+
+def run_live(
+    options: LiveOptions,
+    *,
+    updates: int,
+    progress: Progress | None = None,
+    timeout_s: float = 600.0,
+) -> LiveResult:
+    """Run a live study to ``updates`` accepted updates and return its result."""
+    with LiveStudy(options) as study:
+        study.wait(updates=updates, progress=progress, timeout_s=timeout_s)
+        return study.result()
