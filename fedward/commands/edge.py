@@ -1,0 +1,118 @@
+"""``fedward edge run``: one edge agent against a broker, until interrupted.
+
+The device is provisioned with what the wire contract does not carry: the
+model architecture and momentum (they must equal the study's), its class
+and training memory, and its dataset (``.npz`` with ``x`` float32 [n, C, L]
+and ``y`` int64). Its key, outbox and held model live in ``--state-dir``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import secrets
+import signal
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from edge.agent import AgentError, EdgeAgent
+from edge.dataset import DatasetError, load_dataset
+from edge.identity import KeyFileError, load_or_create_identity
+from edge.settings import AgentSettings
+from protocol.messages import DeviceClass
+from protocol.mqtt import MqttTransport
+from protocol.mqtt_settings import MqttProtocol, MqttSettings
+from tinytrain.models import ModelKind
+
+from ..live import LiveError, parse_broker_url
+
+app = typer.Typer(help="Run an edge device agent.", no_args_is_help=True)
+
+
+@app.command()
+def run(
+    broker: Annotated[str, typer.Option(help="mqtt://host:port")],
+    study: Annotated[str, typer.Option(help="Study id to join.")],
+    device_id: Annotated[str, typer.Option(help="This device's id (also its MQTT client id).")],
+    data: Annotated[Path, typer.Option(help=".npz with x float32 [n,C,L] and y int64 [n].")],
+    device_class: Annotated[
+        DeviceClass, typer.Option("--class", help="Device class.")
+    ] = DeviceClass.WEARABLE,
+    memory_bytes: Annotated[int, typer.Option(min=1, help="Memory for training.")] = 640 * 1024,
+    state_dir: Annotated[
+        Path | None, typer.Option(help="Key, outbox, held model (default: ~/.fedward/edge/ID).")
+    ] = None,
+    protocol: Annotated[MqttProtocol, typer.Option(help="MQTT version.")] = MqttProtocol.MQTT5,
+    model_kind: Annotated[ModelKind, typer.Option(help="Study model.")] = ModelKind.CNN,
+    in_channels: Annotated[int, typer.Option(min=1)] = 3,
+    window: Annotated[int, typer.Option(min=1)] = 500,
+    num_classes: Annotated[int, typer.Option(min=2)] = 4,
+    width: Annotated[int, typer.Option(min=1)] = 24,
+    momentum: Annotated[float, typer.Option(min=0, max=0.999)] = 0.9,
+    heartbeat: Annotated[float, typer.Option(min=0.1, help="Heartbeat interval (s).")] = 10.0,
+    seed: Annotated[int | None, typer.Option(help="Training seed (default: random).")] = None,
+) -> None:
+    """Enrol, train on tasks, deliver updates exactly once; Ctrl-C to stop."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    console = Console()
+    try:
+        address = parse_broker_url(broker, protocol=protocol)
+        settings = AgentSettings(
+            device_id=device_id,
+            study_id=study,
+            device_class=device_class,
+            memory_bytes=memory_bytes,
+            data_path=data,
+            state_dir=state_dir or Path.home() / ".fedward" / "edge" / device_id,
+            model_kind=model_kind,
+            in_channels=in_channels,
+            window=window,
+            num_classes=num_classes,
+            width=width,
+            momentum=momentum,
+            heartbeat_interval_s=heartbeat,
+        )
+        dataset = load_dataset(data, channels=in_channels, window=window, num_classes=num_classes)
+        identity = load_or_create_identity(settings.state_dir, device_id=device_id)
+    except (LiveError, DatasetError, KeyFileError, ValueError) as exc:
+        console.print(f"[red]cannot start:[/] {exc}")
+        raise typer.Exit(2) from exc
+    transport = MqttTransport(
+        MqttSettings(
+            host=address.host,
+            port=address.port,
+            client_id=device_id,
+            protocol=address.protocol,
+            clean_start=False,
+        )
+    )
+    agent = EdgeAgent(
+        settings,
+        transport=transport,
+        identity=identity,
+        dataset=dataset,
+        rng=random.Random(seed if seed is not None else secrets.randbits(62)),
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        agent.start(wait_enrolled_s=60)
+        console.print(f"{device_id} enrolled in {study} on {address.url}; Ctrl-C to stop")
+        while not stop.wait(1.0):
+            pass
+    except KeyboardInterrupt:
+        pass
+    except AgentError as exc:
+        console.print(f"[red]agent stopped:[/] {exc}")
+        raise typer.Exit(1) from exc
+    finally:
+        agent.stop()
+        s = agent.stats
+        console.print(
+            f"tasks {s.tasks_completed}, updates {s.updates_published} (+{s.republished} resent), "
+            f"pending in outbox {len(agent.outbox)}"
+        )
