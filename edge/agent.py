@@ -221,7 +221,9 @@ class EdgeAgent:
         self.refused: str | None = None
         self._tasks: queue.Queue[Task | None] = queue.Queue()
         self._seen: OrderedDict[str, None] = OrderedDict()
-        self._sent_at: dict[str, float] = {}
+        # Entries left by an earlier run are due at once; an entry with no send time
+        # was acknowledged meanwhile (the Ack pops it), so the periodic resend skips it.
+        self._sent_at: dict[str, float] = dict.fromkeys(self.outbox.task_ids(), -float("inf"))
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -304,9 +306,8 @@ class EdgeAgent:
         now, sent = self.clock(), 0
         for task_id, frame in self.outbox.pending():
             last = self._sent_at.get(task_id)
-            if only_older_than_s is not None and last is not None:
-                if now - last < only_older_than_s:
-                    continue
+            if only_older_than_s is not None and (last is None or now - last < only_older_than_s):
+                continue
             if self._publish(TopicKind.UPDATE, frame):
                 self._sent_at[task_id] = now
                 self.stats.republished += 1

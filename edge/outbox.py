@@ -96,6 +96,10 @@ class Outbox:
                 continue
         return out
 
+    def task_ids(self) -> list[str]:
+        """Task ids of every unacknowledged entry (no file contents read)."""
+        return [p.name[: -len(SUFFIX)] for p in self.directory.glob(f"*{SUFFIX}")]
+
     def __len__(self) -> int:
         return sum(1 for _ in self.directory.glob(f"*{SUFFIX}"))
 
