@@ -82,3 +82,35 @@ def make_agent(
         dataset=dataset,
         rng=random.Random(seed),
     )
+
+
+def audit_entries(path: Path, action: str) -> list[dict]:
+    """The ``details`` of every audit-log entry with ``action`` (JSONL entries)."""
+    import json
+
+    out = []
+    for line in path.read_text().splitlines():
+        record = json.loads(line)
+        if record.get("action") == action:
+            out.append(record["details"])
+    return out
+
+
+def assert_merged_exactly_once(audit_log: Path) -> int:
+    """Every accepted task id and update hash appears once, and in at most one merge.
+
+    Returns the number of accepted updates.
+    """
+    accepted = audit_entries(audit_log, "update_accepted")
+    task_ids = [d["task_id"] for d in accepted]
+    hashes = [d["update_sha256"] for d in accepted]
+    if len(task_ids) != len(set(task_ids)) or len(hashes) != len(set(hashes)):
+        raise AssertionError(f"an update was accepted twice: {sorted(task_ids)}")
+    merged = [
+        h for d in audit_entries(audit_log, "model_merged") for h in d.get("update_hashes", [])
+    ]
+    if len(merged) != len(set(merged)):
+        raise AssertionError("an update was merged twice")
+    if not set(merged) <= set(hashes):
+        raise AssertionError("a merged update was never accepted")
+    return len(accepted)
