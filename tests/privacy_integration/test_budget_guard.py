@@ -1,0 +1,227 @@
+"""The coordinator's privacy guard: recomputed claims, budgets at dispatch and admission."""
+
+from __future__ import annotations
+
+import pytest
+from budget_helpers import PRIVACY, SPEC, make_dp_study
+
+from compliance.events import AuditAction, Outcome
+from coordinator.engine import DeviceState, EventKind
+from coordinator.errors import RejectReason
+from coordinator.privacy_guard import PrivacyEventKind, PrivacyGuard
+from coordinator.privacy_settings import StudyPrivacy
+from coordinator.store.snapshot import engine_snapshot, restore_engine
+from privacy.accounting import Accountant, MechanismStep, max_steps_within
+from privacy.errors import LedgerStateError, PolicyError
+
+RDP = Accountant.RDP
+
+
+def _one_task(study, device_id="dev-00", now=1.0):
+    orders = study.engine.dispatch(now=now, eligible=lambda d: d.device_id == device_id)
+    assert len(orders) == 1
+    return orders[0]
+
+
+def test_tasks_carry_the_study_mechanism(dp_study):
+    # Prepare
+    order = _one_task(dp_study)
+
+    # Execute
+    dp = dp_study.guard.task_dp(order)
+
+    # Assert
+    assert (dp.noise_multiplier, dp.sample_rate, dp.max_steps) == (1.5, 0.25, 8)
+    assert (dp.max_grad_norm, dp.delta, dp.accountant.value) == (1.0, 1e-5, "rdp")
+
+
+def test_honest_update_is_charged_and_audited(dp_study):
+    # Prepare
+    order = _one_task(dp_study)
+    report = dp_study.report_for(order)
+
+    # Execute
+    outcome = dp_study.engine.submit(dp_study.update_for(order), now=2.0, context=report)
+
+    # Assert
+    assert outcome.accepted
+    assert dp_study.guard.ledger.spent("dev-00") == pytest.approx(report.claimed_epsilon, abs=0)
+    spent = [e for e in dp_study.events.privacy_events if e.kind is PrivacyEventKind.SPENT]
+    assert len(spent) == 1
+    event = spent[0]
+    assert event.action is AuditAction.PRIVACY_SPENT and event.outcome is Outcome.SUCCESS
+    assert event.details["epsilon"] == report.claimed_epsilon
+    assert event.details["epsilon_budget"] == 8.0 and event.details["task_id"] == order.task_id
+    assert event.record is not None and event.record.claimed_epsilon == report.claimed_epsilon
+
+
+@pytest.mark.parametrize("forged", [0.0, 1.0, 3.2152, 100.0])
+def test_forged_claim_is_rejected_counted_and_revokes_the_device(dp_study, forged):
+    # Prepare
+    order = _one_task(dp_study)
+    report = dp_study.report_for(order, claimed=forged)
+
+    # Execute
+    outcome = dp_study.engine.submit(dp_study.update_for(order), now=2.0, context=report)
+
+    # Assert
+    assert not outcome.accepted and outcome.reason is RejectReason.BAD_PRIVACY_CLAIM
+    assert dp_study.engine.stats.rejected[RejectReason.BAD_PRIVACY_CLAIM] == 1
+    assert dp_study.engine.stats.accepted == 0
+    rejected = [e for e in dp_study.events.engine_events if e.kind is EventKind.UPDATE_REJECTED]
+    assert [e.details["reason"] for e in rejected] == ["bad_privacy_claim"]
+    kinds = [e.kind for e in dp_study.events.privacy_events]
+    assert PrivacyEventKind.REJECTED in kinds and PrivacyEventKind.REVOKED in kinds
+    # the server saw the update: the reported mechanism is charged all the same
+    assert dp_study.guard.ledger.history("dev-00") == [dp_study.guard.task_step]
+    assert dp_study.engine.devices["dev-00"].state is DeviceState.REVOKED
+    assert dp_study.engine.dispatch(now=3.0, eligible=lambda d: d.device_id == "dev-00") == []
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"noise_multiplier": 0.5},
+        {"sample_rate": 0.5},
+        {"steps": 9},
+        {"max_grad_norm": 5.0},
+        {"delta": 1e-3},
+    ],
+)
+def test_report_of_another_mechanism_is_rejected_and_not_charged(dp_study, change):
+    # Prepare
+    order = _one_task(dp_study)
+    report = dp_study.report_for(order, **change)
+
+    # Execute
+    outcome = dp_study.engine.submit(dp_study.update_for(order), now=2.0, context=report)
+
+    # Assert
+    assert outcome.reason is RejectReason.BAD_PRIVACY_CLAIM
+    assert dp_study.guard.ledger.history("dev-00") == []
+    assert dp_study.engine.stats.rejected[RejectReason.BAD_PRIVACY_CLAIM] == 1
+
+
+def test_update_without_privacy_report_is_rejected(dp_study):
+    # Prepare
+    order = _one_task(dp_study)
+
+    # Execute
+    outcome = dp_study.engine.submit(dp_study.update_for(order), now=2.0, context=None)
+
+    # Assert
+    assert outcome.reason is RejectReason.BAD_PRIVACY_CLAIM
+    assert dp_study.guard.ledger.devices() == []
+
+
+def test_update_past_the_budget_is_rejected_and_exhausts_the_device(dp_study):
+    # Prepare: a spend recorded elsewhere (e.g. restored state) while the task was out
+    order = _one_task(dp_study)
+    guard = dp_study.guard
+    fits = max_steps_within(
+        8.0, delta=1e-5, history=(), noise_multiplier=1.5, sample_rate=0.25, accountant=RDP
+    )
+    big = MechanismStep(noise_multiplier=1.5, sample_rate=0.25, steps=fits - 4)
+    guard.ledger.charge("dev-00", "elsewhere", big, at=1.5, max_grad_norm=1.0)
+    report = dp_study.report_for(order)
+
+    # Execute
+    outcome = dp_study.engine.submit(dp_study.update_for(order), now=2.0, context=report)
+
+    # Assert
+    assert outcome.reason is RejectReason.BUDGET_EXCEEDED
+    assert dp_study.engine.stats.rejected[RejectReason.BUDGET_EXCEEDED] == 1
+    assert dp_study.engine.devices["dev-00"].state is DeviceState.EXHAUSTED
+    assert len(guard.ledger.records("dev-00")) == 1  # nothing charged past the budget
+    actions = [e.action for e in dp_study.events.privacy_events]
+    assert AuditAction.BUDGET_EXHAUSTED in actions and AuditAction.UPDATE_REJECTED in actions
+
+
+def test_device_that_cannot_afford_a_task_is_never_dispatched_again():
+    # Prepare: a budget that buys exactly two tasks (epsilon 3.22, then 4.29)
+    tight = StudyPrivacy(**{**PRIVACY.model_dump(), "epsilon": 4.5})
+    affordable = (
+        max_steps_within(
+            4.5, delta=1e-5, history=(), noise_multiplier=1.5, sample_rate=0.25, accountant=RDP
+        )
+        // 8
+    )
+    study = make_dp_study(spec=SPEC.model_copy(update={"privacy": tight}), devices=1)
+    now = 1.0
+
+    # Execute: keep asking for work long after the budget is gone
+    for _ in range(6):
+        for order in study.engine.dispatch(now=now):
+            study.engine.submit(
+                study.update_for(order), now=now + 0.5, context=study.report_for(order)
+            )
+        now += 1.0
+
+    # Assert
+    assert affordable == 2
+    assert len(study.events.dispatched_to("dev-00")) == 2
+    assert study.engine.stats.accepted == 2 and not study.engine.stats.rejected
+    assert study.engine.devices["dev-00"].state is DeviceState.EXHAUSTED
+    exhausted = [e for e in study.events.privacy_events if e.kind is PrivacyEventKind.EXHAUSTED]
+    assert len(exhausted) == 1
+    assert exhausted[0].details["epsilon"] <= 4.5 < exhausted[0].details["epsilon_next_task"]
+    state_changes = [e for e in study.events.engine_events if e.kind is EventKind.DEVICE_STATE]
+    assert state_changes[-1].details["state"] == "exhausted" and state_changes[-1].details["reason"]
+
+
+def test_guard_state_round_trip_keeps_budgets(dp_study):
+    # Prepare
+    for t in (1.0, 3.0):
+        order = _one_task(dp_study, now=t)
+        dp_study.engine.submit(
+            dp_study.update_for(order), now=t + 1, context=dp_study.report_for(order)
+        )
+    state = dp_study.guard.state_dict()
+
+    # Execute: a restarted coordinator builds a fresh guard and loads the state
+    restored = PrivacyGuard(PRIVACY)
+    restored.load_state_dict(state)
+
+    # Assert
+    assert restored.ledger.spent("dev-00") == dp_study.guard.ledger.spent("dev-00") > 0
+    assert restored.ledger.history("dev-00") == dp_study.guard.ledger.history("dev-00")
+    assert restored.device_classes() == {"dev-00": "wearable"}
+    assert restored.state_dict() == state
+
+
+def test_guard_state_of_other_settings_or_tampered_is_refused(dp_study):
+    # Prepare
+    order = _one_task(dp_study)
+    dp_study.engine.submit(dp_study.update_for(order), now=2.0, context=dp_study.report_for(order))
+    state = dp_study.guard.state_dict()
+    looser = StudyPrivacy(**{**PRIVACY.model_dump(), "epsilon": 80.0})
+    tampered = {**state, "ledger": {**state["ledger"]}}
+    tampered["ledger"]["devices"] = {
+        "dev-00": [{**state["ledger"]["devices"]["dev-00"][0], "epsilon_after": 0.1}]
+    }
+
+    # Execute / Assert
+    with pytest.raises(PolicyError):
+        PrivacyGuard(looser).load_state_dict(state)
+    with pytest.raises(LedgerStateError):
+        PrivacyGuard(PRIVACY).load_state_dict(tampered)
+
+
+def test_engine_snapshot_restores_the_ledger(dp_study):
+    # Prepare
+    order = _one_task(dp_study)
+    dp_study.engine.submit(dp_study.update_for(order), now=2.0, context=dp_study.report_for(order))
+    snapshot = engine_snapshot(dp_study.engine, delta_ref=lambda task_id, delta: "0" * 64)
+    fresh = make_dp_study()
+    params = {v: dp_study.engine.params for v in (0, dp_study.engine.version)}
+
+    # Execute
+    restore_engine(
+        fresh.engine,
+        snapshot,
+        load_params=lambda version: params[version],
+        load_delta=lambda sha: dp_study.update_for(order).delta,
+    )
+
+    # Assert
+    assert fresh.guard.ledger.spent("dev-00") == dp_study.guard.ledger.spent("dev-00") > 0
