@@ -80,7 +80,7 @@ class BudgetReport(_Model):
     ledger_sha256: str = Field(description="checksum of the ledger state the report was built from")
     devices: list[DeviceBudgetRow]
     classes: list[ClassSummary]
-    series: dict[str, list[SeriesPoint]]
+    epsilon_over_time: dict[str, list[SeriesPoint]]
 
     @property
     def exhausted_devices(self) -> list[str]:
@@ -137,7 +137,7 @@ def build_budget_report(
         ledger_sha256=ledger.state_dict()["sha256"],
         devices=rows,
         classes=_summaries(rows),
-        series=_series(ledger, classes, max_points=max_points_per_class),
+        epsilon_over_time=_series(ledger, classes, max_points=max_points_per_class),
     )
 
 
@@ -214,7 +214,7 @@ def plot_budget(report: BudgetReport, path: Path) -> Path:
 
     fig, ax = plt.subplots(figsize=(8, 4.8), dpi=120)
     try:
-        for index, (name, points) in enumerate(sorted(report.series.items())):
+        for index, (name, points) in enumerate(sorted(report.epsilon_over_time.items())):
             if not points:
                 continue
             color = f"C{index % 10}"

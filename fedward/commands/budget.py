@@ -33,6 +33,11 @@ from coordinator.privacy_state import (
 app = typer.Typer(help="Privacy budget audit.", no_args_is_help=True)
 
 
+@app.callback()
+def _group() -> None:
+    """Privacy budget audit (a group, so ``report`` stays a sub-command)."""
+
+
 def _from_database(url: str, study: str) -> tuple[dict[str, Any], dict[str, str]]:
     from coordinator.store.db import create_db_engine
     from coordinator.store.repository import Repository

@@ -225,3 +225,20 @@ def test_engine_snapshot_restores_the_ledger(dp_study):
 
     # Assert
     assert fresh.guard.ledger.spent("dev-00") == dp_study.guard.ledger.spent("dev-00") > 0
+
+
+def test_device_refusal_frees_the_task_and_stops_scheduling(dp_study):
+    # Prepare
+    order = _one_task(dp_study)
+
+    # Execute
+    dp_study.guard.device_refused(dp_study.engine, order.task_id, now=2.0)
+    later = dp_study.engine.dispatch(now=3.0, eligible=lambda d: d.device_id == "dev-00")
+
+    # Assert
+    assert later == [] and order.task_id not in dp_study.engine.tasks
+    assert dp_study.engine.stats.failed == 1
+    assert dp_study.engine.devices["dev-00"].state is DeviceState.EXHAUSTED
+    actions = [e.action for e in dp_study.events.privacy_events]
+    assert actions == [AuditAction.TASK_REFUSED, AuditAction.BUDGET_EXHAUSTED]
+    assert dp_study.guard.ledger.history("dev-00") == []  # nothing was trained, nothing spent
