@@ -188,7 +188,10 @@ class EdgeAgent:
     """One device. ``start()`` connects and enrols; ``stop()`` shuts it down.
 
     ``rng`` seeds local training (one draw per task), so a fleet run is
-    reproducible given its seeds; ``clock`` is monotonic seconds.
+    reproducible given its seeds; ``clock`` is monotonic seconds. ``pace``
+    (for fleet emulation on one machine) returns extra seconds a task takes,
+    given the task and its update's size: a slow wearable's compute and
+    uplink, emulated by waiting before the update is delivered.
     """
 
     def __init__(
@@ -200,6 +203,7 @@ class EdgeAgent:
         dataset: LocalDataset,
         rng: random.Random,
         clock: Callable[[], float] = time.monotonic,
+        pace: Callable[[Task, int], float] | None = None,
     ) -> None:
         if identity.device_id != settings.device_id:
             raise AgentError("identity belongs to another device id")
@@ -209,6 +213,7 @@ class EdgeAgent:
         self.dataset = dataset
         self.rng = rng
         self.clock = clock
+        self.pace = pace
         self.stats = AgentStats()
         self.model = build_model(settings.model_settings(), seed=0)
         self.shapes = param_shapes(self.model)
@@ -428,6 +433,9 @@ class EdgeAgent:
             base_version=task.model_version,
         )
         frame = encode_update(header, outcome, max_bytes=s.max_message_bytes)
+        delay = self.pace(task, len(frame)) if self.pace is not None else 0.0
+        if delay > 0 and self._stop.wait(delay):
+            return  # stopped while emulating a slow device: the task is simply lost
         self.status = DeviceStatus.UPLOADING
         self._sent_at[task.task_id] = self.clock()  # before put: no resend race with maintenance
         self.outbox.put(task.task_id, frame)  # durable before it leaves the device

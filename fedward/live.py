@@ -10,7 +10,8 @@ scenario's simulated data). Only this floor imports both edge and coordinator.
 
 The study is the scenario's (same spec, data split, fleet classes and memory)
 so its accuracy is comparable with ``fedward simulate``; differences: devices
-run at their real speed (no simulated stragglers or dropouts) and the study
+run at their real speed unless ``time_scale`` emulates the simulator's device
+speeds (no simulated dropouts or availability either) and the study
 starts from the spec's initial model, because ``StudyService.create_study``
 takes no warm-start parameters (the simulator's warm start is skipped).
 Accuracy is measured as in the simulator: every model version is evaluated
@@ -45,13 +46,14 @@ from edge.dataset import load_dataset, save_dataset
 from edge.identity import load_or_create_identity
 from edge.settings import AgentSettings
 from protocol.codec import decode_tensors
-from protocol.messages import DeviceClass, ErrorCode
+from protocol.messages import DeviceClass, ErrorCode, Task
 from protocol.mqtt import MqttTransport
 from protocol.mqtt_settings import MqttProtocol, MqttSettings
-from simulation.profiles import draw_fleet
+from simulation.profiles import SimDevice, draw_fleet
 from simulation.scenario import Scenario, StrategyRun
 from simulation.sensordata import load_study_data
 from simulation.study import final_accuracy
+from tinytrain.costs import task_flops
 from tinytrain.models import build_model
 from tinytrain.training import evaluate
 
@@ -177,6 +179,14 @@ class LiveOptions:
     resend_after_s: float = 10.0
     torch_threads: int | None = 1
     """Per-process torch threads while the study runs (N agents share the cores)."""
+    time_scale: float = 0.0
+    """Emulate the fleet's speeds: each task also waits ``time_scale`` x the simulator's
+    compute + uplink time of that device (class profile, straggler slowdown). 0: real speed.
+
+    Why: agents on one machine all run at the same speed, so their updates arrive in
+    synchronised bursts; with a buffered strategy every merge then sees the same
+    staleness, which oscillates when local steps are large. A real fleet (and the
+    simulator) spreads arrivals out."""
 
 
 @dataclass
@@ -271,6 +281,7 @@ class LiveStudy:
                     device.profile.memory_bytes,
                     path,
                     seed=scenario.seed * 1_000_003 + device.index,
+                    pace=self._pace(device, len(data.device_y[device.index])),
                 )
             )
         for agent in self.agents:
@@ -317,8 +328,33 @@ class LiveStudy:
         self.bridge.start()
         self.coordinator_transport.connect()
 
+    def _pace(self, device: SimDevice, samples: int) -> Callable[[Task, int], float] | None:
+        scale = self.options.time_scale
+        if scale <= 0:
+            return None
+        config = self.model_config
+
+        def pace(task: Task, update_bytes: int) -> float:
+            flops = task_flops(
+                config,
+                task.subset_names,
+                samples=samples,
+                epochs=task.local_epochs,
+                batch_size=task.batch_size,
+            )
+            return scale * (device.compute_s(flops) + device.upload_s(update_bytes))
+
+        return pace
+
     def _agent(
-        self, device_id: str, device_class: DeviceClass, memory: int, data: Path, *, seed: int
+        self,
+        device_id: str,
+        device_class: DeviceClass,
+        memory: int,
+        data: Path,
+        *,
+        seed: int,
+        pace: Callable[[Task, int], float] | None,
     ) -> EdgeAgent:
         spec, o = self.spec, self.options
         settings = AgentSettings(
@@ -347,6 +383,7 @@ class LiveStudy:
             identity=load_or_create_identity(settings.state_dir, device_id=device_id),
             dataset=dataset,
             rng=random.Random(seed),
+            pace=pace,
         )
 
     # -- running ------------------------------------------------------------------
