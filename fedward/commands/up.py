@@ -41,6 +41,12 @@ def command(
     data_dir: Annotated[
         Path | None, typer.Option(help="Coordinator and device state (default: a new temp dir).")
     ] = None,
+    time_scale: Annotated[
+        float,
+        typer.Option(
+            min=0, help="Emulate device speeds: wait this x the simulated task time (0: off)."
+        ),
+    ] = 0.0,
     timeout: Annotated[float, typer.Option(min=1, help="Give up after this many seconds.")] = 1800,
     verbose: Annotated[bool, typer.Option(help="Log transport warnings.")] = False,
 ) -> None:
@@ -55,6 +61,7 @@ def command(
         run=strategy,
         broker=None if broker is None else parse_broker_url(broker, protocol=protocol),
         data_dir=data_dir,
+        time_scale=time_scale,
     )
     try:
         with make_progress() as progress:
