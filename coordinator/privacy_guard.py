@@ -35,7 +35,14 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
-from compliance.events import AuditAction, DetailValue, Outcome, check_details, privacy_details
+from compliance.events import (
+    ActorKind,
+    AuditAction,
+    DetailValue,
+    Outcome,
+    check_details,
+    privacy_details,
+)
 from privacy.accounting import MechanismStep
 from privacy.errors import BudgetExceeded, DuplicateCharge, ForgedClaim, PolicyError
 from privacy.ledger import PrivacyLedger, SpendRecord
@@ -60,7 +67,12 @@ class PrivacyEventKind(enum.StrEnum):
 
 @dataclass(frozen=True, kw_only=True)
 class PrivacyEvent:
-    """One privacy decision, ready for ``AuditLog.append(action=, outcome=, details=)``."""
+    """One privacy decision, ready for ``AuditLog.append(action=, outcome=, details=)``.
+
+    ``actor`` says who decided: the device for a refusal (its own budget), the
+    coordinator for everything else (it recomputed, charged, stopped or
+    rejected); ``device_id`` is always the device concerned.
+    """
 
     kind: PrivacyEventKind
     at: float
@@ -69,6 +81,10 @@ class PrivacyEvent:
     outcome: Outcome
     details: Mapping[str, DetailValue]
     record: SpendRecord | None = None  # the ledger's record, for SPENT
+
+    @property
+    def actor(self) -> ActorKind:
+        return ActorKind.DEVICE if self.kind is PrivacyEventKind.REFUSED else ActorKind.COORDINATOR
 
 
 PrivacyListener = Callable[[PrivacyEvent], None]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from budget_helpers import PRIVACY, SPEC, make_dp_study
 
-from compliance.events import AuditAction, Outcome
+from compliance.events import ActorKind, AuditAction, Outcome
 from coordinator.engine import DeviceState, EventKind
 from coordinator.errors import RejectReason
 from coordinator.privacy_guard import PrivacyEventKind, PrivacyGuard
@@ -242,3 +242,21 @@ def test_device_refusal_frees_the_task_and_stops_scheduling(dp_study):
     actions = [e.action for e in dp_study.events.privacy_events]
     assert actions == [AuditAction.TASK_REFUSED, AuditAction.BUDGET_EXHAUSTED]
     assert dp_study.guard.ledger.history("dev-00") == []  # nothing was trained, nothing spent
+
+
+def test_audit_actor_is_the_device_only_for_its_own_refusal(dp_study):
+    # Prepare
+    first = _one_task(dp_study)
+    dp_study.engine.submit(dp_study.update_for(first), now=2.0, context=dp_study.report_for(first))
+    second = _one_task(dp_study, now=3.0)
+
+    # Execute
+    dp_study.guard.device_refused(dp_study.engine, second.task_id, now=4.0)
+
+    # Assert
+    actors = {e.kind: e.actor for e in dp_study.events.privacy_events}
+    assert actors == {
+        PrivacyEventKind.SPENT: ActorKind.COORDINATOR,
+        PrivacyEventKind.REFUSED: ActorKind.DEVICE,
+        PrivacyEventKind.EXHAUSTED: ActorKind.COORDINATOR,
+    }
