@@ -128,6 +128,7 @@ class BridgeStats:
     model_bytes_sent: int = 0
     timeouts_checked: int = 0
     publish_failures: int = 0
+    transport_errors: int = 0
 
 
 class _Tick(StrEnum):
@@ -340,6 +341,12 @@ class StudyBridge:
     def _send(self, topic: str, frame: bytes) -> bool:
         try:
             self.transport.publish(topic, frame, qos=1)
+            return True
+        except RuntimeError as exc:
+            # MqttTransport's pending-ack bookkeeping raises paho's RuntimeError once any
+            # message was queued while offline, after this one was handed to paho.
+            self.stats.transport_errors += 1
+            log.debug("bridge %s: transport bookkeeping error on %s: %s", self.study_id, topic, exc)
             return True
         except ProtocolError as exc:
             self.stats.publish_failures += 1

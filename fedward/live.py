@@ -470,20 +470,23 @@ class LiveStudy:
                     self.service.stop(self.study_id)
             except ServiceError:
                 pass
-        for agent in self.agents:
-            try:
-                agent.stop()
-            except Exception:
-                log.exception("stopping agent %s", agent.settings.device_id)
-        self.agents = []
+        steps: list[tuple[str, Callable[[], None]]] = [
+            (f"agent {a.settings.device_id}", a.stop) for a in self.agents
+        ]
         if self.bridge is not None:
-            self.bridge.stop()
+            steps.append(("bridge", self.bridge.stop))
         if self.coordinator_transport is not None:
-            self.coordinator_transport.close()
+            steps.append(("coordinator transport", self.coordinator_transport.close))
         if self.service is not None:
-            self.service.close()
+            steps.append(("service", self.service.close))
         if self.embedded is not None:
-            self.embedded.stop()
+            steps.append(("embedded broker", self.embedded.stop))
+        for what, stop in steps:
+            try:  # one failing part must not leave the others running
+                stop()
+            except Exception:
+                log.exception("stopping the %s failed", what)
+        self.agents = []
         self.bridge = self.coordinator_transport = self.service = self.embedded = None
         torch.set_num_threads(self._threads_before)
 
