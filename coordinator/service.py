@@ -275,6 +275,7 @@ class StudyService:
         self._lock = threading.RLock()
         self._closed = False
         self._studies: dict[str, _Study] = {}
+        self._reserved: set[str] = set()  # ids of studies being created
         for row in self._repo.studies():
             self._studies[row.id] = self._load(row)
 
@@ -341,13 +342,20 @@ class StudyService:
     def create_study(
         self, spec: StudySpec, *, study_id: str | None = None, by: str = OPERATOR
     ) -> StudyInfo:
-        """Create a DRAFT study with its initial model (version 0); the spec is then fixed."""
+        """Create a DRAFT study with its initial model (version 0); the spec is then fixed.
+
+        Building the engine measures the training footprint of every subset tier
+        (seconds for a large model), so it runs outside the service lock: other
+        studies keep being served meanwhile.
+        """
         with self._lock:
             sid = study_id if study_id is not None else self._new_study_id(spec.name)
             if not isinstance(sid, str) or not _STUDY_ID_RE.fullmatch(sid):
                 raise InvalidStudyId(f"study id must match {STUDY_ID_PATTERN}")
-            if sid in self._studies or self._repo.study(sid) is not None:
+            if sid in self._studies or sid in self._reserved or self._repo.study(sid):
                 raise StudyExists(sid)
+            self._reserved.add(sid)
+        try:
             now = self._clock()
             row = StudyRow(
                 id=sid,
@@ -361,32 +369,40 @@ class StudyService:
                 last_accuracy_version=None,
             )
             study = self._new_runtime(row, spec)
-            self._studies[sid] = study
-            try:
-                with self._change(study, new=True) as changes:
-                    changes.new_study = row
-                    record = self._record_version(study, parent=None, task_ids=())
-                    self._audit(
-                        AuditAction.STUDY_CREATED,
-                        Outcome.SUCCESS,
-                        actor=_actor(ActorKind.OPERATOR, by),
-                        study_id=sid,
-                        details={
-                            "study_name": spec.name,
-                            "strategy": spec.strategy.value,
-                            "subset_mode": spec.subset_mode.value,
-                            "model_kind": spec.model_kind.value,
-                            "concurrency": spec.concurrency,
-                            "buffer_size": spec.buffer_size,
-                            "spec_sha256": _digest(spec.model_dump_json().encode()),
-                            "content_hash": record.content_hash,
-                            "record_hash": record.record_hash,
-                        },
-                    )
-            except BaseException:
-                self._studies.pop(sid, None)
-                raise
-            return self._info(study)
+            with self._lock:
+                self._studies[sid] = study
+                try:
+                    self._persist_new_study(study, by=by)
+                except BaseException:
+                    self._studies.pop(sid, None)
+                    raise
+                return self._info(study)
+        finally:
+            with self._lock:
+                self._reserved.discard(sid)
+
+    def _persist_new_study(self, study: _Study, *, by: str) -> None:
+        spec = study.spec
+        with self._change(study, new=True) as changes:
+            changes.new_study = study.row
+            record = self._record_version(study, parent=None, task_ids=())
+            self._audit(
+                AuditAction.STUDY_CREATED,
+                Outcome.SUCCESS,
+                actor=_actor(ActorKind.OPERATOR, by),
+                study_id=study.id,
+                details={
+                    "study_name": spec.name,
+                    "strategy": spec.strategy.value,
+                    "subset_mode": spec.subset_mode.value,
+                    "model_kind": spec.model_kind.value,
+                    "concurrency": spec.concurrency,
+                    "buffer_size": spec.buffer_size,
+                    "spec_sha256": _digest(spec.model_dump_json().encode()),
+                    "content_hash": record.content_hash,
+                    "record_hash": record.record_hash,
+                },
+            )
 
     def list_studies(self) -> list[StudyInfo]:
         with self._lock:
@@ -817,7 +833,7 @@ class StudyService:
         slug = name.lstrip("_.-")[:50] or "study"
         while True:
             candidate = f"{slug}-{secrets.token_hex(4)}"
-            if candidate not in self._studies:
+            if candidate not in self._studies and candidate not in self._reserved:
                 return candidate
 
     def _study_seed(self, study_id: str) -> int:

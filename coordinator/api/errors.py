@@ -18,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from coordinator.service import (
     DeviceNotFound,
@@ -116,15 +117,32 @@ def _validation_detail(exc: RequestValidationError) -> list[dict[str, Any]]:
     ]
 
 
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method any route serves on this path (Starlette names only the first route's)."""
+    methods: set[str] = set()
+    for route in request.app.routes:
+        match, _ = route.matches({**request.scope, "method": "__NONE__"})
+        if match is not Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     async def on_validation(_: Request, exc: Exception) -> JSONResponse:
         if not isinstance(exc, RequestValidationError):
             raise exc
         return error_response(422, ErrorCode.VALIDATION_ERROR, _validation_detail(exc))
 
-    async def on_http(_: Request, exc: Exception) -> JSONResponse:
+    async def on_http(request: Request, exc: Exception) -> JSONResponse:
         if not isinstance(exc, StarletteHTTPException):
             raise exc
+        if exc.status_code == 405:
+            allow = ", ".join(_allowed_methods(request))
+            return error_response(
+                405, ErrorCode.METHOD_NOT_ALLOWED, exc.detail, headers={"Allow": allow}
+            )
+        if exc.status_code == 400:  # FastAPI could not even parse the body: malformed input
+            return error_response(422, ErrorCode.VALIDATION_ERROR, exc.detail)
         code = _HTTP_CODES.get(exc.status_code, ErrorCode.HTTP_ERROR)
         return error_response(
             exc.status_code, code, exc.detail, headers=getattr(exc, "headers", None)

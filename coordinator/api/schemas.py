@@ -74,12 +74,55 @@ Base64Key = Annotated[
 ]
 
 
+MAX_ACTIVATION_ELEMENTS = 2**24
+"""Bound on ``batch_size * window * max(width, in_channels)``: creating a study runs
+a real training step per subset tier to measure memory, and this keeps that step
+(and the devices' own) within a few hundred MB."""
+
+
+def _cap(name: str, **bounds: Any) -> Any:
+    """A StudySpec field with its own default and lower bounds plus an upper bound."""
+    return Field(default=StudySpec.model_fields[name].default, **bounds)
+
+
 class StrictStudySpec(_NoCoercion, StudySpec):
-    """``StudySpec`` as accepted over HTTP: the same fields, no numeric coercion."""
+    """``StudySpec`` as accepted over HTTP: no numeric coercion, and upper bounds.
+
+    Why bounds here: an authenticated but careless (or compromised) operator
+    call must not be able to make the coordinator build and profile a model
+    that exhausts its memory, stalling every study it serves.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
+    in_channels: int = _cap("in_channels", ge=1, le=64)
+    window: int = _cap("window", ge=64, le=16_384)
+    num_classes: int = _cap("num_classes", ge=2, le=1_000)
+    width: int = _cap("width", ge=1, le=256)
+    model_seed: int = _cap("model_seed", ge=0, le=2**31 - 1)
+    epochs: int = _cap("epochs", ge=1, le=100)
+    batch_size: int = _cap("batch_size", ge=1, le=1_024)
+    lr: float = _cap("lr", gt=0, le=10.0)
+    concurrency: int = _cap("concurrency", ge=1, le=100_000)
+    buffer_size: int = _cap("buffer_size", ge=1, le=100_000)
+    server_lr: float = _cap("server_lr", gt=0, le=100.0)
+    max_staleness: int | None = _cap("max_staleness", ge=0, le=1_000_000)
+    staleness_exponent: float = _cap("staleness_exponent", ge=0, le=100.0)
+    variance_beta: float = _cap("variance_beta", ge=0, le=1e6)
+    task_deadline_s: float = _cap("task_deadline_s", gt=0, le=30 * 24 * 3600.0)
+
+    @model_validator(mode="after")
+    def _bounded_training_step(self) -> StrictStudySpec:
+        elements = self.batch_size * self.window * max(self.width, self.in_channels)
+        if elements > MAX_ACTIVATION_ELEMENTS:
+            raise ValueError(
+                f"batch_size * window * max(width, in_channels) = {elements} exceeds "
+                f"{MAX_ACTIVATION_ELEMENTS}: the training step would not fit a device"
+            )
+        return self
+
     def to_spec(self) -> StudySpec:
+        """The plain spec (raises ``ValidationError`` if StudySpec's own rules refuse it)."""
         return StudySpec.model_validate(self.model_dump())
 
 

@@ -44,7 +44,9 @@ class BlobStore:
     def __init__(self, root: Path, *, fsync: bool = True) -> None:
         self.root = Path(root)
         self._fsync = fsync
-        (self.root / "sha256").mkdir(parents=True, exist_ok=True)
+        # Models and buffered updates are derived from health data: owner-only.
+        (self.root / "sha256").mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.root.chmod(0o700)
 
     def path_for(self, digest: str) -> Path:
         # The digest becomes a path: refuse anything but 64 lower-case hex digits.
@@ -62,7 +64,7 @@ class BlobStore:
                 return digest
             except BlobCorrupted:
                 pass  # rewrite a damaged copy with the good bytes
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
         try:
             with os.fdopen(fd, "wb") as fh:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, status
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 
 from coordinator.service import StudyInfo, StudyStatus
 
@@ -22,7 +24,11 @@ router = APIRouter(prefix="/studies", tags=["studies"], responses=responses(401,
     summary="Create a study (its spec is immutable afterwards)",
 )
 def create_study(body: StudyCreate, service: ServiceDep, operator: OperatorDep) -> StudyInfo:
-    return service.create_study(body.spec.to_spec(), study_id=body.study_id, by=operator)
+    try:
+        spec = body.spec.to_spec()
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors(include_input=False)) from None
+    return service.create_study(spec, study_id=body.study_id, by=operator)
 
 
 @router.get("", response_model=list[StudyInfo], summary="List studies")
