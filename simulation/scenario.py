@@ -79,7 +79,7 @@ class Scenario(BaseModel):
     # warm start: every strategy starts from one model pre-trained centrally on a
     # small public cohort (patients disjoint from the federation), as on-device
     # training methods (FTTE, TinyTL, Lin et al.) assume; 0 starts from scratch.
-    pretrain_patients: int = Field(default=20, ge=0)
+    pretrain_patients: int = Field(default=40, ge=0)
     pretrain_epochs: int = Field(default=10, ge=1)
     # training (identical for every strategy)
     epochs: int = Field(default=2, ge=1)
@@ -97,7 +97,7 @@ class Scenario(BaseModel):
     staleness_exponent: float = Field(default=0.5, ge=0)
     variance_beta: float = Field(default=1.0, ge=0)
     # evaluation
-    target_accuracy: float = Field(default=0.95, gt=0, le=1)
+    target_accuracy: float = Field(default=0.975, gt=0, le=1)
     eval_every_merges: int = Field(default=1, ge=1)
     eval_windows: int = Field(default=2000, ge=10)
     final_tail: float = Field(default=0.1, gt=0, le=1)  # final accuracy = mean over this tail
@@ -192,7 +192,7 @@ PRESETS: dict[str, Scenario] = {
         update_budget=600,
         test_patients=40,
         eval_windows=800,
-        target_accuracy=0.93,
+        target_accuracy=0.97,
     ),
     "tiny": Scenario(
         name="ecg-rhythm-tiny",
