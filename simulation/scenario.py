@@ -206,6 +206,8 @@ PRESETS: dict[str, Scenario] = {
         eval_windows=200,
         target_accuracy=0.9,
         width=8,
+        pretrain_patients=8,
+        pretrain_epochs=5,
     ),
 }
 
