@@ -21,18 +21,15 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import random
 import re
 import secrets
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
-import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict
 
@@ -41,14 +38,10 @@ from compliance import (
     ActorKind,
     AuditAction,
     AuditLog,
-    ForbiddenAuditContent,
-    ModelLineage,
-    ModelVersion,
     Outcome,
     load_or_create_signing_key,
 )
-from compliance.lineage import LINEAGE_FORMAT
-from protocol.codec import decode_tensors, encode_tensors
+from protocol.codec import decode_tensors
 from protocol.messages import (
     Ack,
     AckStatus,
@@ -63,7 +56,7 @@ from protocol.messages import (
     encode_frame,
 )
 
-from .engine import DeviceState, Engine, EngineEvent, EventKind, TaskOrder
+from .engine import DeviceState, Engine, TaskOrder
 from .errors import CoordinatorError, RejectReason, UpdateRejected
 from .ingest import IncomingUpdate, decode_update
 from .migrations import upgrade_to_head
@@ -76,23 +69,20 @@ from .store import (
     StudyState,
     TaskStatus,
     create_db_engine,
-    engine_snapshot,
-    restore_engine,
 )
-from .store.models import DeviceRow, ModelVersionRow, StudyRow, TaskRow, UpdateReceiptRow
+from .store.audit_trail import COORDINATOR_ACTOR, OPERATOR, AuditTrail, actor
+from .store.models import DeviceRow, ModelVersionRow, StudyRow, UpdateReceiptRow
+from .store.recorder import EventRecorder
+from .store.runtime import RuntimeStore, StudyRuntime
 from .strategies import StrategyName
-from .study_spec import StudySpec, build_engine
+from .study_spec import StudySpec
 
 log = logging.getLogger(__name__)
 
-OPERATOR = "operator"
-COORDINATOR = "coordinator"
 UNKNOWN_TASK_ID = "unknown"
 STUDY_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 _STUDY_ID_RE = re.compile(STUDY_ID_PATTERN)
-_IDENTIFIER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$")
 Clock = Callable[[], float]
-Params = dict[str, np.ndarray]
 
 # Which lifecycle call moves a study from which states to which.
 _TRANSITIONS: dict[AuditAction, tuple[frozenset[StudyState], StudyState]] = {
@@ -209,46 +199,8 @@ class OutboundTask:
     model_frame: bytes
 
 
-# -- per-study runtime -------------------------------------------------------
-@dataclass
-class _Study:
-    row: StudyRow
-    spec: StudySpec
-    engine: Engine
-    lineage: ModelLineage
-    version_sha: dict[int, str]
-    rejections: Counter[RejectReason]
-    update_hashes: dict[str, str]  # task id -> update frame sha256, accepted and not merged
-    delta_refs: dict[str, str]  # task id -> blob of its buffered delta
-    saved_devices: dict[str, tuple[DeviceState, int]]
-    saved_state: dict[str, Any] | None
-    duplicates: int = 0
-    changes: StudyChanges | None = None
-    current_update_sha: str | None = None
-    failure_status: dict[str, TaskStatus] = field(default_factory=dict)
-
-    @property
-    def id(self) -> str:
-        return self.row.id
-
-    @property
-    def state(self) -> StudyState:
-        return self.row.status
-
-
 def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _actor(kind: ActorKind, raw_id: str) -> Actor:
-    """An audit actor; protocol ids that the audit alphabet refuses are hashed."""
-    if _IDENTIFIER_RE.fullmatch(raw_id):
-        return Actor(kind=kind, id=raw_id)
-    return Actor(kind=kind, id="h:" + _digest(raw_id.encode("utf-8", "replace"))[:40])
-
-
-OPERATOR_ACTOR = Actor(kind=ActorKind.OPERATOR, id=OPERATOR)
-COORDINATOR_ACTOR = Actor(kind=ActorKind.COORDINATOR, id=COORDINATOR)
 
 
 class StudyService:
@@ -266,18 +218,22 @@ class StudyService:
         seed: int | None = None,
     ) -> None:
         self._repo = repository
-        self._blobs = blobs
-        self._pending = pending
-        self._audit_log = audit
+        self._trail = AuditTrail(audit)
+        self._runtimes = RuntimeStore(
+            repository=repository, blobs=blobs, pending=pending, clock=clock
+        )
+        self._recorder = EventRecorder(trail=self._trail, runtimes=self._runtimes)
         self._clock = clock
         self._max_bytes = max_message_bytes
         self._seed = seed
         self._lock = threading.RLock()
         self._closed = False
-        self._studies: dict[str, _Study] = {}
+        self._studies: dict[str, StudyRuntime] = {}
         self._reserved: set[str] = set()  # ids of studies being created
         for row in self._repo.studies():
-            self._studies[row.id] = self._load(row)
+            self._studies[row.id] = self._runtimes.load(
+                row, on_event=self._recorder.on_event, on_guard_event=self._recorder.on_guard_event
+            )
 
     @classmethod
     def open(
@@ -326,13 +282,13 @@ class StudyService:
                 return
             self._closed = True
             try:
-                self._audit_log.close()
+                self._trail.close()
             finally:
                 self._repo.close()
 
     @property
     def audit_public_key(self) -> Ed25519PublicKey:
-        return self._audit_log.public_key
+        return self._trail.public_key
 
     @property
     def repository(self) -> Repository:
@@ -381,15 +337,15 @@ class StudyService:
             with self._lock:
                 self._reserved.discard(sid)
 
-    def _persist_new_study(self, study: _Study, *, by: str) -> None:
+    def _persist_new_study(self, study: StudyRuntime, *, by: str) -> None:
         spec = study.spec
         with self._change(study, new=True) as changes:
             changes.new_study = study.row
-            record = self._record_version(study, parent=None, task_ids=())
+            record = self._runtimes.record_version(study, parent=None, task_ids=())
             self._audit(
                 AuditAction.STUDY_CREATED,
                 Outcome.SUCCESS,
-                actor=_actor(ActorKind.OPERATOR, by),
+                actor=actor(ActorKind.OPERATOR, by),
                 study_id=study.id,
                 details={
                     "study_name": spec.name,
@@ -473,7 +429,7 @@ class StudyService:
             study = self._studies.get(study_id)
             if study is None or msg.study_id != study_id:
                 return EnrolAck(accepted=False, reason="unknown study")
-            actor = _actor(ActorKind.DEVICE, msg.device_id)
+            device_actor = actor(ActorKind.DEVICE, msg.device_id)
             details: dict[str, object] = {
                 "device_id": msg.device_id,
                 "device_class": msg.device_class.value,
@@ -490,7 +446,7 @@ class StudyService:
                 self._audit(
                     action,
                     Outcome.DENIED,
-                    actor=actor,
+                    actor=device_actor,
                     study_id=study.id,
                     details={**details, "reason": refusal},
                 )
@@ -523,13 +479,13 @@ class StudyService:
                 self._audit(
                     AuditAction.DEVICE_ENROLLED,
                     Outcome.SUCCESS,
-                    actor=actor,
+                    actor=device_actor,
                     study_id=study.id,
                     details=details,
                 )
             return EnrolAck(accepted=True)
 
-    def _enrol_refusal(self, study: _Study, msg: Enrol) -> str | None:
+    def _enrol_refusal(self, study: StudyRuntime, msg: Enrol) -> str | None:
         if study.state is StudyState.STOPPED:
             return "study is stopped"
         known = study.engine.devices.get(msg.device_id)
@@ -570,7 +526,7 @@ class StudyService:
                     self._audit(
                         AuditAction.DEVICE_REVOKED,
                         Outcome.SUCCESS,
-                        actor=_actor(ActorKind.OPERATOR, by),
+                        actor=actor(ActorKind.OPERATOR, by),
                         study_id=study.id,
                         details={"device_id": device_id},
                     )
@@ -723,7 +679,7 @@ class StudyService:
                     frame_sha=frame_sha,
                 )
 
-    def _submit(self, study: _Study, incoming: IncomingUpdate, *, frame_sha: str) -> Ack:
+    def _submit(self, study: StudyRuntime, incoming: IncomingUpdate, *, frame_sha: str) -> Ack:
         header = incoming.header
         order = study.engine.tasks.get(header.task_id)
         owned = order is not None and order.device_id == header.device_id
@@ -762,7 +718,7 @@ class StudyService:
 
     def _reject_early(
         self,
-        study: _Study,
+        study: StudyRuntime,
         exc: UpdateRejected,
         *,
         task_id: str,
@@ -784,7 +740,7 @@ class StudyService:
             self._audit(
                 AuditAction.UPDATE_REJECTED,
                 Outcome.DENIED,
-                actor=_actor(ActorKind.DEVICE, device_id) if device_id else COORDINATOR_ACTOR,
+                actor=actor(ActorKind.DEVICE, device_id) if device_id else COORDINATOR_ACTOR,
                 study_id=study.id,
                 details=details,
             )
@@ -803,7 +759,7 @@ class StudyService:
             sha = study.version_sha.get(version)
             if sha is None:
                 raise ModelVersionNotFound(f"{study_id} has no model version {version}")
-            return self._blobs.get(sha)
+            return self._runtimes.blobs.get(sha)
 
     def model_frame(self, study_id: str, version: int) -> bytes:
         """A full-model ``ModelDownload`` frame of a version (what the API serves)."""
@@ -823,7 +779,7 @@ class StudyService:
             return list(self._studies)
 
     # == internals ============================================================
-    def _require(self, study_id: str) -> _Study:
+    def _require(self, study_id: str) -> StudyRuntime:
         study = self._studies.get(study_id)
         if study is None:
             raise StudyNotFound(f"no study {study_id!r}")
@@ -860,13 +816,13 @@ class StudyService:
                 self._audit(
                     action,
                     Outcome.SUCCESS,
-                    actor=_actor(ActorKind.OPERATOR, by),
+                    actor=actor(ActorKind.OPERATOR, by),
                     study_id=study.id,
                     details={"previous_state": previous.value, "state": target.value},
                 )
             return self._info(study)
 
-    def _info(self, study: _Study) -> StudyInfo:
+    def _info(self, study: StudyRuntime) -> StudyInfo:
         return StudyInfo(
             id=study.id,
             name=study.row.name,
@@ -876,14 +832,14 @@ class StudyService:
             updated_at=study.row.updated_at,
         )
 
-    def _device_row(self, study: _Study, device_id: str) -> DeviceRow:
+    def _device_row(self, study: StudyRuntime, device_id: str) -> DeviceRow:
         for row in self._repo.devices(study.id):
             if row.device_id == device_id:
                 return row
         raise DeviceNotFound(f"{study.id} has no device row {device_id}")
 
     def _device_info(
-        self, study: _Study, device_id: str, *, row: DeviceRow | None = None
+        self, study: StudyRuntime, device_id: str, *, row: DeviceRow | None = None
     ) -> DeviceInfo:
         row = row if row is not None else self._device_row(study, device_id)
         device = study.engine.devices[device_id]
@@ -899,7 +855,7 @@ class StudyService:
             public_key=bytes(row.public_key).hex(),
         )
 
-    def _outbound(self, study: _Study, order: TaskOrder) -> OutboundTask:
+    def _outbound(self, study: StudyRuntime, order: TaskOrder) -> OutboundTask:
         spec = study.spec
         task = Task(
             task_id=order.task_id,
@@ -924,88 +880,35 @@ class StudyService:
         frame = encode_frame(header, tensors, max_bytes=self._max_bytes)
         return OutboundTask(device_id=order.device_id, task=task, model_frame=frame)
 
-    # -- building and loading runtimes ---------------------------------------
-    def _new_runtime(self, row: StudyRow, spec: StudySpec) -> _Study:
-        holder: list[_Study] = []
-        engine = build_engine(
+    # -- runtimes ------------------------------------------------------------
+    def _new_runtime(self, row: StudyRow, spec: StudySpec) -> StudyRuntime:
+        return self._runtimes.build(
+            row,
             spec,
-            rng=random.Random(row.seed),
-            listeners=(lambda event: self._on_event(holder[0], event),),
+            on_event=self._recorder.on_event,
+            on_guard_event=self._recorder.on_guard_event,
         )
-        study = _Study(
-            row=row,
-            spec=spec,
-            engine=engine,
-            lineage=ModelLineage(clock=self._clock),
-            version_sha={},
-            rejections=Counter(),
-            update_hashes={},
-            delta_refs={},
-            saved_devices={},
-            saved_state=None,
-        )
-        holder.append(study)
-        for guard in engine.guards:  # the privacy guard reports spends and refusals
-            listeners = getattr(guard, "listeners", None)
-            if isinstance(listeners, list):
-                listeners.append(lambda event: self._on_guard_event(holder[0], event))
-        return study
-
-    def _load(self, row: StudyRow) -> _Study:
-        """Rebuild a study's runtime from the database and blobs (start-up, or after a failure)."""
-        spec = StudySpec.model_validate(row.spec)
-        study = self._new_runtime(row, spec)
-        versions = self._repo.model_versions(row.id)
-        study.lineage.load_state_dict(
-            {"format": LINEAGE_FORMAT, "versions": [v.lineage for v in versions]}
-        )
-        study.version_sha = {v.version: v.blob_sha256 for v in versions}
-        state_row = self._repo.engine_state(row.id)
-        if state_row is None:
-            raise CoordinatorError(f"study {row.id} has no saved engine state")
-        restore_engine(
-            study.engine,
-            state_row.state,
-            load_params=lambda v: self._load_params(study, v),
-            load_delta=lambda sha: decode_tensors(self._pending.get(sha)),
-        )
-        study.delta_refs = {
-            item["task_id"]: item["delta_sha256"] for item in state_row.state["strategy"]["buffer"]
-        }
-        study.update_hashes = {
-            r.task_id: r.frame_sha256
-            for r in self._repo.receipts(row.id, status=AckStatus.BUFFERED)
-        }
-        study.rejections = self._repo.rejection_counts(row.id)
-        study.saved_devices = {
-            d.device_id: (d.state, d.completed) for d in study.engine.devices.values()
-        }
-        study.saved_state = state_row.state
-        return study
-
-    def _load_params(self, study: _Study, version: int) -> Params:
-        sha = study.version_sha.get(version)
-        if sha is None:
-            raise ModelVersionNotFound(f"{study.id} has no model version {version}")
-        return decode_tensors(self._blobs.get(sha))
 
     def _reload(self, study_id: str) -> None:
+        """Replace a study's runtime by what the database holds (after a failed call)."""
         row = self._repo.study(study_id)
         if row is None:
             self._studies.pop(study_id, None)
             return
-        self._studies[study_id] = self._load(row)
+        self._studies[study_id] = self._runtimes.load(
+            row, on_event=self._recorder.on_event, on_guard_event=self._recorder.on_guard_event
+        )
 
-    # -- one change, one transaction -----------------------------------------
     @contextmanager
-    def _change(self, study: _Study, *, new: bool = False) -> Iterator[StudyChanges]:
+    def _change(self, study: StudyRuntime, *, new: bool = False) -> Iterator[StudyChanges]:
+        """One service call's changes to a study: committed at the end, or rolled back."""
         if self._closed:
             raise CoordinatorError("the study service is closed")
         changes = StudyChanges(study_id=study.id, at=self._clock())
         study.changes = changes
         try:
             yield changes
-            self._commit(study, changes)
+            self._runtimes.commit(study, changes)
         except BaseException:
             study.changes = None
             if not new:
@@ -1017,183 +920,6 @@ class StudyService:
         finally:
             study.changes = None
 
-    def _commit(self, study: _Study, changes: StudyChanges) -> None:
-        engine = study.engine
-        current = {d.device_id: (d.state, d.completed) for d in engine.devices.values()}
-        for device_id, (state, completed) in current.items():
-            if study.saved_devices.get(device_id) != (state, completed):
-                changes.device(device_id, state=state, completed=completed)
-        snapshot = engine_snapshot(engine, delta_ref=lambda t, d: self._delta_ref(study, t, d))
-        if snapshot != study.saved_state:
-            changes.engine_state = (engine.version, snapshot)
-        if _is_empty(changes):
-            return
-        self._repo.apply(changes)
-        study.saved_devices = current
-        if changes.engine_state is not None:
-            study.saved_state = snapshot
-        self._collect_deltas(study)
-
-    def _delta_ref(self, study: _Study, task_id: str, delta: Any) -> str:
-        sha = study.delta_refs.get(task_id)
-        if sha is None:
-            sha = self._pending.put(encode_tensors(delta))
-            study.delta_refs[task_id] = sha
-        return sha
-
-    def _collect_deltas(self, study: _Study) -> None:
-        """Delete buffered-update blobs once their updates are merged (committed)."""
-        buffered = {
-            item["task_id"]
-            for item in (study.saved_state or {}).get("strategy", {}).get("buffer", [])
-        }
-        live = {study.delta_refs[t] for t in buffered if t in study.delta_refs}
-        for task_id in [t for t in study.delta_refs if t not in buffered]:
-            sha = study.delta_refs.pop(task_id)
-            if sha not in live:
-                self._pending.delete(sha)
-
-    # -- engine events -> audit, rows, blobs ---------------------------------
-    def _on_event(self, study: _Study, event: EngineEvent) -> None:
-        changes = study.changes
-        if changes is None:
-            raise CoordinatorError(f"engine event {event.kind} outside a service call")
-        d = event.details
-        if event.kind is EventKind.TASK_DISPATCHED:
-            changes.new_tasks.append(
-                TaskRow(
-                    study_id=study.id,
-                    task_id=d["task_id"],
-                    device_id=d["device_id"],
-                    model_version=d["model_version"],
-                    subset_id=d["subset_id"],
-                    issued_at=event.at,
-                    deadline_at=event.at + study.spec.task_deadline_s,
-                    status=TaskStatus.IN_FLIGHT,
-                    finished_at=None,
-                    reason=None,
-                )
-            )
-            self._audit(
-                AuditAction.TASK_DISPATCHED,
-                Outcome.SUCCESS,
-                actor=COORDINATOR_ACTOR,
-                study_id=study.id,
-                details={
-                    "task_id": d["task_id"],
-                    "device_id": d["device_id"],
-                    "model_version": d["model_version"],
-                    "subset_id": d["subset_id"],
-                    "tier": d["tier"],
-                },
-            )
-        elif event.kind is EventKind.TASK_FAILED:
-            status = study.failure_status.pop(d["task_id"], TaskStatus.FAILED)
-            changes.task(
-                d["task_id"], status=status, finished_at=event.at, reason=d["reason"][:200]
-            )
-            if status is TaskStatus.FAILED:  # a rejected answer is audited as UPDATE_REJECTED
-                self._audit(
-                    AuditAction.TASK_REFUSED,
-                    Outcome.FAILURE,
-                    actor=COORDINATOR_ACTOR,
-                    study_id=study.id,
-                    details={
-                        "task_id": d["task_id"],
-                        "device_id": d["device_id"],
-                        "reason": d["reason"],
-                    },
-                )
-        elif event.kind is EventKind.UPDATE_ACCEPTED:
-            sha = study.current_update_sha or ""
-            study.update_hashes[d["task_id"]] = sha
-            changes.task(d["task_id"], status=TaskStatus.ACCEPTED, finished_at=event.at)
-            self._audit(
-                AuditAction.UPDATE_ACCEPTED,
-                Outcome.SUCCESS,
-                actor=_actor(ActorKind.DEVICE, d["device_id"]),
-                study_id=study.id,
-                details={
-                    "task_id": d["task_id"],
-                    "device_id": d["device_id"],
-                    "base_version": d["base_version"],
-                    "staleness": d["staleness"],
-                    "update_sha256": sha,
-                },
-            )
-        elif event.kind is EventKind.UPDATE_REJECTED:
-            reason = RejectReason(d["reason"])
-            changes.rejections[reason] += 1
-            study.rejections[reason] += 1
-            self._audit(
-                AuditAction.UPDATE_REJECTED,
-                Outcome.DENIED,
-                actor=_actor(ActorKind.DEVICE, d["device_id"]),
-                study_id=study.id,
-                details={
-                    "task_id": d["task_id"],
-                    "device_id": d["device_id"],
-                    "reason": reason.value,
-                    "detail": d["detail"],
-                    "update_sha256": study.current_update_sha or "",
-                },
-            )
-        elif event.kind is EventKind.MODEL_MERGED:
-            record = self._record_version(study, parent=d["parent"], task_ids=d["task_ids"])
-            for task_id in d["task_ids"]:
-                changes.receipt_status[task_id] = AckStatus.MERGED
-            self._audit(
-                AuditAction.MODEL_MERGED,
-                Outcome.SUCCESS,
-                actor=COORDINATOR_ACTOR,
-                study_id=study.id,
-                details={**record.audit_details(), "staleness_max": d["staleness_max"]},
-            )
-        # DEVICE_ENROLLED is audited by enrol(); DEVICE_STATE reaches the rows by diff.
-
-    def _on_guard_event(self, study: _Study, event: Any) -> None:
-        """A guard's decision (privacy spend, exhaustion, refusal) arrives audit-ready."""
-        self._audit(
-            event.action,
-            event.outcome,
-            actor=_actor(ActorKind.DEVICE, event.device_id),
-            study_id=study.id,
-            details=dict(event.details),
-        )
-
-    def _record_version(
-        self, study: _Study, *, parent: int | None, task_ids: Iterable[str]
-    ) -> ModelVersion:
-        """Store the engine's current model as a blob and a lineage record."""
-        engine = study.engine
-        changes = study.changes
-        if changes is None:
-            raise CoordinatorError("model version recorded outside a service call")
-        blob = encode_tensors(engine.params)
-        sha = self._blobs.put(blob)
-        update_hashes = [study.update_hashes.pop(t) for t in task_ids if t in study.update_hashes]
-        record = study.lineage.record(
-            version=engine.version,
-            parents=() if parent is None else (parent,),
-            content_hash=sha,
-            strategy=engine.strategy.name.value,
-            update_hashes=[h for h in update_hashes if h],
-        )
-        study.version_sha[engine.version] = sha
-        changes.new_versions.append(
-            ModelVersionRow(
-                study_id=study.id,
-                version=engine.version,
-                parent=parent,
-                blob_sha256=sha,
-                size_bytes=len(blob),
-                created_at=changes.at,
-                strategy=engine.strategy.name,
-                lineage=record.model_dump(mode="json"),
-            )
-        )
-        return record
-
     def _audit(
         self,
         action: AuditAction,
@@ -1203,18 +929,7 @@ class StudyService:
         study_id: str | None,
         details: dict[str, object],
     ) -> None:
-        try:
-            self._audit_log.append(
-                actor=actor, action=action, outcome=outcome, study_id=study_id, details=details
-            )
-        except ForbiddenAuditContent:
-            # Free text from a device (a rejection detail) tripped the health-data
-            # guard: keep the decision, drop the text.
-            kept = {k: v for k, v in details.items() if k != "detail"}
-            kept["detail_withheld"] = True
-            self._audit_log.append(
-                actor=actor, action=action, outcome=outcome, study_id=study_id, details=kept
-            )
+        self._trail.record(action, outcome, who=actor, study_id=study_id, details=details)
 
 
 def _task_dp(engine: Engine, order: TaskOrder) -> DpParams | None:
@@ -1224,22 +939,6 @@ def _task_dp(engine: Engine, order: TaskOrder) -> DpParams | None:
         if callable(task_dp):
             return task_dp(order)
     return None
-
-
-def _is_empty(changes: StudyChanges) -> bool:
-    return not (
-        changes.new_study
-        or changes.study_values
-        or changes.new_devices
-        or changes.device_values
-        or changes.new_tasks
-        or changes.task_values
-        or changes.new_versions
-        or changes.new_receipts
-        or changes.receipt_status
-        or changes.rejections
-        or changes.engine_state
-    )
 
 
 def _version_info(row: ModelVersionRow) -> ModelVersionInfo:

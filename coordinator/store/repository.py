@@ -50,6 +50,21 @@ class StudyChanges:
     rejections: Counter[RejectReason] = field(default_factory=Counter)
     engine_state: tuple[int, dict[str, Any]] | None = None  # (model version, snapshot)
 
+    def is_empty(self) -> bool:
+        return not (
+            self.new_study
+            or self.study_values
+            or self.new_devices
+            or self.device_values
+            or self.new_tasks
+            or self.task_values
+            or self.new_versions
+            or self.new_receipts
+            or self.receipt_status
+            or self.rejections
+            or self.engine_state
+        )
+
     def device(self, device_id: str, **values: Any) -> None:
         self.device_values.setdefault(device_id, {}).update(values)
 
