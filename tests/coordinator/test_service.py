@@ -297,3 +297,21 @@ def test_the_audit_log_verifies_and_holds_no_tensor_data(
                 assert sum(isinstance(v, int) for v in value) <= 16
                 assert all(isinstance(v, str | int) for v in value)
     assert max(len(line) for line in settings.audit_log_path.read_bytes().splitlines()) < 2048
+
+
+def test_concurrent_callers_never_merge_an_update_twice(service, start_study, fleet) -> None:
+    # Prepare: every update delivered four times, from four threads at once
+    from concurrent.futures import ThreadPoolExecutor
+
+    sid = start_study(service, devices=4)
+    frames = [fleet.train(o) for o in service.dispatch(sid)]
+    # Execute
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        acks = list(pool.map(lambda f: service.submit_update(sid, f), frames * 4))
+        list(pool.map(lambda _: service.dispatch(sid), range(8)))
+    # Assert
+    status = service.status(sid)
+    assert status.updates_accepted == 2 and status.merges == 1
+    assert status.duplicates == 6 and status.rejections == {}
+    assert {a.status for a in acks} <= {AckStatus.BUFFERED, AckStatus.MERGED}
+    assert status.in_flight == 2  # the dispatch threads topped up once, not eight times

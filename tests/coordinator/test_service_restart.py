@@ -147,3 +147,29 @@ def test_a_corrupted_model_blob_stops_the_restart(service, settings, clock, star
     # Execute / Assert: the coordinator refuses to resume from a model it cannot trust
     with pytest.raises(BlobCorrupted):
         StudyService.open(settings, clock=clock, seed=7)
+
+
+def test_a_synchronous_round_open_at_restart_closes_after_it(
+    service, settings, clock, fleet, spec, new_enrol
+) -> None:
+    # Prepare: FedAvg, a round of two tasks, one answered before the restart
+    from coordinator.strategies import StrategyName
+
+    fedavg = spec.model_copy(update={"strategy": StrategyName.FEDAVG})
+    service.create_study(fedavg, study_id="sync")
+    for i in range(2):
+        service.enrol("sync", new_enrol("sync", i))
+    service.start("sync")
+    a, b = service.dispatch("sync")
+    assert service.submit_update("sync", fleet.train(a)).status is AckStatus.BUFFERED
+    service.close()
+    # Execute
+    reopened = StudyService.open(settings, clock=clock, seed=7)
+    no_new_round = reopened.dispatch("sync")
+    closing = reopened.submit_update("sync", fleet.train(b))
+    # Assert
+    assert no_new_round == []  # the round is still open after the restart
+    assert closing.status is AckStatus.MERGED
+    assert reopened.status("sync").model_version == 1
+    assert len(reopened.dispatch("sync")) == 2  # the next round
+    reopened.close()
