@@ -95,6 +95,10 @@ _TRANSITIONS: dict[AuditAction, tuple[frozenset[StudyState], StudyState]] = {
     ),
 }
 
+# The bridge's reasons for dropping a message (coordinator.bridge.RejectKind values).
+_AUTH_REJECTIONS = frozenset({"route"})
+_MALFORMED_REJECTIONS = frozenset({"malformed", "unsupported_version", "too_large", "wrong_topic"})
+
 _VERBS = {
     AuditAction.STUDY_STARTED: "start",
     AuditAction.STUDY_PAUSED: "pause",
@@ -492,9 +496,7 @@ class StudyService:
         if known is not None:
             if known.state is DeviceState.REVOKED:
                 return "device is revoked"
-            row = next(
-                (d for d in self._repo.devices(study.id) if d.device_id == msg.device_id), None
-            )
+            row = self._repo.device(study.id, msg.device_id)
             if row is not None and row.public_key != bytes(msg.public_key):
                 return "device id is enrolled with another key"
             return None
@@ -746,6 +748,29 @@ class StudyService:
             )
         return Ack(task_id=task_id, status=AckStatus.REJECTED, reason=exc.reason.value)
 
+    def transport_rejected(
+        self, study_id: str, device_id: str | None, reason: str, detail: str
+    ) -> None:
+        """A message the transport dropped before the service saw it (the bridge's
+        ``on_reject`` hook): audited, and counted as MALFORMED when it was malformed
+        input rather than a routing or authorisation failure."""
+        with self._lock:
+            study = self._studies.get(study_id)
+            auth = reason in _AUTH_REJECTIONS
+            action = AuditAction.DEVICE_AUTH_FAILED if auth else AuditAction.UPDATE_REJECTED
+            who = actor(ActorKind.DEVICE, device_id) if device_id else COORDINATOR_ACTOR
+            details: dict[str, object] = {"transport_reason": reason[:64], "detail": detail[:200]}
+            if device_id:
+                details["device_id"] = device_id[:64]
+            if study is None:
+                self._audit(action, Outcome.DENIED, actor=who, study_id=None, details=details)
+                return
+            with self._change(study) as changes:
+                if reason in _MALFORMED_REJECTIONS:
+                    changes.rejections[RejectReason.MALFORMED] += 1
+                    study.rejections[RejectReason.MALFORMED] += 1
+                self._audit(action, Outcome.DENIED, actor=who, study_id=study.id, details=details)
+
     # -- models --------------------------------------------------------------
     def model_versions(self, study_id: str) -> list[ModelVersionInfo]:
         with self._lock:
@@ -833,10 +858,10 @@ class StudyService:
         )
 
     def _device_row(self, study: StudyRuntime, device_id: str) -> DeviceRow:
-        for row in self._repo.devices(study.id):
-            if row.device_id == device_id:
-                return row
-        raise DeviceNotFound(f"{study.id} has no device row {device_id}")
+        row = self._repo.device(study.id, device_id)
+        if row is None:
+            raise DeviceNotFound(f"{study.id} has no device row {device_id}")
+        return row
 
     def _device_info(
         self, study: StudyRuntime, device_id: str, *, row: DeviceRow | None = None

@@ -104,6 +104,10 @@ class Repository:
             query = select(DeviceRow).where(DeviceRow.study_id == study_id)
             return list(s.scalars(query.order_by(DeviceRow.device_id)))
 
+    def device(self, study_id: str, device_id: str) -> DeviceRow | None:
+        with self._read() as s:
+            return s.get(DeviceRow, (study_id, device_id))
+
     def tasks(self, study_id: str) -> list[TaskRow]:
         with self._read() as s:
             query = select(TaskRow).where(TaskRow.study_id == study_id)

@@ -315,3 +315,23 @@ def test_concurrent_callers_never_merge_an_update_twice(service, start_study, fl
     assert status.duplicates == 6 and status.rejections == {}
     assert {a.status for a in acks} <= {AckStatus.BUFFERED, AckStatus.MERGED}
     assert status.in_flight == 2  # the dispatch threads topped up once, not eight times
+
+
+def test_messages_the_transport_dropped_are_audited_and_counted(
+    service, start_study, settings
+) -> None:
+    # Prepare
+    sid = start_study(service, devices=1)
+    # Execute
+    service.transport_rejected(sid, "dev-000", "malformed", "frame header CRC mismatch")
+    service.transport_rejected(sid, "dev-000", "route", "device id differs from the topic")
+    service.transport_rejected("ghost-study", None, "wrong_topic", "enrol on a model topic")
+    # Assert
+    assert service.status(sid).rejections == {RejectReason.MALFORMED: 1}
+    entries = audit_entries(settings)[-3:]
+    assert [(e["action"], e["study_id"]) for e in entries] == [
+        ("update_rejected", sid),
+        ("device_auth_failed", sid),
+        ("update_rejected", None),
+    ]
+    assert entries[0]["details"]["transport_reason"] == "malformed"
