@@ -15,8 +15,10 @@ and publishes every task the service hands out as its model frame on
 Why a single worker thread: transport callbacks run on the network thread
 (paho's), which must stay free for keep-alives and acks, and the service's
 calls are then serialised without the bridge needing locks of its own. The
-worker also runs ``service.dispatch`` after every enrolment and update and on
-a timer, and ``service.task_timeouts`` on a slower timer.
+worker also runs ``service.dispatch`` after enrolments and updates (once per
+burst of queued messages, at most ``dispatch_batch`` apart: each dispatch is a
+service transaction) and on a timer, and ``service.task_timeouts`` on a slower
+timer.
 
 Trust: the topic is the device's identity at this layer (a broker ACL binds
 a client to its own topics, see :mod:`protocol.topics`), so every uplink
@@ -154,12 +156,17 @@ class StudyBridge:
         dispatch_interval_s: float = 1.0,
         timeout_interval_s: float = 5.0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        dispatch_batch: int = 64,
         refuse: Callable[[Exception], ErrorCode | None] = lambda exc: None,
         on_reject: RejectHook | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if dispatch_interval_s <= 0 or timeout_interval_s <= 0:
             raise ValueError("intervals must be > 0")
+        if dispatch_batch < 1:
+            raise ValueError("dispatch_batch must be >= 1")
+        self.dispatch_batch = dispatch_batch
+        self._dispatch_due = 0
         self.service = service
         self.transport = transport
         self.study_id = study_id
@@ -247,15 +254,22 @@ class StudyBridge:
 
     def _process(self, item: tuple[str, bytes] | _Tick) -> None:
         if item is _Tick.DISPATCH:
-            self._dispatch()
+            self._dispatch_due += 1
         elif item is _Tick.TIMEOUTS:
             self.stats.timeouts_checked += 1
             self.service.task_timeouts()
-            self._dispatch()
+            self._dispatch_due += 1
         else:
             topic, payload = item
             if self._handle(topic, payload):
-                self._dispatch()
+                self._dispatch_due += 1
+        # Coalesce: under load, one dispatch per burst of queued uplink messages (each
+        # dispatch is a service transaction); when idle, right after the message.
+        if self._dispatch_due and (
+            self._inbox.empty() or self._dispatch_due >= self.dispatch_batch
+        ):
+            self._dispatch_due = 0
+            self._dispatch()
 
     # -- uplink -------------------------------------------------------------------
 
