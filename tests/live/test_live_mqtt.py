@@ -5,10 +5,12 @@ Accuracy band: the live study and the simulator run the same scenario and seed
 from the same initial model. They differ in what the simulator cannot copy
 exactly: the order in which updates arrive (real threads vs virtual time),
 training seeds, and dropouts/availability (not emulated live). Device speeds
-are emulated (``time_scale``) so staleness looks like the simulator's. Over
-several runs the two final accuracies (mean over the last tenth of the
-updates, 200 held-out windows) stayed within 6 points; the test allows
-``BAND`` = 8 points.
+are emulated (``time_scale=0.03``: each task also waits 3% of its simulated
+compute + uplink time) so arrivals spread out and staleness looks like the
+simulator's. Measured (final accuracy = mean over the last quarter of the
+updates, 200 held-out windows; simulator 0.912): live 0.875, 0.894 at 0.03,
+0.886 at 0.05, but 0.838-0.851 at 0.01, where the agents' equal real compute
+time dominates and arrivals bunch. ``BAND`` = 6 points.
 
 Why from scratch (``pretrain_patients=0``) and IID-ish data (``alpha=50``):
 ``StudyService.create_study`` takes no warm-start parameters, so both sides
@@ -34,7 +36,7 @@ from simulation.study import Study
 
 pytestmark = pytest.mark.mqtt
 
-BAND = 0.10
+BAND = 0.06
 SCENARIO = PRESETS["tiny"].model_copy(
     update={
         "name": "live-vs-sim",
@@ -64,7 +66,7 @@ def test_live_study_of_20_agents_lands_in_the_simulators_band(mqtt_broker, study
         broker=BrokerAddress(*mqtt_broker, MqttProtocol.MQTT5),
         data_dir=tmp_path,
         study_id=study_id,
-        time_scale=0.01,
+        time_scale=0.03,
     )
     # Execute
     started = time.monotonic()
