@@ -324,6 +324,7 @@ class LiveStudy:
             dispatch_interval_s=0.5,
             timeout_interval_s=5.0,
             refuse=lambda exc: ErrorCode.UNAUTHORIZED if isinstance(exc, ServiceError) else None,
+            on_reject=self.service.transport_rejected,
         )
         self.bridge.start()
         self.coordinator_transport.connect()

@@ -6,6 +6,7 @@ import pytest
 from live_helpers import (
     TINY_SPEC,
     assert_merged_exactly_once,
+    audit_entries,
     make_agent,
     random_dataset,
     wait_until,
@@ -67,6 +68,7 @@ def live(tmp_path):
         study_id=STUDY,
         dispatch_interval_s=0.1,
         timeout_interval_s=0.5,
+        on_reject=service.transport_rejected,
     )
     bridge.start()
     coord.connect()
@@ -154,7 +156,7 @@ def test_outage_mid_study_updates_delivered_once(live, tmp_path):
     assert assert_merged_exactly_once(audit_path(tmp_path)) == accepted(service)
 
 
-def test_bad_uplink_messages_are_counted_answered_and_survived(live):
+def test_bad_uplink_messages_are_counted_answered_and_survived(live, tmp_path):
     # Prepare
     broker, service, bridge, add_agents = live
     agents = add_agents(2)
@@ -194,6 +196,8 @@ def test_bad_uplink_messages_are_counted_answered_and_survived(live):
     codes = [m.code for _, m in errors.messages() if isinstance(m, ErrorMessage)]
     assert codes == [ErrorCode.UNAUTHORIZED, ErrorCode.UNAUTHORIZED]
     assert service.status(STUDY).rejections == {RejectReason.MALFORMED: 1}  # audited there
+    auth_failures = audit_entries(audit_path(tmp_path), "device_auth_failed")
+    assert [d["transport_reason"] for d in auth_failures] == ["route", "route"]
     start = accepted(service)
     assert wait_until(lambda: accepted(service) >= start + 3, timeout=60)
     assert len(agents) == 2
