@@ -36,7 +36,6 @@ from typing import Any
 from urllib.parse import urlparse
 
 import numpy as np
-import torch
 
 from coordinator.bridge import StudyBridge
 from coordinator.service import ServiceError, StudyService
@@ -55,6 +54,7 @@ from simulation.sensordata import load_study_data
 from simulation.study import final_accuracy
 from tinytrain.costs import task_flops
 from tinytrain.models import build_model
+from tinytrain.runtime import limit_threads
 from tinytrain.training import evaluate
 
 log = logging.getLogger(__name__)
@@ -178,7 +178,8 @@ class LiveOptions:
     heartbeat_interval_s: float = 5.0
     resend_after_s: float = 10.0
     torch_threads: int | None = 1
-    """Per-process torch threads while the study runs (N agents share the cores)."""
+    """Torch intra-op threads of this process (N agents share the cores); left set after
+    the study, as there is no getter outside ``tinytrain`` to restore the previous value."""
     time_scale: float = 0.0
     """Emulate the fleet's speeds: each task also waits ``time_scale`` x the simulator's
     compute + uplink time of that device (class profile, straggler slowdown). 0: real speed.
@@ -231,7 +232,6 @@ class LiveStudy:
         self._evaluated = -1
         self._eval_model = build_model(self.model_config, seed=scenario.seed)
         self._test: tuple[np.ndarray, np.ndarray] | None = None
-        self._threads_before = torch.get_num_threads()
         self._started = 0.0
 
     # -- setup --------------------------------------------------------------------
@@ -250,7 +250,7 @@ class LiveStudy:
     def start(self) -> None:
         o, scenario = self.options, self.options.scenario
         if o.torch_threads is not None:
-            torch.set_num_threads(o.torch_threads)
+            limit_threads(o.torch_threads)
         self._started = time.monotonic()
         if o.broker is None:
             self.embedded = EmbeddedBroker()
@@ -489,7 +489,6 @@ class LiveStudy:
                 log.exception("stopping the %s failed", what)
         self.agents = []
         self.bridge = self.coordinator_transport = self.service = self.embedded = None
-        torch.set_num_threads(self._threads_before)
 
 
 def run_live(
