@@ -15,6 +15,7 @@ from functools import lru_cache
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tinytrain.dp_memory import measure_dp_training_step
 from tinytrain.memory import measure_training_step
 from tinytrain.models import (
     ModelConfig,
@@ -107,14 +108,29 @@ def build_strategy(spec: StudySpec, shapes: dict[str, tuple[int, ...]]) -> Strat
     )
 
 
+@lru_cache(maxsize=128)
+def dp_footprint_bytes(config: ModelConfig, names: tuple[str, ...], batch_size: int) -> int:
+    """Measured DP-SGD footprint of a subset at a physical batch of one sample.
+
+    That is the least memory any device can train the subset with under DP:
+    per-sample gradients and saved activations scale with the physical batch,
+    which ``BatchMemoryManager`` lets a device shrink without changing the
+    mechanism. A device that fits more runs larger physical batches.
+    """
+    return measure_dp_training_step(
+        config, names, batch_size=batch_size, max_physical_batch_size=1
+    ).total
+
+
 def build_planner(spec: StudySpec) -> SubsetPlanner:
+    """Tiers sized by measured memory: plain SGD, or DP-SGD when the study has a privacy policy."""
     config = spec.model_settings()
     ladder = SubsetLadder(parameter_groups(build_model(config, seed=spec.model_seed)))
-    return SubsetPlanner(
-        ladder,
-        footprint_bytes=lambda s: footprint_bytes(config, s.names, spec.batch_size),
-        mode=spec.subset_mode,
-    )
+    if spec.privacy is None:
+        measure = lambda s: footprint_bytes(config, s.names, spec.batch_size)  # noqa: E731
+    else:
+        measure = lambda s: dp_footprint_bytes(config, s.names, spec.batch_size)  # noqa: E731
+    return SubsetPlanner(ladder, footprint_bytes=measure, mode=spec.subset_mode)
 
 
 def initial_params(spec: StudySpec) -> Params:

@@ -11,6 +11,8 @@ FTTE, the subset differ. Figures per row:
   gradients, optimizer state, tensors saved for backward: ``tinytrain.memory``)
   of the subset the most constrained device class trains; the profiler's peak
   of the same step is reported beside it;
+  (DP rows: measured with Opacus at the scenario's physical batch, per-sample
+  gradients included);
 - ``upload_bytes_per_update``: mean encoded update frame size;
 - ``updates`` accepted and ``wall_s`` of the run on this machine.
 """
@@ -22,14 +24,21 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from coordinator.engine import Device
-from tinytrain.memory import measure_training_step
+from edge.dp_training import measure_dp_training_step
+from tinytrain.memory import Footprint, measure_training_step
 
 from .executor import ExecutorKind, make_executor
 from .profiles import DEFAULT_PROFILES
 from .scenario import Scenario, StrategyRun
 from .study import Study, StudyResult
 
-DEFAULT_RUNS = (StrategyRun.FEDAVG, StrategyRun.FEDBUFF, StrategyRun.FTTE, StrategyRun.FTTE_NESTED)
+DEFAULT_RUNS = (
+    StrategyRun.FEDAVG,
+    StrategyRun.FEDBUFF,
+    StrategyRun.FTTE,
+    StrategyRun.FTTE_NESTED,
+    StrategyRun.FTTE_DP,
+)
 
 ProgressFactory = Callable[[str, int], Callable[[int, int, float | None], None]]
 
@@ -40,13 +49,50 @@ def constrained_class(scenario: Scenario) -> str:
     return min(used, key=lambda c: DEFAULT_PROFILES[c].memory_bytes).value
 
 
+LEVELS = (0.95, 0.96, 0.97, 0.975, 0.98, 0.985)
+
+
+def time_to_levels(
+    series: list[dict[str, float]], levels: Sequence[float] = LEVELS
+) -> dict[str, float | None]:
+    """Virtual seconds until held-out accuracy first reaches each level (None: never)."""
+    return {
+        f"{level:g}": next((p["t"] for p in series if p["accuracy"] >= level), None)
+        for level in levels
+    }
+
+
+def measured_footprint(study: Study, names: tuple[str, ...], *, memory_bytes: int) -> Footprint:
+    """What one local step of ``names`` holds on a device of this row.
+
+    DP rows are measured with Opacus at the largest physical batch (down from
+    the scenario's, halving) that fits the device's memory: what the device
+    would run; the mechanism and result do not depend on the physical batch.
+    """
+    scenario = study.scenario
+    if not study.run_kind.dp:
+        return measure_training_step(study.model_config, names, batch_size=scenario.batch_size)
+    physical = scenario.dp_max_physical_batch
+    while True:
+        footprint = measure_dp_training_step(
+            study.model_config,
+            names,
+            batch_size=scenario.batch_size,
+            max_physical_batch_size=physical,
+            noise_multiplier=scenario.dp_noise_multiplier,
+            max_grad_norm=scenario.dp_max_grad_norm,
+            momentum=scenario.momentum,
+        )
+        if footprint.total <= memory_bytes or physical == 1:
+            return footprint
+        physical = max(1, physical // 2)
+
+
 def row(study: Study, result: StudyResult, *, device_class: str) -> dict[str, Any]:
     profile = next(d for d in study.fleet if d.profile.device_class.value == device_class).profile
     probe = Device(device_id="probe", device_class=device_class, memory_bytes=profile.memory_bytes)
     subset = study.engine.subset_for(probe)
-    footprint = measure_training_step(
-        study.model_config, subset.names, batch_size=study.scenario.batch_size
-    )
+    footprint = measured_footprint(study, subset.names, memory_bytes=profile.memory_bytes)
     return {
         "time_to_target_s": result.time_to_target_s,
         "final_accuracy": result.final_accuracy,
@@ -54,7 +100,9 @@ def row(study: Study, result: StudyResult, *, device_class: str) -> dict[str, An
         "upload_bytes_per_update": result.upload_bytes_per_update,
         "updates": result.updates,
         "wall_s": result.wall_s,
+        "time_to_accuracy_s": time_to_levels(result.series),
         "memory_breakdown": footprint.as_dict(),
+        "constrained_device_memory_bytes": profile.memory_bytes,
         "constrained_class": device_class,
         "constrained_subset": {
             "tier": subset.tier,
@@ -69,6 +117,11 @@ def row(study: Study, result: StudyResult, *, device_class: str) -> dict[str, An
         "updates_by_class": result.updates_by_class,
         "subset_by_class": result.subset_by_class,
         "series": result.series,
+        **(
+            {"exhausted_devices": result.exhausted_devices, "privacy": result.privacy}
+            if study.run_kind.dp
+            else {}
+        ),
     }
 
 
