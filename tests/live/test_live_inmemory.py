@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 from live_helpers import (
     TINY_SPEC,
@@ -139,14 +142,23 @@ def test_a_replayed_update_is_merged_exactly_once(live, tmp_path):
 
 
 def test_outage_mid_study_updates_delivered_once(live, tmp_path):
-    # Prepare
+    # Prepare: the victim's network goes away right after its update is on disk
     _, service, bridge, add_agents = live
     agents = add_agents(3)
     victim = agents[0]
-    assert wait_until(lambda: victim.stats.tasks_received >= 1, timeout=30)
-    # Execute: the victim loses its network while it trains, then comes back
-    victim.transport.close()
-    assert wait_until(lambda: len(victim.outbox) >= 1, timeout=30)
+    dropped = threading.Event()
+    real_put = victim.outbox.put
+
+    def put_then_drop(task_id, frame):
+        real_put(task_id, frame)
+        if not dropped.is_set():
+            victim.transport.close()
+            dropped.set()
+
+    victim.outbox.put = put_then_drop
+    # Execute: the network comes back while the study goes on
+    assert dropped.wait(30)
+    time.sleep(0.2)
     victim.transport.connect()
     # Assert: its update reached the coordinator, and was merged once
     assert wait_until(lambda: len(victim.outbox) == 0, timeout=30)
