@@ -98,7 +98,9 @@ class Scenario(BaseModel):
     variance_beta: float = Field(default=1.0, ge=0)
     # evaluation
     target_accuracy: float = Field(default=0.975, gt=0, le=1)
-    eval_every_merges: int = Field(default=1, ge=1)
+    # evaluate after the first merge that completes this many updates since the
+    # last evaluation: the same granularity in updates for every strategy
+    eval_every_updates: int = Field(default=20, ge=1)
     eval_windows: int = Field(default=2000, ge=10)
     final_tail: float = Field(default=0.1, gt=0, le=1)  # final accuracy = mean over this tail
     # differential privacy (rows with ``StrategyRun.dp``): every device's cumulative
@@ -192,6 +194,7 @@ PRESETS: dict[str, Scenario] = {
         update_budget=600,
         test_patients=40,
         eval_windows=800,
+        eval_every_updates=10,
         target_accuracy=0.97,
     ),
     "tiny": Scenario(
@@ -204,6 +207,7 @@ PRESETS: dict[str, Scenario] = {
         max_windows=32,
         test_patients=10,
         eval_windows=200,
+        eval_every_updates=4,
         target_accuracy=0.9,
         width=8,
         pretrain_patients=8,

@@ -303,7 +303,8 @@ class Study:
                 self.engine.task_failed(event.task_id, now=now, reason="device went silent")
             elif event.kind == "arrived":
                 merged = self._arrive(event.task_id, now, result, classes)
-                if merged and self.engine.stats.merges % self.scenario.eval_every_merges == 0:
+                due = result.series[-1]["updates"] + self.scenario.eval_every_updates
+                if merged and self.engine.stats.accepted >= due:
                     self._evaluate(now, result)
                     if self.progress:
                         self.progress(self.engine.stats.accepted, budget, result.final_accuracy)

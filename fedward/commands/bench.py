@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.markdown import Markdown
 
-from simulation.bench import DEFAULT_RUNS, ratios, run_benchmark
+from simulation.bench import DEFAULT_RUNS, QUICK_RUNS, ratios, run_benchmark
 from simulation.executor import ExecutorKind
 from simulation.report import markdown_table, plot_accuracy
 from simulation.scenario import PRESETS, StrategyRun, load_scenario
@@ -42,7 +42,7 @@ def command(
     with make_progress() as progress:
         report = run_benchmark(
             sc,
-            runs=tuple(runs or DEFAULT_RUNS),
+            runs=tuple(runs or (QUICK_RUNS if quick and not scenario else DEFAULT_RUNS)),
             executor=executor,
             workers=workers,
             progress=tracker(progress),
