@@ -163,7 +163,8 @@ class AuditAction(Enum):
     STUDY_RESUMED = "study_resumed"
     STUDY_STOPPED = "study_stopped"
     TASK_DISPATCHED = "task_dispatched"
-    TASK_REFUSED = "task_refused"
+    TASK_REFUSED = "task_refused"  # a device declined a task (e.g. its own budget is spent)
+    TASK_FAILED = "task_failed"  # no usable answer: deadline, revocation, stop, dropout
     UPDATE_ACCEPTED = "update_accepted"
     UPDATE_REJECTED = "update_rejected"
     MODEL_MERGED = "model_merged"

@@ -10,22 +10,27 @@ hashes of update frames and models -- never tensor values or sample counts.
 Mapping of engine events to audit actions:
 
     TASK_DISPATCHED  -> TASK_DISPATCHED
-    TASK_FAILED      -> TASK_REFUSED (outcome FAILURE, with the reason: deadline,
-                        revocation, stop); a failure caused by a rejected answer
-                        is already audited as UPDATE_REJECTED
+    TASK_FAILED      -> TASK_FAILED (outcome FAILURE, with the reason: deadline,
+                        revocation, stop, dropout); a failure caused by a rejected
+                        answer is already audited as UPDATE_REJECTED, and one
+                        caused by the device's refusal as TASK_REFUSED (by the
+                        privacy guard, with the device as actor)
     UPDATE_ACCEPTED  -> UPDATE_ACCEPTED (with the update frame's SHA-256)
     UPDATE_REJECTED  -> UPDATE_REJECTED (reason, detail, SHA-256), counted
     MODEL_MERGED     -> MODEL_MERGED (lineage record: version, parent, hashes)
     DEVICE_ENROLLED / DEVICE_STATE -> audited by the service / saved by diff
+
+Who is the actor: the device for what it did (an update it sent, a task it
+refused), the coordinator for what it decided (dispatch, failure, merge, a
+budget it stopped).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from compliance import ActorKind, AuditAction, Outcome
 from coordinator.engine import EngineEvent, EventKind
 from coordinator.errors import RejectReason
+from coordinator.privacy_guard import PrivacyEvent
 from protocol.messages import AckStatus
 
 from .audit_trail import COORDINATOR_ACTOR, AuditTrail, actor
@@ -49,12 +54,22 @@ class EventRecorder:
         if handler is not None:
             handler(study, event)
 
-    def on_guard_event(self, study: StudyRuntime, event: Any) -> None:
-        """A guard's decision (privacy spend, exhaustion, refusal) arrives audit-ready."""
+    def on_guard_event(self, study: StudyRuntime, event: PrivacyEvent) -> None:
+        """A guard's decision (privacy spend, exhaustion, refusal) arrives audit-ready.
+
+        The event names who decided: a refusal is the device's own act, while a
+        spend, an exhaustion or a revocation is the coordinator's judgement about
+        the device (which stays named in the details).
+        """
+        who = (
+            actor(ActorKind.DEVICE, event.device_id)
+            if event.actor is ActorKind.DEVICE
+            else COORDINATOR_ACTOR
+        )
         self._trail.record(
             event.action,
             event.outcome,
-            who=actor(ActorKind.DEVICE, event.device_id),
+            who=who,
             study_id=study.id,
             details=dict(event.details),
         )
@@ -95,9 +110,9 @@ class EventRecorder:
         study.pending_changes().task(
             d["task_id"], status=status, finished_at=event.at, reason=d["reason"][:200]
         )
-        if status is TaskStatus.FAILED:
+        if status is TaskStatus.FAILED and d["task_id"] not in study.refused_tasks:
             self._trail.record(
-                AuditAction.TASK_REFUSED,
+                AuditAction.TASK_FAILED,
                 Outcome.FAILURE,
                 who=COORDINATOR_ACTOR,
                 study_id=study.id,

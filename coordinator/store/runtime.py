@@ -58,6 +58,8 @@ class StudyRuntime:
     changes: StudyChanges | None = None
     current_update_sha: str | None = None
     failure_status: dict[str, TaskStatus] = field(default_factory=dict)
+    refused_tasks: set[str] = field(default_factory=set)
+    """Tasks their device refused in this call: the guard audits those as TASK_REFUSED."""
 
     @property
     def id(self) -> str:

@@ -241,6 +241,33 @@ def test_stop_fails_tasks_in_flight_and_refuses_their_updates(service, start_stu
     assert service.dispatch(sid) == []
 
 
+def test_deadline_revoke_and_stop_failures_are_audited_as_task_failed(
+    service, start_study, clock, spec, settings
+) -> None:
+    # Prepare: three devices, a task each
+    sid = start_study(service, devices=3)
+    late, revoked = service.dispatch(sid)
+    clock.advance(spec.task_deadline_s + 1)
+    service.task_timeouts()  # both miss the deadline; one device comes back
+    service.heartbeat(sid, Heartbeat(device_id=revoked.device_id, status=DeviceStatus.IDLE))
+    orders = {o.device_id: o for o in service.dispatch(sid)}  # the revived and the third
+    again = orders.pop(revoked.device_id)
+    (stopped,) = orders.values()
+    # Execute
+    service.revoke(sid, again.device_id)
+    service.stop(sid)
+    # Assert: one TASK_FAILED per failure, by the coordinator, with its reason
+    failed = [e for e in audit_entries(settings) if e["action"] == "task_failed"]
+    reasons = {e["details"]["task_id"]: e["details"]["reason"] for e in failed}
+    assert reasons[late.task.task_id] == reasons[revoked.task.task_id] == "deadline passed"
+    assert reasons[again.task.task_id] == "device revoked"
+    assert reasons[stopped.task.task_id] == "study stopped"
+    assert {(e["outcome"], e["actor"]["kind"], e["actor"]["id"]) for e in failed} == {
+        ("failure", "coordinator", "coordinator")
+    }
+    assert "task_refused" not in {e["action"] for e in audit_entries(settings)}
+
+
 def test_evaluations_are_recorded_for_known_versions(service, spec) -> None:
     # Prepare
     service.create_study(spec, study_id="s1")

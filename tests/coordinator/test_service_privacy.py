@@ -96,3 +96,29 @@ def test_dp_tasks_reports_spends_and_a_restart(
     rejected = [e for e in entries if e["action"] == "update_rejected"]
     assert rejected[-1]["details"]["reason"] == "bad_privacy_claim"
     reopened.close()
+
+
+def test_a_budget_the_coordinator_stops_is_audited_as_its_decision(
+    service, settings, dp_spec, new_enrol, fleet
+) -> None:
+    # Prepare: a budget that affords one task but not two
+    step = PRIVACY.task_step()
+    one = epsilon_for([step], delta=PRIVACY.delta, accountant=PRIVACY.accountant)
+    two = epsilon_for([step, step], delta=PRIVACY.delta, accountant=PRIVACY.accountant)
+    tight = PRIVACY.model_copy(update={"epsilon": (one + two) / 2})
+    service.create_study(dp_spec.model_copy(update={"privacy": tight}), study_id="dp")
+    assert service.enrol("dp", new_enrol("dp", 0)).accepted
+    service.start("dp")
+    (out,) = service.dispatch("dp")
+    # Execute: the one affordable task is spent; the coordinator stops the device
+    ack = service.submit_update("dp", update_frame(fleet, out, report=honest_report()))
+    # Assert
+    assert ack.status is AckStatus.BUFFERED
+    assert service.dispatch("dp") == []
+    entries = [json.loads(x) for x in settings.audit_log_path.read_text().splitlines()]
+    by_action = {e["action"]: e for e in entries}
+    exhausted = by_action["budget_exhausted"]
+    assert exhausted["actor"] == {"kind": "coordinator", "id": "coordinator"}
+    assert exhausted["details"]["device_id"] == out.device_id
+    assert by_action["privacy_spent"]["actor"]["kind"] == "coordinator"
+    assert by_action["update_accepted"]["actor"] == {"kind": "device", "id": out.device_id}
