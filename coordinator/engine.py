@@ -13,51 +13,51 @@ from __future__ import annotations
 
 import enum
 import random
-from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from dataclasses import dataclass, replace
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from tinytrain.subsets import SubsetSpec
 
-from .errors import CoordinatorError, RejectReason, UpdateRejected
+from .engine_state import (
+    ENGINE_STATE_FORMAT,
+    Device,
+    DeviceState,
+    EngineStats,
+    TaskOrder,
+    check_tasks,
+    check_versions,
+    device_from_state,
+    device_state,
+    keyed,
+    rng_from_state,
+    rng_state,
+    stats_from_state,
+    stats_state,
+    task_from_state,
+    task_state,
+)
+from .errors import CoordinatorError, RejectReason, StateLoadError, UpdateRejected
 from .planning import SubsetPlanner
 from .strategies import ClientUpdate, FedAvg, MergeResult, Schedule, Strategy
 
+__all__ = [
+    "ENGINE_STATE_FORMAT",
+    "Device",
+    "DeviceState",
+    "Engine",
+    "EngineEvent",
+    "EngineGuard",
+    "EngineStats",
+    "EventKind",
+    "StatefulGuard",
+    "SubmitOutcome",
+    "TaskOrder",
+]
+
 Params = dict[str, np.ndarray]
-
-
-class DeviceState(enum.StrEnum):
-    IDLE = "idle"
-    BUSY = "busy"
-    OFFLINE = "offline"
-    REVOKED = "revoked"
-    EXHAUSTED = "exhausted"  # privacy budget spent: never scheduled again
-
-
-@dataclass(kw_only=True)
-class Device:
-    device_id: str
-    device_class: str
-    memory_bytes: int
-    state: DeviceState = DeviceState.IDLE
-    held_version: int = -1  # last model version the device fully holds
-    completed: int = 0
-
-
-@dataclass(frozen=True, kw_only=True)
-class TaskOrder:
-    """What the transport sends to a device: a task plus the tensors it lacks."""
-
-    task_id: str
-    device_id: str
-    model_version: int
-    subset: SubsetSpec
-    download: tuple[str, ...]  # tensor names the device must receive
-    issued_at: float
-    round_id: int | None = None
 
 
 class EventKind(enum.StrEnum):
@@ -95,20 +95,20 @@ class EngineGuard(Protocol):
     ) -> None: ...
 
 
+@runtime_checkable
+class StatefulGuard(Protocol):
+    """A guard whose state must survive a restart (the privacy guard's ledger)."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
+
+
 @dataclass(frozen=True)
 class SubmitOutcome:
     accepted: bool
     reason: RejectReason | None = None
     merge: MergeResult | None = None
-
-
-@dataclass(kw_only=True)
-class EngineStats:
-    dispatched: int = 0
-    accepted: int = 0
-    merges: int = 0
-    failed: int = 0
-    rejected: Counter = field(default_factory=Counter)
 
 
 class Engine:
@@ -349,6 +349,97 @@ class Engine:
         for v in list(self._versions):
             if v not in live:
                 del self._versions[v]
+
+    # -- saved state ---------------------------------------------------------
+    def live_versions(self) -> list[int]:
+        """Model versions the engine still holds: the current one and bases in flight."""
+        return sorted(self._versions)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the engine decides with, JSON-ready except the strategy's deltas.
+
+        Model tensors are not included: the state names the ``live_versions``
+        and whoever saves it keeps their tensors (the live service as blobs, by
+        version) and hands them back to :meth:`load_state_dict`. The RNG state
+        is included, so device sampling after a restart continues the sequence
+        it would have followed without one.
+        """
+        return {
+            "format": ENGINE_STATE_FORMAT,
+            "version": self.version,
+            "live_versions": self.live_versions(),
+            "changed_at": dict(self._changed_at),
+            "task_counter": self._task_counter,
+            "round": self._round,
+            "round_open": self._round_open,
+            "stats": stats_state(self.stats),
+            "rng": rng_state(self.rng),
+            "devices": [device_state(d) for d in self.devices.values()],
+            "tasks": [task_state(t) for t in self.tasks.values()],
+            "strategy": self.strategy.state_dict(),
+            "guards": [
+                g.state_dict() if isinstance(g, StatefulGuard) else None for g in self.guards
+            ],
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any], *, versions: Mapping[int, Params]) -> None:
+        """Resume from :meth:`state_dict` on an engine freshly built from the same spec.
+
+        ``versions`` holds the tensors of every live version. Checked before
+        use: the format, the tensors' names and shapes, that tasks and devices
+        agree, and (synchronous schedule) that tasks in flight are the open
+        round's cohort. Raises ``StateLoadError``; an engine whose load failed
+        may be half-restored and must be discarded.
+        """
+        if state.get("format") != ENGINE_STATE_FORMAT:
+            raise StateLoadError(f"unsupported engine state format {state.get('format')!r}")
+        try:
+            self._load(state, versions)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise StateLoadError(f"engine state is malformed: {exc!r}") from exc
+
+    def _load(self, state: Mapping[str, Any], versions: Mapping[int, Params]) -> None:
+        version = int(state["version"])
+        wanted = [int(v) for v in state["live_versions"]]
+        if missing := [v for v in wanted if v not in versions]:
+            raise StateLoadError(f"no tensors given for live versions {missing}")
+        live = {v: versions[v] for v in wanted}
+        check_versions(live, self.params, current=version)
+        changed_at = {str(n): int(v) for n, v in state["changed_at"].items()}
+        if set(changed_at) != set(self.params):
+            raise StateLoadError("changed_at does not name the model's tensors")
+        devices = keyed(map(device_from_state, state["devices"]), "device_id", "device")
+        tasks = keyed(map(task_from_state, state["tasks"]), "task_id", "task")
+        check_tasks(tasks, devices, versions=live, tensor_names=set(changed_at), current=version)
+        stats = stats_from_state(state["stats"])
+        rng = rng_from_state(state["rng"])
+        guard_states = list(state["guards"])
+        if len(guard_states) != len(self.guards):
+            raise StateLoadError(
+                f"state has {len(guard_states)} guard states, the engine {len(self.guards)} guards"
+            )
+        self.strategy.load_state_dict(state["strategy"])
+        round_open = bool(state["round_open"])
+        if self.strategy.schedule is Schedule.SYNCHRONOUS:
+            cohort = self._fedavg().cohort
+            if round_open != bool(cohort) or not set(tasks) <= cohort:
+                raise StateLoadError("tasks in flight are not the open round's cohort")
+        for guard, guard_state in zip(self.guards, guard_states, strict=True):
+            if guard_state is not None:
+                if not isinstance(guard, StatefulGuard):
+                    raise StateLoadError(f"guard {type(guard).__name__} keeps no state")
+                guard.load_state_dict(guard_state)
+        self.rng.setstate(rng)
+        self.version = version
+        self.params = live[version]
+        self._versions = live
+        self._changed_at = changed_at
+        self._task_counter = int(state["task_counter"])
+        self._round = int(state["round"])
+        self._round_open = round_open
+        self.stats = stats
+        self.devices = devices
+        self.tasks = tasks
 
     def _emit(self, kind: EventKind, at: float, **details: Any) -> None:
         event = EngineEvent(kind=kind, at=at, details=details)

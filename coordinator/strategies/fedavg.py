@@ -5,6 +5,10 @@ every cohort member has either reported or been declared dropped. The merge is
 the sample-weighted mean of the deltas (per tensor, over who trained it)::
 
     w <- w + eta * sum_i n_i Delta_i / sum_i n_i
+
+Saved state: the base ``state_dict`` plus a ``round`` key holding the open
+round's cohort and dropouts, so a round open across a restart closes exactly
+as it would have without one.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import RejectReason, StrategyConfigError, UpdateRejected
+from ..errors import RejectReason, StateLoadError, StrategyConfigError, UpdateRejected
 from .base import ClientUpdate, Params, Schedule, Strategy, StrategyName, apply_step, weighted_mean
 
 
@@ -44,6 +48,11 @@ class FedAvg(Strategy):
         self._dropped = set()
         if not self._cohort:
             raise StrategyConfigError("a round needs at least one task")
+
+    @property
+    def cohort(self) -> frozenset[str]:
+        """Task ids of the open round (empty when no round is open)."""
+        return frozenset(self._cohort)
 
     def mark_dropped(self, task_id: str) -> None:
         if task_id in self._cohort and all(u.task_id != task_id for u in self._buffer):
@@ -78,3 +87,38 @@ class FedAvg(Strategy):
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "server_lr": self.server_lr}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            **super().state_dict(),
+            "round": {"cohort": sorted(self._cohort), "dropped": sorted(self._dropped)},
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore the buffer and the open round; refuses a round that cannot have happened."""
+        cohort, dropped = _round_of(state)
+        previous = self._buffer
+        super().load_state_dict(state)
+        buffered = {u.task_id for u in self._buffer}
+        problem = ""
+        if not (dropped | buffered) <= cohort:
+            problem = "dropouts and buffered updates must be in the cohort"
+        elif dropped & buffered:
+            problem = "a task is both dropped and buffered"
+        if problem:
+            self._buffer = previous
+            raise StateLoadError(f"saved round: {problem}")
+        self._cohort, self._dropped = cohort, dropped
+
+
+def _round_of(state: Mapping[str, Any]) -> tuple[set[str], set[str]]:
+    saved = state.get("round")
+    if not isinstance(saved, Mapping):
+        raise StateLoadError("FedAvg state must hold the open round ('round')")
+    parts = []
+    for key in ("cohort", "dropped"):
+        ids = saved.get(key)
+        if not isinstance(ids, list) or not all(isinstance(t, str) and t for t in ids):
+            raise StateLoadError(f"saved round: {key} must be a list of task ids")
+        parts.append(set(ids))
+    return parts[0], parts[1]

@@ -182,3 +182,50 @@ def test_state_dict_round_trip_restores_the_buffer_and_checks_config() -> None:
     bad = {**state, "buffer": [{**state["buffer"][0], "delta": {"a": np.array([np.inf, 0.0])}}]}
     with pytest.raises(StateLoadError):
         FTTE(shapes=SHAPES, buffer_size=2).load_state_dict(bad)
+
+
+def test_fedavg_state_dict_keeps_an_open_round() -> None:
+    # Prepare: a round of three, one reported, one dropped
+    s = FedAvg(shapes=SHAPES)
+    s.begin_round(["t1", "t2", "t3"])
+    s.accept(upd("t1", {"a": [1.0, 1.0]}, n=2), server_version=0)
+    s.mark_dropped("t2")
+    state = s.state_dict()
+    # Execute
+    restored = FedAvg(shapes=SHAPES)
+    restored.load_state_dict(state)
+    for strategy in (s, restored):
+        strategy.accept(upd("t3", {"a": [3.0, 3.0]}), server_version=0)
+    # Assert: same keys as every strategy plus the round; the round closes the same way
+    assert set(state) == {"format", "strategy", "config", "buffer", "round"}
+    assert state["round"] == {"cohort": ["t1", "t2", "t3"], "dropped": ["t2"]}
+    assert restored.cohort == s.cohort and restored.ready()
+    np.testing.assert_array_equal(
+        restored.aggregate(params(), server_version=0).params["a"],
+        s.aggregate(params(), server_version=0).params["a"],
+    )
+
+
+@pytest.mark.parametrize(
+    "round_",
+    [
+        None,
+        {"cohort": ["t1"], "dropped": ["t9"]},  # dropped outside the cohort
+        {"cohort": ["t2"], "dropped": []},  # the buffered t1 outside the cohort
+        {"cohort": ["t1"], "dropped": ["t1"]},  # t1 both buffered and dropped
+        {"cohort": "t1", "dropped": []},
+    ],
+)
+def test_fedavg_refuses_a_round_that_cannot_have_happened(round_) -> None:
+    # Prepare
+    s = FedAvg(shapes=SHAPES)
+    s.begin_round(["t1"])
+    s.accept(upd("t1", {"a": [1.0, 1.0]}), server_version=0)
+    state = {k: v for k, v in s.state_dict().items() if k != "round"}
+    if round_ is not None:
+        state["round"] = round_
+    target = FedAvg(shapes=SHAPES)
+    # Execute / Assert: refused, and nothing half-loaded
+    with pytest.raises(StateLoadError):
+        target.load_state_dict(state)
+    assert target.pending == 0 and target.cohort == frozenset()

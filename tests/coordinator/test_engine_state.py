@@ -1,0 +1,157 @@
+"""Engine.state_dict / load_state_dict: a round trip, the checks on load, and the
+snapshot module's upgrade of format-1 documents."""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+
+import numpy as np
+import pytest
+
+from coordinator.engine import ENGINE_STATE_FORMAT, DeviceState, Engine
+from coordinator.errors import StateLoadError
+from coordinator.store.snapshot import engine_snapshot, restore_engine
+from coordinator.strategies import ClientUpdate, StrategyName
+from coordinator.study_spec import build_engine
+
+
+def fedavg_engine(spec, *, seed: int = 3) -> Engine:
+    return build_engine(
+        spec.model_copy(update={"strategy": StrategyName.FEDAVG}), rng=random.Random(seed)
+    )
+
+
+def update_for(engine: Engine, order) -> ClientUpdate:
+    return ClientUpdate(
+        device_id=order.device_id,
+        task_id=order.task_id,
+        base_version=order.model_version,
+        subset_id=order.subset.subset_id,
+        delta={n: np.full(engine.params[n].shape, 0.01, np.float32) for n in order.subset.names},
+        num_samples=4,
+    )
+
+
+def open_round(spec) -> Engine:
+    """A FedAvg engine whose round of two has one update buffered, one in flight."""
+    engine = fedavg_engine(spec)
+    for i in range(3):
+        engine.enrol(f"dev-{i}", device_class="phone", memory_bytes=1 << 22, now=0.0)
+    first, _ = engine.dispatch(now=1.0)
+    assert engine.submit(update_for(engine, first), now=2.0).accepted
+    return engine
+
+
+def versions_of(engine: Engine) -> dict[int, dict[str, np.ndarray]]:
+    return {v: engine.base_params(v) for v in engine.live_versions()}
+
+
+def test_an_open_round_survives_state_dict_and_load(spec) -> None:
+    # Prepare
+    engine = open_round(spec)
+    state = engine.state_dict()
+    twin = fedavg_engine(spec, seed=99)
+    # Execute
+    twin.load_state_dict(state, versions=versions_of(engine))
+    (left,) = engine.tasks.values()
+    merges = [e.submit(update_for(e, left), now=3.0).merge for e in (engine, twin)]
+    # Assert: no tensors in the state; the round closes the same way on both
+    assert "params" not in state and state["format"] == ENGINE_STATE_FORMAT
+    buffered = state["strategy"]["buffer"][0]["task_id"]
+    assert state["strategy"]["round"] == {"cohort": sorted([buffered, left.task_id]), "dropped": []}
+    assert all(m is not None for m in merges)
+    assert all(np.array_equal(merges[0].params[n], merges[1].params[n]) for n in engine.params)
+    assert twin.state_dict().keys() == engine.state_dict().keys()
+    assert twin.rng.getstate() == engine.rng.getstate()
+
+
+def _broken(state: dict, case: str) -> dict:
+    state = copy.deepcopy(state)
+    busy = next(d for d in state["devices"] if d["state"] == DeviceState.BUSY.value)
+    idle = next(d for d in state["devices"] if d["state"] == DeviceState.IDLE.value)
+    if case == "format":
+        state["format"] = 99
+    elif case == "task_on_unknown_device":
+        state["tasks"][0]["device_id"] = "ghost"
+    elif case == "task_on_idle_device":
+        busy["state"] = DeviceState.IDLE.value
+    elif case == "busy_without_task":
+        idle["state"] = DeviceState.BUSY.value
+    elif case == "two_tasks_one_device":
+        state["tasks"].append({**state["tasks"][0], "task_id": "t9999999"})
+    elif case == "task_outside_cohort":
+        state["strategy"]["round"]["cohort"] = [
+            t for t in state["strategy"]["round"]["cohort"] if t != state["tasks"][0]["task_id"]
+        ]
+    elif case == "duplicate_device":
+        state["devices"].append(dict(idle))
+    elif case == "unknown_tensor":
+        state["tasks"][0]["download"] = ["no.such.tensor"]
+    elif case == "missing_live_version":
+        state["live_versions"] = [0, 5]
+    elif case == "bad_state":
+        idle["state"] = "sleepy"
+    return state
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "format",
+        "task_on_unknown_device",
+        "task_on_idle_device",
+        "busy_without_task",
+        "two_tasks_one_device",
+        "task_outside_cohort",
+        "duplicate_device",
+        "unknown_tensor",
+        "missing_live_version",
+        "bad_state",
+    ],
+)
+def test_load_refuses_a_state_the_engine_could_not_have_written(spec, case) -> None:
+    # Prepare
+    engine = open_round(spec)
+    state = _broken(engine.state_dict(), case)
+    # Execute / Assert
+    with pytest.raises(StateLoadError):
+        fedavg_engine(spec).load_state_dict(state, versions=versions_of(engine))
+
+
+def test_load_refuses_tensors_of_another_shape(spec) -> None:
+    # Prepare
+    engine = open_round(spec)
+    versions = versions_of(engine)
+    name = next(iter(versions[0]))
+    versions[0] = {**versions[0], name: np.zeros((1, 2, 3), np.float32)}
+    # Execute / Assert
+    with pytest.raises(StateLoadError, match="does not match"):
+        fedavg_engine(spec).load_state_dict(engine.state_dict(), versions=versions)
+
+
+def test_a_format_1_snapshot_is_upgraded_with_its_round(spec) -> None:
+    # Prepare: today's snapshot rewritten as format 1 (the round beside the strategy)
+    engine = open_round(spec)
+    deltas: dict[str, dict] = {}
+
+    def put(task_id: str, delta) -> str:
+        deltas[task_id] = dict(delta)
+        return task_id.rjust(64, "0")
+
+    snapshot = json.loads(json.dumps(engine_snapshot(engine, delta_ref=put)))
+    legacy = {**copy.deepcopy(snapshot), "format": 1}
+    round_ = legacy["strategy"].pop("round")
+    legacy["strategy_extra"] = round_
+    twin = fedavg_engine(spec)
+    # Execute
+    restore_engine(
+        twin,
+        legacy,
+        load_params=lambda v: engine.base_params(v),
+        load_delta=lambda sha: deltas[sha.lstrip("0")],
+    )
+    # Assert
+    assert engine_snapshot(twin, delta_ref=put) == snapshot
+    assert twin.strategy.cohort == engine.strategy.cohort
