@@ -214,7 +214,7 @@ class MqttTransport(Transport):
             raise TransportError(f"publish to {topic!r} failed: {mqtt.error_string(info.rc)}")
         if qos > 0:
             with self._state:
-                self._pending = [i for i in self._pending if not i.is_published()]
+                self._pending = [i for i in self._pending if not _acknowledged(i)]
                 self._pending.append(info)
 
     def _send_subscribe(self, topic_filter: str, qos: int) -> None:
@@ -241,10 +241,24 @@ class MqttTransport(Transport):
         deadline = time.monotonic() + timeout_s
         while True:
             with self._state:
-                self._pending = [i for i in self._pending if not i.is_published()]
+                self._pending = [i for i in self._pending if not _acknowledged(i)]
                 left = len(self._pending)
             if not left:
                 return
             if time.monotonic() >= deadline:
                 raise TransportError(f"{left} publishes not acknowledged in {timeout_s}s")
             time.sleep(0.01)
+
+
+def _acknowledged(info: mqtt.MQTTMessageInfo) -> bool:
+    """Whether the broker acknowledged a QoS>0 publish.
+
+    ``is_published()`` raises for a message published while offline (its
+    ``rc`` stays NO_CONN although paho queues it and sends it on reconnect);
+    paho still marks such a message published when its PUBACK arrives, in the
+    ``_published`` flag that ``is_published`` itself reads.
+    """
+    try:
+        return info.is_published()
+    except (RuntimeError, ValueError):
+        return bool(getattr(info, "_published", False))

@@ -185,3 +185,29 @@ def test_connect_failure_raises_transport_error():
         transport.connect()
     with pytest.raises(TransportError):
         transport.publish("a", b"x")
+
+
+def test_publish_while_offline_is_delivered_and_flushes_after_reconnect(
+    mqtt_broker, study_id, transports
+):
+    # Prepare: a device kicked off the broker (session takeover), a listener
+    settings = settings_for(mqtt_broker, MqttProtocol.MQTT5)
+    device = transports(settings)
+    listener = transports(settings_for(mqtt_broker, MqttProtocol.MQTT5))
+    inbox = Inbox()
+    topic = device_topic(TopicKind.UPDATE, study_id, "dev1")
+    listener.subscribe(topic, inbox)
+    kicker = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id=settings.client_id, protocol=mqtt.MQTTv5
+    )
+    kicker.connect(*mqtt_broker)
+    assert wait_until(lambda: kicker.loop(0.05) == 0 and kicker.is_connected(), 5)
+    assert wait_until(lambda: not device.connected, 5)
+    # Execute: publish while offline (paho queues it), then let the device back
+    device.publish(topic, b"sent-offline")
+    kicker.disconnect()
+    assert wait_until(lambda: device.connected and device.connect_count >= 2, 10)
+    device.publish(topic, b"sent-online")
+    device.flush()
+    # Assert: both arrive, and neither the later publish nor flush raised
+    assert sorted(p for _, p in inbox.wait(2, timeout=5)) == [b"sent-offline", b"sent-online"]
