@@ -1,0 +1,33 @@
+"""The errors the service raises for a caller's mistake (the API maps each to a status)."""
+
+from __future__ import annotations
+
+from coordinator.errors import CoordinatorError
+
+
+class ServiceError(CoordinatorError):
+    """Base of the errors the service raises for a caller's mistake."""
+
+
+class StudyNotFound(ServiceError, KeyError):
+    pass
+
+
+class DeviceNotFound(ServiceError, KeyError):
+    pass
+
+
+class ModelVersionNotFound(ServiceError, KeyError):
+    pass
+
+
+class StudyExists(ServiceError):
+    pass
+
+
+class InvalidTransition(ServiceError):
+    """The study's state does not allow this lifecycle call."""
+
+
+class InvalidStudyId(ServiceError, ValueError):
+    pass

@@ -1,0 +1,43 @@
+"""Read-only calls: model versions and their blobs, and the ids of live studies."""
+
+from __future__ import annotations
+
+from protocol.codec import decode_tensors
+from protocol.messages import ModelDownload, encode_frame
+
+from .core import ServiceCore
+from .errors import ModelVersionNotFound
+from .views import ModelVersionInfo, version_info
+
+
+class QueryCalls(ServiceCore):
+    def model_versions(self, study_id: str) -> list[ModelVersionInfo]:
+        with self._lock:
+            self._require(study_id)
+            return [version_info(r) for r in self._repo.model_versions(study_id)]
+
+    def model_blob(self, study_id: str, version: int) -> bytes:
+        """The stored model (``protocol.codec`` tensors), verified against its SHA-256."""
+        with self._lock:
+            study = self._require(study_id)
+            sha = study.version_sha.get(version)
+            if sha is None:
+                raise ModelVersionNotFound(f"{study_id} has no model version {version}")
+            return self._runtimes.blobs.get(sha)
+
+    def model_frame(self, study_id: str, version: int) -> bytes:
+        """A full-model ``ModelDownload`` frame of a version (what the API serves)."""
+        with self._lock:
+            study = self._require(study_id)
+            params = decode_tensors(self.model_blob(study_id, version))
+            header = ModelDownload(
+                model_version=version,
+                subset_id=study.engine.planner.ladder.full().subset_id,
+                names=tuple(params),
+            )
+            return encode_frame(header, params, max_bytes=2**32 - 1)
+
+    def study_ids(self) -> list[str]:
+        """Ids of every study (the metrics collector's source)."""
+        with self._lock:
+            return list(self._studies)

@@ -1,0 +1,149 @@
+"""Studies: create one (its spec then fixed), list them, see where one stands."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from collections import Counter
+
+from compliance import ActorKind, AuditAction, Outcome
+from coordinator.store import StudyState
+from coordinator.store.audit_trail import OPERATOR, actor
+from coordinator.store.models import StudyRow
+from coordinator.store.runtime import StudyRuntime
+from coordinator.study_spec import StudySpec
+
+from .core import STUDY_ID_PATTERN, ServiceCore, digest
+from .errors import InvalidStudyId, ModelVersionNotFound, StudyExists
+from .views import StudyInfo, StudyStatus
+
+_STUDY_ID_RE = re.compile(STUDY_ID_PATTERN)
+
+
+class StudyCalls(ServiceCore):
+    def create_study(
+        self, spec: StudySpec, *, study_id: str | None = None, by: str = OPERATOR
+    ) -> StudyInfo:
+        """Create a DRAFT study with its initial model (version 0); the spec is then fixed.
+
+        Building the engine measures the training footprint of every subset tier
+        (seconds for a large model), so it runs outside the service lock: other
+        studies keep being served meanwhile.
+        """
+        with self._lock:
+            sid = study_id if study_id is not None else self._new_study_id(spec.name)
+            if not isinstance(sid, str) or not _STUDY_ID_RE.fullmatch(sid):
+                raise InvalidStudyId(f"study id must match {STUDY_ID_PATTERN}")
+            if sid in self._studies or sid in self._reserved or self._repo.study(sid):
+                raise StudyExists(sid)
+            self._reserved.add(sid)
+        try:
+            now = self._clock()
+            row = StudyRow(
+                id=sid,
+                name=spec.name,
+                spec=spec.model_dump(mode="json"),
+                status=StudyState.DRAFT,
+                seed=self._study_seed(sid),
+                created_at=now,
+                updated_at=now,
+                last_accuracy=None,
+                last_accuracy_version=None,
+            )
+            study = self._new_runtime(row, spec)
+            with self._lock:
+                self._studies[sid] = study
+                try:
+                    self._persist_new_study(study, by=by)
+                except BaseException:
+                    self._studies.pop(sid, None)
+                    raise
+                return self._info(study)
+        finally:
+            with self._lock:
+                self._reserved.discard(sid)
+
+    def _persist_new_study(self, study: StudyRuntime, *, by: str) -> None:
+        spec = study.spec
+        with self._change(study, new=True) as changes:
+            changes.new_study = study.row
+            record = self._runtimes.record_version(study, parent=None, task_ids=())
+            self._audit(
+                AuditAction.STUDY_CREATED,
+                Outcome.SUCCESS,
+                actor=actor(ActorKind.OPERATOR, by),
+                study_id=study.id,
+                details={
+                    "study_name": spec.name,
+                    "strategy": spec.strategy.value,
+                    "subset_mode": spec.subset_mode.value,
+                    "model_kind": spec.model_kind.value,
+                    "concurrency": spec.concurrency,
+                    "buffer_size": spec.buffer_size,
+                    "spec_sha256": digest(spec.model_dump_json().encode()),
+                    "content_hash": record.content_hash,
+                    "record_hash": record.record_hash,
+                },
+            )
+
+    def list_studies(self) -> list[StudyInfo]:
+        with self._lock:
+            return [self._info(s) for s in self._studies.values()]
+
+    def study(self, study_id: str) -> StudyInfo:
+        with self._lock:
+            return self._info(self._require(study_id))
+
+    def status(self, study_id: str) -> StudyStatus:
+        with self._lock:
+            study = self._require(study_id)
+            engine = study.engine
+            by_state = Counter(d.state for d in engine.devices.values())
+            return StudyStatus(
+                study_id=study.id,
+                state=study.state,
+                model_version=engine.version,
+                updates_accepted=engine.stats.accepted,
+                merges=engine.stats.merges,
+                tasks_dispatched=engine.stats.dispatched,
+                tasks_failed=engine.stats.failed,
+                in_flight=engine.in_flight(),
+                buffered=engine.strategy.pending,
+                duplicates=study.duplicates,
+                devices_by_state=dict(by_state),
+                rejections={r: n for r, n in study.rejections.items() if n},
+                last_accuracy=study.row.last_accuracy,
+                last_accuracy_version=study.row.last_accuracy_version,
+            )
+
+    def report_evaluation(self, study_id: str, *, version: int, accuracy: float) -> StudyStatus:
+        """Record the accuracy an evaluator measured for a model version."""
+        if isinstance(accuracy, bool) or not isinstance(accuracy, float | int):
+            raise ValueError("accuracy must be a number in [0, 1]")
+        if not 0.0 <= float(accuracy) <= 1.0:
+            raise ValueError("accuracy must be a number in [0, 1]")
+        with self._lock:
+            study = self._require(study_id)
+            if version not in study.version_sha:
+                raise ModelVersionNotFound(f"{study_id} has no model version {version}")
+            with self._change(study) as changes:
+                study.row.last_accuracy = float(accuracy)
+                study.row.last_accuracy_version = version
+                changes.study_values.update(
+                    last_accuracy=float(accuracy), last_accuracy_version=version
+                )
+            return self.status(study_id)
+
+    def _new_study_id(self, name: str) -> str:
+        slug = name.lstrip("_.-")[:50] or "study"
+        while True:
+            candidate = f"{slug}-{secrets.token_hex(4)}"
+            if candidate not in self._studies and candidate not in self._reserved:
+                return candidate
+
+    def _study_seed(self, study_id: str) -> int:
+        if self._seed is None:
+            return secrets.randbits(62)
+        digest_ = hashlib.sha256(f"{self._seed}/{study_id}".encode()).digest()
+        return int.from_bytes(digest_[:8], "big") >> 2

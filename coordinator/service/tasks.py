@@ -1,0 +1,91 @@
+"""Tasks: what to publish now, what is in flight, and what missed its deadline."""
+
+from __future__ import annotations
+
+from coordinator.engine import DeviceState, Engine, TaskOrder
+from coordinator.store import StudyState, TaskStatus
+from coordinator.store.runtime import StudyRuntime
+from protocol.messages import DpParams, ModelDownload, Task, encode_frame
+
+from .core import ServiceCore
+from .views import OutboundTask
+
+
+class TaskCalls(ServiceCore):
+    def dispatch(self, study_id: str) -> list[OutboundTask]:
+        """Tasks to publish now (empty unless the study is RUNNING)."""
+        with self._lock:
+            study = self._require(study_id)
+            if study.state is not StudyState.RUNNING:
+                return []
+            with self._change(study) as changes:
+                orders = study.engine.dispatch(now=changes.at)
+                return [self._outbound(study, o) for o in orders]
+
+    def pending_tasks(self, study_id: str) -> list[OutboundTask]:
+        """Tasks in flight, rebuilt (e.g. to re-publish after a restart)."""
+        with self._lock:
+            study = self._require(study_id)
+            return [self._outbound(study, o) for o in study.engine.tasks.values()]
+
+    def task_timeouts(self) -> list[tuple[str, str]]:
+        """Fail tasks past their deadline; their devices go OFFLINE until a heartbeat.
+
+        Returns ``(study_id, task_id)`` of every task failed.
+        """
+        failed: list[tuple[str, str]] = []
+        with self._lock:
+            now = self._clock()
+            for study in self._studies.values():
+                deadline = study.spec.task_deadline_s
+                expired = [o for o in study.engine.tasks.values() if o.issued_at + deadline <= now]
+                if not expired:
+                    continue
+                with self._change(study) as changes:
+                    for order in expired:
+                        study.failure_status[order.task_id] = TaskStatus.FAILED
+                        study.engine.task_failed(
+                            order.task_id, now=changes.at, reason="deadline passed"
+                        )
+                        study.engine.set_device_state(
+                            order.device_id,
+                            DeviceState.OFFLINE,
+                            now=changes.at,
+                            reason="missed a task deadline",
+                        )
+                        failed.append((study.id, order.task_id))
+        return failed
+
+    def _outbound(self, study: StudyRuntime, order: TaskOrder) -> OutboundTask:
+        spec = study.spec
+        task = Task(
+            task_id=order.task_id,
+            study_id=study.id,
+            device_id=order.device_id,
+            model_version=order.model_version,
+            subset_id=order.subset.subset_id,
+            subset_names=order.subset.names,
+            local_epochs=spec.epochs,
+            batch_size=spec.batch_size,
+            lr=spec.lr,
+            deadline_s=spec.task_deadline_s,
+            dp=_task_dp(study.engine, order),
+        )
+        base = study.engine.base_params(order.model_version)
+        header = ModelDownload(
+            model_version=order.model_version,
+            subset_id=order.subset.subset_id,
+            names=order.download,
+        )
+        tensors = {n: base[n] for n in order.download} or None
+        frame = encode_frame(header, tensors, max_bytes=self._max_bytes)
+        return OutboundTask(device_id=order.device_id, task=task, model_frame=frame)
+
+
+def _task_dp(engine: Engine, order: TaskOrder) -> DpParams | None:
+    """The DP mechanism a guard imposes on a task (the privacy guard's ``task_dp``)."""
+    for guard in engine.guards:
+        task_dp = getattr(guard, "task_dp", None)
+        if callable(task_dp):
+            return task_dp(order)
+    return None
