@@ -7,6 +7,7 @@
     GET  /v1/studies                                list
     GET  /v1/studies/{id}                           one study
     GET  /v1/studies/{id}/status                    version, counters, devices, rejections
+    GET  /v1/studies/{id}/privacy                   budget report (404 without a DP policy)
     POST /v1/studies/{id}/start|pause|resume|stop   lifecycle (409 in the wrong state)
     POST /v1/studies/{id}/evaluations               report an evaluator's accuracy
     POST /v1/studies/{id}/devices                   enrol (Enrol fields; 409 if refused)

@@ -25,6 +25,7 @@ from coordinator.service import (
     InvalidStudyId,
     InvalidTransition,
     ModelVersionNotFound,
+    NoPrivacyPolicy,
     ServiceError,
     StudyExists,
     StudyNotFound,
@@ -40,6 +41,7 @@ class ErrorCode(enum.StrEnum):
     STUDY_NOT_FOUND = "study_not_found"
     DEVICE_NOT_FOUND = "device_not_found"
     MODEL_VERSION_NOT_FOUND = "model_version_not_found"
+    NO_PRIVACY_POLICY = "no_privacy_policy"
     STUDY_EXISTS = "study_exists"
     INVALID_TRANSITION = "invalid_transition"
     ENROL_REFUSED = "enrol_refused"
@@ -79,7 +81,7 @@ def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI documentation of the error responses a route can give."""
     descriptions = {
         401: "Missing or wrong operator token",
-        404: "Study, device or model version not found",
+        404: "Study, device, model version or privacy policy not found",
         409: "Conflict with the study's current state",
         422: "Malformed input",
         503: "Not ready",
@@ -91,6 +93,7 @@ _SERVICE_ERRORS: tuple[tuple[type[ServiceError], int, ErrorCode], ...] = (
     (StudyNotFound, 404, ErrorCode.STUDY_NOT_FOUND),
     (DeviceNotFound, 404, ErrorCode.DEVICE_NOT_FOUND),
     (ModelVersionNotFound, 404, ErrorCode.MODEL_VERSION_NOT_FOUND),
+    (NoPrivacyPolicy, 404, ErrorCode.NO_PRIVACY_POLICY),
     (StudyExists, 409, ErrorCode.STUDY_EXISTS),
     (InvalidTransition, 409, ErrorCode.INVALID_TRANSITION),
     (InvalidStudyId, 422, ErrorCode.VALIDATION_ERROR),

@@ -26,7 +26,7 @@ the per-call transaction):
 * ``tasks``      dispatch, tasks in flight, deadlines
 * ``updates``    update frames: decode, dedupe, judge, persist
 * ``refusals``   what the transport reports besides updates (dropped messages)
-* ``queries``    model versions and blobs
+* ``queries``    model versions and blobs, privacy budget reports
 * ``views``      the frozen objects callers get back; ``errors`` what they may catch
 """
 
@@ -36,6 +36,7 @@ from .errors import (
     InvalidStudyId,
     InvalidTransition,
     ModelVersionNotFound,
+    NoPrivacyPolicy,
     ServiceError,
     StudyExists,
     StudyNotFound,
@@ -53,6 +54,7 @@ __all__ = [
     "InvalidTransition",
     "ModelVersionInfo",
     "ModelVersionNotFound",
+    "NoPrivacyPolicy",
     "OutboundTask",
     "ServiceError",
     "StudyExists",

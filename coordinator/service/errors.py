@@ -21,6 +21,10 @@ class ModelVersionNotFound(ServiceError, KeyError):
     pass
 
 
+class NoPrivacyPolicy(ServiceError, KeyError):
+    """The study has no DP policy, so it has no privacy budgets to report."""
+
+
 class StudyExists(ServiceError):
     pass
 

@@ -1,12 +1,14 @@
-"""Read-only calls: model versions and their blobs, and the ids of live studies."""
+"""Read-only calls: model versions and their blobs, privacy budgets, study ids."""
 
 from __future__ import annotations
 
+from compliance.reports import BudgetReport
+from coordinator.privacy_state import privacy_report
 from protocol.codec import decode_tensors
 from protocol.messages import ModelDownload, encode_frame
 
 from .core import ServiceCore
-from .errors import ModelVersionNotFound
+from .errors import ModelVersionNotFound, NoPrivacyPolicy
 from .views import ModelVersionInfo, version_info
 
 
@@ -36,6 +38,20 @@ class QueryCalls(ServiceCore):
                 names=tuple(params),
             )
             return encode_frame(header, params, max_bytes=2**32 - 1)
+
+    def privacy_report(self, study_id: str) -> BudgetReport:
+        """Each device's composed epsilon against the study's budget, from the live ledger.
+
+        Built under the lock so the report is one consistent cut of the ledger
+        (no spend half-applied by a concurrent update). Raises
+        :class:`NoPrivacyPolicy` for a study without DP.
+        """
+        with self._lock:
+            study = self._require(study_id)
+            report = privacy_report(study.engine, study_id=study.id)
+            if report is None:
+                raise NoPrivacyPolicy(f"study {study_id!r} has no privacy policy")
+            return report
 
     def study_ids(self) -> list[str]:
         """Ids of every study (the metrics collector's source)."""

@@ -4,9 +4,12 @@ spends are audited, and the privacy ledger survives a restart."""
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 
+from compliance.reports import BudgetReport
+from coordinator.api import create_app
 from coordinator.errors import RejectReason
 from coordinator.privacy_guard import privacy_guard_of
 from coordinator.privacy_settings import StudyPrivacy
@@ -16,6 +19,10 @@ from edge.local import LocalTask, run_local_task
 from edge.updates import encode_update, update_header
 from privacy.accounting import epsilon_for
 from protocol.messages import AckStatus, PrivacyReport, decode_frame
+
+with warnings.catch_warnings():  # starlette's note about httpx2; the client works as is
+    warnings.simplefilter("ignore")
+    from fastapi.testclient import TestClient
 
 PRIVACY = StudyPrivacy(
     epsilon=8.0,
@@ -122,3 +129,61 @@ def test_a_budget_the_coordinator_stops_is_audited_as_its_decision(
     assert exhausted["details"]["device_id"] == out.device_id
     assert by_action["privacy_spent"]["actor"]["kind"] == "coordinator"
     assert by_action["update_accepted"]["actor"] == {"kind": "device", "id": out.device_id}
+
+
+def test_the_privacy_report_over_rest(service, settings, token, dp_spec, spec, new_enrol, fleet):
+    # Prepare: one device charged for a task, one never scheduled; and a study without DP
+    auth = {"Authorization": f"Bearer {token}"}
+    service.create_study(dp_spec, study_id="dp")
+    service.create_study(spec, study_id="plain")
+    for i in range(2):
+        assert service.enrol("dp", new_enrol("dp", i)).accepted
+    service.start("dp")
+    out = service.dispatch("dp")[0]
+    service.submit_update("dp", update_frame(fleet, out, report=honest_report()))
+    ledger = privacy_guard_of(service._studies["dp"].engine).ledger
+    # Execute
+    with TestClient(create_app(settings, service=service)) as client:
+        report = client.get("/v1/studies/dp/privacy", headers=auth)
+        plain = client.get("/v1/studies/plain/privacy", headers=auth)
+        missing = client.get("/v1/studies/nope/privacy", headers=auth)
+        anonymous = client.get("/v1/studies/dp/privacy")
+        documented = client.get("/openapi.json").json()["paths"]["/v1/studies/{study_id}/privacy"]
+    # Assert
+    assert report.status_code == 200, report.text
+    body = BudgetReport.model_validate(report.json())
+    assert body == service.privacy_report("dp")
+    assert body.policy.epsilon == PRIVACY.epsilon and body.policy.delta == PRIVACY.delta
+    rows = {r.device_id: r for r in body.devices}
+    assert set(rows) == {"dev-000", "dev-001"}
+    assert rows[out.device_id].epsilon_spent == ledger.spent(out.device_id) > 0
+    assert rows[out.device_id].tasks == 1
+    assert body.ledger_sha256 == ledger.state_dict()["sha256"]
+    assert (plain.status_code, plain.json()["error"]) == (404, "no_privacy_policy")
+    assert (missing.status_code, missing.json()["error"]) == (404, "study_not_found")
+    assert anonymous.status_code == 401
+    schema = documented["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert schema["$ref"].endswith("/BudgetReport")
+    assert {"401", "404", "422"} <= set(documented["get"]["responses"])
+
+
+def test_the_privacy_report_conforms_to_its_openapi_schema(
+    service, settings, token, dp_spec, new_enrol, fleet
+):
+    # Prepare: a DP study with a spend, so every part of the report is filled in
+    schemathesis = pytest.importorskip("schemathesis")
+    service.create_study(dp_spec, study_id="dp")
+    assert service.enrol("dp", new_enrol("dp", 0)).accepted
+    service.start("dp")
+    (out,) = service.dispatch("dp")
+    service.submit_update("dp", update_frame(fleet, out, report=honest_report()))
+    app = create_app(settings, service=service)
+    operation = schemathesis.openapi.from_asgi("/openapi.json", app)[
+        "/v1/studies/{study_id}/privacy"
+    ]["GET"]
+    # Execute / Assert: status documented, body valid against the published schema
+    for study_id in ("dp", "nope"):
+        case = operation.Case(
+            path_parameters={"study_id": study_id}, headers={"Authorization": f"Bearer {token}"}
+        )
+        case.call_and_validate()

@@ -6,6 +6,7 @@ from fastapi import APIRouter, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
+from compliance.reports import BudgetReport
 from coordinator.service import StudyInfo, StudyStatus
 
 from ..deps import OperatorDep, ServiceDep
@@ -49,6 +50,21 @@ def get_study(study_id: StudyIdPath, service: ServiceDep, _: OperatorDep) -> Stu
 )
 def get_status(study_id: StudyIdPath, service: ServiceDep, _: OperatorDep) -> StudyStatus:
     return service.status(study_id)
+
+
+@router.get(
+    "/{study_id}/privacy",
+    response_model=BudgetReport,
+    responses=responses(404),
+    summary="Privacy budgets: each device's composed epsilon against the study's budget",
+    description=(
+        "Built from the live ledger, whose every epsilon is recomputed from the mechanisms "
+        "charged (never copied from a device's claim). 404 `no_privacy_policy` for a study "
+        "without differential privacy."
+    ),
+)
+def get_privacy(study_id: StudyIdPath, service: ServiceDep, _: OperatorDep) -> BudgetReport:
+    return service.privacy_report(study_id)
 
 
 @router.post("/{study_id}/start", response_model=StudyInfo, responses=responses(404, 409))
