@@ -25,7 +25,8 @@ the per-call transaction):
 * ``devices``    enrol, revoke, heartbeat, listings
 * ``tasks``      dispatch, tasks in flight, deadlines
 * ``updates``    update frames: decode, dedupe, judge, persist
-* ``refusals``   what the transport reports besides updates (dropped messages)
+* ``refusals``   what the transport reports besides updates: dropped messages,
+                 tasks a device declines (its own privacy budget is spent)
 * ``queries``    model versions and blobs, privacy budget reports
 * ``views``      the frozen objects callers get back; ``errors`` what they may catch
 """
@@ -40,6 +41,7 @@ from .errors import (
     ServiceError,
     StudyExists,
     StudyNotFound,
+    UnsupportedRefusal,
 )
 from .facade import StudyService
 from .views import DeviceInfo, ModelVersionInfo, OutboundTask, StudyInfo, StudyStatus
@@ -62,4 +64,5 @@ __all__ = [
     "StudyNotFound",
     "StudyService",
     "StudyStatus",
+    "UnsupportedRefusal",
 ]

@@ -22,7 +22,7 @@ class ModelVersionNotFound(ServiceError, KeyError):
 
 
 class NoPrivacyPolicy(ServiceError, KeyError):
-    """The study has no DP policy, so it has no privacy budgets to report."""
+    """The study has no DP policy, so it has no privacy budgets to report or refuse."""
 
 
 class StudyExists(ServiceError):
@@ -35,3 +35,7 @@ class InvalidTransition(ServiceError):
 
 class InvalidStudyId(ServiceError, ValueError):
     pass
+
+
+class UnsupportedRefusal(ServiceError, ValueError):
+    """A device declined a task for a reason the coordinator does not act on."""

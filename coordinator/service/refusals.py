@@ -1,17 +1,30 @@
-"""What the transport reports besides updates: the messages it dropped.
+"""What the transport reports besides updates: dropped messages, declined tasks.
 
 Why here and not in the bridge: a dropped message is a security-relevant
 decision (malformed input, a device publishing as another), so it is audited
 and counted like every other decision, under the service lock.
+
+A device that declines a task because its *own* accountant says its budget
+is spent says so with a ``protocol.messages.ErrorMessage`` of code
+``BUDGET_EXHAUSTED`` whose ``detail`` starts with the task id (anything after
+the first whitespace is the device's free text, never logged). Why act on it
+at once rather than wait for the deadline: the slot is freed for another
+device now, and the device is never scheduled again (a budget only shrinks),
+instead of being re-dispatched after every heartbeat to refuse again.
 """
 
 from __future__ import annotations
 
 from compliance import ActorKind, AuditAction, Outcome
 from coordinator.errors import RejectReason
+from coordinator.privacy_guard import privacy_guard_of
+from coordinator.store import TaskStatus
 from coordinator.store.audit_trail import COORDINATOR_ACTOR, actor
+from protocol.ids import is_valid_id
+from protocol.messages import ErrorCode, ErrorMessage
 
 from .core import ServiceCore
+from .errors import DeviceNotFound, NoPrivacyPolicy, UnsupportedRefusal
 
 # The bridge's reasons for dropping a message (coordinator.bridge.RejectKind values).
 _AUTH_REJECTIONS = frozenset({"route"})
@@ -41,3 +54,58 @@ class RefusalCalls(ServiceCore):
                     changes.rejections[RejectReason.MALFORMED] += 1
                     study.rejections[RejectReason.MALFORMED] += 1
                 self._audit(action, Outcome.DENIED, actor=who, study_id=study.id, details=details)
+
+    def device_refused(
+        self, study_id: str, device_id: str, task_id: str, reason: ErrorCode
+    ) -> bool:
+        """``device_id`` declines ``task_id`` because its own privacy budget is spent.
+
+        The privacy guard fails the task (its slot freed), audits the refusal
+        as TASK_REFUSED with the device as actor, and stops the device for good
+        (EXHAUSTED, audited as the coordinator's BUDGET_EXHAUSTED). Returns
+        False, changing nothing, when the task is no longer in flight (a
+        re-delivered refusal, or one after the deadline) or is another
+        device's (audited as DEVICE_AUTH_FAILED: no device can stop another).
+        """
+        if reason is not ErrorCode.BUDGET_EXHAUSTED:
+            raise UnsupportedRefusal(f"a device cannot decline a task with {reason!r}")
+        with self._lock:
+            study = self._require(study_id)
+            if device_id not in study.engine.devices:
+                raise DeviceNotFound(f"{study_id} has no device {device_id}")
+            guard = privacy_guard_of(study.engine)
+            if guard is None:
+                raise NoPrivacyPolicy(f"study {study_id!r} has no privacy budgets to refuse on")
+            order = study.engine.tasks.get(task_id)
+            if order is None:
+                return False
+            if order.device_id != device_id:
+                self._audit(
+                    AuditAction.DEVICE_AUTH_FAILED,
+                    Outcome.DENIED,
+                    actor=actor(ActorKind.DEVICE, device_id),
+                    study_id=study.id,
+                    details={"device_id": device_id, "task_id": task_id, "reason": "not its task"},
+                )
+                return False
+            with self._change(study) as changes:
+                study.failure_status[task_id] = TaskStatus.FAILED
+                study.refused_tasks.add(task_id)
+                try:
+                    guard.device_refused(study.engine, task_id, now=changes.at)
+                finally:
+                    study.refused_tasks.discard(task_id)
+            return True
+
+    def device_error(self, study_id: str, device_id: str, message: ErrorMessage) -> bool:
+        """An uplink ``ErrorMessage`` from ``device_id`` (the id its topic names).
+
+        ``detail`` must start with the task id (see the module doc); the rest
+        is the device's own text and is dropped. Raises ``UnsupportedRefusal``
+        for a code other than ``BUDGET_EXHAUSTED`` or a detail naming no task.
+        """
+        words = message.detail.split(maxsplit=1)
+        task_id = words[0] if words else ""
+        if not is_valid_id(task_id):
+            raise UnsupportedRefusal("an uplink error's detail must start with the task id")
+        return self.device_refused(study_id, device_id, task_id, message.code)

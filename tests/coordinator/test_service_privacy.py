@@ -1,5 +1,6 @@
 """A DP study through the service: tasks carry the mechanism, reports are checked,
-spends are audited, and the privacy ledger survives a restart."""
+spends are audited, the privacy ledger survives a restart, budgets are reported
+over REST, and a device may decline a task because its own budget is spent."""
 
 from __future__ import annotations
 
@@ -10,15 +11,23 @@ import pytest
 
 from compliance.reports import BudgetReport
 from coordinator.api import create_app
+from coordinator.engine import DeviceState
 from coordinator.errors import RejectReason
 from coordinator.privacy_guard import privacy_guard_of
 from coordinator.privacy_settings import StudyPrivacy
-from coordinator.service import StudyService
+from coordinator.service import (
+    DeviceNotFound,
+    NoPrivacyPolicy,
+    StudyNotFound,
+    StudyService,
+    UnsupportedRefusal,
+)
+from coordinator.store import TaskStatus
 from coordinator.study_spec import StudySpec
 from edge.local import LocalTask, run_local_task
 from edge.updates import encode_update, update_header
 from privacy.accounting import epsilon_for
-from protocol.messages import AckStatus, PrivacyReport, decode_frame
+from protocol.messages import AckStatus, ErrorCode, ErrorMessage, PrivacyReport, decode_frame
 
 with warnings.catch_warnings():  # starlette's note about httpx2; the client works as is
     warnings.simplefilter("ignore")
@@ -187,3 +196,108 @@ def test_the_privacy_report_conforms_to_its_openapi_schema(
             path_parameters={"study_id": study_id}, headers={"Authorization": f"Bearer {token}"}
         )
         case.call_and_validate()
+
+
+# -- a device declines a task: its own budget is spent ---------------------------------
+def dp_running(service, dp_spec, new_enrol, *, devices: int = 2) -> list:
+    service.create_study(dp_spec, study_id="dp")
+    for i in range(devices):
+        assert service.enrol("dp", new_enrol("dp", i)).accepted
+    service.start("dp")
+    return service.dispatch("dp")
+
+
+def test_a_device_refusal_frees_its_task_and_stops_the_device_for_good(
+    service, settings, clock, dp_spec, new_enrol
+) -> None:
+    # Prepare
+    refused, other = dp_running(service, dp_spec, new_enrol, devices=3)
+    before = len(settings.audit_log_path.read_text().splitlines())
+    # Execute
+    applied = service.device_refused(
+        "dp", refused.device_id, refused.task.task_id, ErrorCode.BUDGET_EXHAUSTED
+    )
+    again = service.device_refused(
+        "dp", refused.device_id, refused.task.task_id, ErrorCode.BUDGET_EXHAUSTED
+    )
+    after_again = len(settings.audit_log_path.read_text().splitlines())
+    next_round = service.dispatch("dp")
+    # Assert: the slot went to the idle device, never back to the one that refused
+    assert applied and not again
+    (idle,) = {"dev-000", "dev-001", "dev-002"} - {refused.device_id, other.device_id}
+    assert [o.device_id for o in next_round] == [idle]
+    states = {d.device_id: d.state for d in service.list_devices("dp")}
+    assert states[refused.device_id] is DeviceState.EXHAUSTED
+    assert states[other.device_id] is DeviceState.BUSY
+    tasks = {t.task_id: t for t in service.repository.tasks("dp")}
+    assert tasks[refused.task.task_id].status is TaskStatus.FAILED
+    assert service.status("dp").tasks_failed == 1
+    guard = privacy_guard_of(service._studies["dp"].engine)
+    assert guard.ledger.history(refused.device_id) == []  # nothing trained, nothing spent
+    # ... audited once: the device's refusal and the coordinator's stop, no TASK_FAILED
+    entries = [json.loads(x) for x in settings.audit_log_path.read_text().splitlines()]
+    new = [(e["action"], e["outcome"], e["actor"]["kind"]) for e in entries[before:after_again]]
+    assert new == [
+        ("task_refused", "denied", "device"),
+        ("budget_exhausted", "success", "coordinator"),
+    ]
+    assert entries[before]["details"]["task_id"] == refused.task.task_id
+    assert entries[before]["actor"]["id"] == refused.device_id
+    # ... and it survives a restart
+    service.close()
+    reopened = StudyService.open(settings, clock=clock, seed=7)
+    try:
+        states = {d.device_id: d.state for d in reopened.list_devices("dp")}
+        assert states[refused.device_id] is DeviceState.EXHAUSTED
+        restored = privacy_guard_of(reopened._studies["dp"].engine)
+        assert refused.device_id in restored.exhausted_devices()
+    finally:
+        reopened.close()
+
+
+def test_an_uplink_error_message_names_the_task_in_its_detail(
+    service, settings, dp_spec, new_enrol
+) -> None:
+    # Prepare
+    out, _ = dp_running(service, dp_spec, new_enrol)
+    message = ErrorMessage(
+        code=ErrorCode.BUDGET_EXHAUSTED, detail=f"{out.task.task_id} my own accountant says: spent"
+    )
+    # Execute
+    applied = service.device_error("dp", out.device_id, message)
+    # Assert
+    assert applied
+    assert service.status("dp").devices_by_state[DeviceState.EXHAUSTED] == 1
+    assert "accountant says" not in settings.audit_log_path.read_text()  # device text: not logged
+    for bad in ("", "   ", "../etc budget"):
+        with pytest.raises(UnsupportedRefusal):
+            service.device_error(
+                "dp", out.device_id, ErrorMessage(code=ErrorCode.BUDGET_EXHAUSTED, detail=bad)
+            )
+
+
+def test_refusals_that_are_not_the_devices_to_make_change_nothing(
+    service, settings, spec, dp_spec, new_enrol
+) -> None:
+    # Prepare
+    victim, attacker = dp_running(service, dp_spec, new_enrol)
+    service.create_study(spec, study_id="plain")
+    assert service.enrol("plain", new_enrol("plain", 0)).accepted
+    task = victim.task.task_id
+    # Execute / Assert: another device's task is refused and audited
+    assert not service.device_refused("dp", attacker.device_id, task, ErrorCode.BUDGET_EXHAUSTED)
+    entry = json.loads(settings.audit_log_path.read_text().splitlines()[-1])
+    assert (entry["action"], entry["actor"]["id"]) == ("device_auth_failed", attacker.device_id)
+    assert service.status("dp").in_flight == 2
+    assert DeviceState.EXHAUSTED not in service.status("dp").devices_by_state
+    with pytest.raises(UnsupportedRefusal):
+        service.device_refused("dp", victim.device_id, task, ErrorCode.STALE)
+    with pytest.raises(DeviceNotFound):
+        service.device_refused("dp", "ghost", task, ErrorCode.BUDGET_EXHAUSTED)
+    with pytest.raises(NoPrivacyPolicy):
+        service.device_refused("plain", "dev-000", task, ErrorCode.BUDGET_EXHAUSTED)
+    with pytest.raises(StudyNotFound):
+        service.device_refused("nope", "dev-000", task, ErrorCode.BUDGET_EXHAUSTED)
+    assert not service.device_refused(
+        "dp", victim.device_id, "t9999999", ErrorCode.BUDGET_EXHAUSTED
+    )
