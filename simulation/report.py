@@ -67,6 +67,22 @@ def markdown_table(report: dict[str, Any]) -> str:
     sc = report["scenario"]
     head = (
         f"Scenario `{sc['name']}`: {sc['devices']} devices, {sc['straggler_fraction']:.0%} stragglers, "
-        f"target accuracy {sc['target_accuracy']:.2f}.\n\n"
+        f"target accuracy {sc['target_accuracy']:g}.\n\n"
     )
     return head + "\n".join(rows) + "\n"
+
+
+def levels_table(report: dict[str, Any]) -> str:
+    """Virtual seconds to each accuracy level, per strategy (``-``: not reached)."""
+    strategies = report["strategies"]
+    levels = list(next(iter(strategies.values())).get("time_to_accuracy_s", {}))
+    if not levels:
+        return ""
+    rows = [
+        "| strategy | " + " | ".join(f"to {lv}" for lv in levels) + " |",
+        "|---|" + "---:|" * len(levels),
+    ]
+    for name, s in strategies.items():
+        cells = [_fmt(s["time_to_accuracy_s"].get(lv), ".0f") for lv in levels]
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(rows) + "\n"

@@ -12,7 +12,7 @@ from rich.markdown import Markdown
 
 from simulation.bench import DEFAULT_RUNS, QUICK_RUNS, ratios, run_benchmark
 from simulation.executor import ExecutorKind
-from simulation.report import markdown_table, plot_accuracy
+from simulation.report import levels_table, markdown_table, plot_accuracy
 from simulation.scenario import PRESETS, StrategyRun, load_scenario
 
 from ..progress import make_progress, tracker
@@ -51,7 +51,11 @@ def command(
         report["ratios_ftte_vs_fedavg"] = ratios(report)
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(report, indent=2))
-    table = markdown_table(report)
+    table = (
+        markdown_table(report)
+        + "\nVirtual seconds to each accuracy level:\n\n"
+        + levels_table(report)
+    )
     json_path.with_suffix(".md").write_text(table)
     png = plot_accuracy(
         {k: v["series"] for k, v in report["strategies"].items()},
