@@ -5,12 +5,18 @@ same code runs over Mosquitto, the embedded amqtt broker and the in-memory
 broker of the tests. Per study it subscribes to the uplink filters::
 
     fedward/v1/{study}/enrol/+      Enrol      -> service.enrol        -> EnrolAck on ack/{device}
-    fedward/v1/{study}/update/+     Update     -> service.submit_update -> Ack on ack/{device}
+    fedward/v1/{study}/update/+     Update     -> service.submit_updates -> Ack on ack/{device}
     fedward/v1/{study}/heartbeat/+  Heartbeat  -> service.heartbeat
 
 and publishes every task the service hands out as its model frame on
 ``model/{version}/{subset}`` followed by the Task on ``task/{device}``
 (model first: the agent then holds the tensors it lacks when the task comes).
+
+Why updates go in batches: the worker takes a burst of queued messages at once
+(up to ``update_batch``) and hands its consecutive update frames to
+``service.submit_updates``, one database transaction for all of them; each Ack
+is published after that commit. If the commit fails nothing is acked and the
+devices' outboxes re-deliver.
 
 Why a single worker thread: transport callbacks run on the network thread
 (paho's), which must stay free for keep-alives and acks, and the service's
@@ -24,7 +30,7 @@ Trust: the topic is the device's identity at this layer (a broker ACL binds
 a client to its own topics, see :mod:`protocol.topics`), so every uplink
 message is route-checked: the ids it names must equal the topic's. Anything
 malformed, misrouted or refused is counted in :attr:`BridgeStats.rejected`,
-audited (a malformed update through ``service.submit_update``, which
+audited (a malformed update through ``service.submit_updates``, which
 refuses and audits it; anything else through the ``on_reject`` hook), answered with an ``ErrorMessage`` when
 a device can be named, and dropped; nothing a device sends can stop the loop.
 """
@@ -81,7 +87,7 @@ class StudyServiceLike(Protocol):
     """The part of :class:`coordinator.service.StudyService` the bridge uses."""
 
     def enrol(self, study_id: str, msg: Enrol) -> EnrolAck: ...
-    def submit_update(self, study_id: str, frame: bytes) -> Ack: ...
+    def submit_updates(self, study_id: str, frames: Sequence[bytes]) -> list[Ack]: ...
     def heartbeat(self, study_id: str, msg: Heartbeat) -> bool: ...
     def dispatch(self, study_id: str) -> Sequence[OutboundLike]: ...
     def task_timeouts(self) -> Any: ...
@@ -138,6 +144,18 @@ class _Tick(StrEnum):
     TIMEOUTS = "timeouts"
 
 
+_Item = tuple[str, bytes] | _Tick
+
+
+@dataclass(frozen=True)
+class _PendingUpdate:
+    """An update frame waiting for its burst's batch (``rejected``: why it is malformed)."""
+
+    info: TopicInfo
+    payload: bytes
+    rejected: RejectKind | None
+
+
 class StudyBridge:
     """Connects one study of a service to a transport. ``start()``/``stop()``.
 
@@ -157,14 +175,16 @@ class StudyBridge:
         timeout_interval_s: float = 5.0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         dispatch_batch: int = 64,
+        update_batch: int = 64,
         refuse: Callable[[Exception], ErrorCode | None] = lambda exc: None,
         on_reject: RejectHook | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if dispatch_interval_s <= 0 or timeout_interval_s <= 0:
             raise ValueError("intervals must be > 0")
-        if dispatch_batch < 1:
-            raise ValueError("dispatch_batch must be >= 1")
+        if dispatch_batch < 1 or update_batch < 1:
+            raise ValueError("dispatch_batch and update_batch must be >= 1")
+        self.update_batch = update_batch
         self.dispatch_batch = dispatch_batch
         self._dispatch_due = 0
         self.service = service
@@ -177,7 +197,7 @@ class StudyBridge:
         self.on_reject = on_reject
         self.clock = clock
         self.stats = BridgeStats()
-        self._inbox: queue.Queue[tuple[str, bytes] | _Tick | None] = queue.Queue()
+        self._inbox: queue.Queue[_Item | None] = queue.Queue()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._idle = threading.Condition()
@@ -238,12 +258,12 @@ class StudyBridge:
     def _work(self) -> None:
         while True:
             item = self._inbox.get()
-            if item is None:
-                return
             with self._idle:
                 self._busy += 1
+            burst = self._take_burst(item)
+            stopping = burst[-1] is None
             try:
-                self._process(item)
+                self._process_burst([i for i in burst if i is not None])
             except Exception:  # the loop outlives any bug in one message
                 log.exception("bridge %s: unexpected failure", self.study_id)
                 self.stats.rejected[RejectKind.INTERNAL.value] += 1
@@ -251,18 +271,48 @@ class StudyBridge:
                 with self._idle:
                     self._busy -= 1
                     self._idle.notify_all()
+            if stopping:
+                return
 
-    def _process(self, item: tuple[str, bytes] | _Tick) -> None:
-        if item is _Tick.DISPATCH:
-            self._dispatch_due += 1
-        elif item is _Tick.TIMEOUTS:
+    def _take_burst(self, first: _Item | None) -> list[_Item | None]:
+        """``first`` plus whatever is already queued (up to ``update_batch``), in order."""
+        burst: list[_Item | None] = [first]
+        while first is not None and len(burst) < self.update_batch:
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            burst.append(item)
+            if item is None:
+                break
+        return burst
+
+    def _process_burst(self, burst: list[_Item]) -> None:
+        """Process a burst in order; consecutive updates go to the service as one batch."""
+        updates: list[_PendingUpdate] = []
+        for item in burst:
+            if isinstance(item, tuple):
+                pending = self._handle(*item)
+                if isinstance(pending, _PendingUpdate):
+                    updates.append(pending)
+                    continue
+                self._flush_updates(updates)
+                if pending:
+                    self._dispatch_due += 1
+            else:
+                self._flush_updates(updates)
+                self._tick_item(item)
+            self._maybe_dispatch()
+        self._flush_updates(updates)
+        self._maybe_dispatch()
+
+    def _tick_item(self, item: _Tick) -> None:
+        if item is _Tick.TIMEOUTS:
             self.stats.timeouts_checked += 1
             self.service.task_timeouts()
-            self._dispatch_due += 1
-        else:
-            topic, payload = item
-            if self._handle(topic, payload):
-                self._dispatch_due += 1
+        self._dispatch_due += 1
+
+    def _maybe_dispatch(self) -> None:
         # Coalesce: under load, one dispatch per burst of queued uplink messages (each
         # dispatch is a service transaction); when idle, right after the message.
         if self._dispatch_due and (
@@ -271,10 +321,38 @@ class StudyBridge:
             self._dispatch_due = 0
             self._dispatch()
 
+    def _flush_updates(self, updates: list[_PendingUpdate]) -> None:
+        """Submit the collected update frames as one batch; ack each after its commit.
+
+        If the batch's commit fails nothing is acked: the devices' outboxes
+        re-deliver, and the service's receipts dedupe what did commit.
+        """
+        if not updates:
+            return
+        batch = list(updates)
+        updates.clear()
+        try:
+            acks = self.service.submit_updates(self.study_id, [u.payload for u in batch])
+        except Exception:
+            log.exception("bridge %s: a batch of %d updates failed", self.study_id, len(batch))
+            self.stats.rejected[RejectKind.INTERNAL.value] += len(batch)
+            return
+        for pending, ack in zip(batch, acks, strict=True):
+            if pending.rejected is None:
+                self.stats.acks[ack.status.value] += 1
+                self._dispatch_due += 1
+            else:
+                self.stats.rejected[pending.rejected.value] += 1
+            self._reply(pending.info, ack)
+
     # -- uplink -------------------------------------------------------------------
 
-    def _handle(self, topic: str, payload: bytes) -> bool:
-        """Process one uplink message; True if the study's schedule may have changed."""
+    def _handle(self, topic: str, payload: bytes) -> bool | _PendingUpdate:
+        """Process one uplink message; True if the study's schedule may have changed.
+
+        An update frame (well-formed, or malformed but on its own update topic) is
+        not submitted here but returned, to be submitted with its burst's batch.
+        """
         info: TopicInfo | None = None
         try:
             info = parse_topic(topic)
@@ -288,9 +366,7 @@ class StudyBridge:
             if info is not None and info.kind is TopicKind.UPDATE and kind is not RejectKind.ROUTE:
                 # The service decodes again, refuses, counts and audits it (with the
                 # frame's hash); its REJECTED ack tells the device.
-                self._reply(info, self.service.submit_update(self.study_id, payload))
-                self.stats.rejected[kind.value] += 1
-                return False
+                return _PendingUpdate(info=info, payload=payload, rejected=kind)
             self._reject(info, kind, str(exc))
             return False
         self.stats.received[info.kind.value] += 1
@@ -299,10 +375,7 @@ class StudyBridge:
                 self._reply(info, self.service.enrol(self.study_id, message))
                 return True
             if isinstance(message, Update):
-                ack = self.service.submit_update(self.study_id, payload)
-                self.stats.acks[ack.status.value] += 1
-                self._reply(info, ack)
-                return True
+                return _PendingUpdate(info=info, payload=payload, rejected=None)
             if isinstance(message, Heartbeat):
                 if self.service.heartbeat(self.study_id, message) is False:
                     # Unknown (or revoked) here: tell the device, which re-enrols.

@@ -1,19 +1,28 @@
-"""Updates: decode, dedupe, judge and persist one frame; never raise for bad input.
+"""Updates: decode, dedupe, judge and persist update frames; never raise for bad input.
 
 Why dedupe by receipt: MQTT QoS 1 and the agents' outboxes re-deliver, so the
 same frame may arrive many times. A re-delivery is answered with the status
 its first delivery earned and is never merged twice; a *different* frame for
 an answered task is a DUPLICATE rejection.
+
+Why batches: each service call is one database transaction with one engine
+snapshot (and one fsync), which caps ingest at a few dozen updates per second
+on PostgreSQL. :meth:`UpdateCalls.submit_updates` judges a burst of frames one
+by one, exactly as a single frame is judged, but commits every row, receipt,
+counter and ONE snapshot in one transaction; the acks are returned only after
+that commit, so an ack still means "durable". ``submit_update`` is the batch
+of one.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from compliance import ActorKind, AuditAction, Outcome
 from coordinator.errors import RejectReason, UpdateRejected
 from coordinator.ingest import IncomingUpdate, decode_update
-from coordinator.store import TaskStatus
+from coordinator.store import StudyChanges, TaskStatus
 from coordinator.store.audit_trail import COORDINATOR_ACTOR, actor
 from coordinator.store.models import UpdateReceiptRow
 from coordinator.store.runtime import StudyRuntime
@@ -24,6 +33,19 @@ from .core import UNKNOWN_TASK_ID, ServiceCore, digest
 log = logging.getLogger(__name__)
 
 
+class _FrameCrashed(Exception):
+    """Judging one frame of a batch raised: a bug or an input we failed to foresee.
+
+    The engine may be half-changed, so the batch's transaction is abandoned
+    (the study reloads from the database) and the frames are judged again one
+    at a time, where this one is refused on its own.
+    """
+
+
+def _as_bytes(frame: object) -> bytes:
+    return bytes(frame) if isinstance(frame, bytes | bytearray | memoryview) else b""
+
+
 class UpdateCalls(ServiceCore):
     def submit_update(self, study_id: str, frame: bytes) -> Ack:
         """Decode, dedupe, judge and persist one update frame; never raises for bad input.
@@ -32,99 +54,141 @@ class UpdateCalls(ServiceCore):
         the status its first delivery earned and is never merged twice; a
         different frame for an answered task is rejected as DUPLICATE.
         """
-        raw = bytes(frame) if isinstance(frame, bytes | bytearray | memoryview) else b""
-        frame_sha = digest(raw)
+        (ack,) = self.submit_updates(study_id, [frame])
+        return ack
+
+    def submit_updates(self, study_id: str, frames: Sequence[bytes]) -> list[Ack]:
+        """Judge ``frames`` in order as ``submit_update`` would; commit them at once.
+
+        One ack per frame, in order, returned only after the batch's single
+        commit. A frame repeating an earlier one of the same batch is a
+        re-delivery like any other. Raises (and nothing is acked or kept) only
+        if the commit itself fails: the devices' outboxes then re-deliver.
+        """
+        raws = [_as_bytes(f) for f in frames]
+        if not raws:
+            return []
         with self._lock:
             study = self._studies.get(study_id)
             if study is None:
-                self._audit(
-                    AuditAction.UPDATE_REJECTED,
-                    Outcome.DENIED,
-                    actor=COORDINATOR_ACTOR,
-                    study_id=None,
-                    details={"reason": "unknown_study", "update_sha256": frame_sha},
-                )
-                return Ack(
-                    task_id=UNKNOWN_TASK_ID, status=AckStatus.REJECTED, reason="unknown study"
-                )
+                return [self._unknown_study(raw) for raw in raws]
             try:
-                incoming = decode_update(raw, max_bytes=self._max_bytes)
-            except UpdateRejected as exc:
-                return self._reject_early(
-                    study, exc, task_id=UNKNOWN_TASK_ID, device_id=None, frame_sha=frame_sha
-                )
-            header = incoming.header
-            receipt = self._repo.receipt(study.id, header.task_id)
-            if receipt is not None and receipt.device_id == header.device_id:
-                if receipt.frame_sha256 == frame_sha:
-                    study.duplicates += 1
-                    return Ack(
-                        task_id=header.task_id,
-                        status=receipt.status,
-                        reason=f"duplicate delivery{': ' + receipt.reason if receipt.reason else ''}"[
-                            :200
-                        ],
-                    )
-                return self._reject_early(
-                    study,
-                    UpdateRejected(RejectReason.DUPLICATE, "task already answered"),
-                    task_id=header.task_id,
-                    device_id=header.device_id,
-                    frame_sha=frame_sha,
-                )
-            try:
-                return self._submit(study, incoming, frame_sha=frame_sha)
-            except Exception:  # a bug or an input we failed to foresee: refuse, don't crash
-                log.exception("update %s of study %s could not be processed", frame_sha, study_id)
+                return self._submit_batch(study, raws)
+            except _FrameCrashed as crash:
+                log.exception("an update of study %s could not be processed", study_id)
+                if len(raws) > 1:  # re-judge alone: only the culprit is refused
+                    return [ack for raw in raws for ack in self.submit_updates(study_id, [raw])]
+                task_id, device_id = crash.args
                 study = self._studies[study_id]  # reloaded by _change
-                return self._reject_early(
-                    study,
-                    UpdateRejected(RejectReason.MALFORMED, "update could not be processed"),
-                    task_id=header.task_id,
-                    device_id=header.device_id,
-                    frame_sha=frame_sha,
-                )
+                with self._change(study) as changes:
+                    return [
+                        self._reject_early(
+                            study,
+                            changes,
+                            UpdateRejected(RejectReason.MALFORMED, "update could not be processed"),
+                            task_id=task_id,
+                            device_id=device_id,
+                            frame_sha=digest(raws[0]),
+                        )
+                    ]
 
-    def _submit(self, study: StudyRuntime, incoming: IncomingUpdate, *, frame_sha: str) -> Ack:
+    def _unknown_study(self, raw: bytes) -> Ack:
+        self._audit(
+            AuditAction.UPDATE_REJECTED,
+            Outcome.DENIED,
+            actor=COORDINATOR_ACTOR,
+            study_id=None,
+            details={"reason": "unknown_study", "update_sha256": digest(raw)},
+        )
+        return Ack(task_id=UNKNOWN_TASK_ID, status=AckStatus.REJECTED, reason="unknown study")
+
+    def _submit_batch(self, study: StudyRuntime, raws: list[bytes]) -> list[Ack]:
+        """One transaction for the whole batch; receipts of earlier frames dedupe later ones."""
+        with self._change(study) as changes:
+            return [self._judge(study, changes, raw) for raw in raws]
+
+    def _judge(self, study: StudyRuntime, changes: StudyChanges, raw: bytes) -> Ack:
+        frame_sha = digest(raw)
+        try:
+            incoming = decode_update(raw, max_bytes=self._max_bytes)
+        except UpdateRejected as exc:
+            return self._reject_early(
+                study, changes, exc, task_id=UNKNOWN_TASK_ID, device_id=None, frame_sha=frame_sha
+            )
+        header = incoming.header
+        receipt = self._receipt(changes, header.task_id)
+        if receipt is not None and receipt.device_id == header.device_id:
+            if receipt.frame_sha256 == frame_sha:
+                study.duplicates += 1
+                status = changes.receipt_status.get(header.task_id, receipt.status)
+                note = f": {receipt.reason}" if receipt.reason else ""
+                return Ack(
+                    task_id=header.task_id,
+                    status=status,
+                    reason=f"duplicate delivery{note}"[:200],
+                )
+            return self._reject_early(
+                study,
+                changes,
+                UpdateRejected(RejectReason.DUPLICATE, "task already answered"),
+                task_id=header.task_id,
+                device_id=header.device_id,
+                frame_sha=frame_sha,
+            )
+        try:
+            return self._submit(study, changes, incoming, frame_sha=frame_sha)
+        except Exception as exc:
+            raise _FrameCrashed(header.task_id, header.device_id) from exc
+
+    def _receipt(self, changes: StudyChanges, task_id: str) -> UpdateReceiptRow | None:
+        """The task's receipt: written earlier in this batch, or committed before."""
+        for row in changes.new_receipts:
+            if row.task_id == task_id:
+                return row
+        return self._repo.receipt(changes.study_id, task_id)
+
+    def _submit(
+        self,
+        study: StudyRuntime,
+        changes: StudyChanges,
+        incoming: IncomingUpdate,
+        *,
+        frame_sha: str,
+    ) -> Ack:
         header = incoming.header
         order = study.engine.tasks.get(header.task_id)
         owned = order is not None and order.device_id == header.device_id
-        with self._change(study) as changes:
-            study.current_update_sha = frame_sha
-            study.failure_status[header.task_id] = TaskStatus.REJECTED
-            try:
-                outcome = study.engine.submit(
-                    incoming.update, now=changes.at, context=incoming.privacy
+        study.current_update_sha = frame_sha
+        study.failure_status[header.task_id] = TaskStatus.REJECTED
+        try:
+            outcome = study.engine.submit(incoming.update, now=changes.at, context=incoming.privacy)
+        finally:
+            study.current_update_sha = None
+            study.failure_status.pop(header.task_id, None)
+        if not outcome.accepted:
+            status, reason = AckStatus.REJECTED, outcome.reason.value if outcome.reason else None
+        elif outcome.merge is not None and header.task_id in outcome.merge.task_ids:
+            status, reason = AckStatus.MERGED, None
+        else:
+            status, reason = AckStatus.BUFFERED, None
+        if owned:  # only a task's own device can settle it: no receipt for strangers
+            changes.new_receipts.append(
+                UpdateReceiptRow(
+                    study_id=study.id,
+                    task_id=header.task_id,
+                    device_id=header.device_id,
+                    frame_sha256=frame_sha,
+                    status=status,
+                    reason=reason,
+                    received_at=changes.at,
                 )
-            finally:
-                study.current_update_sha = None
-                study.failure_status.pop(header.task_id, None)
-            if not outcome.accepted:
-                status, reason = (
-                    AckStatus.REJECTED,
-                    outcome.reason.value if outcome.reason else None,
-                )
-            elif outcome.merge is not None and header.task_id in outcome.merge.task_ids:
-                status, reason = AckStatus.MERGED, None
-            else:
-                status, reason = AckStatus.BUFFERED, None
-            if owned:  # only a task's own device can settle it: no receipt for strangers
-                changes.new_receipts.append(
-                    UpdateReceiptRow(
-                        study_id=study.id,
-                        task_id=header.task_id,
-                        device_id=header.device_id,
-                        frame_sha256=frame_sha,
-                        status=status,
-                        reason=reason,
-                        received_at=changes.at,
-                    )
-                )
+            )
         return Ack(task_id=header.task_id, status=status, reason=reason)
 
     def _reject_early(
         self,
         study: StudyRuntime,
+        changes: StudyChanges,
         exc: UpdateRejected,
         *,
         task_id: str,
@@ -132,22 +196,21 @@ class UpdateCalls(ServiceCore):
         frame_sha: str,
     ) -> Ack:
         """A rejection decided before the engine saw the update: count, audit, ack."""
-        with self._change(study) as changes:
-            changes.rejections[exc.reason] += 1
-            study.rejections[exc.reason] += 1
-            details: dict[str, object] = {
-                "task_id": task_id,
-                "reason": exc.reason.value,
-                "detail": exc.detail[:200],
-                "update_sha256": frame_sha,
-            }
-            if device_id is not None:
-                details["device_id"] = device_id
-            self._audit(
-                AuditAction.UPDATE_REJECTED,
-                Outcome.DENIED,
-                actor=actor(ActorKind.DEVICE, device_id) if device_id else COORDINATOR_ACTOR,
-                study_id=study.id,
-                details=details,
-            )
+        changes.rejections[exc.reason] += 1
+        study.rejections[exc.reason] += 1
+        details: dict[str, object] = {
+            "task_id": task_id,
+            "reason": exc.reason.value,
+            "detail": exc.detail[:200],
+            "update_sha256": frame_sha,
+        }
+        if device_id is not None:
+            details["device_id"] = device_id
+        self._audit(
+            AuditAction.UPDATE_REJECTED,
+            Outcome.DENIED,
+            actor=actor(ActorKind.DEVICE, device_id) if device_id else COORDINATOR_ACTOR,
+            study_id=study.id,
+            details=details,
+        )
         return Ack(task_id=task_id, status=AckStatus.REJECTED, reason=exc.reason.value)
