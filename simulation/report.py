@@ -24,7 +24,7 @@ def plot_accuracy(
         points = [(max(p["t"], 1.0), p["accuracy"]) for p in series]
         ax.plot([t for t, _ in points], [a for _, a in points], label=run, linewidth=1.4)
     if target is not None:
-        ax.axhline(target, color="grey", linestyle="--", linewidth=1, label=f"target {target:.2f}")
+        ax.axhline(target, color="grey", linestyle="--", linewidth=1, label=f"target {target:g}")
     ax.set_xscale("log")
     ax.set_xlabel("virtual time (s, log scale)")
     ax.set_ylabel("held-out accuracy")
