@@ -104,19 +104,42 @@ class UpdateCalls(ServiceCore):
 
     def _submit_batch(self, study: StudyRuntime, raws: list[bytes]) -> list[Ack]:
         """One transaction for the whole batch; receipts of earlier frames dedupe later ones."""
+        decoded: list[IncomingUpdate | UpdateRejected] = []
+        for raw in raws:
+            try:
+                decoded.append(decode_update(raw, max_bytes=self._max_bytes))
+            except UpdateRejected as exc:
+                decoded.append(exc)
+        receipts = self._repo.receipts_for(
+            study.id, [d.header.task_id for d in decoded if isinstance(d, IncomingUpdate)]
+        )
         with self._change(study) as changes:
-            return [self._judge(study, changes, raw) for raw in raws]
+            return [
+                self._judge(study, changes, receipts, raw, item)
+                for raw, item in zip(raws, decoded, strict=True)
+            ]
 
-    def _judge(self, study: StudyRuntime, changes: StudyChanges, raw: bytes) -> Ack:
+    def _judge(
+        self,
+        study: StudyRuntime,
+        changes: StudyChanges,
+        receipts: dict[str, UpdateReceiptRow],
+        raw: bytes,
+        incoming: IncomingUpdate | UpdateRejected,
+    ) -> Ack:
+        """Judge one decoded frame; ``receipts`` (committed or of this batch) dedupe it."""
         frame_sha = digest(raw)
-        try:
-            incoming = decode_update(raw, max_bytes=self._max_bytes)
-        except UpdateRejected as exc:
+        if isinstance(incoming, UpdateRejected):
             return self._reject_early(
-                study, changes, exc, task_id=UNKNOWN_TASK_ID, device_id=None, frame_sha=frame_sha
+                study,
+                changes,
+                incoming,
+                task_id=UNKNOWN_TASK_ID,
+                device_id=None,
+                frame_sha=frame_sha,
             )
         header = incoming.header
-        receipt = self._receipt(changes, header.task_id)
+        receipt = receipts.get(header.task_id)
         if receipt is not None and receipt.device_id == header.device_id:
             if receipt.frame_sha256 == frame_sha:
                 study.duplicates += 1
@@ -136,16 +159,12 @@ class UpdateCalls(ServiceCore):
                 frame_sha=frame_sha,
             )
         try:
-            return self._submit(study, changes, incoming, frame_sha=frame_sha)
+            ack = self._submit(study, changes, incoming, frame_sha=frame_sha)
         except Exception as exc:
             raise _FrameCrashed(header.task_id, header.device_id) from exc
-
-    def _receipt(self, changes: StudyChanges, task_id: str) -> UpdateReceiptRow | None:
-        """The task's receipt: written earlier in this batch, or committed before."""
-        for row in changes.new_receipts:
-            if row.task_id == task_id:
-                return row
-        return self._repo.receipt(changes.study_id, task_id)
+        if changes.new_receipts and changes.new_receipts[-1].task_id == header.task_id:
+            receipts[header.task_id] = changes.new_receipts[-1]
+        return ack
 
     def _submit(
         self,
