@@ -1,4 +1,11 @@
-"""``fedward coordinator``: run the coordinator's REST API, or migrate its database.
+"""``fedward coordinator``: run the coordinator (REST API + MQTT bridge), or migrate its database.
+
+``serve`` runs both sides of a deployment in one process: the operator API
+(uvicorn) and, unless ``--no-bridge``, one MQTT connection to the broker of
+``FEDWARD_MQTT__*`` with a bridge per running study (see
+:class:`coordinator.bridges.BridgeSupervisor`), sharing one ``StudyService``
+so every decision goes through the same lock and transaction. The bridges are
+stopped after uvicorn returns (SIGINT/SIGTERM), then the service is closed.
 
 Settings come from ``FEDWARD_*`` environment variables (see
 :class:`coordinator.settings.CoordinatorSettings`); the options below override
@@ -9,6 +16,8 @@ line, where it would land in the shell history and the process list.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -50,11 +59,15 @@ def serve(
         Path | None, typer.Option(help="File holding the operator API token.", exists=True)
     ] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    bridge: Annotated[
+        bool, typer.Option("--bridge/--no-bridge", help="Also run the MQTT bridge (default).")
+    ] = True,
 ) -> None:
-    """Migrate the database to head and serve the operator API (uvicorn)."""
+    """Migrate the database to head; serve the operator API and the studies' MQTT bridge."""
     import uvicorn
 
     from coordinator.api import create_app
+    from coordinator.service import StudyService
 
     settings = _settings(
         api_host=host,
@@ -63,12 +76,44 @@ def serve(
         data_dir=data_dir,
         operator_token_file=operator_token_file,
     )
-    uvicorn.run(
-        create_app(settings),
-        host=settings.api_host,
-        port=settings.api_port,
-        log_level=log_level,
-    )
+    service = StudyService.open(settings)
+    try:
+        with serving_bridges(service, settings, enabled=bridge):
+            uvicorn.run(
+                create_app(settings, service=service),
+                host=settings.api_host,
+                port=settings.api_port,
+                log_level=log_level,
+            )
+    finally:
+        service.close()
+
+
+@contextmanager
+def serving_bridges(
+    service: Any, settings: CoordinatorSettings, *, enabled: bool = True
+) -> Iterator[Any]:
+    """The serve-time MQTT side: a supervisor on one broker connection, stopped on exit.
+
+    Yields the :class:`~coordinator.bridges.BridgeSupervisor` (``None`` if not
+    ``enabled``). Why a context manager: the API server blocks until shutdown,
+    and the bridges must stop (and the connection close) however it ends.
+    """
+    if not enabled:
+        yield None
+        return
+    from coordinator.bridges import BridgeSupervisor
+    from protocol.mqtt import MqttTransport
+
+    transport = MqttTransport(settings.mqtt.client_settings())
+    supervisor = BridgeSupervisor(service, transport, max_message_bytes=settings.max_message_bytes)
+    try:
+        supervisor.start()
+        console.print(f"MQTT bridge on {settings.mqtt.host}:{settings.mqtt.port}")
+        yield supervisor
+    finally:
+        supervisor.stop()
+        transport.close()
 
 
 @app.command()
