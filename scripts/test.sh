@@ -5,5 +5,6 @@ cd "$(dirname "$0")/.."
 bash scripts/services.sh
 bash scripts/setup.sh
 .venv/bin/ruff check .
+.venv/bin/ruff format --check .
 .venv/bin/lint-imports --no-cache
 exec .venv/bin/python -m pytest -q "$@"

@@ -27,7 +27,9 @@ def _step_flops(config: ModelConfig, trainable: tuple[str, ...], batch_size: int
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(batch_size, config.in_channels, config.window, generator=generator)
     y = torch.randint(0, config.num_classes, (batch_size,), generator=generator)
-    optimizer = torch.optim.SGD([p for p in split.suffix.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
+    optimizer = torch.optim.SGD(
+        [p for p in split.suffix.parameters() if p.requires_grad], lr=0.01, momentum=0.9
+    )
     counter = FlopCounterMode(display=False)
     with counter:
         features = frozen_features(split.prefix, x, micro_batch=batch_size)
@@ -42,7 +44,9 @@ def step_flops(config: ModelConfig, trainable: Sequence[str], *, batch_size: int
     return _step_flops(config, tuple(sorted(trainable)), batch_size)
 
 
-def task_flops(config: ModelConfig, trainable: Sequence[str], *, samples: int, epochs: int, batch_size: int) -> float:
+def task_flops(
+    config: ModelConfig, trainable: Sequence[str], *, samples: int, epochs: int, batch_size: int
+) -> float:
     """FLOPs of a local task: per-sample step cost times samples seen."""
     per_sample = step_flops(config, trainable, batch_size=batch_size) / batch_size
     return per_sample * samples * epochs
