@@ -7,6 +7,8 @@ broker of the tests. Per study it subscribes to the uplink filters::
     fedward/v1/{study}/enrol/+      Enrol      -> service.enrol        -> EnrolAck on ack/{device}
     fedward/v1/{study}/update/+     Update     -> service.submit_updates -> Ack on ack/{device}
     fedward/v1/{study}/heartbeat/+  Heartbeat  -> service.heartbeat
+                                    ErrorMessage -> service.device_error (a device
+                                    declines a task: its own budget is spent)
 
 and publishes every task the service hands out as its model frame on
 ``model/{version}/{subset}`` followed by the Task on ``task/{device}``
@@ -89,6 +91,7 @@ class StudyServiceLike(Protocol):
     def enrol(self, study_id: str, msg: Enrol) -> EnrolAck: ...
     def submit_updates(self, study_id: str, frames: Sequence[bytes]) -> list[Ack]: ...
     def heartbeat(self, study_id: str, msg: Heartbeat) -> bool: ...
+    def device_error(self, study_id: str, device_id: str, message: ErrorMessage) -> bool: ...
     def dispatch(self, study_id: str) -> Sequence[OutboundLike]: ...
     def task_timeouts(self) -> Any: ...
 
@@ -383,6 +386,9 @@ class StudyBridge:
                         info, RejectKind.REFUSED, "not enrolled", code=ErrorCode.NOT_ENROLLED
                     )
                 return False
+            if isinstance(message, ErrorMessage) and info.device_id is not None:
+                # A refusal frees the task's slot at once: dispatch may fill it.
+                return self.service.device_error(self.study_id, info.device_id, message)
         except Exception as exc:  # a refusal by the service, or its bug
             code = self.refuse(exc)
             kind = RejectKind.INTERNAL if code is None else RejectKind.REFUSED

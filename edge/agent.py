@@ -66,9 +66,10 @@ from protocol.transport import Transport
 from tinytrain.models import Params, build_model, param_shapes
 from tinytrain.training import LocalTrainConfig
 
+from .budget import DeviceBudget, TaskRefused, run_dp_task
 from .dataset import LocalDataset
 from .identity import DeviceIdentity
-from .local import LocalTask, run_local_task
+from .local import LocalOutcome, LocalTask, run_local_task
 from .outbox import Outbox
 from .settings import AgentSettings
 from .updates import encode_update, update_header
@@ -92,6 +93,7 @@ class AgentStats:
     tasks_received: int = 0
     tasks_completed: int = 0
     tasks_abandoned: int = 0
+    tasks_refused: int = 0
     updates_published: int = 0
     republished: int = 0
     heartbeats: int = 0
@@ -222,6 +224,9 @@ class EdgeAgent:
         self.held = _HeldModel(
             settings.state_dir / MODEL_FILE, self.shapes, keep=settings.model_cache_versions
         )
+        policy = settings.budget_policy()
+        self.budget_path = settings.state_dir / f"budget-{settings.study_id}.json"
+        self.budget = None if policy is None else DeviceBudget.load(self.budget_path, policy=policy)
         self.status = DeviceStatus.IDLE
         self.enrolled = threading.Event()
         self.refused: str | None = None
@@ -410,10 +415,16 @@ class EdgeAgent:
 
     def _run_task(self, task: Task) -> None:
         s = self.settings
-        if task.dp is not None:
-            # DP-SGD on the device is wired by the privacy integration (edge.dp_training);
-            # training without the noise the task demands would break its promise.
-            raise AgentError("DP tasks are not supported by this agent build")
+        if task.dp is not None and self.budget is None:
+            # Training without the noise the task demands would break its promise, and
+            # without a budget of its own the device cannot judge what it may spend.
+            raise AgentError("a DP task needs the device's own budget (settings.dp_epsilon)")
+        if task.dp is not None and self.budget is not None:
+            try:  # before waiting for the model: a refusal costs nothing
+                self.budget.check(task.dp)
+            except TaskRefused as refusal:
+                self._refuse(task, refusal)
+                return
         base = self.held.base_for(
             task.model_version, timeout_s=min(s.model_wait_s, task.deadline_s), stop=self._stop
         )
@@ -423,6 +434,45 @@ class EdgeAgent:
             return
         self.held.hold(task.model_version, base)
         self.status = DeviceStatus.TRAINING
+        if task.dp is not None and self.budget is not None:
+            try:
+                outcome, report = run_dp_task(
+                    self.budget,
+                    task,
+                    self.model,
+                    base,
+                    self.dataset.x,
+                    self.dataset.y,
+                    momentum=s.momentum,
+                    max_physical_batch_size=s.dp_max_physical_batch_size,
+                    seed=None,  # DP noise from OS entropy, never from a reproducible seed
+                )
+            except TaskRefused as refusal:
+                self._refuse(task, refusal)
+                return
+            self.budget.save(self.budget_path)  # durable before the update can leave
+        else:
+            outcome, report = self._train(task, base), None
+        header = update_header(
+            outcome,
+            device_id=s.device_id,
+            subset_id=task.subset_id,
+            base_version=task.model_version,
+            privacy=report,
+        )
+        frame = encode_update(header, outcome, max_bytes=s.max_message_bytes)
+        delay = self.pace(task, len(frame)) if self.pace is not None else 0.0
+        if delay > 0 and self._stop.wait(delay):
+            return  # stopped while emulating a slow device: the task is simply lost
+        self.status = DeviceStatus.UPLOADING
+        self._sent_at[task.task_id] = self.clock()  # before put: no resend race with maintenance
+        self.outbox.put(task.task_id, frame)  # durable before it leaves the device
+        if self._publish(TopicKind.UPDATE, frame):
+            self.stats.updates_published += 1
+        self.stats.tasks_completed += 1
+
+    def _train(self, task: Task, base: Params) -> LocalOutcome:
+        s = self.settings
         local = LocalTask(
             task_id=task.task_id,
             model_version=task.model_version,
@@ -435,23 +485,20 @@ class EdgeAgent:
             ),
             seed=self.rng.getrandbits(31),
         )
-        outcome = run_local_task(self.model, base, self.dataset.x, self.dataset.y, local)
-        header = update_header(
-            outcome,
-            device_id=s.device_id,
-            subset_id=task.subset_id,
-            base_version=task.model_version,
+        return run_local_task(self.model, base, self.dataset.x, self.dataset.y, local)
+
+    def _refuse(self, task: Task, refusal: TaskRefused) -> None:
+        """Decline ``task`` on the heartbeat topic: nothing trained, nothing spent.
+
+        The detail starts with the task id (the coordinator frees that task and
+        stops scheduling this device); the reason after it is for humans.
+        """
+        log.info("%s: refusing task %s: %s", self.settings.device_id, task.task_id, refusal)
+        self.stats.tasks_refused += 1
+        message = ErrorMessage(
+            code=ErrorCode.BUDGET_EXHAUSTED, detail=f"{task.task_id} {refusal}"[:1000]
         )
-        frame = encode_update(header, outcome, max_bytes=s.max_message_bytes)
-        delay = self.pace(task, len(frame)) if self.pace is not None else 0.0
-        if delay > 0 and self._stop.wait(delay):
-            return  # stopped while emulating a slow device: the task is simply lost
-        self.status = DeviceStatus.UPLOADING
-        self._sent_at[task.task_id] = self.clock()  # before put: no resend race with maintenance
-        self.outbox.put(task.task_id, frame)  # durable before it leaves the device
-        if self._publish(TopicKind.UPDATE, frame):
-            self.stats.updates_published += 1
-        self.stats.tasks_completed += 1
+        self._publish(TopicKind.HEARTBEAT, encode_frame(message))
 
     # -- maintenance thread -----------------------------------------------------
 

@@ -5,6 +5,12 @@ momentum. A ``Task`` names tensors, epochs, batch size and learning rate, but
 not the architecture those tensors belong to nor the momentum, so the
 device is provisioned with them (``fedward up`` copies them from the study
 spec; ``fedward edge run`` takes them as options).
+
+The device's own privacy budget (``dp_epsilon`` at ``dp_delta`` with
+``dp_accountant``) is here too, and only here: the promise is made to the
+person wearing the device, so the agent refuses a DP task that would take it
+past this budget, whatever the coordinator's ledger says (:mod:`edge.budget`).
+Without ``dp_epsilon`` the agent takes no DP task.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from privacy.accounting import Accountant
+from privacy.budget import BudgetPolicy
 from protocol.ids import Id
 from protocol.messages import DEFAULT_MAX_MESSAGE_BYTES, DeviceClass
 from tinytrain.models import ModelConfig, ModelKind
@@ -38,6 +46,12 @@ class AgentSettings(BaseModel):
     num_classes: Annotated[int, Field(ge=2)] = 4
     width: Annotated[int, Field(ge=1)] = 24
     momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    # the device's own privacy budget (None: no DP tasks)
+    dp_epsilon: PosFloat | None = None
+    dp_delta: Annotated[float, Field(gt=0, lt=1)] = 1e-5
+    dp_accountant: Accountant = Accountant.RDP
+    dp_max_physical_batch_size: Annotated[int, Field(ge=1)] = 16
+    """Micro-batch cap of DP-SGD on this device (its memory, not the study's choice)."""
     # timing
     heartbeat_interval_s: PosFloat = 10.0
     enrol_retry_s: PosFloat = 5.0
@@ -50,6 +64,14 @@ class AgentSettings(BaseModel):
     max_message_bytes: Annotated[int, Field(ge=1024)] = DEFAULT_MAX_MESSAGE_BYTES
     model_cache_versions: Annotated[int, Field(ge=1)] = 8
     seen_task_ids: Annotated[int, Field(ge=16)] = 4096
+
+    def budget_policy(self) -> BudgetPolicy | None:
+        """The device's own budget, or ``None`` if it was given none (no DP tasks)."""
+        if self.dp_epsilon is None:
+            return None
+        return BudgetPolicy(
+            epsilon=self.dp_epsilon, delta=self.dp_delta, accountant=self.dp_accountant
+        )
 
     def model_settings(self) -> ModelConfig:
         return ModelConfig(

@@ -5,11 +5,17 @@ Layout (``{study}``, ``{device}``, ``{subset}`` match ``[A-Za-z0-9_.-]{1,64}``,
 
     fedward/v1/{study}/enrol/{device}               up    Enrol
     fedward/v1/{study}/update/{device}              up    Update (frame with tensors)
-    fedward/v1/{study}/heartbeat/{device}           up    Heartbeat
+    fedward/v1/{study}/heartbeat/{device}           up    Heartbeat, ErrorMessage (a refusal)
     fedward/v1/{study}/task/{device}                down  Task
     fedward/v1/{study}/ack/{device}                 down  Ack, EnrolAck
     fedward/v1/{study}/error/{device}               down  ErrorMessage
     fedward/v1/{study}/model/{version}/{subset}     down  ModelDownload (broadcast)
+
+A device that declines a task (its own privacy budget is spent) says so
+with an ``ErrorMessage`` (code ``BUDGET_EXHAUSTED``, ``detail`` starting with
+the task id) on its heartbeat topic: it is about the device's state, it needs
+no topic (nor ACL line) of its own, and the uplink ``error`` kind would clash
+with the downlink one the device reads.
 
 Why this shape:
 
@@ -87,7 +93,7 @@ _DIRECTIONS = {
 EXPECTED_MESSAGES: dict[TopicKind, frozenset[MessageKind]] = {
     TopicKind.ENROL: frozenset({MessageKind.ENROL}),
     TopicKind.UPDATE: frozenset({MessageKind.UPDATE}),
-    TopicKind.HEARTBEAT: frozenset({MessageKind.HEARTBEAT}),
+    TopicKind.HEARTBEAT: frozenset({MessageKind.HEARTBEAT, MessageKind.ERROR}),
     TopicKind.TASK: frozenset({MessageKind.TASK}),
     TopicKind.ACK: frozenset({MessageKind.ACK, MessageKind.ENROL_ACK}),
     TopicKind.ERROR: frozenset({MessageKind.ERROR}),

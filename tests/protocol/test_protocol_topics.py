@@ -7,7 +7,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protocol.errors import DecodeError, EncodeError, RouteError
-from protocol.messages import Ack, AckStatus, DeviceStatus, EnrolAck, Heartbeat, ModelDownload
+from protocol.messages import (
+    Ack,
+    AckStatus,
+    DeviceStatus,
+    EnrolAck,
+    ErrorCode,
+    ErrorMessage,
+    Heartbeat,
+    ModelDownload,
+)
 from protocol.topics import (
     Direction,
     TopicInfo,
@@ -119,6 +128,7 @@ def test_route_check_binds_ids_to_topic():
     model = parse_topic(model_topic("s", 4, "small"))
     # Execute / Assert: matching routes pass
     check_route(hb_topic, Heartbeat(device_id="dev1", status=DeviceStatus.IDLE))
+    check_route(hb_topic, ErrorMessage(code=ErrorCode.BUDGET_EXHAUSTED, detail="t1 spent"))
     check_route(ack_topic, Ack(task_id="t", status=AckStatus.MERGED))
     check_route(ack_topic, EnrolAck(accepted=True))
     check_route(model, ModelDownload(model_version=4, subset_id="small", names=("w",)))
@@ -127,5 +137,7 @@ def test_route_check_binds_ids_to_topic():
         check_route(hb_topic, Heartbeat(device_id="dev2", status=DeviceStatus.IDLE))
     with pytest.raises(RouteError):
         check_route(hb_topic, Ack(task_id="t", status=AckStatus.MERGED))
+    with pytest.raises(RouteError):  # a refusal rides the heartbeat topic, nothing else
+        check_route(ack_topic, ErrorMessage(code=ErrorCode.BUDGET_EXHAUSTED, detail="t1"))
     with pytest.raises(RouteError):
         check_route(model, ModelDownload(model_version=5, subset_id="small", names=("w",)))
