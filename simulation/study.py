@@ -447,12 +447,3 @@ def final_accuracy(series: list[dict[str, float]], *, tail: float) -> float:
     cut = last * (1 - tail)
     window = [p["accuracy"] for p in series if p["updates"] >= cut and p["updates"] > 0]
     return float(np.mean(window)) if window else float(series[-1]["accuracy"])
-
-
-def per_class_counts(fleet: list[SimDevice]) -> dict[str, dict[str, int]]:
-    out: dict[str, dict[str, int]] = defaultdict(lambda: {"devices": 0, "stragglers": 0})
-    for d in fleet:
-        row = out[d.profile.device_class.value]
-        row["devices"] += 1
-        row["stragglers"] += int(d.straggler)
-    return dict(out)

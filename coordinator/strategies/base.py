@@ -28,7 +28,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..errors import NotReadyError, RejectReason, StateLoadError, UpdateRejected
+from ..errors import (
+    NotReadyError,
+    RejectReason,
+    StateLoadError,
+    StrategyConfigError,
+    UpdateRejected,
+)
 
 Params = dict[str, np.ndarray]
 STATE_FORMAT = 1
@@ -262,3 +268,32 @@ class Strategy(ABC):
                 ) from exc
             buffer.append(update)
         self._buffer = buffer
+
+
+class BufferedStrategy(Strategy):
+    """A strategy that merges whenever ``buffer_size`` updates are buffered,
+    then takes a server step of size ``server_lr`` (FedBuff, FTTE)."""
+
+    schedule = Schedule.BUFFERED
+
+    def __init__(
+        self,
+        *,
+        shapes: Mapping[str, tuple[int, ...]],
+        buffer_size: int,
+        server_lr: float = 1.0,
+        max_staleness: int | None = None,
+    ) -> None:
+        super().__init__(shapes=shapes, max_staleness=max_staleness)
+        if buffer_size < 1:
+            raise StrategyConfigError("buffer_size must be >= 1")
+        if not server_lr > 0:
+            raise StrategyConfigError("server_lr must be > 0")
+        self.buffer_size = buffer_size
+        self.server_lr = server_lr
+
+    def ready(self) -> bool:
+        return self.pending >= self.buffer_size
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "buffer_size": self.buffer_size, "server_lr": self.server_lr}

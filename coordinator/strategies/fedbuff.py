@@ -13,40 +13,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
 
 import numpy as np
 
-from ..errors import StrategyConfigError
-from .base import ClientUpdate, Params, Schedule, Strategy, StrategyName, apply_step
+from .base import BufferedStrategy, ClientUpdate, Params, StrategyName, apply_step
 
 
 def fedbuff_staleness(tau: int) -> float:
     return 1.0 / math.sqrt(1.0 + tau)
 
 
-class FedBuff(Strategy):
+class FedBuff(BufferedStrategy):
     name = StrategyName.FEDBUFF
-    schedule = Schedule.BUFFERED
-
-    def __init__(
-        self,
-        *,
-        shapes: Mapping[str, tuple[int, ...]],
-        buffer_size: int,
-        server_lr: float = 1.0,
-        max_staleness: int | None = None,
-    ) -> None:
-        super().__init__(shapes=shapes, max_staleness=max_staleness)
-        if buffer_size < 1:
-            raise StrategyConfigError("buffer_size must be >= 1")
-        if not server_lr > 0:
-            raise StrategyConfigError("server_lr must be > 0")
-        self.buffer_size = buffer_size
-        self.server_lr = server_lr
-
-    def ready(self) -> bool:
-        return self.pending >= self.buffer_size
 
     def _merge(
         self,
@@ -63,6 +41,3 @@ class FedBuff(Strategy):
                 coverage[name] = coverage.get(name, 0) + 1
         step = {n: (sums[n] / coverage[n]).astype(np.float32) for n in sums}
         return apply_step(params, step, lr=self.server_lr), weights, coverage
-
-    def config(self) -> dict[str, Any]:
-        return {**super().config(), "buffer_size": self.buffer_size, "server_lr": self.server_lr}

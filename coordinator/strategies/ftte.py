@@ -29,12 +29,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import StrategyConfigError
-from .base import ClientUpdate, Params, Schedule, Strategy, StrategyName, apply_step, weighted_mean
+from .base import BufferedStrategy, ClientUpdate, Params, StrategyName, apply_step, weighted_mean
 
 
-class FTTE(Strategy):
+class FTTE(BufferedStrategy):
     name = StrategyName.FTTE
-    schedule = Schedule.BUFFERED
 
     def __init__(
         self,
@@ -47,21 +46,14 @@ class FTTE(Strategy):
         sample_weighting: bool = True,
         max_staleness: int | None = None,
     ) -> None:
-        super().__init__(shapes=shapes, max_staleness=max_staleness)
-        if buffer_size < 1:
-            raise StrategyConfigError("buffer_size must be >= 1")
-        if not server_lr > 0:
-            raise StrategyConfigError("server_lr must be > 0")
+        super().__init__(
+            shapes=shapes, buffer_size=buffer_size, server_lr=server_lr, max_staleness=max_staleness
+        )
         if staleness_exponent < 0 or variance_beta < 0:
             raise StrategyConfigError("staleness_exponent and variance_beta must be >= 0")
-        self.buffer_size = buffer_size
-        self.server_lr = server_lr
         self.staleness_exponent = staleness_exponent
         self.variance_beta = variance_beta
         self.sample_weighting = sample_weighting
-
-    def ready(self) -> bool:
-        return self.pending >= self.buffer_size
 
     def weights(self, buffer: list[ClientUpdate], staleness: tuple[int, ...]) -> list[float]:
         q = np.array([u.mean_square() for u in buffer], dtype=np.float64)
@@ -88,8 +80,6 @@ class FTTE(Strategy):
     def config(self) -> dict[str, Any]:
         return {
             **super().config(),
-            "buffer_size": self.buffer_size,
-            "server_lr": self.server_lr,
             "staleness_exponent": self.staleness_exponent,
             "variance_beta": self.variance_beta,
             "sample_weighting": self.sample_weighting,
