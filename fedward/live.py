@@ -11,9 +11,10 @@ scenario's simulated data). Only this floor imports both edge and coordinator.
 The study is the scenario's (same spec, data split, fleet classes and memory)
 so its accuracy is comparable with ``fedward simulate``; differences: devices
 run at their real speed unless ``time_scale`` emulates the simulator's device
-speeds (no simulated dropouts or availability either) and the study
-starts from the spec's initial model, because ``StudyService.create_study``
-takes no warm-start parameters (the simulator's warm start is skipped).
+speeds (no simulated dropouts or availability either). The study starts from
+the simulator's warm start (``simulation.warmstart.pretrained_params``, the
+same cached pre-trained model), handed to ``StudyService.create_study`` as
+version 0, so both runs start from the same model.
 Accuracy is measured as in the simulator: every model version is evaluated
 on the same held-out windows and the final figure is the mean over the last
 ``final_tail`` of the updates.
@@ -52,6 +53,7 @@ from simulation.profiles import SimDevice, draw_fleet
 from simulation.scenario import Scenario, StrategyRun
 from simulation.sensordata import load_study_data
 from simulation.study import final_accuracy
+from simulation.warmstart import pretrained_params
 from tinytrain.costs import task_flops
 from tinytrain.models import build_model
 from tinytrain.runtime import limit_threads
@@ -315,7 +317,17 @@ class LiveStudy:
         )
         self.audit_log = settings.audit_log_path
         self.service = StudyService.open(settings, seed=self.options.scenario.seed)
-        self.service.create_study(self.spec, study_id=self.study_id)
+        scenario = self.options.scenario
+        start = pretrained_params(
+            self.model_config,
+            seed=scenario.seed,
+            patients=scenario.pretrain_patients,
+            epochs=scenario.pretrain_epochs,
+            batch_size=scenario.batch_size,
+            lr=scenario.lr,
+            momentum=scenario.momentum,
+        )
+        self.service.create_study(self.spec, study_id=self.study_id, initial_params=start)
         self.coordinator_transport = self._mqtt(f"coord.{self.study_id}")
         self.bridge = StudyBridge(
             self.service,

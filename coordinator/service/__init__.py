@@ -34,6 +34,7 @@ the per-call transaction):
 from .core import STUDY_ID_PATTERN, UNKNOWN_TASK_ID, Clock
 from .errors import (
     DeviceNotFound,
+    InvalidInitialModel,
     InvalidStudyId,
     InvalidTransition,
     ModelVersionNotFound,
@@ -52,6 +53,7 @@ __all__ = [
     "Clock",
     "DeviceInfo",
     "DeviceNotFound",
+    "InvalidInitialModel",
     "InvalidStudyId",
     "InvalidTransition",
     "ModelVersionInfo",

@@ -27,7 +27,7 @@ from coordinator.store import BlobStore, Repository, StudyChanges, create_db_eng
 from coordinator.store.audit_trail import AuditTrail
 from coordinator.store.models import StudyRow
 from coordinator.store.recorder import EventRecorder
-from coordinator.store.runtime import RuntimeStore, StudyRuntime
+from coordinator.store.runtime import Params, RuntimeStore, StudyRuntime
 from coordinator.study_spec import StudySpec
 
 from .errors import StudyNotFound
@@ -145,12 +145,15 @@ class ServiceCore:
     def _info(self, study: StudyRuntime) -> StudyInfo:
         return study_info(study)
 
-    def _new_runtime(self, row: StudyRow, spec: StudySpec) -> StudyRuntime:
+    def _new_runtime(
+        self, row: StudyRow, spec: StudySpec, *, params: Params | None = None
+    ) -> StudyRuntime:
         return self._runtimes.build(
             row,
             spec,
             on_event=self._recorder.on_event,
             on_guard_event=self._recorder.on_guard_event,
+            params=params,
         )
 
     def _reload(self, study_id: str) -> None:

@@ -39,3 +39,7 @@ class InvalidStudyId(ServiceError, ValueError):
 
 class UnsupportedRefusal(ServiceError, ValueError):
     """A device declined a task for a reason the coordinator does not act on."""
+
+
+class InvalidInitialModel(ServiceError, ValueError):
+    """Warm-start parameters that are not the study's model (names or shapes differ)."""

@@ -11,11 +11,11 @@ from compliance import ActorKind, AuditAction, Outcome
 from coordinator.store import StudyState
 from coordinator.store.audit_trail import OPERATOR, actor
 from coordinator.store.models import StudyRow
-from coordinator.store.runtime import StudyRuntime
+from coordinator.store.runtime import Params, StudyRuntime
 from coordinator.study_spec import StudySpec
 
 from .core import STUDY_ID_PATTERN, ServiceCore, digest
-from .errors import InvalidStudyId, ModelVersionNotFound, StudyExists
+from .errors import InvalidInitialModel, InvalidStudyId, ModelVersionNotFound, StudyExists
 from .views import StudyInfo, StudyStatus
 
 _STUDY_ID_RE = re.compile(STUDY_ID_PATTERN)
@@ -23,9 +23,20 @@ _STUDY_ID_RE = re.compile(STUDY_ID_PATTERN)
 
 class StudyCalls(ServiceCore):
     def create_study(
-        self, spec: StudySpec, *, study_id: str | None = None, by: str = OPERATOR
+        self,
+        spec: StudySpec,
+        *,
+        study_id: str | None = None,
+        by: str = OPERATOR,
+        initial_params: Params | None = None,
     ) -> StudyInfo:
         """Create a DRAFT study with its initial model (version 0); the spec is then fixed.
+
+        ``initial_params`` is a warm start (e.g. a model pre-trained centrally on
+        a public cohort, as ``fedward simulate`` starts from); it becomes version
+        0's blob, so a restart and every device start from it too. Default: the
+        spec's seeded initial model. ``InvalidInitialModel`` if its tensor names
+        or shapes are not the study's model.
 
         Building the engine measures the training footprint of every subset tier
         (seconds for a large model), so it runs outside the service lock: other
@@ -51,11 +62,16 @@ class StudyCalls(ServiceCore):
                 last_accuracy=None,
                 last_accuracy_version=None,
             )
-            study = self._new_runtime(row, spec)
+            try:
+                study = self._new_runtime(row, spec, params=initial_params)
+            except ValueError as exc:
+                if initial_params is None:
+                    raise
+                raise InvalidInitialModel(str(exc)) from exc
             with self._lock:
                 self._studies[sid] = study
                 try:
-                    self._persist_new_study(study, by=by)
+                    self._persist_new_study(study, by=by, warm_start=initial_params is not None)
                 except BaseException:
                     self._studies.pop(sid, None)
                     raise
@@ -64,7 +80,7 @@ class StudyCalls(ServiceCore):
             with self._lock:
                 self._reserved.discard(sid)
 
-    def _persist_new_study(self, study: StudyRuntime, *, by: str) -> None:
+    def _persist_new_study(self, study: StudyRuntime, *, by: str, warm_start: bool) -> None:
         spec = study.spec
         with self._change(study, new=True) as changes:
             changes.new_study = study.row
@@ -83,6 +99,7 @@ class StudyCalls(ServiceCore):
                     "buffer_size": spec.buffer_size,
                     "spec_sha256": digest(spec.model_dump_json().encode()),
                     "content_hash": record.content_hash,
+                    "warm_start": warm_start,
                     "record_hash": record.record_hash,
                 },
             )

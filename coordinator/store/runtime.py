@@ -97,11 +97,18 @@ class RuntimeStore:
         *,
         on_event: EventHandler,
         on_guard_event: GuardEventHandler,
+        params: Params | None = None,
     ) -> StudyRuntime:
-        """A fresh runtime whose engine reports to ``on_event`` (and its guards to the other)."""
+        """A fresh runtime whose engine reports to ``on_event`` (and its guards to the other).
+
+        ``params`` is the model it starts from (default: the spec's initial model).
+        """
         holder: list[StudyRuntime] = []
         engine = build_engine(
-            spec, rng=random.Random(row.seed), listeners=(lambda e: on_event(holder[0], e),)
+            spec,
+            rng=random.Random(row.seed),
+            params=params,
+            listeners=(lambda e: on_event(holder[0], e),),
         )
         study = StudyRuntime(
             row=row, spec=spec, engine=engine, lineage=ModelLineage(clock=self._clock)
