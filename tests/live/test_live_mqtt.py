@@ -1,24 +1,19 @@
 """Live federation over the real Mosquitto on 127.0.0.1:1883 (marked ``mqtt``).
 
 Accuracy band: the live study and the simulator run the same scenario and seed
-(same data split, fleet classes and memory, model, local work and strategy)
-from the same initial model. They differ in what the simulator cannot copy
-exactly: the order in which updates arrive (real threads vs virtual time),
-training seeds, and dropouts/availability (not emulated live). Device speeds
-are emulated (``time_scale=0.03``: each task also waits 3% of its simulated
-compute + uplink time) so arrivals spread out and staleness looks like the
-simulator's. Final accuracy = mean held-out accuracy (200 windows) over the
-evaluations in the last half of the updates, which averages out merge-to-merge
-noise. Measured: simulator 0.871; live 0.881, 0.872, 0.858, 0.837 (four runs,
-gap -3.4 to +1.0 points). With only the last quarter averaged the live figure
-ranged 0.843-0.913 against 0.912, and without speed emulation (agents at
-equal real speed, arrivals in bursts) live sat 6-8 points lower.
-``BAND`` = 6 points.
-
-Why from scratch (``pretrain_patients=0``) and IID-ish data (``alpha=50``):
-``StudyService.create_study`` takes no warm-start parameters, so both sides
-must start from the spec's initial model, and from scratch the non-IID tiny
-study hovers near chance in both, which would make any band meaningless.
+(same non-IID data split, fleet classes and memory, model, warm start, local
+work and strategy). They differ in what the simulator cannot copy exactly: the
+order in which updates arrive (real threads vs virtual time), training seeds,
+and dropouts/availability (not emulated live). Device speeds are emulated
+(``time_scale=0.03``: each task also waits 3% of its simulated compute +
+uplink time) so arrivals spread out and staleness looks like the simulator's.
+Final accuracy = mean held-out accuracy (200 windows) over the evaluations in
+the last half of the updates. Both start from the same warm start (20 public
+patients), which makes the comparison stable; the test also checks that the
+federation itself moved the model well past it. Measured: simulator 0.935
+from a 0.765 start; live 0.933, 0.936, 0.938 (three runs). ``BAND`` = 3 points.
+(From scratch the tiny study's accuracy swung by 6+ points run to run on both
+sides, so that comparison could not be tight.)
 """
 
 from __future__ import annotations
@@ -39,30 +34,32 @@ from simulation.study import Study
 
 pytestmark = pytest.mark.mqtt
 
-BAND = 0.06
+BAND = 0.03
+LEARNED = 0.10  # the federation must add this much over the warm start
 SCENARIO = PRESETS["tiny"].model_copy(
     update={
         "name": "live-vs-sim",
         "devices": 20,
         "update_budget": 300,
-        "pretrain_patients": 0,
-        "alpha": 50.0,
-        "epochs": 4,
+        "pretrain_patients": 20,
+        "pretrain_epochs": 10,
         "final_tail": 0.5,
     }
 )
 RUN = StrategyRun.FEDBUFF
 
 
-def simulate(scenario=SCENARIO, run=RUN) -> float:
+def simulate(scenario=SCENARIO, run=RUN) -> tuple[float, float]:
+    """(final accuracy, accuracy of the warm start) of the simulated study."""
     spec = scenario.study_spec(run)
     executor = SerialExecutor(scenario.data_config(), spec.model_settings())
-    return Study(scenario, run, executor=executor).run().final_accuracy
+    result = Study(scenario, run, executor=executor).run()
+    return result.final_accuracy, result.series[0]["accuracy"]
 
 
 def test_live_study_of_20_agents_lands_in_the_simulators_band(mqtt_broker, study_id, tmp_path):
     # Prepare
-    reference = simulate()
+    reference, warm_start = simulate()
     options = LiveOptions(
         scenario=SCENARIO,
         run=RUN,
@@ -81,6 +78,7 @@ def test_live_study_of_20_agents_lands_in_the_simulators_band(mqtt_broker, study
     # Assert
     print(f"live {result.final_accuracy:.3f} vs simulator {reference:.3f}, wall {wall:.1f}s")
     assert abs(result.final_accuracy - reference) <= BAND
+    assert result.final_accuracy >= warm_start + LEARNED
     assert result.updates >= SCENARIO.update_budget
     assert result.bridge_rejected == {} and result.rejections == {}
     assert assert_merged_exactly_once(result.audit_log) == result.updates
