@@ -13,8 +13,9 @@ import random
 from collections.abc import Callable
 from functools import lru_cache
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from privacy.central import RandomNormal, urandom_normal
 from tinytrain.dp_memory import measure_dp_training_step
 from tinytrain.memory import measure_training_step
 from tinytrain.models import (
@@ -33,7 +34,16 @@ from .engine import Engine, EngineEvent
 from .planning import SubsetMode, SubsetPlanner
 from .privacy_guard import PrivacyGuard, PrivacyListener
 from .privacy_settings import StudyPrivacy
-from .strategies import FTTE, FedAsync, FedAvg, FedBuff, Strategy, StrategyName
+from .strategies import FTTE, ClientLevelDP, FedAsync, FedAvg, FedBuff, Strategy, StrategyName
+
+
+class ClientDPSettings(BaseModel):
+    """Client-level DP of a ``client_dp`` study: clip bound and noise multiplier."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    clip_norm: float = Field(gt=0, le=1e6, allow_inf_nan=False)
+    noise_multiplier: float = Field(ge=0, le=1e3, allow_inf_nan=False)
 
 
 class StudySpec(BaseModel):
@@ -58,12 +68,21 @@ class StudySpec(BaseModel):
     concurrency: int = Field(default=50, ge=1)
     buffer_size: int = Field(default=10, ge=1)
     server_lr: float = Field(default=1.0, gt=0)
+    client_dp: ClientDPSettings | None = None  # required by, and only for, strategy client_dp
     max_staleness: int | None = Field(default=None, ge=0)
     staleness_exponent: float = Field(default=0.5, ge=0)
     variance_beta: float = Field(default=1.0, ge=0)
     task_deadline_s: float = Field(default=3600.0, gt=0)
     # differential privacy (issue 4): None = no DP; set at creation, immutable
     privacy: StudyPrivacy | None = None
+
+    @model_validator(mode="after")
+    def _client_dp_matches_strategy(self) -> StudySpec:
+        if (self.strategy is StrategyName.CLIENT_DP) != (self.client_dp is not None):
+            raise ValueError(
+                "client_dp settings are required by, and only allowed with, strategy client_dp"
+            )
+        return self
 
     def model_settings(self) -> ModelConfig:
         return ModelConfig(
@@ -86,7 +105,27 @@ def footprint_bytes(config: ModelConfig, names: tuple[str, ...], batch_size: int
     return measure_training_step(config, names, batch_size=batch_size).total
 
 
-def build_strategy(spec: StudySpec, shapes: dict[str, tuple[int, ...]]) -> Strategy:
+def build_strategy(
+    spec: StudySpec,
+    shapes: dict[str, tuple[int, ...]],
+    *,
+    random_normal: RandomNormal | None = None,
+) -> Strategy:
+    """The spec's strategy; ``random_normal`` feeds client-level DP noise (default: OS entropy)."""
+    if spec.strategy is StrategyName.CLIENT_DP:
+        if spec.client_dp is None:
+            raise ValueError(
+                "strategy client_dp needs client_dp settings (clip_norm, noise_multiplier)"
+            )
+        return ClientLevelDP(
+            shapes=shapes,
+            buffer_size=spec.buffer_size,
+            clip_norm=spec.client_dp.clip_norm,
+            noise_multiplier=spec.client_dp.noise_multiplier,
+            random_normal=random_normal or urandom_normal(),
+            server_lr=spec.server_lr,
+            max_staleness=spec.max_staleness,
+        )
     if spec.strategy is StrategyName.FEDAVG:
         return FedAvg(shapes=shapes, server_lr=spec.server_lr)
     if spec.strategy is StrategyName.FEDBUFF:

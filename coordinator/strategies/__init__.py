@@ -1,6 +1,7 @@
 """Aggregation strategies: pure objects behind one interface (see ``base``)."""
 
-from .base import ClientUpdate, MergeResult, Schedule, Strategy, StrategyName
+from .base import BufferedStrategy, ClientUpdate, MergeResult, Schedule, Strategy, StrategyName
+from .client_dp import ClientLevelDP
 from .fedasync import FedAsync, StalenessFunction
 from .fedavg import FedAvg
 from .fedbuff import FedBuff
@@ -8,6 +9,8 @@ from .ftte import FTTE
 
 __all__ = [
     "FTTE",
+    "BufferedStrategy",
+    "ClientLevelDP",
     "ClientUpdate",
     "FedAsync",
     "FedAvg",

@@ -50,6 +50,7 @@ class StrategyName(enum.StrEnum):
     FEDBUFF = "fedbuff"
     FEDASYNC = "fedasync"
     FTTE = "ftte"
+    CLIENT_DP = "client_dp"  # uniform buffered mean with client-level DP
 
 
 @dataclass(frozen=True, kw_only=True)
