@@ -12,7 +12,7 @@ The study is the scenario's (same spec, data split, fleet classes and memory)
 so its accuracy is comparable with ``fedward simulate``; differences: devices
 run at their real speed unless ``time_scale`` emulates the simulator's device
 speeds (no simulated dropouts or availability either). The study starts from
-the simulator's warm start (``simulation.warmstart.pretrained_params``, the
+the simulator's warm start (``simulation.warmstart.scenario_start``, the
 same cached pre-trained model), handed to ``StudyService.create_study`` as
 version 0, so both runs start from the same model.
 Accuracy is measured as in the simulator: every model version is evaluated
@@ -53,7 +53,7 @@ from simulation.profiles import SimDevice, draw_fleet
 from simulation.scenario import Scenario, StrategyRun
 from simulation.sensordata import load_study_data
 from simulation.study import final_accuracy
-from simulation.warmstart import pretrained_params
+from simulation.warmstart import scenario_start
 from tinytrain.costs import task_flops
 from tinytrain.models import build_model
 from tinytrain.runtime import limit_threads
@@ -318,15 +318,7 @@ class LiveStudy:
         self.audit_log = settings.audit_log_path
         self.service = StudyService.open(settings, seed=self.options.scenario.seed)
         scenario = self.options.scenario
-        start = pretrained_params(
-            self.model_config,
-            seed=scenario.seed,
-            patients=scenario.pretrain_patients,
-            epochs=scenario.pretrain_epochs,
-            batch_size=scenario.batch_size,
-            lr=scenario.lr,
-            momentum=scenario.momentum,
-        )
+        start = scenario_start(scenario, self.model_config)
         self.service.create_study(self.spec, study_id=self.study_id, initial_params=start)
         self.coordinator_transport = self._mqtt(f"coord.{self.study_id}")
         self.bridge = StudyBridge(

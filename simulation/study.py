@@ -62,7 +62,7 @@ from .executor import Executor, TrainJob
 from .profiles import SimDevice, draw_fleet
 from .scenario import Scenario, StrategyRun
 from .sensordata import load_study_data
-from .warmstart import pretrained_params
+from .warmstart import scenario_start
 
 Progress = Callable[[int, int, float | None], None]  # (accepted, budget, accuracy)
 
@@ -160,15 +160,7 @@ class Study:
             rng=np.random.default_rng(scenario.seed + 1),
         )
         self.by_id = {d.device_id: d for d in self.fleet}
-        start = pretrained_params(
-            self.model_config,
-            seed=scenario.seed,
-            patients=scenario.pretrain_patients,
-            epochs=scenario.pretrain_epochs,
-            batch_size=scenario.batch_size,
-            lr=scenario.lr,
-            momentum=scenario.momentum,
-        )
+        start = scenario_start(scenario, self.model_config)
         self.engine = build_engine(
             self.spec,
             rng=random.Random(scenario.seed + 2),

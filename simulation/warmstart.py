@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -18,6 +19,9 @@ from tinytrain.subsets import SubsetLadder
 from tinytrain.training import LocalTrainConfig, train_subset
 
 from .sensordata import StudyDataConfig, cache_dir, generate_study_data
+
+if TYPE_CHECKING:
+    from .scenario import Scenario
 
 PUBLIC_SEED_OFFSET = 1_000_003
 
@@ -64,3 +68,16 @@ def pretrained_params(
     np.savez(tmp, **params)
     tmp.replace(path)
     return params
+
+
+def scenario_start(scenario: Scenario, config: ModelConfig) -> Params:
+    """The warm start every row and the live study of ``scenario`` begin from."""
+    return pretrained_params(
+        config,
+        seed=scenario.seed,
+        patients=scenario.pretrain_patients,
+        epochs=scenario.pretrain_epochs,
+        batch_size=scenario.batch_size,
+        lr=scenario.lr,
+        momentum=scenario.momentum,
+    )

@@ -18,13 +18,13 @@ def zeros() -> dict[str, np.ndarray]:
     return {"a": np.zeros(2, dtype=np.float32), "b": np.zeros(1, dtype=np.float32)}
 
 
-def upd(task: str, delta: dict[str, list[float]], *, n: int = 1) -> ClientUpdate:
+def upd(task: str, delta: dict[str, list[float] | np.ndarray], *, n: int = 1) -> ClientUpdate:
     return ClientUpdate(
         device_id=f"dev-{task}",
         task_id=task,
         base_version=0,
         subset_id="s",
-        delta={k: np.array(v, dtype=np.float32) for k, v in delta.items()},
+        delta={k: np.asarray(v, dtype=np.float32) for k, v in delta.items()},
         num_samples=n,
     )
 
@@ -60,17 +60,7 @@ def test_noise_has_the_calibrated_standard_deviation() -> None:
         random_normal=seeded_normal(1),
     )
     for i in range(4):
-        s.accept(
-            ClientUpdate(
-                device_id=f"d{i}",
-                task_id=f"t{i}",
-                base_version=0,
-                subset_id="s",
-                delta={"w": np.zeros(20_000, dtype=np.float32)},
-                num_samples=1,
-            ),
-            server_version=0,
-        )
+        s.accept(upd(f"t{i}", {"w": np.zeros(20_000)}), server_version=0)
     # Execute
     merged = s.aggregate({"w": np.zeros(20_000, dtype=np.float32)}, server_version=0)
     # Assert: std = z * C / K = 1.5 * 2 / 4
