@@ -1,10 +1,18 @@
 """Ablation of FTTE's merge weights: does each term earn its place?
 
-Runs the FTTE row with its staleness term (``a``), its variance term
-(``beta``), both, and neither, on the same scenario over several seeds, and
-reports time to target and final accuracy (mean and spread) side by side.
+Runs the FTTE row with its age term (``a``), its variance term (``beta``),
+both, and neither, on two fleets built from the same scenario and seeds:
 
-    python -m bench.ablation [--scenario quick] [--seeds 3] [--json runs/ablation.json]
+- ``clean``: every device's annotations are right;
+- ``mislabelled``: a fraction of devices (``--mislabelled``, default 10%)
+  carry systematically wrong labels (``Scenario.mislabelled_fraction``), the
+  divergent devices the variance term is there for.
+
+It reports time to target and final accuracy (mean and spread over seeds) side
+by side, as a table and JSON::
+
+    python -m bench.ablation [--scenario quick] [--seeds 3] [--mislabelled 0.1]
+                             [--json runs/ablation/ablation.json]
 """
 
 from __future__ import annotations
@@ -19,15 +27,92 @@ from rich.progress import Progress
 from rich.table import Table
 
 from simulation.executor import ExecutorKind, make_executor
-from simulation.scenario import StrategyRun, load_scenario
+from simulation.scenario import Scenario, StrategyRun, load_scenario
 from simulation.study import Study
 
 VARIANTS = {
     "ftte (age + variance)": {},
     "no variance term (beta=0)": {"variance_beta": 0.0},
     "no age term (a=0)": {"staleness_exponent": 0.0},
-    "neither (plain weighted mean)": {"variance_beta": 0.0, "staleness_exponent": 0.0},
+    "neither (sample-weighted mean)": {"variance_beta": 0.0, "staleness_exponent": 0.0},
 }
+Row = dict[str, float | int | None]
+
+
+def fleets(base: Scenario, *, mislabelled: float) -> dict[str, Scenario]:
+    return {
+        "clean": base,
+        "mislabelled": Scenario.model_validate(
+            {**base.model_dump(), "mislabelled_fraction": mislabelled}
+        ),
+    }
+
+
+def summarise(rows: list[Row]) -> dict[str, object]:
+    times = [r["time_to_target_s"] for r in rows if r["time_to_target_s"] is not None]
+    finals = [float(r["final"]) for r in rows if r["final"] is not None]
+    return {
+        "time_to_target_mean_s": statistics.mean(times) if times else None,
+        "reached": f"{len(times)}/{len(rows)}",
+        "final_accuracy_mean": statistics.mean(finals),
+        "final_accuracy_sd": statistics.pstdev(finals),
+        "runs": rows,
+    }
+
+
+def run(base: Scenario, *, seeds: int, mislabelled: float) -> dict[str, dict[str, dict]]:
+    """fleet -> variant -> summary over seeds."""
+    results: dict[str, dict[str, list[Row]]] = {
+        fleet: {name: [] for name in VARIANTS} for fleet in ("clean", "mislabelled")
+    }
+    with Progress() as progress:
+        bar = progress.add_task("ablation", total=seeds * len(VARIANTS) * 2)
+        for offset in range(seeds):
+            seeded = Scenario.model_validate({**base.model_dump(), "seed": base.seed + offset})
+            for fleet, scenario in fleets(seeded, mislabelled=mislabelled).items():
+                spec = scenario.study_spec(StrategyRun.FTTE)
+                pool = make_executor(
+                    ExecutorKind.PROCESS, scenario.data_config(), spec.model_settings()
+                )
+                try:
+                    for name, change in VARIANTS.items():
+                        variant = Scenario.model_validate({**scenario.model_dump(), **change})
+                        result = Study(variant, StrategyRun.FTTE, executor=pool).run()
+                        results[fleet][name].append(
+                            {
+                                "seed": variant.seed,
+                                "time_to_target_s": result.time_to_target_s,
+                                "final": result.final_accuracy,
+                            }
+                        )
+                        progress.advance(bar)
+                finally:
+                    pool.close()
+    return {
+        fleet: {name: summarise(rows) for name, rows in by_variant.items()}
+        for fleet, by_variant in results.items()
+    }
+
+
+def table(summary: dict[str, dict[str, dict]], *, title: str) -> Table:
+    out = Table(title=title)
+    out.add_column("variant")
+    for fleet in summary:
+        for col in ("time to target (s)", "reached", "final acc", "sd"):
+            out.add_column(f"{fleet}: {col}")
+    for name in VARIANTS:
+        cells = [name]
+        for fleet in summary:
+            s = summary[fleet][name]
+            t = s["time_to_target_mean_s"]
+            cells += [
+                "-" if t is None else f"{t:.0f}",
+                str(s["reached"]),
+                f"{s['final_accuracy_mean']:.4f}",
+                f"{s['final_accuracy_sd']:.4f}",
+            ]
+        out.add_row(*cells)
+    return out
 
 
 def main() -> None:
@@ -36,56 +121,30 @@ def main() -> None:
     )
     parser.add_argument("--scenario", default="quick")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--mislabelled", type=float, default=0.1)
     parser.add_argument("--json", type=Path, default=Path("runs/ablation/ablation.json"))
     args = parser.parse_args()
+    if args.seeds < 1 or not 0 < args.mislabelled <= 1:
+        parser.error("--seeds must be >= 1 and --mislabelled in (0, 1]")
     base = load_scenario(args.scenario)
-    results: dict[str, list[dict[str, float | None]]] = {name: [] for name in VARIANTS}
-    with Progress() as progress:
-        bar = progress.add_task("ablation", total=args.seeds * len(VARIANTS))
-        for seed in range(args.seeds):
-            seeded = base.model_copy(update={"seed": base.seed + seed})
-            spec = seeded.study_spec(StrategyRun.FTTE)
-            pool = make_executor(ExecutorKind.PROCESS, seeded.data_config(), spec.model_settings())
-            try:
-                for name, change in VARIANTS.items():
-                    scenario = type(base).model_validate({**seeded.model_dump(), **change})
-                    result = Study(scenario, StrategyRun.FTTE, executor=pool).run()
-                    results[name].append(
-                        {
-                            "seed": scenario.seed,
-                            "time_to_target_s": result.time_to_target_s,
-                            "final": result.final_accuracy,
-                        }
-                    )
-                    progress.advance(bar)
-            finally:
-                pool.close()
-    table = Table(title=f"FTTE weighting ablation on {base.name} ({args.seeds} seeds)")
-    for col in ("variant", "time to target (s) mean", "reached", "final acc mean", "final acc sd"):
-        table.add_column(col)
-    summary = {}
-    for name, rows in results.items():
-        times = [r["time_to_target_s"] for r in rows if r["time_to_target_s"] is not None]
-        finals = [r["final"] for r in rows]
-        summary[name] = {
-            "time_to_target_mean_s": statistics.mean(times) if times else None,
-            "reached": f"{len(times)}/{len(rows)}",
-            "final_accuracy_mean": statistics.mean(finals),
-            "final_accuracy_sd": statistics.pstdev(finals),
-            "runs": rows,
-        }
-        s = summary[name]
-        table.add_row(
-            name,
-            "-" if s["time_to_target_mean_s"] is None else f"{s['time_to_target_mean_s']:.0f}",
-            s["reached"],
-            f"{s['final_accuracy_mean']:.4f}",
-            f"{s['final_accuracy_sd']:.4f}",
+    summary = run(base, seeds=args.seeds, mislabelled=args.mislabelled)
+    Console().print(
+        table(
+            summary,
+            title=f"FTTE weighting ablation on {base.name} ({args.seeds} seeds, "
+            f"{args.mislabelled:.0%} mislabelled devices in the second fleet)",
         )
-    Console().print(table)
+    )
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(
-        json.dumps({"scenario": base.model_dump(mode="json"), "variants": summary}, indent=2)
+        json.dumps(
+            {
+                "scenario": base.model_dump(mode="json"),
+                "mislabelled_fraction": args.mislabelled,
+                "fleets": summary,
+            },
+            indent=2,
+        )
     )
 
 

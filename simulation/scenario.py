@@ -76,6 +76,8 @@ class Scenario(BaseModel):
     min_windows: int = Field(default=24, ge=1)
     max_windows: int = Field(default=96, ge=1)
     test_patients: int = Field(default=100, ge=1)
+    # devices whose annotations are systematically wrong (a robustness scenario)
+    mislabelled_fraction: float = Field(default=0.0, ge=0, le=1)
     # warm start: every strategy starts from one model pre-trained centrally on a
     # small public cohort (patients disjoint from the federation), as on-device
     # training methods (FTTE, TinyTL, Lin et al.) assume; 0 starts from scratch.
@@ -138,6 +140,7 @@ class Scenario(BaseModel):
             max_windows=self.max_windows,
             test_patients=self.test_patients,
             seed=self.seed,
+            mislabelled_fraction=self.mislabelled_fraction,
         )
 
     def study_spec(self, run: StrategyRun) -> StudySpec:

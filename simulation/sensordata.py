@@ -152,9 +152,17 @@ class StudyDataConfig:
     test_patients: int = 100
     test_windows_per_patient: int = 20
     seed: int = 0
+    # Fraction of devices whose annotations are systematically wrong (see
+    # ``mislabel_devices``); applied after loading, so it is not part of the key.
+    mislabelled_fraction: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.mislabelled_fraction <= 1.0:
+            raise ValueError("mislabelled_fraction must be in [0, 1]")
 
     def key(self) -> str:
-        payload = json.dumps({**asdict(self), "generator": 2}, sort_keys=True)
+        generated = {k: v for k, v in asdict(self).items() if k != "mislabelled_fraction"}
+        payload = json.dumps({**generated, "generator": 2}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -197,8 +205,36 @@ def cache_dir() -> Path:
     return Path(os.environ.get("FEDWARD_CACHE", Path.home() / ".cache" / "fedward"))
 
 
+MISLABEL_SEED_OFFSET = 7_919
+
+
+def mislabelled_devices(config: StudyDataConfig) -> list[int]:
+    """Which devices carry wrong annotations (a seeded choice, sorted)."""
+    count = round(config.mislabelled_fraction * config.devices)
+    rng = np.random.default_rng(config.seed + MISLABEL_SEED_OFFSET)
+    return sorted(int(i) for i in rng.choice(config.devices, size=count, replace=False))
+
+
+def mislabel_devices(data: StudyData, config: StudyDataConfig) -> StudyData:
+    """Relabel the chosen devices through a class rotation (``y -> y + 1 mod C``).
+
+    Models a systematic annotation fault on a device (a wearable paired with the
+    wrong labelling pipeline): its windows are genuine, its labels consistently
+    wrong, so its updates pull against the fleet's. Held-out data stays clean.
+    """
+    chosen = set(mislabelled_devices(config))
+    if not chosen:
+        return data
+    device_y = [(y + 1) % len(Rhythm) if i in chosen else y for i, y in enumerate(data.device_y)]
+    return StudyData(data.device_x, device_y, data.test_x, data.test_y)
+
+
 def load_study_data(config: StudyDataConfig) -> StudyData:
-    """Generate once, then load from the cache."""
+    """Generate once (cached), then apply the configured device faults."""
+    return mislabel_devices(_load_clean(config), config)
+
+
+def _load_clean(config: StudyDataConfig) -> StudyData:
     path = cache_dir() / "datasets" / f"ecg-rhythm-{config.key()}.npz"
     if path.exists():
         with np.load(path) as f:

@@ -35,10 +35,16 @@ def command(
         ExecutorKind, typer.Option(help="Where device training runs.")
     ] = ExecutorKind.PROCESS,
     workers: Annotated[int | None, typer.Option(min=1)] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(min=0, help="Override the scenario's seed (fleet, data split, model)."),
+    ] = None,
 ) -> None:
     """Run the benchmark; write JSON, a markdown table and a PNG beside it."""
     console = Console()
     sc = load_scenario(scenario) if scenario else PRESETS["quick" if quick else "full"]
+    if seed is not None:
+        sc = type(sc).model_validate({**sc.model_dump(), "seed": seed})
     with make_progress() as progress:
         report = run_benchmark(
             sc,

@@ -26,6 +26,10 @@ def command(
         int | None, typer.Option(min=2, help="Override the number of devices.")
     ] = None,
     updates: Annotated[int | None, typer.Option(min=1, help="Override the update budget.")] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(min=0, help="Override the seed (fleet, data split, model, timing)."),
+    ] = None,
     out: Annotated[
         Path, typer.Option(help="Output folder for metrics.json and accuracy.png.")
     ] = Path("runs/simulate"),
@@ -40,7 +44,9 @@ def command(
     console = Console()
     sc = load_scenario(scenario)
     overrides = {
-        k: v for k, v in {"devices": devices, "update_budget": updates}.items() if v is not None
+        k: v
+        for k, v in {"devices": devices, "update_budget": updates, "seed": seed}.items()
+        if v is not None
     }
     if overrides:
         sc = sc.model_copy(update=overrides)

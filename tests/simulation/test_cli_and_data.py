@@ -11,7 +11,13 @@ from typer.testing import CliRunner
 
 from fedward.cli import app
 from simulation.scenario import PRESETS, Scenario, load_scenario
-from simulation.sensordata import Rhythm, StudyDataConfig, generate_study_data, load_study_data
+from simulation.sensordata import (
+    Rhythm,
+    StudyDataConfig,
+    generate_study_data,
+    load_study_data,
+    mislabelled_devices,
+)
 
 runner = CliRunner()
 
@@ -94,3 +100,43 @@ def test_sensor_data_is_deterministic_heterogeneous_and_cached() -> None:
     assert len(mixes) > 1
     assert set(np.unique(first.test_y)) == {r.value for r in Rhythm}
     assert np.isfinite(first.test_x).all()
+
+
+def test_mislabelled_devices_get_rotated_labels_and_nothing_else_changes() -> None:
+    # Prepare
+    clean = StudyDataConfig(devices=20, min_windows=8, max_windows=12, test_patients=2, seed=5)
+    faulty = StudyDataConfig(
+        devices=20, min_windows=8, max_windows=12, test_patients=2, seed=5, mislabelled_fraction=0.2
+    )
+    # Execute
+    good, bad = load_study_data(clean), load_study_data(faulty)
+    chosen = mislabelled_devices(faulty)
+    # Assert: 20% of devices, chosen by the seed; their labels rotated by one class,
+    # their windows, every other device and the held-out set untouched
+    assert len(chosen) == 4 and chosen == mislabelled_devices(faulty)
+    assert clean.key() == faulty.key()  # same generated data, faults applied on load
+    for i in range(20):
+        np.testing.assert_array_equal(good.device_x[i], bad.device_x[i])
+        expected = (good.device_y[i] + 1) % len(Rhythm) if i in chosen else good.device_y[i]
+        np.testing.assert_array_equal(bad.device_y[i], expected)
+    np.testing.assert_array_equal(good.test_y, bad.test_y)
+    assert mislabelled_devices(clean) == []
+    with pytest.raises(ValueError, match="mislabelled_fraction"):
+        StudyDataConfig(devices=4, mislabelled_fraction=1.5)
+
+
+def test_seed_option_changes_the_study_and_is_recorded(tmp_path: Path) -> None:
+    # Execute: the same tiny study under two seeds
+    outs = []
+    for seed in (0, 1):
+        out = tmp_path / f"s{seed}"
+        result = runner.invoke(
+            app,
+            ["simulate", "--scenario", "tiny", "--executor", "serial", "--seed", str(seed)]
+            + ["--out", str(out)],
+        )
+        assert result.exit_code == 0, result.output
+        outs.append(json.loads((out / "metrics.json").read_text()))
+    # Assert
+    assert [m["scenario"]["seed"] for m in outs] == [0, 1]
+    assert outs[0]["result"]["series"] != outs[1]["result"]["series"]
