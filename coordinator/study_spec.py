@@ -72,6 +72,7 @@ class StudySpec(BaseModel):
     max_staleness: int | None = Field(default=None, ge=0)
     staleness_exponent: float = Field(default=0.5, ge=0)
     variance_beta: float = Field(default=1.0, ge=0)
+    variance_tolerance: float = Field(default=10.0, ge=1)
     task_deadline_s: float = Field(default=3600.0, gt=0)
     # differential privacy (issue 4): None = no DP; set at creation, immutable
     privacy: StudyPrivacy | None = None
@@ -143,6 +144,7 @@ def build_strategy(
         server_lr=spec.server_lr,
         staleness_exponent=spec.staleness_exponent,
         variance_beta=spec.variance_beta,
+        variance_tolerance=spec.variance_tolerance,
         max_staleness=spec.max_staleness,
     )
 

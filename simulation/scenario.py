@@ -98,6 +98,7 @@ class Scenario(BaseModel):
     # FTTE weighting
     staleness_exponent: float = Field(default=0.5, ge=0)
     variance_beta: float = Field(default=1.0, ge=0)
+    variance_tolerance: float = Field(default=10.0, ge=1)
     # evaluation
     target_accuracy: float = Field(default=0.975, gt=0, le=1)
     # evaluate after the first merge that completes this many updates since the
@@ -160,6 +161,7 @@ class Scenario(BaseModel):
             server_lr=self.server_lr,
             staleness_exponent=self.staleness_exponent,
             variance_beta=self.variance_beta,
+            variance_tolerance=self.variance_tolerance,
             privacy=self.study_privacy() if run.dp else None,
         )
 

@@ -7,7 +7,13 @@ import math
 import numpy as np
 import pytest
 
-from coordinator.errors import NotReadyError, RejectReason, StateLoadError, UpdateRejected
+from coordinator.errors import (
+    NotReadyError,
+    RejectReason,
+    StateLoadError,
+    StrategyConfigError,
+    UpdateRejected,
+)
 from coordinator.strategies import FTTE, ClientUpdate, FedAsync, FedAvg, FedBuff, StalenessFunction
 
 SHAPES = {"a": (2,), "b": (1,)}
@@ -97,7 +103,13 @@ def test_fedasync_hinge() -> None:
 
 def test_ftte_weights_by_samples_age_and_relative_update_energy() -> None:
     # Prepare: three updates; the third is stale, the second unusually energetic
-    s = FTTE(shapes=SHAPES, buffer_size=3, staleness_exponent=1.0, variance_beta=2.0)
+    s = FTTE(
+        shapes=SHAPES,
+        buffer_size=3,
+        staleness_exponent=1.0,
+        variance_beta=2.0,
+        variance_tolerance=4.0,
+    )
     u1 = upd("t1", {"a": [1.0, 1.0]}, n=2, base=4)  # msq 1
     u2 = upd("t2", {"a": [3.0, 3.0]}, n=2, base=4)  # msq 9
     u3 = upd("t3", {"a": [-1.0, 1.0]}, n=4, base=1)  # msq 1, staleness 3
@@ -105,12 +117,29 @@ def test_ftte_weights_by_samples_age_and_relative_update_energy() -> None:
         s.accept(u, server_version=4)
     # Execute
     merged = s.aggregate(params(), server_version=4)
-    # Assert: median msq = 1 -> r = (1, 9, 1); g = (1, 1/(1+2*8), 1); s = (1, 1, 1/4)
-    w = np.array([2 * 1 * 1, 2 * 1 * (1 / 17), 4 * 0.25 * 1])
+    # Assert: median msq = 1 -> r = (1, 9, 1); g = (1, 1/(1+2*(9-4)), 1); s = (1, 1, 1/4)
+    w = np.array([2 * 1 * 1, 2 * 1 * (1 / 11), 4 * 0.25 * 1])
     deltas = np.array([[1.0, 1.0], [3.0, 3.0], [-1.0, 1.0]])
     expected = np.array([1.0, 2.0]) + (w[:, None] * deltas).sum(0) / w.sum()
     np.testing.assert_allclose(merged.weights, w, rtol=1e-9)
     np.testing.assert_allclose(merged.params["a"], expected, rtol=1e-6)
+
+
+def test_ftte_variance_term_leaves_updates_within_the_tolerance_alone() -> None:
+    # Prepare: energies 1, 9 and 400 times the median; tolerance 10, beta 1
+    s = FTTE(shapes=SHAPES, buffer_size=4, staleness_exponent=0.0, sample_weighting=False)
+    for i, value in enumerate((1.0, 1.0, 3.0, 20.0)):
+        s.accept(upd(f"t{i}", {"a": [value, value]}), server_version=0)
+    # Execute
+    merged = s.aggregate(params(), server_version=0)
+    # Assert: median msq = (1 + 9) / 2 = 5 -> r = (0.2, 0.2, 1.8, 80); only the last
+    # exceeds 10x the median and is damped by 1 / (1 + (80 - 10))
+    np.testing.assert_allclose(merged.weights, [1.0, 1.0, 1.0, 1 / 71], rtol=1e-9)
+
+
+def test_ftte_refuses_a_tolerance_below_the_median() -> None:
+    with pytest.raises(StrategyConfigError, match="variance_tolerance"):
+        FTTE(shapes=SHAPES, buffer_size=2, variance_tolerance=0.5)
 
 
 def test_ftte_nested_subsets_normalise_each_tensor_by_who_trained_it() -> None:
