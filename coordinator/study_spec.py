@@ -73,6 +73,7 @@ class StudySpec(BaseModel):
     staleness_exponent: float = Field(default=0.5, ge=0)
     variance_beta: float = Field(default=1.0, ge=0)
     variance_tolerance: float = Field(default=10.0, ge=1)
+    variance_window: int = Field(default=200, ge=0)
     task_deadline_s: float = Field(default=3600.0, gt=0)
     # differential privacy (issue 4): None = no DP; set at creation, immutable
     privacy: StudyPrivacy | None = None
@@ -145,6 +146,7 @@ def build_strategy(
         staleness_exponent=spec.staleness_exponent,
         variance_beta=spec.variance_beta,
         variance_tolerance=spec.variance_tolerance,
+        variance_window=spec.variance_window,
         max_staleness=spec.max_staleness,
     )
 

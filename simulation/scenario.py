@@ -99,6 +99,7 @@ class Scenario(BaseModel):
     staleness_exponent: float = Field(default=0.5, ge=0)
     variance_beta: float = Field(default=1.0, ge=0)
     variance_tolerance: float = Field(default=10.0, ge=1)
+    variance_window: int = Field(default=200, ge=0)
     # evaluation
     target_accuracy: float = Field(default=0.975, gt=0, le=1)
     # evaluate after the first merge that completes this many updates since the
@@ -162,6 +163,7 @@ class Scenario(BaseModel):
             staleness_exponent=self.staleness_exponent,
             variance_beta=self.variance_beta,
             variance_tolerance=self.variance_tolerance,
+            variance_window=self.variance_window,
             privacy=self.study_privacy() if run.dp else None,
         )
 

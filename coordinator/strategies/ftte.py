@@ -4,7 +4,8 @@ Buffer ``K`` updates (each trained on a sparse subset) and merge them with
 weights from their *age* and the *variance* of their update::
 
     q_i   = mean squared value of Delta_i per trained coordinate
-    r_i   = q_i / median_j q_j                  (relative update energy in the buffer)
+    m     = median of q over the buffer and the last ``variance_window`` merged updates
+    r_i   = q_i / m                             (relative update energy)
     s_i   = (1 + tau_i) ^ -a                    (age: server versions since the base)
     g_i   = 1 / (1 + beta * max(0, r_i - rho))  (variance: damp updates beyond rho x median)
     w_i   = n_i * s_i * g_i                      (n_i = samples, optional)
@@ -25,16 +26,24 @@ and costs time to target. The variance statistic is one scalar per update, repor
 what the server learns about an individual update. ``bench/ablation`` measures
 what each term earns on a clean and a mislabelled fleet (a = 0 or beta = 0
 switches a term off).
+
+Why the median looks back past the buffer: a buffer holds only K updates, and
+when half of them come from divergent devices (it happens: 10% mislabelled
+devices, 300 merges) the buffer's own median is theirs and nothing is damped;
+one such merge measurably wrecked the model. The reference over the last few
+hundred updates needs half of *those* to be divergent. The window is saved
+state (``state_dict``), checked on load.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from ..errors import StrategyConfigError
+from ..errors import StateLoadError, StrategyConfigError
 from .base import BufferedStrategy, ClientUpdate, Params, StrategyName, apply_step, weighted_mean
 
 
@@ -50,6 +59,7 @@ class FTTE(BufferedStrategy):
         staleness_exponent: float = 0.5,
         variance_beta: float = 1.0,
         variance_tolerance: float = 10.0,
+        variance_window: int = 200,
         sample_weighting: bool = True,
         max_staleness: int | None = None,
     ) -> None:
@@ -62,12 +72,20 @@ class FTTE(BufferedStrategy):
             raise StrategyConfigError("variance_tolerance must be >= 1 (a multiple of the median)")
         self.staleness_exponent = staleness_exponent
         self.variance_beta = variance_beta
+        if variance_window < 0:
+            raise StrategyConfigError("variance_window must be >= 0")
         self.variance_tolerance = variance_tolerance
+        self.variance_window = variance_window
         self.sample_weighting = sample_weighting
+        self._energies: deque[float] = deque(maxlen=variance_window)
+
+    def reference_energy(self, buffer: list[ClientUpdate]) -> float:
+        """Median update energy over the buffer and the recent merged updates."""
+        return float(np.median([*self._energies, *(u.mean_square() for u in buffer)]))
 
     def weights(self, buffer: list[ClientUpdate], staleness: tuple[int, ...]) -> list[float]:
         q = np.array([u.mean_square() for u in buffer], dtype=np.float64)
-        median = float(np.median(q))
+        median = self.reference_energy(buffer)
         r = q / median if median > 0 else np.ones_like(q)
         weights = []
         for update, tau, ratio in zip(buffer, staleness, r, strict=True):
@@ -86,6 +104,7 @@ class FTTE(BufferedStrategy):
     ) -> tuple[Params, list[float], dict[str, int]]:
         weights = self.weights(buffer, staleness)
         mean, coverage = weighted_mean(buffer, weights)
+        self._energies.extend(u.mean_square() for u in buffer)
         return apply_step(params, mean, lr=self.server_lr), weights, coverage
 
     def config(self) -> dict[str, Any]:
@@ -94,5 +113,22 @@ class FTTE(BufferedStrategy):
             "staleness_exponent": self.staleness_exponent,
             "variance_beta": self.variance_beta,
             "variance_tolerance": self.variance_tolerance,
+            "variance_window": self.variance_window,
             "sample_weighting": self.sample_weighting,
         }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "energies": list(self._energies)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        energies = state.get("energies")
+        if (
+            not isinstance(energies, list)
+            or len(energies) > self.variance_window
+            or not all(isinstance(e, int | float) and np.isfinite(e) and e >= 0 for e in energies)
+        ):
+            raise StateLoadError(
+                "FTTE state needs 'energies': at most variance_window finite values >= 0"
+            )
+        super().load_state_dict(state)
+        self._energies = deque((float(e) for e in energies), maxlen=self.variance_window)

@@ -137,6 +137,54 @@ def test_ftte_variance_term_leaves_updates_within_the_tolerance_alone() -> None:
     np.testing.assert_allclose(merged.weights, [1.0, 1.0, 1.0, 1 / 71], rtol=1e-9)
 
 
+def test_ftte_reference_energy_looks_back_so_a_divergent_half_buffer_is_still_damped() -> None:
+    # Prepare: two ordinary merges (energies 1) fill the look-back window, then a
+    # buffer where half the updates are 400x as energetic
+    s = FTTE(shapes=SHAPES, buffer_size=4, staleness_exponent=0.0, sample_weighting=False)
+    for merge in range(2):
+        for i in range(4):
+            s.accept(upd(f"m{merge}-{i}", {"a": [1.0, 1.0]}), server_version=merge)
+        s.aggregate(params(), server_version=merge)
+    for i, value in enumerate((1.0, 1.0, 20.0, 20.0)):
+        s.accept(upd(f"t{i}", {"a": [value, value]}), server_version=2)
+    # Execute
+    merged = s.aggregate(params(), server_version=2)
+    # Assert: median over 8 past + 4 buffered energies is 1 -> r = (1, 1, 400, 400);
+    # the buffer's own median (200.5) would have damped nothing
+    assert s.reference_energy([]) == 1.0
+    np.testing.assert_allclose(merged.weights, [1.0, 1.0, 1 / 391, 1 / 391], rtol=1e-9)
+    windowless = FTTE(
+        shapes=SHAPES,
+        buffer_size=4,
+        staleness_exponent=0.0,
+        sample_weighting=False,
+        variance_window=0,
+    )
+    for i, value in enumerate((1.0, 1.0, 20.0, 20.0)):
+        windowless.accept(upd(f"t{i}", {"a": [value, value]}), server_version=0)
+    assert windowless.aggregate(params(), server_version=0).weights == (1.0, 1.0, 1.0, 1.0)
+
+
+def test_ftte_saves_and_checks_its_energy_window() -> None:
+    # Prepare: one merge leaves energies 1 and 9 in the window
+    s = FTTE(shapes=SHAPES, buffer_size=2, variance_window=3)
+    s.accept(upd("t1", {"a": [1.0, 1.0]}), server_version=0)
+    s.accept(upd("t2", {"a": [3.0, 3.0]}), server_version=0)
+    s.aggregate(params(), server_version=0)
+    state = s.state_dict()
+    # Execute
+    restored = FTTE(shapes=SHAPES, buffer_size=2, variance_window=3)
+    restored.load_state_dict(state)
+    # Assert
+    assert state["energies"] == [1.0, 9.0]
+    assert restored.reference_energy([]) == s.reference_energy([]) == 5.0
+    for bad in ([1.0, -1.0], [float("nan")], [1.0, 1.0, 1.0, 1.0], "1,9"):
+        with pytest.raises(StateLoadError, match="energies"):
+            FTTE(shapes=SHAPES, buffer_size=2, variance_window=3).load_state_dict(
+                {**state, "energies": bad}
+            )
+
+
 def test_ftte_refuses_a_tolerance_below_the_median() -> None:
     with pytest.raises(StrategyConfigError, match="variance_tolerance"):
         FTTE(shapes=SHAPES, buffer_size=2, variance_tolerance=0.5)
