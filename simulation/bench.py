@@ -148,6 +148,7 @@ def run_benchmark(
             "devices": scenario.devices,
             "straggler_fraction": scenario.straggler_fraction,
             "target_accuracy": scenario.target_accuracy,
+            "seed": scenario.seed,
             "settings": scenario.model_dump(mode="json"),
         },
         "strategies": strategies,
