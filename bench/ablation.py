@@ -9,7 +9,8 @@ both, and neither, on two fleets built from the same scenario and seeds:
   divergent devices the variance term is there for.
 
 It reports time to target and final accuracy (mean and spread over seeds) side
-by side, as a table and JSON::
+by side, as a table and JSON, and plots accuracy against virtual time for the
+first seed, one PNG per fleet beside the JSON::
 
     python -m bench.ablation [--scenario quick] [--seeds 3] [--mislabelled 0.1]
                              [--json runs/ablation/ablation.json]
@@ -27,6 +28,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from simulation.executor import ExecutorKind, make_executor
+from simulation.report import plot_accuracy
 from simulation.scenario import Scenario, StrategyRun, load_scenario
 from simulation.study import Study
 
@@ -60,11 +62,17 @@ def summarise(rows: list[Row]) -> dict[str, object]:
     }
 
 
-def run(base: Scenario, *, seeds: int, mislabelled: float) -> dict[str, dict[str, dict]]:
-    """fleet -> variant -> summary over seeds."""
+Series = list[dict[str, float]]
+
+
+def run(
+    base: Scenario, *, seeds: int, mislabelled: float
+) -> tuple[dict[str, dict[str, dict]], dict[str, dict[str, Series]]]:
+    """fleet -> variant -> summary over seeds; and the first seed's accuracy series."""
     results: dict[str, dict[str, list[Row]]] = {
         fleet: {name: [] for name in VARIANTS} for fleet in ("clean", "mislabelled")
     }
+    first_series: dict[str, dict[str, Series]] = {fleet: {} for fleet in results}
     with Progress() as progress:
         bar = progress.add_task("ablation", total=seeds * len(VARIANTS) * 2)
         for offset in range(seeds):
@@ -85,13 +93,16 @@ def run(base: Scenario, *, seeds: int, mislabelled: float) -> dict[str, dict[str
                                 "final": result.final_accuracy,
                             }
                         )
+                        if offset == 0:
+                            first_series[fleet][name] = result.series
                         progress.advance(bar)
                 finally:
                     pool.close()
-    return {
+    summary = {
         fleet: {name: summarise(rows) for name, rows in by_variant.items()}
         for fleet, by_variant in results.items()
     }
+    return summary, first_series
 
 
 def table(summary: dict[str, dict[str, dict]], *, title: str) -> Table:
@@ -115,6 +126,23 @@ def table(summary: dict[str, dict[str, dict]], *, title: str) -> Table:
     return out
 
 
+def markdown(summary: dict[str, dict[str, dict]]) -> str:
+    fleets_ = list(summary)
+    head = "| variant | " + " | ".join(
+        f"{f}: time to target (s) | {f}: final acc (sd)" for f in fleets_
+    )
+    lines = [head + " |", "|---|" + "---:|---:|" * len(fleets_)]
+    for name in VARIANTS:
+        cells = []
+        for fleet in fleets_:
+            s = summary[fleet][name]
+            t = s["time_to_target_mean_s"]
+            cells.append(f"{'-' if t is None else format(t, '.0f')} ({s['reached']})")
+            cells.append(f"{s['final_accuracy_mean']:.4f} ({s['final_accuracy_sd']:.4f})")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -127,7 +155,7 @@ def main() -> None:
     if args.seeds < 1 or not 0 < args.mislabelled <= 1:
         parser.error("--seeds must be >= 1 and --mislabelled in (0, 1]")
     base = load_scenario(args.scenario)
-    summary = run(base, seeds=args.seeds, mislabelled=args.mislabelled)
+    summary, series = run(base, seeds=args.seeds, mislabelled=args.mislabelled)
     Console().print(
         table(
             summary,
@@ -136,6 +164,14 @@ def main() -> None:
         )
     )
     args.json.parent.mkdir(parents=True, exist_ok=True)
+    for fleet, by_variant in series.items():
+        plot_accuracy(
+            by_variant,
+            args.json.with_name(f"{args.json.stem}-{fleet}.png"),
+            title=f"FTTE weighting on {base.name}, {fleet} fleet (seed {base.seed})",
+            target=base.target_accuracy,
+        )
+    args.json.with_suffix(".md").write_text(markdown(summary))
     args.json.write_text(
         json.dumps(
             {
