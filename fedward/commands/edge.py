@@ -23,6 +23,7 @@ from edge.agent import AgentError, EdgeAgent
 from edge.dataset import DatasetError, load_dataset
 from edge.identity import KeyFileError, load_or_create_identity
 from edge.settings import AgentSettings
+from privacy.accounting import Accountant
 from protocol.messages import DeviceClass
 from protocol.mqtt import MqttTransport
 from protocol.mqtt_settings import MqttProtocol, MqttSettings
@@ -55,6 +56,20 @@ def run(
     momentum: Annotated[float, typer.Option(min=0, max=0.999)] = 0.9,
     heartbeat: Annotated[float, typer.Option(min=0.1, help="Heartbeat interval (s).")] = 10.0,
     seed: Annotated[int | None, typer.Option(help="Training seed (default: random).")] = None,
+    dp_epsilon: Annotated[
+        float | None,
+        typer.Option(
+            help="This device's own privacy budget (epsilon at --dp-delta over all its "
+            "DP tasks); without it the agent declines DP tasks.",
+        ),
+    ] = None,
+    dp_delta: Annotated[float, typer.Option(help="In (0, 1); checked by the settings.")] = 1e-5,
+    dp_accountant: Annotated[Accountant, typer.Option(help="How epsilon is composed.")] = (
+        Accountant.RDP
+    ),
+    dp_max_physical_batch: Annotated[
+        int, typer.Option(min=1, help="Largest DP-SGD micro-batch the device's memory allows.")
+    ] = 16,
 ) -> None:
     """Enrol, train on tasks, deliver updates exactly once; Ctrl-C to stop."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -75,6 +90,10 @@ def run(
             width=width,
             momentum=momentum,
             heartbeat_interval_s=heartbeat,
+            dp_epsilon=dp_epsilon,
+            dp_delta=dp_delta,
+            dp_accountant=dp_accountant,
+            dp_max_physical_batch_size=dp_max_physical_batch,
         )
         dataset = load_dataset(data, channels=in_channels, window=window, num_classes=num_classes)
         identity = load_or_create_identity(settings.state_dir, device_id=device_id)
