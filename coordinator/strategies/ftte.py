@@ -12,20 +12,24 @@ weights from their *age* and the *variance* of their update::
     Delta = sum_i w_i Delta_i / sum_{i trained it} w_i     (per tensor)
     w    <- w + eta_g * Delta
 
+Defaults: a = 0.5, beta = 1, rho = 10, a window of 200 updates.
+
 Why these terms: age, because a stale delta was computed against a model that
 has since moved; variance, because an update whose energy is orders of
-magnitude above its buffer's median comes from a divergent device (wrong
-annotations, a broken sensor, a runaway local run) and averaged in at full
-weight it steers the merge. The tolerance ``rho`` leaves ordinary
-heterogeneity alone: on a clean non-IID fleet, updates from devices the model
-still gets wrong are energetic too (measured on the full scenario: 90% of
-clean updates within 7x the buffer median, 99% within 51x; mislabelled
-devices 150x to 27,000x), and those carry the signal; ``rho = 1`` damps them
-and costs time to target. The variance statistic is one scalar per update, reported by the device
-(``update_msq``) so it also works under secure aggregation, where it is exactly
-what the server learns about an individual update. ``bench/ablation`` measures
-what each term earns on a clean and a mislabelled fleet (a = 0 or beta = 0
-switches a term off).
+magnitude above the median comes from a divergent device (wrong annotations,
+a broken sensor, a runaway local run) and, averaged in at full weight, it
+steers the merge. The tolerance ``rho`` leaves ordinary heterogeneity alone:
+on a clean non-IID fleet, updates from devices the model still gets wrong are
+energetic too, and they carry the signal (measured on the full scenario with
+10% mislabelled devices: 90% of clean updates within 7x the median, 99%
+within 51x; mislabelled devices' 150x to 27,000x). With ``rho = 1`` those
+clean updates are damped as well, which costs time to target.
+
+The variance statistic is one scalar per update, reported by the device
+(``update_msq``), so it also works under secure aggregation, where it is
+exactly what the server learns about an individual update. ``bench.ablation``
+measures what each term earns on a clean and a mislabelled fleet (a = 0 or
+beta = 0 switches a term off).
 
 Why the median looks back past the buffer: a buffer holds only K updates, and
 when half of them come from divergent devices (it happens: 10% mislabelled
