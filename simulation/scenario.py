@@ -193,6 +193,8 @@ class Scenario(BaseModel):
 
 PRESETS: dict[str, Scenario] = {
     "full": Scenario(name="ecg-rhythm-500"),
+    # the full fleet with 10% of devices carrying systematically wrong labels
+    "full-mislabelled": Scenario(name="ecg-rhythm-500-mislabelled", mislabelled_fraction=0.1),
     "quick": Scenario(
         name="ecg-rhythm-quick",
         devices=100,
