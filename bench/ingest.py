@@ -131,16 +131,20 @@ def _publisher_main(
             task, _ = decode_frame(payload, max_bytes=1 << 24)
             if not isinstance(task, Task):
                 return
+            sent_deltas = {n: deltas[n] for n in task.subset_names}
             header = Update(
                 task_id=task.task_id,
                 device_id=device_id,
                 base_model_version=task.model_version,
                 subset_id=task.subset_id,
                 num_samples=32,
-                update_sq_norm=1e-3,
+                # the coordinator checks this against the tensors
+                update_sq_norm=float(
+                    sum(np.square(v, dtype=np.float64).sum() for v in sent_deltas.values())
+                ),
                 train_loss=0.5,
             )
-            frame = encode_frame(header, {n: deltas[n] for n in task.subset_names})
+            frame = encode_frame(header, sent_deltas)
             with lock:
                 sent[task.task_id] = time.perf_counter()
             transport.publish(device_topic(TopicKind.UPDATE, study_id, device_id), frame)

@@ -2,11 +2,20 @@
 
 Anything malformed becomes ``UpdateRejected(MALFORMED)`` with the decoder's
 reason, so the caller can count and audit it like any other rejection.
+
+The header's ``update_sq_norm`` is checked against the tensors it came with:
+FTTE's variance term weighs an update by that number, so a device that
+under-reports it would slip a divergent update past the damping. (Under secure
+aggregation the server cannot make this check; the number is then the
+device's word, and the limit is documented.)
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+import numpy as np
 
 from protocol.errors import ProtocolError
 from protocol.messages import PrivacyReport, Update, decode_frame
@@ -31,6 +40,13 @@ def decode_update(frame: bytes, *, max_bytes: int) -> IncomingUpdate:
     if not isinstance(header, Update):
         raise UpdateRejected(RejectReason.MALFORMED, f"expected an update, got {header.kind}")
     numel = sum(t.size for t in tensors.values())
+    measured = float(sum(np.square(t, dtype=np.float64).sum() for t in tensors.values()))
+    # Same float32 values summed in float64 on both sides: equal up to summation order.
+    if not math.isclose(header.update_sq_norm, measured, rel_tol=1e-6, abs_tol=1e-12):
+        raise UpdateRejected(
+            RejectReason.MALFORMED,
+            f"update_sq_norm {header.update_sq_norm:.6g} does not match the tensors' {measured:.6g}",
+        )
     update = ClientUpdate(
         device_id=header.device_id,
         task_id=header.task_id,
@@ -38,7 +54,7 @@ def decode_update(frame: bytes, *, max_bytes: int) -> IncomingUpdate:
         subset_id=header.subset_id,
         delta=tensors,
         num_samples=header.num_samples,
-        update_msq=header.update_sq_norm / max(numel, 1),
+        update_msq=measured / max(numel, 1),
     )
     return IncomingUpdate(
         update=update, header=header, privacy=header.privacy, wire_bytes=len(frame)

@@ -19,7 +19,7 @@ from coordinator.service import (
 )
 from coordinator.store import StudyState, TaskStatus, sha256_of
 from protocol.codec import decode_tensors
-from protocol.messages import AckStatus, DeviceStatus, Heartbeat, decode_frame
+from protocol.messages import AckStatus, DeviceStatus, Heartbeat, decode_frame, encode_frame
 
 
 def audit_entries(settings) -> list[dict]:
@@ -207,6 +207,30 @@ def test_a_truncated_real_frame_and_a_stranger_are_rejected(service, start_study
     assert all(a.status is AckStatus.REJECTED for a in [*acks, unknown_study])
     assert service.status(sid).rejections == {RejectReason.MALFORMED: 2}
     assert service.submit_update(sid, frame).status is AckStatus.BUFFERED  # still its task
+
+
+def test_an_update_that_under_reports_its_energy_is_rejected(
+    service, start_study, settings, fleet
+) -> None:
+    # Prepare: a real update whose header claims a thousandth of its squared norm
+    # (what a divergent device would send to slip past FTTE's variance damping)
+    sid = start_study(service)
+    out = service.dispatch(sid)[0]
+    honest = fleet.train(out)
+    header, tensors = decode_frame(honest, max_bytes=1 << 24)
+    forged = encode_frame(
+        header.model_copy(update={"update_sq_norm": header.update_sq_norm / 1000}),
+        tensors,
+        max_bytes=1 << 24,
+    )
+    # Execute
+    ack = service.submit_update(sid, forged)
+    # Assert: refused, counted and audited; the honest frame for the task still lands
+    assert ack.status is AckStatus.REJECTED and ack.reason == "malformed"
+    assert service.status(sid).rejections == {RejectReason.MALFORMED: 1}
+    rejected = [e for e in audit_entries(settings) if e["action"] == "update_rejected"]
+    assert "does not match" in json.dumps(rejected[-1]["details"])
+    assert service.submit_update(sid, honest).status is AckStatus.BUFFERED
 
 
 def test_deadlines_fail_tasks_and_a_heartbeat_brings_the_device_back(
