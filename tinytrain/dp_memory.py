@@ -22,6 +22,7 @@ from torch import nn
 
 from .memory import Footprint, _profiler_peak, _storage_key
 from .models import ModelConfig, build_model
+from .profiler_quiet import quiet_profiler_markers
 from .training import frozen_features, split_for_training
 
 _BACKWARD_HOOK_WARNING = "Full backward hook is firing when gradients are computed with respect"
@@ -101,9 +102,12 @@ def measure_dp_training_step(
     chunks = [slice(i, min(i + physical, batch_size)) for i in range(0, batch_size, physical)]
     peak_saved = peak_per_sample = 0
     try:
-        with torch.profiler.profile(
-            activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
-        ) as prof:
+        with (
+            quiet_profiler_markers(),
+            torch.profiler.profile(
+                activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
+            ) as prof,
+        ):
             features = frozen_features(split.prefix, x, micro_batch=prefix_micro_batch)
             for k, chunk in enumerate(chunks):
                 saved: dict[tuple[int, int], int] = {}

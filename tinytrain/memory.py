@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from .models import ModelConfig, build_model
+from .profiler_quiet import quiet_profiler_markers
 from .training import frozen_features, split_for_training
 
 
@@ -89,9 +90,12 @@ def measure_training_step(
             saved[key] = t.untyped_storage().nbytes()
         return t
 
-    with torch.profiler.profile(
-        activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
-    ) as prof:
+    with (
+        quiet_profiler_markers(),
+        torch.profiler.profile(
+            activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
+        ) as prof,
+    ):
         features = frozen_features(split.prefix, x, micro_batch=prefix_micro_batch)
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             loss = nn.functional.cross_entropy(split.suffix(features), y)
