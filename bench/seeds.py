@@ -66,7 +66,19 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 def _mean(values: list[float | None]) -> float | None:
     known = [v for v in values if v is not None]
-    return statistics.mean(known) if len(known) == len(values) else None
+    return statistics.mean(known) if known and len(known) == len(values) else None
+
+
+def _time_mean(per_seed: list[dict[str, Any]]) -> float | None:
+    """Mean time ratio over the seeds where it is defined.
+
+    A seed whose warm start already meets the target (FedAvg's time is 0) has
+    no ratio and is left out, and said so; a row that never reached the target
+    on some seed has no mean at all (averaging only the seeds it reached would
+    flatter it).
+    """
+    counted = [p for p in per_seed if not p["started_at_target"]]
+    return _mean([p["time_vs_fedavg"] for p in counted])
 
 
 def summarise(reports: list[Report]) -> dict[str, dict[str, Any]]:
@@ -85,6 +97,7 @@ def summarise(reports: list[Report]) -> dict[str, dict[str, Any]]:
                     "time_vs_fedavg": _ratio(
                         s["time_to_target_s"], fedavg and fedavg["time_to_target_s"]
                     ),
+                    "started_at_target": bool(fedavg) and fedavg["time_to_target_s"] == 0,
                     "memory_vs_fedavg": _ratio(
                         s["peak_train_memory_bytes"], fedavg and fedavg["peak_train_memory_bytes"]
                     ),
@@ -97,11 +110,10 @@ def summarise(reports: list[Report]) -> dict[str, dict[str, Any]]:
                     and 100 * (s["final_accuracy"] - fedbuff["final_accuracy"]),
                 }
             )
-        keys = [k for k in per_seed[0] if k != "seed"]
-        summary[row] = {
-            "seeds": per_seed,
-            "mean": {k: _mean([p[k] for p in per_seed]) for k in keys},
-        }
+        keys = [k for k in per_seed[0] if k not in ("seed", "started_at_target")]
+        mean = {k: _mean([p[k] for p in per_seed]) for k in keys}
+        mean["time_vs_fedavg"] = _time_mean(per_seed)
+        summary[row] = {"seeds": per_seed, "mean": mean}
     return summary
 
 
@@ -110,9 +122,18 @@ def _fmt(value: float | None, spec: str) -> str:
 
 
 def markdown(summary: dict[str, dict[str, Any]]) -> str:
-    seeds = [p["seed"] for p in next(iter(summary.values()))["seeds"]]
+    first = next(iter(summary.values()))["seeds"]
+    seeds = [p["seed"] for p in first]
+    at_start = [p["seed"] for p in first if p["started_at_target"]]
+    note = (
+        f" On seed {', '.join(map(str, at_start))} the warm start already meets the target:"
+        " no time ratio there, and the time mean leaves it out."
+        if at_start
+        else ""
+    )
     lines = [
-        f"Seeds {', '.join(map(str, seeds))}; each cell lists the seeds' values, then their mean.",
+        f"Seeds {', '.join(map(str, seeds))}; each cell lists the seeds' values, then their mean."
+        + note,
         "",
         "| row | time vs FedAvg | final acc | points vs FedAvg | points vs FedBuff "
         "| memory vs FedAvg | upload vs FedAvg |",

@@ -54,6 +54,21 @@ def test_summary_lists_each_seed_and_the_mean_of_ratios_and_gaps(tmp_path: Path)
     assert "0.100 / 0.300 (mean 0.200)" in markdown(summary)
 
 
+def test_a_seed_whose_warm_start_meets_the_target_is_left_out_of_the_time_mean(
+    tmp_path: Path,
+) -> None:
+    # Prepare: on seed 1 every row is at the target from the start (time 0)
+    at_start = report(1, 0.0, 0.99)
+    at_start["strategies"]["fedavg"]["time_to_target_s"] = 0.0
+    paths = write(tmp_path, [report(0, 100.0, 0.98), at_start])
+    # Execute
+    summary = summarise(load_reports(paths))
+    # Assert: the mean is seed 0's ratio alone, and the table says why
+    assert summary["ftte"]["mean"]["time_vs_fedavg"] == pytest.approx(0.1)
+    assert summary["ftte"]["mean"]["final_accuracy"] == pytest.approx(0.985)
+    assert "On seed 1 the warm start already meets the target" in markdown(summary)
+
+
 def test_a_seed_that_never_reached_the_target_leaves_no_mean(tmp_path: Path) -> None:
     paths = write(tmp_path, [report(0, None, 0.97), report(1, 100.0, 0.98)])
     summary = summarise(load_reports(paths))
