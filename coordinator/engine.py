@@ -41,7 +41,7 @@ from .engine_state import (
 )
 from .errors import CoordinatorError, RejectReason, StateLoadError, UpdateRejected
 from .planning import SubsetPlanner
-from .strategies import ClientUpdate, FedAvg, MergeResult, Schedule, Strategy
+from .strategies import ClientUpdate, FedAvg, MergeResult, NormBounded, Schedule, Strategy
 
 __all__ = [
     "ENGINE_STATE_FORMAT",
@@ -116,7 +116,7 @@ class Engine:
         self,
         *,
         params: Params,
-        strategy: Strategy,
+        strategy: Strategy | NormBounded,
         planner: SubsetPlanner,
         concurrency: int,
         rng: random.Random,

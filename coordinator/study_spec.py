@@ -34,7 +34,17 @@ from .engine import Engine, EngineEvent
 from .planning import SubsetMode, SubsetPlanner
 from .privacy_guard import PrivacyGuard, PrivacyListener
 from .privacy_settings import StudyPrivacy
-from .strategies import FTTE, ClientLevelDP, FedAsync, FedAvg, FedBuff, Strategy, StrategyName
+from .strategies import (
+    FTTE,
+    BufferedStrategy,
+    ClientLevelDP,
+    FedAsync,
+    FedAvg,
+    FedBuff,
+    NormBounded,
+    Strategy,
+    StrategyName,
+)
 
 
 class ClientDPSettings(BaseModel):
@@ -74,6 +84,9 @@ class StudySpec(BaseModel):
     variance_beta: float = Field(default=1.0, ge=0)
     variance_tolerance: float = Field(default=10.0, ge=1)
     variance_window: int = Field(default=200, ge=0)
+    # robustness wrapper for buffered baselines (strategies.NormBounded): None = off
+    norm_bound_tolerance: float | None = Field(default=None, ge=1)
+    norm_bound_window: int = Field(default=200, ge=1)
     task_deadline_s: float = Field(default=3600.0, gt=0)
     # differential privacy (issue 4): None = no DP; set at creation, immutable
     privacy: StudyPrivacy | None = None
@@ -84,6 +97,12 @@ class StudySpec(BaseModel):
             raise ValueError(
                 "client_dp settings are required by, and only allowed with, strategy client_dp"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _norm_bound_needs_a_buffer(self) -> StudySpec:
+        if self.norm_bound_tolerance is not None and self.strategy is StrategyName.FEDAVG:
+            raise ValueError("norm_bound_tolerance applies to buffered strategies, not fedavg")
         return self
 
     def model_settings(self) -> ModelConfig:
@@ -112,8 +131,25 @@ def build_strategy(
     shapes: dict[str, tuple[int, ...]],
     *,
     random_normal: RandomNormal | None = None,
+) -> Strategy | NormBounded:
+    """The spec's strategy, norm-bounded when the spec asks for it.
+
+    ``random_normal`` feeds client-level DP noise (default: OS entropy).
+    """
+    strategy = _strategy(spec, shapes, random_normal=random_normal)
+    if spec.norm_bound_tolerance is None:
+        return strategy
+    if not isinstance(strategy, BufferedStrategy):
+        raise ValueError(f"strategy {spec.strategy} cannot be norm-bounded (not buffered)")
+    return NormBounded(strategy, tolerance=spec.norm_bound_tolerance, window=spec.norm_bound_window)
+
+
+def _strategy(
+    spec: StudySpec,
+    shapes: dict[str, tuple[int, ...]],
+    *,
+    random_normal: RandomNormal | None,
 ) -> Strategy:
-    """The spec's strategy; ``random_normal`` feeds client-level DP noise (default: OS entropy)."""
     if spec.strategy is StrategyName.CLIENT_DP:
         if spec.client_dp is None:
             raise ValueError(

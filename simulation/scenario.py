@@ -33,11 +33,14 @@ class StrategyRun(enum.StrEnum):
     FTTE = "ftte"  # FTTE: one global subset sized to the smallest device
     FTTE_NESTED = "ftte_nested"  # our extension: nested tiers per device
     FTTE_DP = "ftte+dp"  # FTTE's global subset, trained with DP-SGD under per-device budgets
+    FEDBUFF_NORM_BOUNDED = "fedbuff+normbound"  # FedBuff with adaptive norm clipping
 
     @property
     def strategy(self) -> StrategyName:
         if self in (StrategyRun.FTTE_NESTED, StrategyRun.FTTE_DP):
             return StrategyName.FTTE
+        if self is StrategyRun.FEDBUFF_NORM_BOUNDED:
+            return StrategyName.FEDBUFF
         return StrategyName(self.value)
 
     @property
@@ -48,6 +51,11 @@ class StrategyRun(enum.StrEnum):
     @property
     def dp(self) -> bool:
         return self is StrategyRun.FTTE_DP
+
+    @property
+    def norm_bounded(self) -> bool:
+        """Wrapped in ``NormBounded`` with FTTE's tolerance and window (a robust baseline)."""
+        return self is StrategyRun.FEDBUFF_NORM_BOUNDED
 
     @property
     def subset_mode(self) -> SubsetMode:
@@ -164,6 +172,8 @@ class Scenario(BaseModel):
             variance_beta=self.variance_beta,
             variance_tolerance=self.variance_tolerance,
             variance_window=self.variance_window,
+            norm_bound_tolerance=self.variance_tolerance if run.norm_bounded else None,
+            norm_bound_window=max(1, self.variance_window),
             privacy=self.study_privacy() if run.dp else None,
         )
 

@@ -111,6 +111,8 @@ class StrictStudySpec(_NoCoercion, StudySpec):
     variance_beta: float = _cap("variance_beta", ge=0, le=1e6)
     variance_tolerance: float = _cap("variance_tolerance", ge=1, le=1e9)
     variance_window: int = _cap("variance_window", ge=0, le=100_000)
+    norm_bound_tolerance: float | None = _cap("norm_bound_tolerance", ge=1, le=1e9)
+    norm_bound_window: int = _cap("norm_bound_window", ge=1, le=100_000)
     task_deadline_s: float = _cap("task_deadline_s", gt=0, le=30 * 24 * 3600.0)
 
     @model_validator(mode="after")

@@ -6,6 +6,7 @@ from .fedasync import FedAsync, StalenessFunction
 from .fedavg import FedAvg
 from .fedbuff import FedBuff
 from .ftte import FTTE
+from .norm_bound import NormBounded
 
 __all__ = [
     "FTTE",
@@ -16,6 +17,7 @@ __all__ = [
     "FedAvg",
     "FedBuff",
     "MergeResult",
+    "NormBounded",
     "Schedule",
     "StalenessFunction",
     "Strategy",

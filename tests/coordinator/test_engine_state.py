@@ -13,7 +13,7 @@ import pytest
 from coordinator.engine import ENGINE_STATE_FORMAT, DeviceState, Engine
 from coordinator.errors import StateLoadError
 from coordinator.store.snapshot import engine_snapshot, restore_engine
-from coordinator.strategies import ClientUpdate, StrategyName
+from coordinator.strategies import ClientUpdate, NormBounded, StrategyName
 from coordinator.study_spec import build_engine
 
 
@@ -155,3 +155,35 @@ def test_a_format_1_snapshot_is_upgraded_with_its_round(spec) -> None:
     # Assert
     assert engine_snapshot(twin, delta_ref=put) == snapshot
     assert twin.strategy.cohort == engine.strategy.cohort
+
+
+def test_a_norm_bounded_engine_saves_its_window_with_the_inner_buffer(spec) -> None:
+    # Prepare: FedBuff wrapped in NormBounded, one update buffered
+    bounded = spec.model_copy(
+        update={"strategy": StrategyName.FEDBUFF, "norm_bound_tolerance": 10.0, "buffer_size": 4}
+    )
+    engine = build_engine(bounded, rng=random.Random(3))
+    for i in range(2):
+        engine.enrol(f"dev-{i}", device_class="phone", memory_bytes=1 << 22, now=0.0)
+    first, second = engine.dispatch(now=1.0)
+    assert engine.submit(update_for(engine, first), now=2.0).accepted
+    # Execute: through the store's snapshot (JSON, buffered deltas by reference)
+    deltas: dict[str, dict] = {}
+
+    def delta_ref(task_id: str, delta: dict) -> str:
+        deltas[task_id] = delta
+        return task_id
+
+    state = json.loads(json.dumps(engine_snapshot(engine, delta_ref=delta_ref)))
+    twin = build_engine(bounded, rng=random.Random(4))
+    kept = versions_of(engine)
+    restore_engine(twin, state, load_params=kept.__getitem__, load_delta=deltas.__getitem__)
+    # Assert
+    assert isinstance(twin.strategy, NormBounded)
+    assert state["strategy"]["norm_bounded"]["energies"] == [pytest.approx(1e-4)]
+    assert state["strategy"]["buffer"][0]["task_id"] == first.task_id
+    assert twin.strategy.pending == 1
+    with pytest.raises(ValueError, match="buffered"):
+        type(spec).model_validate(
+            {**spec.model_dump(), "strategy": "fedavg", "norm_bound_tolerance": 10.0}
+        )

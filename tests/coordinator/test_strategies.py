@@ -14,7 +14,16 @@ from coordinator.errors import (
     StrategyConfigError,
     UpdateRejected,
 )
-from coordinator.strategies import FTTE, ClientUpdate, FedAsync, FedAvg, FedBuff, StalenessFunction
+from coordinator.strategies import (
+    FTTE,
+    ClientUpdate,
+    FedAsync,
+    FedAvg,
+    FedBuff,
+    NormBounded,
+    StalenessFunction,
+    StrategyName,
+)
 
 SHAPES = {"a": (2,), "b": (1,)}
 
@@ -306,3 +315,57 @@ def test_fedavg_refuses_a_round_that_cannot_have_happened(round_) -> None:
     with pytest.raises(StateLoadError):
         target.load_state_dict(state)
     assert target.pending == 0 and target.cohort == frozenset()
+
+
+def test_norm_bounded_scales_an_outlier_to_the_bound_and_leaves_the_rest() -> None:
+    # Prepare: FedBuff wrapped; three ordinary updates (energy 1) then one of energy 400
+    s = NormBounded(FedBuff(shapes=SHAPES, buffer_size=4), tolerance=10.0, window=50)
+    for i in range(3):
+        s.accept(upd(f"t{i}", {"a": [1.0, 1.0]}), server_version=0)
+    # Execute
+    s.accept(upd("t3", {"a": [20.0, 20.0]}), server_version=0)
+    merged = s.aggregate(params(), server_version=0)
+    # Assert: median of (1, 1, 1, 400) = 1 -> bound 10 -> the outlier scaled by
+    # sqrt(10 / 400) to energy 10 (values sqrt(10)); FedBuff's mean of what remains
+    bounded = np.sqrt(10.0)
+    np.testing.assert_allclose(
+        merged.params["a"], np.array([1.0, 2.0]) + (3 * 1.0 + bounded) / 4, rtol=1e-6
+    )
+    assert s.clipped == 1 and s.name is StrategyName.FEDBUFF and s.pending == 0
+
+
+def test_norm_bounded_refuses_fedavg_and_bad_input_before_measuring() -> None:
+    with pytest.raises(StrategyConfigError, match="buffered"):
+        NormBounded(FedAvg(shapes=SHAPES))  # type: ignore[arg-type]
+    s = NormBounded(FedBuff(shapes=SHAPES, buffer_size=2))
+    with pytest.raises(UpdateRejected):
+        s.accept(upd("t1", {"a": [np.nan, 1.0]}), server_version=0)
+    assert s.state_dict()["norm_bounded"]["energies"] == []  # the rejected update left no trace
+
+
+def test_norm_bounded_state_round_trips_and_is_checked() -> None:
+    # Prepare
+    s = NormBounded(FedBuff(shapes=SHAPES, buffer_size=3), tolerance=4.0, window=5)
+    s.accept(upd("t1", {"a": [1.0, 1.0]}), server_version=0)
+    s.accept(upd("t2", {"a": [9.0, 9.0]}), server_version=0)
+    state = s.state_dict()
+    # Execute
+    restored = NormBounded(FedBuff(shapes=SHAPES, buffer_size=3), tolerance=4.0, window=5)
+    restored.load_state_dict(state)
+    for strategy in (s, restored):
+        strategy.accept(upd("t3", {"a": [1.0, 1.0]}), server_version=0)
+    # Assert
+    np.testing.assert_array_equal(
+        restored.aggregate(params(), server_version=0).params["a"],
+        s.aggregate(params(), server_version=0).params["a"],
+    )
+    with pytest.raises(StateLoadError, match="configuration"):
+        NormBounded(FedBuff(shapes=SHAPES, buffer_size=3), tolerance=5.0, window=5).load_state_dict(
+            state
+        )
+    with pytest.raises(StateLoadError, match="energies"):
+        restored.load_state_dict(
+            {**state, "norm_bounded": {**state["norm_bounded"], "energies": [1.0, True]}}
+        )
+    with pytest.raises(StateLoadError, match="without the wrapper"):
+        restored.load_state_dict(FedBuff(shapes=SHAPES, buffer_size=3).state_dict())
