@@ -129,7 +129,10 @@ class FTTE(BufferedStrategy):
         if (
             not isinstance(energies, list)
             or len(energies) > self.variance_window
-            or not all(isinstance(e, int | float) and np.isfinite(e) and e >= 0 for e in energies)
+            or not all(
+                isinstance(e, int | float) and not isinstance(e, bool) and np.isfinite(e) and e >= 0
+                for e in energies
+            )
         ):
             raise StateLoadError(
                 "FTTE state needs 'energies': at most variance_window finite values >= 0"

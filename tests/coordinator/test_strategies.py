@@ -187,7 +187,7 @@ def test_ftte_saves_and_checks_its_energy_window() -> None:
     # Assert
     assert state["energies"] == [1.0, 9.0]
     assert restored.reference_energy([]) == s.reference_energy([]) == 5.0
-    for bad in ([1.0, -1.0], [float("nan")], [1.0, 1.0, 1.0, 1.0], "1,9"):
+    for bad in ([1.0, -1.0], [float("nan")], [1.0, 1.0, 1.0, 1.0], "1,9", [True]):
         with pytest.raises(StateLoadError, match="energies"):
             FTTE(shapes=SHAPES, buffer_size=2, variance_window=3).load_state_dict(
                 {**state, "energies": bad}
