@@ -101,7 +101,9 @@ class NormBounded:
         """The update as it will be merged (itself when within the bound)."""
         energy = update.mean_square()
         limit = self.tolerance * float(np.median([*self._energies, energy]))
-        if not np.isfinite(energy) or energy <= limit:
+        # No scale to judge by when the median is zero (recent updates all
+        # exactly zero): leave the update alone rather than zero it out.
+        if not np.isfinite(energy) or limit <= 0 or energy <= limit:
             return update
         scale = float(np.sqrt(limit / energy))
         return replace(

@@ -334,6 +334,16 @@ def test_norm_bounded_scales_an_outlier_to_the_bound_and_leaves_the_rest() -> No
     assert s.clipped == 1 and s.name is StrategyName.FEDBUFF and s.pending == 0
 
 
+def test_norm_bounded_leaves_updates_alone_when_the_median_energy_is_zero() -> None:
+    s = NormBounded(FedBuff(shapes=SHAPES, buffer_size=4), tolerance=10.0)
+    for i in range(3):
+        s.accept(upd(f"t{i}", {"a": [0.0, 0.0]}), server_version=0)
+    s.accept(upd("t3", {"a": [2.0, 2.0]}), server_version=0)
+    merged = s.aggregate(params(), server_version=0)
+    np.testing.assert_allclose(merged.params["a"], [1.5, 2.5])  # (0 + 0 + 0 + 2) / 4
+    assert s.clipped == 0
+
+
 def test_norm_bounded_refuses_fedavg_and_bad_input_before_measuring() -> None:
     with pytest.raises(StrategyConfigError, match="buffered"):
         NormBounded(FedAvg(shapes=SHAPES))  # type: ignore[arg-type]
