@@ -41,14 +41,14 @@ state (``state_dict``), checked on load.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from ..errors import StateLoadError, StrategyConfigError
+from ..errors import StrategyConfigError
 from .base import BufferedStrategy, ClientUpdate, Params, StrategyName, apply_step, weighted_mean
+from .energy import EnergyWindow
 
 
 class FTTE(BufferedStrategy):
@@ -74,18 +74,18 @@ class FTTE(BufferedStrategy):
             raise StrategyConfigError("staleness_exponent and variance_beta must be >= 0")
         if not variance_tolerance >= 1:
             raise StrategyConfigError("variance_tolerance must be >= 1 (a multiple of the median)")
-        self.staleness_exponent = staleness_exponent
-        self.variance_beta = variance_beta
         if variance_window < 0:
             raise StrategyConfigError("variance_window must be >= 0")
+        self.staleness_exponent = staleness_exponent
+        self.variance_beta = variance_beta
         self.variance_tolerance = variance_tolerance
         self.variance_window = variance_window
         self.sample_weighting = sample_weighting
-        self._energies: deque[float] = deque(maxlen=variance_window)
+        self._energies = EnergyWindow(variance_window)
 
     def reference_energy(self, buffer: list[ClientUpdate]) -> float:
         """Median update energy over the buffer and the recent merged updates."""
-        return float(np.median([*self._energies, *(u.mean_square() for u in buffer)]))
+        return self._energies.median_with(u.mean_square() for u in buffer)
 
     def weights(self, buffer: list[ClientUpdate], staleness: tuple[int, ...]) -> list[float]:
         q = np.array([u.mean_square() for u in buffer], dtype=np.float64)
@@ -122,20 +122,11 @@ class FTTE(BufferedStrategy):
         }
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "energies": list(self._energies)}
+        return {**super().state_dict(), "energies": self._energies.state()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        energies = state.get("energies")
-        if (
-            not isinstance(energies, list)
-            or len(energies) > self.variance_window
-            or not all(
-                isinstance(e, int | float) and not isinstance(e, bool) and np.isfinite(e) and e >= 0
-                for e in energies
-            )
-        ):
-            raise StateLoadError(
-                "FTTE state needs 'energies': at most variance_window finite values >= 0"
-            )
+        energies = EnergyWindow.from_state(
+            state.get("energies"), size=self.variance_window, what="FTTE state"
+        )
         super().load_state_dict(state)
-        self._energies = deque((float(e) for e in energies), maxlen=self.variance_window)
+        self._energies = energies

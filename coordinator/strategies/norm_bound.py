@@ -20,7 +20,6 @@ the engine through its own type.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
@@ -36,6 +35,7 @@ from .base import (
     StrategyName,
     validate_update,
 )
+from .energy import EnergyWindow
 
 WRAPPER = "norm_bounded"
 
@@ -56,7 +56,7 @@ class NormBounded:
         self.tolerance = tolerance
         self.window = window
         self.clipped = 0
-        self._energies: deque[float] = deque(maxlen=window)
+        self._energies = EnergyWindow(window)
 
     # -- the strategy interface, delegated ----------------------------------
     @property
@@ -93,14 +93,14 @@ class NormBounded:
         energy = update.mean_square()
         bounded = self.bound(update)
         self.inner.accept(bounded, server_version=server_version)
-        self._energies.append(energy)
+        self._energies.extend([energy])
         if bounded is not update:
             self.clipped += 1
 
     def bound(self, update: ClientUpdate) -> ClientUpdate:
         """The update as it will be merged (itself when within the bound)."""
         energy = update.mean_square()
-        limit = self.tolerance * float(np.median([*self._energies, energy]))
+        limit = self.tolerance * self._energies.median_with([energy])
         # No scale to judge by when the median is zero (recent updates all
         # exactly zero): leave the update alone rather than zero it out.
         if not np.isfinite(energy) or limit <= 0 or energy <= limit:
@@ -119,7 +119,7 @@ class NormBounded:
     def state_dict(self) -> dict[str, Any]:
         # Flat: the inner state as is (so the store finds the buffer where it
         # always is) plus this wrapper's own part under one key.
-        own = {**self.config(), "energies": list(self._energies), "clipped": self.clipped}
+        own = {**self.config(), "energies": self._energies.state(), "clipped": self.clipped}
         return {**self.inner.state_dict(), WRAPPER: own}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -128,18 +128,12 @@ class NormBounded:
             raise StateLoadError("state has no norm bound part: it was saved without the wrapper")
         if {k: own.get(k) for k in self.config()} != self.config():
             raise StateLoadError("norm bound configuration differs from the saved state")
-        energies, clipped = own.get("energies"), own.get("clipped")
-        if (
-            not isinstance(energies, list)
-            or len(energies) > self.window
-            or not all(
-                isinstance(e, int | float) and not isinstance(e, bool) and np.isfinite(e) and e >= 0
-                for e in energies
-            )
-            or not isinstance(clipped, int)
-            or clipped < 0
-        ):
-            raise StateLoadError("norm bound state needs 'energies' and 'clipped' counts")
+        clipped = own.get("clipped")
+        if isinstance(clipped, bool) or not isinstance(clipped, int) or clipped < 0:
+            raise StateLoadError("norm bound state needs a 'clipped' count >= 0")
+        energies = EnergyWindow.from_state(
+            own.get("energies"), size=self.window, what="norm bound state"
+        )
         self.inner.load_state_dict({k: v for k, v in state.items() if k != WRAPPER})
-        self._energies = deque((float(e) for e in energies), maxlen=self.window)
+        self._energies = energies
         self.clipped = clipped

@@ -1,0 +1,49 @@
+"""The look-back window of update energies that FTTE's variance term and
+``NormBounded`` judge an update against (same statistic, same median).
+
+Energy is an update's mean squared value per coordinate. The reference is the
+median over the last ``size`` accepted (or merged) updates plus the ones being
+judged, so a buffer that is half divergent cannot move it. The window is
+saved state, checked on load.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+
+import numpy as np
+
+from ..errors import StateLoadError
+
+
+class EnergyWindow:
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._values: deque[float] = deque(maxlen=size)
+
+    def median_with(self, energies: Iterable[float]) -> float:
+        """Median over the window and ``energies`` (those being judged now)."""
+        return float(np.median([*self._values, *energies]))
+
+    def extend(self, energies: Iterable[float]) -> None:
+        self._values.extend(energies)
+
+    def state(self) -> list[float]:
+        return list(self._values)
+
+    @classmethod
+    def from_state(cls, values: object, *, size: int, what: str) -> EnergyWindow:
+        """A window restored from :meth:`state` output; refuses anything it could not have written."""
+        if (
+            not isinstance(values, list)
+            or len(values) > size
+            or not all(
+                isinstance(e, int | float) and not isinstance(e, bool) and np.isfinite(e) and e >= 0
+                for e in values
+            )
+        ):
+            raise StateLoadError(f"{what} needs 'energies': at most {size} finite values >= 0")
+        window = cls(size)
+        window.extend(float(e) for e in values)
+        return window
