@@ -15,10 +15,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
-
 from protocol.errors import ProtocolError
-from protocol.messages import PrivacyReport, Update, decode_frame
+from protocol.messages import PrivacyReport, Update, decode_frame, squared_norm
 
 from .errors import RejectReason, UpdateRejected
 from .strategies import ClientUpdate
@@ -40,7 +38,7 @@ def decode_update(frame: bytes, *, max_bytes: int) -> IncomingUpdate:
     if not isinstance(header, Update):
         raise UpdateRejected(RejectReason.MALFORMED, f"expected an update, got {header.kind}")
     numel = sum(t.size for t in tensors.values())
-    measured = float(sum(np.square(t, dtype=np.float64).sum() for t in tensors.values()))
+    measured = squared_norm(tensors)
     # Same float32 values summed in float64 on both sides: equal up to summation order.
     if not math.isclose(header.update_sq_norm, measured, rel_tol=1e-6, abs_tol=1e-12):
         raise UpdateRejected(

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from protocol.messages import squared_norm
 from tinytrain.models import Params
 from tinytrain.training import LocalTrainConfig, Model, train_subset
 
@@ -84,7 +85,7 @@ def run_local_task(
             max_grad_norm=dp.max_grad_norm,
             accountant_state=dp.accountant_state,
         )
-    sq_norm = float(sum(np.square(v, dtype=np.float64).sum() for v in delta.values()))
+    sq_norm = squared_norm(delta)
     return LocalOutcome(
         task_id=task.task_id,
         delta=delta,

@@ -234,6 +234,15 @@ class ModelDownload(WireMessage):
     names: TensorNames
 
 
+def squared_norm(tensors: Mapping[str, np.ndarray]) -> float:
+    """``Update.update_sq_norm`` of these tensors: the sum of squares, in float64.
+
+    One definition for the device that reports it and the coordinator that
+    checks it, so both sum the same values the same way.
+    """
+    return float(sum(np.square(t, dtype=np.float64).sum() for t in tensors.values()))
+
+
 class Update(WireMessage):
     """Header of an update frame; the tensors carry the (sparse) delta."""
 

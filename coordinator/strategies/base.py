@@ -28,6 +28,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from protocol.messages import squared_norm
+
 from ..errors import (
     NotReadyError,
     RejectReason,
@@ -73,7 +75,7 @@ class ClientUpdate:
     def mean_square(self) -> float:
         if self.update_msq is not None:
             return float(self.update_msq)
-        total = sum(float(np.square(v, dtype=np.float64).sum()) for v in self.delta.values())
+        total = squared_norm(self.delta)
         count = sum(v.size for v in self.delta.values())
         return total / max(count, 1)
 
