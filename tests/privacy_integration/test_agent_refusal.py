@@ -12,10 +12,8 @@ spend on disk before its update leaves, and its update is accepted.
 from __future__ import annotations
 
 import json
-import random
 import time
 
-import numpy as np
 from budget_helpers import PRIVACY
 
 from coordinator.bridge import StudyBridge
@@ -25,11 +23,10 @@ from coordinator.settings import CoordinatorSettings
 from coordinator.study_spec import StudySpec
 from edge.agent import EdgeAgent
 from edge.budget import DeviceBudget
-from edge.dataset import LocalDataset
-from edge.identity import load_or_create_identity
 from edge.settings import AgentSettings
-from protocol.messages import DeviceClass, ErrorCode
+from protocol.messages import ErrorCode
 from protocol.transport import ErrorPolicy, InMemoryBroker, InMemoryTransport
+from tests.live.live_helpers import make_agent, random_dataset
 
 SPEC = StudySpec(
     name="dp-refusal",
@@ -54,37 +51,18 @@ def _wait(predicate, timeout: float = 60.0) -> bool:
 
 
 def _agent(broker, tmp_path, study_id: str, device_id: str, *, epsilon: float) -> EdgeAgent:
-    state_dir = tmp_path / device_id
-    rng = np.random.default_rng(len(device_id))
-    settings = AgentSettings(
-        device_id=device_id,
+    return make_agent(
+        transport=InMemoryTransport(broker, client_id=device_id, error_policy=ErrorPolicy.LOG),
         study_id=study_id,
-        device_class=DeviceClass.WEARABLE,
-        memory_bytes=64 << 20,
-        data_path=state_dir / "data.npz",
-        state_dir=state_dir,
-        in_channels=SPEC.in_channels,
-        window=SPEC.window,
-        num_classes=SPEC.num_classes,
-        width=SPEC.width,
-        momentum=SPEC.momentum,
-        heartbeat_interval_s=1.0,
-        poll_interval_s=0.05,
-        model_wait_s=10.0,
+        device_id=device_id,
+        state_dir=tmp_path / device_id,
+        spec=SPEC,
+        dataset=random_dataset(SPEC, seed=len(device_id)),
+        seed=1,
+        resend_after_s=AgentSettings.model_fields["resend_after_s"].default,
         dp_epsilon=epsilon,
         dp_delta=PRIVACY.delta,
         dp_max_physical_batch_size=4,
-    )
-    dataset = LocalDataset(
-        x=rng.standard_normal((16, SPEC.in_channels, SPEC.window)).astype(np.float32),
-        y=rng.integers(0, SPEC.num_classes, 16).astype(np.int64),
-    )
-    return EdgeAgent(
-        settings,
-        transport=InMemoryTransport(broker, client_id=device_id, error_policy=ErrorPolicy.LOG),
-        identity=load_or_create_identity(state_dir, device_id=device_id),
-        dataset=dataset,
-        rng=random.Random(1),
     )
 
 
