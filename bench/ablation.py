@@ -12,7 +12,7 @@ It reports time to target and final accuracy (mean and spread over seeds) side
 by side, as a table and JSON, and plots accuracy against virtual time for the
 first seed, one PNG per fleet beside the JSON::
 
-    python -m bench.ablation [--scenario quick] [--seeds 3] [--mislabelled 0.1]
+    python -m fedward.bench.ablation [--scenario quick] [--seeds 3] [--mislabelled 0.1]
                              [--json runs/ablation/ablation.json]
 """
 
@@ -27,10 +27,10 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from simulation.executor import ExecutorKind, make_executor
-from simulation.report import plot_accuracy
-from simulation.scenario import Scenario, StrategyRun, load_scenario
-from simulation.study import Study
+from fedward.simulation.executor import ExecutorKind, make_executor
+from fedward.simulation.report import plot_accuracy
+from fedward.simulation.scenario import Scenario, StrategyRun, load_scenario
+from fedward.simulation.study import Study
 
 VARIANTS = {
     "ftte (age + variance)": {},

@@ -18,7 +18,7 @@ the largest physical batch (8, 4, 2, 1) whose DP footprint fits the wearable's
 training memory: the physical batch changes memory and wall time only, never
 the mechanism or the result (``BatchMemoryManager`` splits a logical batch).
 
-Usage: ``python -m bench.dp_memory [--scenario quick|full|tiny]``.
+Usage: ``python -m fedward.bench.dp_memory [--scenario quick|full|tiny]``.
 """
 
 from __future__ import annotations
@@ -26,11 +26,12 @@ from __future__ import annotations
 import argparse
 import json
 
-from coordinator.study_spec import build_planner
-from edge.dp_training import measure_dp_training_step
-from simulation.profiles import DEFAULT_PROFILES, DeviceClass
-from simulation.scenario import StrategyRun, load_scenario
-from tinytrain.memory import measure_training_step
+from fedward.coordinator.study_spec import build_planner
+from fedward.edge.dp_training import measure_dp_training_step
+
+from fedward.simulation.profiles import DEFAULT_PROFILES, DeviceClass
+from fedward.simulation.scenario import StrategyRun, load_scenario
+from fedward.tinytrain.memory import measure_training_step
 
 
 def dp_memory_figures(scenario_name: str) -> dict[str, object]:

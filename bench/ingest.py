@@ -17,9 +17,9 @@ The first ``--warmup`` acks are not measured.
 
 Usage::
 
-    python -m bench.ingest                         # SQLite, Mosquitto on 127.0.0.1:1883
-    python -m bench.ingest --postgres              # also PostgreSQL on 127.0.0.1:5432
-    python -m bench.ingest --updates 5000 --devices 64 --out bench-results/ingest.json
+    python -m fedward.bench.ingest                         # SQLite, Mosquitto on 127.0.0.1:1883
+    python -m fedward.bench.ingest --postgres              # also PostgreSQL on 127.0.0.1:5432
+    python -m fedward.bench.ingest --updates 5000 --devices 64 --out bench-results/ingest.json
 """
 
 from __future__ import annotations
@@ -37,16 +37,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from fedward.coordinator.bridge import StudyBridge
+from fedward.coordinator.service import StudyService
+from fedward.coordinator.settings import CoordinatorSettings
+from fedward.coordinator.strategies import StrategyName
+from fedward.coordinator.study_spec import StudySpec, build_planner
 
-from coordinator.bridge import StudyBridge
-from coordinator.service import StudyService
-from coordinator.settings import CoordinatorSettings
-from coordinator.strategies import StrategyName
-from coordinator.study_spec import StudySpec, build_planner
 from fedward.live import BrokerAddress, parse_broker_url
-from protocol.mqtt import MqttTransport
-from protocol.mqtt_settings import MqttProtocol, MqttSettings
-from tinytrain.models import build_model, param_shapes
+from fedward.protocol.mqtt import MqttTransport
+from fedward.protocol.mqtt_settings import MqttProtocol, MqttSettings
+from fedward.tinytrain.models import build_model, param_shapes
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -93,7 +93,7 @@ def _publisher_main(
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-    from protocol.messages import (
+    from fedward.protocol.messages import (
         Ack,
         DeviceClass,
         Enrol,
@@ -104,7 +104,7 @@ def _publisher_main(
         encode_frame,
         squared_norm,
     )
-    from protocol.topics import TopicKind, device_topic
+    from fedward.protocol.topics import TopicKind, device_topic
 
     rng = np.random.default_rng(0)
     deltas = {n: (0.001 * rng.standard_normal(s)).astype(np.float32) for n, s in shapes.items()}

@@ -5,7 +5,7 @@ target in particular can jump by a whole plateau between seeds. Run the
 benchmark once per seed, then summarise::
 
     for s in 0 1 2; do fedward bench --seed $s --json runs/bench-s$s/bench.json; done
-    python -m bench.seeds runs/bench-s*/bench.json [--markdown runs/bench-seeds.md]
+    python -m fedward.bench.seeds runs/bench-s*/bench.json [--markdown runs/bench-seeds.md]
 
 For every row it reports each seed's value and the mean of the FTTE-vs-FedAvg
 ratios and of the accuracy gaps (in points) to FedAvg and FedBuff. Reports

@@ -14,7 +14,7 @@ simulation layers, so any of them can audit without import cycles.
 * :mod:`compliance.keys`     Ed25519 key files (0600, refused if exposed)
 """
 
-from compliance.errors import (
+from fedward.compliance.errors import (
     AuditIntegrityError,
     AuditStoreBusy,
     ComplianceError,
@@ -22,7 +22,7 @@ from compliance.errors import (
     KeyFileError,
     LineageError,
 )
-from compliance.events import (
+from fedward.compliance.events import (
     Actor,
     ActorKind,
     AuditAction,
@@ -33,7 +33,7 @@ from compliance.events import (
     privacy_details,
     sha256_hex,
 )
-from compliance.keys import (
+from fedward.compliance.keys import (
     create_signing_key,
     load_or_create_signing_key,
     load_signing_key,
@@ -41,11 +41,11 @@ from compliance.keys import (
     public_key_hex,
     public_key_raw,
 )
-from compliance.lineage import ModelLineage, ModelVersion
-from compliance.log import AuditLog, AuditLogState
-from compliance.proofs import AuditReceipt, ConsistencyProof, InclusionProof, SignedTreeHead
-from compliance.store import AuditStore, JsonlAuditStore, MemoryAuditStore
-from compliance.verify import AuditProblem, ProblemKind, VerificationReport, verify_log
+from fedward.compliance.lineage import ModelLineage, ModelVersion
+from fedward.compliance.log import AuditLog, AuditLogState
+from fedward.compliance.proofs import AuditReceipt, ConsistencyProof, InclusionProof, SignedTreeHead
+from fedward.compliance.store import AuditStore, JsonlAuditStore, MemoryAuditStore
+from fedward.compliance.verify import AuditProblem, ProblemKind, VerificationReport, verify_log
 
 __all__ = [
     "Actor",

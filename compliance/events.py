@@ -48,6 +48,7 @@ from datetime import UTC, datetime
 from enum import Enum
 from typing import Annotated, Any
 
+from fedward.compliance.errors import ForbiddenAuditContent
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -56,8 +57,6 @@ from pydantic import (
     field_serializer,
     field_validator,
 )
-
-from compliance.errors import ForbiddenAuditContent
 
 __all__ = [
     "DENYLIST_KEYS",

@@ -21,8 +21,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-
-from compliance.errors import KeyFileError
+from fedward.compliance.errors import KeyFileError
 
 __all__ = [
     "create_signing_key",

@@ -25,17 +25,8 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_serializer,
-    field_validator,
-)
-
-from compliance.errors import LineageError
-from compliance.events import (
+from fedward.compliance.errors import LineageError
+from fedward.compliance.events import (
     MAX_LIST_LEN,
     MAX_NUMERIC_ITEMS,
     Clock,
@@ -45,6 +36,14 @@ from compliance.events import (
     canonical_json,
     format_ts,
     to_utc,
+)
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_serializer,
+    field_validator,
 )
 
 __all__ = ["LINEAGE_FORMAT", "ModelLineage", "ModelVersion", "record_hash"]

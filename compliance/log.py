@@ -37,11 +37,9 @@ from collections.abc import Mapping
 from types import TracebackType
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from pydantic import BaseModel, ConfigDict
-
-from compliance import merkle
-from compliance.errors import AuditIntegrityError
-from compliance.events import (
+from fedward.compliance import merkle
+from fedward.compliance.errors import AuditIntegrityError
+from fedward.compliance.events import (
     Actor,
     AuditAction,
     AuditEntry,
@@ -50,9 +48,10 @@ from compliance.events import (
     canonical_json,
     to_utc,
 )
-from compliance.proofs import AuditReceipt, ConsistencyProof, InclusionProof, SignedTreeHead
-from compliance.store import AuditStore, JsonlAuditStore
-from compliance.verify import VerificationReport, replay_store
+from fedward.compliance.proofs import AuditReceipt, ConsistencyProof, InclusionProof, SignedTreeHead
+from fedward.compliance.store import AuditStore, JsonlAuditStore
+from fedward.compliance.verify import VerificationReport, replay_store
+from pydantic import BaseModel, ConfigDict
 
 __all__ = ["DEFAULT_STH_INTERVAL", "AuditLog", "AuditLogState"]
 

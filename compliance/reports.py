@@ -21,10 +21,9 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from fedward.privacy.accounting import MechanismStep
+from fedward.privacy.ledger import PrivacyLedger, SpendRecord
 from pydantic import BaseModel, ConfigDict, Field
-
-from privacy.accounting import MechanismStep
-from privacy.ledger import PrivacyLedger, SpendRecord
 
 REPORT_FORMAT = "fedward.privacy.budget_report"
 REPORT_VERSION = 1

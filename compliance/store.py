@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from compliance.errors import AuditStoreBusy, ComplianceError
+from fedward.compliance.errors import AuditStoreBusy, ComplianceError
 
 __all__ = ["AuditStore", "JsonlAuditStore", "MemoryAuditStore", "tree_head_path"]
 

@@ -30,13 +30,12 @@ from enum import Enum
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from fedward.compliance import merkle
+from fedward.compliance.errors import ComplianceError
+from fedward.compliance.events import AuditEntry, canonical_json
+from fedward.compliance.proofs import SignedTreeHead
+from fedward.compliance.store import AuditStore, JsonlAuditStore
 from pydantic import BaseModel, ConfigDict, ValidationError
-
-from compliance import merkle
-from compliance.errors import ComplianceError
-from compliance.events import AuditEntry, canonical_json
-from compliance.proofs import SignedTreeHead
-from compliance.store import AuditStore, JsonlAuditStore
 
 __all__ = [
     "GENESIS_PREV_HASH",

@@ -49,8 +49,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
-from protocol.errors import MessageTooLarge, ProtocolError, RouteError, UnsupportedVersion
-from protocol.messages import (
+from fedward.protocol.errors import MessageTooLarge, ProtocolError, RouteError, UnsupportedVersion
+from fedward.protocol.messages import (
     DEFAULT_MAX_MESSAGE_BYTES,
     Ack,
     Enrol,
@@ -63,7 +63,7 @@ from protocol.messages import (
     decode_frame,
     encode_frame,
 )
-from protocol.topics import (
+from fedward.protocol.topics import (
     TopicInfo,
     TopicKind,
     check_route,
@@ -72,7 +72,7 @@ from protocol.topics import (
     model_topic,
     parse_topic,
 )
-from protocol.transport import Transport
+from fedward.protocol.transport import Transport
 
 log = logging.getLogger(__name__)
 

@@ -15,11 +15,12 @@ from __future__ import annotations
 import logging
 import threading
 
-from coordinator.bridge import StudyBridge
-from coordinator.service import ServiceError, StudyService
-from coordinator.store import StudyState
-from protocol.messages import DEFAULT_MAX_MESSAGE_BYTES, ErrorCode
-from protocol.transport import Transport
+from fedward.coordinator.bridge import StudyBridge
+from fedward.coordinator.service import ServiceError, StudyService
+from fedward.coordinator.store import StudyState
+
+from fedward.protocol.messages import DEFAULT_MAX_MESSAGE_BYTES, ErrorCode
+from fedward.protocol.transport import Transport
 
 log = logging.getLogger(__name__)
 

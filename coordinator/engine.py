@@ -19,7 +19,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from tinytrain.subsets import SubsetSpec
+from fedward.tinytrain.subsets import SubsetSpec
 
 from .engine_state import (
     ENGINE_STATE_FORMAT,

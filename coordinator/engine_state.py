@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from tinytrain.subsets import SubsetSpec
+from fedward.tinytrain.subsets import SubsetSpec
 
 from .errors import RejectReason, StateLoadError
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from protocol.errors import ProtocolError
-from protocol.messages import PrivacyReport, Update, decode_frame, squared_norm
+from fedward.protocol.errors import ProtocolError
+from fedward.protocol.messages import PrivacyReport, Update, decode_frame, squared_norm
 
 from .errors import RejectReason, UpdateRejected
 from .strategies import ClientUpdate

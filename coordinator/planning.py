@@ -17,7 +17,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Iterable
 
-from tinytrain.subsets import SubsetLadder, SubsetSpec
+from fedward.tinytrain.subsets import SubsetLadder, SubsetSpec
 
 from .errors import CoordinatorError
 

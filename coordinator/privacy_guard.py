@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
-from compliance.events import (
+from fedward.compliance.events import (
     ActorKind,
     AuditAction,
     DetailValue,
@@ -43,10 +43,11 @@ from compliance.events import (
     check_details,
     privacy_details,
 )
-from privacy.accounting import MechanismStep
-from privacy.errors import BudgetExceeded, DuplicateCharge, ForgedClaim, PolicyError
-from privacy.ledger import PrivacyLedger, SpendRecord
-from protocol.messages import DpParams, PrivacyReport
+from fedward.privacy.accounting import MechanismStep
+from fedward.privacy.errors import BudgetExceeded, DuplicateCharge, ForgedClaim, PolicyError
+from fedward.privacy.ledger import PrivacyLedger, SpendRecord
+
+from fedward.protocol.messages import DpParams, PrivacyReport
 
 from .engine import Device, DeviceState, Engine, TaskOrder
 from .errors import RejectReason, UpdateRejected

@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import math
 
+from fedward.privacy.accounting import Accountant, MechanismStep
+from fedward.privacy.budget import BudgetPolicy
+from fedward.privacy.errors import PolicyError
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from privacy.accounting import Accountant, MechanismStep
-from privacy.budget import BudgetPolicy
-from privacy.errors import PolicyError
-from protocol.messages import Accountant as WireAccountant
-from protocol.messages import DpParams
+from fedward.protocol.messages import Accountant as WireAccountant
+from fedward.protocol.messages import DpParams
 
 
 class StudyPrivacy(BaseModel):

@@ -20,9 +20,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from compliance.reports import BudgetReport, build_budget_report
-from privacy.errors import PolicyError
-from privacy.ledger import PrivacyLedger
+from fedward.compliance.reports import BudgetReport, build_budget_report
+from fedward.privacy.errors import PolicyError
+from fedward.privacy.ledger import PrivacyLedger
 
 from .engine import DeviceState, Engine
 from .privacy_guard import STATE_FORMAT, PrivacyGuard, privacy_guard_of

@@ -20,8 +20,8 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from protocol.messages import DEFAULT_MAX_MESSAGE_BYTES
-from protocol.mqtt_settings import MqttProtocol, MqttSettings, TlsSettings
+from fedward.protocol.messages import DEFAULT_MAX_MESSAGE_BYTES
+from fedward.protocol.mqtt_settings import MqttProtocol, MqttSettings, TlsSettings
 
 DEFAULT_DATABASE_URL = "sqlite:///./fedward-data/coordinator.db"
 MIN_TOKEN_CHARS = 16

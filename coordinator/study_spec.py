@@ -13,12 +13,12 @@ import random
 from collections.abc import Callable
 from functools import lru_cache
 
+from fedward.privacy.central import RandomNormal, urandom_normal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from privacy.central import RandomNormal, urandom_normal
-from tinytrain.dp_memory import measure_dp_training_step
-from tinytrain.memory import measure_training_step
-from tinytrain.models import (
+from fedward.tinytrain.dp_memory import measure_dp_training_step
+from fedward.tinytrain.memory import measure_training_step
+from fedward.tinytrain.models import (
     ModelConfig,
     ModelKind,
     Params,
@@ -27,8 +27,8 @@ from tinytrain.models import (
     param_shapes,
     parameter_groups,
 )
-from tinytrain.subsets import SubsetLadder
-from tinytrain.training import LocalTrainConfig
+from fedward.tinytrain.subsets import SubsetLadder
+from fedward.tinytrain.training import LocalTrainConfig
 
 from .engine import Engine, EngineEvent
 from .planning import SubsetMode, SubsetPlanner

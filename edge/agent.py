@@ -47,8 +47,8 @@ from pathlib import Path
 
 import numpy as np
 
-from protocol.errors import ProtocolError
-from protocol.messages import (
+from fedward.protocol.errors import ProtocolError
+from fedward.protocol.messages import (
     Ack,
     DeviceStatus,
     Enrol,
@@ -61,10 +61,10 @@ from protocol.messages import (
     decode_frame,
     encode_frame,
 )
-from protocol.topics import TopicKind, check_route, device_topic, model_filter, parse_topic
-from protocol.transport import Transport
-from tinytrain.models import Params, build_model, param_shapes
-from tinytrain.training import LocalTrainConfig
+from fedward.protocol.topics import TopicKind, check_route, device_topic, model_filter, parse_topic
+from fedward.protocol.transport import Transport
+from fedward.tinytrain.models import Params, build_model, param_shapes
+from fedward.tinytrain.training import LocalTrainConfig
 
 from .budget import DeviceBudget, TaskRefused, run_dp_task
 from .dataset import LocalDataset

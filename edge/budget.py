@@ -32,20 +32,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from privacy.accounting import (
+from fedward.privacy.accounting import (
     EpsilonCalculator,
     MechanismStep,
     canonical_history,
     history_from_state,
     history_to_state,
 )
-from privacy.budget import BudgetPolicy
-from privacy.errors import PolicyError, PrivacyError
-from protocol.messages import Accountant as WireAccountant
-from protocol.messages import DpParams, ErrorCode, ErrorMessage, PrivacyReport, Task
-from tinytrain.models import Params
-from tinytrain.training import LocalTrainConfig, Model
+from fedward.privacy.budget import BudgetPolicy
+from fedward.privacy.errors import PolicyError, PrivacyError
+
+from fedward.protocol.messages import Accountant as WireAccountant
+from fedward.protocol.messages import DpParams, ErrorCode, ErrorMessage, PrivacyReport, Task
+from fedward.tinytrain.models import Params
+from fedward.tinytrain.training import LocalTrainConfig, Model
 
 from .dp_training import DPTrainConfig
 from .local import LocalOutcome, LocalTask, run_local_task

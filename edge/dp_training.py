@@ -47,6 +47,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from fedward.privacy.accounting import (
+    Accountant,
+    MechanismStep,
+    epsilon_for,
+    history_from_state,
+    history_to_state,
+)
+from fedward.privacy.errors import PolicyError
 from opacus import GradSampleModule, PrivacyEngine
 from opacus.data_loader import dtype_safe, shape_safe, wrap_collate_with_empty
 from opacus.optimizers import DPOptimizer
@@ -56,16 +64,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.data.dataloader import default_collate
 
-from privacy.accounting import (
-    Accountant,
-    MechanismStep,
-    epsilon_for,
-    history_from_state,
-    history_to_state,
-)
-from privacy.errors import PolicyError
-from tinytrain.models import Params, get_params, set_params
-from tinytrain.training import Model, frozen_features, split_for_training
+from fedward.tinytrain.models import Params, get_params, set_params
+from fedward.tinytrain.training import Model, frozen_features, split_for_training
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -421,4 +421,4 @@ def planned_step(num_samples: int, *, config: DPTrainConfig) -> MechanismStep:
 
 
 # Measurement lives with the other memory code (the planner needs it too).
-from tinytrain.dp_memory import DPFootprint, measure_dp_training_step  # noqa: E402,F401
+from fedward.tinytrain.dp_memory import DPFootprint, measure_dp_training_step  # noqa: E402,F401

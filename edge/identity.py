@@ -17,9 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-from compliance.errors import KeyFileError
-from compliance.keys import load_or_create_signing_key, public_key_raw
+from fedward.compliance.errors import KeyFileError
+from fedward.compliance.keys import load_or_create_signing_key, public_key_raw
 
 KEY_FILE_NAME = "device.key"
 

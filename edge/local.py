@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from protocol.messages import squared_norm
-from tinytrain.models import Params
-from tinytrain.training import LocalTrainConfig, Model, train_subset
+from fedward.protocol.messages import squared_norm
+from fedward.tinytrain.models import Params
+from fedward.tinytrain.training import LocalTrainConfig, Model, train_subset
 
 from .dp_training import DPTrainConfig, train_subset_dp
 

@@ -18,7 +18,7 @@ import os
 import threading
 from pathlib import Path
 
-from protocol.ids import is_valid_id
+from fedward.protocol.ids import is_valid_id
 
 SUFFIX = ".frame"
 _TMP_SUFFIX = ".tmp"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from protocol.messages import Accountant, PrivacyReport, Update, encode_frame
+from fedward.protocol.messages import Accountant, PrivacyReport, Update, encode_frame
 
 from .local import LocalOutcome
 

@@ -38,26 +38,26 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from coordinator.bridge import StudyBridge
-from coordinator.service import ServiceError, StudyService
-from coordinator.settings import CoordinatorSettings
-from edge.agent import EdgeAgent
-from edge.dataset import load_dataset, save_dataset
-from edge.identity import load_or_create_identity
-from edge.settings import AgentSettings
-from protocol.codec import decode_tensors
-from protocol.messages import DeviceClass, ErrorCode, Task
-from protocol.mqtt import MqttTransport
-from protocol.mqtt_settings import MqttProtocol, MqttSettings
-from simulation.profiles import SimDevice, draw_fleet
-from simulation.scenario import Scenario, StrategyRun
-from simulation.sensordata import load_study_data
-from simulation.study import final_accuracy
-from simulation.warmstart import scenario_start
-from tinytrain.costs import task_flops
-from tinytrain.models import build_model
-from tinytrain.runtime import limit_threads
-from tinytrain.training import evaluate
+from fedward.coordinator.bridge import StudyBridge
+from fedward.coordinator.service import ServiceError, StudyService
+from fedward.coordinator.settings import CoordinatorSettings
+from fedward.edge.agent import EdgeAgent
+from fedward.edge.dataset import load_dataset, save_dataset
+from fedward.edge.identity import load_or_create_identity
+from fedward.edge.settings import AgentSettings
+from fedward.protocol.codec import decode_tensors
+from fedward.protocol.messages import DeviceClass, ErrorCode, Task
+from fedward.protocol.mqtt import MqttTransport
+from fedward.protocol.mqtt_settings import MqttProtocol, MqttSettings
+from fedward.simulation.profiles import SimDevice, draw_fleet
+from fedward.simulation.scenario import Scenario, StrategyRun
+from fedward.simulation.sensordata import load_study_data
+from fedward.simulation.study import final_accuracy
+from fedward.simulation.warmstart import scenario_start
+from fedward.tinytrain.costs import task_flops
+from fedward.tinytrain.models import build_model
+from fedward.tinytrain.runtime import limit_threads
+from fedward.tinytrain.training import evaluate
 
 log = logging.getLogger(__name__)
 

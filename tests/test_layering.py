@@ -1,9 +1,11 @@
 """The layering rules, enforced.
 
 1. Floors (import-linter contracts in pyproject.toml): nothing imports upward;
-   protocol, privacy and tinytrain import nothing of ours; edge and coordinator
-   never import each other.
+   fedward.protocol, fedward.privacy and fedward.tinytrain import nothing of
+   ours; fedward.edge and fedward.coordinator never import each other.
 2. Heavy or I/O libraries stay inside the modules that own them (AST scan).
+3. Our code imports itself only as ``fedward.*`` (or relatively): the old
+   top-level names (``coordinator``, ``privacy``, ...) are not installed.
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = (
+# Folders holding the fedward namespace (pyproject.toml [tool.fedward.package-dir]).
+PACKAGES = ("fedward", "coordinator", "edge", "privacy", "compliance", "bench")
+# Names our code must never import as top-level modules.
+FORMER_ROOTS = {
     "protocol",
     "privacy",
     "tinytrain",
@@ -25,20 +30,20 @@ PACKAGES = (
     "compliance",
     "coordinator",
     "simulation",
-    "fedward",
-)
+    "bench",
+}
 
 # library -> path prefixes (relative to the repo) allowed to import it
 CONFINED: dict[str, tuple[str, ...]] = {
-    "torch": ("tinytrain/", "edge/dp_training.py"),
-    "opacus": ("edge/dp_training.py", "privacy/accounting.py", "tinytrain/dp_memory.py"),
+    "torch": ("fedward/tinytrain/", "edge/dp_training.py"),
+    "opacus": ("edge/dp_training.py", "privacy/accounting.py", "fedward/tinytrain/dp_memory.py"),
     "fastapi": ("coordinator/api/",),
     "starlette": ("coordinator/api/",),
-    "paho": ("protocol/mqtt.py",),
+    "paho": ("fedward/protocol/mqtt.py",),
     "sqlalchemy": ("coordinator/store/", "coordinator/migrations/"),
     "alembic": ("coordinator/store/", "coordinator/migrations/"),
-    "amqtt": ("fedward/",),
-    "ray": ("simulation/executor.py",),
+    "amqtt": ("fedward/live.py", "fedward/commands/"),
+    "ray": ("fedward/simulation/executor.py",),
 }
 
 
@@ -68,10 +73,29 @@ def test_library_stays_in_its_modules(library: str) -> None:
     assert offenders == [], f"{library} imported outside {allowed}: {offenders}"
 
 
+def test_code_imports_itself_only_as_fedward() -> None:
+    offenders = [
+        f"{p.relative_to(ROOT)}: {sorted(FORMER_ROOTS & imported_roots(p))}"
+        for p in [*source_files(), *sorted((ROOT / "tests").rglob("*.py"))]
+        if FORMER_ROOTS & imported_roots(p)
+    ]
+    assert offenders == [], offenders
+
+
 def test_import_linter_contracts_hold() -> None:
     exe = shutil.which("lint-imports") or str(Path(sys.executable).with_name("lint-imports"))
+    tree = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "static_tree.py")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     proc = subprocess.run(
-        [exe, "--no-cache"], cwd=ROOT, capture_output=True, text=True, check=False
+        [exe, "--no-cache", str(ROOT / "pyproject.toml")],
+        cwd=tree,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 

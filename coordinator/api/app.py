@@ -11,10 +11,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-
-from coordinator.metrics import metrics_registry
-from coordinator.service import StudyService
-from coordinator.settings import CoordinatorSettings
+from fedward.coordinator.metrics import metrics_registry
+from fedward.coordinator.service import StudyService
+from fedward.coordinator.settings import CoordinatorSettings
 
 from .errors import install_error_handlers
 from .routes import devices, models, probes, studies

@@ -16,11 +16,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
-
-from coordinator.service import (
+from fedward.coordinator.service import (
     DeviceNotFound,
     InvalidStudyId,
     InvalidTransition,
@@ -30,6 +26,9 @@ from coordinator.service import (
     StudyExists,
     StudyNotFound,
 )
+from pydantic import BaseModel, ConfigDict
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 log = logging.getLogger(__name__)
 

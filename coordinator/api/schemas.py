@@ -16,12 +16,12 @@ import types
 import typing
 from typing import Annotated, Any
 
+from fedward.coordinator.service import STUDY_ID_PATTERN
+from fedward.coordinator.study_spec import StudySpec
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from coordinator.service import STUDY_ID_PATTERN
-from coordinator.study_spec import StudySpec
-from protocol.ids import Id
-from protocol.messages import DeviceClass, PosInt
+from fedward.protocol.ids import Id
+from fedward.protocol.messages import DeviceClass, PosInt
 
 
 def _numeric_kinds(annotation: Any) -> set[type]:

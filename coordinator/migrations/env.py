@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from alembic import context
-
-from coordinator.store.db import create_db_engine
-from coordinator.store.models import Base
+from fedward.coordinator.store.db import create_db_engine
+from fedward.coordinator.store.models import Base
 
 config = context.config
 target_metadata = Base.metadata

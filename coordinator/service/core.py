@@ -18,17 +18,16 @@ from contextlib import contextmanager
 from typing import Self
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-from compliance import Actor, AuditAction, AuditLog, Outcome, load_or_create_signing_key
-from coordinator.errors import CoordinatorError
-from coordinator.migrations import upgrade_to_head
-from coordinator.settings import CoordinatorSettings
-from coordinator.store import BlobStore, Repository, StudyChanges, create_db_engine
-from coordinator.store.audit_trail import AuditTrail
-from coordinator.store.models import StudyRow
-from coordinator.store.recorder import EventRecorder
-from coordinator.store.runtime import Params, RuntimeStore, StudyRuntime
-from coordinator.study_spec import StudySpec
+from fedward.compliance import Actor, AuditAction, AuditLog, Outcome, load_or_create_signing_key
+from fedward.coordinator.errors import CoordinatorError
+from fedward.coordinator.migrations import upgrade_to_head
+from fedward.coordinator.settings import CoordinatorSettings
+from fedward.coordinator.store import BlobStore, Repository, StudyChanges, create_db_engine
+from fedward.coordinator.store.audit_trail import AuditTrail
+from fedward.coordinator.store.models import StudyRow
+from fedward.coordinator.store.recorder import EventRecorder
+from fedward.coordinator.store.runtime import Params, RuntimeStore, StudyRuntime
+from fedward.coordinator.study_spec import StudySpec
 
 from .errors import StudyNotFound
 from .views import StudyInfo, study_info

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from compliance import ActorKind, AuditAction, Outcome
-from coordinator.engine import DeviceState
-from coordinator.planning import DoesNotFit
-from coordinator.store import StudyState, TaskStatus
-from coordinator.store.audit_trail import OPERATOR, actor
-from coordinator.store.models import DeviceRow
-from coordinator.store.runtime import StudyRuntime
-from protocol.messages import DeviceStatus, Enrol, EnrolAck, Heartbeat
+from fedward.compliance import ActorKind, AuditAction, Outcome
+from fedward.coordinator.engine import DeviceState
+from fedward.coordinator.planning import DoesNotFit
+from fedward.coordinator.store import StudyState, TaskStatus
+from fedward.coordinator.store.audit_trail import OPERATOR, actor
+from fedward.coordinator.store.models import DeviceRow
+from fedward.coordinator.store.runtime import StudyRuntime
+
+from fedward.protocol.messages import DeviceStatus, Enrol, EnrolAck, Heartbeat
 
 from .core import ServiceCore, digest
 from .errors import DeviceNotFound

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from coordinator.errors import CoordinatorError
+from fedward.coordinator.errors import CoordinatorError
 
 
 class ServiceError(CoordinatorError):

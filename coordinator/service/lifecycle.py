@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from compliance import ActorKind, AuditAction, Outcome
-from coordinator.store import StudyState, TaskStatus
-from coordinator.store.audit_trail import OPERATOR, actor
+from fedward.compliance import ActorKind, AuditAction, Outcome
+from fedward.coordinator.store import StudyState, TaskStatus
+from fedward.coordinator.store.audit_trail import OPERATOR, actor
 
 from .core import ServiceCore
 from .errors import InvalidTransition

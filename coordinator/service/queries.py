@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from compliance.reports import BudgetReport
-from coordinator.privacy_state import privacy_report
-from protocol.codec import decode_tensors
-from protocol.messages import ModelDownload, encode_frame
+from fedward.compliance.reports import BudgetReport
+from fedward.coordinator.privacy_state import privacy_report
+
+from fedward.protocol.codec import decode_tensors
+from fedward.protocol.messages import ModelDownload, encode_frame
 
 from .core import ServiceCore
 from .errors import ModelVersionNotFound, NoPrivacyPolicy

@@ -15,13 +15,14 @@ instead of being re-dispatched after every heartbeat to refuse again.
 
 from __future__ import annotations
 
-from compliance import ActorKind, AuditAction, Outcome
-from coordinator.errors import RejectReason
-from coordinator.privacy_guard import privacy_guard_of
-from coordinator.store import TaskStatus
-from coordinator.store.audit_trail import COORDINATOR_ACTOR, actor
-from protocol.ids import is_valid_id
-from protocol.messages import ErrorCode, ErrorMessage
+from fedward.compliance import ActorKind, AuditAction, Outcome
+from fedward.coordinator.errors import RejectReason
+from fedward.coordinator.privacy_guard import privacy_guard_of
+from fedward.coordinator.store import TaskStatus
+from fedward.coordinator.store.audit_trail import COORDINATOR_ACTOR, actor
+
+from fedward.protocol.ids import is_valid_id
+from fedward.protocol.messages import ErrorCode, ErrorMessage
 
 from .core import ServiceCore
 from .errors import DeviceNotFound, NoPrivacyPolicy, UnsupportedRefusal

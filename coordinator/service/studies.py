@@ -7,12 +7,12 @@ import re
 import secrets
 from collections import Counter
 
-from compliance import ActorKind, AuditAction, Outcome
-from coordinator.store import StudyState
-from coordinator.store.audit_trail import OPERATOR, actor
-from coordinator.store.models import StudyRow
-from coordinator.store.runtime import Params, StudyRuntime
-from coordinator.study_spec import StudySpec
+from fedward.compliance import ActorKind, AuditAction, Outcome
+from fedward.coordinator.store import StudyState
+from fedward.coordinator.store.audit_trail import OPERATOR, actor
+from fedward.coordinator.store.models import StudyRow
+from fedward.coordinator.store.runtime import Params, StudyRuntime
+from fedward.coordinator.study_spec import StudySpec
 
 from .core import STUDY_ID_PATTERN, ServiceCore, digest
 from .errors import InvalidInitialModel, InvalidStudyId, ModelVersionNotFound, StudyExists

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from coordinator.engine import DeviceState, Engine, TaskOrder
-from coordinator.store import StudyState, TaskStatus
-from coordinator.store.runtime import StudyRuntime
-from protocol.messages import DpParams, ModelDownload, Task, encode_frame
+from fedward.coordinator.engine import DeviceState, Engine, TaskOrder
+from fedward.coordinator.store import StudyState, TaskStatus
+from fedward.coordinator.store.runtime import StudyRuntime
+
+from fedward.protocol.messages import DpParams, ModelDownload, Task, encode_frame
 
 from .core import ServiceCore
 from .views import OutboundTask

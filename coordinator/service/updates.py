@@ -19,14 +19,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from compliance import ActorKind, AuditAction, Outcome
-from coordinator.errors import RejectReason, UpdateRejected
-from coordinator.ingest import IncomingUpdate, decode_update
-from coordinator.store import StudyChanges, TaskStatus
-from coordinator.store.audit_trail import COORDINATOR_ACTOR, actor
-from coordinator.store.models import UpdateReceiptRow
-from coordinator.store.runtime import StudyRuntime
-from protocol.messages import Ack, AckStatus
+from fedward.compliance import ActorKind, AuditAction, Outcome
+from fedward.coordinator.errors import RejectReason, UpdateRejected
+from fedward.coordinator.ingest import IncomingUpdate, decode_update
+from fedward.coordinator.store import StudyChanges, TaskStatus
+from fedward.coordinator.store.audit_trail import COORDINATOR_ACTOR, actor
+from fedward.coordinator.store.models import UpdateReceiptRow
+from fedward.coordinator.store.runtime import StudyRuntime
+
+from fedward.protocol.messages import Ack, AckStatus
 
 from .core import UNKNOWN_TASK_ID, ServiceCore, digest
 

@@ -8,16 +8,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fedward.coordinator.engine import DeviceState
+from fedward.coordinator.errors import RejectReason
+from fedward.coordinator.store import StudyState
+from fedward.coordinator.store.models import ModelVersionRow
+from fedward.coordinator.store.runtime import StudyRuntime
+from fedward.coordinator.strategies import StrategyName
+from fedward.coordinator.study_spec import StudySpec
 from pydantic import BaseModel, ConfigDict
 
-from coordinator.engine import DeviceState
-from coordinator.errors import RejectReason
-from coordinator.store import StudyState
-from coordinator.store.models import ModelVersionRow
-from coordinator.store.runtime import StudyRuntime
-from coordinator.strategies import StrategyName
-from coordinator.study_spec import StudySpec
-from protocol.messages import DeviceClass, Task
+from fedward.protocol.messages import DeviceClass, Task
 
 
 class _View(BaseModel):

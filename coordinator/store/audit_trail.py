@@ -14,8 +14,14 @@ import re
 from collections.abc import Mapping
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-from compliance import Actor, ActorKind, AuditAction, AuditLog, ForbiddenAuditContent, Outcome
+from fedward.compliance import (
+    Actor,
+    ActorKind,
+    AuditAction,
+    AuditLog,
+    ForbiddenAuditContent,
+    Outcome,
+)
 
 OPERATOR = "operator"
 COORDINATOR = "coordinator"

@@ -19,7 +19,7 @@ import re
 import tempfile
 from pathlib import Path
 
-from coordinator.errors import CoordinatorError
+from fedward.coordinator.errors import CoordinatorError
 
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 

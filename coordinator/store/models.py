@@ -24,6 +24,9 @@ from __future__ import annotations
 import enum
 from typing import Any
 
+from fedward.coordinator.engine import DeviceState
+from fedward.coordinator.errors import RejectReason
+from fedward.coordinator.strategies import StrategyName
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -40,10 +43,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from coordinator.engine import DeviceState
-from coordinator.errors import RejectReason
-from coordinator.strategies import StrategyName
-from protocol.messages import AckStatus, DeviceClass
+from fedward.protocol.messages import AckStatus, DeviceClass
 
 ID_LEN = 64
 SHA_LEN = 64

@@ -27,11 +27,12 @@ budget it stopped).
 
 from __future__ import annotations
 
-from compliance import ActorKind, AuditAction, Outcome
-from coordinator.engine import EngineEvent, EventKind
-from coordinator.errors import RejectReason
-from coordinator.privacy_guard import PrivacyEvent
-from protocol.messages import AckStatus
+from fedward.compliance import ActorKind, AuditAction, Outcome
+from fedward.coordinator.engine import EngineEvent, EventKind
+from fedward.coordinator.errors import RejectReason
+from fedward.coordinator.privacy_guard import PrivacyEvent
+
+from fedward.protocol.messages import AckStatus
 
 from .audit_trail import COORDINATOR_ACTOR, AuditTrail, actor
 from .models import TaskRow, TaskStatus

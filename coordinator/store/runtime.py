@@ -20,14 +20,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from fedward.compliance import ModelLineage, ModelVersion
+from fedward.compliance.lineage import LINEAGE_FORMAT
+from fedward.coordinator.engine import DeviceState, Engine, EngineEvent
+from fedward.coordinator.errors import CoordinatorError, RejectReason, StateLoadError
+from fedward.coordinator.study_spec import StudySpec, build_engine
 
-from compliance import ModelLineage, ModelVersion
-from compliance.lineage import LINEAGE_FORMAT
-from coordinator.engine import DeviceState, Engine, EngineEvent
-from coordinator.errors import CoordinatorError, RejectReason, StateLoadError
-from coordinator.study_spec import StudySpec, build_engine
-from protocol.codec import decode_tensors, encode_tensors
-from protocol.messages import AckStatus
+from fedward.protocol.codec import decode_tensors, encode_tensors
+from fedward.protocol.messages import AckStatus
 
 from .blobs import BlobStore
 from .models import ModelVersionRow, StudyRow, StudyState, TaskStatus

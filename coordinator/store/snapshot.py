@@ -24,10 +24,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
-
-from coordinator.engine import ENGINE_STATE_FORMAT, Engine
-from coordinator.errors import StateLoadError
-from coordinator.strategies import StrategyName
+from fedward.coordinator.engine import ENGINE_STATE_FORMAT, Engine
+from fedward.coordinator.errors import StateLoadError
+from fedward.coordinator.strategies import StrategyName
 
 SNAPSHOT_FORMAT = ENGINE_STATE_FORMAT
 _LEGACY_FORMAT = 1

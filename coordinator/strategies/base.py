@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from protocol.messages import squared_norm
+from fedward.protocol.messages import squared_norm
 
 from ..errors import (
     NotReadyError,

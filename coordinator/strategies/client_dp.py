@@ -24,8 +24,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-
-from privacy.central import RandomNormal, clip_update
+from fedward.privacy.central import RandomNormal, clip_update
 
 from ..errors import StrategyConfigError
 from .base import BufferedStrategy, ClientUpdate, Params, StrategyName, apply_step, weighted_mean

@@ -17,9 +17,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from compliance import Actor, ActorKind, AuditLog
-from compliance.keys import load_signing_key, public_key_hex
-from compliance.verify import verify_log
+from fedward.compliance import Actor, ActorKind, AuditLog
+from fedward.compliance.keys import load_signing_key, public_key_hex
+from fedward.compliance.verify import verify_log
 
 app = typer.Typer(help="Audit log verification.", no_args_is_help=True)
 

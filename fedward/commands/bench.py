@@ -10,10 +10,10 @@ import typer
 from rich.console import Console
 from rich.markdown import Markdown
 
-from simulation.bench import DEFAULT_RUNS, QUICK_RUNS, ratios, run_benchmark
-from simulation.executor import ExecutorKind
-from simulation.report import levels_table, markdown_table, plot_accuracy
-from simulation.scenario import PRESETS, StrategyRun, load_scenario
+from fedward.simulation.bench import DEFAULT_RUNS, QUICK_RUNS, ratios, run_benchmark
+from fedward.simulation.executor import ExecutorKind
+from fedward.simulation.report import levels_table, markdown_table, plot_accuracy
+from fedward.simulation.scenario import PRESETS, StrategyRun, load_scenario
 
 from ..progress import make_progress, tracker
 

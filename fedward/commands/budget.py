@@ -22,8 +22,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from compliance.reports import BudgetReport, plot_budget, write_report_json
-from coordinator.privacy_state import (
+from fedward.compliance.reports import BudgetReport, plot_budget, write_report_json
+from fedward.coordinator.privacy_state import (
     guard_state_from_snapshot,
     ledger_file,
     read_guard_state,
@@ -39,8 +39,8 @@ def _group() -> None:
 
 
 def _from_database(url: str, study: str) -> tuple[dict[str, Any], dict[str, str]]:
-    from coordinator.store.db import create_db_engine
-    from coordinator.store.repository import Repository
+    from fedward.coordinator.store.db import create_db_engine
+    from fedward.coordinator.store.repository import Repository
 
     repo = Repository(create_db_engine(url))
     try:

@@ -25,7 +25,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
-from coordinator.settings import DEFAULT_DATABASE_URL, CoordinatorSettings
+from fedward.coordinator.settings import DEFAULT_DATABASE_URL, CoordinatorSettings
 
 app = typer.Typer(help="Run or maintain the live coordinator.", no_args_is_help=True)
 console = Console(stderr=True)
@@ -66,8 +66,8 @@ def serve(
     """Migrate the database to head; serve the operator API and the studies' MQTT bridge."""
     import uvicorn
 
-    from coordinator.api import create_app
-    from coordinator.service import StudyService
+    from fedward.coordinator.api import create_app
+    from fedward.coordinator.service import StudyService
 
     settings = _settings(
         api_host=host,
@@ -102,8 +102,8 @@ def serving_bridges(
     if not enabled:
         yield None
         return
-    from coordinator.bridges import BridgeSupervisor
-    from protocol.mqtt import MqttTransport
+    from fedward.coordinator.bridges import BridgeSupervisor
+    from fedward.protocol.mqtt import MqttTransport
 
     transport = MqttTransport(settings.mqtt.client_settings())
     supervisor = BridgeSupervisor(service, transport, max_message_bytes=settings.max_message_bytes)
@@ -127,8 +127,8 @@ def migrate(
     ] = None,
 ) -> None:
     """Upgrade the coordinator's database schema to the newest revision."""
-    from coordinator.migrations import current_revision, head_revision, upgrade_to_head
-    from coordinator.store import create_db_engine
+    from fedward.coordinator.migrations import current_revision, head_revision, upgrade_to_head
+    from fedward.coordinator.store import create_db_engine
 
     engine = create_db_engine(database_url or DEFAULT_DATABASE_URL)
     try:

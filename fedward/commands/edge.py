@@ -19,15 +19,15 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from edge.agent import AgentError, EdgeAgent
-from edge.dataset import DatasetError, load_dataset
-from edge.identity import KeyFileError, load_or_create_identity
-from edge.settings import AgentSettings
-from privacy.accounting import Accountant
-from protocol.messages import DeviceClass
-from protocol.mqtt import MqttTransport
-from protocol.mqtt_settings import MqttProtocol, MqttSettings
-from tinytrain.models import ModelKind
+from fedward.edge.agent import AgentError, EdgeAgent
+from fedward.edge.dataset import DatasetError, load_dataset
+from fedward.edge.identity import KeyFileError, load_or_create_identity
+from fedward.edge.settings import AgentSettings
+from fedward.privacy.accounting import Accountant
+from fedward.protocol.messages import DeviceClass
+from fedward.protocol.mqtt import MqttTransport
+from fedward.protocol.mqtt_settings import MqttProtocol, MqttSettings
+from fedward.tinytrain.models import ModelKind
 
 from ..live import LiveError, parse_broker_url
 

@@ -9,10 +9,10 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from simulation.executor import ExecutorKind, make_executor
-from simulation.report import plot_accuracy
-from simulation.scenario import StrategyRun, load_scenario
-from simulation.study import Study
+from fedward.simulation.executor import ExecutorKind, make_executor
+from fedward.simulation.report import plot_accuracy
+from fedward.simulation.scenario import StrategyRun, load_scenario
+from fedward.simulation.study import Study
 
 from ..progress import make_progress, tracker
 

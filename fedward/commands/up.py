@@ -16,8 +16,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from protocol.mqtt_settings import MqttProtocol
-from simulation.scenario import StrategyRun, load_scenario
+from fedward.protocol.mqtt_settings import MqttProtocol
+from fedward.simulation.scenario import StrategyRun, load_scenario
 
 from ..live import LiveError, LiveOptions, parse_broker_url, run_live
 from ..progress import make_progress, tracker

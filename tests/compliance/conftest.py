@@ -8,8 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-from compliance import (
+from fedward.compliance import (
     Actor,
     ActorKind,
     AuditAction,

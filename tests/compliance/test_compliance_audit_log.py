@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-from compliance import (
+from fedward.compliance import (
     Actor,
     AuditAction,
     AuditIntegrityError,
@@ -25,8 +24,8 @@ from compliance import (
     Outcome,
     verify_log,
 )
-from compliance.merkle import MerkleTree, leaf_hash
-from compliance.verify import GENESIS_PREV_HASH
+from fedward.compliance.merkle import MerkleTree, leaf_hash
+from fedward.compliance.verify import GENESIS_PREV_HASH
 
 Append = Callable[..., list[AuditReceipt]]
 

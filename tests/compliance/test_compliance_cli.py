@@ -6,10 +6,10 @@ import json
 import time
 from pathlib import Path
 
+from fedward.compliance import Actor, ActorKind, AuditAction, AuditLog, Outcome
+from fedward.compliance.keys import load_or_create_signing_key, public_key_hex
 from typer.testing import CliRunner
 
-from compliance import Actor, ActorKind, AuditAction, AuditLog, Outcome
-from compliance.keys import load_or_create_signing_key, public_key_hex
 from fedward.cli import app
 
 runner = CliRunner()

@@ -10,11 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from pydantic import ValidationError
-
-from compliance import (
+from fedward.compliance import (
     Actor,
     ActorKind,
     AuditAction,
@@ -26,7 +22,7 @@ from compliance import (
     privacy_details,
     sha256_hex,
 )
-from compliance.events import (
+from fedward.compliance.events import (
     DENYLIST_KEYS,
     DENYLIST_WORDS,
     MAX_LIST_LEN,
@@ -37,6 +33,9 @@ from compliance.events import (
     format_ts,
     to_utc,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
 
 TS = datetime(2026, 11, 2, 8, 30, tzinfo=UTC)
 DEVICE = Actor(kind=ActorKind.DEVICE, id="dev-0007")

@@ -10,8 +10,7 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-from compliance import (
+from fedward.compliance import (
     Actor,
     ActorKind,
     AuditAction,
@@ -23,7 +22,7 @@ from compliance import (
     sha256_hex,
     verify_log,
 )
-from compliance.lineage import LINEAGE_FORMAT, record_hash
+from fedward.compliance.lineage import LINEAGE_FORMAT, record_hash
 
 
 def _h(tag: str) -> str:

@@ -6,11 +6,8 @@ from __future__ import annotations
 import hashlib
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
-from compliance import merkle
-from compliance.merkle import (
+from fedward.compliance import merkle
+from fedward.compliance.merkle import (
     EMPTY_ROOT,
     MerkleTree,
     leaf_hash,
@@ -19,7 +16,9 @@ from compliance.merkle import (
     verify_consistency,
     verify_inclusion,
 )
-from compliance.merkle_reference import ref_consistency_proof, ref_inclusion_path, ref_root
+from fedward.compliance.merkle_reference import ref_consistency_proof, ref_inclusion_path, ref_root
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 # The Certificate Transparency reference leaves and roots for sizes 0..8, as
 # published with transparency-dev/merkle (testonly) and used by Trillian and

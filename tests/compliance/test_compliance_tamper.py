@@ -10,10 +10,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
-from compliance import (
+from fedward.compliance import (
     AuditIntegrityError,
     AuditLog,
     AuditReceipt,
@@ -23,8 +20,10 @@ from compliance import (
     public_key_raw,
     verify_log,
 )
-from compliance.events import canonical_json
-from compliance.merkle import leaf_hash
+from fedward.compliance.events import canonical_json
+from fedward.compliance.merkle import leaf_hash
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 Append = Callable[..., list[AuditReceipt]]
 N_ENTRIES = 20

@@ -20,15 +20,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fedward.compliance import public_key_raw
+from fedward.coordinator.service import OutboundTask, StudyService
+from fedward.coordinator.settings import CoordinatorSettings
+from fedward.coordinator.study_spec import StudySpec
+from fedward.edge.local import LocalTask, run_local_task
+from fedward.edge.updates import encode_update, update_header
 
-from compliance import public_key_raw
-from coordinator.service import OutboundTask, StudyService
-from coordinator.settings import CoordinatorSettings
-from coordinator.study_spec import StudySpec
-from edge.local import LocalTask, run_local_task
-from edge.updates import encode_update, update_header
-from protocol.messages import DeviceClass, Enrol, decode_frame
-from tinytrain.models import Params, build_model
+from fedward.protocol.messages import DeviceClass, Enrol, decode_frame
+from fedward.tinytrain.models import Params, build_model
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 TOKEN = "t0k3n-For-Tests-9f8e7d6c5b4a"

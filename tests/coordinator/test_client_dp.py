@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from fedward.coordinator.errors import StrategyConfigError
+from fedward.coordinator.strategies import ClientLevelDP, ClientUpdate
+from fedward.coordinator.study_spec import StudySpec, build_strategy
+from fedward.privacy.central import seeded_normal
 from pydantic import ValidationError
-
-from coordinator.errors import StrategyConfigError
-from coordinator.strategies import ClientLevelDP, ClientUpdate
-from coordinator.study_spec import StudySpec, build_strategy
-from privacy.central import seeded_normal
 
 SHAPES = {"a": (2,), "b": (1,)}
 
@@ -81,7 +80,7 @@ def test_noise_is_calibrated_to_the_least_covered_tensor() -> None:
 
 
 def test_non_finite_updates_are_rejected_before_clipping() -> None:
-    from coordinator.errors import RejectReason, UpdateRejected
+    from fedward.coordinator.errors import RejectReason, UpdateRejected
 
     s = ClientLevelDP(
         shapes=SHAPES,

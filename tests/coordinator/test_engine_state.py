@@ -9,12 +9,11 @@ import random
 
 import numpy as np
 import pytest
-
-from coordinator.engine import ENGINE_STATE_FORMAT, DeviceState, Engine
-from coordinator.errors import StateLoadError
-from coordinator.store.snapshot import engine_snapshot, restore_engine
-from coordinator.strategies import ClientUpdate, NormBounded, StrategyName
-from coordinator.study_spec import build_engine
+from fedward.coordinator.engine import ENGINE_STATE_FORMAT, DeviceState, Engine
+from fedward.coordinator.errors import StateLoadError
+from fedward.coordinator.store.snapshot import engine_snapshot, restore_engine
+from fedward.coordinator.strategies import ClientUpdate, NormBounded, StrategyName
+from fedward.coordinator.study_spec import build_engine
 
 
 def fedavg_engine(spec, *, seed: int = 3) -> Engine:

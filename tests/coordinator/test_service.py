@@ -6,20 +6,20 @@ import json
 
 import numpy as np
 import pytest
-
-from compliance import verify_log
-from coordinator.engine import DeviceState
-from coordinator.errors import RejectReason
-from coordinator.service import (
+from fedward.compliance import verify_log
+from fedward.coordinator.engine import DeviceState
+from fedward.coordinator.errors import RejectReason
+from fedward.coordinator.service import (
     InvalidStudyId,
     InvalidTransition,
     ModelVersionNotFound,
     StudyExists,
     StudyNotFound,
 )
-from coordinator.store import StudyState, TaskStatus, sha256_of
-from protocol.codec import decode_tensors
-from protocol.messages import AckStatus, DeviceStatus, Heartbeat, decode_frame, encode_frame
+from fedward.coordinator.store import StudyState, TaskStatus, sha256_of
+
+from fedward.protocol.codec import decode_tensors
+from fedward.protocol.messages import AckStatus, DeviceStatus, Heartbeat, decode_frame, encode_frame
 
 
 def audit_entries(settings) -> list[dict]:

@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from fedward.coordinator.bridge import StudyBridge
+from fedward.coordinator.errors import RejectReason
+from fedward.coordinator.store import sha256_of
 
-from coordinator.bridge import StudyBridge
-from coordinator.errors import RejectReason
-from coordinator.store import sha256_of
-from protocol.messages import Ack, AckStatus, Heartbeat, decode_frame
-from protocol.topics import TopicKind, device_topic
-from protocol.transport import InMemoryBroker, InMemoryTransport
+from fedward.protocol.messages import Ack, AckStatus, Heartbeat, decode_frame
+from fedward.protocol.topics import TopicKind, device_topic
+from fedward.protocol.transport import InMemoryBroker, InMemoryTransport
 
 
 def audit_entries(settings) -> list[dict]:

@@ -8,26 +8,32 @@ import json
 import warnings
 
 import pytest
-
-from compliance.reports import BudgetReport
-from coordinator.api import create_app
-from coordinator.engine import DeviceState
-from coordinator.errors import RejectReason
-from coordinator.privacy_guard import privacy_guard_of
-from coordinator.privacy_settings import StudyPrivacy
-from coordinator.service import (
+from fedward.compliance.reports import BudgetReport
+from fedward.coordinator.api import create_app
+from fedward.coordinator.engine import DeviceState
+from fedward.coordinator.errors import RejectReason
+from fedward.coordinator.privacy_guard import privacy_guard_of
+from fedward.coordinator.privacy_settings import StudyPrivacy
+from fedward.coordinator.service import (
     DeviceNotFound,
     NoPrivacyPolicy,
     StudyNotFound,
     StudyService,
     UnsupportedRefusal,
 )
-from coordinator.store import TaskStatus
-from coordinator.study_spec import StudySpec
-from edge.local import LocalTask, run_local_task
-from edge.updates import encode_update, update_header
-from privacy.accounting import epsilon_for
-from protocol.messages import AckStatus, ErrorCode, ErrorMessage, PrivacyReport, decode_frame
+from fedward.coordinator.store import TaskStatus
+from fedward.coordinator.study_spec import StudySpec
+from fedward.edge.local import LocalTask, run_local_task
+from fedward.edge.updates import encode_update, update_header
+from fedward.privacy.accounting import epsilon_for
+
+from fedward.protocol.messages import (
+    AckStatus,
+    ErrorCode,
+    ErrorMessage,
+    PrivacyReport,
+    decode_frame,
+)
 
 with warnings.catch_warnings():  # starlette's note about httpx2; the client works as is
     warnings.simplefilter("ignore")

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from fedward.compliance import verify_log
+from fedward.coordinator.engine import DeviceState
+from fedward.coordinator.errors import RejectReason
+from fedward.coordinator.service import StudyService
+from fedward.coordinator.store import BlobCorrupted, StudyState, TaskStatus
 
-from compliance import verify_log
-from coordinator.engine import DeviceState
-from coordinator.errors import RejectReason
-from coordinator.service import StudyService
-from coordinator.store import BlobCorrupted, StudyState, TaskStatus
-from protocol.messages import AckStatus
+from fedward.protocol.messages import AckStatus
 
 
 def engine_of(service: StudyService, study_id: str):
@@ -153,7 +153,7 @@ def test_a_synchronous_round_open_at_restart_closes_after_it(
     service, settings, clock, fleet, spec, new_enrol
 ) -> None:
     # Prepare: FedAvg, a round of two tasks, one answered before the restart
-    from coordinator.strategies import StrategyName
+    from fedward.coordinator.strategies import StrategyName
 
     fedavg = spec.model_copy(update={"strategy": StrategyName.FEDAVG})
     service.create_study(fedavg, study_id="sync")

@@ -11,10 +11,10 @@ import json
 
 import numpy as np
 import pytest
+from fedward.coordinator.service import InvalidInitialModel, StudyService
+from fedward.coordinator.study_spec import initial_params
 
-from coordinator.service import InvalidInitialModel, StudyService
-from coordinator.study_spec import initial_params
-from protocol.codec import decode_tensors
+from fedward.protocol.codec import decode_tensors
 
 
 def test_a_warm_start_is_stored_as_version_0_and_survives_a_restart(

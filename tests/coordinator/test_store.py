@@ -13,12 +13,14 @@ import numpy as np
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect, text
-from sqlalchemy.exc import IntegrityError
-
-from coordinator.engine import DeviceState
-from coordinator.migrations import current_revision, head_revision, is_at_head, upgrade_to_head
-from coordinator.store import (
+from fedward.coordinator.engine import DeviceState
+from fedward.coordinator.migrations import (
+    current_revision,
+    head_revision,
+    is_at_head,
+    upgrade_to_head,
+)
+from fedward.coordinator.store import (
     Base,
     BlobCorrupted,
     BlobError,
@@ -32,11 +34,14 @@ from coordinator.store import (
     restore_engine,
     sha256_of,
 )
-from coordinator.store.models import StudyRow, UpdateReceiptRow
-from coordinator.strategies import ClientUpdate
-from coordinator.study_spec import build_engine
-from protocol.codec import decode_tensors, encode_tensors
-from protocol.messages import AckStatus
+from fedward.coordinator.store.models import StudyRow, UpdateReceiptRow
+from fedward.coordinator.strategies import ClientUpdate
+from fedward.coordinator.study_spec import build_engine
+from sqlalchemy import inspect, text
+from sqlalchemy.exc import IntegrityError
+
+from fedward.protocol.codec import decode_tensors, encode_tensors
+from fedward.protocol.messages import AckStatus
 
 
 # -- migrations ----------------------------------------------------------------
@@ -116,7 +121,7 @@ def test_repository_apply_writes_everything_or_nothing(db_url: str) -> None:
 
 def test_rejection_counters_accumulate_across_batches(db_url: str) -> None:
     # Prepare
-    from coordinator.errors import RejectReason
+    from fedward.coordinator.errors import RejectReason
 
     engine = create_db_engine(db_url)
     upgrade_to_head(engine)

@@ -6,15 +6,14 @@ import math
 
 import numpy as np
 import pytest
-
-from coordinator.errors import (
+from fedward.coordinator.errors import (
     NotReadyError,
     RejectReason,
     StateLoadError,
     StrategyConfigError,
     UpdateRejected,
 )
-from coordinator.strategies import (
+from fedward.coordinator.strategies import (
     FTTE,
     ClientUpdate,
     FedAsync,

@@ -8,13 +8,13 @@ import time
 
 import numpy as np
 import pytest
+from fedward.edge import agent as edge_agent
+from fedward.edge.agent import EdgeAgent
+from fedward.edge.dataset import LocalDataset
+from fedward.edge.identity import load_or_create_identity
+from fedward.edge.settings import AgentSettings
 
-import edge.agent
-from edge.agent import EdgeAgent
-from edge.dataset import LocalDataset
-from edge.identity import load_or_create_identity
-from edge.settings import AgentSettings
-from protocol.messages import (
+from fedward.protocol.messages import (
     Ack,
     AckStatus,
     DeviceClass,
@@ -27,9 +27,9 @@ from protocol.messages import (
     decode_frame,
     encode_frame,
 )
-from protocol.topics import TopicKind, device_filter, device_topic, model_topic
-from protocol.transport import ErrorPolicy, InMemoryBroker, InMemoryTransport
-from tinytrain.models import ModelConfig, build_model, get_params
+from fedward.protocol.topics import TopicKind, device_filter, device_topic, model_topic
+from fedward.protocol.transport import ErrorPolicy, InMemoryBroker, InMemoryTransport
+from fedward.tinytrain.models import ModelConfig, build_model, get_params
 
 STUDY = "s1"
 DEVICE = "d1"
@@ -170,13 +170,13 @@ def test_trains_off_the_callback_thread_and_keeps_the_update_until_acked(
     agent.start()
     coordinator.send(TopicKind.ACK, encode_frame(EnrolAck(accepted=True)))
     trained_on = []
-    real_run = edge.agent.run_local_task
+    real_run = edge_agent.run_local_task
 
     def spy(*args, **kwargs):
         trained_on.append(threading.current_thread().name)
         return real_run(*args, **kwargs)
 
-    monkeypatch.setattr(edge.agent, "run_local_task", spy)
+    monkeypatch.setattr(edge_agent, "run_local_task", spy)
     # Execute: the task comes before its model frame
     coordinator.send_task("t1", 0, ["head.weight", "head.bias"])
     coordinator.send_model(0, "sub", params)
@@ -302,7 +302,7 @@ def test_bad_messages_are_counted_and_the_agent_keeps_working(world, params):
 
 
 def test_refused_enrolment_is_reported(world):
-    from edge.agent import EnrolmentRefused
+    from fedward.edge.agent import EnrolmentRefused
 
     _, coordinator, make_agent = world
     agent = make_agent()

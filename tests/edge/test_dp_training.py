@@ -5,21 +5,21 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from opacus.accountants import RDPAccountant
-
-from edge.dp_training import (
+from fedward.edge.dp_training import (
     DPTrainConfig,
     measure_dp_training_step,
     planned_step,
     train_subset_dp,
 )
-from privacy.accounting import Accountant, MechanismStep, epsilon_for
-from privacy.budget import BudgetPolicy
-from privacy.errors import PolicyError
-from privacy.ledger import PrivacyLedger
-from tinytrain.memory import measure_training_step
-from tinytrain.models import ModelConfig, build_model, get_params, parameter_groups
-from tinytrain.subsets import SubsetLadder
+from fedward.privacy.accounting import Accountant, MechanismStep, epsilon_for
+from fedward.privacy.budget import BudgetPolicy
+from fedward.privacy.errors import PolicyError
+from fedward.privacy.ledger import PrivacyLedger
+from opacus.accountants import RDPAccountant
+
+from fedward.tinytrain.memory import measure_training_step
+from fedward.tinytrain.models import ModelConfig, build_model, get_params, parameter_groups
+from fedward.tinytrain.subsets import SubsetLadder
 
 DELTA = 1e-5
 CONFIG = DPTrainConfig(noise_multiplier=1.0, max_grad_norm=1.0, batch_size=16, epochs=1)

@@ -7,8 +7,7 @@ import stat
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-from edge.identity import KEY_FILE_NAME, KeyFileError, load_or_create_identity
+from fedward.edge.identity import KEY_FILE_NAME, KeyFileError, load_or_create_identity
 
 
 def test_first_use_creates_an_owner_only_key_and_reuses_it(tmp_path):

@@ -5,8 +5,7 @@ from __future__ import annotations
 import stat
 
 import pytest
-
-from edge.outbox import Outbox, OutboxError
+from fedward.edge.outbox import Outbox, OutboxError
 
 
 def test_put_survives_reopening_and_remove_forgets(tmp_path):

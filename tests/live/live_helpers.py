@@ -7,14 +7,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+from fedward.coordinator.study_spec import StudySpec
+from fedward.edge.agent import EdgeAgent
+from fedward.edge.dataset import LocalDataset
+from fedward.edge.identity import load_or_create_identity
+from fedward.edge.settings import AgentSettings
 
-from coordinator.study_spec import StudySpec
-from edge.agent import EdgeAgent
-from edge.dataset import LocalDataset
-from edge.identity import load_or_create_identity
-from edge.settings import AgentSettings
-from protocol.messages import DeviceClass
-from protocol.transport import Transport
+from fedward.protocol.messages import DeviceClass
+from fedward.protocol.transport import Transport
 
 TINY_SPEC = StudySpec(
     name="live-unit",

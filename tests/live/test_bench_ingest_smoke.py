@@ -8,10 +8,10 @@ would be rejected and the throughput figure would measure refusals).
 from __future__ import annotations
 
 import pytest
+from fedward.bench.ingest import IngestConfig, run_ingest
 
-from bench.ingest import IngestConfig, run_ingest
 from fedward.live import parse_broker_url
-from protocol.mqtt_settings import MqttProtocol
+from fedward.protocol.mqtt_settings import MqttProtocol
 
 pytestmark = pytest.mark.mqtt
 

@@ -9,16 +9,16 @@ import sys
 
 import numpy as np
 import pytest
+from fedward.coordinator.bridge import StudyBridge
+from fedward.coordinator.privacy_settings import StudyPrivacy
+from fedward.coordinator.service import StudyService
+from fedward.coordinator.settings import CoordinatorSettings
+from fedward.coordinator.study_spec import StudySpec
+from fedward.edge.dataset import save_dataset
 from live_helpers import TINY_SPEC, wait_until
 
-from coordinator.bridge import StudyBridge
-from coordinator.privacy_settings import StudyPrivacy
-from coordinator.service import StudyService
-from coordinator.settings import CoordinatorSettings
-from coordinator.study_spec import StudySpec
-from edge.dataset import save_dataset
-from protocol.mqtt import MqttTransport
-from protocol.mqtt_settings import MqttProtocol, MqttSettings
+from fedward.protocol.mqtt import MqttTransport
+from fedward.protocol.mqtt_settings import MqttProtocol, MqttSettings
 
 pytestmark = pytest.mark.mqtt
 

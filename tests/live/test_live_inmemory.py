@@ -6,6 +6,10 @@ import threading
 import time
 
 import pytest
+from fedward.coordinator.bridge import StudyBridge
+from fedward.coordinator.errors import RejectReason
+from fedward.coordinator.service import StudyService
+from fedward.coordinator.settings import CoordinatorSettings
 from live_helpers import (
     TINY_SPEC,
     assert_merged_exactly_once,
@@ -15,11 +19,7 @@ from live_helpers import (
     wait_until,
 )
 
-from coordinator.bridge import StudyBridge
-from coordinator.errors import RejectReason
-from coordinator.service import StudyService
-from coordinator.settings import CoordinatorSettings
-from protocol.messages import (
+from fedward.protocol.messages import (
     DeviceClass,
     DeviceStatus,
     Enrol,
@@ -30,8 +30,8 @@ from protocol.messages import (
     decode_frame,
     encode_frame,
 )
-from protocol.topics import TopicKind, device_filter, device_topic
-from protocol.transport import ErrorPolicy, InMemoryBroker, InMemoryTransport
+from fedward.protocol.topics import TopicKind, device_filter, device_topic
+from fedward.protocol.transport import ErrorPolicy, InMemoryBroker, InMemoryTransport
 
 STUDY = "s-live"
 

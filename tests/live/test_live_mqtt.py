@@ -27,10 +27,10 @@ from live_helpers import assert_merged_exactly_once, wait_until
 from paho.mqtt.enums import CallbackAPIVersion
 
 from fedward.live import BrokerAddress, LiveOptions, LiveStudy
-from protocol.mqtt_settings import MqttProtocol
-from simulation.executor import SerialExecutor
-from simulation.scenario import PRESETS, StrategyRun
-from simulation.study import Study
+from fedward.protocol.mqtt_settings import MqttProtocol
+from fedward.simulation.executor import SerialExecutor
+from fedward.simulation.scenario import PRESETS, StrategyRun
+from fedward.simulation.study import Study
 
 pytestmark = pytest.mark.mqtt
 

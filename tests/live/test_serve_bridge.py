@@ -10,14 +10,14 @@ from __future__ import annotations
 import warnings
 
 import pytest
+from fedward.coordinator.api import create_app
+from fedward.coordinator.service import StudyService
+from fedward.coordinator.settings import BrokerSettings, CoordinatorSettings
 from live_helpers import TINY_SPEC, make_agent, random_dataset, wait_until
 
-from coordinator.api import create_app
-from coordinator.service import StudyService
-from coordinator.settings import BrokerSettings, CoordinatorSettings
 from fedward.commands.coordinator import serving_bridges
-from protocol.mqtt import MqttTransport
-from protocol.mqtt_settings import MqttSettings
+from fedward.protocol.mqtt import MqttTransport
+from fedward.protocol.mqtt_settings import MqttSettings
 
 with warnings.catch_warnings():  # starlette's note about httpx2; the client works as is
     warnings.simplefilter("ignore")

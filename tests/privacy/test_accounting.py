@@ -6,11 +6,7 @@ import math
 import random
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from opacus.accountants import PRVAccountant, RDPAccountant
-
-from privacy.accounting import (
+from fedward.privacy.accounting import (
     Accountant,
     EpsilonCalculator,
     MechanismStep,
@@ -20,7 +16,10 @@ from privacy.accounting import (
     history_to_state,
     max_steps_within,
 )
-from privacy.errors import PolicyError
+from fedward.privacy.errors import PolicyError
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from opacus.accountants import PRVAccountant, RDPAccountant
 
 # Computed once with Opacus 1.6.0 (accountant.history = [(1.0, 0.01, 1000)],
 # get_epsilon(1e-5)) and written down: a regression in our replay or in Opacus

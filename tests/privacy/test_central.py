@@ -6,9 +6,8 @@ import math
 
 import numpy as np
 import pytest
-
-from privacy.accounting import MechanismStep
-from privacy.central import (
+from fedward.privacy.accounting import MechanismStep
+from fedward.privacy.central import (
     add_central_noise,
     client_level_step,
     clip_update,

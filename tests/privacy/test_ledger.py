@@ -8,11 +8,9 @@ import json
 import time
 
 import pytest
-from opacus.accountants import RDPAccountant
-
-from privacy.accounting import Accountant, MechanismStep, epsilon_for
-from privacy.budget import BudgetPolicy
-from privacy.errors import (
+from fedward.privacy.accounting import Accountant, MechanismStep, epsilon_for
+from fedward.privacy.budget import BudgetPolicy
+from fedward.privacy.errors import (
     BudgetExceeded,
     DuplicateCharge,
     ForgedClaim,
@@ -20,7 +18,8 @@ from privacy.errors import (
     PolicyError,
     PrivacyError,
 )
-from privacy.ledger import PrivacyLedger
+from fedward.privacy.ledger import PrivacyLedger
+from opacus.accountants import RDPAccountant
 
 DELTA = 1e-5
 STEP = MechanismStep(noise_multiplier=1.1, sample_rate=0.05, steps=8)
@@ -198,7 +197,7 @@ def test_tampered_state_is_rejected():
             PrivacyLedger.from_state_dict(_tampered(state, edit))
 
     # an edit with a recomputed checksum still fails the epsilon recomputation
-    from privacy.ledger import _digest
+    from fedward.privacy.ledger import _digest
 
     def fewer_steps_same_epsilon(s: dict) -> None:
         s["devices"]["a"][-1]["steps"] = 1

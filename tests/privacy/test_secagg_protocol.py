@@ -10,8 +10,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-from privacy.secagg import (
+from fedward.privacy.secagg import (
     AggregateResult,
     ClientInput,
     ClientStage,
@@ -31,16 +30,16 @@ from privacy.secagg import (
     chacha20_stream,
     run_local_round,
 )
-from privacy.secagg.crypto import (
+from fedward.privacy.secagg.crypto import (
     load_private,
     pairwise_mask_key,
     public_raw,
     self_mask_key,
     session_context,
 )
-from privacy.secagg.masking import MASK_NONCE, check_unmask_request, encode_contribution
-from privacy.secagg.quantize import mod_sum
-from privacy.secagg.shamir import Interpolator, Share
+from fedward.privacy.secagg.masking import MASK_NONCE, check_unmask_request, encode_contribution
+from fedward.privacy.secagg.quantize import mod_sum
+from fedward.privacy.secagg.shamir import Interpolator, Share
 
 
 def det_random(seed: bytes) -> Callable[[int], bytes]:

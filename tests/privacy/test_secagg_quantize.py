@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from hypothesis.extra.numpy import arrays
-
-from privacy.secagg import ConfigError, OverflowRisk, ProtocolViolation, SecAggConfig, SecAggSession
-from privacy.secagg.quantize import (
+from fedward.privacy.secagg import (
+    ConfigError,
+    OverflowRisk,
+    ProtocolViolation,
+    SecAggConfig,
+    SecAggSession,
+)
+from fedward.privacy.secagg.quantize import (
     check_headroom,
     decode_fixed_point,
     encode_fixed_point,
@@ -19,6 +21,9 @@ from privacy.secagg.quantize import (
     words_from_bytes,
     words_to_bytes,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 
 finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinity=False)
 

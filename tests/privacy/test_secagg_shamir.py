@@ -5,11 +5,8 @@ from __future__ import annotations
 import os
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
-from privacy.secagg import ProtocolViolation, TooFewSurvivors
-from privacy.secagg.shamir import (
+from fedward.privacy.secagg import ProtocolViolation, TooFewSurvivors
+from fedward.privacy.secagg.shamir import (
     PRIME,
     Share,
     lagrange_coefficients,
@@ -20,6 +17,8 @@ from privacy.secagg.shamir import (
     split_bytes,
     split_int,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 
 @st.composite

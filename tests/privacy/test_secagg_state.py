@@ -6,8 +6,7 @@ import copy
 
 import numpy as np
 import pytest
-
-from privacy.secagg import (
+from fedward.privacy.secagg import (
     ClientInput,
     ClientStage,
     LocalRunner,
@@ -18,8 +17,8 @@ from privacy.secagg import (
     ServerStage,
     StateError,
 )
-from privacy.secagg.masking import encode_contribution
-from privacy.secagg.quantize import mod_sum
+from fedward.privacy.secagg.masking import encode_contribution
+from fedward.privacy.secagg.quantize import mod_sum
 
 
 def setup(n: int = 5, t: int = 3, d: int = 200, sid: bytes = b"restart-session-01"):

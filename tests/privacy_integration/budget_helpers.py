@@ -11,15 +11,15 @@ import random
 from dataclasses import dataclass, field
 
 import numpy as np
+from fedward.coordinator.engine import Engine, EngineEvent, EventKind, TaskOrder
+from fedward.coordinator.privacy_guard import PrivacyEvent, PrivacyGuard, privacy_guard_of
+from fedward.coordinator.privacy_settings import StudyPrivacy
+from fedward.coordinator.strategies import ClientUpdate
+from fedward.coordinator.study_spec import StudySpec, build_engine
+from fedward.privacy.accounting import Accountant, epsilon_for
 
-from coordinator.engine import Engine, EngineEvent, EventKind, TaskOrder
-from coordinator.privacy_guard import PrivacyEvent, PrivacyGuard, privacy_guard_of
-from coordinator.privacy_settings import StudyPrivacy
-from coordinator.strategies import ClientUpdate
-from coordinator.study_spec import StudySpec, build_engine
-from privacy.accounting import Accountant, epsilon_for
-from protocol.messages import Accountant as WireAccountant
-from protocol.messages import PrivacyReport
+from fedward.protocol.messages import Accountant as WireAccountant
+from fedward.protocol.messages import PrivacyReport
 
 DELTA = 1e-5
 PRIVACY = StudyPrivacy(

@@ -15,17 +15,17 @@ import json
 import time
 
 from budget_helpers import PRIVACY
+from fedward.coordinator.bridge import StudyBridge
+from fedward.coordinator.engine import DeviceState
+from fedward.coordinator.service import ServiceError, StudyService
+from fedward.coordinator.settings import CoordinatorSettings
+from fedward.coordinator.study_spec import StudySpec
+from fedward.edge.agent import EdgeAgent
+from fedward.edge.budget import DeviceBudget
+from fedward.edge.settings import AgentSettings
 
-from coordinator.bridge import StudyBridge
-from coordinator.engine import DeviceState
-from coordinator.service import ServiceError, StudyService
-from coordinator.settings import CoordinatorSettings
-from coordinator.study_spec import StudySpec
-from edge.agent import EdgeAgent
-from edge.budget import DeviceBudget
-from edge.settings import AgentSettings
-from protocol.messages import ErrorCode
-from protocol.transport import ErrorPolicy, InMemoryBroker, InMemoryTransport
+from fedward.protocol.messages import ErrorCode
+from fedward.protocol.transport import ErrorPolicy, InMemoryBroker, InMemoryTransport
 from tests.live.live_helpers import make_agent, random_dataset
 
 SPEC = StudySpec(

@@ -5,18 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from budget_helpers import DELTA, PRIVACY, SPEC
+from fedward.edge.budget import DeviceBudget, RefusalReason, TaskRefused, run_dp_task
+from fedward.edge.dp_training import DPTrainConfig, planned_step, train_subset_dp
+from fedward.edge.local import DPSpend, LocalOutcome
+from fedward.privacy.accounting import Accountant, MechanismStep, epsilon_for
+from fedward.privacy.budget import BudgetPolicy
+from fedward.privacy.errors import PolicyError
+from fedward.privacy.ledger import PrivacyLedger
 
-from edge.budget import DeviceBudget, RefusalReason, TaskRefused, run_dp_task
-from edge.dp_training import DPTrainConfig, planned_step, train_subset_dp
-from edge.local import DPSpend, LocalOutcome
-from privacy.accounting import Accountant, MechanismStep, epsilon_for
-from privacy.budget import BudgetPolicy
-from privacy.errors import PolicyError
-from privacy.ledger import PrivacyLedger
-from protocol.messages import Accountant as WireAccountant
-from protocol.messages import ErrorCode, Task
-from tinytrain.models import build_model, get_params, parameter_groups
-from tinytrain.subsets import SubsetLadder
+from fedward.protocol.messages import Accountant as WireAccountant
+from fedward.protocol.messages import ErrorCode, Task
+from fedward.tinytrain.models import build_model, get_params, parameter_groups
+from fedward.tinytrain.subsets import SubsetLadder
 
 POLICY = BudgetPolicy(epsilon=8.0, delta=DELTA)
 

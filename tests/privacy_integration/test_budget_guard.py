@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import pytest
 from budget_helpers import PRIVACY, SPEC, make_dp_study
-
-from compliance.events import ActorKind, AuditAction, Outcome
-from coordinator.engine import DeviceState, EventKind
-from coordinator.errors import RejectReason
-from coordinator.privacy_guard import PrivacyEventKind, PrivacyGuard
-from coordinator.privacy_settings import StudyPrivacy
-from coordinator.store.snapshot import engine_snapshot, restore_engine
-from privacy.accounting import Accountant, MechanismStep, max_steps_within
-from privacy.errors import LedgerStateError, PolicyError
+from fedward.compliance.events import ActorKind, AuditAction, Outcome
+from fedward.coordinator.engine import DeviceState, EventKind
+from fedward.coordinator.errors import RejectReason
+from fedward.coordinator.privacy_guard import PrivacyEventKind, PrivacyGuard
+from fedward.coordinator.privacy_settings import StudyPrivacy
+from fedward.coordinator.store.snapshot import engine_snapshot, restore_engine
+from fedward.privacy.accounting import Accountant, MechanismStep, max_steps_within
+from fedward.privacy.errors import LedgerStateError, PolicyError
 
 RDP = Accountant.RDP
 

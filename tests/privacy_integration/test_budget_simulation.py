@@ -11,16 +11,16 @@ import re
 from collections import defaultdict
 
 import pytest
+from fedward.compliance.events import DENYLIST_KEYS, DENYLIST_WORDS, AuditAction, check_details
+from fedward.compliance.reports import build_budget_report, plot_budget, write_report_json
+from fedward.coordinator.engine import EventKind
+from fedward.coordinator.privacy_state import ledger_file, read_guard_state, report_from_guard_state
 from typer.testing import CliRunner
 
-from compliance.events import DENYLIST_KEYS, DENYLIST_WORDS, AuditAction, check_details
-from compliance.reports import build_budget_report, plot_budget, write_report_json
-from coordinator.engine import EventKind
-from coordinator.privacy_state import ledger_file, read_guard_state, report_from_guard_state
 from fedward.commands.budget import app as budget_app
-from simulation.executor import ExecutorKind, make_executor
-from simulation.scenario import PRESETS, StrategyRun
-from simulation.study import Study
+from fedward.simulation.executor import ExecutorKind, make_executor
+from fedward.simulation.scenario import PRESETS, StrategyRun
+from fedward.simulation.study import Study
 
 BUDGET = 4.5  # sigma 1.5, q 0.25, 8 steps per task: two tasks (3.22, 4.29), not three
 

@@ -23,20 +23,20 @@ from collections import Counter
 import numpy as np
 import pytest
 from budget_helpers import DELTA, PRIVACY
+from fedward.compliance.events import AuditAction
+from fedward.coordinator.bridge import StudyBridge
+from fedward.coordinator.engine import DeviceState
+from fedward.coordinator.privacy_settings import StudyPrivacy
+from fedward.coordinator.service import StudyService
+from fedward.coordinator.settings import CoordinatorSettings
+from fedward.coordinator.study_spec import StudySpec
+from fedward.edge.budget import DeviceBudget, TaskRefused, run_dp_task
+from fedward.edge.updates import encode_update, update_header
+from fedward.privacy.budget import BudgetPolicy
 from typer.testing import CliRunner
 
-from compliance.events import AuditAction
-from coordinator.bridge import StudyBridge
-from coordinator.engine import DeviceState
-from coordinator.privacy_settings import StudyPrivacy
-from coordinator.service import StudyService
-from coordinator.settings import CoordinatorSettings
-from coordinator.study_spec import StudySpec
-from edge.budget import DeviceBudget, TaskRefused, run_dp_task
-from edge.updates import encode_update, update_header
 from fedward.commands.budget import app as budget_app
-from privacy.budget import BudgetPolicy
-from protocol.messages import (
+from fedward.protocol.messages import (
     Ack,
     DeviceClass,
     Enrol,
@@ -45,11 +45,11 @@ from protocol.messages import (
     decode_frame,
     encode_frame,
 )
-from protocol.mqtt import MqttTransport
-from protocol.mqtt_settings import MqttSettings
-from protocol.topics import TopicKind, device_topic, model_filter
-from protocol.transport import ErrorPolicy, InMemoryBroker, InMemoryTransport
-from tinytrain.models import build_model, get_params
+from fedward.protocol.mqtt import MqttTransport
+from fedward.protocol.mqtt_settings import MqttSettings
+from fedward.protocol.topics import TopicKind, device_topic, model_filter
+from fedward.protocol.transport import ErrorPolicy, InMemoryBroker, InMemoryTransport
+from fedward.tinytrain.models import build_model, get_params
 
 BUDGET = 4.5  # two tasks of (sigma 1.5, q 0.25, 8 steps): 3.22 then 4.29; a third: 5.1
 SPEC = StudySpec(

@@ -6,13 +6,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol.chunking import (
+from fedward.protocol.chunking import (
     MIN_CHUNK_BYTES,
     Reassembler,
     parse_chunk,
     split_message,
 )
-from protocol.errors import ChunkError, EncodeError
+from fedward.protocol.errors import ChunkError, EncodeError
 
 
 class FakeClock:

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from protocol.codec import (
+from fedward.protocol.codec import (
     FORMAT_VERSION,
     MAGIC,
     MAX_NAME_BYTES,
@@ -19,7 +19,7 @@ from protocol.codec import (
     encode_tensors,
     tensor_bytes,
 )
-from protocol.errors import DecodeError, EncodeError, MessageTooLarge, UnsupportedVersion
+from fedward.protocol.errors import DecodeError, EncodeError, MessageTooLarge, UnsupportedVersion
 
 DTYPES = ["<f4", "<f2", "<f8", "i1", "<i2", "<i4", "<i8", "u1", "<u4", "<u8", "bool"]
 

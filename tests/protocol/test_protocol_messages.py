@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from pydantic import ValidationError
 
-from protocol.errors import DecodeError, EncodeError, MessageTooLarge, UnsupportedVersion
-from protocol.messages import (
+from fedward.protocol.errors import DecodeError, EncodeError, MessageTooLarge, UnsupportedVersion
+from fedward.protocol.messages import (
     FRAME_VERSION,
     MESSAGE_ADAPTER,
     PROTOCOL_VERSION,

@@ -13,11 +13,11 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from protocol.errors import TransportError
-from protocol.messages import Update, decode_frame, encode_frame
-from protocol.mqtt import MqttTransport
-from protocol.mqtt_settings import MqttProtocol, MqttSettings
-from protocol.topics import TopicKind, device_filter, device_topic
+from fedward.protocol.errors import TransportError
+from fedward.protocol.messages import Update, decode_frame, encode_frame
+from fedward.protocol.mqtt import MqttTransport
+from fedward.protocol.mqtt_settings import MqttProtocol, MqttSettings
+from fedward.protocol.topics import TopicKind, device_filter, device_topic
 
 pytestmark = pytest.mark.mqtt
 

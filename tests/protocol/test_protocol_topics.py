@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol.errors import DecodeError, EncodeError, RouteError
-from protocol.messages import (
+from fedward.protocol.errors import DecodeError, EncodeError, RouteError
+from fedward.protocol.messages import (
     Ack,
     AckStatus,
     DeviceStatus,
@@ -17,7 +17,7 @@ from protocol.messages import (
     Heartbeat,
     ModelDownload,
 )
-from protocol.topics import (
+from fedward.protocol.topics import (
     Direction,
     TopicInfo,
     TopicKind,
@@ -28,7 +28,7 @@ from protocol.topics import (
     model_topic,
     parse_topic,
 )
-from protocol.transport import topic_matches
+from fedward.protocol.transport import topic_matches
 
 ids = st.from_regex(r"[A-Za-z0-9_.-]{1,64}", fullmatch=True)
 

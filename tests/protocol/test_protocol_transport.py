@@ -7,11 +7,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol.chunking import CHUNK_MAGIC, MIN_CHUNK_BYTES
-from protocol.errors import ChunkError, EncodeError, TransportError
-from protocol.messages import ModelDownload, decode_frame, encode_frame
-from protocol.topics import TopicKind, device_filter, device_topic, model_filter, model_topic
-from protocol.transport import (
+from fedward.protocol.chunking import CHUNK_MAGIC, MIN_CHUNK_BYTES
+from fedward.protocol.errors import ChunkError, EncodeError, TransportError
+from fedward.protocol.messages import ModelDownload, decode_frame, encode_frame
+from fedward.protocol.topics import (
+    TopicKind,
+    device_filter,
+    device_topic,
+    model_filter,
+    model_topic,
+)
+from fedward.protocol.transport import (
     ErrorPolicy,
     InMemoryBroker,
     InMemoryTransport,

@@ -6,8 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-
-from bench.seeds import IncomparableReports, load_reports, markdown, summarise
+from fedward.bench.seeds import IncomparableReports, load_reports, markdown, summarise
 
 
 def row(t: float | None, acc: float, mem: int, up: float) -> dict:

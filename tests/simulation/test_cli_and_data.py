@@ -10,8 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from fedward.cli import app
-from simulation.scenario import PRESETS, Scenario, load_scenario
-from simulation.sensordata import (
+from fedward.simulation.scenario import PRESETS, Scenario, load_scenario
+from fedward.simulation.sensordata import (
     Rhythm,
     StudyDataConfig,
     generate_study_data,

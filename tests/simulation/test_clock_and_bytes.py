@@ -6,13 +6,13 @@ from collections import defaultdict
 
 import numpy as np
 import pytest
+from fedward.coordinator.engine import EngineEvent, EventKind
 
-from coordinator.engine import EngineEvent, EventKind
-from protocol.messages import ModelDownload, encode_frame
-from simulation.executor import ExecutorKind, make_executor
-from simulation.scenario import PRESETS, StrategyRun
-from simulation.study import Study
-from tinytrain.costs import task_flops
+from fedward.protocol.messages import ModelDownload, encode_frame
+from fedward.simulation.executor import ExecutorKind, make_executor
+from fedward.simulation.scenario import PRESETS, StrategyRun
+from fedward.simulation.study import Study
+from fedward.tinytrain.costs import task_flops
 
 TINY = PRESETS["tiny"]
 

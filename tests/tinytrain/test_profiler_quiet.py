@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 
-from tinytrain.memory import measure_training_step
-from tinytrain.models import ModelConfig
-from tinytrain.profiler_quiet import quiet_profiler_markers
+from fedward.tinytrain.memory import measure_training_step
+from fedward.tinytrain.models import ModelConfig
+from fedward.tinytrain.profiler_quiet import quiet_profiler_markers
 
 
 def test_markers_are_dropped_and_other_stderr_output_survives(capfd) -> None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from fedward.coordinator.planning import DoesNotFit, SubsetMode, SubsetPlanner
 
-from coordinator.planning import DoesNotFit, SubsetMode, SubsetPlanner
-from tinytrain.memory import measure_training_step
-from tinytrain.models import (
+from fedward.tinytrain.memory import measure_training_step
+from fedward.tinytrain.models import (
     ModelConfig,
     ModelKind,
     build_model,
@@ -16,8 +16,8 @@ from tinytrain.models import (
     param_shapes,
     parameter_groups,
 )
-from tinytrain.subsets import SubsetLadder, SubsetSpec, subset_id
-from tinytrain.training import LocalTrainConfig, split_for_training, train_subset
+from fedward.tinytrain.subsets import SubsetLadder, SubsetSpec, subset_id
+from fedward.tinytrain.training import LocalTrainConfig, split_for_training, train_subset
 
 CONFIG = ModelConfig(width=8, window=128)
 

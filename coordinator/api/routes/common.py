@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Path
+from fedward.coordinator.service import STUDY_ID_PATTERN
 
-from coordinator.service import STUDY_ID_PATTERN
-from protocol.ids import ID_PATTERN
+from fedward.protocol.ids import ID_PATTERN
 
 StudyIdPath = Annotated[str, Path(pattern=STUDY_ID_PATTERN, description="Study id")]
 DeviceIdPath = Annotated[str, Path(pattern=ID_PATTERN, description="Device id")]

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, status
+from fedward.coordinator.service import DeviceInfo
 
-from coordinator.service import DeviceInfo
-from protocol.messages import Enrol
+from fedward.protocol.messages import Enrol
 
 from ..deps import OperatorDep, ServiceDep
 from ..errors import ApiError, ErrorCode, responses

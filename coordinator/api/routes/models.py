@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
-
-from coordinator.service import ModelVersionInfo
+from fedward.coordinator.service import ModelVersionInfo
 
 from ..deps import OperatorDep, ServiceDep
 from ..errors import responses

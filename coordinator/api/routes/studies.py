@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, status
 from fastapi.exceptions import RequestValidationError
+from fedward.compliance.reports import BudgetReport
+from fedward.coordinator.service import StudyInfo, StudyStatus
 from pydantic import ValidationError
-
-from compliance.reports import BudgetReport
-from coordinator.service import StudyInfo, StudyStatus
 
 from ..deps import OperatorDep, ServiceDep
 from ..errors import responses

@@ -37,26 +37,26 @@ from typing import Any
 
 import numpy as np
 
-from coordinator.engine import Device, DeviceState, EngineEvent, TaskOrder
-from coordinator.ingest import decode_update
-from coordinator.privacy_guard import PrivacyListener, privacy_guard_of
-from coordinator.privacy_state import ledger_file, save_guard_state
-from coordinator.study_spec import build_engine, footprint_bytes
-from edge.budget import DeviceBudget, TaskRefused
-from edge.dp_training import DPTrainConfig
-from edge.local import LocalOutcome, LocalTask
-from edge.updates import encode_update, update_header
-from protocol.messages import (
+from fedward.coordinator.engine import Device, DeviceState, EngineEvent, TaskOrder
+from fedward.coordinator.ingest import decode_update
+from fedward.coordinator.privacy_guard import PrivacyListener, privacy_guard_of
+from fedward.coordinator.privacy_state import ledger_file, save_guard_state
+from fedward.coordinator.study_spec import build_engine, footprint_bytes
+from fedward.edge.budget import DeviceBudget, TaskRefused
+from fedward.edge.dp_training import DPTrainConfig
+from fedward.edge.local import LocalOutcome, LocalTask
+from fedward.edge.updates import encode_update, update_header
+from fedward.protocol.messages import (
     DEFAULT_MAX_MESSAGE_BYTES,
     ModelDownload,
     PrivacyReport,
     Update,
     frame_size,
 )
-from tinytrain.costs import task_flops
-from tinytrain.models import build_model, param_shapes
-from tinytrain.subsets import SubsetSpec
-from tinytrain.training import evaluate
+from fedward.tinytrain.costs import task_flops
+from fedward.tinytrain.models import build_model, param_shapes
+from fedward.tinytrain.subsets import SubsetSpec
+from fedward.tinytrain.training import evaluate
 
 from .executor import Executor, TrainJob
 from .profiles import SimDevice, draw_fleet

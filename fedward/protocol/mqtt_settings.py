@@ -24,7 +24,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from protocol.ids import Id
+from fedward.protocol.ids import Id
 
 
 class MqttProtocol(StrEnum):

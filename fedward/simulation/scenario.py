@@ -14,11 +14,11 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from coordinator.planning import SubsetMode
-from coordinator.privacy_settings import StudyPrivacy
-from coordinator.strategies import StrategyName
-from coordinator.study_spec import StudySpec
-from privacy.accounting import Accountant
+from fedward.coordinator.planning import SubsetMode
+from fedward.coordinator.privacy_settings import StudyPrivacy
+from fedward.coordinator.strategies import StrategyName
+from fedward.coordinator.study_spec import StudySpec
+from fedward.privacy.accounting import Accountant
 
 from .profiles import DeviceClass
 from .sensordata import StudyDataConfig

@@ -37,7 +37,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from protocol.errors import DecodeError, EncodeError, MessageTooLarge, UnsupportedVersion
+from fedward.protocol.errors import DecodeError, EncodeError, MessageTooLarge, UnsupportedVersion
 
 MAGIC = b"FWTN"
 FORMAT_VERSION = 1

@@ -31,10 +31,10 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from protocol.chunking import MIN_CHUNK_BYTES, Reassembler
-from protocol.errors import TransportError
-from protocol.mqtt_settings import MqttProtocol, MqttSettings
-from protocol.transport import ErrorHook, ErrorPolicy, Transport
+from fedward.protocol.chunking import MIN_CHUNK_BYTES, Reassembler
+from fedward.protocol.errors import TransportError
+from fedward.protocol.mqtt_settings import MqttProtocol, MqttSettings
+from fedward.protocol.transport import ErrorHook, ErrorPolicy, Transport
 
 # Fixed header (5) + topic length (2) + packet id (2) + v5 properties (<=9).
 _PACKET_OVERHEAD = 18

@@ -17,9 +17,9 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from edge.local import LocalOutcome, LocalTask, run_local_task
-from tinytrain.models import ModelConfig, Params, build_model
-from tinytrain.runtime import limit_threads
+from fedward.edge.local import LocalOutcome, LocalTask, run_local_task
+from fedward.tinytrain.models import ModelConfig, Params, build_model
+from fedward.tinytrain.runtime import limit_threads
 
 from .sensordata import StudyDataConfig, load_study_data
 

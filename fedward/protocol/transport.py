@@ -29,9 +29,9 @@ from collections import deque
 from collections.abc import Callable
 from enum import StrEnum
 
-from protocol.chunking import CHUNK_HEADER_SIZE, MIN_CHUNK_BYTES, Reassembler, is_chunk
-from protocol.chunking import split_message as _split
-from protocol.errors import EncodeError, ProtocolError, TransportError
+from fedward.protocol.chunking import CHUNK_HEADER_SIZE, MIN_CHUNK_BYTES, Reassembler, is_chunk
+from fedward.protocol.chunking import split_message as _split
+from fedward.protocol.errors import EncodeError, ProtocolError, TransportError
 
 Handler = Callable[[str, bytes], None]
 ErrorHook = Callable[[str, Exception], None]

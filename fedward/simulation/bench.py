@@ -23,9 +23,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from coordinator.engine import Device
-from edge.dp_training import measure_dp_training_step
-from tinytrain.memory import Footprint, measure_training_step
+from fedward.coordinator.engine import Device
+from fedward.edge.dp_training import measure_dp_training_step
+from fedward.tinytrain.memory import Footprint, measure_training_step
 
 from .executor import ExecutorKind, make_executor
 from .profiles import DEFAULT_PROFILES

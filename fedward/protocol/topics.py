@@ -52,9 +52,9 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 
-from protocol.errors import DecodeError, EncodeError, RouteError
-from protocol.ids import is_valid_id
-from protocol.messages import Message, MessageKind
+from fedward.protocol.errors import DecodeError, EncodeError, RouteError
+from fedward.protocol.ids import is_valid_id
+from fedward.protocol.messages import Message, MessageKind
 
 ROOT = "fedward"
 LAYOUT_VERSION = "v1"

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tinytrain.models import ModelConfig, Params, build_model, get_params, parameter_groups
-from tinytrain.subsets import SubsetLadder
-from tinytrain.training import LocalTrainConfig, train_subset
+from fedward.tinytrain.models import ModelConfig, Params, build_model, get_params, parameter_groups
+from fedward.tinytrain.subsets import SubsetLadder
+from fedward.tinytrain.training import LocalTrainConfig, train_subset
 
 from .sensordata import StudyDataConfig, cache_dir, generate_study_data
 

@@ -43,7 +43,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from protocol.errors import ChunkError, EncodeError, UnsupportedVersion
+from fedward.protocol.errors import ChunkError, EncodeError, UnsupportedVersion
 
 CHUNK_MAGIC = b"FWCK"
 CHUNK_VERSION = 1

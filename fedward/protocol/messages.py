@@ -58,9 +58,9 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from protocol.codec import MAX_NAME_BYTES, decode_tensors, encode_tensors, tensor_bytes
-from protocol.errors import DecodeError, EncodeError, MessageTooLarge, UnsupportedVersion
-from protocol.ids import Id
+from fedward.protocol.codec import MAX_NAME_BYTES, decode_tensors, encode_tensors, tensor_bytes
+from fedward.protocol.errors import DecodeError, EncodeError, MessageTooLarge, UnsupportedVersion
+from fedward.protocol.ids import Id
 
 PROTOCOL_VERSION = 1
 FRAME_VERSION = 1
