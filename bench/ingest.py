@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fedward.coordinator.bridge import StudyBridge
+from fedward.coordinator.mqtt.bridge import StudyBridge
 from fedward.coordinator.service import StudyService
 from fedward.coordinator.settings import CoordinatorSettings
 from fedward.coordinator.strategies import StrategyName

@@ -31,9 +31,9 @@ from fedward.tinytrain.subsets import SubsetLadder
 from fedward.tinytrain.training import LocalTrainConfig
 
 from .engine import Engine, EngineEvent
-from .planning import SubsetMode, SubsetPlanner
-from .privacy_guard import PrivacyGuard, PrivacyListener
-from .privacy_settings import StudyPrivacy
+from .engine.planning import SubsetMode, SubsetPlanner
+from .privacy.guard import PrivacyGuard, PrivacyListener
+from .privacy.settings import StudyPrivacy
 from .strategies import (
     FTTE,
     BufferedStrategy,

@@ -38,7 +38,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from fedward.coordinator.bridge import StudyBridge
+from fedward.coordinator.mqtt.bridge import StudyBridge
 from fedward.coordinator.service import ServiceError, StudyService
 from fedward.coordinator.settings import CoordinatorSettings
 from fedward.edge.agent import EdgeAgent

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fedward.compliance import ActorKind, AuditAction, Outcome
 from fedward.coordinator.engine import DeviceState
-from fedward.coordinator.planning import DoesNotFit
+from fedward.coordinator.engine.planning import DoesNotFit
 from fedward.coordinator.store import StudyState, TaskStatus
 from fedward.coordinator.store.audit_trail import OPERATOR, actor
 from fedward.coordinator.store.models import DeviceRow

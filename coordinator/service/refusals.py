@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from fedward.compliance import ActorKind, AuditAction, Outcome
 from fedward.coordinator.errors import RejectReason
-from fedward.coordinator.privacy_guard import privacy_guard_of
+from fedward.coordinator.privacy.guard import privacy_guard_of
 from fedward.coordinator.store import TaskStatus
 from fedward.coordinator.store.audit_trail import COORDINATOR_ACTOR, actor
 

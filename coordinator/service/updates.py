@@ -20,8 +20,8 @@ import logging
 from collections.abc import Sequence
 
 from fedward.compliance import ActorKind, AuditAction, Outcome
+from fedward.coordinator.engine.ingest import IncomingUpdate, decode_update
 from fedward.coordinator.errors import RejectReason, UpdateRejected
-from fedward.coordinator.ingest import IncomingUpdate, decode_update
 from fedward.coordinator.store import StudyChanges, TaskStatus
 from fedward.coordinator.store.audit_trail import COORDINATOR_ACTOR, actor
 from fedward.coordinator.store.models import UpdateReceiptRow

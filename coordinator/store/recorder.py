@@ -30,7 +30,7 @@ from __future__ import annotations
 from fedward.compliance import ActorKind, AuditAction, Outcome
 from fedward.coordinator.engine import EngineEvent, EventKind
 from fedward.coordinator.errors import RejectReason
-from fedward.coordinator.privacy_guard import PrivacyEvent
+from fedward.coordinator.privacy.guard import PrivacyEvent
 
 from fedward.protocol.messages import AckStatus
 

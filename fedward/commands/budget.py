@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fedward.compliance.reports import BudgetReport, plot_budget, write_report_json
-from fedward.coordinator.privacy_state import (
+from fedward.coordinator.privacy.ledger_store import (
     guard_state_from_snapshot,
     ledger_file,
     read_guard_state,

@@ -102,7 +102,7 @@ def serving_bridges(
     if not enabled:
         yield None
         return
-    from fedward.coordinator.bridges import BridgeSupervisor
+    from fedward.coordinator.mqtt.supervisor import BridgeSupervisor
     from fedward.protocol.mqtt import MqttTransport
 
     transport = MqttTransport(settings.mqtt.client_settings())

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from fedward.coordinator.planning import SubsetMode
-from fedward.coordinator.privacy_settings import StudyPrivacy
+from fedward.coordinator.engine.planning import SubsetMode
+from fedward.coordinator.privacy.settings import StudyPrivacy
 from fedward.coordinator.strategies import StrategyName
 from fedward.coordinator.study_spec import StudySpec
 from fedward.privacy.accounting import Accountant

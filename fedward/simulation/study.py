@@ -38,9 +38,9 @@ from typing import Any
 import numpy as np
 
 from fedward.coordinator.engine import Device, DeviceState, EngineEvent, TaskOrder
-from fedward.coordinator.ingest import decode_update
-from fedward.coordinator.privacy_guard import PrivacyListener, privacy_guard_of
-from fedward.coordinator.privacy_state import ledger_file, save_guard_state
+from fedward.coordinator.engine.ingest import decode_update
+from fedward.coordinator.privacy.guard import PrivacyListener, privacy_guard_of
+from fedward.coordinator.privacy.ledger_store import ledger_file, save_guard_state
 from fedward.coordinator.study_spec import build_engine, footprint_bytes
 from fedward.edge.budget import DeviceBudget, TaskRefused
 from fedward.edge.dp_training import DPTrainConfig

@@ -12,8 +12,8 @@ from fedward.compliance.reports import BudgetReport
 from fedward.coordinator.api import create_app
 from fedward.coordinator.engine import DeviceState
 from fedward.coordinator.errors import RejectReason
-from fedward.coordinator.privacy_guard import privacy_guard_of
-from fedward.coordinator.privacy_settings import StudyPrivacy
+from fedward.coordinator.privacy.guard import privacy_guard_of
+from fedward.coordinator.privacy.settings import StudyPrivacy
 from fedward.coordinator.service import (
     DeviceNotFound,
     NoPrivacyPolicy,

@@ -9,8 +9,8 @@ import sys
 
 import numpy as np
 import pytest
-from fedward.coordinator.bridge import StudyBridge
-from fedward.coordinator.privacy_settings import StudyPrivacy
+from fedward.coordinator.mqtt.bridge import StudyBridge
+from fedward.coordinator.privacy.settings import StudyPrivacy
 from fedward.coordinator.service import StudyService
 from fedward.coordinator.settings import CoordinatorSettings
 from fedward.coordinator.study_spec import StudySpec

@@ -6,8 +6,8 @@ import threading
 import time
 
 import pytest
-from fedward.coordinator.bridge import StudyBridge
 from fedward.coordinator.errors import RejectReason
+from fedward.coordinator.mqtt.bridge import StudyBridge
 from fedward.coordinator.service import StudyService
 from fedward.coordinator.settings import CoordinatorSettings
 from live_helpers import (

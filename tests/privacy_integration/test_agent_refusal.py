@@ -15,8 +15,8 @@ import json
 import time
 
 from budget_helpers import PRIVACY
-from fedward.coordinator.bridge import StudyBridge
 from fedward.coordinator.engine import DeviceState
+from fedward.coordinator.mqtt.bridge import StudyBridge
 from fedward.coordinator.service import ServiceError, StudyService
 from fedward.coordinator.settings import CoordinatorSettings
 from fedward.coordinator.study_spec import StudySpec

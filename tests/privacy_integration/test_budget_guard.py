@@ -7,8 +7,8 @@ from budget_helpers import PRIVACY, SPEC, make_dp_study
 from fedward.compliance.events import ActorKind, AuditAction, Outcome
 from fedward.coordinator.engine import DeviceState, EventKind
 from fedward.coordinator.errors import RejectReason
-from fedward.coordinator.privacy_guard import PrivacyEventKind, PrivacyGuard
-from fedward.coordinator.privacy_settings import StudyPrivacy
+from fedward.coordinator.privacy.guard import PrivacyEventKind, PrivacyGuard
+from fedward.coordinator.privacy.settings import StudyPrivacy
 from fedward.coordinator.store.snapshot import engine_snapshot, restore_engine
 from fedward.privacy.accounting import Accountant, MechanismStep, max_steps_within
 from fedward.privacy.errors import LedgerStateError, PolicyError

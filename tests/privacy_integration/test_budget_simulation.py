@@ -14,7 +14,11 @@ import pytest
 from fedward.compliance.events import DENYLIST_KEYS, DENYLIST_WORDS, AuditAction, check_details
 from fedward.compliance.reports import build_budget_report, plot_budget, write_report_json
 from fedward.coordinator.engine import EventKind
-from fedward.coordinator.privacy_state import ledger_file, read_guard_state, report_from_guard_state
+from fedward.coordinator.privacy.ledger_store import (
+    ledger_file,
+    read_guard_state,
+    report_from_guard_state,
+)
 from typer.testing import CliRunner
 
 from fedward.commands.budget import app as budget_app

@@ -24,9 +24,9 @@ import numpy as np
 import pytest
 from budget_helpers import DELTA, PRIVACY
 from fedward.compliance.events import AuditAction
-from fedward.coordinator.bridge import StudyBridge
 from fedward.coordinator.engine import DeviceState
-from fedward.coordinator.privacy_settings import StudyPrivacy
+from fedward.coordinator.mqtt.bridge import StudyBridge
+from fedward.coordinator.privacy.settings import StudyPrivacy
 from fedward.coordinator.service import StudyService
 from fedward.coordinator.settings import CoordinatorSettings
 from fedward.coordinator.study_spec import StudySpec

@@ -24,9 +24,9 @@ from fedward.compliance.reports import BudgetReport, build_budget_report
 from fedward.privacy.errors import PolicyError
 from fedward.privacy.ledger import PrivacyLedger
 
-from .engine import DeviceState, Engine
-from .privacy_guard import STATE_FORMAT, PrivacyGuard, privacy_guard_of
-from .privacy_settings import StudyPrivacy
+from ..engine import DeviceState, Engine
+from .guard import STATE_FORMAT, PrivacyGuard, privacy_guard_of
+from .settings import StudyPrivacy
 
 
 def ledger_file(data_dir: Path, study_id: str) -> Path:

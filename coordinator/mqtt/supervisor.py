@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from fedward.coordinator.bridge import StudyBridge
+from fedward.coordinator.mqtt.bridge import StudyBridge
 from fedward.coordinator.service import ServiceError, StudyService
 from fedward.coordinator.store import StudyState
 

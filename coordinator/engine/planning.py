@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 
 from fedward.tinytrain.subsets import SubsetLadder, SubsetSpec
 
-from .errors import CoordinatorError
+from ..errors import CoordinatorError
 
 
 class SubsetMode(enum.StrEnum):

@@ -24,7 +24,7 @@ import numpy as np
 
 from fedward.tinytrain.subsets import SubsetSpec
 
-from .errors import RejectReason, StateLoadError
+from ..errors import RejectReason, StateLoadError
 
 ENGINE_STATE_FORMAT = 2
 """Version of ``Engine.state_dict``. Format 1 was the store's own snapshot layout

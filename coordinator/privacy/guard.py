@@ -49,12 +49,12 @@ from fedward.privacy.ledger import PrivacyLedger, SpendRecord
 
 from fedward.protocol.messages import DpParams, PrivacyReport
 
-from .engine import Device, DeviceState, Engine, TaskOrder
-from .errors import RejectReason, UpdateRejected
-from .privacy_settings import StudyPrivacy
-from .strategies import ClientUpdate
+from ..engine import Device, DeviceState, Engine, TaskOrder
+from ..errors import RejectReason, UpdateRejected
+from ..strategies import ClientUpdate
+from .settings import StudyPrivacy
 
-STATE_FORMAT = "fedward.coordinator.privacy_guard"
+STATE_FORMAT = "fedward.coordinator.privacy.guard"
 STATE_VERSION = 1
 
 

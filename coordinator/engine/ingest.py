@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from fedward.protocol.errors import ProtocolError
 from fedward.protocol.messages import PrivacyReport, Update, decode_frame, squared_norm
 
-from .errors import RejectReason, UpdateRejected
-from .strategies import ClientUpdate
+from ..errors import RejectReason, UpdateRejected
+from ..strategies import ClientUpdate
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,10 @@ import numpy as np
 
 from fedward.tinytrain.subsets import SubsetSpec
 
-from .engine_state import (
+from ..errors import CoordinatorError, RejectReason, StateLoadError, UpdateRejected
+from ..strategies import ClientUpdate, FedAvg, MergeResult, NormBounded, Schedule, Strategy
+from .planning import SubsetPlanner
+from .records import (
     ENGINE_STATE_FORMAT,
     Device,
     DeviceState,
@@ -39,9 +42,6 @@ from .engine_state import (
     task_from_state,
     task_state,
 )
-from .errors import CoordinatorError, RejectReason, StateLoadError, UpdateRejected
-from .planning import SubsetPlanner
-from .strategies import ClientUpdate, FedAvg, MergeResult, NormBounded, Schedule, Strategy
 
 __all__ = [
     "ENGINE_STATE_FORMAT",

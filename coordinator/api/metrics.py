@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .service import StudyNotFound, StudyService
+from ..service import StudyNotFound, StudyService
 
 
 class ServiceCollector(Collector):

@@ -1,0 +1,37 @@
+"""The engine: a study's state and every scheduling and merge decision, no I/O.
+
+    engine.py    Engine: tasks out, updates in, merges, events for the audit log
+    records.py   the engine's records (devices, tasks, counters) and their saved form
+    planning.py  which subset each device trains, sized to its measured memory
+    ingest.py    an update frame decoded into what the engine and strategies consume
+
+The names below are the engine's public surface; import them from here.
+"""
+
+from .engine import (
+    ENGINE_STATE_FORMAT,
+    Device,
+    DeviceState,
+    Engine,
+    EngineEvent,
+    EngineGuard,
+    EngineStats,
+    EventKind,
+    StatefulGuard,
+    SubmitOutcome,
+    TaskOrder,
+)
+
+__all__ = [
+    "ENGINE_STATE_FORMAT",
+    "Device",
+    "DeviceState",
+    "Engine",
+    "EngineEvent",
+    "EngineGuard",
+    "EngineStats",
+    "EventKind",
+    "StatefulGuard",
+    "SubmitOutcome",
+    "TaskOrder",
+]
