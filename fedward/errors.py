@@ -1,0 +1,70 @@
+"""The one error root of fedward, and where each package's errors hang from it.
+
+Everything fedward raises on purpose derives from :class:`FedwardError`, so a
+caller that embeds fedward (a hospital's pipeline, a notebook) can catch ours
+apart from everyone else's. Each package keeps its own base below the root and
+documents its own subtree; catch the narrowest class you can handle::
+
+    FedwardError                          fedward.errors
+    ├── SavedStateError                   a saved state failed its checks on load (kind,
+    │                                     format version, checksum, content); every
+    │                                     package's state error is also one of these
+    ├── ProtocolError                     fedward.protocol.errors: decode, encode, size,
+    │   └── TransportError                version, chunk, route; the transport seam (paho
+    │                                     and amqtt errors are mapped to it, never leak)
+    ├── PrivacyError                      fedward.privacy.errors: budgets, forged claims,
+    │   ├── LedgerStateError              policies, ledger state
+    │   └── SecAggError                   fedward.privacy.secagg.errors: secure aggregation
+    ├── ComplianceError                   fedward.compliance.errors: audit integrity,
+    │                                     forbidden content, lineage, keys, store lock
+    ├── CoordinatorError                  fedward.coordinator.errors: rejected updates,
+    │   ├── StateLoadError                strategy config, state load, not ready; the
+    │   └── ServiceError                  service's caller mistakes (api maps them to HTTP)
+    ├── EdgeError                         fedward.edge: agent, outbox, dataset
+    ├── SimulationError                   fedward.simulation: scenarios, reports
+    └── CliError                          fedward.cli: a command's input, said plainly
+
+Why the root lives here, on a floor of its own: the floor-1 packages import
+nothing of each other's, yet their errors must share one base. This module
+imports nothing of ours (nor does :mod:`fedward.saved_state`), so any
+package may use it without a layering cycle.
+
+Validation raises (never ``assert``): several of these classes also derive
+from ``ValueError`` or ``KeyError`` where callers reasonably catch those.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CliError",
+    "EdgeError",
+    "FedwardError",
+    "SavedStateError",
+    "SimulationError",
+]
+
+
+class FedwardError(Exception):
+    """Base of every error fedward raises deliberately."""
+
+
+class SavedStateError(FedwardError):
+    """A saved state (``state_dict``) failed its checks on load.
+
+    Raised for the wrong kind, an unsupported format version, a checksum
+    mismatch or content the writer could never have produced. The object
+    being loaded is left as it was, unless its ``load_state_dict`` says
+    otherwise.
+    """
+
+
+class EdgeError(FedwardError):
+    """Base of the errors the edge agent raises (see ``fedward.edge``)."""
+
+
+class SimulationError(FedwardError):
+    """Base of the errors the simulator and benchmarks raise."""
+
+
+class CliError(FedwardError):
+    """A command-line input that cannot be used; the message says what to do."""
