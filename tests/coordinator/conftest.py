@@ -3,8 +3,8 @@
 Databases: SQLite files under ``tmp_path`` and a REAL PostgreSQL on
 127.0.0.1:5432. One PostgreSQL database (``fedward_test_<random>``) is created
 per test session and dropped at its end; each test gets it with an empty
-``public`` schema. Tests that use it are marked ``postgres`` (and skipped when
-no server answers).
+``public`` schema. Tests that use it are marked ``postgres`` (skipped when no
+server answers, failed instead under CI: tests/services.py).
 
 The study is tiny (width 4, 64-sample windows, 2 tasks in flight, buffer of 2)
 so a real local training task takes milliseconds.
@@ -29,8 +29,8 @@ from fedward.edge.updates import encode_update, update_header
 
 from fedward.protocol.messages import DeviceClass, Enrol, decode_frame
 from fedward.tinytrain.models import Params, build_model
+from tests.services import require_module, unavailable
 
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 TOKEN = "t0k3n-For-Tests-9f8e7d6c5b4a"
 MAX_BYTES = 16 * 1024 * 1024
 SPEC = StudySpec(width=4, window=64, concurrency=2, buffer_size=2)
@@ -68,17 +68,23 @@ def clock() -> FakeClock:
 
 # -- databases -----------------------------------------------------------------
 @pytest.fixture(scope="session")
-def pg_database() -> Iterator[str]:
+def pg_database(postgres_server: tuple[str, int]) -> Iterator[str]:
     """A fresh PostgreSQL database for this session (dropped at the end)."""
-    psycopg = pytest.importorskip("psycopg")
+    psycopg = require_module("psycopg", install="bash scripts/setup.sh (the dev extra)")
+    server = "{}:{}".format(*postgres_server)
     try:
-        admin = psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3)
+        admin = psycopg.connect(
+            f"postgresql://postgres@{server}/postgres", autocommit=True, connect_timeout=3
+        )
     except psycopg.OperationalError as exc:
-        pytest.skip(f"no PostgreSQL on 127.0.0.1:5432: {exc}")
+        unavailable(
+            f"PostgreSQL on {server} refused the admin login ({exc})",
+            fix="the suite logs in as user postgres without a password",
+        )
     name = f"fedward_test_{secrets.token_hex(6)}"
     admin.execute(f'CREATE DATABASE "{name}"')
     try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+        yield f"postgresql+psycopg://postgres@{server}/{name}"
     finally:
         admin.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)

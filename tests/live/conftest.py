@@ -1,23 +1,10 @@
-"""Fixtures for the live tests: the local broker and unique study ids."""
+"""Fixtures for the live tests: unique study ids (``mqtt_broker`` is tests/conftest.py's)."""
 
 from __future__ import annotations
 
-import socket
 import uuid
 
 import pytest
-
-BROKER = ("127.0.0.1", 1883)
-
-
-@pytest.fixture(scope="session")
-def mqtt_broker() -> tuple[str, int]:
-    """The local Mosquitto, or skip (start it: mosquitto -d -c /etc/mosquitto/mosquitto.conf)."""
-    try:
-        socket.create_connection(BROKER, timeout=1).close()
-    except OSError:
-        pytest.skip(f"no MQTT broker on {BROKER[0]}:{BROKER[1]}")
-    return BROKER
 
 
 @pytest.fixture
