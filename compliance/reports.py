@@ -133,7 +133,7 @@ def build_budget_report(
             accountant=policy.accountant.value,
             fingerprint=policy.fingerprint,
         ),
-        ledger_sha256=ledger.state_dict()["sha256"],
+        ledger_sha256=ledger.state_sha256(),
         devices=rows,
         classes=_summaries(rows),
         epsilon_over_time=_series(ledger, classes, max_points=max_points_per_class),

@@ -18,12 +18,17 @@ One ``DeviceBudget`` per study the device takes part in. Use it in the agent::
 
 The state must be saved durably before the update is sent: a device that
 forgets a spend after a restart would under-count (and the coordinator, whose
-ledger remembers it, would reject its next claim as forged).
+ledger remembers it, would reject its next claim as forged). For the same
+reason a saved state that cannot be read is an error, never a fresh budget:
+the file is a :mod:`fedward.saved_state` envelope whose payload carries a
+SHA-256 of its canonical JSON, and a file saved before the envelope (format
+version 1) is refused until :func:`upgrade_v1_file` converts it.
 """
 
 from __future__ import annotations
 
 import enum
+import hashlib
 import json
 import os
 import tempfile
@@ -42,8 +47,10 @@ from fedward.privacy.accounting import (
 from fedward.privacy.budget import BudgetPolicy
 from fedward.privacy.errors import PolicyError, PrivacyError
 
+from fedward.errors import SavedStateError
 from fedward.protocol.messages import Accountant as WireAccountant
 from fedward.protocol.messages import DpParams, ErrorCode, ErrorMessage, PrivacyReport, Task
+from fedward.saved_state import open_envelope, seal
 from fedward.tinytrain.models import Params
 from fedward.tinytrain.training import LocalTrainConfig, Model
 
@@ -51,8 +58,23 @@ from .dp_training import DPTrainConfig
 from .local import LocalOutcome, LocalTask, run_local_task
 from .updates import privacy_report
 
-STATE_FORMAT = "fedward.edge.budget"
-STATE_VERSION = 1
+STATE_KIND = "fedward.edge.budget"
+# 1: a flat {format, version, policy, accountant_state}; 2: the saved-state envelope
+# around {policy, accountant_state, sha256}, the digest covering the payload's other keys.
+STATE_VERSION = 2
+_V1_KEYS = frozenset({"format", "version", "policy", "accountant_state"})
+_PAYLOAD_KEYS = frozenset({"policy", "accountant_state", "sha256"})
+_KEEP_IT = (
+    "Do not delete the file: it holds the epsilon this device has already spent, and a "
+    "fresh budget would let the device spend it again"
+)
+
+
+class BudgetStateError(PrivacyError, SavedStateError):
+    """A saved device budget that cannot be loaded (kind, version, checksum, content).
+
+    Never answered with a fresh budget: the device stops instead (see the module).
+    """
 
 
 class RefusalReason(enum.StrEnum):
@@ -205,49 +227,133 @@ class DeviceBudget:
     # -- persistence ----------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "format": STATE_FORMAT,
-            "version": STATE_VERSION,
+        """The saved form: an envelope whose payload is policy, history and their SHA-256."""
+        content = {
             "policy": self.policy.to_dict(),
             "accountant_state": history_to_state(self._history, accountant=self.policy.accountant),
         }
+        return seal(STATE_KIND, STATE_VERSION, {**content, "sha256": _digest(content)})
 
     @classmethod
     def from_state_dict(cls, state: Mapping[str, Any], *, policy: BudgetPolicy) -> DeviceBudget:
-        """Restore; ``policy`` (the device's configured budget) must match the stored one."""
-        if state.get("format") != STATE_FORMAT or state.get("version") != STATE_VERSION:
-            raise PolicyError("not a device budget state of a supported version")
-        policy.ensure_same(BudgetPolicy.from_dict(state["policy"]))
-        return cls(policy, accountant_state=state["accountant_state"])
+        """Restore; ``policy`` (the device's configured budget) must match the stored one.
+
+        ``BudgetStateError`` for another kind, format version (a pre-envelope
+        state included), a checksum mismatch or content this class never
+        writes; ``PolicyError`` if the state was saved under another policy.
+        """
+        if isinstance(state, Mapping) and "payload" not in state and "format" in state:
+            raise BudgetStateError(
+                f"this device budget was saved before the saved-state envelope (format "
+                f"{state.get('format')!r} version {state.get('version')!r}); this build reads "
+                f"kind {STATE_KIND!r} format_version {STATE_VERSION}. {_KEEP_IT}: convert it "
+                "once with fedward.edge.budget.upgrade_v1_file(path)"
+            )
+        payload = open_envelope(
+            state, kind=STATE_KIND, format_version=STATE_VERSION, error=BudgetStateError
+        )
+        if set(payload) != _PAYLOAD_KEYS:
+            raise BudgetStateError(
+                f"device budget payload keys must be {sorted(_PAYLOAD_KEYS)}, got {sorted(payload)}"
+            )
+        content = {k: v for k, v in payload.items() if k != "sha256"}
+        try:
+            intact = _digest(content) == payload["sha256"]
+        except (TypeError, ValueError) as exc:
+            raise BudgetStateError(f"device budget is not canonical JSON: {exc}") from exc
+        if not intact:
+            raise BudgetStateError("device budget checksum mismatch: corrupted or edited")
+        try:
+            stored = BudgetPolicy.from_dict(content["policy"])
+        except (PolicyError, TypeError, KeyError) as exc:
+            raise BudgetStateError(f"bad policy in device budget: {exc}") from exc
+        policy.ensure_same(stored)
+        try:
+            return cls(policy, accountant_state=content["accountant_state"])
+        except (PolicyError, TypeError, ValueError) as exc:
+            raise BudgetStateError(f"bad accountant state in device budget: {exc}") from exc
 
     def save(self, path: Path) -> None:
         """Write the state atomically and durably (temp file, fsync, rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        try:
-            with os.fdopen(fd, "w") as handle:
-                json.dump(self.state_dict(), handle, sort_keys=True)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.chmod(tmp, 0o600)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        _write_json(Path(path), self.state_dict())
 
     @classmethod
     def load(cls, path: Path, *, policy: BudgetPolicy) -> DeviceBudget:
-        """The saved budget at ``path``, or a fresh one if the device never trained."""
+        """The saved budget at ``path``, or a fresh one if the device never trained.
+
+        Only a missing file means "never trained"; a file that cannot be read
+        raises ``BudgetStateError`` naming it.
+        """
         path = Path(path)
         if not path.exists():
             return cls(policy)
-        return cls.from_state_dict(json.loads(path.read_text()), policy=policy)
+        try:
+            return cls.from_state_dict(_read_json(path), policy=policy)
+        except BudgetStateError as exc:
+            raise BudgetStateError(f"{path}: {exc}") from exc
 
     def _epsilon(self, history: tuple[MechanismStep, ...] | list[MechanismStep]) -> float:
         return self._calc.epsilon(
             history, delta=self.policy.delta, accountant=self.policy.accountant
         )
+
+
+def upgrade_v1_state(state: Mapping[str, Any]) -> dict[str, Any]:
+    """The envelope form of a device budget saved by format version 1 (same content).
+
+    The result is checked like any saved state when it is loaded (policy,
+    history); a v1 state had no checksum, so none is verified here.
+    """
+    if not isinstance(state, Mapping) or set(state) != _V1_KEYS:
+        raise BudgetStateError(f"a v1 device budget has exactly the keys {sorted(_V1_KEYS)}")
+    if state["format"] != STATE_KIND or state["version"] != 1:
+        raise BudgetStateError(
+            f"not a v1 device budget: format {state['format']!r} version {state['version']!r}"
+        )
+    content = {"policy": state["policy"], "accountant_state": state["accountant_state"]}
+    try:
+        digest = _digest(content)
+    except (TypeError, ValueError) as exc:
+        raise BudgetStateError(f"v1 device budget is not canonical JSON: {exc}") from exc
+    return seal(STATE_KIND, STATE_VERSION, {**content, "sha256": digest})
+
+
+def upgrade_v1_file(path: Path) -> None:
+    """Rewrite the v1 device budget at ``path`` in the envelope form, atomically, in place."""
+    path = Path(path)
+    try:
+        upgraded = upgrade_v1_state(_read_json(path))
+    except BudgetStateError as exc:
+        raise BudgetStateError(f"{path}: {exc}") from exc
+    _write_json(path, upgraded)
+
+
+def _digest(content: Mapping[str, Any]) -> str:
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BudgetStateError(f"not a JSON device budget ({exc}). {_KEEP_IT}") from exc
+
+
+def _write_json(path: Path, data: Mapping[str, Any]) -> None:
+    """Write ``data`` atomically and durably (temp file, fsync, rename), mode 0600."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle, sort_keys=True)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def run_dp_task(

@@ -14,10 +14,13 @@ Rules:
 - a (device, task) pair is charged at most once (``DuplicateCharge``).
 
 The ledger is pure: no clock (the caller passes ``at``), no files. The
-coordinator persists ``state_dict()`` (JSON-serialisable) and restores it with
-``from_state_dict`` after a restart. The SHA-256 in the state detects
-corruption and naive edits; it is not a signature (anyone can recompute it),
-so authenticity comes from the signed audit log the state is recorded in.
+coordinator persists ``state_dict()`` (JSON-serialisable, in the
+:mod:`fedward.saved_state` envelope) and restores it with ``from_state_dict``
+after a restart. The payload carries a SHA-256 of its canonical JSON, which
+detects corruption and naive edits; it is not a signature (anyone can
+recompute it), so authenticity comes from the signed audit log the state is
+recorded in. A state saved before the envelope (format version 1) is refused;
+:func:`upgrade_v1_state` converts one, checksum first.
 
 The same class serves a device: a ledger holding only itself tells it whether
 to refuse a task (``can_afford``) before it trains.
@@ -32,6 +35,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from fedward.saved_state import open_envelope, seal
+
 from .accounting import EpsilonCalculator, MechanismStep
 from .budget import BudgetPolicy
 from .errors import (
@@ -42,8 +47,12 @@ from .errors import (
     PolicyError,
 )
 
-STATE_FORMAT = "fedward.privacy.ledger"
-STATE_VERSION = 1
+STATE_KIND = "fedward.privacy.ledger"
+# 1: a flat {format, version, policy, devices, sha256}; 2: the saved-state envelope
+# around {policy, devices, sha256}, the digest covering the payload's other keys.
+STATE_VERSION = 2
+_V1_KEYS = frozenset({"format", "version", "policy", "devices", "sha256"})
+_PAYLOAD_KEYS = frozenset({"policy", "devices", "sha256"})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -249,24 +258,33 @@ class PrivacyLedger:
     # -- persistence ---------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """JSON-serialisable state with a format version and a SHA-256 of the content."""
-        content = {
-            "format": STATE_FORMAT,
-            "version": STATE_VERSION,
+        """The saved form: an envelope whose payload is policy, devices and their SHA-256.
+
+        Plain JSON-ready data: the coordinator embeds it, unopened, in its own state.
+        """
+        content = self._content()
+        return seal(STATE_KIND, STATE_VERSION, {**content, "sha256": _digest(content)})
+
+    def state_sha256(self) -> str:
+        """The checksum :meth:`state_dict` carries (reports cite the state they were built from)."""
+        return _digest(self._content())
+
+    def _content(self) -> dict[str, Any]:
+        return {
             "policy": self._policy.to_dict(),
             "devices": {
                 device: [r.to_dict() for r in self._accounts[device].records]
                 for device in self.devices()
             },
         }
-        return {**content, "sha256": _digest(content)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Replace this ledger's content with ``state`` (all or nothing).
 
-        Raises ``LedgerStateError`` for a wrong format or version, a checksum
-        mismatch or records whose epsilons do not match a recomputation, and
-        ``PolicyError`` if the state was written under another policy.
+        Raises ``LedgerStateError`` for another kind, format version or a
+        pre-envelope state, a checksum mismatch or records whose epsilons do
+        not match a recomputation, and ``PolicyError`` if the state was
+        written under another policy.
         """
         content = _verified_content(state)
         try:
@@ -279,6 +297,8 @@ class PrivacyLedger:
         if not isinstance(devices, Mapping):
             raise LedgerStateError("'devices' must be a mapping")
         for device, raw_records in devices.items():
+            if not isinstance(raw_records, list):
+                raise LedgerStateError(f"the records of {device!r} must be a list")
             account = _Account()
             for raw in raw_records:
                 try:
@@ -361,22 +381,53 @@ def _digest(content: Mapping[str, Any]) -> str:
     return hashlib.sha256(_canonical_json(content)).hexdigest()
 
 
-def _verified_content(state: Mapping[str, Any]) -> dict[str, Any]:
-    if not isinstance(state, Mapping):
-        raise LedgerStateError("ledger state must be a mapping")
-    expected_keys = {"format", "version", "policy", "devices", "sha256"}
-    if set(state) != expected_keys:
-        raise LedgerStateError(f"ledger state keys must be {sorted(expected_keys)}")
-    if state["format"] != STATE_FORMAT or state["version"] != STATE_VERSION:
+def _verified_content(state: object) -> dict[str, Any]:
+    """Policy and devices of a saved ledger state whose envelope and checksum hold."""
+    if isinstance(state, Mapping) and "payload" not in state and "format" in state:
         raise LedgerStateError(
-            f"unsupported ledger state {state['format']!r} v{state['version']!r}; "
-            f"this code reads {STATE_FORMAT!r} v{STATE_VERSION}"
+            f"this ledger state was saved before the saved-state envelope (format "
+            f"{state.get('format')!r} version {state.get('version')!r}); this build reads "
+            f"kind {STATE_KIND!r} format_version {STATE_VERSION}. Do not replace it with an "
+            "empty ledger (every device would get its budget back): convert it once with "
+            "fedward.privacy.ledger.upgrade_v1_state and store the result"
         )
-    content = {k: v for k, v in state.items() if k != "sha256"}
+    payload = open_envelope(
+        state, kind=STATE_KIND, format_version=STATE_VERSION, error=LedgerStateError
+    )
+    if set(payload) != _PAYLOAD_KEYS:
+        raise LedgerStateError(
+            f"ledger state payload keys must be {sorted(_PAYLOAD_KEYS)}, got {sorted(payload)}"
+        )
+    content = {k: v for k, v in payload.items() if k != "sha256"}
     try:
         digest = _digest(content)
     except (TypeError, ValueError) as exc:
         raise LedgerStateError(f"ledger state is not canonical JSON: {exc}") from exc
-    if digest != state["sha256"]:
+    if digest != payload["sha256"]:
         raise LedgerStateError("ledger state checksum mismatch: corrupted or edited")
     return content
+
+
+def upgrade_v1_state(state: Mapping[str, Any]) -> dict[str, Any]:
+    """The envelope form of a ledger state saved by format version 1.
+
+    Only an intact v1 state converts: its own checksum (which covered the
+    format and version too) must hold, so a corrupted or edited state is not
+    laundered by a fresh digest. The records are checked when the result is
+    loaded, as any state's are.
+    """
+    if not isinstance(state, Mapping) or set(state) != _V1_KEYS:
+        raise LedgerStateError(f"a v1 ledger state has exactly the keys {sorted(_V1_KEYS)}")
+    if state["format"] != STATE_KIND or state["version"] != 1:
+        raise LedgerStateError(
+            f"not a v1 ledger state: format {state['format']!r} version {state['version']!r}"
+        )
+    old = {k: v for k, v in state.items() if k != "sha256"}
+    try:
+        intact = _digest(old) == state["sha256"]
+    except (TypeError, ValueError) as exc:
+        raise LedgerStateError(f"v1 ledger state is not canonical JSON: {exc}") from exc
+    if not intact:
+        raise LedgerStateError("v1 ledger state checksum mismatch: corrupted or edited")
+    content = {"policy": state["policy"], "devices": state["devices"]}
+    return seal(STATE_KIND, STATE_VERSION, {**content, "sha256": _digest(content)})

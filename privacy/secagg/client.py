@@ -37,7 +37,10 @@ from .messages import (
 from .quantize import words_to_bytes
 from .shamir import Share, share_size, split_bytes
 
-CLIENT_STATE_FORMAT = "fedward.secagg.client"
+CLIENT_STATE_KIND = "fedward.privacy.secagg.client"
+_CLIENT_CONTENT = frozenset(
+    {"device_id", "stage", "enc_sk", "mask_sk", "seed", "roster", "own_shares", "held"}
+)
 _SECRET = masking.SECRET_BYTES
 _SHARE = share_size(_SECRET)
 
@@ -334,22 +337,27 @@ class SecAggClient:
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume; contains this device's secrets (see ``state``)."""
-        out = state.header(CLIENT_STATE_FORMAT, self.session, self.config)
-        out.update(
-            device_id=self.device_id,
-            stage=self._stage.name,
-            enc_sk=self._enc_sk,
-            mask_sk=self._mask_sk,
-            seed=self._seed,
-            roster=[state.to_plain(a) for a in self._roster.values()],
-            own_shares=list(self._own_shares) if self._own_shares is not None else None,
-            held={d: list(pair) for d, pair in self._held.items()},
-        )
-        return out
+        content = {
+            "device_id": self.device_id,
+            "stage": self._stage.name,
+            "enc_sk": self._enc_sk,
+            "mask_sk": self._mask_sk,
+            "seed": self._seed,
+            "roster": [state.to_plain(a) for a in self._roster.values()],
+            "own_shares": list(self._own_shares) if self._own_shares is not None else None,
+            "held": {d: list(pair) for d, pair in self._held.items()},
+        }
+        return state.seal_state(CLIENT_STATE_KIND, self.session, self.config, content)
 
     def load_state_dict(self, saved: Mapping[str, Any]) -> None:
         """Resume from :meth:`state_dict`; StateError (object unchanged) if anything is off."""
-        saved = state.check_header(saved, CLIENT_STATE_FORMAT, self.session, self.config)
+        saved = state.open_state(
+            saved,
+            kind=CLIENT_STATE_KIND,
+            session=self.session,
+            config=self.config,
+            content_keys=_CLIENT_CONTENT,
+        )
         if saved.get("device_id") != self.device_id:
             raise StateError("state belongs to another device")
         stage = state.parse_stage(ClientStage, saved.get("stage"))

@@ -40,7 +40,10 @@ from .messages import (
 from .quantize import mod_add, mod_sub, words_from_bytes, words_to_bytes
 from .shamir import Interpolator, Share, share_size
 
-SERVER_STATE_FORMAT = "fedward.secagg.server"
+SERVER_STATE_KIND = "fedward.privacy.secagg.server"
+_SERVER_CONTENT = frozenset(
+    {"stage", "advertisements", "bundles", "masked", "survivors", "dropped", "responses", "result"}
+)
 _SECRET = masking.SECRET_BYTES
 _CIPHERTEXT_BYTES = 2 * share_size(_SECRET) + crypto.AEAD_TAG_BYTES
 
@@ -350,7 +353,7 @@ class SecAggServer:
         cfg, ses = self.config, self.session
         words = words_from_bytes(
             self._st.result, modulus_bits=cfg.modulus_bits, n_words=ses.total_words
-        )  # type: ignore[arg-type]
+        )
         weighted, weight, samples = masking.decode_sum(words, config=cfg, session=ses)
         survivors = self._st.survivors
         return AggregateResult(
@@ -376,26 +379,31 @@ class SecAggServer:
     def state_dict(self) -> dict[str, Any]:
         """Plain-data snapshot (no secrets of devices: ciphertexts and masked words only)."""
         st = self._st
-        out = state.header(SERVER_STATE_FORMAT, self.session, self.config)
-        out.update(
-            stage=st.stage.name,
-            advertisements=[state.to_plain(a) for a in st.adverts.values()],
-            bundles=[state.to_plain(b) for b in st.bundles.values()],
-            masked={d: data for d, data in st.masked.items()},
-            survivors=list(st.survivors),
-            dropped=list(st.dropped),
-            responses=[state.to_plain(r) for r in st.responses.values()],
-            result=st.result,
-        )
-        return out
+        content = {
+            "stage": st.stage.name,
+            "advertisements": [state.to_plain(a) for a in st.adverts.values()],
+            "bundles": [state.to_plain(b) for b in st.bundles.values()],
+            "masked": dict(st.masked),
+            "survivors": list(st.survivors),
+            "dropped": list(st.dropped),
+            "responses": [state.to_plain(r) for r in st.responses.values()],
+            "result": st.result,
+        }
+        return state.seal_state(SERVER_STATE_KIND, self.session, self.config, content)
 
     def load_state_dict(self, saved: Mapping[str, Any]) -> None:
         """Resume from :meth:`state_dict` by replaying it through the same checks.
 
-        Raises StateError (server unchanged) on a wrong format, version,
+        Raises StateError (server unchanged) on another kind, format version,
         session, config or stage, or content that the stage cannot hold.
         """
-        saved = state.check_header(saved, SERVER_STATE_FORMAT, self.session, self.config)
+        saved = state.open_state(
+            saved,
+            kind=SERVER_STATE_KIND,
+            session=self.session,
+            config=self.config,
+            content_keys=_SERVER_CONTENT,
+        )
         stage = state.parse_stage(ServerStage, saved.get("stage"))
         try:
             fresh = self._replay(stage, saved)
@@ -479,7 +487,7 @@ def _load_done(fresh: SecAggServer, saved: Mapping[str, Any]) -> SecAggServer:
     result = saved.get("result")
     words_from_bytes(
         result, modulus_bits=fresh.config.modulus_bits, n_words=fresh.session.total_words
-    )  # type: ignore[arg-type]
+    )
     fresh._st.survivors = canonical_order(survivors)
     fresh._st.dropped = canonical_order(dropped)
     fresh._st.result = result

@@ -1,9 +1,15 @@
 """Helpers for ``state_dict`` / ``load_state_dict`` of the client and the server.
 
-A state dict is a plain structure of dict, list, str, int, bytes and None (no
-numpy, no pickled objects); the caller chooses how to persist it. It carries a
-format name and version, the session it belongs to and the config fingerprint;
-loading checks all of them and then re-validates the content for its stage.
+A state dict is a :mod:`fedward.saved_state` envelope around a plain
+structure of dict, list, str, int, bytes and None (no numpy, no pickled
+objects); the caller chooses how to persist it. The payload names the session
+it belongs to and the config fingerprint beside the stage's content; loading
+checks the envelope (kind, format version), then the session, then
+re-validates the content for its stage.
+
+A state saved before the envelope (format version 1) is refused and not
+converted: a session lives one round, so the way out is to abort it and start
+a new one, never to start this device or server over within the same session.
 
 A client state dict holds the device's secrets (X25519 private keys, self-mask
 seed, decrypted shares of its peers' secrets): persist it only where the
@@ -17,6 +23,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, fields, is_dataclass
 from typing import Any, TypeVar
 
+from fedward.saved_state import open_envelope, seal
+
 from .config import SecAggConfig, SecAggSession
 from .errors import StateError
 from .messages import (
@@ -26,7 +34,16 @@ from .messages import (
     UnmaskResponse,
 )
 
-STATE_VERSION = 1
+# 1: a flat dict with "format" and "version" beside the content; 2: the envelope.
+STATE_VERSION = 2
+SESSION_KEYS = (
+    "session_id",
+    "round_index",
+    "cohort",
+    "vector_length",
+    "index_set_digest",
+    "config",
+)
 
 _NESTED: dict[tuple[type, str], type] = {
     (ShareBundle, "shares"): EncryptedShare,
@@ -38,10 +55,9 @@ M = TypeVar("M")
 E = TypeVar("E", bound=enum.Enum)
 
 
-def header(kind: str, session: SecAggSession, config: SecAggConfig) -> dict[str, Any]:
+def session_header(session: SecAggSession, config: SecAggConfig) -> dict[str, Any]:
+    """What ties a saved state to its session: ids, cohort, shapes and config fingerprint."""
     return {
-        "format": kind,
-        "version": STATE_VERSION,
         "session_id": session.session_id,
         "round_index": session.round_index,
         "cohort": list(session.cohort),
@@ -51,22 +67,46 @@ def header(kind: str, session: SecAggSession, config: SecAggConfig) -> dict[str,
     }
 
 
-def check_header(
-    state: object, kind: str, session: SecAggSession, config: SecAggConfig
+def seal_state(
+    kind: str, session: SecAggSession, config: SecAggConfig, content: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The saved form of a client's or server's ``content`` in ``session``."""
+    clash = set(content) & set(SESSION_KEYS)
+    if clash:
+        raise ValueError(f"state content may not reuse the session keys {sorted(clash)}")
+    return seal(kind, STATE_VERSION, {**session_header(session, config), **content})
+
+
+def open_state(
+    saved: object,
+    *,
+    kind: str,
+    session: SecAggSession,
+    config: SecAggConfig,
+    content_keys: frozenset[str],
 ) -> Mapping[str, Any]:
-    if not isinstance(state, Mapping):
-        raise StateError("state_dict must be a mapping")
-    if state.get("format") != kind:
-        raise StateError(f"not a {kind} state (format={state.get('format')!r})")
-    if state.get("version") != STATE_VERSION:
-        raise StateError(f"unsupported state version {state.get('version')!r}")
-    expected = header(kind, session, config)
-    for key in ("session_id", "round_index", "cohort", "vector_length", "index_set_digest"):
-        if state.get(key) != expected[key]:
+    """The payload of ``saved`` if it is a ``kind`` state of ``session`` with exactly its keys."""
+    if isinstance(saved, Mapping) and "payload" not in saved and "format" in saved:
+        raise StateError(
+            f"this secure-aggregation state was saved before the saved-state envelope "
+            f"(format {saved.get('format')!r} version {saved.get('version')!r}); this build "
+            f"reads kind {kind!r} format_version {STATE_VERSION} and cannot resume that "
+            "session: abort it and run a new session (do not start over in the same one)"
+        )
+    payload = open_envelope(saved, kind=kind, format_version=STATE_VERSION, error=StateError)
+    expected_keys = set(SESSION_KEYS) | content_keys
+    if set(payload) != expected_keys:
+        missing, extra = expected_keys - set(payload), set(payload) - expected_keys
+        raise StateError(
+            f"{kind} state payload lacks {sorted(missing)} / has unknown {sorted(map(str, extra))}"
+        )
+    expected = session_header(session, config)
+    for key in SESSION_KEYS[:-1]:
+        if payload[key] != expected[key]:
             raise StateError(f"state belongs to another session ({key} differs)")
-    if state.get("config") != expected["config"]:
+    if payload["config"] != expected["config"]:
         raise StateError("state was saved under a different SecAggConfig")
-    return state
+    return payload
 
 
 def parse_stage(enum_cls: type[E], value: object) -> E:

@@ -173,7 +173,7 @@ def test_the_privacy_report_over_rest(service, settings, token, dp_spec, spec, n
     assert set(rows) == {"dev-000", "dev-001"}
     assert rows[out.device_id].epsilon_spent == ledger.spent(out.device_id) > 0
     assert rows[out.device_id].tasks == 1
-    assert body.ledger_sha256 == ledger.state_dict()["sha256"]
+    assert body.ledger_sha256 == ledger.state_dict()["payload"]["sha256"]
     assert (plain.status_code, plain.json()["error"]) == (404, "no_privacy_policy")
     assert (missing.status_code, missing.json()["error"]) == (404, "study_not_found")
     assert anonymous.status_code == 401

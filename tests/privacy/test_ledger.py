@@ -18,8 +18,16 @@ from fedward.privacy.errors import (
     PolicyError,
     PrivacyError,
 )
-from fedward.privacy.ledger import PrivacyLedger
+from fedward.privacy.ledger import (
+    STATE_KIND,
+    STATE_VERSION,
+    PrivacyLedger,
+    _digest,
+    upgrade_v1_state,
+)
 from opacus.accountants import RDPAccountant
+
+from fedward.errors import SavedStateError
 
 DELTA = 1e-5
 STEP = MechanismStep(noise_multiplier=1.1, sample_rate=0.05, steps=8)
@@ -179,40 +187,149 @@ def _tampered(state: dict, edit) -> dict:  # noqa: ANN001
     return bad
 
 
-def test_tampered_state_is_rejected():
-    # Prepare
+def _saved_ledger() -> tuple[PrivacyLedger, dict]:
     ledger = make_ledger(epsilon=30.0)
     charge_tasks(ledger, "a", [STEP] * 3)
-    state = ledger.state_dict()
+    return ledger, ledger.state_dict()
+
+
+def test_state_is_an_envelope_around_policy_devices_and_checksum():
+    # Prepare
+    ledger, state = _saved_ledger()
+
+    # Execute
+    payload = state["payload"]
+
+    # Assert
+    assert set(state) == {"kind", "format_version", "payload"}
+    assert (
+        (state["kind"], state["format_version"])
+        == (STATE_KIND, STATE_VERSION)
+        == (
+            "fedward.privacy.ledger",
+            2,
+        )
+    )
+    assert set(payload) == {"policy", "devices", "sha256"}
+    assert (
+        payload["sha256"]
+        == ledger.state_sha256()
+        == _digest({"policy": payload["policy"], "devices": payload["devices"]})
+    )
+    assert json.loads(json.dumps(state)) == state  # plain JSON-ready data
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda s: s.__setitem__("kind", "fedward.edge.budget"), "not 'fedward.privacy.ledger'"),
+        (lambda s: s.__setitem__("format_version", 3), "format version 3"),
+        (lambda s: s.__setitem__("format_version", True), "format version True"),
+        (lambda s: s.__setitem__("extra", 1), "exactly the keys"),
+        (lambda s: s["payload"].__setitem__("extra", 1), "payload keys"),
+        (lambda s: s["payload"].pop("sha256"), "payload keys"),
+        (lambda s: s.__setitem__("payload", []), "must be a mapping"),
+    ],
+)
+def test_state_of_another_kind_version_or_shape_is_refused(edit, message):
+    # Prepare
+    _, state = _saved_ledger()
+    target = make_ledger(epsilon=30.0)
+
+    # Execute / Assert
+    with pytest.raises(LedgerStateError, match=message):
+        target.load_state_dict(_tampered(state, edit))
+    assert target.devices() == []
+
+
+def test_tampered_state_is_rejected():
+    # Prepare
+    _, state = _saved_ledger()
 
     def lower_epsilon(s: dict) -> None:
-        s["devices"]["a"][-1]["epsilon_after"] = 0.1
+        s["payload"]["devices"]["a"][-1]["epsilon_after"] = 0.1
 
     def drop_record(s: dict) -> None:
-        s["devices"]["a"].pop(0)
+        s["payload"]["devices"]["a"].pop(0)
+
+    def looser_policy(s: dict) -> None:
+        s["payload"]["policy"]["epsilon"] = 300.0
 
     # Execute / Assert: plain edits break the checksum
-    for edit in (lower_epsilon, drop_record):
+    for edit in (lower_epsilon, drop_record, looser_policy):
         with pytest.raises(LedgerStateError, match="checksum"):
             PrivacyLedger.from_state_dict(_tampered(state, edit))
 
     # an edit with a recomputed checksum still fails the epsilon recomputation
-    from fedward.privacy.ledger import _digest
-
     def fewer_steps_same_epsilon(s: dict) -> None:
-        s["devices"]["a"][-1]["steps"] = 1
-        s["sha256"] = _digest({k: v for k, v in s.items() if k != "sha256"})
+        payload = s["payload"]
+        payload["devices"]["a"][-1]["steps"] = 1
+        payload["sha256"] = _digest({k: v for k, v in payload.items() if k != "sha256"})
 
     with pytest.raises(LedgerStateError, match="recomputed"):
         PrivacyLedger.from_state_dict(_tampered(state, fewer_steps_same_epsilon))
-
-    def wrong_version(s: dict) -> None:
-        s["version"] = 99
-
-    with pytest.raises(LedgerStateError, match="unsupported"):
-        PrivacyLedger.from_state_dict(_tampered(state, wrong_version))
     with pytest.raises(LedgerStateError):
         PrivacyLedger.from_state_dict({"devices": {}})
+
+
+def _v1_state(ledger: PrivacyLedger) -> dict:
+    """What format version 1 wrote (before the envelope), for the refusal and upgrade tests."""
+    content = {"format": STATE_KIND, "version": 1, **ledger.state_dict()["payload"]}
+    del content["sha256"]
+    return {**content, "sha256": _digest(content)}
+
+
+def test_pre_envelope_state_is_refused_with_what_to_do():
+    # Prepare
+    ledger, _ = _saved_ledger()
+    old = _v1_state(ledger)
+    target = make_ledger(epsilon=30.0)
+
+    # Execute
+    with pytest.raises(LedgerStateError) as refused:
+        target.load_state_dict(old)
+
+    # Assert: says what it is, what this build reads, and what to do instead of starting empty
+    message = str(refused.value)
+    assert "before the saved-state envelope" in message and "version 1" in message
+    assert "format_version 2" in message and "upgrade_v1_state" in message
+    assert target.devices() == []
+
+
+def test_upgraded_v1_state_loads_to_the_same_ledger():
+    # Prepare
+    ledger, state = _saved_ledger()
+    old = json.loads(json.dumps(_v1_state(ledger)))
+
+    # Execute
+    upgraded = upgrade_v1_state(old)
+    restored = PrivacyLedger.from_state_dict(upgraded)
+
+    # Assert
+    assert upgraded == state
+    assert restored.state_dict() == state and restored.spent("a") == ledger.spent("a")
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda s: s["devices"]["a"][-1].__setitem__("epsilon_after", 0.1),  # checksum breaks
+        lambda s: s.__setitem__("version", 2),
+        lambda s: s.pop("sha256"),
+    ],
+)
+def test_upgrade_refuses_anything_but_an_intact_v1_state(edit):
+    # Prepare
+    ledger, _ = _saved_ledger()
+    old = _tampered(_v1_state(ledger), edit)
+
+    # Execute / Assert
+    with pytest.raises(LedgerStateError):
+        upgrade_v1_state(old)
+
+
+def test_ledger_state_error_is_a_saved_state_error():
+    assert issubclass(LedgerStateError, SavedStateError)
 
 
 def test_failed_load_leaves_ledger_unchanged():
@@ -220,7 +337,7 @@ def test_failed_load_leaves_ledger_unchanged():
     ledger = make_ledger(epsilon=30.0)
     charge_tasks(ledger, "a", [STEP] * 2)
     good = ledger.state_dict()
-    bad = _tampered(good, lambda s: s["devices"]["a"][0].update(steps=99))
+    bad = _tampered(good, lambda s: s["payload"]["devices"]["a"][0].update(steps=99))
 
     # Execute
     with pytest.raises(LedgerStateError):

@@ -199,7 +199,7 @@ def test_each_masked_vector_held_by_the_server_looks_uniform(bits: int) -> None:
     deliveries = runner.share_keys(session.cohort, runner.advertise(session.cohort))
     runner.mask(session.cohort, deliveries, inputs)
     # Execute: what the server stores
-    held = runner.server.state_dict()["masked"]
+    held = runner.server.state_dict()["payload"]["masked"]
     dtype = np.dtype("<u4" if bits == 32 else "<u8")
     # Assert
     limit = 255 + 8 * np.sqrt(2 * 255)  # chi-square df=255, 8 standard deviations
@@ -227,7 +227,7 @@ def test_server_output_carries_sums_only() -> None:
     out = run_local_round(config=config, session=session, inputs=inputs)
     assert out.result.weighted_sum.shape == (20,)
     # after finalize the server keeps no individual masked vector either
-    assert out.server.state_dict()["masked"] == {}
+    assert out.server.state_dict()["payload"]["masked"] == {}
 
 
 def test_declared_drop_discards_the_input_whose_key_is_revealed() -> None:
@@ -247,7 +247,7 @@ def test_declared_drop_discards_the_input_whose_key_is_revealed() -> None:
     request = runner.server.close_masked_inputs(drop=[late])
     # Assert: its key will be revealed, so its masked vector is gone and cannot come back
     assert late in request.dropped
-    assert late not in runner.server.state_dict()["masked"]
+    assert late not in runner.server.state_dict()["payload"]["masked"]
     with pytest.raises(StateError):
         runner.server.receive_masked_input(zero_masked_input(session, late))
     result = runner.unmask(request.survivors, request)
@@ -476,7 +476,7 @@ def test_masked_input_is_plain_plus_chacha20_masks() -> None:
     roster = runner.advertise(session.cohort)
     deliveries = runner.share_keys(session.cohort, roster)
     me = session.cohort[0]
-    secrets = runner.clients[me].state_dict()
+    secrets = runner.clients[me].state_dict()["payload"]
     x = inputs[me]
     # Execute
     masked = runner.clients[me].mask_input(

@@ -17,8 +17,13 @@ from fedward.privacy.secagg import (
     ServerStage,
     StateError,
 )
+from fedward.privacy.secagg.client import CLIENT_STATE_KIND
 from fedward.privacy.secagg.masking import encode_contribution
 from fedward.privacy.secagg.quantize import mod_sum
+from fedward.privacy.secagg.server import SERVER_STATE_KIND
+from fedward.privacy.secagg.state import STATE_VERSION
+
+from fedward.errors import SavedStateError
 
 
 def setup(n: int = 5, t: int = 3, d: int = 200, sid: bytes = b"restart-session-01"):
@@ -124,19 +129,25 @@ def server_at_unmasking():
 
 
 def mutations():
-    def set_(key, value):
-        return lambda s: s.__setitem__(key, value)
+    def set_(key, value):  # a payload key
+        return lambda s: s["payload"].__setitem__(key, value)
 
     def truncate_masked(s):
-        dev = next(iter(s["masked"]))
-        s["masked"][dev] = s["masked"][dev][:-4]
+        masked = s["payload"]["masked"]
+        dev = next(iter(masked))
+        masked[dev] = masked[dev][:-4]
 
     def overlap(s):
-        s["dropped"] = s["dropped"] + [s["survivors"][0]]
+        payload = s["payload"]
+        payload["dropped"] = payload["dropped"] + [payload["survivors"][0]]
 
     return {
-        "version": set_("version", 2),
-        "format": set_("format", "fedward.secagg.client"),
+        "format version": lambda s: s.__setitem__("format_version", 3),
+        "format version as bool": lambda s: s.__setitem__("format_version", True),
+        "kind": lambda s: s.__setitem__("kind", CLIENT_STATE_KIND),
+        "key beside the envelope": lambda s: s.__setitem__("stage", "DONE"),
+        "payload key missing": lambda s: s["payload"].pop("result"),
+        "unknown payload key": set_("extra", None),
         "session": set_("session_id", b"another-session-xx"),
         "round": set_("round_index", 3),
         "cohort": set_("cohort", ["d0", "d1", "d2", "d3", "dX"]),
@@ -147,6 +158,7 @@ def mutations():
         "truncated masked input": truncate_masked,
         "survivor also dropped": overlap,
         "bad response list": set_("responses", "nope"),
+        "payload not a mapping": lambda s: s.__setitem__("payload", list(s["payload"])),
         "not a mapping": lambda s: s.clear(),
     }
 
@@ -182,26 +194,34 @@ def client_states():
     return config, session, shared, masked
 
 
+def _in_payload(edit):
+    return lambda s: edit(s["payload"])
+
+
 @pytest.mark.parametrize(
     ("which", "mutate"),
     [
-        ("shared", lambda s: s.__setitem__("seed", b"\x00" * 31)),
+        ("shared", _in_payload(lambda p: p.__setitem__("seed", b"\x00" * 31))),
         (
             "shared",
-            lambda s: s.__setitem__("mask_sk", bytes(range(32))),
+            _in_payload(lambda p: p.__setitem__("mask_sk", bytes(range(32)))),
         ),  # roster no longer matches
-        ("shared", lambda s: s.__setitem__("stage", "MASKED")),
-        ("shared", lambda s: s.__setitem__("device_id", "d2")),
-        ("masked", lambda s: s.__setitem__("enc_sk", b"\x01" * 32)),  # secrets must be gone
-        ("masked", lambda s: s["held"].__setitem__("d0", [b"\x00" * 50, b"\x00" * 50])),
+        ("shared", _in_payload(lambda p: p.__setitem__("stage", "MASKED"))),
+        ("shared", _in_payload(lambda p: p.__setitem__("device_id", "d2"))),
+        ("shared", _in_payload(lambda p: p.pop("own_shares"))),
+        ("shared", lambda s: s.__setitem__("kind", SERVER_STATE_KIND)),
+        ("masked", _in_payload(lambda p: p.__setitem__("enc_sk", b"\x01" * 32))),  # secrets gone
+        ("masked", _in_payload(lambda p: p["held"].__setitem__("d0", [b"\x00" * 50] * 2))),
         (
             "masked",
-            lambda s: s["held"].__setitem__(
-                "d0", [b"\x00\x05" + s["held"]["d0"][0][2:], s["held"]["d0"][1]]
+            _in_payload(
+                lambda p: p["held"].__setitem__(
+                    "d0", [b"\x00\x05" + p["held"]["d0"][0][2:], p["held"]["d0"][1]]
+                )
             ),
         ),  # x of another device
-        ("masked", lambda s: s.__setitem__("held", {"d1": s["held"]["d1"]})),  # below threshold
-        ("masked", lambda s: s.__setitem__("version", 0)),
+        ("masked", _in_payload(lambda p: p.__setitem__("held", {"d1": p["held"]["d1"]}))),
+        ("masked", lambda s: s.__setitem__("format_version", 1)),
     ],
 )
 def test_client_refuses_a_state_that_does_not_fit(which: str, mutate) -> None:
@@ -214,7 +234,99 @@ def test_client_refuses_a_state_that_does_not_fit(which: str, mutate) -> None:
     assert client.stage is ClientStage.NEW
 
 
+def test_states_are_envelopes_around_the_session_and_the_stage() -> None:
+    # Prepare
+    config, session, runner = server_at_unmasking()
+    _, _, shared, _ = client_states()
+
+    # Execute
+    server_state = runner.server.state_dict()
+
+    # Assert
+    for state, kind in ((server_state, SERVER_STATE_KIND), (shared, CLIENT_STATE_KIND)):
+        assert set(state) == {"kind", "format_version", "payload"}
+        assert (state["kind"], state["format_version"]) == (kind, STATE_VERSION)
+        assert state["payload"]["session_id"] == session.session_id
+        assert state["payload"]["config"] == config.fingerprint()
+    assert (SERVER_STATE_KIND, CLIENT_STATE_KIND, STATE_VERSION) == (
+        "fedward.privacy.secagg.server",
+        "fedward.privacy.secagg.client",
+        2,
+    )
+    assert server_state["payload"]["stage"] == "COLLECTING_UNMASK_RESPONSES"
+    assert shared["payload"]["stage"] == "SHARED"
+
+
+def _pre_envelope(state: dict, old_format: str) -> dict:
+    """The flat form format version 1 wrote: format and version beside the content."""
+    return {"format": old_format, "version": 1, **state["payload"]}
+
+
+def test_pre_envelope_states_are_refused_with_what_to_do() -> None:
+    # Prepare
+    config, session, runner = server_at_unmasking()
+    _, _, shared, _ = client_states()
+    old_server = _pre_envelope(runner.server.state_dict(), "fedward.secagg.server")
+    old_client = _pre_envelope(shared, "fedward.secagg.client")
+    server = SecAggServer(config=config, session=session)
+    client = SecAggClient(config=config, session=session, device_id="d1")
+
+    # Execute
+    with pytest.raises(StateError) as server_refusal:
+        server.load_state_dict(old_server)
+    with pytest.raises(StateError) as client_refusal:
+        client.load_state_dict(old_client)
+
+    # Assert: each says what it is and that the session must be abandoned, not restarted
+    for refusal in (server_refusal, client_refusal):
+        message = str(refusal.value)
+        assert "before the saved-state envelope" in message and "version 1" in message
+        assert "abort it and run a new session" in message
+    assert server.stage is ServerStage.COLLECTING_ADVERTISEMENTS
+    assert client.stage is ClientStage.NEW
+
+
+def test_a_client_state_does_not_load_into_a_server_or_the_reverse() -> None:
+    config, session, runner = server_at_unmasking()
+    _, _, shared, _ = client_states()
+    with pytest.raises(StateError, match="not 'fedward.privacy.secagg.server'"):
+        SecAggServer(config=config, session=session).load_state_dict(shared)
+    with pytest.raises(StateError, match="not 'fedward.privacy.secagg.client'"):
+        SecAggClient(config=config, session=session, device_id="d1").load_state_dict(
+            runner.server.state_dict()
+        )
+
+
+def test_a_masked_client_restored_from_its_state_cannot_mask_again() -> None:
+    # Prepare: d1 released its masked input and persisted its next stage (MASKED)
+    config, session, inputs = setup()
+    runner = LocalRunner(config=config, session=session)
+    deliveries = runner.share_keys(session.cohort, runner.advertise(session.cohort))
+    x = inputs["d1"]
+    runner.clients["d1"].mask_input(
+        deliveries["d1"], update=x.update, weight=x.weight, num_samples=x.num_samples
+    )
+    saved = copy.deepcopy(runner.clients["d1"].state_dict())
+
+    # Execute: a restarted device
+    restored = SecAggClient(config=config, session=session, device_id="d1")
+    restored.load_state_dict(saved)
+
+    # Assert: the one-shot rule survives the restart; the secrets behind the masks are gone
+    assert restored.stage is ClientStage.MASKED
+    with pytest.raises(StateError, match="cannot mask an input"):
+        restored.mask_input(
+            deliveries["d1"], update=x.update, weight=x.weight, num_samples=x.num_samples
+        )
+    assert saved["payload"]["seed"] is None and saved["payload"]["mask_sk"] is None
+
+
+def test_state_error_is_a_saved_state_error() -> None:
+    assert issubclass(StateError, SavedStateError)
+
+
 def test_client_state_holds_no_own_secret_after_masking() -> None:
     _, _, shared, masked = client_states()
+    shared, masked = shared["payload"], masked["payload"]
     assert shared["mask_sk"] is not None and shared["seed"] is not None
     assert masked["enc_sk"] is None and masked["mask_sk"] is None and masked["seed"] is None
