@@ -36,7 +36,6 @@ from .privacy.guard import PrivacyGuard, PrivacyListener
 from .privacy.settings import StudyPrivacy
 from .strategies import (
     FTTE,
-    BufferedStrategy,
     ClientLevelDP,
     FedAsync,
     FedAvg,
@@ -81,10 +80,11 @@ class StudySpec(BaseModel):
     client_dp: ClientDPSettings | None = None  # required by, and only for, strategy client_dp
     max_staleness: int | None = Field(default=None, ge=0)
     staleness_exponent: float = Field(default=0.5, ge=0)
-    variance_beta: float = Field(default=1.0, ge=0)
-    variance_tolerance: float = Field(default=10.0, ge=1)
-    variance_window: int = Field(default=200, ge=0)
-    # robustness wrapper for buffered baselines (strategies.NormBounded): None = off
+    # FTTE's energy term (strategies.ftte): beta, tolerance rho, look-back window
+    energy_beta: float = Field(default=1.0, ge=0)
+    energy_tolerance: float = Field(default=10.0, ge=1)
+    energy_window: int = Field(default=200, ge=0)
+    # robustness wrapper around any strategy (strategies.NormBounded): None = off
     norm_bound_tolerance: float | None = Field(default=None, ge=1)
     norm_bound_window: int = Field(default=200, ge=1)
     task_deadline_s: float = Field(default=3600.0, gt=0)
@@ -97,12 +97,6 @@ class StudySpec(BaseModel):
             raise ValueError(
                 "client_dp settings are required by, and only allowed with, strategy client_dp"
             )
-        return self
-
-    @model_validator(mode="after")
-    def _norm_bound_needs_a_buffer(self) -> StudySpec:
-        if self.norm_bound_tolerance is not None and self.strategy is StrategyName.FEDAVG:
-            raise ValueError("norm_bound_tolerance applies to buffered strategies, not fedavg")
         return self
 
     def model_settings(self) -> ModelConfig:
@@ -131,16 +125,14 @@ def build_strategy(
     shapes: dict[str, tuple[int, ...]],
     *,
     random_normal: RandomNormal | None = None,
-) -> Strategy | NormBounded:
-    """The spec's strategy, norm-bounded when the spec asks for it.
+) -> Strategy:
+    """The spec's strategy, norm-bounded when the spec asks for it (any strategy can be).
 
     ``random_normal`` feeds client-level DP noise (default: OS entropy).
     """
     strategy = _strategy(spec, shapes, random_normal=random_normal)
     if spec.norm_bound_tolerance is None:
         return strategy
-    if not isinstance(strategy, BufferedStrategy):
-        raise ValueError(f"strategy {spec.strategy} cannot be norm-bounded (not buffered)")
     return NormBounded(strategy, tolerance=spec.norm_bound_tolerance, window=spec.norm_bound_window)
 
 
@@ -180,9 +172,9 @@ def _strategy(
         buffer_size=spec.buffer_size,
         server_lr=spec.server_lr,
         staleness_exponent=spec.staleness_exponent,
-        variance_beta=spec.variance_beta,
-        variance_tolerance=spec.variance_tolerance,
-        variance_window=spec.variance_window,
+        energy_beta=spec.energy_beta,
+        energy_tolerance=spec.energy_tolerance,
+        energy_window=spec.energy_window,
         max_staleness=spec.max_staleness,
     )
 

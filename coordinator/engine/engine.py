@@ -15,17 +15,20 @@ import enum
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 
+from fedward.saved_state import open_envelope, seal
 from fedward.tinytrain.subsets import SubsetSpec
 
 from ..errors import CoordinatorError, RejectReason, StateLoadError, UpdateRejected
-from ..strategies import ClientUpdate, FedAvg, MergeResult, NormBounded, Schedule, Strategy
+from ..strategies import ClientUpdate, MergeResult, Strategy
+from .guards import ALLOW, EngineGuard, GuardDecision, StatefulGuard  # noqa: F401 (re-exported)
 from .planning import SubsetPlanner
 from .records import (
     ENGINE_STATE_FORMAT,
+    ENGINE_STATE_KIND,
     Device,
     DeviceState,
     EngineStats,
@@ -44,6 +47,7 @@ from .records import (
 )
 
 __all__ = [
+    "ALLOW",
     "ENGINE_STATE_FORMAT",
     "Device",
     "DeviceState",
@@ -52,6 +56,7 @@ __all__ = [
     "EngineGuard",
     "EngineStats",
     "EventKind",
+    "GuardDecision",
     "StatefulGuard",
     "SubmitOutcome",
     "TaskOrder",
@@ -77,33 +82,6 @@ class EngineEvent:
     details: Mapping[str, Any]
 
 
-class EngineGuard(Protocol):
-    """A policy the engine consults before it dispatches or accepts (e.g. privacy budgets).
-
-    ``may_dispatch`` filters idle devices (return False to skip one; the guard
-    may also move the device to a terminal state through the engine).
-    ``admit`` sees an update and its task before the strategy does; it raises
-    ``UpdateRejected`` to refuse it (counted and audited like any rejection).
-    ``context`` is what the transport decoded beside the tensors (e.g. the
-    device's privacy report), opaque to the engine.
-    """
-
-    def may_dispatch(self, engine: Engine, device: Device, *, now: float) -> bool: ...
-
-    def admit(
-        self, engine: Engine, update: ClientUpdate, order: TaskOrder, *, context: Any, now: float
-    ) -> None: ...
-
-
-@runtime_checkable
-class StatefulGuard(Protocol):
-    """A guard whose state must survive a restart (the privacy guard's ledger)."""
-
-    def state_dict(self) -> dict[str, Any]: ...
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
-
-
 @dataclass(frozen=True)
 class SubmitOutcome:
     accepted: bool
@@ -116,7 +94,7 @@ class Engine:
         self,
         *,
         params: Params,
-        strategy: Strategy | NormBounded,
+        strategy: Strategy,
         planner: SubsetPlanner,
         concurrency: int,
         rng: random.Random,
@@ -137,8 +115,6 @@ class Engine:
         self.tasks: dict[str, TaskOrder] = {}
         self.stats = EngineStats()
         self._task_counter = 0
-        self._round = 0
-        self._round_open = False
         self._changed_at: dict[str, int] = dict.fromkeys(self.params, 0)
         self._versions: dict[int, Params] = {0: self.params}
 
@@ -177,36 +153,43 @@ class Engine:
     def dispatch(
         self, *, now: float, eligible: Callable[[Device], bool] = lambda d: True
     ) -> list[TaskOrder]:
-        """Tasks to send now: a whole cohort (synchronous) or top-ups to ``concurrency``."""
+        """Tasks to send now: as many as the strategy's schedule makes room for.
+
+        A buffered strategy tops the tasks in flight up to ``concurrency``; a
+        synchronous one asks for a whole cohort when no round is open. The
+        engine does not know which: it asks ``dispatch_room`` and tells the
+        strategy what it issued.
+        """
         idle = [
             d
             for d in self.devices.values()
-            if d.state is DeviceState.IDLE
-            and eligible(d)
-            and all(g.may_dispatch(self, d, now=now) for g in self.guards)
+            if d.state is DeviceState.IDLE and eligible(d) and self._may_dispatch(d, now=now)
         ]
-        if self.strategy.schedule is Schedule.SYNCHRONOUS:
-            if self._round_open or not idle:
-                return []
-            chosen = self.rng.sample(idle, min(self.concurrency, len(idle)))
-        else:
-            room = self.concurrency - self.in_flight()
-            if room <= 0 or not idle:
-                return []
-            chosen = self.rng.sample(idle, min(room, len(idle)))
-        orders = [self._make_task(d, now=now) for d in chosen]
-        if self.strategy.schedule is Schedule.SYNCHRONOUS:
-            self._round += 1
-            self._round_open = True
-            self._fedavg().begin_round(o.task_id for o in orders)
+        room = self.strategy.dispatch_room(in_flight=self.in_flight(), concurrency=self.concurrency)
+        if room <= 0 or not idle:
+            return []
+        chosen = self.rng.sample(idle, min(room, len(idle)))
+        round_id = self.strategy.next_round_id()
+        orders = [self._make_task(d, now=now, round_id=round_id) for d in chosen]
+        self.strategy.tasks_dispatched(tuple(o.task_id for o in orders))
         return orders
 
-    def _fedavg(self) -> FedAvg:
-        if not isinstance(self.strategy, FedAvg):
-            raise CoordinatorError("synchronous schedule requires a FedAvg strategy")
-        return self.strategy
+    def _may_dispatch(self, device: Device, *, now: float) -> bool:
+        for guard in self.guards:
+            decision = guard.may_dispatch(device, now=now)
+            self._apply(device.device_id, decision, now=now)
+            if not decision.allowed:
+                return False
+        return True
 
-    def _make_task(self, device: Device, *, now: float) -> TaskOrder:
+    def _apply(self, device_id: str, decision: GuardDecision, *, now: float) -> None:
+        """Carry out the device-state part of a guard's decision."""
+        if decision.device_state is not None and device_id in self.devices:
+            self.set_device_state(
+                device_id, decision.device_state, now=now, reason=decision.state_reason
+            )
+
+    def _make_task(self, device: Device, *, now: float, round_id: int | None) -> TaskOrder:
         self._task_counter += 1
         subset = self.subset_for(device)
         download = tuple(n for n, v in self._changed_at.items() if v > device.held_version)
@@ -217,7 +200,7 @@ class Engine:
             subset=subset,
             download=download,
             issued_at=now,
-            round_id=self._round + 1 if self.strategy.schedule is Schedule.SYNCHRONOUS else None,
+            round_id=round_id,
         )
         self.tasks[order.task_id] = order
         device.state = DeviceState.BUSY
@@ -247,14 +230,28 @@ class Engine:
         device = self.devices[order.device_id]
         if device.state is DeviceState.BUSY:
             device.state = DeviceState.IDLE
-        if self.strategy.schedule is Schedule.SYNCHRONOUS:
-            fedavg = self._fedavg()
-            fedavg.mark_dropped(task_id)
-            self._maybe_close_round(now)
+        # A synchronous round may close on this failure (and merge what it holds).
+        self.strategy.task_failed(task_id)
+        self._maybe_merge(now)
         self._emit(
             EventKind.TASK_FAILED, now, task_id=task_id, device_id=order.device_id, reason=reason
         )
         self._prune_versions()
+
+    def task_refused(self, task_id: str, *, now: float) -> bool:
+        """The device declined ``task_id`` for a reason a guard owns (its own budget).
+
+        Each guard decides what follows for the device (the privacy guard:
+        EXHAUSTED, never scheduled again); the task is failed. Returns False
+        for a task not in flight (already answered, timed out or unknown).
+        """
+        order = self.tasks.get(task_id)
+        if order is None:
+            return False
+        self.task_failed(task_id, now=now, reason="refused by the device: privacy budget")
+        for guard in self.guards:
+            self._apply(order.device_id, guard.task_refused(order, now=now), now=now)
+        return True
 
     def submit(self, update: ClientUpdate, *, now: float, context: Any = None) -> SubmitOutcome:
         order = self.tasks.get(update.task_id)
@@ -271,8 +268,16 @@ class Engine:
                 raise UpdateRejected(RejectReason.MALFORMED, "base version differs from the task's")
             if self.strategy.needs_base_params:
                 update = _with_base(update, self._versions[order.model_version])
+            device = self.devices[order.device_id]
             for guard in self.guards:
-                guard.admit(self, update, order, context=context, now=now)
+                decision = guard.admit(update, order, device, context=context, now=now)
+                self._apply(order.device_id, decision, now=now)
+                if not decision.allowed:
+                    if decision.reject is None:  # a guard bug: refuse loudly, not silently
+                        raise CoordinatorError(
+                            f"{type(guard).__name__} refused an update without a reason"
+                        )
+                    raise UpdateRejected(decision.reject, decision.detail)
             self.strategy.accept(update, server_version=self.version)
         except UpdateRejected as exc:
             self.stats.rejected[exc.reason] += 1
@@ -306,21 +311,7 @@ class Engine:
         return SubmitOutcome(accepted=True, merge=merge)
 
     def _maybe_merge(self, now: float) -> MergeResult | None:
-        if self.strategy.schedule is Schedule.SYNCHRONOUS:
-            return self._maybe_close_round(now)
-        if not self.strategy.ready():
-            return None
-        return self._merge(now)
-
-    def _maybe_close_round(self, now: float) -> MergeResult | None:
-        fedavg = self._fedavg()
-        if not fedavg.round_closed:
-            return None
-        self._round_open = False
-        if not fedavg.ready():
-            fedavg.abandon_round()
-            return None
-        return self._merge(now)
+        return self._merge(now) if self.strategy.ready() else None
 
     def _merge(self, now: float) -> MergeResult:
         parent = self.version
@@ -364,23 +355,24 @@ class Engine:
         is included, so device sampling after a restart continues the sequence
         it would have followed without one.
         """
-        return {
-            "format": ENGINE_STATE_FORMAT,
-            "version": self.version,
-            "live_versions": self.live_versions(),
-            "changed_at": dict(self._changed_at),
-            "task_counter": self._task_counter,
-            "round": self._round,
-            "round_open": self._round_open,
-            "stats": stats_state(self.stats),
-            "rng": rng_state(self.rng),
-            "devices": [device_state(d) for d in self.devices.values()],
-            "tasks": [task_state(t) for t in self.tasks.values()],
-            "strategy": self.strategy.state_dict(),
-            "guards": [
-                g.state_dict() if isinstance(g, StatefulGuard) else None for g in self.guards
-            ],
-        }
+        return seal(
+            ENGINE_STATE_KIND,
+            ENGINE_STATE_FORMAT,
+            {
+                "version": self.version,
+                "live_versions": self.live_versions(),
+                "changed_at": dict(self._changed_at),
+                "task_counter": self._task_counter,
+                "stats": stats_state(self.stats),
+                "rng": rng_state(self.rng),
+                "devices": [device_state(d) for d in self.devices.values()],
+                "tasks": [task_state(t) for t in self.tasks.values()],
+                "strategy": self.strategy.state_dict(),
+                "guards": [
+                    g.state_dict() if isinstance(g, StatefulGuard) else None for g in self.guards
+                ],
+            },
+        )
 
     def load_state_dict(self, state: Mapping[str, Any], *, versions: Mapping[int, Params]) -> None:
         """Resume from :meth:`state_dict` on an engine freshly built from the same spec.
@@ -391,10 +383,11 @@ class Engine:
         round's cohort. Raises ``StateLoadError``; an engine whose load failed
         may be half-restored and must be discarded.
         """
-        if state.get("format") != ENGINE_STATE_FORMAT:
-            raise StateLoadError(f"unsupported engine state format {state.get('format')!r}")
+        payload = open_envelope(
+            state, kind=ENGINE_STATE_KIND, format_version=ENGINE_STATE_FORMAT, error=StateLoadError
+        )
         try:
-            self._load(state, versions)
+            self._load(payload, versions)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise StateLoadError(f"engine state is malformed: {exc!r}") from exc
 
@@ -419,11 +412,7 @@ class Engine:
                 f"state has {len(guard_states)} guard states, the engine {len(self.guards)} guards"
             )
         self.strategy.load_state_dict(state["strategy"])
-        round_open = bool(state["round_open"])
-        if self.strategy.schedule is Schedule.SYNCHRONOUS:
-            cohort = self._fedavg().cohort
-            if round_open != bool(cohort) or not set(tasks) <= cohort:
-                raise StateLoadError("tasks in flight are not the open round's cohort")
+        self.strategy.check_in_flight(frozenset(tasks))
         for guard, guard_state in zip(self.guards, guard_states, strict=True):
             if guard_state is not None:
                 if not isinstance(guard, StatefulGuard):
@@ -435,8 +424,6 @@ class Engine:
         self._versions = live
         self._changed_at = changed_at
         self._task_counter = int(state["task_counter"])
-        self._round = int(state["round"])
-        self._round_open = round_open
         self.stats = stats
         self.devices = devices
         self.tasks = tasks

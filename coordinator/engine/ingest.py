@@ -3,8 +3,8 @@
 Anything malformed becomes ``UpdateRejected(MALFORMED)`` with the decoder's
 reason, so the caller can count and audit it like any other rejection.
 
-The header's ``update_sq_norm`` is checked against the tensors it came with:
-FTTE's variance term weighs an update by that number, so a device that
+The header's ``update_energy`` is checked against the tensors it came with:
+FTTE's energy term weighs an update by that number, so a device that
 under-reports it would slip a divergent update past the damping. (Under secure
 aggregation the server cannot make this check; the number is then the
 device's word, and the limit is documented.)
@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass
 
 from fedward.protocol.errors import ProtocolError
-from fedward.protocol.messages import PrivacyReport, Update, decode_frame, squared_norm
+from fedward.protocol.messages import PrivacyReport, Update, decode_frame, update_energy
 
 from ..errors import RejectReason, UpdateRejected
 from ..strategies import ClientUpdate
@@ -37,13 +37,12 @@ def decode_update(frame: bytes, *, max_bytes: int) -> IncomingUpdate:
         raise UpdateRejected(RejectReason.MALFORMED, str(exc)[:200]) from exc
     if not isinstance(header, Update):
         raise UpdateRejected(RejectReason.MALFORMED, f"expected an update, got {header.kind}")
-    numel = sum(t.size for t in tensors.values())
-    measured = squared_norm(tensors)
+    measured = update_energy(tensors)
     # Same float32 values summed in float64 on both sides: equal up to summation order.
-    if not math.isclose(header.update_sq_norm, measured, rel_tol=1e-6, abs_tol=1e-12):
+    if not math.isclose(header.update_energy, measured, rel_tol=1e-6, abs_tol=1e-12):
         raise UpdateRejected(
             RejectReason.MALFORMED,
-            f"update_sq_norm {header.update_sq_norm:.6g} does not match the tensors' {measured:.6g}",
+            f"update_energy {header.update_energy:.6g} does not match the tensors' {measured:.6g}",
         )
     update = ClientUpdate(
         device_id=header.device_id,
@@ -52,7 +51,7 @@ def decode_update(frame: bytes, *, max_bytes: int) -> IncomingUpdate:
         subset_id=header.subset_id,
         delta=tensors,
         num_samples=header.num_samples,
-        update_msq=measured / max(numel, 1),
+        update_energy=measured,
     )
     return IncomingUpdate(
         update=update, header=header, privacy=header.privacy, wire_bytes=len(frame)

@@ -26,9 +26,11 @@ from fedward.tinytrain.subsets import SubsetSpec
 
 from ..errors import RejectReason, StateLoadError
 
-ENGINE_STATE_FORMAT = 2
-"""Version of ``Engine.state_dict``. Format 1 was the store's own snapshot layout
-(``coordinator.store.snapshot`` upgrades it when it reads one)."""
+ENGINE_STATE_KIND = "fedward.coordinator.engine"
+ENGINE_STATE_FORMAT = 3
+"""Version of ``Engine.state_dict``'s envelope. 1 was the store's own snapshot
+layout, 2 a flat dict with the synchronous round beside the strategy; 3 the
+saved-state envelope, rounds inside the strategy. Older ones are refused."""
 
 Params = dict[str, np.ndarray]
 

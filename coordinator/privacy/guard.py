@@ -32,8 +32,8 @@ from __future__ import annotations
 import enum
 import json
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from fedward.compliance.events import (
     ActorKind,
@@ -47,15 +47,22 @@ from fedward.privacy.accounting import MechanismStep
 from fedward.privacy.errors import BudgetExceeded, DuplicateCharge, ForgedClaim, PolicyError
 from fedward.privacy.ledger import PrivacyLedger, SpendRecord
 
+from fedward.errors import SavedStateError
 from fedward.protocol.messages import DpParams, PrivacyReport
+from fedward.saved_state import open_envelope, seal
 
-from ..engine import Device, DeviceState, Engine, TaskOrder
-from ..errors import RejectReason, UpdateRejected
+from ..engine import ALLOW, Device, DeviceState, Engine, GuardDecision, TaskOrder
+from ..errors import RejectReason
 from ..strategies import ClientUpdate
 from .settings import StudyPrivacy
 
-STATE_FORMAT = "fedward.coordinator.privacy.guard"
-STATE_VERSION = 1
+
+class GuardStateError(PolicyError, SavedStateError):
+    """A saved privacy-guard state of the wrong kind or format version."""
+
+
+STATE_KIND = "fedward.coordinator.privacy_guard"
+STATE_FORMAT = 2  # 1: a flat dict with "format"/"version" keys, before the envelope
 
 
 class PrivacyEventKind(enum.StrEnum):
@@ -149,31 +156,41 @@ class PrivacyGuard:
     def device_classes(self) -> dict[str, str]:
         return dict(self._status.device_classes)
 
-    # -- EngineGuard -------------------------------------------------------------------
+    # -- EngineGuard: decisions, applied by the engine ---------------------------------
 
-    def may_dispatch(self, engine: Engine, device: Device, *, now: float) -> bool:
+    def may_dispatch(self, device: Device, *, now: float) -> GuardDecision:
         device_id = device.device_id
         self._status.device_classes.setdefault(device_id, device.device_class)
         if device_id in self._status.revoked:
-            engine.set_device_state(
-                device_id, DeviceState.REVOKED, now=now, reason="privacy accounting diverged"
+            return GuardDecision(
+                allowed=False,
+                device_state=DeviceState.REVOKED,
+                state_reason="privacy accounting diverged",
             )
-            return False
         if device_id in self._status.exhausted or not self.can_afford_task(device_id):
-            self._exhaust(engine, device_id, now=now)
-            return False
-        return True
+            return self._exhaust(device_id, now=now)
+        return ALLOW
 
     def admit(
-        self, engine: Engine, update: ClientUpdate, order: TaskOrder, *, context: Any, now: float
-    ) -> None:
+        self,
+        update: ClientUpdate,
+        order: TaskOrder,
+        device: Device,
+        *,
+        context: Any,
+        now: float,
+    ) -> GuardDecision:
+        """Charge the update's mechanism to the device's ledger, or refuse it.
+
+        Refusals are decisions (``allowed=False`` with a ``reject`` reason), not
+        exceptions: the engine counts and audits them like any rejection.
+        """
+        del update  # the mechanism, not the tensors, is what the guard judges
         device_id = order.device_id
-        device = engine.devices.get(device_id)
-        if device is not None:
-            self._status.device_classes.setdefault(device_id, device.device_class)
+        self._status.device_classes.setdefault(device_id, device.device_class)
         report = context
         if not isinstance(report, PrivacyReport):
-            self._reject(
+            return self._reject(
                 RejectReason.BAD_PRIVACY_CLAIM,
                 "a DP study's update must carry a privacy report",
                 device_id=device_id,
@@ -182,7 +199,7 @@ class PrivacyGuard:
             )
         problem = self._mechanism_problem(report)
         if problem:
-            self._reject(
+            return self._reject(
                 RejectReason.BAD_PRIVACY_CLAIM,
                 f"mechanism differs from the task's: {problem}",
                 device_id=device_id,
@@ -205,11 +222,11 @@ class PrivacyGuard:
                 claimed_epsilon=report.claimed_epsilon,
             )
         except ForgedClaim as exc:
-            self._forged(engine, exc, order, step, report, now=now)
+            return self._forged(exc, order, step, report, now=now)
         except BudgetExceeded as exc:
             self._affordable.pop(device_id, None)
-            self._exhaust(engine, device_id, now=now, reason="update past the budget")
-            self._reject(
+            exhausted = self._exhaust(device_id, now=now, reason="update past the budget")
+            rejected = self._reject(
                 RejectReason.BUDGET_EXCEEDED,
                 str(exc),
                 device_id=device_id,
@@ -217,8 +234,13 @@ class PrivacyGuard:
                 now=now,
                 report=report,
             )
+            return replace(
+                rejected,
+                device_state=exhausted.device_state,
+                state_reason=exhausted.state_reason,
+            )
         except DuplicateCharge as exc:
-            self._reject(
+            return self._reject(
                 RejectReason.DUPLICATE,
                 str(exc),
                 device_id=device_id,
@@ -228,67 +250,70 @@ class PrivacyGuard:
         self._affordable.pop(device_id, None)
         self._spent(record, now=now)
         if not self.can_afford_task(device_id):
-            self._exhaust(engine, device_id, now=now)
+            exhausted = self._exhaust(device_id, now=now)
+            return GuardDecision(
+                allowed=True,
+                spend=record,
+                device_state=exhausted.device_state,
+                state_reason=exhausted.state_reason,
+            )
+        return GuardDecision(allowed=True, spend=record)
 
-    # -- device-side refusals ------------------------------------------------------------
+    def task_refused(self, order: TaskOrder, *, now: float) -> GuardDecision:
+        """The device refused ``order`` because its own budget cannot afford it.
 
-    def device_refused(self, engine: Engine, task_id: str, *, now: float) -> None:
-        """A device refused ``task_id`` because its own budget cannot afford it.
-
-        The task is failed (its slot freed) and the device is never scheduled
-        again: a device's budget only shrinks. The device's free-text detail is
-        not logged (it is device-controlled text headed for a permanent log).
+        The engine fails the task (its slot freed) and the device is never
+        scheduled again: a device's budget only shrinks. The device's free-text
+        detail is not logged (it is device-controlled text headed for a
+        permanent log).
         """
-        order = engine.tasks.get(task_id)
-        if order is None:
-            return
-        engine.task_failed(task_id, now=now, reason="refused by the device: privacy budget")
         self._emit(
             PrivacyEventKind.REFUSED,
             now,
             order.device_id,
             AuditAction.TASK_REFUSED,
             Outcome.DENIED,
-            {"task_id": task_id, "reason": "device budget cannot afford the task"},
+            {"task_id": order.task_id, "reason": "device budget cannot afford the task"},
         )
-        self._exhaust(engine, order.device_id, now=now, reason="the device refused: own budget")
+        return self._exhaust(order.device_id, now=now, reason="the device refused: own budget")
 
     # -- persistence ---------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """JSON-serialisable: settings, the ledger's state, classes, exhausted and revoked."""
-        return {
-            "format": STATE_FORMAT,
-            "version": STATE_VERSION,
-            "settings": self.settings.model_dump(mode="json"),
-            "ledger": self.ledger.state_dict(),
-            "device_classes": dict(sorted(self._status.device_classes.items())),
-            "exhausted": sorted(self._status.exhausted),
-            "revoked": sorted(self._status.revoked),
-        }
+        """JSON-ready envelope: settings, the ledger's state, classes, exhausted and revoked."""
+        return seal(
+            STATE_KIND,
+            STATE_FORMAT,
+            {
+                "settings": self.settings.model_dump(mode="json"),
+                "ledger": self.ledger.state_dict(),
+                "device_classes": dict(sorted(self._status.device_classes.items())),
+                "exhausted": sorted(self._status.exhausted),
+                "revoked": sorted(self._status.revoked),
+            },
+        )
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore after a restart; refuses state written under other settings."""
-        if not isinstance(state, Mapping) or state.get("format") != STATE_FORMAT:
-            raise PolicyError("not a privacy guard state")
-        if state.get("version") != STATE_VERSION:
-            raise PolicyError(f"unsupported privacy guard state version {state.get('version')!r}")
-        stored = StudyPrivacy.model_validate_json(json.dumps(state["settings"]))
+        payload = open_envelope(
+            state, kind=STATE_KIND, format_version=STATE_FORMAT, error=GuardStateError
+        )
+        stored = StudyPrivacy.model_validate_json(json.dumps(payload["settings"]))
         if stored != self.settings:
             raise PolicyError(
                 "a study's privacy settings are immutable: the stored state was written "
                 f"under {stored.model_dump(mode='json')}"
             )
-        self.ledger.load_state_dict(state["ledger"])  # verifies checksum and every epsilon
-        classes = state.get("device_classes", {})
+        self.ledger.load_state_dict(payload["ledger"])  # verifies checksum and every epsilon
+        classes = payload.get("device_classes", {})
         if not isinstance(classes, Mapping) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in classes.items()
         ):
             raise PolicyError("device_classes must map device ids to class names")
         self._status = _Status(
             device_classes=dict(classes),
-            exhausted=set(_names(state.get("exhausted", []))),
-            revoked=set(_names(state.get("revoked", []))),
+            exhausted=set(_names(payload.get("exhausted", []))),
+            revoked=set(_names(payload.get("revoked", []))),
         )
         self._affordable.clear()
 
@@ -312,15 +337,15 @@ class PrivacyGuard:
 
     def _forged(
         self,
-        engine: Engine,
         exc: ForgedClaim,
         order: TaskOrder,
         step: MechanismStep,
         report: PrivacyReport,
         *,
         now: float,
-    ) -> NoReturn:
+    ) -> GuardDecision:
         device_id = order.device_id
+        record: SpendRecord | None = None
         try:  # the server saw the update: charge what the device says it ran
             record = self.ledger.charge(
                 device_id, order.task_id, step, at=now, max_grad_norm=report.max_grad_norm
@@ -330,9 +355,6 @@ class PrivacyGuard:
             pass
         self._affordable.pop(device_id, None)
         self._status.revoked.add(device_id)
-        engine.set_device_state(
-            device_id, DeviceState.REVOKED, now=now, reason="privacy claim disagrees with ledger"
-        )
         self._emit(
             PrivacyEventKind.REVOKED,
             now,
@@ -341,7 +363,7 @@ class PrivacyGuard:
             Outcome.SUCCESS,
             {"task_id": order.task_id, "reason": "privacy claim disagrees with the ledger"},
         )
-        self._reject(
+        rejected = self._reject(
             RejectReason.BAD_PRIVACY_CLAIM,
             str(exc),
             device_id=device_id,
@@ -350,17 +372,17 @@ class PrivacyGuard:
             report=report,
             extra={"claimed_epsilon": float(exc.claimed), "recomputed_epsilon": exc.recomputed},
         )
+        return replace(
+            rejected,
+            spend=record,
+            device_state=DeviceState.REVOKED,
+            state_reason="privacy claim disagrees with ledger",
+        )
 
-    def _exhaust(self, engine: Engine, device_id: str, *, now: float, reason: str = "") -> None:
+    def _exhaust(self, device_id: str, *, now: float, reason: str = "") -> GuardDecision:
+        """Mark the device exhausted (audited once) and say so to the engine."""
         first = device_id not in self._status.exhausted
         self._status.exhausted.add(device_id)
-        if device_id in engine.devices:
-            engine.set_device_state(
-                device_id,
-                DeviceState.EXHAUSTED,
-                now=now,
-                reason=reason or "privacy budget cannot afford another task",
-            )
         if first:
             spent = self.ledger.spent(device_id)
             details = self._privacy_details(self._step, epsilon=spent)
@@ -375,6 +397,11 @@ class PrivacyGuard:
                 Outcome.SUCCESS,
                 details,
             )
+        return GuardDecision(
+            allowed=False,
+            device_state=DeviceState.EXHAUSTED,
+            state_reason=reason or "privacy budget cannot afford another task",
+        )
 
     def _spent(self, record: SpendRecord, *, now: float) -> None:
         details = self._privacy_details(record.step, epsilon=record.epsilon_after)
@@ -404,7 +431,7 @@ class PrivacyGuard:
         now: float,
         report: PrivacyReport | None = None,
         extra: Mapping[str, Any] | None = None,
-    ) -> NoReturn:
+    ) -> GuardDecision:
         details: dict[str, Any] = {"device_id": device_id, "task_id": task_id}
         if report is not None:
             details.update(
@@ -426,7 +453,7 @@ class PrivacyGuard:
             Outcome.DENIED,
             details,
         )
-        raise UpdateRejected(reason, detail)
+        return GuardDecision(allowed=False, reject=reason, detail=detail)
 
     def _privacy_details(self, step: MechanismStep, *, epsilon: float) -> dict[str, Any]:
         policy = self.ledger.policy

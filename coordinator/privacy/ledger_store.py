@@ -25,7 +25,7 @@ from fedward.privacy.errors import PolicyError
 from fedward.privacy.ledger import PrivacyLedger
 
 from ..engine import DeviceState, Engine
-from .guard import STATE_FORMAT, PrivacyGuard, privacy_guard_of
+from .guard import STATE_FORMAT, STATE_KIND, PrivacyGuard, privacy_guard_of
 from .settings import StudyPrivacy
 
 
@@ -55,15 +55,28 @@ def save_guard_state(guard: PrivacyGuard, path: Path) -> Path:
 
 def read_guard_state(path: Path) -> dict[str, Any]:
     state = json.loads(Path(path).read_text())
-    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise PolicyError(f"{path} is not a privacy guard state")
-    return state
+    if not _is_guard_state(state):
+        raise PolicyError(
+            f"{path} is not a privacy guard state of format {STATE_FORMAT} "
+            "(a file written by an older fedward cannot be read: export it again)"
+        )
+    return dict(state)
+
+
+def _is_guard_state(state: object) -> bool:
+    return (
+        isinstance(state, Mapping)
+        and state.get("kind") == STATE_KIND
+        and state.get("format_version") == STATE_FORMAT
+    )
 
 
 def guard_state_from_snapshot(snapshot: Mapping[str, Any]) -> dict[str, Any] | None:
     """The privacy guard's state inside an engine snapshot (``None`` if not a DP study)."""
-    for state in snapshot.get("guards", []) or []:
-        if isinstance(state, Mapping) and state.get("format") == STATE_FORMAT:
+    payload = snapshot.get("payload")
+    guards = payload.get("guards") if isinstance(payload, Mapping) else None
+    for state in guards or []:
+        if _is_guard_state(state):
             return dict(state)
     return None
 
@@ -80,9 +93,9 @@ def report_from_guard_state(
     ``device_classes`` adds devices the guard never saw (e.g. every enrolled
     device from the engine snapshot); the guard's own classes win otherwise.
     """
-    if state.get("format") != STATE_FORMAT:
+    if not _is_guard_state(state):
         raise PolicyError("not a privacy guard state")
-    settings = StudyPrivacy.model_validate_json(json.dumps(state["settings"]))
+    settings = StudyPrivacy.model_validate_json(json.dumps(state["payload"]["settings"]))
     guard = PrivacyGuard(settings)
     guard.load_state_dict(state)
     classes = {**(device_classes or {}), **guard.device_classes()}

@@ -93,7 +93,7 @@ class RefusalCalls(ServiceCore):
                 study.failure_status[task_id] = TaskStatus.FAILED
                 study.refused_tasks.add(task_id)
                 try:
-                    guard.device_refused(study.engine, task_id, now=changes.at)
+                    study.engine.task_refused(task_id, now=changes.at)
                 finally:
                     study.refused_tasks.discard(task_id)
             return True

@@ -32,7 +32,7 @@ from fedward.protocol.messages import AckStatus
 from .blobs import BlobStore
 from .models import ModelVersionRow, StudyRow, StudyState, TaskStatus
 from .repository import Repository, StudyChanges
-from .snapshot import engine_snapshot, restore_engine
+from .snapshot import buffered_delta_refs, engine_snapshot, restore_engine
 
 Params = dict[str, np.ndarray]
 EventHandler = Callable[["StudyRuntime", EngineEvent], None]
@@ -140,9 +140,7 @@ class RuntimeStore:
             load_params=lambda v: self.params(study, v),
             load_delta=lambda sha: decode_tensors(self.pending.get(sha)),
         )
-        study.delta_refs = {
-            item["task_id"]: item["delta_sha256"] for item in state_row.state["strategy"]["buffer"]
-        }
+        study.delta_refs = buffered_delta_refs(state_row.state)
         study.update_hashes = {
             r.task_id: r.frame_sha256
             for r in self.repository.receipts(row.id, status=AckStatus.BUFFERED)
@@ -221,8 +219,7 @@ class RuntimeStore:
 
     def _collect_deltas(self, study: StudyRuntime) -> None:
         """Delete buffered-update blobs once their merge is committed."""
-        saved = study.saved_state or {}
-        buffered = {item["task_id"] for item in saved.get("strategy", {}).get("buffer", [])}
+        buffered = set(buffered_delta_refs(study.saved_state or {}))
         live = {study.delta_refs[t] for t in buffered if t in study.delta_refs}
         for task_id in [t for t in study.delta_refs if t not in buffered]:
             sha = study.delta_refs.pop(task_id)

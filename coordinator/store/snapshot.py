@@ -1,20 +1,23 @@
 """Engine state as a JSON document, so a restarted coordinator resumes a study.
 
-The engine says what its state is (``Engine.state_dict``, checked again by
-``Engine.load_state_dict``); this module only decides how it is stored:
+The engine says what its state is (``Engine.state_dict``, an envelope checked
+again by ``Engine.load_state_dict``); this module only decides how it is
+stored:
 
 * large arrays never go into the JSON: the current model and the bases of
   tasks in flight are model versions (the engine names them in
   ``live_versions``; their tensors are loaded from the blob store by version),
   and each buffered update's delta is a blob referenced by its SHA-256
   (``delta_sha256`` in place of ``delta``);
-* everything else (devices, tasks, counters, the RNG, the strategy's buffer
-  and open round, the guards' states such as the privacy ledger) is the
-  engine's own document, saved as it is.
+* everything else (devices, tasks, counters, the RNG, the strategy and its
+  wrappers, open rounds, the guards' states such as the privacy ledger) is
+  the engine's own document, saved as it is.
 
-Documents of format 1 (written before the engine owned its state: a FedAvg
-round was kept beside the strategy's state as ``strategy_extra``) are upgraded
-when read. ``restore_engine`` expects an engine freshly built from the same
+Buffers are found by their envelope kind (``BUFFER_KIND``) wherever they sit
+in the strategy's state, so a wrapper around a wrapper around FTTE is stored
+like plain FTTE and this module knows no strategy's layout. Snapshots written
+before the saved-state envelope (engine formats 1 and 2) are refused with a
+clear error. ``restore_engine`` expects an engine freshly built from the same
 spec (same strategy configuration, planner and model shapes).
 """
 
@@ -26,14 +29,16 @@ from typing import Any
 import numpy as np
 from fedward.coordinator.engine import ENGINE_STATE_FORMAT, Engine
 from fedward.coordinator.errors import StateLoadError
-from fedward.coordinator.strategies import StrategyName
+from fedward.coordinator.strategies.base import BUFFER_KIND
+
+from fedward.tinytrain.models import Params
 
 SNAPSHOT_FORMAT = ENGINE_STATE_FORMAT
-_LEGACY_FORMAT = 1
 
-Params = dict[str, np.ndarray]
 DeltaRef = Callable[[str, Mapping[str, np.ndarray]], str]
 """(task_id, delta) -> SHA-256 of the stored delta blob."""
+DeltaLoad = Callable[[str], Mapping[str, np.ndarray]]
+"""SHA-256 of a stored delta blob -> the delta."""
 
 
 def live_versions(engine: Engine) -> list[int]:
@@ -43,14 +48,15 @@ def live_versions(engine: Engine) -> list[int]:
 
 def engine_snapshot(engine: Engine, *, delta_ref: DeltaRef) -> dict[str, Any]:
     """The engine's state as JSON-ready data (buffered deltas by reference)."""
-    state = engine.state_dict()
-    strategy = state["strategy"]
-    buffer = [
-        {k: v for k, v in item.items() if k != "delta"}
-        | {"delta_sha256": delta_ref(item["task_id"], item["delta"])}
-        for item in strategy["buffer"]
-    ]
-    return {**state, "strategy": {**strategy, "buffer": buffer}}
+
+    def by_reference(update: Mapping[str, Any]) -> dict[str, Any]:
+        kept = {k: v for k, v in update.items() if k != "delta"}
+        return kept | {"delta_sha256": delta_ref(update["task_id"], update["delta"])}
+
+    snapshot = _map_buffers(engine.state_dict(), by_reference)
+    if not isinstance(snapshot, dict):
+        raise StateLoadError("engine state is not a mapping")
+    return snapshot
 
 
 def restore_engine(
@@ -58,39 +64,48 @@ def restore_engine(
     state: Mapping[str, Any],
     *,
     load_params: Callable[[int], Params],
-    load_delta: Callable[[str], Mapping[str, np.ndarray]],
+    load_delta: DeltaLoad,
 ) -> None:
     """Put a stored snapshot into a freshly built ``engine`` (same spec)."""
-    state = upgrade_snapshot(state)
+    found = state.get("format_version") if isinstance(state, Mapping) else None
+    if found != SNAPSHOT_FORMAT:
+        raise StateLoadError(
+            f"engine snapshot format {found!r} is not {SNAPSHOT_FORMAT}: it was written by "
+            "an older fedward; start the study again (no upgrade path exists before 0.2)"
+        )
+
+    def by_value(update: Mapping[str, Any]) -> dict[str, Any]:
+        kept = {k: v for k, v in update.items() if k != "delta_sha256"}
+        return kept | {"delta": dict(load_delta(update["delta_sha256"]))}
+
     try:
-        versions = {int(v): load_params(int(v)) for v in state["live_versions"]}
-        strategy = dict(state["strategy"])
-        strategy["buffer"] = [
-            {k: v for k, v in item.items() if k != "delta_sha256"}
-            | {"delta": dict(load_delta(item["delta_sha256"]))}
-            for item in strategy["buffer"]
-        ]
+        versions = {int(v): load_params(int(v)) for v in state["payload"]["live_versions"]}
+        full = _map_buffers(state, by_value)
     except (KeyError, TypeError, ValueError) as exc:
         raise StateLoadError(f"engine snapshot is malformed: {exc!r}") from exc
-    engine.load_state_dict({**state, "strategy": strategy}, versions=versions)
+    engine.load_state_dict(full, versions=versions)
 
 
-def upgrade_snapshot(state: Mapping[str, Any]) -> Mapping[str, Any]:
-    """A snapshot in the current format (format 1 is converted; others are refused)."""
-    found = state.get("format")
-    if found == SNAPSHOT_FORMAT:
-        return state
-    if found != _LEGACY_FORMAT:
-        raise StateLoadError(f"unsupported engine snapshot format {found!r}")
-    try:
-        strategy = dict(state["strategy"])
-        extra = state.get("strategy_extra") or {}
-        if strategy.get("strategy") == StrategyName.FEDAVG.value:
-            strategy["round"] = {
-                "cohort": list(extra.get("cohort", [])),
-                "dropped": list(extra.get("dropped", [])),
-            }
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise StateLoadError(f"engine snapshot is malformed: {exc!r}") from exc
-    kept = {k: v for k, v in state.items() if k != "strategy_extra"}
-    return {**kept, "format": SNAPSHOT_FORMAT, "strategy": strategy}
+def buffered_delta_refs(snapshot: Mapping[str, Any]) -> dict[str, str]:
+    """task id -> SHA-256 of its delta blob, for every update buffered in ``snapshot``."""
+    refs: dict[str, str] = {}
+
+    def collect(update: Mapping[str, Any]) -> dict[str, Any]:
+        refs[str(update["task_id"])] = str(update["delta_sha256"])
+        return dict(update)
+
+    _map_buffers(snapshot, collect)
+    return refs
+
+
+def _map_buffers(node: Any, change: Callable[[Mapping[str, Any]], dict[str, Any]]) -> Any:
+    """A copy of ``node`` with ``change`` applied to every update of every buffer in it."""
+    if isinstance(node, Mapping):
+        if node.get("kind") == BUFFER_KIND and isinstance(node.get("payload"), Mapping):
+            payload = node["payload"]
+            updates = [change(u) for u in payload["updates"]]
+            return {**node, "payload": {**payload, "updates": updates}}
+        return {k: _map_buffers(v, change) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_map_buffers(v, change) for v in node]
+    return node

@@ -13,22 +13,40 @@ device trained, and every merge normalises each tensor by the weight of the
 updates that actually trained it (``coverage``), so a tensor trained by one
 gateway is not diluted by ten wearables that never touched it.
 
-``schedule`` tells the driver how to dispatch work: SYNCHRONOUS strategies are
-given a cohort and wait for it; BUFFERED ones keep a fixed number of tasks in
-flight and merge whenever ``ready()``.
+``schedule`` says how work is dispatched, and the strategy itself answers the
+driver's schedule questions (``dispatch_room``, ``next_round_id``,
+``tasks_dispatched``, ``task_failed``, ``check_in_flight``): SYNCHRONOUS
+strategies ask for a cohort and wait for it; BUFFERED ones keep a fixed
+number of tasks in flight and merge whenever ``ready()``. The driver never
+asks which strategy it holds.
+
+The interface is closed: :class:`Strategy` is every method the driver calls.
+:class:`StrategyBase` implements it with validation and a buffer (FedAvg,
+FedAsync, and through :class:`BufferedStrategy` FedBuff, FTTE and client-level
+DP); :class:`StrategyWrapper` implements it by delegating to any inner
+strategy, so a wrapper (``NormBounded``) wraps any strategy, wrappers
+included, and is itself a strategy.
+
+Saved state: one envelope (``fedward.saved_state``) per strategy, kind
+``STRATEGY_KIND``, whose payload holds the strategy's name, configuration
+and its buffer, itself an envelope of kind ``BUFFER_KIND`` (the store finds
+buffers by that kind to keep their tensors out of the JSON). A wrapper's
+payload holds its own part and the inner strategy's envelope.
 """
 
 from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 
-from fedward.protocol.messages import squared_norm
+from fedward.protocol.messages import update_energy
+from fedward.saved_state import open_envelope, seal
+from fedward.tinytrain.models import Params
 
 from ..errors import (
     NotReadyError,
@@ -38,8 +56,13 @@ from ..errors import (
     UpdateRejected,
 )
 
-Params = dict[str, np.ndarray]
-STATE_FORMAT = 1
+STRATEGY_KIND = "fedward.coordinator.strategy"
+# 1: a flat dict; 2: a buffered update's statistic saved as "update_energy" (was
+# "update_msq") and FTTE's parameters energy_* (were variance_*); 3: the
+# saved-state envelope, the buffer an envelope of its own.
+STRATEGY_FORMAT = 3
+BUFFER_KIND = "fedward.coordinator.update_buffer"
+BUFFER_FORMAT = 1
 
 
 class Schedule(enum.StrEnum):
@@ -65,19 +88,20 @@ class ClientUpdate:
     subset_id: str
     delta: Mapping[str, np.ndarray]
     num_samples: int
-    # Mean squared update value per trained coordinate, as reported by the device
-    # (the only per-device statistic FTTE's weighting needs; with secure
-    # aggregation on it is what the server learns about an individual update).
-    update_msq: float | None = None
+    # The update's energy (``fedward.protocol.messages.update_energy``: mean
+    # squared value per trained coordinate) as measured at ingest or reported by
+    # the device; None = compute it from ``delta``. It is the only per-device
+    # statistic FTTE's energy term needs; with secure aggregation on it is what
+    # the server learns about an individual update.
+    update_energy: float | None = None
     # Filled by the driver for strategies with ``needs_base_params`` (FedAsync).
     base_params: Mapping[str, np.ndarray] | None = None
 
-    def mean_square(self) -> float:
-        if self.update_msq is not None:
-            return float(self.update_msq)
-        total = squared_norm(self.delta)
-        count = sum(v.size for v in self.delta.values())
-        return total / max(count, 1)
+    def energy(self) -> float:
+        """``update_energy``, computed from ``delta`` when it was not given."""
+        if self.update_energy is not None:
+            return float(self.update_energy)
+        return update_energy(self.delta)
 
 
 @dataclass(frozen=True)
@@ -114,10 +138,10 @@ def validate_update(
         or update.num_samples < 1
     ):
         raise UpdateRejected(RejectReason.BAD_SAMPLE_COUNT, repr(update.num_samples))
-    if update.update_msq is not None and not (
-        np.isfinite(update.update_msq) and update.update_msq >= 0
+    if update.update_energy is not None and not (
+        np.isfinite(update.update_energy) and update.update_energy >= 0
     ):
-        raise UpdateRejected(RejectReason.MALFORMED, "update_msq must be finite and >= 0")
+        raise UpdateRejected(RejectReason.MALFORMED, "update_energy must be finite and >= 0")
     if not 0 <= update.base_version <= server_version:
         raise UpdateRejected(
             RejectReason.MALFORMED, f"base version {update.base_version} > {server_version}"
@@ -158,20 +182,102 @@ def apply_step(
 
 
 class Strategy(ABC):
-    """Base class: validation, a buffer, and a checked ``state_dict``."""
+    """The closed interface: every call a driver (engine, simulator) makes.
 
-    name: ClassVar[StrategyName]
-    schedule: ClassVar[Schedule]
-    needs_base_params: ClassVar[bool] = False
+    Implementations: :class:`StrategyBase` (validation and a buffer) and
+    :class:`StrategyWrapper` (delegates to an inner strategy). The schedule
+    hooks default to the buffered schedule; synchronous strategies override
+    them.
+    """
+
+    # Read-only facts (class attributes on concrete strategies, delegated by wrappers).
+    @property
+    @abstractmethod
+    def name(self) -> StrategyName: ...
+
+    @property
+    @abstractmethod
+    def schedule(self) -> Schedule: ...
+
+    @property
+    def needs_base_params(self) -> bool:
+        """Whether the driver must attach the update's base model (FedAsync mixes with it)."""
+        return False
+
+    @property
+    @abstractmethod
+    def shapes(self) -> Mapping[str, tuple[int, ...]]:
+        """Tensor name -> shape of the model this strategy merges."""
+
+    @property
+    @abstractmethod
+    def max_staleness(self) -> int | None: ...
+
+    @property
+    @abstractmethod
+    def pending(self) -> int:
+        """Updates accepted and not yet merged."""
+
+    @abstractmethod
+    def accept(self, update: ClientUpdate, *, server_version: int) -> None:
+        """Validate and buffer ``update``, or raise ``UpdateRejected``."""
+
+    @abstractmethod
+    def ready(self) -> bool:
+        """Whether :meth:`aggregate` may be called now."""
+
+    @abstractmethod
+    def aggregate(self, params: Mapping[str, np.ndarray], *, server_version: int) -> MergeResult:
+        """Merge the buffer into ``params``; raise ``NotReadyError`` before :meth:`ready`."""
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, Any]:
+        """The saved form (an envelope); deltas stay numpy arrays (the store blobs them)."""
+
+    @abstractmethod
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore from :meth:`state_dict`; ``StateLoadError`` for anything else."""
+
+    # -- the schedule (buffered by default) ------------------------------------------
+    def dispatch_room(self, *, in_flight: int, concurrency: int) -> int:
+        """How many new tasks the driver may issue now."""
+        return concurrency - in_flight
+
+    def next_round_id(self) -> int | None:
+        """The round the tasks issued next belong to (None: no rounds)."""
+        return None
+
+    def tasks_dispatched(self, task_ids: Sequence[str]) -> None:  # noqa: B027 (optional hook)
+        """The driver issued these tasks (a synchronous strategy opens its round)."""
+
+    def task_failed(self, task_id: str) -> None:  # noqa: B027 (optional hook)
+        """A task will never be answered (dropout, deadline, rejection, refusal)."""
+
+    def check_in_flight(self, task_ids: frozenset[str]) -> None:  # noqa: B027 (optional hook)
+        """On restore: raise ``StateLoadError`` if these tasks cannot be in flight."""
+
+
+class StrategyBase(Strategy):
+    """A strategy that validates updates and merges a buffer of them."""
+
+    needs_base_params = False
 
     def __init__(
         self, *, shapes: Mapping[str, tuple[int, ...]], max_staleness: int | None = None
     ) -> None:
         if max_staleness is not None and max_staleness < 0:
             raise ValueError("max_staleness must be >= 0")
-        self.shapes = {n: tuple(s) for n, s in shapes.items()}
-        self.max_staleness = max_staleness
+        self._shapes = {n: tuple(s) for n, s in shapes.items()}
+        self._max_staleness = max_staleness
         self._buffer: list[ClientUpdate] = []
+
+    @property
+    def shapes(self) -> Mapping[str, tuple[int, ...]]:
+        return self._shapes
+
+    @property
+    def max_staleness(self) -> int | None:
+        return self._max_staleness
 
     @property
     def pending(self) -> int:
@@ -225,55 +331,105 @@ class Strategy(ABC):
         return {"max_staleness": self.max_staleness}
 
     def state_dict(self) -> dict[str, Any]:
+        return seal(STRATEGY_KIND, STRATEGY_FORMAT, self._state_payload())
+
+    def _state_payload(self) -> dict[str, Any]:
+        """What a subclass saves: extend the dict (and read it back in ``_load_payload``)."""
         return {
-            "format": STATE_FORMAT,
             "strategy": self.name.value,
             "config": self.config(),
-            "buffer": [
+            "buffer": buffer_state(self._buffer),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        payload = open_envelope(
+            state, kind=STRATEGY_KIND, format_version=STRATEGY_FORMAT, error=StateLoadError
+        )
+        if payload.get("strategy") != self.name.value:
+            raise StateLoadError(
+                f"state is for {payload.get('strategy')!r}, not {self.name.value!r}"
+            )
+        if payload.get("config") != self.config():
+            raise StateLoadError("strategy configuration differs from the saved state")
+        buffer = buffer_from_state(payload.get("buffer"), self.shapes)
+        self._load_payload(payload, buffer=buffer)
+        self._buffer = buffer
+
+    def _load_payload(  # noqa: B027 (optional hook)
+        self, payload: Mapping[str, Any], *, buffer: Sequence[ClientUpdate]
+    ) -> None:
+        """A subclass checks its own part (against the restored ``buffer``) and
+        restores it; it raises ``StateLoadError`` before changing anything."""
+
+
+def buffer_state(updates: Iterable[ClientUpdate]) -> dict[str, Any]:
+    """The saved form of buffered updates (deltas as numpy arrays)."""
+    return seal(
+        BUFFER_KIND,
+        BUFFER_FORMAT,
+        {
+            "updates": [
                 {
                     "device_id": u.device_id,
                     "task_id": u.task_id,
                     "base_version": u.base_version,
                     "subset_id": u.subset_id,
                     "num_samples": u.num_samples,
-                    "update_msq": u.update_msq,
+                    "update_energy": u.update_energy,
                     "delta": {n: v.copy() for n, v in u.delta.items()},
                 }
-                for u in self._buffer
-            ],
-        }
+                for u in updates
+            ]
+        },
+    )
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if state.get("format") != STATE_FORMAT:
-            raise StateLoadError(f"unsupported strategy state format {state.get('format')!r}")
-        if state.get("strategy") != self.name.value:
-            raise StateLoadError(f"state is for {state.get('strategy')!r}, not {self.name.value!r}")
-        if state.get("config") != self.config():
-            raise StateLoadError("strategy configuration differs from the saved state")
-        buffer = []
-        for item in state["buffer"]:
+
+def saved_updates(state: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The buffered updates inside a saved strategy state, through any wrappers."""
+    if state.get("kind") == BUFFER_KIND:
+        return list(state["payload"]["updates"])
+    payload = state.get("payload")
+    for part in (
+        (payload.get("buffer"), payload.get("inner")) if isinstance(payload, Mapping) else ()
+    ):
+        if isinstance(part, Mapping):
+            return saved_updates(part)
+    raise StateLoadError("no update buffer in this saved strategy state")
+
+
+def buffer_from_state(state: object, shapes: Mapping[str, tuple[int, ...]]) -> list[ClientUpdate]:
+    """Buffered updates from :func:`buffer_state`, each validated against ``shapes``."""
+    payload = open_envelope(
+        state, kind=BUFFER_KIND, format_version=BUFFER_FORMAT, error=StateLoadError
+    )
+    items = payload.get("updates")
+    if not isinstance(items, list):
+        raise StateLoadError("a saved buffer holds a list of updates")
+    buffer = []
+    for item in items:
+        try:
             update = ClientUpdate(
-                device_id=item["device_id"],
-                task_id=item["task_id"],
+                device_id=str(item["device_id"]),
+                task_id=str(item["task_id"]),
                 base_version=int(item["base_version"]),
-                subset_id=item["subset_id"],
+                subset_id=str(item["subset_id"]),
                 num_samples=int(item["num_samples"]),
-                update_msq=item["update_msq"],
+                update_energy=item["update_energy"],
                 delta={n: np.asarray(v, dtype=np.float32) for n, v in item["delta"].items()},
             )
-            try:
-                validate_update(
-                    update, self.shapes, server_version=update.base_version, max_staleness=None
-                )
-            except UpdateRejected as exc:
-                raise StateLoadError(
-                    f"saved buffer entry {update.task_id} is invalid: {exc}"
-                ) from exc
-            buffer.append(update)
-        self._buffer = buffer
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise StateLoadError(f"saved buffer entry is malformed: {exc!r}") from exc
+        try:
+            validate_update(update, shapes, server_version=update.base_version, max_staleness=None)
+        except UpdateRejected as exc:
+            raise StateLoadError(f"saved buffer entry {update.task_id} is invalid: {exc}") from exc
+        if any(u.task_id == update.task_id for u in buffer):
+            raise StateLoadError(f"saved buffer holds task {update.task_id} twice")
+        buffer.append(update)
+    return buffer
 
 
-class BufferedStrategy(Strategy):
+class BufferedStrategy(StrategyBase):
     """A strategy that merges whenever ``buffer_size`` updates are buffered,
     then takes a server step of size ``server_lr`` (FedBuff, FTTE)."""
 

@@ -11,7 +11,7 @@ Gaussian mechanism with that sensitivity and noise multiplier ``z``; account
 for a study's merges with ``privacy.central.client_level_step``.
 
 Why a strategy of its own rather than a wrapper over any strategy: weighting
-by samples, staleness or variance (FedAvg, FedBuff, FTTE) makes one device's
+by samples, staleness or energy (FedAvg, FedBuff, FTTE) makes one device's
 share of the mean data-dependent, and then ``clip / K`` is no bound at all.
 Uniform weights keep the guarantee exact. This is central DP: the server sees
 individual clipped updates; with secure aggregation, devices add their noise

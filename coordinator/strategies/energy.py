@@ -1,7 +1,8 @@
-"""The look-back window of update energies that FTTE's variance term and
+"""The look-back window of update energies that FTTE's energy term and
 ``NormBounded`` judge an update against (same statistic, same median).
 
-Energy is an update's mean squared value per coordinate. The reference is the
+Energy is an update's mean squared value per trained coordinate
+(``fedward.protocol.messages.update_energy``). The reference is the
 median over the last ``size`` accepted (or merged) updates plus the ones being
 judged, so a buffer that is half divergent cannot move it. The window is
 saved state, checked on load.

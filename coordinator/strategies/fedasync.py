@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import StrategyConfigError
-from .base import ClientUpdate, Params, Schedule, Strategy, StrategyName
+from .base import ClientUpdate, Params, Schedule, StrategyBase, StrategyName
 
 
 class StalenessFunction(enum.StrEnum):
@@ -24,7 +24,7 @@ class StalenessFunction(enum.StrEnum):
     HINGE = "hinge"
 
 
-class FedAsync(Strategy):
+class FedAsync(StrategyBase):
     name = StrategyName.FEDASYNC
     schedule = Schedule.BUFFERED
     needs_base_params = True

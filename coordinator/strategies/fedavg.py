@@ -6,23 +6,37 @@ the sample-weighted mean of the deltas (per tensor, over who trained it)::
 
     w <- w + eta * sum_i n_i Delta_i / sum_i n_i
 
-Saved state: the base ``state_dict`` plus a ``round`` key holding the open
-round's cohort and dropouts, so a round open across a restart closes exactly
-as it would have without one.
+The round lives here, behind the strategy's schedule hooks: the engine asks
+``dispatch_room`` (a whole cohort when no round is open, else nothing), hands
+over what it issued (``tasks_dispatched`` opens the round) and reports
+failures (``task_failed``: a dropout; a round in which every device dropped
+is abandoned). The engine never names FedAvg.
+
+Saved state: the base ``state_dict`` plus a ``round`` key holding the round
+number and the open round's cohort and dropouts, so a round open across a
+restart closes exactly as it would have without one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from ..errors import RejectReason, StateLoadError, StrategyConfigError, UpdateRejected
-from .base import ClientUpdate, Params, Schedule, Strategy, StrategyName, apply_step, weighted_mean
+from .base import (
+    ClientUpdate,
+    Params,
+    Schedule,
+    StrategyBase,
+    StrategyName,
+    apply_step,
+    weighted_mean,
+)
 
 
-class FedAvg(Strategy):
+class FedAvg(StrategyBase):
     name = StrategyName.FEDAVG
     schedule = Schedule.SYNCHRONOUS
 
@@ -39,15 +53,39 @@ class FedAvg(Strategy):
         self.server_lr = server_lr
         self._cohort: set[str] = set()
         self._dropped: set[str] = set()
+        self._round = 0  # rounds opened so far; the open one's number when one is open
+
+    # -- the schedule: one cohort at a time ------------------------------------------
+    def dispatch_room(self, *, in_flight: int, concurrency: int) -> int:
+        """A whole cohort when no round is open; nothing while one is."""
+        del in_flight  # a round's tasks are all in flight or answered
+        return 0 if self._cohort else concurrency
+
+    def next_round_id(self) -> int | None:
+        return self._round + 1
+
+    def tasks_dispatched(self, task_ids: Sequence[str]) -> None:
+        self.begin_round(task_ids)
+
+    def task_failed(self, task_id: str) -> None:
+        """A cohort member dropped; a round where everyone dropped closes empty."""
+        self.mark_dropped(task_id)
+        if self.round_closed and not self._buffer:
+            self.abandon_round()
+
+    def check_in_flight(self, task_ids: frozenset[str]) -> None:
+        if not task_ids <= self._cohort:
+            raise StateLoadError("tasks in flight are not the open round's cohort")
 
     def begin_round(self, task_ids: Iterable[str]) -> None:
         """Open a round for exactly these tasks; any previous buffer must be merged."""
         if self._buffer:
             raise StrategyConfigError("begin_round with unmerged updates in the buffer")
-        self._cohort = set(task_ids)
-        self._dropped = set()
-        if not self._cohort:
+        cohort = set(task_ids)
+        if not cohort:
             raise StrategyConfigError("a round needs at least one task")
+        self._cohort, self._dropped = cohort, set()
+        self._round += 1
 
     @property
     def cohort(self) -> frozenset[str]:
@@ -88,37 +126,40 @@ class FedAvg(Strategy):
     def config(self) -> dict[str, Any]:
         return {**super().config(), "server_lr": self.server_lr}
 
-    def state_dict(self) -> dict[str, Any]:
+    def _state_payload(self) -> dict[str, Any]:
         return {
-            **super().state_dict(),
-            "round": {"cohort": sorted(self._cohort), "dropped": sorted(self._dropped)},
+            **super()._state_payload(),
+            "round": {
+                "number": self._round,
+                "cohort": sorted(self._cohort),
+                "dropped": sorted(self._dropped),
+            },
         }
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore the buffer and the open round; refuses a round that cannot have happened."""
-        cohort, dropped = _round_of(state)
-        previous = self._buffer
-        super().load_state_dict(state)
-        buffered = {u.task_id for u in self._buffer}
-        problem = ""
+    def _load_payload(self, payload: Mapping[str, Any], *, buffer: Sequence[ClientUpdate]) -> None:
+        """Restore the open round; refuses a round that cannot have happened."""
+        number, cohort, dropped = _round_of(payload)
+        buffered = {u.task_id for u in buffer}
         if not (dropped | buffered) <= cohort:
-            problem = "dropouts and buffered updates must be in the cohort"
-        elif dropped & buffered:
-            problem = "a task is both dropped and buffered"
-        if problem:
-            self._buffer = previous
-            raise StateLoadError(f"saved round: {problem}")
-        self._cohort, self._dropped = cohort, dropped
+            raise StateLoadError("saved round: dropouts and buffered updates must be in the cohort")
+        if dropped & buffered:
+            raise StateLoadError("saved round: a task is both dropped and buffered")
+        if cohort and number < 1:
+            raise StateLoadError("saved round: an open round has a number >= 1")
+        self._cohort, self._dropped, self._round = cohort, dropped, number
 
 
-def _round_of(state: Mapping[str, Any]) -> tuple[set[str], set[str]]:
+def _round_of(state: Mapping[str, Any]) -> tuple[int, set[str], set[str]]:
     saved = state.get("round")
     if not isinstance(saved, Mapping):
         raise StateLoadError("FedAvg state must hold the open round ('round')")
+    number = saved.get("number")
+    if isinstance(number, bool) or not isinstance(number, int) or number < 0:
+        raise StateLoadError("saved round: 'number' must be an int >= 0")
     parts = []
     for key in ("cohort", "dropped"):
         ids = saved.get(key)
         if not isinstance(ids, list) or not all(isinstance(t, str) and t for t in ids):
             raise StateLoadError(f"saved round: {key} must be a list of task ids")
         parts.append(set(ids))
-    return parts[0], parts[1]
+    return number, parts[0], parts[1]

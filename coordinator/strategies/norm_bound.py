@@ -1,21 +1,21 @@
-"""A robustness wrapper for any buffered strategy: bound each update's energy.
+"""A robustness wrapper for any strategy: bound each update's energy.
 
 FTTE damps divergent updates inside its own weights; a baseline has no such
-term. ``NormBounded`` gives one to any buffered strategy, the way Flower wraps
+term. ``NormBounded`` gives one to any strategy, the way Flower wraps
 strategies for DP: on the way in, an update whose energy (mean squared value
-per coordinate) exceeds ``tolerance`` times the median of recent updates is
-scaled down to that bound, then handed to the inner strategy unchanged in
-every other respect::
+per trained coordinate, ``ClientUpdate.energy()``) exceeds ``tolerance`` times
+the median of recent updates is scaled down to that bound, then handed to the
+inner strategy unchanged in every other respect::
 
     q = update energy,  m = median of q over the last ``window`` accepted updates and q
     if q > tolerance * m:  Delta <- Delta * sqrt(tolerance * m / q)
 
 This is norm clipping with an adaptive bound (a standard defence against
 divergent or poisoned updates), measured against the same statistic and
-tolerance as FTTE's variance term so the two compare like for like. The
-window is saved with the inner strategy's state and checked on load. Only
-buffered strategies can be wrapped: FedAvg's synchronous rounds are driven by
-the engine through its own type.
+tolerance as FTTE's energy term so the two compare like for like. It is a
+:class:`StrategyWrapper`: it wraps FedAvg (synchronous rounds pass through
+the schedule hooks), FedBuff, FTTE or another wrapper. The window and the
+count of bounded updates are its own saved state, checked on load.
 """
 
 from __future__ import annotations
@@ -27,59 +27,26 @@ from typing import Any
 import numpy as np
 
 from ..errors import StateLoadError, StrategyConfigError
-from .base import (
-    BufferedStrategy,
-    ClientUpdate,
-    MergeResult,
-    Schedule,
-    StrategyName,
-    validate_update,
-)
+from .base import ClientUpdate, Strategy, validate_update
 from .energy import EnergyWindow
+from .wrapper import StrategyWrapper
 
-WRAPPER = "norm_bounded"
 
+class NormBounded(StrategyWrapper):
+    """Scales an update whose energy is past ``tolerance`` x the recent median down to it."""
 
-class NormBounded:
-    """Wraps a :class:`BufferedStrategy`; same interface (accept, ready, aggregate)."""
+    wrapper = "norm_bounded"
 
-    def __init__(
-        self, inner: BufferedStrategy, *, tolerance: float = 10.0, window: int = 200
-    ) -> None:
-        if not isinstance(inner, BufferedStrategy) or inner.schedule is not Schedule.BUFFERED:
-            raise StrategyConfigError("only buffered strategies can be norm-bounded")
+    def __init__(self, inner: Strategy, *, tolerance: float = 10.0, window: int = 200) -> None:
+        super().__init__(inner)
         if not tolerance >= 1:
             raise StrategyConfigError("tolerance must be >= 1 (a multiple of the median)")
         if window < 1:
             raise StrategyConfigError("window must be >= 1")
-        self.inner = inner
         self.tolerance = tolerance
         self.window = window
         self.clipped = 0
         self._energies = EnergyWindow(window)
-
-    # -- the strategy interface, delegated ----------------------------------
-    @property
-    def name(self) -> StrategyName:
-        return self.inner.name
-
-    @property
-    def schedule(self) -> Schedule:
-        return self.inner.schedule
-
-    @property
-    def needs_base_params(self) -> bool:
-        return self.inner.needs_base_params
-
-    @property
-    def pending(self) -> int:
-        return self.inner.pending
-
-    def ready(self) -> bool:
-        return self.inner.ready()
-
-    def aggregate(self, params: Mapping[str, np.ndarray], *, server_version: int) -> MergeResult:
-        return self.inner.aggregate(params, server_version=server_version)
 
     def accept(self, update: ClientUpdate, *, server_version: int) -> None:
         # Validate before measuring: a malformed update never reaches the
@@ -90,7 +57,7 @@ class NormBounded:
             server_version=server_version,
             max_staleness=self.inner.max_staleness,
         )
-        energy = update.mean_square()
+        energy = update.energy()
         bounded = self.bound(update)
         self.inner.accept(bounded, server_version=server_version)
         self._energies.extend([energy])
@@ -99,7 +66,7 @@ class NormBounded:
 
     def bound(self, update: ClientUpdate) -> ClientUpdate:
         """The update as it will be merged (itself when within the bound)."""
-        energy = update.mean_square()
+        energy = update.energy()
         limit = self.tolerance * self._energies.median_with([energy])
         # No scale to judge by when the median is zero (recent updates all
         # exactly zero): leave the update alone rather than zero it out.
@@ -109,31 +76,24 @@ class NormBounded:
         return replace(
             update,
             delta={n: (v * np.float32(scale)).astype(np.float32) for n, v in update.delta.items()},
-            update_msq=energy * scale * scale,
+            update_energy=energy * scale * scale,
         )
 
     # -- saved state ---------------------------------------------------------
     def config(self) -> dict[str, Any]:
-        return {"wrapper": WRAPPER, "tolerance": self.tolerance, "window": self.window}
+        return {"tolerance": self.tolerance, "window": self.window}
 
-    def state_dict(self) -> dict[str, Any]:
-        # Flat: the inner state as is (so the store finds the buffer where it
-        # always is) plus this wrapper's own part under one key.
-        own = {**self.config(), "energies": self._energies.state(), "clipped": self.clipped}
-        return {**self.inner.state_dict(), WRAPPER: own}
+    def own_state(self) -> dict[str, Any]:
+        return {"energies": self._energies.state(), "clipped": self.clipped}
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        own = state.get(WRAPPER)
-        if not isinstance(own, Mapping):
-            raise StateLoadError("state has no norm bound part: it was saved without the wrapper")
-        if {k: own.get(k) for k in self.config()} != self.config():
-            raise StateLoadError("norm bound configuration differs from the saved state")
+    def restore_own(self, own: Mapping[str, Any]) -> tuple[EnergyWindow, int]:
         clipped = own.get("clipped")
         if isinstance(clipped, bool) or not isinstance(clipped, int) or clipped < 0:
             raise StateLoadError("norm bound state needs a 'clipped' count >= 0")
         energies = EnergyWindow.from_state(
             own.get("energies"), size=self.window, what="norm bound state"
         )
-        self.inner.load_state_dict({k: v for k, v in state.items() if k != WRAPPER})
-        self._energies = energies
-        self.clipped = clipped
+        return energies, clipped
+
+    def assign_own(self, checked: tuple[EnergyWindow, int]) -> None:
+        self._energies, self.clipped = checked

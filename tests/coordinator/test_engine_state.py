@@ -1,5 +1,5 @@
-"""Engine.state_dict / load_state_dict: a round trip, the checks on load, and the
-snapshot module's upgrade of format-1 documents."""
+"""Engine.state_dict / load_state_dict: a round trip, the checks on load, the
+envelopes inside (strategy, wrapper, buffer) and the store's snapshot of them."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from fedward.coordinator.engine import ENGINE_STATE_FORMAT, DeviceState, Engine
 from fedward.coordinator.errors import StateLoadError
 from fedward.coordinator.store.snapshot import engine_snapshot, restore_engine
 from fedward.coordinator.strategies import ClientUpdate, NormBounded, StrategyName
+from fedward.coordinator.strategies.base import STRATEGY_KIND
+from fedward.coordinator.strategies.wrapper import WRAPPER_KIND
 from fedward.coordinator.study_spec import build_engine
 
 
@@ -43,6 +45,19 @@ def open_round(spec) -> Engine:
     return engine
 
 
+def strategy_payload(state: dict) -> dict:
+    """The strategy's payload inside an engine state (through any wrappers)."""
+    node = state["payload"]["strategy"]
+    while node["kind"] == WRAPPER_KIND:
+        node = node["payload"]["inner"]
+    assert node["kind"] == STRATEGY_KIND
+    return node["payload"]
+
+
+def buffered(state: dict) -> list[dict]:
+    return strategy_payload(state)["buffer"]["payload"]["updates"]
+
+
 def versions_of(engine: Engine) -> dict[int, dict[str, np.ndarray]]:
     return {v: engine.base_params(v) for v in engine.live_versions()}
 
@@ -57,9 +72,13 @@ def test_an_open_round_survives_state_dict_and_load(spec) -> None:
     (left,) = engine.tasks.values()
     merges = [e.submit(update_for(e, left), now=3.0).merge for e in (engine, twin)]
     # Assert: no tensors in the state; the round closes the same way on both
-    assert "params" not in state and state["format"] == ENGINE_STATE_FORMAT
-    buffered = state["strategy"]["buffer"][0]["task_id"]
-    assert state["strategy"]["round"] == {"cohort": sorted([buffered, left.task_id]), "dropped": []}
+    assert "params" not in state["payload"] and state["format_version"] == ENGINE_STATE_FORMAT
+    first = buffered(state)[0]["task_id"]
+    assert strategy_payload(state)["round"] == {
+        "number": 1,
+        "cohort": sorted([first, left.task_id]),
+        "dropped": [],
+    }
     assert all(m is not None for m in merges)
     assert all(np.array_equal(merges[0].params[n], merges[1].params[n]) for n in engine.params)
     assert twin.state_dict().keys() == engine.state_dict().keys()
@@ -67,11 +86,14 @@ def test_an_open_round_survives_state_dict_and_load(spec) -> None:
 
 
 def _broken(state: dict, case: str) -> dict:
-    state = copy.deepcopy(state)
+    whole = copy.deepcopy(state)
+    state = whole["payload"]
     busy = next(d for d in state["devices"] if d["state"] == DeviceState.BUSY.value)
     idle = next(d for d in state["devices"] if d["state"] == DeviceState.IDLE.value)
     if case == "format":
-        state["format"] = 99
+        whole["format_version"] = 99
+    elif case == "kind":
+        whole["kind"] = "fedward.coordinator.something_else"
     elif case == "task_on_unknown_device":
         state["tasks"][0]["device_id"] = "ghost"
     elif case == "task_on_idle_device":
@@ -81,9 +103,14 @@ def _broken(state: dict, case: str) -> dict:
     elif case == "two_tasks_one_device":
         state["tasks"].append({**state["tasks"][0], "task_id": "t9999999"})
     elif case == "task_outside_cohort":
-        state["strategy"]["round"]["cohort"] = [
-            t for t in state["strategy"]["round"]["cohort"] if t != state["tasks"][0]["task_id"]
+        saved_round = strategy_payload(whole)["round"]
+        saved_round["cohort"] = [
+            t for t in saved_round["cohort"] if t != state["tasks"][0]["task_id"]
         ]
+    elif case == "open_round_numbered_0":
+        strategy_payload(whole)["round"]["number"] = 0
+    elif case == "buffer_kind":
+        strategy_payload(whole)["buffer"]["kind"] = "fedward.coordinator.strategy"
     elif case == "duplicate_device":
         state["devices"].append(dict(idle))
     elif case == "unknown_tensor":
@@ -92,18 +119,21 @@ def _broken(state: dict, case: str) -> dict:
         state["live_versions"] = [0, 5]
     elif case == "bad_state":
         idle["state"] = "sleepy"
-    return state
+    return whole
 
 
 @pytest.mark.parametrize(
     "case",
     [
         "format",
+        "kind",
         "task_on_unknown_device",
         "task_on_idle_device",
         "busy_without_task",
         "two_tasks_one_device",
         "task_outside_cohort",
+        "open_round_numbered_0",
+        "buffer_kind",
         "duplicate_device",
         "unknown_tensor",
         "missing_live_version",
@@ -130,30 +160,47 @@ def test_load_refuses_tensors_of_another_shape(spec) -> None:
         fedavg_engine(spec).load_state_dict(engine.state_dict(), versions=versions)
 
 
-def test_a_format_1_snapshot_is_upgraded_with_its_round(spec) -> None:
-    # Prepare: today's snapshot rewritten as format 1 (the round beside the strategy)
+@pytest.mark.parametrize("old_format", [1, 2])
+def test_a_snapshot_from_before_the_envelope_is_refused_clearly(spec, old_format) -> None:
+    # Prepare: the flat layout of engine formats 1 and 2
     engine = open_round(spec)
-    deltas: dict[str, dict] = {}
+    flat = {"format": old_format, **engine.state_dict()["payload"]}
+    # Execute / Assert
+    with pytest.raises(StateLoadError, match="older fedward"):
+        restore_engine(
+            fedavg_engine(spec),
+            flat,
+            load_params=engine.base_params,
+            load_delta=lambda sha: {},
+        )
 
-    def put(task_id: str, delta) -> str:
-        deltas[task_id] = dict(delta)
-        return task_id.rjust(64, "0")
 
-    snapshot = json.loads(json.dumps(engine_snapshot(engine, delta_ref=put)))
-    legacy = {**copy.deepcopy(snapshot), "format": 1}
-    round_ = legacy["strategy"].pop("round")
-    legacy["strategy_extra"] = round_
-    twin = fedavg_engine(spec)
-    # Execute
-    restore_engine(
-        twin,
-        legacy,
-        load_params=lambda v: engine.base_params(v),
-        load_delta=lambda sha: deltas[sha.lstrip("0")],
+def test_a_norm_bounded_fedavg_runs_rounds_and_bounds_the_outlier(spec) -> None:
+    # Prepare: FedAvg wrapped in NormBounded (the wrapper drives rounds through the
+    # hooks); a cohort of three, so the median of the first two judges the third
+    bounded = spec.model_copy(
+        update={"strategy": StrategyName.FEDAVG, "norm_bound_tolerance": 10.0, "concurrency": 3}
     )
+    engine = build_engine(bounded, rng=random.Random(3))
+    for i in range(3):
+        engine.enrol(f"dev-{i}", device_class="phone", memory_bytes=1 << 22, now=0.0)
+    cohort = engine.dispatch(now=1.0)
+    # Execute: a second dispatch while the round is open issues nothing; one huge update
+    again = engine.dispatch(now=1.5)
+    outcomes = []
+    for i, order in enumerate(cohort):
+        update = update_for(engine, order)
+        if i == len(cohort) - 1:
+            update = ClientUpdate(
+                **{**update.__dict__, "delta": {n: v * 1e3 for n, v in update.delta.items()}}
+            )
+        outcomes.append(engine.submit(update, now=2.0 + i))
     # Assert
-    assert engine_snapshot(twin, delta_ref=put) == snapshot
-    assert twin.strategy.cohort == engine.strategy.cohort
+    assert isinstance(engine.strategy, NormBounded)
+    assert again == [] and {o.round_id for o in cohort} == {1}
+    assert all(o.accepted for o in outcomes) and outcomes[-1].merge is not None
+    assert engine.strategy.clipped == 1 and engine.version == 1
+    assert {o.round_id for o in engine.dispatch(now=9.0)} == {2}
 
 
 def test_a_norm_bounded_engine_saves_its_window_with_the_inner_buffer(spec) -> None:
@@ -179,10 +226,9 @@ def test_a_norm_bounded_engine_saves_its_window_with_the_inner_buffer(spec) -> N
     restore_engine(twin, state, load_params=kept.__getitem__, load_delta=deltas.__getitem__)
     # Assert
     assert isinstance(twin.strategy, NormBounded)
-    assert state["strategy"]["norm_bounded"]["energies"] == [pytest.approx(1e-4)]
-    assert state["strategy"]["buffer"][0]["task_id"] == first.task_id
+    wrapper = state["payload"]["strategy"]
+    assert wrapper["kind"] == WRAPPER_KIND and wrapper["payload"]["wrapper"] == "norm_bounded"
+    assert wrapper["payload"]["own"]["energies"] == [pytest.approx(1e-4)]
+    assert buffered(state)[0]["task_id"] == first.task_id
+    assert "delta" not in buffered(state)[0] and buffered(state)[0]["delta_sha256"]
     assert twin.strategy.pending == 1
-    with pytest.raises(ValueError, match="buffered"):
-        type(spec).model_validate(
-            {**spec.model_dump(), "strategy": "fedavg", "norm_bound_tolerance": 10.0}
-        )

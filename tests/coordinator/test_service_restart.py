@@ -14,6 +14,7 @@ from fedward.coordinator.engine import DeviceState
 from fedward.coordinator.errors import RejectReason
 from fedward.coordinator.service import StudyService
 from fedward.coordinator.store import BlobCorrupted, StudyState, TaskStatus
+from fedward.coordinator.strategies.base import saved_updates
 
 from fedward.protocol.messages import AckStatus
 
@@ -65,7 +66,7 @@ def test_a_restarted_service_continues_bit_identically(
         "version": before.version,
         "params": {n: a.copy() for n, a in before.params.items()},
         "tasks": dict(before.tasks),
-        "buffer": before.strategy.state_dict()["buffer"],
+        "buffer": saved_updates(before.strategy.state_dict()),
         "rng": before.rng.getstate(),
         "devices": {d: (x.state, x.held_version, x.completed) for d, x in before.devices.items()},
         "stats": (before.stats.dispatched, before.stats.accepted, before.stats.merges),
@@ -79,7 +80,7 @@ def test_a_restarted_service_continues_bit_identically(
     assert all(np.array_equal(after.params[n], a) for n, a in saved["params"].items())
     assert all(after.params[n].tobytes() == a.tobytes() for n, a in saved["params"].items())
     assert after.tasks == saved["tasks"] and len(after.tasks) == 1
-    buffer = after.strategy.state_dict()["buffer"]
+    buffer = saved_updates(after.strategy.state_dict())
     assert [b["task_id"] for b in buffer] == [b["task_id"] for b in saved["buffer"]]
     for got, want in zip(buffer, saved["buffer"], strict=True):
         assert all(np.array_equal(got["delta"][n], want["delta"][n]) for n in want["delta"])

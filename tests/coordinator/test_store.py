@@ -36,6 +36,7 @@ from fedward.coordinator.store import (
 )
 from fedward.coordinator.store.models import StudyRow, UpdateReceiptRow
 from fedward.coordinator.strategies import ClientUpdate
+from fedward.coordinator.strategies.base import saved_updates
 from fedward.coordinator.study_spec import build_engine
 from sqlalchemy import inspect, text
 from sqlalchemy.exc import IntegrityError
@@ -238,6 +239,6 @@ def test_engine_snapshot_round_trips_through_json(spec) -> None:
     assert twin.strategy.pending == 1
     assert twin.rng.getstate() == engine.rng.getstate()
     assert twin.stats.accepted == engine.stats.accepted == 1
-    saved = twin.strategy.state_dict()["buffer"][0]["delta"]
+    saved = saved_updates(twin.strategy.state_dict())[0]["delta"]
     assert all(np.array_equal(saved[n], delta[n]) for n in delta)
     assert engine_snapshot(twin, delta_ref=put) == state

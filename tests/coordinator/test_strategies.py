@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -20,6 +21,7 @@ from fedward.coordinator.strategies import (
     FedAvg,
     FedBuff,
     NormBounded,
+    Schedule,
     StalenessFunction,
     StrategyName,
 )
@@ -115,17 +117,17 @@ def test_ftte_weights_by_samples_age_and_relative_update_energy() -> None:
         shapes=SHAPES,
         buffer_size=3,
         staleness_exponent=1.0,
-        variance_beta=2.0,
-        variance_tolerance=4.0,
+        energy_beta=2.0,
+        energy_tolerance=4.0,
     )
-    u1 = upd("t1", {"a": [1.0, 1.0]}, n=2, base=4)  # msq 1
-    u2 = upd("t2", {"a": [3.0, 3.0]}, n=2, base=4)  # msq 9
-    u3 = upd("t3", {"a": [-1.0, 1.0]}, n=4, base=1)  # msq 1, staleness 3
+    u1 = upd("t1", {"a": [1.0, 1.0]}, n=2, base=4)  # energy 1
+    u2 = upd("t2", {"a": [3.0, 3.0]}, n=2, base=4)  # energy 9
+    u3 = upd("t3", {"a": [-1.0, 1.0]}, n=4, base=1)  # energy 1, staleness 3
     for u in (u1, u2, u3):
         s.accept(u, server_version=4)
     # Execute
     merged = s.aggregate(params(), server_version=4)
-    # Assert: median msq = 1 -> r = (1, 9, 1); g = (1, 1/(1+2*(9-4)), 1); s = (1, 1, 1/4)
+    # Assert: median energy = 1 -> r = (1, 9, 1); g = (1, 1/(1+2*(9-4)), 1); s = (1, 1, 1/4)
     w = np.array([2 * 1 * 1, 2 * 1 * (1 / 11), 4 * 0.25 * 1])
     deltas = np.array([[1.0, 1.0], [3.0, 3.0], [-1.0, 1.0]])
     expected = np.array([1.0, 2.0]) + (w[:, None] * deltas).sum(0) / w.sum()
@@ -133,14 +135,14 @@ def test_ftte_weights_by_samples_age_and_relative_update_energy() -> None:
     np.testing.assert_allclose(merged.params["a"], expected, rtol=1e-6)
 
 
-def test_ftte_variance_term_leaves_updates_within_the_tolerance_alone() -> None:
+def test_ftte_energy_term_leaves_updates_within_the_tolerance_alone() -> None:
     # Prepare: energies 1, 9 and 400 times the median; tolerance 10, beta 1
     s = FTTE(shapes=SHAPES, buffer_size=4, staleness_exponent=0.0, sample_weighting=False)
     for i, value in enumerate((1.0, 1.0, 3.0, 20.0)):
         s.accept(upd(f"t{i}", {"a": [value, value]}), server_version=0)
     # Execute
     merged = s.aggregate(params(), server_version=0)
-    # Assert: median msq = (1 + 9) / 2 = 5 -> r = (0.2, 0.2, 1.8, 80); only the last
+    # Assert: median energy = (1 + 9) / 2 = 5 -> r = (0.2, 0.2, 1.8, 80); only the last
     # exceeds 10x the median and is damped by 1 / (1 + (80 - 10))
     np.testing.assert_allclose(merged.weights, [1.0, 1.0, 1.0, 1 / 71], rtol=1e-9)
 
@@ -166,7 +168,7 @@ def test_ftte_reference_energy_looks_back_so_a_divergent_half_buffer_is_still_da
         buffer_size=4,
         staleness_exponent=0.0,
         sample_weighting=False,
-        variance_window=0,
+        energy_window=0,
     )
     for i, value in enumerate((1.0, 1.0, 20.0, 20.0)):
         windowless.accept(upd(f"t{i}", {"a": [value, value]}), server_version=0)
@@ -175,31 +177,31 @@ def test_ftte_reference_energy_looks_back_so_a_divergent_half_buffer_is_still_da
 
 def test_ftte_saves_and_checks_its_energy_window() -> None:
     # Prepare: one merge leaves energies 1 and 9 in the window
-    s = FTTE(shapes=SHAPES, buffer_size=2, variance_window=3)
+    s = FTTE(shapes=SHAPES, buffer_size=2, energy_window=3)
     s.accept(upd("t1", {"a": [1.0, 1.0]}), server_version=0)
     s.accept(upd("t2", {"a": [3.0, 3.0]}), server_version=0)
     s.aggregate(params(), server_version=0)
     state = s.state_dict()
     # Execute
-    restored = FTTE(shapes=SHAPES, buffer_size=2, variance_window=3)
+    restored = FTTE(shapes=SHAPES, buffer_size=2, energy_window=3)
     restored.load_state_dict(state)
     # Assert
-    assert state["energies"] == [1.0, 9.0]
+    assert state["payload"]["energies"] == [1.0, 9.0]
     assert restored.reference_energy([]) == s.reference_energy([]) == 5.0
     for bad in ([1.0, -1.0], [float("nan")], [1.0, 1.0, 1.0, 1.0], "1,9", [True]):
         with pytest.raises(StateLoadError, match="energies"):
-            FTTE(shapes=SHAPES, buffer_size=2, variance_window=3).load_state_dict(
-                {**state, "energies": bad}
+            FTTE(shapes=SHAPES, buffer_size=2, energy_window=3).load_state_dict(
+                {**state, "payload": {**state["payload"], "energies": bad}}
             )
 
 
 def test_ftte_refuses_a_tolerance_below_the_median() -> None:
-    with pytest.raises(StrategyConfigError, match="variance_tolerance"):
-        FTTE(shapes=SHAPES, buffer_size=2, variance_tolerance=0.5)
+    with pytest.raises(StrategyConfigError, match="energy_tolerance"):
+        FTTE(shapes=SHAPES, buffer_size=2, energy_tolerance=0.5)
 
 
 def test_ftte_nested_subsets_normalise_each_tensor_by_who_trained_it() -> None:
-    s = FTTE(shapes=SHAPES, buffer_size=2, staleness_exponent=0.0, variance_beta=0.0)
+    s = FTTE(shapes=SHAPES, buffer_size=2, staleness_exponent=0.0, energy_beta=0.0)
     s.accept(upd("t1", {"a": [1.0, 1.0], "b": [2.0]}, n=1), server_version=0)
     s.accept(upd("t2", {"a": [3.0, 3.0]}, n=1), server_version=0)
     merged = s.aggregate(params(), server_version=0)
@@ -264,7 +266,8 @@ def test_state_dict_round_trip_restores_the_buffer_and_checks_config() -> None:
         FTTE(shapes=SHAPES, buffer_size=5).load_state_dict(state)
     with pytest.raises(StateLoadError):
         FedBuff(shapes=SHAPES, buffer_size=2).load_state_dict(state)
-    bad = {**state, "buffer": [{**state["buffer"][0], "delta": {"a": np.array([np.inf, 0.0])}}]}
+    bad = copy.deepcopy(state)
+    bad["payload"]["buffer"]["payload"]["updates"][0]["delta"] = {"a": np.array([np.inf, 0.0])}
     with pytest.raises(StateLoadError):
         FTTE(shapes=SHAPES, buffer_size=2).load_state_dict(bad)
 
@@ -281,9 +284,15 @@ def test_fedavg_state_dict_keeps_an_open_round() -> None:
     restored.load_state_dict(state)
     for strategy in (s, restored):
         strategy.accept(upd("t3", {"a": [3.0, 3.0]}), server_version=0)
-    # Assert: same keys as every strategy plus the round; the round closes the same way
-    assert set(state) == {"format", "strategy", "config", "buffer", "round"}
-    assert state["round"] == {"cohort": ["t1", "t2", "t3"], "dropped": ["t2"]}
+    # Assert: an envelope; same payload keys as every strategy plus the round; the
+    # round closes the same way
+    assert set(state) == {"kind", "format_version", "payload"}
+    assert set(state["payload"]) == {"strategy", "config", "buffer", "round"}
+    assert state["payload"]["round"] == {
+        "number": 1,
+        "cohort": ["t1", "t2", "t3"],
+        "dropped": ["t2"],
+    }
     assert restored.cohort == s.cohort and restored.ready()
     np.testing.assert_array_equal(
         restored.aggregate(params(), server_version=0).params["a"],
@@ -295,10 +304,13 @@ def test_fedavg_state_dict_keeps_an_open_round() -> None:
     "round_",
     [
         None,
-        {"cohort": ["t1"], "dropped": ["t9"]},  # dropped outside the cohort
-        {"cohort": ["t2"], "dropped": []},  # the buffered t1 outside the cohort
-        {"cohort": ["t1"], "dropped": ["t1"]},  # t1 both buffered and dropped
-        {"cohort": "t1", "dropped": []},
+        {"number": 1, "cohort": ["t1"], "dropped": ["t9"]},  # dropped outside the cohort
+        {"number": 1, "cohort": ["t2"], "dropped": []},  # the buffered t1 outside the cohort
+        {"number": 1, "cohort": ["t1"], "dropped": ["t1"]},  # t1 both buffered and dropped
+        {"number": 0, "cohort": ["t1"], "dropped": []},  # an open round numbered 0
+        {"number": 1, "cohort": "t1", "dropped": []},
+        {"number": -1, "cohort": ["t1"], "dropped": []},
+        {"number": True, "cohort": ["t1"], "dropped": []},
     ],
 )
 def test_fedavg_refuses_a_round_that_cannot_have_happened(round_) -> None:
@@ -306,9 +318,10 @@ def test_fedavg_refuses_a_round_that_cannot_have_happened(round_) -> None:
     s = FedAvg(shapes=SHAPES)
     s.begin_round(["t1"])
     s.accept(upd("t1", {"a": [1.0, 1.0]}), server_version=0)
-    state = {k: v for k, v in s.state_dict().items() if k != "round"}
+    state = copy.deepcopy(s.state_dict())
+    del state["payload"]["round"]
     if round_ is not None:
-        state["round"] = round_
+        state["payload"]["round"] = round_
     target = FedAvg(shapes=SHAPES)
     # Execute / Assert: refused, and nothing half-loaded
     with pytest.raises(StateLoadError):
@@ -343,13 +356,37 @@ def test_norm_bounded_leaves_updates_alone_when_the_median_energy_is_zero() -> N
     assert s.clipped == 0
 
 
-def test_norm_bounded_refuses_fedavg_and_bad_input_before_measuring() -> None:
-    with pytest.raises(StrategyConfigError, match="buffered"):
-        NormBounded(FedAvg(shapes=SHAPES))  # type: ignore[arg-type]
+def test_norm_bounded_wraps_any_strategy_and_refuses_bad_input_before_measuring() -> None:
+    with pytest.raises(StrategyConfigError, match="Strategy"):
+        NormBounded(object())  # type: ignore[arg-type]
+    twice = NormBounded(NormBounded(FedAvg(shapes=SHAPES)))  # a wrapper is a strategy
+    assert twice.name is StrategyName.FEDAVG and twice.schedule is Schedule.SYNCHRONOUS
     s = NormBounded(FedBuff(shapes=SHAPES, buffer_size=2))
     with pytest.raises(UpdateRejected):
         s.accept(upd("t1", {"a": [np.nan, 1.0]}), server_version=0)
-    assert s.state_dict()["norm_bounded"]["energies"] == []  # the rejected update left no trace
+    assert s.state_dict()["payload"]["own"]["energies"] == []  # the rejected update left no trace
+
+
+def test_norm_bounded_fedavg_keeps_the_round_and_bounds_inside_it() -> None:
+    # Prepare: a round of four through the wrapper's schedule hooks
+    s = NormBounded(FedAvg(shapes=SHAPES), tolerance=10.0)
+    assert s.dispatch_room(in_flight=0, concurrency=4) == 4 and s.next_round_id() == 1
+    s.tasks_dispatched(["t0", "t1", "t2", "t3"])
+    # Execute: three ordinary updates, one outlier, and an update outside the round
+    for i in range(3):
+        s.accept(upd(f"t{i}", {"a": [1.0, 1.0]}), server_version=0)
+    with pytest.raises(UpdateRejected):
+        s.accept(upd("t9", {"a": [1.0, 1.0]}), server_version=0)
+    room_while_open = s.dispatch_room(in_flight=1, concurrency=4)
+    s.accept(upd("t3", {"a": [20.0, 20.0]}), server_version=0)
+    merged = s.aggregate(params(), server_version=0)
+    # Assert: no room while the round is open; the outlier bounded to energy 10;
+    # FedAvg's sample-weighted mean (all n = 1) of what remains
+    assert room_while_open == 0 and s.clipped == 1
+    np.testing.assert_allclose(
+        merged.params["a"], np.array([1.0, 2.0]) + (3 * 1.0 + np.sqrt(10.0)) / 4, rtol=1e-6
+    )
+    assert s.dispatch_room(in_flight=0, concurrency=4) == 4 and s.next_round_id() == 2
 
 
 def test_norm_bounded_state_round_trips_and_is_checked() -> None:
@@ -372,9 +409,11 @@ def test_norm_bounded_state_round_trips_and_is_checked() -> None:
         NormBounded(FedBuff(shapes=SHAPES, buffer_size=3), tolerance=5.0, window=5).load_state_dict(
             state
         )
+    broken = copy.deepcopy(state)
+    broken["payload"]["own"]["energies"] = [1.0, True]
     with pytest.raises(StateLoadError, match="energies"):
-        restored.load_state_dict(
-            {**state, "norm_bounded": {**state["norm_bounded"], "energies": [1.0, True]}}
-        )
-    with pytest.raises(StateLoadError, match="without the wrapper"):
+        restored.load_state_dict(broken)
+    with pytest.raises(StateLoadError, match="strategy_wrapper"):
         restored.load_state_dict(FedBuff(shapes=SHAPES, buffer_size=3).state_dict())
+    with pytest.raises(StateLoadError, match="norm_bounded"):
+        restored.load_state_dict({**state, "payload": {**state["payload"], "wrapper": "other"}})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 from budget_helpers import PRIVACY, SPEC, make_dp_study
 from fedward.compliance.events import ActorKind, AuditAction, Outcome
@@ -12,6 +14,8 @@ from fedward.coordinator.privacy.settings import StudyPrivacy
 from fedward.coordinator.store.snapshot import engine_snapshot, restore_engine
 from fedward.privacy.accounting import Accountant, MechanismStep, max_steps_within
 from fedward.privacy.errors import LedgerStateError, PolicyError
+
+from fedward.errors import SavedStateError
 
 RDP = Accountant.RDP
 
@@ -194,16 +198,20 @@ def test_guard_state_of_other_settings_or_tampered_is_refused(dp_study):
     dp_study.engine.submit(dp_study.update_for(order), now=2.0, context=dp_study.report_for(order))
     state = dp_study.guard.state_dict()
     looser = StudyPrivacy(**{**PRIVACY.model_dump(), "epsilon": 80.0})
-    tampered = {**state, "ledger": {**state["ledger"]}}
-    tampered["ledger"]["devices"] = {
-        "dev-00": [{**state["ledger"]["devices"]["dev-00"][0], "epsilon_after": 0.1}]
-    }
+    tampered = copy.deepcopy(state)
+    ledger = tampered["payload"]["ledger"]
+    ledger_devices = ledger["payload"]["devices"] if "payload" in ledger else ledger["devices"]
+    ledger_devices["dev-00"][0]["epsilon_after"] = 0.1
 
     # Execute / Assert
     with pytest.raises(PolicyError):
         PrivacyGuard(looser).load_state_dict(state)
     with pytest.raises(LedgerStateError):
         PrivacyGuard(PRIVACY).load_state_dict(tampered)
+    with pytest.raises(SavedStateError, match="privacy_guard"):
+        PrivacyGuard(PRIVACY).load_state_dict({**state, "kind": "fedward.privacy.ledger"})
+    with pytest.raises(SavedStateError, match="format version"):
+        PrivacyGuard(PRIVACY).load_state_dict({**state, "format_version": 1})
 
 
 def test_engine_snapshot_restores_the_ledger(dp_study):
@@ -231,7 +239,7 @@ def test_device_refusal_frees_the_task_and_stops_scheduling(dp_study):
     order = _one_task(dp_study)
 
     # Execute
-    dp_study.guard.device_refused(dp_study.engine, order.task_id, now=2.0)
+    dp_study.engine.task_refused(order.task_id, now=2.0)
     later = dp_study.engine.dispatch(now=3.0, eligible=lambda d: d.device_id == "dev-00")
 
     # Assert
@@ -250,7 +258,7 @@ def test_audit_actor_is_the_device_only_for_its_own_refusal(dp_study):
     second = _one_task(dp_study, now=3.0)
 
     # Execute
-    dp_study.guard.device_refused(dp_study.engine, second.task_id, now=4.0)
+    dp_study.engine.task_refused(second.task_id, now=4.0)
 
     # Assert
     actors = {e.kind: e.actor for e in dp_study.events.privacy_events}
