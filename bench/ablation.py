@@ -1,12 +1,12 @@
 """Ablation of FTTE's merge weights: does each term earn its place?
 
-Runs the FTTE row with its age term (``a``), its variance term (``beta``),
+Runs the FTTE row with its age term (``a``), its energy term (``beta``),
 both, and neither, on two fleets built from the same scenario and seeds:
 
 - ``clean``: every device's annotations are right;
 - ``mislabelled``: a fraction of devices (``--mislabelled``, default 10%)
   carry systematically wrong labels (``Scenario.mislabelled_fraction``), the
-  divergent devices the variance term is there for.
+  divergent devices the energy term is there for.
 
 It reports time to target and final accuracy (mean and spread over seeds) side
 by side, as a table and JSON, and plots accuracy against virtual time for the
@@ -33,10 +33,10 @@ from fedward.simulation.scenario import Scenario, StrategyRun, load_scenario
 from fedward.simulation.study import Study
 
 VARIANTS = {
-    "ftte (age + variance)": {},
-    "no variance term (beta=0)": {"variance_beta": 0.0},
+    "ftte (age + energy)": {},
+    "no energy term (beta=0)": {"energy_beta": 0.0},
     "no age term (a=0)": {"staleness_exponent": 0.0},
-    "neither (sample-weighted mean)": {"variance_beta": 0.0, "staleness_exponent": 0.0},
+    "neither (sample-weighted mean)": {"energy_beta": 0.0, "staleness_exponent": 0.0},
 }
 Row = dict[str, float | int | None]
 

@@ -102,7 +102,7 @@ def _publisher_main(
         Update,
         decode_frame,
         encode_frame,
-        squared_norm,
+        update_energy,
     )
     from fedward.protocol.topics import TopicKind, device_topic
 
@@ -140,7 +140,7 @@ def _publisher_main(
                 subset_id=task.subset_id,
                 num_samples=32,
                 # the coordinator checks this against the tensors
-                update_sq_norm=squared_norm(sent_deltas),
+                update_energy=update_energy(sent_deltas),
                 train_loss=0.5,
             )
             frame = encode_frame(header, sent_deltas)

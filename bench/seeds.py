@@ -20,10 +20,12 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from fedward.errors import SimulationError
+
 Report = dict[str, Any]
 
 
-class IncomparableReports(ValueError):
+class IncomparableReports(SimulationError, ValueError):
     """The reports are not the same benchmark under different seeds."""
 
 

@@ -1,6 +1,7 @@
 """Errors raised by the compliance layer.
 
-Every error derives from :class:`ComplianceError`, so a caller (the coordinator
+Every error derives from :class:`ComplianceError` (itself a
+:class:`fedward.errors.FedwardError`), so a caller (the coordinator
 engine, the CLI's ``audit verify``) can catch the whole family in one place
 while tests and auditors can still tell *why* something failed:
 
@@ -20,6 +21,8 @@ forbidden-content refusal to stay recognisable as exactly that.
 
 from __future__ import annotations
 
+from fedward.errors import FedwardError
+
 __all__ = [
     "AuditIntegrityError",
     "AuditStoreBusy",
@@ -30,7 +33,7 @@ __all__ = [
 ]
 
 
-class ComplianceError(Exception):
+class ComplianceError(FedwardError):
     """Base class of every error raised by :mod:`compliance`."""
 
 

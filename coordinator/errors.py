@@ -1,17 +1,34 @@
 """Errors raised by the coordinator.
 
-Hierarchy (catch the narrowest you can handle):
+Hierarchy (hangs from :class:`fedward.errors.FedwardError`; catch the narrowest
+you can handle)::
 
     CoordinatorError                 base of everything the coordinator raises on purpose
     ├── UpdateRejected               an incoming update was refused; ``reason`` says why (counted, audited)
     ├── StrategyConfigError          a strategy was built with unsafe or inconsistent parameters
-    ├── StateLoadError               saved state failed its checks on load (version, hash, shape)
-    └── NotReadyError                ``aggregate`` was called before the strategy was ready
+    ├── StateLoadError               saved state failed its checks on load (version, hash, shape);
+    │                                also a fedward.errors.SavedStateError
+    ├── NotReadyError                ``aggregate`` was called before the strategy was ready
+    ├── DoesNotFit                   engine.planning: not even the smallest tier fits a device
+    ├── BlobError                    store.blobs: content-addressed model blobs
+    │   ├── BlobNotFound             (also a KeyError)
+    │   └── BlobCorrupted            the bytes no longer hash to their name
+    ├── ServiceError                 service.errors: a caller's mistake (the API maps each to HTTP)
+    │   └── StudyNotFound, DeviceNotFound, ModelVersionNotFound, NoPrivacyPolicy (also
+    │       KeyErrors); InvalidStudyId, UnsupportedRefusal, InvalidInitialModel (also
+    │       ValueErrors); StudyExists, InvalidTransition
+    └── ApiError                     api.errors: raised from a route to answer with a status
+
+Not in the tree: ``service.updates._FrameCrashed``, private control flow that
+never leaves ``submit_updates``; it marks a bug (any exception while judging
+one frame), which is not a deliberate refusal, so it stays a bare ``Exception``.
 """
 
 from __future__ import annotations
 
 import enum
+
+from fedward.errors import FedwardError, SavedStateError
 
 
 class RejectReason(enum.StrEnum):
@@ -33,7 +50,7 @@ class RejectReason(enum.StrEnum):
     MALFORMED = "malformed"
 
 
-class CoordinatorError(Exception):
+class CoordinatorError(FedwardError):
     """Base class for errors the coordinator raises deliberately."""
 
 
@@ -48,7 +65,7 @@ class StrategyConfigError(CoordinatorError, ValueError):
     pass
 
 
-class StateLoadError(CoordinatorError):
+class StateLoadError(CoordinatorError, SavedStateError):
     pass
 
 

@@ -47,6 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedward.errors import EdgeError
 from fedward.protocol.errors import ProtocolError
 from fedward.protocol.messages import (
     Ack,
@@ -80,7 +81,7 @@ MODEL_FILE = "model.npz"
 _VERSION_KEY = "__version__"
 
 
-class AgentError(Exception):
+class AgentError(EdgeError):
     """The agent cannot go on (enrolment refused, unusable state)."""
 
 

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+from fedward.errors import EdgeError
 
-class DatasetError(ValueError):
+
+class DatasetError(EdgeError, ValueError):
     """The dataset file is missing, malformed or does not fit the model."""
 
 

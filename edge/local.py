@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from fedward.protocol.messages import squared_norm
+from fedward.protocol.messages import update_energy
 from fedward.tinytrain.models import Params
 from fedward.tinytrain.training import LocalTrainConfig, Model, train_subset
 
@@ -47,7 +47,7 @@ class LocalOutcome:
     num_samples: int
     steps: int
     mean_loss: float
-    sq_norm: float
+    update_energy: float
     dp: DPSpend | None = None
 
 
@@ -85,13 +85,12 @@ def run_local_task(
             max_grad_norm=dp.max_grad_norm,
             accountant_state=dp.accountant_state,
         )
-    sq_norm = squared_norm(delta)
     return LocalOutcome(
         task_id=task.task_id,
         delta=delta,
         num_samples=len(x),
         steps=steps,
         mean_loss=loss,
-        sq_norm=sq_norm,
+        update_energy=update_energy(delta),
         dp=spend,
     )

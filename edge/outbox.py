@@ -18,13 +18,14 @@ import os
 import threading
 from pathlib import Path
 
+from fedward.errors import EdgeError
 from fedward.protocol.ids import is_valid_id
 
 SUFFIX = ".frame"
 _TMP_SUFFIX = ".tmp"
 
 
-class OutboxError(Exception):
+class OutboxError(EdgeError):
     """The outbox cannot store or read an entry."""
 
 

@@ -21,7 +21,7 @@ def update_header(
         base_model_version=base_version,
         subset_id=subset_id,
         num_samples=outcome.num_samples,
-        update_sq_norm=outcome.sq_norm,
+        update_energy=outcome.update_energy,
         train_loss=float(outcome.mean_loss),
         privacy=privacy,
     )

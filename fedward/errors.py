@@ -8,20 +8,31 @@ documents its own subtree; catch the narrowest class you can handle::
     FedwardError                          fedward.errors
     ├── SavedStateError                   a saved state failed its checks on load (kind,
     │                                     format version, checksum, content); every
-    │                                     package's state error is also one of these
+    │                                     package's state error is also one of these:
+    │                                     StateLoadError, LedgerStateError, secagg StateError
     ├── ProtocolError                     fedward.protocol.errors: decode, encode, size,
     │   └── TransportError                version, chunk, route; the transport seam (paho
     │                                     and amqtt errors are mapped to it, never leak)
     ├── PrivacyError                      fedward.privacy.errors: budgets, forged claims,
-    │   ├── LedgerStateError              policies, ledger state
+    │   ├── LedgerStateError              policies, ledger state (and edge.budget.TaskRefused)
     │   └── SecAggError                   fedward.privacy.secagg.errors: secure aggregation
+    │       └── StateError                wrong stage, or a session state that fails its checks
     ├── ComplianceError                   fedward.compliance.errors: audit integrity,
     │                                     forbidden content, lineage, keys, store lock
     ├── CoordinatorError                  fedward.coordinator.errors: rejected updates,
-    │   ├── StateLoadError                strategy config, state load, not ready; the
-    │   └── ServiceError                  service's caller mistakes (api maps them to HTTP)
-    ├── EdgeError                         fedward.edge: agent, outbox, dataset
-    ├── SimulationError                   fedward.simulation: scenarios, reports
+    │   ├── StateLoadError                strategy config, state load, not ready, blobs,
+    │   └── ServiceError                  planning, API; the service's caller mistakes
+    │                                     (api maps them to HTTP)
+    ├── EdgeError                         fedward.edge (no errors module of its own):
+    │   ├── AgentError                    edge.agent: the agent cannot go on
+    │   │   └── EnrolmentRefused          the coordinator refused the enrolment
+    │   ├── OutboxError                   edge.outbox: an entry cannot be stored or read
+    │   └── DatasetError                  edge.dataset: unusable data file (also a ValueError)
+    ├── SimulationError                   the simulator and benchmarks:
+    │   └── IncomparableReports           bench.seeds: reports of different benchmarks
+    │                                     (also a ValueError)
+    ├── LiveError                         fedward.live: a live study not set up or not
+    │                                     finished (a library's run-time failure, not input)
     └── CliError                          fedward.cli: a command's input, said plainly
 
 Why the root lives here, on a floor of its own: the floor-1 packages import

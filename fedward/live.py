@@ -45,6 +45,7 @@ from fedward.edge.agent import EdgeAgent
 from fedward.edge.dataset import load_dataset, save_dataset
 from fedward.edge.identity import load_or_create_identity
 from fedward.edge.settings import AgentSettings
+from fedward.errors import FedwardError
 from fedward.protocol.codec import decode_tensors
 from fedward.protocol.messages import DeviceClass, ErrorCode, Task
 from fedward.protocol.mqtt import MqttTransport
@@ -64,8 +65,14 @@ log = logging.getLogger(__name__)
 Progress = Callable[[int, int, float | None], None]
 
 
-class LiveError(Exception):
-    """The live study could not be set up or did not finish."""
+class LiveError(FedwardError):
+    """The live study could not be set up or did not finish.
+
+    Not a :class:`~fedward.errors.CliError`: this module is a library (tests and
+    ``fedward up`` drive it), and most of these are run-time failures (too few
+    updates in time, nothing evaluated), not a command's input. A broker that
+    cannot be reached or started is a :class:`~protocol.errors.TransportError`.
+    """
 
 
 # -- broker ------------------------------------------------------------------

@@ -5,18 +5,27 @@ privacy failure (the coordinator's scheduler, the device's task runner) can
 catch one type. The subclasses carry the figures that explain the refusal, so
 the audit log can record *why* without parsing a message.
 
+Hierarchy (hangs from :class:`fedward.errors.FedwardError`)::
+
     PrivacyError
-    +-- BudgetExceeded    a task would take a device past its epsilon budget
-    +-- ForgedClaim       a device's claimed epsilon disagrees with the recomputation
-    +-- PolicyError       an unsafe budget policy, or an attempt to change one
-    +-- LedgerStateError  a persisted ledger state that is malformed or tampered with
-    +-- DuplicateCharge   the same (device, task) charged twice
+    ├── BudgetExceeded    a task would take a device past its epsilon budget
+    ├── ForgedClaim       a device's claimed epsilon disagrees with the recomputation
+    ├── PolicyError       an unsafe budget policy, or an attempt to change one
+    ├── LedgerStateError  a persisted ledger state that is malformed or tampered with
+    │                     (also a fedward.errors.SavedStateError)
+    ├── DuplicateCharge   the same (device, task) charged twice
+    └── SecAggError       secure aggregation (privacy.secagg.errors has its subtree)
+
+``fedward.edge.budget.TaskRefused`` (a device declining a task) is a
+``PrivacyError`` too, defined with the device budget it guards.
 """
 
 from __future__ import annotations
 
+from fedward.errors import FedwardError, SavedStateError
 
-class PrivacyError(Exception):
+
+class PrivacyError(FedwardError):
     """Base class: training or scheduling must not proceed."""
 
 
@@ -64,7 +73,7 @@ class PolicyError(PrivacyError):
     """An unsafe budget policy, an accountant misuse, or a policy change."""
 
 
-class LedgerStateError(PrivacyError):
+class LedgerStateError(PrivacyError, SavedStateError):
     """A ledger state that cannot be loaded: wrong format, bad checksum, inconsistent."""
 
 

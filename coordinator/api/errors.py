@@ -16,6 +16,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fedward.coordinator.errors import CoordinatorError
 from fedward.coordinator.service import (
     DeviceNotFound,
     InvalidStudyId,
@@ -59,7 +60,7 @@ class ErrorBody(BaseModel):
     detail: Any = None
 
 
-class ApiError(Exception):
+class ApiError(CoordinatorError):
     """Raise from a route to answer with ``status`` and an :class:`ErrorBody`."""
 
     def __init__(self, status: int, error: ErrorCode, detail: Any = None) -> None:

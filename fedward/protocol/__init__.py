@@ -1,7 +1,9 @@
 """fedward wire protocol: the neutral floor every other package talks through.
 
-Floor 1: imports nothing from our other packages and no torch, so devices,
-the coordinator, the simulator and third-party clients can share it.
+Floor 1: imports nothing from our other packages (only floor 0:
+:mod:`fedward.errors`, the root its errors hang from, and
+:mod:`fedward.saved_state`) and no torch, so devices, the coordinator, the
+simulator and third-party clients can share it.
 
 Modules (data path: tensors -> codec -> frame -> chunks -> transport):
 

@@ -7,7 +7,7 @@ bridge, the edge agent) catch :class:`ProtocolError`, drop the message and
 audit it; they never have to guess which low-level exception a forged
 payload might trigger.
 
-Hierarchy::
+Hierarchy (hangs from :class:`fedward.errors.FedwardError`)::
 
     ProtocolError            base class for everything below
     ├── DecodeError          bytes that are not a valid message/tensor payload
@@ -16,7 +16,9 @@ Hierarchy::
     ├── UnsupportedVersion   valid framing, but a protocol/format version we do not speak
     ├── ChunkError           a chunk that is malformed or inconsistent with its siblings
     ├── RouteError           a valid message on a topic it may not use (spoofed ids)
-    └── TransportError       the transport could not connect/publish/subscribe
+    └── TransportError       the transport could not connect/publish/subscribe; paho's
+                             (and the embedded amqtt broker's) own errors are mapped to
+                             it at the seam, chained as ``__cause__``, never leaked
 
 Validation is always done with explicit ``raise``; ``assert`` disappears
 under ``python -O`` and must never guard untrusted input.
@@ -24,8 +26,10 @@ under ``python -O`` and must never guard untrusted input.
 
 from __future__ import annotations
 
+from fedward.errors import FedwardError
 
-class ProtocolError(Exception):
+
+class ProtocolError(FedwardError):
     """Base class of every error raised by :mod:`protocol`."""
 
 
@@ -63,4 +67,8 @@ class RouteError(ProtocolError):
 
 
 class TransportError(ProtocolError):
-    """The transport failed (not connected, broker refused, timeout, ...)."""
+    """The transport failed (not connected, broker refused, timeout, bad TLS files, ...).
+
+    The message says what to check; the library's own exception, if any, is
+    the ``__cause__``.
+    """

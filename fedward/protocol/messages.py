@@ -62,7 +62,7 @@ from fedward.protocol.codec import MAX_NAME_BYTES, decode_tensors, encode_tensor
 from fedward.protocol.errors import DecodeError, EncodeError, MessageTooLarge, UnsupportedVersion
 from fedward.protocol.ids import Id
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: Update.update_energy (mean square) replaced update_sq_norm (sum)
 FRAME_VERSION = 1
 FRAME_MAGIC = b"FWFR"
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -234,13 +234,19 @@ class ModelDownload(WireMessage):
     names: TensorNames
 
 
-def squared_norm(tensors: Mapping[str, np.ndarray]) -> float:
-    """``Update.update_sq_norm`` of these tensors: the sum of squares, in float64.
+def update_energy(tensors: Mapping[str, np.ndarray]) -> float:
+    """``Update.update_energy`` of these tensors: the mean squared value per coordinate.
 
-    One definition for the device that reports it and the coordinator that
-    checks it, so both sum the same values the same way.
+    The sum of squares in float64 divided by the number of coordinates (an
+    update carries only the tensors its device trained, so these are the
+    trained coordinates; 0.0 for no tensors). FTTE's energy term and
+    ``NormBounded`` judge an update by this number, and the coordinator checks
+    a reported one against the tensors it came with. One definition for the
+    device that reports it, the coordinator that checks it and the strategies
+    that use it, so all of them sum the same values the same way.
     """
-    return float(sum(np.square(t, dtype=np.float64).sum() for t in tensors.values()))
+    total = float(sum(np.square(t, dtype=np.float64).sum() for t in tensors.values()))
+    return total / max(sum(t.size for t in tensors.values()), 1)
 
 
 class Update(WireMessage):
@@ -252,7 +258,7 @@ class Update(WireMessage):
     base_model_version: NonNegInt
     subset_id: Id
     num_samples: PosInt
-    update_sq_norm: NonNegFloat
+    update_energy: NonNegFloat
     train_loss: float
     privacy: PrivacyReport | None = None
     secagg_cohort_id: Id | None = None

@@ -105,9 +105,9 @@ class Scenario(BaseModel):
     heartbeat_timeout_s: float = Field(default=30.0, gt=0)
     # FTTE weighting
     staleness_exponent: float = Field(default=0.5, ge=0)
-    variance_beta: float = Field(default=1.0, ge=0)
-    variance_tolerance: float = Field(default=10.0, ge=1)
-    variance_window: int = Field(default=200, ge=0)
+    energy_beta: float = Field(default=1.0, ge=0)
+    energy_tolerance: float = Field(default=10.0, ge=1)
+    energy_window: int = Field(default=200, ge=0)
     # evaluation
     target_accuracy: float = Field(default=0.975, gt=0, le=1)
     # evaluate after the first merge that completes this many updates since the
@@ -169,11 +169,11 @@ class Scenario(BaseModel):
             buffer_size=self.buffer_size,
             server_lr=self.server_lr,
             staleness_exponent=self.staleness_exponent,
-            variance_beta=self.variance_beta,
-            variance_tolerance=self.variance_tolerance,
-            variance_window=self.variance_window,
-            norm_bound_tolerance=self.variance_tolerance if run.norm_bounded else None,
-            norm_bound_window=max(1, self.variance_window),
+            energy_beta=self.energy_beta,
+            energy_tolerance=self.energy_tolerance,
+            energy_window=self.energy_window,
+            norm_bound_tolerance=self.energy_tolerance if run.norm_bounded else None,
+            norm_bound_window=max(1, self.energy_window),
             privacy=self.study_privacy() if run.dp else None,
         )
 

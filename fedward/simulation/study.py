@@ -211,7 +211,7 @@ class Study:
             base_model_version=order.model_version,
             subset_id=order.subset.subset_id,
             num_samples=1,
-            update_sq_norm=0.0,
+            update_energy=0.0,
             train_loss=0.0,
         )
         return frame_size(header, {n: self.engine.params[n] for n in order.subset.names})

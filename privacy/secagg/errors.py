@@ -1,6 +1,8 @@
 """Errors raised by fedward's secure aggregation.
 
-Hierarchy (every error derives from ``SecAggError``; catch the narrowest you can handle)::
+Hierarchy (every error derives from ``SecAggError``, itself a
+:class:`fedward.privacy.errors.PrivacyError` under
+:class:`fedward.errors.FedwardError`; catch the narrowest you can handle)::
 
     SecAggError             base of everything privacy.secagg raises on purpose
     ├── ConfigError         invalid SecAggConfig / SecAggSession (also a ValueError)
@@ -14,7 +16,8 @@ Hierarchy (every error derives from ``SecAggError``; catch the narrowest you can
     ├── OverflowRisk        n clipped, scaled inputs (or weights, sample counts) could wrap
     │                       around the modulus, or an input exceeds its declared bound
     └── StateError          a method called in the wrong stage, or a state_dict that does
-                            not match this object (format version, session, stage, lengths)
+                            not match this object (kind, format version, session, stage,
+                            lengths); also a fedward.errors.SavedStateError
 
 Every raise leaves the object unchanged: a caller may catch, log and carry on
 (e.g. ignore a bad message from one device, or wait for more responses).
@@ -22,8 +25,12 @@ Every raise leaves the object unchanged: a caller may catch, log and carry on
 
 from __future__ import annotations
 
+from fedward.errors import SavedStateError
 
-class SecAggError(Exception):
+from ..errors import PrivacyError
+
+
+class SecAggError(PrivacyError):
     """Base class for errors raised deliberately by privacy.secagg."""
 
 
@@ -43,5 +50,11 @@ class OverflowRisk(SecAggError):
     """The modular sum could wrap, or an input is outside its declared bound."""
 
 
-class StateError(SecAggError):
-    """Wrong stage for this call, or a state_dict that fails its checks."""
+class StateError(SecAggError, SavedStateError):
+    """Wrong stage for this call, or a state_dict that fails its checks.
+
+    A :class:`~fedward.errors.SavedStateError` because ``load_state_dict``
+    raises it (through :func:`fedward.saved_state.open_envelope` too); the
+    wrong-stage use shares the class, so ``except SavedStateError`` around
+    code that also drives a session catches those as well.
+    """

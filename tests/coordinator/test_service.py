@@ -212,14 +212,14 @@ def test_a_truncated_real_frame_and_a_stranger_are_rejected(service, start_study
 def test_an_update_that_under_reports_its_energy_is_rejected(
     service, start_study, settings, fleet
 ) -> None:
-    # Prepare: a real update whose header claims a thousandth of its squared norm
-    # (what a divergent device would send to slip past FTTE's variance damping)
+    # Prepare: a real update whose header claims a thousandth of its energy
+    # (what a divergent device would send to slip past FTTE's energy damping)
     sid = start_study(service)
     out = service.dispatch(sid)[0]
     honest = fleet.train(out)
     header, tensors = decode_frame(honest, max_bytes=1 << 24)
     forged = encode_frame(
-        header.model_copy(update={"update_sq_norm": header.update_sq_norm / 1000}),
+        header.model_copy(update={"update_energy": header.update_energy / 1000}),
         tensors,
         max_bytes=1 << 24,
     )

@@ -1,7 +1,7 @@
 """``bench.ingest`` end to end on a small load: its updates must be ones the coordinator accepts.
 
 The benchmark builds update frames itself (no training); this keeps them honest
-(e.g. a header's ``update_sq_norm`` must match the tensors, or every update
+(e.g. a header's ``update_energy`` must match the tensors, or every update
 would be rejected and the throughput figure would measure refusals).
 """
 

@@ -181,7 +181,7 @@ def test_bad_uplink_messages_are_counted_answered_and_survived(live, tmp_path):
         base_model_version=0,
         subset_id="x",
         num_samples=1,
-        update_sq_norm=0.0,
+        update_energy=0.0,
         train_loss=0.0,
     )
     heartbeat = Heartbeat(device_id="ghost", status=DeviceStatus.IDLE)

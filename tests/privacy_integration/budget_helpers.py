@@ -83,7 +83,7 @@ class DpStudy:
             subset_id=order.subset.subset_id,
             delta={n: np.zeros(shapes[n], np.float32) for n in order.subset.names},
             num_samples=16,
-            update_msq=0.0,
+            update_energy=0.0,
         )
 
 

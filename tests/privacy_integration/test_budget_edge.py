@@ -193,7 +193,7 @@ def _outcome_with_history(report, *, history):
         num_samples=1,
         steps=report.steps,
         mean_loss=0.0,
-        sq_norm=0.0,
+        update_energy=0.0,
         dp=DPSpend(
             noise_multiplier=report.noise_multiplier,
             sample_rate=report.sample_rate,

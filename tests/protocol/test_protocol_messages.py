@@ -55,7 +55,7 @@ UPDATE = Update(
     base_model_version=3,
     subset_id="s.small",
     num_samples=64,
-    update_sq_norm=0.25,
+    update_energy=0.25,
     train_loss=0.7,
     privacy=REPORT,
 )
@@ -180,17 +180,18 @@ def test_random_bytes_raise_decode_error(blob):
         ("num_samples", 0),
         ("num_samples", 3.0),
         ("num_samples", "3"),
-        ("update_sq_norm", True),
-        ("update_sq_norm", -1.0),
-        ("update_sq_norm", float("nan")),
-        ("update_sq_norm", float("inf")),
+        ("update_energy", True),
+        ("update_energy", -1.0),
+        ("update_energy", float("nan")),
+        ("update_energy", float("inf")),
         ("train_loss", float("-inf")),
         ("device_id", "dev/+"),
         ("device_id", "dev#"),
         ("device_id", ""),
         ("device_id", "x" * 65),
         ("protocol_version", True),
-        ("protocol_version", 2),
+        ("protocol_version", PROTOCOL_VERSION - 1),
+        ("protocol_version", PROTOCOL_VERSION + 1),
         ("sneaky_extra", 1),
     ],
 )
@@ -226,8 +227,8 @@ def test_messages_are_frozen():
     [
         {"num_samples": True},
         {"num_samples": 1.0},
-        {"update_sq_norm": True},
-        {"update_sq_norm": "0.5"},
+        {"update_energy": True},
+        {"update_energy": "0.5"},
         {"kind": "nonsense"},
         {"extra": 1},
         {"privacy": {"accountant": "RDP"}},
@@ -252,8 +253,8 @@ def test_strict_validation_on_the_wire(patch):
 @pytest.mark.parametrize(
     "raw",
     [
-        b'{"update_sq_norm": NaN}',
-        b'{"update_sq_norm": Infinity}',
+        b'{"update_energy": NaN}',
+        b'{"update_energy": Infinity}',
         b'{"protocol_version": 1, "protocol_version": 1}',
         b"[1, 2]",
         b"\xff\xfe",
@@ -268,7 +269,7 @@ def test_header_parser_rejects_non_standard_json(raw):
 
 def test_versions_are_checked():
     # Prepare
-    header = json.loads(UPDATE.model_dump_json()) | {"protocol_version": 2}
+    header = json.loads(UPDATE.model_dump_json()) | {"protocol_version": PROTOCOL_VERSION + 1}
     ok_header = json.loads(UPDATE.model_dump_json())
     # Execute / Assert
     with pytest.raises(UnsupportedVersion):
@@ -276,6 +277,18 @@ def test_versions_are_checked():
     with pytest.raises(UnsupportedVersion):
         decode_frame(header_frame(ok_header, version=FRAME_VERSION + 1), max_bytes=MAX)
     assert decode_frame(header_frame(ok_header), max_bytes=MAX)[0] == UPDATE
+
+
+def test_a_version_1_update_with_its_sum_of_squares_is_refused():
+    # Prepare: version 1 carried update_sq_norm (a sum); version 2 carries
+    # update_energy (the mean), so an old header must not be read as a new one
+    current = json.loads(UPDATE.model_dump_json())
+    old = {k: v for k, v in current.items() if k != "update_energy"} | {"update_sq_norm": 16.0}
+    # Execute / Assert
+    with pytest.raises(UnsupportedVersion):
+        decode_frame(header_frame(old | {"protocol_version": 1}), max_bytes=MAX)
+    with pytest.raises(DecodeError, match="update_sq_norm"):
+        decode_frame(header_frame(old), max_bytes=MAX)
 
 
 def test_tensor_rules_and_limits():

@@ -92,7 +92,7 @@ def test_qos1_frame_round_trip(mqtt_broker, study_id, transports, protocol):
         base_model_version=0,
         subset_id="all",
         num_samples=8,
-        update_sq_norm=1.0,
+        update_energy=1.0,
         train_loss=0.5,
     )
     tensors = {"w": np.arange(12, dtype=np.float32).reshape(3, 4)}
