@@ -98,7 +98,6 @@ class AgentStats:
     updates_published: int = 0
     republished: int = 0
     heartbeats: int = 0
-    transport_errors: int = 0
     acks: Counter = field(default_factory=Counter)
     rejected: Counter = field(default_factory=Counter)
     errors_received: Counter = field(default_factory=Counter)
@@ -290,16 +289,7 @@ class EdgeAgent:
         try:
             self.transport.publish(self._topic(kind), frame, qos=qos)
             return True
-        except RuntimeError as exc:
-            # MqttTransport (protocol/mqtt.py) raises paho's RuntimeError from its pending-ack
-            # bookkeeping once any message was queued while offline, *after* handing this one
-            # to paho. Count it and carry on: the outbox and the Ack decide delivery anyway.
-            self.stats.transport_errors += 1
-            log.debug(
-                "%s: transport bookkeeping error after publish: %s", self.settings.device_id, exc
-            )
-            return True
-        except ProtocolError as exc:  # offline in-memory transport, broker refused, ...
+        except ProtocolError as exc:  # TransportError (offline, broker refused, paho's errors)
             self._publish_failed = True  # maintenance resends once connected again
             log.info("%s: publish on %s failed: %s", self.settings.device_id, kind, exc)
             return False

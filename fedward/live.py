@@ -47,6 +47,7 @@ from fedward.edge.identity import load_or_create_identity
 from fedward.edge.settings import AgentSettings
 from fedward.errors import FedwardError
 from fedward.protocol.codec import decode_tensors
+from fedward.protocol.errors import TransportError
 from fedward.protocol.messages import DeviceClass, ErrorCode, Task
 from fedward.protocol.mqtt import MqttTransport
 from fedward.protocol.mqtt_settings import MqttProtocol, MqttSettings
@@ -118,7 +119,15 @@ class EmbeddedBroker:
         return BrokerAddress(self.host, self.port, MqttProtocol.MQTT311)
 
     def start(self, *, timeout_s: float = 10.0) -> BrokerAddress:
-        from amqtt.broker import Broker  # optional dependency: fedward[embedded]
+        """Serve on ``host:port``; TransportError (amqtt's error as its cause) if it cannot."""
+        where = f"{self.host}:{self.port}"
+        try:
+            from amqtt.broker import Broker  # optional dependency: fedward[embedded]
+        except ImportError as exc:
+            raise TransportError(
+                "the embedded MQTT broker needs amqtt: pip install 'fedward[embedded]', "
+                "or use a running broker (--broker mqtt://host:port)"
+            ) from exc
 
         config = {
             "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},
@@ -140,8 +149,10 @@ class EmbeddedBroker:
 
             try:
                 loop.run_until_complete(boot())
-            except BaseException as exc:
+            except BaseException as exc:  # amqtt's BrokerError, OSError, ...: start() maps it
                 failure.append(exc)
+                self._loop = self._broker = None  # nothing runs, so stop() has nothing to do
+                loop.close()
                 ready.set()
                 return
             ready.set()
@@ -150,10 +161,16 @@ class EmbeddedBroker:
 
         self._thread = threading.Thread(target=serve, name="amqtt-broker", daemon=True)
         self._thread.start()
-        if not ready.wait(timeout_s) or failure:
-            raise LiveError(
-                f"embedded broker did not start: {failure[0] if failure else 'timeout'}"
+        if not ready.wait(timeout_s):
+            raise TransportError(
+                f"the embedded MQTT broker did not start on {where} within {timeout_s}s; "
+                "retry, or use a running broker (--broker mqtt://host:port)"
             )
+        if failure:
+            raise TransportError(
+                f"the embedded MQTT broker could not start on {where}: {failure[0]!r}; "
+                "free that port, or use a running broker (--broker mqtt://host:port)"
+            ) from failure[0]
         return self.address
 
     def stop(self) -> None:

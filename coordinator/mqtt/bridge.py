@@ -139,7 +139,6 @@ class BridgeStats:
     model_bytes_sent: int = 0
     timeouts_checked: int = 0
     publish_failures: int = 0
-    transport_errors: int = 0
 
 
 class _Tick(StrEnum):
@@ -435,13 +434,7 @@ class StudyBridge:
         try:
             self.transport.publish(topic, frame, qos=1)
             return True
-        except RuntimeError as exc:
-            # MqttTransport's pending-ack bookkeeping raises paho's RuntimeError once any
-            # message was queued while offline, after this one was handed to paho.
-            self.stats.transport_errors += 1
-            log.debug("bridge %s: transport bookkeeping error on %s: %s", self.study_id, topic, exc)
-            return True
-        except ProtocolError as exc:
+        except ProtocolError as exc:  # TransportError included: paho's own errors map to it
             self.stats.publish_failures += 1
             log.warning("bridge %s: publish to %s failed: %s", self.study_id, topic, exc)
             return False

@@ -24,6 +24,7 @@ from fedward.edge.dataset import DatasetError, load_dataset
 from fedward.edge.identity import KeyFileError, load_or_create_identity
 from fedward.edge.settings import AgentSettings
 from fedward.privacy.accounting import Accountant
+from fedward.protocol.errors import TransportError
 from fedward.protocol.messages import DeviceClass
 from fedward.protocol.mqtt import MqttTransport
 from fedward.protocol.mqtt_settings import MqttProtocol, MqttSettings
@@ -125,7 +126,7 @@ def run(
             pass
     except KeyboardInterrupt:
         pass
-    except AgentError as exc:
+    except (AgentError, TransportError) as exc:  # TransportError: the broker not reached
         console.print(f"[red]agent stopped:[/] {exc}")
         raise typer.Exit(1) from exc
     finally:

@@ -16,6 +16,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from fedward.protocol.errors import TransportError
 from fedward.protocol.mqtt_settings import MqttProtocol
 from fedward.simulation.scenario import StrategyRun, load_scenario
 
@@ -71,7 +72,7 @@ def command(
                 progress=tracker(progress)(strategy.value, budget),
                 timeout_s=timeout,
             )
-    except LiveError as exc:
+    except (LiveError, TransportError) as exc:  # a broker not reached or not started
         console.print(f"[red]live study failed:[/] {exc}")
         raise typer.Exit(1) from exc
     console.print(

@@ -19,15 +19,25 @@ turns true after a reconnect) only once every known filter is subscribed
 again. :meth:`MqttTransport.subscribe` waits for the SUBACK (except when called
 from a message handler, which runs on paho's thread), so a caller that
 subscribes and then triggers a reply cannot miss it.
+
+Errors: nothing of paho's escapes this module. Every call into paho that can
+raise, and every error code it returns, surfaces as
+:class:`~protocol.errors.TransportError` with a message that says what to
+check, chained to paho's exception (``__cause__``) where there is one: a
+closed port, an unreachable host, a failed TLS handshake, unusable TLS files,
+a full offline queue, a QoS 0 publish while offline, a refused subscription.
 """
 
 from __future__ import annotations
 
+import logging
+import sys
 import threading
 import time
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.exception import MQTTException
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -38,6 +48,16 @@ from fedward.protocol.transport import ErrorHook, ErrorPolicy, Transport
 
 # Fixed header (5) + topic length (2) + packet id (2) + v5 properties (<=9).
 _PACKET_OVERHEAD = 18
+
+# What paho raises from the calls we make (besides the error codes it returns):
+# OSError for files and sockets (ssl.SSLError, FileNotFoundError, ConnectionError
+# and socket.gaierror are OSErrors), ValueError for arguments it refuses (a topic,
+# filter or TLS setup), RuntimeError from MQTTMessageInfo and from settings changed on
+# a live connection, MQTTException from MQTT 5 properties. TypeError is left out on
+# purpose: only a wrong argument type from this module raises it, a bug to see.
+_PAHO_ERRORS = (OSError, RuntimeError, ValueError, MQTTException)
+
+log = logging.getLogger(__name__)
 
 
 class MqttTransport(Transport):
@@ -67,6 +87,7 @@ class MqttTransport(Transport):
         self._unawaited: set[int] = set()
         self._pending: list[mqtt.MQTTMessageInfo] = []
         self._broker_max_packet: int | None = None
+        self._connect_failure: OSError | None = None
         self.connect_count = 0
 
     # -- lifecycle ----------------------------------------------------------
@@ -75,52 +96,105 @@ class MqttTransport(Transport):
     def connected(self) -> bool:
         return self._connected.is_set()
 
+    @property
+    def broker(self) -> str:
+        """``host:port`` of the broker, as error messages name it."""
+        return f"{self.settings.host}:{self.settings.port}"
+
     def connect(self) -> None:
-        """Connect and start the network thread; raise TransportError on timeout/refusal."""
+        """Connect and start the network thread; TransportError on any failure.
+
+        Failures: unusable TLS files, a broker that does not answer within
+        ``connect_timeout_s`` (closed port, unreachable host, failed TLS
+        handshake; paho's last socket error is the ``__cause__``) or that
+        refuses the connection (credentials, client id).
+        """
         if self._client is not None:
             return
         s = self.settings
-        v5 = s.protocol is MqttProtocol.MQTT5
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=s.client_id,
-            clean_session=None if v5 else s.clean_start,
-            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
-            reconnect_on_failure=True,
-        )
-        if s.username is not None:
-            password = s.password.get_secret_value() if s.password else None
-            client.username_pw_set(s.username, password)
-        if s.tls is not None:
-            client.tls_set(
-                ca_certs=str(s.tls.ca_file) if s.tls.ca_file else None,
-                certfile=str(s.tls.cert_file) if s.tls.cert_file else None,
-                keyfile=str(s.tls.key_file) if s.tls.key_file else None,
+        client = self._new_client()
+        self._last_error = None
+        self._connect_failure = None
+        self._client = client
+        try:
+            properties = None
+            if s.protocol is MqttProtocol.MQTT5:
+                properties = Properties(PacketTypes.CONNECT)
+                properties.SessionExpiryInterval = s.session_expiry_s
+            client.connect_async(
+                s.host, s.port, s.keepalive_s, clean_start=s.clean_start, properties=properties
             )
-        client.reconnect_delay_set(s.reconnect_min_delay_s, s.reconnect_max_delay_s)
-        client.max_inflight_messages_set(s.max_inflight)
-        client.max_queued_messages_set(s.max_queued)
+            client.loop_start()
+        except _PAHO_ERRORS as exc:
+            self._client = None
+            self._shutdown(client)
+            raise TransportError(
+                f"could not start the MQTT connection to {self.broker}: {exc}; check the "
+                "host, port and session settings"
+            ) from exc
+        if not self._connected.wait(s.connect_timeout_s):
+            reason, cause = self._last_error or "no answer", self._connect_failure
+            self._client = None
+            self._shutdown(client)
+            raise TransportError(
+                f"could not connect to the MQTT broker at {self.broker} within "
+                f"{s.connect_timeout_s}s ({reason}); check that a broker runs there and that "
+                "host, port, protocol version, credentials and TLS settings match it"
+            ) from cause
+
+    def _new_client(self) -> mqtt.Client:
+        """A configured paho client, not yet connected; TransportError if paho refuses."""
+        s = self.settings
+        v5 = s.protocol is MqttProtocol.MQTT5
+        try:
+            client = mqtt.Client(
+                CallbackAPIVersion.VERSION2,
+                client_id=s.client_id,
+                clean_session=None if v5 else s.clean_start,
+                protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+                reconnect_on_failure=True,
+            )
+            if s.username is not None:
+                password = s.password.get_secret_value() if s.password else None
+                client.username_pw_set(s.username, password)
+            client.reconnect_delay_set(s.reconnect_min_delay_s, s.reconnect_max_delay_s)
+            client.max_inflight_messages_set(s.max_inflight)
+            client.max_queued_messages_set(s.max_queued)
+        except _PAHO_ERRORS as exc:
+            raise TransportError(
+                f"paho refused the MQTT settings for {self.broker}: {exc}; check client_id, "
+                "username and the inflight/queue limits"
+            ) from exc
+        if s.tls is not None:
+            try:
+                client.tls_set(
+                    ca_certs=str(s.tls.ca_file) if s.tls.ca_file else None,
+                    certfile=str(s.tls.cert_file) if s.tls.cert_file else None,
+                    keyfile=str(s.tls.key_file) if s.tls.key_file else None,
+                )
+            except _PAHO_ERRORS as exc:
+                raise TransportError(
+                    f"the TLS files for {self.broker} cannot be used ({exc}); check that "
+                    f"ca_file={s.tls.ca_file}, cert_file={s.tls.cert_file} and "
+                    f"key_file={s.tls.key_file} exist, are readable PEM files, and that the "
+                    "key belongs to the certificate"
+                ) from exc
         client.suppress_exceptions = True
         client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
-        properties = None
-        if v5:
-            properties = Properties(PacketTypes.CONNECT)
-            properties.SessionExpiryInterval = s.session_expiry_s
-        self._client = client
-        client.connect_async(
-            s.host, s.port, s.keepalive_s, clean_start=s.clean_start, properties=properties
-        )
-        client.loop_start()
-        if not self._connected.wait(s.connect_timeout_s):
-            reason = self._last_error or "timeout"
-            self.close()
-            raise TransportError(f"could not connect to {s.host}:{s.port}: {reason}")
+        return client
 
     def close(self) -> None:
-        """Disconnect cleanly (pending QoS>0 publishes get a short grace period)."""
+        """Disconnect cleanly (pending QoS>0 publishes get a short grace period); idempotent.
+
+        Never raises: close is the release path (``finally`` blocks, ``stop()``)
+        and a failed DISCONNECT leaves the caller nothing to do; the socket and
+        paho's thread are released either way and the broker sees the
+        connection drop. Such a failure is logged.
+        """
         client, self._client = self._client, None
         if client is None:
             return
@@ -129,9 +203,27 @@ class MqttTransport(Transport):
                 self._flush(client, timeout_s=min(self.settings.ack_timeout_s, 2.0))
             except TransportError:
                 pass
-        client.disconnect()
-        client.loop_stop()
+        failure = self._shutdown(client)
+        if failure is not None:
+            log.warning(
+                "MQTT disconnect from %s was not clean (%r); the connection is released",
+                self.broker,
+                failure,
+            )
+
+    def _shutdown(self, client: mqtt.Client) -> Exception | None:
+        """Disconnect and stop paho's thread, both tried; paho's first error, if any."""
+        failure: Exception | None = None
+        try:
+            client.disconnect()
+        except _PAHO_ERRORS as exc:
+            failure = exc
+        try:
+            client.loop_stop()
+        except _PAHO_ERRORS as exc:
+            failure = failure or exc
         self._connected.clear()
+        return failure
 
     def flush(self, *, timeout_s: float | None = None) -> None:
         """Block until every QoS>0 publish so far is acknowledged by the broker.
@@ -158,9 +250,22 @@ class MqttTransport(Transport):
             return
         # "connected" is announced only once the re-subscription is acknowledged,
         # so nobody publishes a request whose reply could arrive unsubscribed.
-        _, mid = client.subscribe(subs)
+        try:
+            _, mid = client.subscribe(subs)
+        except _PAHO_ERRORS as exc:  # on paho's thread: connect() reports it on timeout
+            self._last_error = f"re-subscription refused by paho: {exc}"
+            return
         with self._state:
             self._unawaited.add(mid)
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: object) -> None:
+        # paho calls this from inside its ``except OSError`` around opening the socket
+        # (and the TLS handshake), so the exception being handled is why it failed.
+        failure = sys.exc_info()[1]
+        self._connect_failure = failure if isinstance(failure, OSError) else None
+        self._last_error = (
+            f"{type(failure).__name__}: {failure}" if failure is not None else "no connection"
+        )
 
     def _mark_connected(self) -> None:
         self.connect_count += 1
@@ -194,7 +299,10 @@ class MqttTransport(Transport):
 
     def _require_client(self) -> mqtt.Client:
         if self._client is None:
-            raise TransportError("MQTT transport is not connected (call connect())")
+            raise TransportError(
+                f"the MQTT transport to {self.broker} is closed or was never connected; "
+                "call connect() first"
+            )
         return self._client
 
     def _chunk_limit(self, topic: str) -> int:
@@ -208,10 +316,16 @@ class MqttTransport(Transport):
 
     def _send(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
         client = self._require_client()
-        info = client.publish(topic, payload, qos=qos, retain=retain)
+        try:
+            info = client.publish(topic, payload, qos=qos, retain=retain)
+        except _PAHO_ERRORS as exc:
+            raise TransportError(
+                f"paho could not publish to {topic!r} on {self.broker}: {exc}; nothing was "
+                "sent, publish it again"
+            ) from exc
         queued_offline = info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN and qos > 0
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS and not queued_offline:
-            raise TransportError(f"publish to {topic!r} failed: {mqtt.error_string(info.rc)}")
+            raise TransportError(self._refused_publish(topic, info.rc))
         if qos > 0:
             with self._state:
                 self._pending = [i for i in self._pending if not _acknowledged(i)]
@@ -221,21 +335,62 @@ class MqttTransport(Transport):
         client = self._client
         if client is None or not self._connected.is_set():
             return  # on_connect subscribes everything in self.subscriptions
-        rc, mid = client.subscribe(topic_filter, qos)
+        try:
+            rc, mid = client.subscribe(topic_filter, qos)
+        except _PAHO_ERRORS as exc:
+            raise TransportError(
+                f"paho could not subscribe to {topic_filter!r} on {self.broker}: {exc}"
+            ) from exc
+        if rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
+            return  # the connection just dropped: on_connect subscribes it with the rest
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            raise TransportError(f"subscribe {topic_filter!r} failed: {mqtt.error_string(rc)}")
+            raise TransportError(
+                f"subscribe to {topic_filter!r} on {self.broker} failed: "
+                f"{mqtt.error_string(rc)}; subscribe again"
+            )
         if threading.get_ident() == self._loop_thread:
             return  # waiting on paho's own thread would deadlock
+        timeout_s = self.settings.ack_timeout_s
         with self._state:
-            if not self._state.wait_for(lambda: mid in self._subacks, self.settings.ack_timeout_s):
-                raise TransportError(f"no SUBACK for {topic_filter!r}")
+            if not self._state.wait_for(lambda: mid in self._subacks, timeout_s):
+                raise TransportError(
+                    f"no SUBACK for {topic_filter!r} from {self.broker} within {timeout_s}s; "
+                    "subscribe again, or raise ack_timeout_s for a slow broker"
+                )
             if not self._subacks.pop(mid):
-                raise TransportError(f"broker refused subscription {topic_filter!r}")
+                raise TransportError(
+                    f"the broker at {self.broker} refused the subscription {topic_filter!r}; "
+                    "check its ACL for this client id and username"
+                )
 
     def _send_unsubscribe(self, topic_filter: str) -> None:
         client = self._client
-        if client is not None and self._connected.is_set():
+        if client is None or not self._connected.is_set():
+            return  # the filter is gone from self.subscriptions, so no reconnect restores it
+        try:
             client.unsubscribe(topic_filter)
+        except _PAHO_ERRORS as exc:
+            raise TransportError(
+                f"paho could not unsubscribe from {topic_filter!r} on {self.broker}: {exc}; "
+                "no handler runs for it any more, but the broker may keep sending its "
+                "messages until the session ends"
+            ) from exc
+
+    def _refused_publish(self, topic: str, rc: MQTTErrorCode) -> str:
+        """What to tell the caller about a publish paho refused with ``rc``."""
+        what = f"publish to {topic!r} on {self.broker} failed"
+        if rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
+            return (
+                f"{what}: not connected, and a QoS 0 message is not queued while offline; "
+                "publish it with QoS 1, or again once the transport is connected"
+            )
+        if rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
+            return (
+                f"{what}: paho's outgoing queue is full (max_queued="
+                f"{self.settings.max_queued}) while the broker does not acknowledge; publish "
+                "it again once the transport is connected, or raise max_queued"
+            )
+        return f"{what}: {mqtt.error_string(rc)}; publish it again"
 
     def _flush(self, client: mqtt.Client, *, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -246,7 +401,10 @@ class MqttTransport(Transport):
             if not left:
                 return
             if time.monotonic() >= deadline:
-                raise TransportError(f"{left} publishes not acknowledged in {timeout_s}s")
+                raise TransportError(
+                    f"{left} publishes not acknowledged by {self.broker} in {timeout_s}s; they "
+                    "stay queued and are sent again on reconnect: flush again later"
+                )
             time.sleep(0.01)
 
 

@@ -49,7 +49,13 @@ class ErrorPolicy(StrEnum):
 def _check_levels(text: str, what: str) -> None:
     if not isinstance(text, str) or not text:
         raise EncodeError(f"{what} must be a non-empty str")
-    if "\x00" in text or len(text.encode("utf-8", "surrogatepass")) > MAX_TOPIC_BYTES:
+    try:
+        # Strict: MQTT topics are UTF-8, and a lone surrogate would otherwise reach paho
+        # and fail there (UnicodeEncodeError) instead of here.
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise EncodeError(f"{what} {text!r} is not valid UTF-8 (a lone surrogate)") from None
+    if "\x00" in text or size > MAX_TOPIC_BYTES:
         raise EncodeError(f"invalid {what} {text!r}")
 
 
