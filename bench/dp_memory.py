@@ -54,7 +54,7 @@ def dp_memory_figures(scenario_name: str) -> dict[str, object]:
         max_grad_norm=scenario.dp_max_grad_norm,
         momentum=scenario.momentum,
     )
-    fitting = None
+    fitting: dict[str, float] | None = None
     for physical in (8, 4, 2, 1):
         footprint = measure_dp_training_step(
             config, subset.names, batch_size=scenario.batch_size, max_physical_batch_size=physical

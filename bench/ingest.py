@@ -42,6 +42,7 @@ from fedward.coordinator.service import StudyService
 from fedward.coordinator.settings import CoordinatorSettings
 from fedward.coordinator.strategies import StrategyName
 from fedward.coordinator.study_spec import StudySpec, build_planner
+from pydantic import SecretStr
 
 from fedward.live import BrokerAddress, parse_broker_url
 from fedward.protocol.mqtt import MqttTransport
@@ -200,7 +201,7 @@ def run_ingest(config: IngestConfig, *, database_url: str | None, label: str) ->
     settings = CoordinatorSettings(
         database_url=database_url or f"sqlite:///{data_dir / 'coordinator.db'}",
         data_dir=data_dir,
-        operator_token=secrets.token_urlsafe(32),
+        operator_token=SecretStr(secrets.token_urlsafe(32)),
     )
     service = StudyService.open(settings, seed=0)
     study_id = f"bench-{secrets.token_hex(4)}"

@@ -171,7 +171,7 @@ class _HeldModel:
                 del self.frames[v]
         tmp = self.path.with_name(self.path.name + ".tmp.npz")
         with open(tmp, "wb") as f:
-            np.savez(f, **params, **{_VERSION_KEY: np.array(version)})
+            np.savez(f, allow_pickle=False, **params, **{_VERSION_KEY: np.array(version)})
             f.flush()
             os.fsync(f.fileno())
         tmp.replace(self.path)
@@ -240,7 +240,7 @@ class EdgeAgent:
         self._threads: list[threading.Thread] = []
         self._last_enrol = -float("inf")
         self._last_heartbeat = -float("inf")
-        self._conn_epoch: object = None
+        self._conn_epoch: tuple[bool, int | None] | None = None
         self._publish_failed = False
 
     # -- topics -------------------------------------------------------------
@@ -493,7 +493,7 @@ class EdgeAgent:
 
     # -- maintenance thread -----------------------------------------------------
 
-    def _connection_epoch(self) -> object:
+    def _connection_epoch(self) -> tuple[bool, int | None]:
         """Changes whenever the transport (re)connects (MQTT: connect_count)."""
         return (
             getattr(self.transport, "connected", True),

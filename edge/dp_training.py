@@ -320,7 +320,7 @@ def _wrap_fixed_mechanism(
     *,
     config: DPTrainConfig,
     generators: tuple[torch.Generator, torch.Generator],
-) -> tuple[GradSampleModule, DPOptimizer, DataLoader]:
+) -> tuple[GradSampleModule, DPOptimizer, _FixedRateLoader]:
     """``make_private`` with the task's sample rate and step count.
 
     The same three Opacus pieces ``make_private`` builds (``GradSampleModule``,

@@ -37,6 +37,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import numpy as np
+from pydantic import SecretStr
 
 from fedward.coordinator.mqtt.bridge import StudyBridge
 from fedward.coordinator.service import ServiceError, StudyService
@@ -314,6 +315,8 @@ class LiveStudy:
             agent.start()
         for agent in self.agents:
             agent.wait_enrolled(30)
+        if self.service is None or self.bridge is None:
+            raise LiveError("the coordinator did not start")
         self.service.start(self.study_id)
         self.bridge.request_dispatch()
 
@@ -337,7 +340,7 @@ class LiveStudy:
         settings = CoordinatorSettings(
             database_url=f"sqlite:///{self.data_dir / 'coordinator.db'}",
             data_dir=self.data_dir / "coordinator",
-            operator_token=secrets.token_urlsafe(32),
+            operator_token=SecretStr(secrets.token_urlsafe(32)),
         )
         self.audit_log = settings.audit_log_path
         self.service = StudyService.open(settings, seed=self.options.scenario.seed)

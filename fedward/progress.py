@@ -24,8 +24,12 @@ def tracker(progress: Progress) -> Callable[[str, int], Callable[[int, int, floa
         task = progress.add_task(name, total=total, acc="-")
 
         def update(done: int, budget: int, accuracy: float | None) -> None:
-            fields = {"acc": f"{accuracy:.3f}"} if accuracy is not None else {}
-            progress.update(task, completed=min(done, budget), total=budget, **fields)
+            if accuracy is None:
+                progress.update(task, completed=min(done, budget), total=budget)
+            else:
+                progress.update(
+                    task, completed=min(done, budget), total=budget, acc=f"{accuracy:.3f}"
+                )
 
         return update
 

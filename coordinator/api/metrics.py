@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ..service import StudyNotFound, StudyService
+from ..service import StudyNotFound, StudyService, StudyStatus
 
 
 class ServiceCollector(Collector):
@@ -24,6 +24,16 @@ class ServiceCollector(Collector):
 
     def __init__(self, source: Callable[[], StudyService | None]) -> None:
         self._source = source
+
+    def _statuses(self) -> Iterator[tuple[str, StudyStatus]]:
+        service = self._source()
+        if service is None:
+            return
+        for study_id in service.study_ids():
+            try:
+                yield study_id, service.status(study_id)
+            except StudyNotFound:  # removed since study_ids()
+                continue
 
     def collect(self) -> Iterator[Metric]:
         accepted = CounterMetricFamily(
@@ -58,12 +68,7 @@ class ServiceCollector(Collector):
         devices = GaugeMetricFamily(
             "fedward_devices", "Enrolled devices by state.", labels=["study", "state"]
         )
-        service = self._source()
-        for study_id in service.study_ids() if service is not None else []:
-            try:
-                st = service.status(study_id)
-            except StudyNotFound:
-                continue
+        for study_id, st in self._statuses():
             accepted.add_metric([study_id], st.updates_accepted)
             for reason, n in sorted(st.rejections.items()):
                 rejected.add_metric([study_id, reason.value], n)

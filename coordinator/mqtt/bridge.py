@@ -80,9 +80,13 @@ UPLINK_KINDS = (TopicKind.ENROL, TopicKind.UPDATE, TopicKind.HEARTBEAT)
 
 
 class OutboundLike(Protocol):
-    device_id: str
-    task: Task
-    model_frame: bytes
+    # read-only members: a frozen dataclass (service.views.OutboundTask) matches
+    @property
+    def device_id(self) -> str: ...
+    @property
+    def task(self) -> Task: ...
+    @property
+    def model_frame(self) -> bytes: ...
 
 
 class StudyServiceLike(Protocol):

@@ -200,8 +200,8 @@ class Repository:
                     row.count += n
             if changes.engine_state is not None:
                 version, state = changes.engine_state
-                row = s.get(EngineStateRow, sid)
-                if row is None:
+                engine_row = s.get(EngineStateRow, sid)
+                if engine_row is None:
                     s.add(
                         EngineStateRow(
                             study_id=sid,
@@ -212,7 +212,7 @@ class Repository:
                         )
                     )
                 else:
-                    row.model_version = version
-                    row.revision += 1
-                    row.state = state
-                    row.updated_at = changes.at
+                    engine_row.model_version = version
+                    engine_row.revision += 1
+                    engine_row.state = state
+                    engine_row.updated_at = changes.at

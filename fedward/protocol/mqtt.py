@@ -40,6 +40,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.exception import MQTTException
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from fedward.protocol.chunking import MIN_CHUNK_BYTES, Reassembler
 from fedward.protocol.errors import TransportError
@@ -157,7 +158,8 @@ class MqttTransport(Transport):
             if s.username is not None:
                 password = s.password.get_secret_value() if s.password else None
                 client.username_pw_set(s.username, password)
-            client.reconnect_delay_set(s.reconnect_min_delay_s, s.reconnect_max_delay_s)
+            # paho annotates the delays as int; it only adds them to time.monotonic().
+            client.reconnect_delay_set(s.reconnect_min_delay_s, s.reconnect_max_delay_s)  # type: ignore[arg-type]
             client.max_inflight_messages_set(s.max_inflight)
             client.max_queued_messages_set(s.max_queued)
         except _PAHO_ERRORS as exc:
@@ -237,7 +239,14 @@ class MqttTransport(Transport):
 
     # -- paho callbacks (network thread) ------------------------------------
 
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        flags: mqtt.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
         self._loop_thread = threading.get_ident()
         if reason_code.is_failure:
             self._last_error = f"broker refused: {reason_code}"
@@ -251,9 +260,12 @@ class MqttTransport(Transport):
         # "connected" is announced only once the re-subscription is acknowledged,
         # so nobody publishes a request whose reply could arrive unsubscribed.
         try:
-            _, mid = client.subscribe(subs)
+            rc, mid = client.subscribe(subs)
         except _PAHO_ERRORS as exc:  # on paho's thread: connect() reports it on timeout
             self._last_error = f"re-subscription refused by paho: {exc}"
+            return
+        if mid is None:  # the connection dropped again; the next on_connect retries
+            self._last_error = f"re-subscription failed: {mqtt.error_string(rc)}"
             return
         with self._state:
             self._unawaited.add(mid)
@@ -271,19 +283,33 @@ class MqttTransport(Transport):
         self.connect_count += 1
         self._connected.set()
 
-    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        flags: mqtt.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
         self._connected.clear()
         self._last_error = f"disconnected: {reason_code}"
 
-    def _on_message(self, client, userdata, message) -> None:
+    def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
         try:
             topic = message.topic
         except UnicodeDecodeError as exc:
             self._report("<undecodable topic>", exc)
             return
-        self._deliver(topic, message.payload)
+        self._deliver(topic, bytes(message.payload))  # received payloads are bytes already
 
-    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+    def _on_subscribe(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
         ok = not any(rc.is_failure for rc in reason_codes)
         with self._state:
             if mid in self._unawaited:  # re-subscription after a (re)connect
@@ -343,7 +369,7 @@ class MqttTransport(Transport):
             ) from exc
         if rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
             return  # the connection just dropped: on_connect subscribes it with the rest
-        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
             raise TransportError(
                 f"subscribe to {topic_filter!r} on {self.broker} failed: "
                 f"{mqtt.error_string(rc)}; subscribe again"

@@ -72,7 +72,8 @@ class _Deferred:
     """A job run on first ``result()`` (serial executor)."""
 
     def __init__(self, job: TrainJob) -> None:
-        self._job, self._outcome = job, None
+        self._job = job
+        self._outcome: LocalOutcome | None = None
 
     def result(self) -> LocalOutcome:
         if self._outcome is None:
@@ -120,7 +121,6 @@ class RayExecutor:
             ray.init(address=address, include_dashboard=False, log_to_driver=False)
         self._ray = ray
 
-        @ray.remote
         class _Worker:
             def __init__(self) -> None:
                 _init_worker(data_config, model_config, threads=1)
@@ -128,8 +128,11 @@ class RayExecutor:
             def run(self, job: TrainJob) -> LocalOutcome:
                 return _run(job)
 
+        # ray.remote(cls), not @ray.remote: the decorator's actor class is what
+        # has .remote(), and mypy keeps a decorated class's own type.
+        worker_actor = ray.remote(_Worker)
         count = max(1, int(ray.available_resources().get("CPU", 1)))
-        self._workers = [_Worker.remote() for _ in range(count)]
+        self._workers = [worker_actor.remote() for _ in range(count)]
         self._next = 0
 
     def submit(self, job: TrainJob) -> JobHandle:

@@ -65,7 +65,7 @@ def pretrained_params(
         params = {n: v + delta[n] for n, v in params.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, **params)
+    np.savez(tmp, allow_pickle=False, **params)
     tmp.replace(path)
     return params
 

@@ -112,7 +112,9 @@ def measure_dp_training_step(
             for k, chunk in enumerate(chunks):
                 saved: dict[tuple[int, int], int] = {}
 
-                def pack(t: torch.Tensor, saved: dict = saved) -> torch.Tensor:
+                def pack(
+                    t: torch.Tensor, saved: dict[tuple[int, int], int] = saved
+                ) -> torch.Tensor:
                     key = _storage_key(t)
                     if key not in param_keys:
                         saved[key] = t.untyped_storage().nbytes()

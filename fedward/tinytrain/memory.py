@@ -18,11 +18,12 @@ memory that existed before the step began, such as the parameters).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
+from torch.autograd.profiler_util import FunctionEvent
 
 from .models import ModelConfig, build_model
 from .profiler_quiet import quiet_profiler_markers
@@ -50,7 +51,7 @@ def _storage_key(t: torch.Tensor) -> tuple[int, int]:
     return storage.data_ptr(), storage.nbytes()
 
 
-def _profiler_peak(events) -> int:  # noqa: ANN001 - torch profiler event list
+def _profiler_peak(events: Iterable[FunctionEvent]) -> int:
     timeline = sorted(
         (e.time_range.start, e.self_cpu_memory_usage)
         for e in events

@@ -53,7 +53,8 @@ class _ConvBlock(nn.Module):
         self.pool = nn.MaxPool1d(pool) if pool > 1 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.act(self.conv(x)))
+        out: torch.Tensor = self.pool(self.act(self.conv(x)))
+        return out
 
 
 class SensorCNN(nn.Module):
@@ -121,7 +122,8 @@ def build_model(config: ModelConfig, *, seed: int) -> SensorCNN | SensorMLP:
         for module in model.modules():
             if isinstance(module, nn.Conv1d):
                 nn.init.kaiming_normal_(module.weight, nonlinearity="relu", generator=generator)
-                nn.init.zeros_(module.bias)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
     finally:
         torch.random.set_rng_state(generator_state)
     return model

@@ -82,7 +82,7 @@ def split_for_training(model: Model, trainable: Sequence[str]) -> SplitModel:
     )
 
 
-def frozen_features(prefix: nn.Module, x: torch.Tensor, *, micro_batch: int) -> torch.Tensor:
+def frozen_features(prefix: nn.Sequential, x: torch.Tensor, *, micro_batch: int) -> torch.Tensor:
     """Run the frozen prefix without autograd, a micro-batch at a time."""
     if len(prefix) == 0:
         return x

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -130,9 +131,9 @@ class SecAggConfig:
         return hashlib.sha256(text.encode()).digest()
 
 
-def canonical_order(device_ids: object) -> tuple[str, ...]:
+def canonical_order(device_ids: Iterable[str]) -> tuple[str, ...]:
     """Device ids sorted by their UTF-8 bytes (the order used for mask signs and x)."""
-    return tuple(sorted(device_ids, key=lambda d: d.encode("utf-8")))  # type: ignore[arg-type]
+    return tuple(sorted(device_ids, key=lambda d: d.encode("utf-8")))
 
 
 def check_device_id(device_id: object) -> str:

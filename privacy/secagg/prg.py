@@ -17,8 +17,8 @@ NONCE_BYTES = 12
 BLOCK_BYTES = 64
 _MAX_BLOCKS = 1 << 32  # the 32-bit block counter must not wrap
 
-_WIRE_DTYPES = {32: np.dtype("<u4"), 64: np.dtype("<u8")}
-_NATIVE_DTYPES = {32: np.dtype(np.uint32), 64: np.dtype(np.uint64)}
+_WIRE_DTYPES: dict[int, np.dtype] = {32: np.dtype("<u4"), 64: np.dtype("<u8")}
+_NATIVE_DTYPES: dict[int, np.dtype] = {32: np.dtype(np.uint32), 64: np.dtype(np.uint64)}
 
 
 def word_dtype(modulus_bits: int) -> np.dtype:

@@ -34,7 +34,7 @@ __all__ = [
     "words_to_bytes",
 ]
 
-_SIGNED = {32: np.dtype(np.int32), 64: np.dtype(np.int64)}
+_SIGNED: dict[int, np.dtype] = {32: np.dtype(np.int32), 64: np.dtype(np.int64)}
 
 
 def _positive_finite(name: str, value: float) -> float:
@@ -98,19 +98,22 @@ def mod_add(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """(a + b) mod 2^k for two word arrays of the same dtype (unsigned wrap-around)."""
     if a.dtype != b.dtype or a.shape != b.shape:
         raise ProtocolViolation("mod_add needs arrays of the same dtype and shape")
-    return np.add(a, b, dtype=a.dtype)
+    total: np.ndarray = np.add(a, b, dtype=a.dtype)  # numpy types ufunc calls as Any
+    return total
 
 
 def mod_sub(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """(a - b) mod 2^k."""
     if a.dtype != b.dtype or a.shape != b.shape:
         raise ProtocolViolation("mod_sub needs arrays of the same dtype and shape")
-    return np.subtract(a, b, dtype=a.dtype)
+    difference: np.ndarray = np.subtract(a, b, dtype=a.dtype)
+    return difference
 
 
 def mod_neg(a: np.ndarray) -> np.ndarray:
     """(-a) mod 2^k."""
-    return np.subtract(np.zeros_like(a), a, dtype=a.dtype)
+    negated: np.ndarray = np.subtract(np.zeros_like(a), a, dtype=a.dtype)
+    return negated
 
 
 def mod_sum(arrays: Iterable[np.ndarray], *, modulus_bits: int, n_words: int) -> np.ndarray:
@@ -127,7 +130,7 @@ def words_to_bytes(words: np.ndarray, *, modulus_bits: int) -> bytes:
     return arr.astype(wire_dtype(modulus_bits)).tobytes()
 
 
-def words_from_bytes(data: bytes, *, modulus_bits: int, n_words: int) -> np.ndarray:
+def words_from_bytes(data: object, *, modulus_bits: int, n_words: int) -> np.ndarray:
     """Parse wire bytes; raises ProtocolViolation unless exactly ``n_words`` words."""
     dtype = wire_dtype(modulus_bits)
     if not isinstance(data, bytes) or len(data) != n_words * dtype.itemsize:
