@@ -10,8 +10,12 @@ An ``EngineGuard`` holding the study's ``PrivacyLedger``:
   *recomputes* the device's cumulative epsilon, so a claim that disagrees is
   a ``BAD_PRIVACY_CLAIM`` and a spend past the budget a ``BUDGET_EXCEEDED``;
 - every spend, exhaustion, refusal and rejection is emitted as a
-  ``PrivacyEvent`` whose ``action``/``outcome``/``details`` go into the audit
-  log as they are (``compliance.privacy_details`` builds the details).
+  ``PrivacyEvent`` (facts: ``privacy.events``); ``coordinator.audit`` is the
+  one place that turns them into audit entries.
+
+The guard decides, the engine acts: each call returns a ``GuardDecision``
+(allowed or a rejection reason, the spend, the device state to apply) and
+the guard never changes the engine's devices or tasks itself.
 
 Charging happens before the strategy sees the update: the server has seen a
 data-derived update even if the strategy then drops it (too stale), so the
@@ -29,20 +33,11 @@ claim then disagrees and it is revoked. That errs on the side of privacy.
 
 from __future__ import annotations
 
-import enum
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from fedward.compliance.events import (
-    ActorKind,
-    AuditAction,
-    DetailValue,
-    Outcome,
-    check_details,
-    privacy_details,
-)
 from fedward.privacy.accounting import MechanismStep
 from fedward.privacy.errors import BudgetExceeded, DuplicateCharge, ForgedClaim, PolicyError
 from fedward.privacy.ledger import PrivacyLedger, SpendRecord
@@ -54,6 +49,7 @@ from fedward.saved_state import open_envelope, seal
 from ..engine import ALLOW, Device, DeviceState, Engine, GuardDecision, TaskOrder
 from ..errors import RejectReason
 from ..strategies import ClientUpdate
+from .events import PrivacyEvent, PrivacyEventKind, PrivacyListener
 from .settings import StudyPrivacy
 
 
@@ -63,39 +59,6 @@ class GuardStateError(PolicyError, SavedStateError):
 
 STATE_KIND = "fedward.coordinator.privacy_guard"
 STATE_FORMAT = 2  # 1: a flat dict with "format"/"version" keys, before the envelope
-
-
-class PrivacyEventKind(enum.StrEnum):
-    SPENT = "spent"  # a task's mechanism was charged to a device
-    EXHAUSTED = "exhausted"  # a device cannot afford another task: no more scheduling
-    REJECTED = "rejected"  # an update refused for a privacy reason
-    REFUSED = "refused"  # the device itself refused a task (its own budget)
-    REVOKED = "revoked"  # the device's accounting disagrees with the ledger for good
-
-
-@dataclass(frozen=True, kw_only=True)
-class PrivacyEvent:
-    """One privacy decision, ready for ``AuditLog.append(action=, outcome=, details=)``.
-
-    ``actor`` says who decided: the device for a refusal (its own budget), the
-    coordinator for everything else (it recomputed, charged, stopped or
-    rejected); ``device_id`` is always the device concerned.
-    """
-
-    kind: PrivacyEventKind
-    at: float
-    device_id: str
-    action: AuditAction
-    outcome: Outcome
-    details: Mapping[str, DetailValue]
-    record: SpendRecord | None = None  # the ledger's record, for SPENT
-
-    @property
-    def actor(self) -> ActorKind:
-        return ActorKind.DEVICE if self.kind is PrivacyEventKind.REFUSED else ActorKind.COORDINATOR
-
-
-PrivacyListener = Callable[[PrivacyEvent], None]
 
 
 @dataclass
@@ -271,9 +234,8 @@ class PrivacyGuard:
             PrivacyEventKind.REFUSED,
             now,
             order.device_id,
-            AuditAction.TASK_REFUSED,
-            Outcome.DENIED,
-            {"task_id": order.task_id, "reason": "device budget cannot afford the task"},
+            task_id=order.task_id,
+            detail="device budget cannot afford the task",
         )
         return self._exhaust(order.device_id, now=now, reason="the device refused: own budget")
 
@@ -359,9 +321,8 @@ class PrivacyGuard:
             PrivacyEventKind.REVOKED,
             now,
             device_id,
-            AuditAction.DEVICE_REVOKED,
-            Outcome.SUCCESS,
-            {"task_id": order.task_id, "reason": "privacy claim disagrees with the ledger"},
+            task_id=order.task_id,
+            detail="privacy claim disagrees with the ledger",
         )
         rejected = self._reject(
             RejectReason.BAD_PRIVACY_CLAIM,
@@ -370,7 +331,8 @@ class PrivacyGuard:
             task_id=order.task_id,
             now=now,
             report=report,
-            extra={"claimed_epsilon": float(exc.claimed), "recomputed_epsilon": exc.recomputed},
+            claimed=float(exc.claimed),
+            recomputed=exc.recomputed,
         )
         return replace(
             rejected,
@@ -384,18 +346,14 @@ class PrivacyGuard:
         first = device_id not in self._status.exhausted
         self._status.exhausted.add(device_id)
         if first:
-            spent = self.ledger.spent(device_id)
-            details = self._privacy_details(self._step, epsilon=spent)
-            details["device_id"] = device_id
-            details["epsilon_remaining"] = self.ledger.remaining(device_id)
-            details["epsilon_next_task"] = self.ledger.epsilon_with(device_id, self._step)
             self._emit(
                 PrivacyEventKind.EXHAUSTED,
                 now,
                 device_id,
-                AuditAction.BUDGET_EXHAUSTED,
-                Outcome.SUCCESS,
-                details,
+                step=self._step,
+                spent=self.ledger.spent(device_id),
+                remaining=self.ledger.remaining(device_id),
+                next_task_epsilon=self.ledger.epsilon_with(device_id, self._step),
             )
         return GuardDecision(
             allowed=False,
@@ -404,21 +362,8 @@ class PrivacyGuard:
         )
 
     def _spent(self, record: SpendRecord, *, now: float) -> None:
-        details = self._privacy_details(record.step, epsilon=record.epsilon_after)
-        details.update(
-            device_id=record.device,
-            task_id=record.task_id,
-            epsilon_before=record.epsilon_before,
-            clip_norm=record.max_grad_norm,
-        )
         self._emit(
-            PrivacyEventKind.SPENT,
-            now,
-            record.device,
-            AuditAction.PRIVACY_SPENT,
-            Outcome.SUCCESS,
-            details,
-            record=record,
+            PrivacyEventKind.SPENT, now, record.device, task_id=record.task_id, record=record
         )
 
     def _reject(
@@ -430,65 +375,30 @@ class PrivacyGuard:
         task_id: str,
         now: float,
         report: PrivacyReport | None = None,
-        extra: Mapping[str, Any] | None = None,
+        claimed: float | None = None,
+        recomputed: float | None = None,
     ) -> GuardDecision:
-        details: dict[str, Any] = {"device_id": device_id, "task_id": task_id}
-        if report is not None:
-            details.update(
-                noise_multiplier=report.noise_multiplier,
-                clip_norm=report.max_grad_norm,
-                sample_rate=report.sample_rate,
-                steps=report.steps,
-                accountant=report.accountant.value,
-                claimed_epsilon=report.claimed_epsilon,
-                delta=report.delta,
-            )
-        details.update(extra or {})
-        details.update(reason=reason.value, detail=detail[:200])
         self._emit(
             PrivacyEventKind.REJECTED,
             now,
             device_id,
-            AuditAction.UPDATE_REJECTED,
-            Outcome.DENIED,
-            details,
+            task_id=task_id,
+            reason=reason,
+            detail=detail,
+            report=report,
+            claimed_epsilon=claimed,
+            recomputed_epsilon=recomputed,
         )
         return GuardDecision(allowed=False, reject=reason, detail=detail)
 
-    def _privacy_details(self, step: MechanismStep, *, epsilon: float) -> dict[str, Any]:
-        policy = self.ledger.policy
-        return dict(
-            privacy_details(
-                noise_multiplier=step.noise_multiplier,
-                clip_norm=self.settings.max_grad_norm,
-                sample_rate=step.sample_rate,
-                steps=step.steps,
-                accountant=policy.accountant,
-                epsilon=epsilon,
-                delta=policy.delta,
-                epsilon_budget=policy.epsilon,
-            )
-        )
-
-    def _emit(
-        self,
-        kind: PrivacyEventKind,
-        at: float,
-        device_id: str,
-        action: AuditAction,
-        outcome: Outcome,
-        details: Mapping[str, Any],
-        *,
-        record: SpendRecord | None = None,
-    ) -> None:
+    def _emit(self, kind: PrivacyEventKind, at: float, device_id: str, **facts: Any) -> None:
         event = PrivacyEvent(
             kind=kind,
             at=at,
             device_id=device_id,
-            action=action,
-            outcome=outcome,
-            details=check_details({"device_id": device_id, **details}),
-            record=record,
+            policy=self.ledger.policy,
+            clip_norm=self.settings.max_grad_norm,
+            **facts,
         )
         for listener in self.listeners:
             listener(event)

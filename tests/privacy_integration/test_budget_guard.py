@@ -7,6 +7,7 @@ import copy
 import pytest
 from budget_helpers import PRIVACY, SPEC, make_dp_study
 from fedward.compliance.events import ActorKind, AuditAction, Outcome
+from fedward.coordinator.audit import privacy_entry
 from fedward.coordinator.engine import DeviceState, EventKind
 from fedward.coordinator.errors import RejectReason
 from fedward.coordinator.privacy.guard import PrivacyEventKind, PrivacyGuard
@@ -52,9 +53,15 @@ def test_honest_update_is_charged_and_audited(dp_study):
     spent = [e for e in dp_study.events.privacy_events if e.kind is PrivacyEventKind.SPENT]
     assert len(spent) == 1
     event = spent[0]
-    assert event.action is AuditAction.PRIVACY_SPENT and event.outcome is Outcome.SUCCESS
-    assert event.details["epsilon"] == report.claimed_epsilon
-    assert event.details["epsilon_budget"] == 8.0 and event.details["task_id"] == order.task_id
+    assert (
+        privacy_entry(event).action is AuditAction.PRIVACY_SPENT
+        and privacy_entry(event).outcome is Outcome.SUCCESS
+    )
+    assert privacy_entry(event).details["epsilon"] == report.claimed_epsilon
+    assert (
+        privacy_entry(event).details["epsilon_budget"] == 8.0
+        and privacy_entry(event).details["task_id"] == order.task_id
+    )
     assert event.record is not None and event.record.claimed_epsilon == report.claimed_epsilon
 
 
@@ -136,7 +143,7 @@ def test_update_past_the_budget_is_rejected_and_exhausts_the_device(dp_study):
     assert dp_study.engine.stats.rejected[RejectReason.BUDGET_EXCEEDED] == 1
     assert dp_study.engine.devices["dev-00"].state is DeviceState.EXHAUSTED
     assert len(guard.ledger.records("dev-00")) == 1  # nothing charged past the budget
-    actions = [e.action for e in dp_study.events.privacy_events]
+    actions = [privacy_entry(e).action for e in dp_study.events.privacy_events]
     assert AuditAction.BUDGET_EXHAUSTED in actions and AuditAction.UPDATE_REJECTED in actions
 
 
@@ -167,7 +174,11 @@ def test_device_that_cannot_afford_a_task_is_never_dispatched_again():
     assert study.engine.devices["dev-00"].state is DeviceState.EXHAUSTED
     exhausted = [e for e in study.events.privacy_events if e.kind is PrivacyEventKind.EXHAUSTED]
     assert len(exhausted) == 1
-    assert exhausted[0].details["epsilon"] <= 4.5 < exhausted[0].details["epsilon_next_task"]
+    assert (
+        privacy_entry(exhausted[0]).details["epsilon"]
+        <= 4.5
+        < privacy_entry(exhausted[0]).details["epsilon_next_task"]
+    )
     state_changes = [e for e in study.events.engine_events if e.kind is EventKind.DEVICE_STATE]
     assert state_changes[-1].details["state"] == "exhausted" and state_changes[-1].details["reason"]
 
@@ -246,7 +257,7 @@ def test_device_refusal_frees_the_task_and_stops_scheduling(dp_study):
     assert later == [] and order.task_id not in dp_study.engine.tasks
     assert dp_study.engine.stats.failed == 1
     assert dp_study.engine.devices["dev-00"].state is DeviceState.EXHAUSTED
-    actions = [e.action for e in dp_study.events.privacy_events]
+    actions = [privacy_entry(e).action for e in dp_study.events.privacy_events]
     assert actions == [AuditAction.TASK_REFUSED, AuditAction.BUDGET_EXHAUSTED]
     assert dp_study.guard.ledger.history("dev-00") == []  # nothing was trained, nothing spent
 
@@ -261,7 +272,7 @@ def test_audit_actor_is_the_device_only_for_its_own_refusal(dp_study):
     dp_study.engine.task_refused(second.task_id, now=4.0)
 
     # Assert
-    actors = {e.kind: e.actor for e in dp_study.events.privacy_events}
+    actors = {e.kind: privacy_entry(e).actor for e in dp_study.events.privacy_events}
     assert actors == {
         PrivacyEventKind.SPENT: ActorKind.COORDINATOR,
         PrivacyEventKind.REFUSED: ActorKind.DEVICE,

@@ -13,6 +13,7 @@ from collections import defaultdict
 import pytest
 from fedward.compliance.events import DENYLIST_KEYS, DENYLIST_WORDS, AuditAction, check_details
 from fedward.compliance.reports import build_budget_report, plot_budget, write_report_json
+from fedward.coordinator.audit import privacy_entry
 from fedward.coordinator.engine import EventKind
 from fedward.coordinator.privacy.ledger_store import (
     ledger_file,
@@ -78,22 +79,30 @@ def test_devices_at_their_budget_are_never_dispatched_again(simulated):
 def test_every_spend_is_recorded_for_the_audit_log(simulated):
     # Prepare
     study, result, _, privacy_events = simulated
-    spends = [e for e in privacy_events if e.action is AuditAction.PRIVACY_SPENT]
+    spends = [e for e in privacy_events if privacy_entry(e).action is AuditAction.PRIVACY_SPENT]
 
     # Execute
-    details = [check_details(e.details) for e in privacy_events]  # the log's own guard
+    details = [
+        check_details(privacy_entry(e).details) for e in privacy_events
+    ]  # the log's own guard
 
     # Assert
     ledger = study.guard.ledger
     assert len(spends) == sum(len(ledger.records(d)) for d in ledger) >= result.updates
     assert len(details) == len(privacy_events)
-    exhausted = [e for e in privacy_events if e.action is AuditAction.BUDGET_EXHAUSTED]
+    exhausted = [
+        e for e in privacy_events if privacy_entry(e).action is AuditAction.BUDGET_EXHAUSTED
+    ]
     assert len(exhausted) == 24
     for event in spends:
         assert {"noise_multiplier", "clip_norm", "sample_rate", "steps", "accountant"} <= set(
-            event.details
+            privacy_entry(event).details
         )
-        assert event.details["epsilon"] <= event.details["epsilon_budget"] == BUDGET
+        assert (
+            privacy_entry(event).details["epsilon"]
+            <= privacy_entry(event).details["epsilon_budget"]
+            == BUDGET
+        )
 
 
 def test_budget_report_json_and_png_are_written_without_health_data(simulated, tmp_path):
