@@ -405,7 +405,7 @@ def buffer_from_state(state: object, shapes: Mapping[str, tuple[int, ...]]) -> l
     items = payload.get("updates")
     if not isinstance(items, list):
         raise StateLoadError("a saved buffer holds a list of updates")
-    buffer = []
+    buffer: list[ClientUpdate] = []
     for item in items:
         try:
             update = ClientUpdate(
