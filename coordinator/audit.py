@@ -69,7 +69,7 @@ def engine_entry(
     d = event.details
     kind = event.kind
     if kind is EventKind.TASK_DISPATCHED:
-        keys = ("task_id", "device_id", "model_version", "subset_id", "tier")
+        keys: tuple[str, ...] = ("task_id", "device_id", "model_version", "subset_id", "tier")
         return _coordinator(AuditAction.TASK_DISPATCHED, Outcome.SUCCESS, _pick(d, keys))
     if kind is EventKind.TASK_FAILED:
         keys = ("task_id", "device_id", "reason")
@@ -110,7 +110,7 @@ def privacy_entry(event: PrivacyEvent) -> AuditEntry:
         )
         return _coordinator(AuditAction.BUDGET_EXHAUSTED, Outcome.SUCCESS, details, event=event)
     if kind is PrivacyEventKind.REJECTED:
-        details: dict[str, Any] = {"device_id": event.device_id, "task_id": event.task_id}
+        details = {"device_id": event.device_id, "task_id": event.task_id}
         report = event.report
         if report is not None:
             details.update(
