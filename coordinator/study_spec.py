@@ -10,8 +10,9 @@ very same strategy, planner and scheduling code.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import lru_cache
+from typing import Any
 
 from fedward.privacy.central import RandomNormal, urandom_normal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -55,6 +56,29 @@ class ClientDPSettings(BaseModel):
     noise_multiplier: float = Field(ge=0, le=1e3, allow_inf_nan=False)
 
 
+RENAMED_KEYS = {
+    "variance_beta": "energy_beta",
+    "variance_tolerance": "energy_tolerance",
+    "variance_window": "energy_window",
+}
+"""Keys of FTTE's energy term under their former names (StudySpec and Scenario)."""
+
+
+def refuse_renamed_keys(data: object, *, what: str) -> None:
+    """Raise ``ValueError`` naming the new key when ``data`` uses a former one.
+
+    Why refuse rather than migrate: no deployment holds a spec with the old
+    keys. Why not leave it to ``extra="forbid"``: "extra inputs are not
+    permitted" would not say what the key is called now.
+    """
+    if not isinstance(data, Mapping):
+        return
+    old = sorted(key for key in RENAMED_KEYS if key in data)
+    if old:
+        renamed = ", ".join(f"{key} is now {RENAMED_KEYS[key]}" for key in old)
+        raise ValueError(f"{what} uses keys that were renamed: {renamed}")
+
+
 class StudySpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -90,6 +114,12 @@ class StudySpec(BaseModel):
     task_deadline_s: float = Field(default=3600.0, gt=0)
     # differential privacy (issue 4): None = no DP; set at creation, immutable
     privacy: StudyPrivacy | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_renamed_keys(cls, data: Any) -> Any:
+        refuse_renamed_keys(data, what="study spec")
+        return data
 
     @model_validator(mode="after")
     def _client_dp_matches_strategy(self) -> StudySpec:

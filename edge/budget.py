@@ -48,7 +48,6 @@ from fedward.privacy.budget import BudgetPolicy
 from fedward.privacy.errors import PolicyError, PrivacyError
 
 from fedward.errors import SavedStateError
-from fedward.protocol.messages import Accountant as WireAccountant
 from fedward.protocol.messages import DpParams, ErrorCode, ErrorMessage, PrivacyReport, Task
 from fedward.saved_state import open_envelope, seal
 from fedward.tinytrain.models import Params
@@ -219,7 +218,7 @@ class DeviceBudget:
         self._history = tuple(new)
         return privacy_report(
             outcome,
-            accountant=WireAccountant(self.policy.accountant.value),
+            accountant=self.policy.accountant,
             epsilon=epsilon,
             delta=self.policy.delta,
         )

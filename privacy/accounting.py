@@ -17,7 +17,6 @@ This is the only module of ``privacy`` that imports Opacus. It does no I/O.
 
 from __future__ import annotations
 
-import enum
 import math
 import numbers
 import warnings
@@ -29,20 +28,14 @@ import numpy as np
 from opacus.accountants import GaussianAccountant, PRVAccountant, RDPAccountant
 from opacus.accountants.analysis import rdp as rdp_analysis
 
+from fedward.vocabulary import Accountant as Accountant  # re-exported: this module's API takes it
+
 from .errors import PolicyError
 
 GDP_WARNING = (
     "the GDP accountant is an asymptotic approximation and can underestimate "
     "privacy expenditure (Gopi et al. 2021, arXiv 2106.02848); prefer RDP or PRV"
 )
-
-
-class Accountant(enum.StrEnum):
-    """Which Opacus accountant turns a history into epsilon."""
-
-    RDP = "rdp"  # Renyi DP, Opacus' conservative default analysis
-    PRV = "prv"  # privacy random variables: tighter, numerically composed
-    GDP = "gdp"  # Gaussian DP (CLT): can underestimate; only by explicit opt-in
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from fedward.saved_state import open_envelope, seal
+from fedward.tinytrain.models import Params
 from fedward.tinytrain.subsets import SubsetSpec
 
 from ..errors import CoordinatorError, RejectReason, StateLoadError, UpdateRejected
@@ -61,8 +62,6 @@ __all__ = [
     "SubmitOutcome",
     "TaskOrder",
 ]
-
-Params = dict[str, np.ndarray]
 
 
 class EventKind(enum.StrEnum):

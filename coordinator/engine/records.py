@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from fedward.tinytrain.models import Params
 from fedward.tinytrain.subsets import SubsetSpec
 
 from ..errors import RejectReason, StateLoadError
@@ -31,8 +32,6 @@ ENGINE_STATE_FORMAT = 3
 """Version of ``Engine.state_dict``'s envelope. 1 was the store's own snapshot
 layout, 2 a flat dict with the synchronous round beside the strategy; 3 the
 saved-state envelope, rounds inside the strategy. Older ones are refused."""
-
-Params = dict[str, np.ndarray]
 
 
 class DeviceState(enum.StrEnum):

@@ -30,7 +30,6 @@ from fedward.privacy.budget import BudgetPolicy
 from fedward.privacy.errors import PolicyError
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from fedward.protocol.messages import Accountant as WireAccountant
 from fedward.protocol.messages import DpParams
 
 
@@ -84,6 +83,6 @@ class StudyPrivacy(BaseModel):
             max_grad_norm=self.max_grad_norm,
             sample_rate=self.sample_rate,
             delta=self.delta,
-            accountant=WireAccountant(self.accountant.value),
+            accountant=self.accountant,
             max_steps=self.steps_per_task,
         )

@@ -26,8 +26,10 @@ from fedward.coordinator.store import BlobStore, Repository, StudyChanges, creat
 from fedward.coordinator.store.audit_trail import AuditTrail
 from fedward.coordinator.store.models import StudyRow
 from fedward.coordinator.store.recorder import EventRecorder
-from fedward.coordinator.store.runtime import Params, RuntimeStore, StudyRuntime
+from fedward.coordinator.store.runtime import RuntimeStore, StudyRuntime
 from fedward.coordinator.study_spec import StudySpec
+
+from fedward.tinytrain.models import Params
 
 from .errors import StudyNotFound
 from .views import StudyInfo, study_info

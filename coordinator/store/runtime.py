@@ -19,22 +19,22 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 from fedward.compliance import ModelLineage, ModelVersion
 from fedward.compliance.lineage import LINEAGE_FORMAT
 from fedward.coordinator.engine import DeviceState, Engine, EngineEvent
 from fedward.coordinator.errors import CoordinatorError, RejectReason, StateLoadError
 from fedward.coordinator.study_spec import StudySpec, build_engine
+from pydantic import ValidationError
 
 from fedward.protocol.codec import decode_tensors, encode_tensors
 from fedward.protocol.messages import AckStatus
+from fedward.tinytrain.models import Params
 
 from .blobs import BlobStore
 from .models import ModelVersionRow, StudyRow, StudyState, TaskStatus
 from .repository import Repository, StudyChanges
 from .snapshot import buffered_delta_refs, engine_snapshot, restore_engine
 
-Params = dict[str, np.ndarray]
 EventHandler = Callable[["StudyRuntime", EngineEvent], None]
 GuardEventHandler = Callable[["StudyRuntime", Any], None]
 
@@ -124,7 +124,10 @@ class RuntimeStore:
         self, row: StudyRow, *, on_event: EventHandler, on_guard_event: GuardEventHandler
     ) -> StudyRuntime:
         """Rebuild a study from the database and blobs (start-up, or after a failed call)."""
-        spec = StudySpec.model_validate(row.spec)
+        try:
+            spec = StudySpec.model_validate(row.spec)
+        except ValidationError as exc:  # e.g. a spec saved under keys since renamed
+            raise StateLoadError(f"study {row.id}: its saved spec is refused: {exc}") from exc
         study = self.build(row, spec, on_event=on_event, on_guard_event=on_guard_event)
         versions = self.repository.model_versions(row.id)
         study.lineage.load_state_dict(

@@ -26,8 +26,10 @@ from typing import Any
 import numpy as np
 from fedward.privacy.central import RandomNormal, clip_update
 
+from fedward.tinytrain.models import Params
+
 from ..errors import StrategyConfigError
-from .base import BufferedStrategy, ClientUpdate, Params, StrategyName, apply_step, weighted_mean
+from .base import BufferedStrategy, ClientUpdate, StrategyName, apply_step, weighted_mean
 
 
 class ClientLevelDP(BufferedStrategy):

@@ -15,8 +15,10 @@ from typing import Any
 
 import numpy as np
 
+from fedward.tinytrain.models import Params
+
 from ..errors import StrategyConfigError
-from .base import ClientUpdate, Params, Schedule, StrategyBase, StrategyName
+from .base import ClientUpdate, Schedule, StrategyBase, StrategyName
 
 
 class StalenessFunction(enum.StrEnum):

@@ -24,10 +24,11 @@ from typing import Any
 
 import numpy as np
 
+from fedward.tinytrain.models import Params
+
 from ..errors import RejectReason, StateLoadError, StrategyConfigError, UpdateRejected
 from .base import (
     ClientUpdate,
-    Params,
     Schedule,
     StrategyBase,
     StrategyName,

@@ -16,7 +16,9 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .base import BufferedStrategy, ClientUpdate, Params, StrategyName, apply_step
+from fedward.tinytrain.models import Params
+
+from .base import BufferedStrategy, ClientUpdate, StrategyName, apply_step
 
 
 def fedbuff_staleness(tau: int) -> float:

@@ -61,6 +61,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, 
 from fedward.protocol.codec import MAX_NAME_BYTES, decode_tensors, encode_tensors, tensor_bytes
 from fedward.protocol.errors import DecodeError, EncodeError, MessageTooLarge, UnsupportedVersion
 from fedward.protocol.ids import Id
+from fedward.vocabulary import Accountant as Accountant  # re-exported with DpParams
 
 PROTOCOL_VERSION = 2  # 2: Update.update_energy (mean square) replaced update_sq_norm (sum)
 FRAME_VERSION = 1
@@ -94,14 +95,6 @@ class AckStatus(StrEnum):
     MERGED = "merged"
     BUFFERED = "buffered"
     REJECTED = "rejected"
-
-
-class Accountant(StrEnum):
-    """Privacy accountant (Opacus names). GDP can underestimate epsilon."""
-
-    RDP = "rdp"
-    PRV = "prv"
-    GDP = "gdp"
 
 
 class DeviceStatus(StrEnum):

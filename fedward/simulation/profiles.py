@@ -10,17 +10,14 @@ device whose compute and links are slower by a factor drawn log-uniformly from
 
 from __future__ import annotations
 
-import enum
 import math
 from dataclasses import dataclass
 
 import numpy as np
 
-
-class DeviceClass(enum.StrEnum):
-    WEARABLE = "wearable"
-    PHONE = "phone"
-    GATEWAY = "gateway"
+# The wire contract owns the device classes (Enrol.device_class): a simulated
+# fleet is drawn from the same classes that devices enrol with.
+from fedward.protocol.messages import DeviceClass
 
 
 @dataclass(frozen=True, kw_only=True)

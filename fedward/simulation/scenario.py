@@ -11,16 +11,17 @@ from __future__ import annotations
 import enum
 import json
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fedward.coordinator.engine.planning import SubsetMode
 from fedward.coordinator.privacy.settings import StudyPrivacy
 from fedward.coordinator.strategies import StrategyName
-from fedward.coordinator.study_spec import StudySpec
+from fedward.coordinator.study_spec import StudySpec, refuse_renamed_keys
 from fedward.privacy.accounting import Accountant
+from fedward.protocol.messages import DeviceClass
 
-from .profiles import DeviceClass
 from .sensordata import StudyDataConfig
 
 
@@ -103,7 +104,7 @@ class Scenario(BaseModel):
     server_lr: float = Field(default=1.0, gt=0)
     update_budget: int = Field(default=3000, ge=1)
     heartbeat_timeout_s: float = Field(default=30.0, gt=0)
-    # FTTE weighting
+    # FTTE weighting: age term, then the energy term (beta, tolerance rho, look-back window)
     staleness_exponent: float = Field(default=0.5, ge=0)
     energy_beta: float = Field(default=1.0, ge=0)
     energy_tolerance: float = Field(default=10.0, ge=1)
@@ -128,6 +129,12 @@ class Scenario(BaseModel):
     dp_sample_rate: float = Field(default=0.25, gt=0, le=1)
     dp_steps_per_task: int | None = Field(default=None, ge=1)
     dp_max_physical_batch: int = Field(default=8, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_renamed_keys(cls, data: Any) -> Any:
+        refuse_renamed_keys(data, what="scenario")
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> Scenario:

@@ -18,7 +18,6 @@ from fedward.coordinator.strategies import ClientUpdate
 from fedward.coordinator.study_spec import StudySpec, build_engine
 from fedward.privacy.accounting import Accountant, epsilon_for
 
-from fedward.protocol.messages import Accountant as WireAccountant
 from fedward.protocol.messages import PrivacyReport
 
 DELTA = 1e-5
@@ -67,7 +66,7 @@ class DpStudy:
             sample_rate=step.sample_rate,
             steps=step.steps,
             max_grad_norm=PRIVACY.max_grad_norm,
-            accountant=WireAccountant.RDP,
+            accountant=Accountant.RDP,
             claimed_epsilon=honest if claimed is None else claimed,
             delta=DELTA,
         )

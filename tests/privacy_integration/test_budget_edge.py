@@ -13,7 +13,6 @@ from fedward.privacy.budget import BudgetPolicy
 from fedward.privacy.errors import PolicyError
 from fedward.privacy.ledger import PrivacyLedger
 
-from fedward.protocol.messages import Accountant as WireAccountant
 from fedward.protocol.messages import ErrorCode, Task
 from fedward.tinytrain.models import build_model, get_params, parameter_groups
 from fedward.tinytrain.subsets import SubsetLadder
@@ -116,7 +115,7 @@ def test_task_on_other_terms_is_refused_before_training():
     # Prepare
     budget = DeviceBudget(POLICY)
     other_delta = PRIVACY.task_dp().model_copy(update={"delta": 1e-6})
-    other_accountant = PRIVACY.task_dp().model_copy(update={"accountant": WireAccountant.PRV})
+    other_accountant = PRIVACY.task_dp().model_copy(update={"accountant": Accountant.PRV})
     unplanned = PRIVACY.task_dp().model_copy(update={"max_steps": None})
 
     # Execute / Assert
