@@ -364,7 +364,7 @@ class Study:
             budget.check(self.guard.task_dp(order))
         except TaskRefused:
             self.refused_tasks += 1
-            self.guard.device_refused(self.engine, order.task_id, now=now)
+            self.engine.task_refused(order.task_id, now=now)
             return True
         return False
 
