@@ -21,6 +21,7 @@ from fedward.compliance.errors import (
     ForbiddenAuditContent,
     KeyFileError,
     LineageError,
+    LineageStateError,
 )
 from fedward.compliance.events import (
     Actor,
@@ -67,6 +68,7 @@ __all__ = [
     "JsonlAuditStore",
     "KeyFileError",
     "LineageError",
+    "LineageStateError",
     "MemoryAuditStore",
     "ModelLineage",
     "ModelVersion",

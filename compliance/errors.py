@@ -21,7 +21,7 @@ forbidden-content refusal to stay recognisable as exactly that.
 
 from __future__ import annotations
 
-from fedward.errors import FedwardError
+from fedward.errors import FedwardError, SavedStateError
 
 __all__ = [
     "AuditIntegrityError",
@@ -70,6 +70,10 @@ class ForbiddenAuditContent(ComplianceError):
 class LineageError(ComplianceError):
     """The model lineage is inconsistent (unknown parent, non-increasing
     version, hash mismatch on load, unsupported format)."""
+
+
+class LineageStateError(LineageError, SavedStateError):
+    """A saved lineage state that fails its checks on load (kind, format, hashes)."""
 
 
 class KeyFileError(ComplianceError):

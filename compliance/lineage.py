@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Annotated, Any
 
-from fedward.compliance.errors import LineageError
+from fedward.compliance.errors import LineageError, LineageStateError
 from fedward.compliance.events import (
     MAX_LIST_LEN,
     MAX_NUMERIC_ITEMS,
@@ -46,9 +46,28 @@ from pydantic import (
     field_validator,
 )
 
-__all__ = ["LINEAGE_FORMAT", "ModelLineage", "ModelVersion", "record_hash"]
+from fedward.saved_state import open_envelope, seal
 
-LINEAGE_FORMAT = "fedward.lineage/v1"
+__all__ = [
+    "LINEAGE_FORMAT",
+    "LINEAGE_STATE_FORMAT",
+    "LINEAGE_STATE_KIND",
+    "ModelLineage",
+    "ModelVersion",
+    "lineage_state",
+    "record_hash",
+]
+
+LINEAGE_FORMAT = "fedward.lineage/v1"  # part of every record hash: never change it
+LINEAGE_STATE_KIND = "fedward.compliance.lineage"
+LINEAGE_STATE_FORMAT = 2  # 1: {"format": LINEAGE_FORMAT, "versions": [...]}, before the envelope
+
+
+def lineage_state(versions: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """The saved form of a lineage from its versions' JSON records (as stored)."""
+    return seal(LINEAGE_STATE_KIND, LINEAGE_STATE_FORMAT, {"versions": list(versions)})
+
+
 """Format tag of :meth:`ModelLineage.state_dict`; loading refuses any other."""
 
 
@@ -245,25 +264,31 @@ class ModelLineage:
             last = v.version
 
     def state_dict(self) -> dict[str, Any]:
-        """JSON-ready snapshot: ``{"format": ..., "versions": [...]}``."""
-        return {
-            "format": LINEAGE_FORMAT,
-            "versions": [v.model_dump(mode="json") for v in self._versions.values()],
-        }
+        """JSON-ready envelope (kind ``LINEAGE_STATE_KIND``) holding the versions."""
+        return lineage_state([v.model_dump(mode="json") for v in self._versions.values()])
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Replace this lineage with ``state`` after checking it completely
-        (format tag, field types, ordering, parents, record hashes).  On any
-        failure :class:`LineageError` is raised and nothing changes."""
-        if not isinstance(state, Mapping) or state.get("format") != LINEAGE_FORMAT:
-            raise LineageError(f"not a lineage state of format {LINEAGE_FORMAT!r}")
-        if set(state) != {"format", "versions"} or not isinstance(state["versions"], list):
-            raise LineageError("lineage state must hold exactly 'format' and a 'versions' list")
+        (envelope, field types, ordering, parents, record hashes).  On any
+        failure :class:`LineageStateError` is raised and nothing changes."""
+        payload = open_envelope(
+            state,
+            kind=LINEAGE_STATE_KIND,
+            format_version=LINEAGE_STATE_FORMAT,
+            error=LineageStateError,
+        )
+        if set(payload) != {"versions"} or not isinstance(payload["versions"], list):
+            raise LineageStateError("a lineage state's payload holds exactly a 'versions' list")
         try:
             versions = [
-                ModelVersion.model_validate_json(json.dumps(item)) for item in state["versions"]
+                ModelVersion.model_validate_json(json.dumps(item)) for item in payload["versions"]
             ]
         except (ValidationError, TypeError, ValueError) as exc:
-            raise LineageError(f"malformed lineage state: {exc}") from None
-        self._verify_versions(versions)
+            raise LineageStateError(f"malformed lineage state: {exc}") from None
+        try:
+            self._verify_versions(versions)
+        except LineageStateError:
+            raise
+        except LineageError as exc:
+            raise LineageStateError(str(exc)) from exc
         self._versions = {v.version: v for v in versions}

@@ -7,6 +7,12 @@ time in the live service) and get back plain objects to send or record. Every
 decision is also emitted as an ``EngineEvent`` to the listeners (audit log,
 metrics, persistence), so the simulator and the live coordinator produce the
 same audit trail.
+
+The engine knows no strategy by name: how many tasks to issue and when a
+round closes are the strategy's schedule hooks (``Strategy.dispatch_room``,
+``tasks_dispatched``, ``task_failed``). Guards (``engine.guards``) decide about
+devices and updates; the engine applies each ``GuardDecision``, so every
+change of a study's state happens here.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 An ``EngineGuard`` holding the study's ``PrivacyLedger``:
 
 - ``may_dispatch``: a device whose ledger cannot afford one more task (the
-  task's mechanism is fixed by ``StudyPrivacy``, so its cost is known) is moved
-  to ``DeviceState.EXHAUSTED`` with a reason and never scheduled again;
+  task's mechanism is fixed by ``StudyPrivacy``, so its cost is known) is
+  refused with ``DeviceState.EXHAUSTED`` and a reason, and never scheduled again;
 - ``admit``: the update must carry a ``PrivacyReport`` (the transport's
   ``context``) with exactly the task's mechanism; the ledger charges it and
   *recomputes* the device's cumulative epsilon, so a claim that disagrees is

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fedward.compliance import ModelLineage, ModelVersion
-from fedward.compliance.lineage import LINEAGE_FORMAT
+from fedward.compliance.lineage import lineage_state
 from fedward.coordinator.engine import DeviceState, Engine, EngineEvent
 from fedward.coordinator.errors import CoordinatorError, RejectReason, StateLoadError
 from fedward.coordinator.study_spec import StudySpec, build_engine
@@ -130,9 +130,7 @@ class RuntimeStore:
             raise StateLoadError(f"study {row.id}: its saved spec is refused: {exc}") from exc
         study = self.build(row, spec, on_event=on_event, on_guard_event=on_guard_event)
         versions = self.repository.model_versions(row.id)
-        study.lineage.load_state_dict(
-            {"format": LINEAGE_FORMAT, "versions": [v.lineage for v in versions]}
-        )
+        study.lineage.load_state_dict(lineage_state(v.lineage for v in versions))
         study.version_sha = {v.version: v.blob_sha256 for v in versions}
         state_row = self.repository.engine_state(row.id)
         if state_row is None:

@@ -16,13 +16,19 @@ from fedward.compliance import (
     AuditAction,
     AuditLog,
     LineageError,
+    LineageStateError,
     MemoryAuditStore,
     ModelLineage,
     Outcome,
     sha256_hex,
     verify_log,
 )
-from fedward.compliance.lineage import LINEAGE_FORMAT, record_hash
+from fedward.compliance.lineage import (
+    LINEAGE_FORMAT,
+    LINEAGE_STATE_FORMAT,
+    LINEAGE_STATE_KIND,
+    record_hash,
+)
 
 
 def _h(tag: str) -> str:
@@ -107,12 +113,13 @@ def test_state_round_trips_through_json(
     restored.load_state_dict(state)
     # Assert
     assert restored.versions() == lineage.versions()
-    assert state["format"] == LINEAGE_FORMAT
+    assert state["kind"] == LINEAGE_STATE_KIND
+    assert state["format_version"] == LINEAGE_STATE_FORMAT
 
 
 def _tamper(state: dict[str, Any], how: str) -> dict[str, Any]:
     bad = copy.deepcopy(state)
-    versions = bad["versions"]
+    versions = bad["payload"]["versions"]
     if how == "content":
         versions[1]["content_hash"] = _h("evil")
     elif how == "record_hash":
@@ -136,7 +143,11 @@ def _tamper(state: dict[str, Any], how: str) -> dict[str, Any]:
     elif how == "drop_parent":
         del versions[1]
     elif how == "format":
-        bad["format"] = "fedward.lineage/v0"
+        bad["format_version"] = 1
+    elif how == "kind":
+        bad["kind"] = "fedward.privacy.ledger"
+    elif how == "flat":  # the pre-envelope layout
+        bad = {"format": LINEAGE_FORMAT, "versions": bad["payload"]["versions"]}
     elif how == "extra":
         bad["extra"] = 1
     elif how == "type":
@@ -154,6 +165,8 @@ def _tamper(state: dict[str, Any], how: str) -> dict[str, Any]:
         "reorder",
         "drop_parent",
         "format",
+        "kind",
+        "flat",
         "extra",
         "type",
     ],
@@ -166,7 +179,7 @@ def test_loading_a_tampered_state_fails_and_changes_nothing(
     target.record(version=0, parents=(), content_hash=_h("mine"), strategy="init")
     before = target.versions()
     # Execute / Assert
-    with pytest.raises(LineageError):
+    with pytest.raises(LineageStateError):  # a LineageError and a SavedStateError
         target.load_state_dict(_tamper(lineage.state_dict(), how))
     assert target.versions() == before
 
