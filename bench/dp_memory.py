@@ -28,7 +28,6 @@ import json
 
 from fedward.coordinator.study_spec import build_planner
 from fedward.edge.dp_training import measure_dp_training_step
-
 from fedward.protocol.messages import DeviceClass
 from fedward.simulation.profiles import DEFAULT_PROFILES
 from fedward.simulation.scenario import StrategyRun, load_scenario

@@ -37,13 +37,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import SecretStr
+
 from fedward.coordinator.mqtt.bridge import StudyBridge
 from fedward.coordinator.service import StudyService
 from fedward.coordinator.settings import CoordinatorSettings
 from fedward.coordinator.strategies import StrategyName
 from fedward.coordinator.study_spec import StudySpec, build_planner
-from pydantic import SecretStr
-
 from fedward.live import BrokerAddress, parse_broker_url
 from fedward.protocol.mqtt import MqttTransport
 from fedward.protocol.mqtt_settings import MqttProtocol, MqttSettings

@@ -48,7 +48,6 @@ from datetime import UTC, datetime
 from enum import Enum
 from typing import Annotated, Any
 
-from fedward.compliance.errors import ForbiddenAuditContent
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -57,6 +56,8 @@ from pydantic import (
     field_serializer,
     field_validator,
 )
+
+from fedward.compliance.errors import ForbiddenAuditContent
 
 __all__ = [
     "DENYLIST_KEYS",

@@ -25,6 +25,15 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Annotated, Any
 
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_serializer,
+    field_validator,
+)
+
 from fedward.compliance.errors import LineageError, LineageStateError
 from fedward.compliance.events import (
     MAX_LIST_LEN,
@@ -37,15 +46,6 @@ from fedward.compliance.events import (
     format_ts,
     to_utc,
 )
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_serializer,
-    field_validator,
-)
-
 from fedward.saved_state import open_envelope, seal
 
 __all__ = [

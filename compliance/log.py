@@ -37,6 +37,8 @@ from collections.abc import Mapping
 from types import TracebackType
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from pydantic import BaseModel, ConfigDict
+
 from fedward.compliance import merkle
 from fedward.compliance.errors import AuditIntegrityError
 from fedward.compliance.events import (
@@ -51,7 +53,6 @@ from fedward.compliance.events import (
 from fedward.compliance.proofs import AuditReceipt, ConsistencyProof, InclusionProof, SignedTreeHead
 from fedward.compliance.store import AuditStore, JsonlAuditStore
 from fedward.compliance.verify import VerificationReport, replay_store
-from pydantic import BaseModel, ConfigDict
 
 __all__ = ["DEFAULT_STH_INTERVAL", "AuditLog", "AuditLogState"]
 

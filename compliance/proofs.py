@@ -17,8 +17,6 @@ from typing import Annotated
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from fedward.compliance import merkle
-from fedward.compliance.events import Sha256Hex, canonical_json, format_ts, to_utc
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -27,6 +25,9 @@ from pydantic import (
     field_serializer,
     field_validator,
 )
+
+from fedward.compliance import merkle
+from fedward.compliance.events import Sha256Hex, canonical_json, format_ts, to_utc
 
 __all__ = [
     "STH_CONTEXT",

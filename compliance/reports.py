@@ -21,9 +21,10 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from fedward.privacy.accounting import MechanismStep
 from fedward.privacy.ledger import PrivacyLedger, SpendRecord
-from pydantic import BaseModel, ConfigDict, Field
 
 REPORT_FORMAT = "fedward.privacy.budget_report"
 REPORT_VERSION = 1

@@ -30,12 +30,13 @@ from enum import Enum
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from pydantic import BaseModel, ConfigDict, ValidationError
+
 from fedward.compliance import merkle
 from fedward.compliance.errors import ComplianceError
 from fedward.compliance.events import AuditEntry, canonical_json
 from fedward.compliance.proofs import SignedTreeHead
 from fedward.compliance.store import AuditStore, JsonlAuditStore
-from pydantic import BaseModel, ConfigDict, ValidationError
 
 __all__ = [
     "GENESIS_PREV_HASH",

@@ -14,9 +14,9 @@ from collections.abc import Callable, Mapping
 from functools import lru_cache
 from typing import Any
 
-from fedward.privacy.central import RandomNormal, urandom_normal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from fedward.privacy.central import RandomNormal, urandom_normal
 from fedward.tinytrain.dp_memory import measure_dp_training_step
 from fedward.tinytrain.memory import measure_training_step
 from fedward.tinytrain.models import (

@@ -37,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from fedward.errors import SavedStateError
 from fedward.privacy.accounting import (
     EpsilonCalculator,
     MechanismStep,
@@ -46,8 +48,6 @@ from fedward.privacy.accounting import (
 )
 from fedward.privacy.budget import BudgetPolicy
 from fedward.privacy.errors import PolicyError, PrivacyError
-
-from fedward.errors import SavedStateError
 from fedward.protocol.messages import DpParams, ErrorCode, ErrorMessage, PrivacyReport, Task
 from fedward.saved_state import open_envelope, seal
 from fedward.tinytrain.models import Params

@@ -47,14 +47,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from fedward.privacy.accounting import (
-    Accountant,
-    MechanismStep,
-    epsilon_for,
-    history_from_state,
-    history_to_state,
-)
-from fedward.privacy.errors import PolicyError
 from opacus import GradSampleModule, PrivacyEngine
 from opacus.data_loader import dtype_safe, shape_safe, wrap_collate_with_empty
 from opacus.optimizers import DPOptimizer
@@ -64,6 +56,14 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.data.dataloader import default_collate
 
+from fedward.privacy.accounting import (
+    Accountant,
+    MechanismStep,
+    epsilon_for,
+    history_from_state,
+    history_to_state,
+)
+from fedward.privacy.errors import PolicyError
 from fedward.tinytrain.models import Params, get_params, set_params
 from fedward.tinytrain.training import Model, frozen_features, split_for_training
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from fedward.compliance.errors import KeyFileError
 from fedward.compliance.keys import load_or_create_signing_key, public_key_raw
 

@@ -18,10 +18,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from fedward.privacy.accounting import Accountant
-from fedward.privacy.budget import BudgetPolicy
 from pydantic import BaseModel, ConfigDict, Field
 
+from fedward.privacy.accounting import Accountant
+from fedward.privacy.budget import BudgetPolicy
 from fedward.protocol.ids import Id
 from fedward.protocol.messages import DEFAULT_MAX_MESSAGE_BYTES, DeviceClass
 from fedward.tinytrain.models import ModelConfig, ModelKind

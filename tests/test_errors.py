@@ -18,15 +18,15 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+import fedward
 from fedward.coordinator.errors import CoordinatorError, StateLoadError
+from fedward.errors import FedwardError, SavedStateError
 from fedward.privacy.budget import BudgetPolicy
 from fedward.privacy.errors import LedgerStateError, PrivacyError
 from fedward.privacy.ledger import PrivacyLedger
 from fedward.privacy.secagg import SecAggConfig, SecAggServer, SecAggSession
 from fedward.privacy.secagg.errors import SecAggError, StateError
-
-import fedward
-from fedward.errors import FedwardError, SavedStateError
 from fedward.saved_state import open_envelope
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,10 +6,10 @@ import json
 
 import numpy as np
 import pytest
-from fedward.coordinator.strategies import ClientUpdate
-from fedward.privacy import accounting
 
 import fedward.vocabulary
+from fedward.coordinator.strategies import ClientUpdate
+from fedward.privacy import accounting
 from fedward.protocol import messages
 from fedward.simulation import profiles
 

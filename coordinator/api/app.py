@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+
 from fedward.coordinator.api.metrics import metrics_registry
 from fedward.coordinator.service import StudyService
 from fedward.coordinator.settings import CoordinatorSettings

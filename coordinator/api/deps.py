@@ -11,6 +11,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
 from fedward.coordinator.service import StudyService
 
 from .errors import ApiError, ErrorCode

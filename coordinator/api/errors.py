@@ -16,6 +16,10 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
+
 from fedward.coordinator.errors import CoordinatorError
 from fedward.coordinator.service import (
     DeviceNotFound,
@@ -27,9 +31,6 @@ from fedward.coordinator.service import (
     StudyExists,
     StudyNotFound,
 )
-from pydantic import BaseModel, ConfigDict
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
 
 log = logging.getLogger(__name__)
 

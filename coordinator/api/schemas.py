@@ -16,10 +16,10 @@ import types
 import typing
 from typing import Annotated, Any
 
-from fedward.coordinator.service import STUDY_ID_PATTERN
-from fedward.coordinator.study_spec import StudySpec
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from fedward.coordinator.service import STUDY_ID_PATTERN
+from fedward.coordinator.study_spec import StudySpec
 from fedward.protocol.ids import Id
 from fedward.protocol.messages import DeviceClass, PosInt
 

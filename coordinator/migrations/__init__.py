@@ -15,8 +15,9 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from fedward.coordinator.store.db import create_db_engine
 from sqlalchemy import Connection, Engine
+
+from fedward.coordinator.store.db import create_db_engine
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent
 

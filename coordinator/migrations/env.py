@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from alembic import context
+
 from fedward.coordinator.store.db import create_db_engine
 from fedward.coordinator.store.models import Base
 

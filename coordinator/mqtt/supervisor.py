@@ -18,7 +18,6 @@ import threading
 from fedward.coordinator.mqtt.bridge import StudyBridge
 from fedward.coordinator.service import ServiceError, StudyService
 from fedward.coordinator.store import StudyState
-
 from fedward.protocol.messages import DEFAULT_MAX_MESSAGE_BYTES, ErrorCode
 from fedward.protocol.transport import Transport
 

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from fedward.privacy.accounting import MechanismStep
 from fedward.privacy.budget import BudgetPolicy
 from fedward.privacy.ledger import SpendRecord
-
 from fedward.protocol.messages import PrivacyReport
 
 from ..errors import RejectReason

@@ -38,11 +38,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from fedward.errors import SavedStateError
 from fedward.privacy.accounting import MechanismStep
 from fedward.privacy.errors import BudgetExceeded, DuplicateCharge, ForgedClaim, PolicyError
 from fedward.privacy.ledger import PrivacyLedger, SpendRecord
-
-from fedward.errors import SavedStateError
 from fedward.protocol.messages import DpParams, PrivacyReport
 from fedward.saved_state import open_envelope, seal
 

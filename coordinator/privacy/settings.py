@@ -25,11 +25,11 @@ from __future__ import annotations
 
 import math
 
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
 from fedward.privacy.accounting import Accountant, MechanismStep
 from fedward.privacy.budget import BudgetPolicy
 from fedward.privacy.errors import PolicyError
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-
 from fedward.protocol.messages import DpParams
 
 

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from typing import Self
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from fedward.compliance import Actor, AuditAction, AuditLog, Outcome, load_or_create_signing_key
 from fedward.coordinator.errors import CoordinatorError
 from fedward.coordinator.migrations import upgrade_to_head
@@ -28,7 +29,6 @@ from fedward.coordinator.store.models import StudyRow
 from fedward.coordinator.store.recorder import EventRecorder
 from fedward.coordinator.store.runtime import RuntimeStore, StudyRuntime
 from fedward.coordinator.study_spec import StudySpec
-
 from fedward.tinytrain.models import Params
 
 from .errors import StudyNotFound

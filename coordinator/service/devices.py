@@ -9,7 +9,6 @@ from fedward.coordinator.store import StudyState, TaskStatus
 from fedward.coordinator.store.audit_trail import OPERATOR, actor
 from fedward.coordinator.store.models import DeviceRow
 from fedward.coordinator.store.runtime import StudyRuntime
-
 from fedward.protocol.messages import DeviceStatus, Enrol, EnrolAck, Heartbeat
 
 from .core import ServiceCore, digest

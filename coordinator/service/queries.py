@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from fedward.compliance.reports import BudgetReport
 from fedward.coordinator.privacy.ledger_store import privacy_report
-
 from fedward.protocol.codec import decode_tensors
 from fedward.protocol.messages import ModelDownload, encode_frame
 

@@ -20,7 +20,6 @@ from fedward.coordinator.errors import RejectReason
 from fedward.coordinator.privacy.guard import privacy_guard_of
 from fedward.coordinator.store import TaskStatus
 from fedward.coordinator.store.audit_trail import COORDINATOR_ACTOR, actor
-
 from fedward.protocol.ids import is_valid_id
 from fedward.protocol.messages import ErrorCode, ErrorMessage
 

@@ -13,7 +13,6 @@ from fedward.coordinator.store.audit_trail import OPERATOR, actor
 from fedward.coordinator.store.models import StudyRow
 from fedward.coordinator.store.runtime import StudyRuntime
 from fedward.coordinator.study_spec import StudySpec
-
 from fedward.tinytrain.models import Params
 
 from .core import STUDY_ID_PATTERN, ServiceCore, digest

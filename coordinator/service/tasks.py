@@ -5,7 +5,6 @@ from __future__ import annotations
 from fedward.coordinator.engine import DeviceState, Engine, TaskOrder
 from fedward.coordinator.store import StudyState, TaskStatus
 from fedward.coordinator.store.runtime import StudyRuntime
-
 from fedward.protocol.messages import DpParams, ModelDownload, Task, encode_frame
 
 from .core import ServiceCore

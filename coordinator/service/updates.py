@@ -26,7 +26,6 @@ from fedward.coordinator.store import StudyChanges, TaskStatus
 from fedward.coordinator.store.audit_trail import COORDINATOR_ACTOR, actor
 from fedward.coordinator.store.models import UpdateReceiptRow
 from fedward.coordinator.store.runtime import StudyRuntime
-
 from fedward.protocol.messages import Ack, AckStatus
 
 from .core import UNKNOWN_TASK_ID, ServiceCore, digest

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pydantic import BaseModel, ConfigDict
+
 from fedward.coordinator.engine import DeviceState
 from fedward.coordinator.errors import RejectReason
 from fedward.coordinator.store import StudyState
@@ -15,8 +17,6 @@ from fedward.coordinator.store.models import ModelVersionRow
 from fedward.coordinator.store.runtime import StudyRuntime
 from fedward.coordinator.strategies import StrategyName
 from fedward.coordinator.study_spec import StudySpec
-from pydantic import BaseModel, ConfigDict
-
 from fedward.protocol.messages import DeviceClass, Task
 
 

@@ -14,6 +14,7 @@ import re
 from collections.abc import Mapping
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from fedward.compliance import (
     Actor,
     ActorKind,

@@ -24,9 +24,6 @@ from __future__ import annotations
 import enum
 from typing import Any
 
-from fedward.coordinator.engine import DeviceState
-from fedward.coordinator.errors import RejectReason
-from fedward.coordinator.strategies import StrategyName
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -43,6 +40,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from fedward.coordinator.engine import DeviceState
+from fedward.coordinator.errors import RejectReason
+from fedward.coordinator.strategies import StrategyName
 from fedward.protocol.messages import AckStatus, DeviceClass
 
 ID_LEN = 64

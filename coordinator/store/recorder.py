@@ -20,7 +20,6 @@ from fedward.coordinator.audit import AuditEntry, engine_entry, privacy_entry
 from fedward.coordinator.engine import EngineEvent, EventKind
 from fedward.coordinator.errors import RejectReason
 from fedward.coordinator.privacy.events import PrivacyEvent
-
 from fedward.protocol.messages import AckStatus
 
 from .audit_trail import COORDINATOR_ACTOR, AuditTrail, actor

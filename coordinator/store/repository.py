@@ -15,10 +15,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from fedward.coordinator.errors import RejectReason
 from sqlalchemy import Engine, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from fedward.coordinator.errors import RejectReason
 from fedward.protocol.messages import AckStatus
 
 from .models import (

@@ -19,13 +19,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
+
 from fedward.compliance import ModelLineage, ModelVersion
 from fedward.compliance.lineage import lineage_state
 from fedward.coordinator.engine import DeviceState, Engine, EngineEvent
 from fedward.coordinator.errors import CoordinatorError, RejectReason, StateLoadError
 from fedward.coordinator.study_spec import StudySpec, build_engine
-from pydantic import ValidationError
-
 from fedward.protocol.codec import decode_tensors, encode_tensors
 from fedward.protocol.messages import AckStatus
 from fedward.tinytrain.models import Params

@@ -27,10 +27,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
+
 from fedward.coordinator.engine import ENGINE_STATE_FORMAT, Engine
 from fedward.coordinator.errors import StateLoadError
 from fedward.coordinator.strategies.base import BUFFER_KIND
-
 from fedward.tinytrain.models import Params
 
 SNAPSHOT_FORMAT = ENGINE_STATE_FORMAT

@@ -24,8 +24,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from fedward.privacy.central import RandomNormal, clip_update
 
+from fedward.privacy.central import RandomNormal, clip_update
 from fedward.tinytrain.models import Params
 
 from ..errors import StrategyConfigError

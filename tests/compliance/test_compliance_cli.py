@@ -6,11 +6,11 @@ import json
 import time
 from pathlib import Path
 
-from fedward.compliance import Actor, ActorKind, AuditAction, AuditLog, Outcome
-from fedward.compliance.keys import load_or_create_signing_key, public_key_hex
 from typer.testing import CliRunner
 
 from fedward.cli import app
+from fedward.compliance import Actor, ActorKind, AuditAction, AuditLog, Outcome
+from fedward.compliance.keys import load_or_create_signing_key, public_key_hex
 
 runner = CliRunner()
 

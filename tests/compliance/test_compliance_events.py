@@ -10,6 +10,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
 from fedward.compliance import (
     Actor,
     ActorKind,
@@ -33,9 +37,6 @@ from fedward.compliance.events import (
     format_ts,
     to_utc,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from pydantic import ValidationError
 
 TS = datetime(2026, 11, 2, 8, 30, tzinfo=UTC)
 DEVICE = Actor(kind=ActorKind.DEVICE, id="dev-0007")

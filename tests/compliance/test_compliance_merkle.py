@@ -6,6 +6,9 @@ from __future__ import annotations
 import hashlib
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from fedward.compliance import merkle
 from fedward.compliance.merkle import (
     EMPTY_ROOT,
@@ -17,8 +20,6 @@ from fedward.compliance.merkle import (
     verify_inclusion,
 )
 from fedward.compliance.merkle_reference import ref_consistency_proof, ref_inclusion_path, ref_root
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 # The Certificate Transparency reference leaves and roots for sizes 0..8, as
 # published with transparency-dev/merkle (testonly) and used by Trillian and

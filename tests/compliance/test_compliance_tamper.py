@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from fedward.compliance import (
     AuditIntegrityError,
     AuditLog,
@@ -22,8 +25,6 @@ from fedward.compliance import (
 )
 from fedward.compliance.events import canonical_json
 from fedward.compliance.merkle import leaf_hash
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 Append = Callable[..., list[AuditReceipt]]
 N_ENTRIES = 20

@@ -20,13 +20,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from fedward.compliance import public_key_raw
 from fedward.coordinator.service import OutboundTask, StudyService
 from fedward.coordinator.settings import CoordinatorSettings
 from fedward.coordinator.study_spec import StudySpec
 from fedward.edge.local import LocalTask, run_local_task
 from fedward.edge.updates import encode_update, update_header
-
 from fedward.protocol.messages import DeviceClass, Enrol, decode_frame
 from fedward.tinytrain.models import Params, build_model
 from tests.services import require_module, unavailable

@@ -8,10 +8,10 @@ import warnings
 from collections.abc import Iterator
 
 import pytest
-from fedward.coordinator.api import create_app
-from fedward.coordinator.service import StudyService
 from sqlalchemy import text
 
+from fedward.coordinator.api import create_app
+from fedward.coordinator.service import StudyService
 from fedward.protocol.messages import ModelDownload, decode_frame
 
 with warnings.catch_warnings():  # starlette's note about httpx2; the client works as is

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from fedward.coordinator.migrations import is_at_head
-from fedward.coordinator.settings import CoordinatorSettings
-from fedward.coordinator.store import create_db_engine
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from fedward.cli import app
+from fedward.coordinator.migrations import is_at_head
+from fedward.coordinator.settings import CoordinatorSettings
+from fedward.coordinator.store import create_db_engine
 from fedward.protocol.mqtt_settings import MqttProtocol
 
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
+
 from fedward.coordinator.errors import StrategyConfigError
 from fedward.coordinator.strategies import ClientLevelDP, ClientUpdate
 from fedward.coordinator.study_spec import StudySpec, build_strategy
 from fedward.privacy.central import seeded_normal
-from pydantic import ValidationError
 
 SHAPES = {"a": (2,), "b": (1,)}
 

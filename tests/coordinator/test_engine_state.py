@@ -9,6 +9,7 @@ import random
 
 import numpy as np
 import pytest
+
 from fedward.coordinator.engine import ENGINE_STATE_FORMAT, DeviceState, Engine
 from fedward.coordinator.errors import StateLoadError
 from fedward.coordinator.store.snapshot import engine_snapshot, restore_engine

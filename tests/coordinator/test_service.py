@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+
 from fedward.compliance import verify_log
 from fedward.coordinator.engine import DeviceState
 from fedward.coordinator.errors import RejectReason
@@ -17,7 +18,6 @@ from fedward.coordinator.service import (
     StudyNotFound,
 )
 from fedward.coordinator.store import StudyState, TaskStatus, sha256_of
-
 from fedward.protocol.codec import decode_tensors
 from fedward.protocol.messages import AckStatus, DeviceStatus, Heartbeat, decode_frame, encode_frame
 

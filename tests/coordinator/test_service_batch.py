@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from fedward.coordinator.errors import RejectReason
 from fedward.coordinator.mqtt.bridge import StudyBridge
 from fedward.coordinator.store import sha256_of
-
 from fedward.protocol.messages import Ack, AckStatus, Heartbeat, decode_frame
 from fedward.protocol.topics import TopicKind, device_topic
 from fedward.protocol.transport import InMemoryBroker, InMemoryTransport

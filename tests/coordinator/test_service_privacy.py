@@ -8,6 +8,7 @@ import json
 import warnings
 
 import pytest
+
 from fedward.compliance.reports import BudgetReport
 from fedward.coordinator.api import create_app
 from fedward.coordinator.engine import DeviceState
@@ -26,7 +27,6 @@ from fedward.coordinator.study_spec import StudySpec
 from fedward.edge.local import LocalTask, run_local_task
 from fedward.edge.updates import encode_update, update_header
 from fedward.privacy.accounting import epsilon_for
-
 from fedward.protocol.messages import (
     AckStatus,
     ErrorCode,

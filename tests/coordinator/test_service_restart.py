@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from fedward.compliance import verify_log
 from fedward.coordinator.engine import DeviceState
 from fedward.coordinator.errors import RejectReason
 from fedward.coordinator.service import StudyService
 from fedward.coordinator.store import BlobCorrupted, StudyState, TaskStatus
 from fedward.coordinator.strategies.base import saved_updates
-
 from fedward.protocol.messages import AckStatus
 
 

@@ -11,9 +11,9 @@ import json
 
 import numpy as np
 import pytest
+
 from fedward.coordinator.service import InvalidInitialModel, StudyService
 from fedward.coordinator.study_spec import initial_params
-
 from fedward.protocol.codec import decode_tensors
 
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 
 import pytest
+from pydantic import ValidationError
+from sqlalchemy import text
+
 from fedward.coordinator.api.schemas import StrictStudySpec
 from fedward.coordinator.errors import StateLoadError
 from fedward.coordinator.service import StudyService
 from fedward.coordinator.store import create_db_engine
 from fedward.coordinator.study_spec import RENAMED_KEYS, StudySpec
-from pydantic import ValidationError
-from sqlalchemy import text
 
 
 @pytest.mark.parametrize("model", [StudySpec, StrictStudySpec])

@@ -13,6 +13,9 @@ import numpy as np
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from sqlalchemy import inspect, text
+from sqlalchemy.exc import IntegrityError
+
 from fedward.coordinator.engine import DeviceState
 from fedward.coordinator.migrations import (
     current_revision,
@@ -38,9 +41,6 @@ from fedward.coordinator.store.models import StudyRow, UpdateReceiptRow
 from fedward.coordinator.strategies import ClientUpdate
 from fedward.coordinator.strategies.base import saved_updates
 from fedward.coordinator.study_spec import build_engine
-from sqlalchemy import inspect, text
-from sqlalchemy.exc import IntegrityError
-
 from fedward.protocol.codec import decode_tensors, encode_tensors
 from fedward.protocol.messages import AckStatus
 

@@ -8,12 +8,12 @@ import time
 
 import numpy as np
 import pytest
+
 from fedward.edge import agent as edge_agent
 from fedward.edge.agent import EdgeAgent
 from fedward.edge.dataset import LocalDataset
 from fedward.edge.identity import load_or_create_identity
 from fedward.edge.settings import AgentSettings
-
 from fedward.protocol.messages import (
     Ack,
     AckStatus,

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from fedward.edge.agent import EdgeAgent
 from fedward.edge.budget import (
     STATE_KIND,
@@ -21,11 +22,10 @@ from fedward.edge.budget import (
 from fedward.edge.dataset import LocalDataset
 from fedward.edge.identity import load_or_create_identity
 from fedward.edge.settings import AgentSettings
+from fedward.errors import SavedStateError
 from fedward.privacy.accounting import Accountant, MechanismStep, history_to_state
 from fedward.privacy.budget import BudgetPolicy
 from fedward.privacy.errors import PolicyError, PrivacyError
-
-from fedward.errors import SavedStateError
 from fedward.protocol.messages import DeviceClass
 from fedward.protocol.transport import ErrorPolicy, InMemoryBroker, InMemoryTransport
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from opacus.accountants import RDPAccountant
+
 from fedward.edge.dp_training import (
     DPTrainConfig,
     measure_dp_training_step,
@@ -15,8 +17,6 @@ from fedward.privacy.accounting import Accountant, MechanismStep, epsilon_for
 from fedward.privacy.budget import BudgetPolicy
 from fedward.privacy.errors import PolicyError
 from fedward.privacy.ledger import PrivacyLedger
-from opacus.accountants import RDPAccountant
-
 from fedward.tinytrain.memory import measure_training_step
 from fedward.tinytrain.models import ModelConfig, build_model, get_params, parameter_groups
 from fedward.tinytrain.subsets import SubsetLadder

@@ -7,6 +7,7 @@ import stat
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from fedward.edge.identity import KEY_FILE_NAME, KeyFileError, load_or_create_identity
 
 

@@ -7,12 +7,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from fedward.coordinator.study_spec import StudySpec
 from fedward.edge.agent import EdgeAgent
 from fedward.edge.dataset import LocalDataset
 from fedward.edge.identity import load_or_create_identity
 from fedward.edge.settings import AgentSettings
-
 from fedward.protocol.messages import DeviceClass
 from fedward.protocol.transport import Transport
 

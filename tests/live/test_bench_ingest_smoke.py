@@ -8,8 +8,8 @@ would be rejected and the throughput figure would measure refusals).
 from __future__ import annotations
 
 import pytest
-from fedward.bench.ingest import IngestConfig, run_ingest
 
+from fedward.bench.ingest import IngestConfig, run_ingest
 from fedward.live import parse_broker_url
 from fedward.protocol.mqtt_settings import MqttProtocol
 

@@ -9,14 +9,14 @@ import sys
 
 import numpy as np
 import pytest
+from live_helpers import TINY_SPEC, wait_until
+
 from fedward.coordinator.mqtt.bridge import StudyBridge
 from fedward.coordinator.privacy.settings import StudyPrivacy
 from fedward.coordinator.service import StudyService
 from fedward.coordinator.settings import CoordinatorSettings
 from fedward.coordinator.study_spec import StudySpec
 from fedward.edge.dataset import save_dataset
-from live_helpers import TINY_SPEC, wait_until
-
 from fedward.protocol.mqtt import MqttTransport
 from fedward.protocol.mqtt_settings import MqttProtocol, MqttSettings
 

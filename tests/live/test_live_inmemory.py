@@ -6,10 +6,6 @@ import threading
 import time
 
 import pytest
-from fedward.coordinator.errors import RejectReason
-from fedward.coordinator.mqtt.bridge import StudyBridge
-from fedward.coordinator.service import StudyService
-from fedward.coordinator.settings import CoordinatorSettings
 from live_helpers import (
     TINY_SPEC,
     assert_merged_exactly_once,
@@ -19,6 +15,10 @@ from live_helpers import (
     wait_until,
 )
 
+from fedward.coordinator.errors import RejectReason
+from fedward.coordinator.mqtt.bridge import StudyBridge
+from fedward.coordinator.service import StudyService
+from fedward.coordinator.settings import CoordinatorSettings
 from fedward.protocol.messages import (
     DeviceClass,
     DeviceStatus,

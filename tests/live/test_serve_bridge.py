@@ -10,12 +10,12 @@ from __future__ import annotations
 import warnings
 
 import pytest
-from fedward.coordinator.api import create_app
-from fedward.coordinator.service import StudyService
-from fedward.coordinator.settings import BrokerSettings, CoordinatorSettings
 from live_helpers import TINY_SPEC, make_agent, random_dataset, wait_until
 
 from fedward.commands.coordinator import serving_bridges
+from fedward.coordinator.api import create_app
+from fedward.coordinator.service import StudyService
+from fedward.coordinator.settings import BrokerSettings, CoordinatorSettings
 from fedward.protocol.mqtt import MqttTransport
 from fedward.protocol.mqtt_settings import MqttSettings
 

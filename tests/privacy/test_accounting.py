@@ -6,6 +6,10 @@ import math
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from opacus.accountants import PRVAccountant, RDPAccountant
+
 from fedward.privacy.accounting import (
     Accountant,
     EpsilonCalculator,
@@ -17,9 +21,6 @@ from fedward.privacy.accounting import (
     max_steps_within,
 )
 from fedward.privacy.errors import PolicyError
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from opacus.accountants import PRVAccountant, RDPAccountant
 
 # Computed once with Opacus 1.6.0 (accountant.history = [(1.0, 0.01, 1000)],
 # get_epsilon(1e-5)) and written down: a regression in our replay or in Opacus

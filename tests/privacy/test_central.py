@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+
 from fedward.privacy.accounting import MechanismStep
 from fedward.privacy.central import (
     add_central_noise,

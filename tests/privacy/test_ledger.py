@@ -8,6 +8,9 @@ import json
 import time
 
 import pytest
+from opacus.accountants import RDPAccountant
+
+from fedward.errors import SavedStateError
 from fedward.privacy.accounting import Accountant, MechanismStep, epsilon_for
 from fedward.privacy.budget import BudgetPolicy
 from fedward.privacy.errors import (
@@ -25,9 +28,6 @@ from fedward.privacy.ledger import (
     _digest,
     upgrade_v1_state,
 )
-from opacus.accountants import RDPAccountant
-
-from fedward.errors import SavedStateError
 
 DELTA = 1e-5
 STEP = MechanismStep(noise_multiplier=1.1, sample_rate=0.05, steps=8)

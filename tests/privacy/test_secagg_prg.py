@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from fedward.privacy.secagg import ConfigError, chacha20_stream
 
 # RFC 8439 / original ChaCha20 keystream for the all-zero key and nonce, block counter 0.

@@ -10,6 +10,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from fedward.privacy.secagg import (
     AggregateResult,
     ClientInput,

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
 from fedward.privacy.secagg import (
     ConfigError,
     OverflowRisk,
@@ -21,9 +25,6 @@ from fedward.privacy.secagg.quantize import (
     words_from_bytes,
     words_to_bytes,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from hypothesis.extra.numpy import arrays
 
 finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinity=False)
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from fedward.privacy.secagg import ProtocolViolation, TooFewSurvivors
 from fedward.privacy.secagg.shamir import (
     PRIME,
@@ -17,8 +20,6 @@ from fedward.privacy.secagg.shamir import (
     split_bytes,
     split_int,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 
 @st.composite

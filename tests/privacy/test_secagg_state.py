@@ -6,6 +6,8 @@ import copy
 
 import numpy as np
 import pytest
+
+from fedward.errors import SavedStateError
 from fedward.privacy.secagg import (
     ClientInput,
     ClientStage,
@@ -22,8 +24,6 @@ from fedward.privacy.secagg.masking import encode_contribution
 from fedward.privacy.secagg.quantize import mod_sum
 from fedward.privacy.secagg.server import SERVER_STATE_KIND
 from fedward.privacy.secagg.state import STATE_VERSION
-
-from fedward.errors import SavedStateError
 
 
 def setup(n: int = 5, t: int = 3, d: int = 200, sid: bytes = b"restart-session-01"):

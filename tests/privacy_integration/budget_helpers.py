@@ -11,13 +11,13 @@ import random
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from fedward.coordinator.engine import Engine, EngineEvent, EventKind, TaskOrder
 from fedward.coordinator.privacy.guard import PrivacyEvent, PrivacyGuard, privacy_guard_of
 from fedward.coordinator.privacy.settings import StudyPrivacy
 from fedward.coordinator.strategies import ClientUpdate
 from fedward.coordinator.study_spec import StudySpec, build_engine
 from fedward.privacy.accounting import Accountant, epsilon_for
-
 from fedward.protocol.messages import PrivacyReport
 
 DELTA = 1e-5

@@ -15,6 +15,7 @@ import json
 import time
 
 from budget_helpers import PRIVACY
+
 from fedward.coordinator.engine import DeviceState
 from fedward.coordinator.mqtt.bridge import StudyBridge
 from fedward.coordinator.service import ServiceError, StudyService
@@ -23,7 +24,6 @@ from fedward.coordinator.study_spec import StudySpec
 from fedward.edge.agent import EdgeAgent
 from fedward.edge.budget import DeviceBudget
 from fedward.edge.settings import AgentSettings
-
 from fedward.protocol.messages import ErrorCode
 from fedward.protocol.transport import ErrorPolicy, InMemoryBroker, InMemoryTransport
 from tests.live.live_helpers import make_agent, random_dataset

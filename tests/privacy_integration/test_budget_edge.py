@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from budget_helpers import DELTA, PRIVACY, SPEC
+
 from fedward.edge.budget import DeviceBudget, RefusalReason, TaskRefused, run_dp_task
 from fedward.edge.dp_training import DPTrainConfig, planned_step, train_subset_dp
 from fedward.edge.local import DPSpend, LocalOutcome
@@ -12,7 +13,6 @@ from fedward.privacy.accounting import Accountant, MechanismStep, epsilon_for
 from fedward.privacy.budget import BudgetPolicy
 from fedward.privacy.errors import PolicyError
 from fedward.privacy.ledger import PrivacyLedger
-
 from fedward.protocol.messages import ErrorCode, Task
 from fedward.tinytrain.models import build_model, get_params, parameter_groups
 from fedward.tinytrain.subsets import SubsetLadder

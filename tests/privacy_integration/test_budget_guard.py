@@ -6,6 +6,7 @@ import copy
 
 import pytest
 from budget_helpers import PRIVACY, SPEC, make_dp_study
+
 from fedward.compliance.events import ActorKind, AuditAction, Outcome
 from fedward.coordinator.audit import privacy_entry
 from fedward.coordinator.engine import DeviceState, EventKind
@@ -13,10 +14,9 @@ from fedward.coordinator.errors import RejectReason
 from fedward.coordinator.privacy.guard import PrivacyEventKind, PrivacyGuard
 from fedward.coordinator.privacy.settings import StudyPrivacy
 from fedward.coordinator.store.snapshot import engine_snapshot, restore_engine
+from fedward.errors import SavedStateError
 from fedward.privacy.accounting import Accountant, MechanismStep, max_steps_within
 from fedward.privacy.errors import LedgerStateError, PolicyError
-
-from fedward.errors import SavedStateError
 
 RDP = Accountant.RDP
 

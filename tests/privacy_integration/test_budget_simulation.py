@@ -11,6 +11,9 @@ import re
 from collections import defaultdict
 
 import pytest
+from typer.testing import CliRunner
+
+from fedward.commands.budget import app as budget_app
 from fedward.compliance.events import DENYLIST_KEYS, DENYLIST_WORDS, AuditAction, check_details
 from fedward.compliance.reports import build_budget_report, plot_budget, write_report_json
 from fedward.coordinator.audit import privacy_entry
@@ -20,9 +23,6 @@ from fedward.coordinator.privacy.ledger_store import (
     read_guard_state,
     report_from_guard_state,
 )
-from typer.testing import CliRunner
-
-from fedward.commands.budget import app as budget_app
 from fedward.simulation.executor import ExecutorKind, make_executor
 from fedward.simulation.scenario import PRESETS, StrategyRun
 from fedward.simulation.study import Study

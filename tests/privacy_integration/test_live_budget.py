@@ -23,6 +23,9 @@ from collections import Counter
 import numpy as np
 import pytest
 from budget_helpers import DELTA, PRIVACY
+from typer.testing import CliRunner
+
+from fedward.commands.budget import app as budget_app
 from fedward.compliance.events import AuditAction
 from fedward.coordinator.engine import DeviceState
 from fedward.coordinator.mqtt.bridge import StudyBridge
@@ -33,9 +36,6 @@ from fedward.coordinator.study_spec import StudySpec
 from fedward.edge.budget import DeviceBudget, TaskRefused, run_dp_task
 from fedward.edge.updates import encode_update, update_header
 from fedward.privacy.budget import BudgetPolicy
-from typer.testing import CliRunner
-
-from fedward.commands.budget import app as budget_app
 from fedward.protocol.messages import (
     Ack,
     DeviceClass,

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from fedward.bench.seeds import IncomparableReports, load_reports, markdown, summarise
 
 

@@ -6,8 +6,8 @@ from collections import defaultdict
 
 import numpy as np
 import pytest
-from fedward.coordinator.engine import EngineEvent, EventKind
 
+from fedward.coordinator.engine import EngineEvent, EventKind
 from fedward.protocol.messages import ModelDownload, encode_frame
 from fedward.simulation.executor import ExecutorKind, make_executor
 from fedward.simulation.scenario import PRESETS, StrategyRun

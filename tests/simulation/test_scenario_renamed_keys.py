@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from fedward.coordinator.study_spec import RENAMED_KEYS
 
+from fedward.coordinator.study_spec import RENAMED_KEYS
 from fedward.simulation.scenario import Scenario, StrategyRun, load_scenario
 
 

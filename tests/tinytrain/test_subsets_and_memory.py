@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from fedward.coordinator.engine.planning import DoesNotFit, SubsetMode, SubsetPlanner
 
+from fedward.coordinator.engine.planning import DoesNotFit, SubsetMode, SubsetPlanner
 from fedward.tinytrain.memory import measure_training_step
 from fedward.tinytrain.models import (
     ModelConfig,

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Path
-from fedward.coordinator.service import STUDY_ID_PATTERN
 
+from fedward.coordinator.service import STUDY_ID_PATTERN
 from fedward.protocol.ids import ID_PATTERN
 
 StudyIdPath = Annotated[str, Path(pattern=STUDY_ID_PATTERN, description="Study id")]

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, status
-from fedward.coordinator.service import DeviceInfo
 
+from fedward.coordinator.service import DeviceInfo
 from fedward.protocol.messages import Enrol
 
 from ..deps import OperatorDep, ServiceDep

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
+
 from fedward.coordinator.service import ModelVersionInfo
 
 from ..deps import OperatorDep, ServiceDep

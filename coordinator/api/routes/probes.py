@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 
 from fastapi import APIRouter, Request, Response
-from fedward.coordinator.migrations import is_at_head
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from fedward.coordinator.migrations import is_at_head
 
 from ..errors import ApiError, ErrorCode, responses
 from ..schemas import Health

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter, status
 from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+
 from fedward.compliance.reports import BudgetReport
 from fedward.coordinator.service import StudyInfo, StudyStatus
-from pydantic import ValidationError
 
 from ..deps import OperatorDep, ServiceDep
 from ..errors import responses
