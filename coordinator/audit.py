@@ -1,10 +1,13 @@
-"""What every engine and privacy decision puts in the audit log: one place.
+"""What every coordinator decision puts in the audit log: one place.
 
 The engine and the privacy guard emit *facts* (``EngineEvent``,
-``PrivacyEvent``); this module turns each into an :class:`AuditEntry` (who,
-action, outcome, details) and nothing else formats their audit content. The
-store's recorder appends the entries (and writes rows); the simulator's
-listeners can call the same functions, so both produce the same trail.
+``PrivacyEvent``), and the service makes its own decisions about requests
+(a study created, a device enrolled or refused, an operator's lifecycle call,
+a frame refused before the engine saw it). This module turns each into an
+:class:`AuditEntry` (who, action, outcome, details); nothing else formats
+audit content. The store's recorder and the service append the entries; the
+simulator's listeners can call the same functions, so both produce the same
+trail.
 
 What goes in: ids, versions, reasons, SHA-256 hashes of update frames and
 models, and the privacy mechanism (sigma, clip norm, sample rate, steps,
@@ -35,13 +38,23 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from fedward.compliance import ActorKind, AuditAction, Outcome, check_details, privacy_details
-from fedward.compliance.events import DetailValue
+from fedward.compliance import ActorKind, AuditAction, Outcome, privacy_details
 
 from .engine import EngineEvent, EventKind
 from .privacy.events import PrivacyEvent, PrivacyEventKind
 
-__all__ = ["AuditEntry", "engine_entry", "privacy_entry"]
+__all__ = [
+    "AuditEntry",
+    "device_enrolment",
+    "device_revoked",
+    "engine_entry",
+    "privacy_entry",
+    "study_created",
+    "study_transition",
+    "task_not_its_own",
+    "transport_rejected",
+    "update_refused_early",
+]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,8 +64,10 @@ class AuditEntry:
     action: AuditAction
     outcome: Outcome
     actor: ActorKind
-    device_id: str | None  # the acting device (actor DEVICE), else None
-    details: Mapping[str, DetailValue]
+    actor_id: str | None  # the acting device or operator; None for the coordinator
+    # Checked by the log itself when appended (``compliance.check_details``),
+    # which withholds a free-text detail it refuses rather than losing the entry.
+    details: Mapping[str, Any]
 
 
 def engine_entry(
@@ -141,6 +156,102 @@ def privacy_entry(event: PrivacyEvent) -> AuditEntry:
     return _coordinator(AuditAction.DEVICE_REVOKED, Outcome.SUCCESS, details, event=event)
 
 
+# -- the service's own decisions -----------------------------------------------------
+
+
+def study_created(
+    *,
+    by: str,
+    spec_summary: Mapping[str, Any],
+    spec_sha256: str,
+    content_hash: str,
+    record_hash: str,
+    warm_start: bool,
+) -> AuditEntry:
+    """An operator created a study (``spec_summary``: name, strategy, sizes; no data)."""
+    details = {
+        **spec_summary,
+        "spec_sha256": spec_sha256,
+        "content_hash": content_hash,
+        "warm_start": warm_start,
+        "record_hash": record_hash,
+    }
+    return _operator(AuditAction.STUDY_CREATED, Outcome.SUCCESS, by, details)
+
+
+def study_transition(action: AuditAction, *, by: str, previous: str, state: str) -> AuditEntry:
+    """An operator started, paused, resumed or stopped a study."""
+    return _operator(action, Outcome.SUCCESS, by, {"previous_state": previous, "state": state})
+
+
+def device_enrolment(
+    *,
+    device_id: str,
+    device_class: str,
+    memory_bytes: int,
+    key_sha256: str,
+    refusal: str | None,
+    impersonation: bool = False,
+) -> AuditEntry:
+    """A device enrolled, or was refused (``refusal``); ``impersonation``: the id is
+    enrolled under another key (audited as an authentication failure)."""
+    details: dict[str, Any] = {
+        "device_id": device_id,
+        "device_class": device_class,
+        "memory_bytes": memory_bytes,
+        "key_sha256": key_sha256,
+    }
+    if refusal is None:
+        return _device(AuditAction.DEVICE_ENROLLED, Outcome.SUCCESS, device_id, details)
+    action = AuditAction.DEVICE_AUTH_FAILED if impersonation else AuditAction.DEVICE_ENROLLED
+    return _device(action, Outcome.DENIED, device_id, {**details, "reason": refusal})
+
+
+def device_revoked(device_id: str, *, by: str) -> AuditEntry:
+    """An operator revoked a device for good."""
+    return _operator(AuditAction.DEVICE_REVOKED, Outcome.SUCCESS, by, {"device_id": device_id})
+
+
+def transport_rejected(
+    *, device_id: str | None, reason: str, detail: str, authentication: bool
+) -> AuditEntry:
+    """A message the transport dropped before the service saw it (bridge reasons)."""
+    action = AuditAction.DEVICE_AUTH_FAILED if authentication else AuditAction.UPDATE_REJECTED
+    details: dict[str, Any] = {"transport_reason": reason[:64], "detail": detail[:200]}
+    if device_id:
+        details["device_id"] = device_id[:64]
+        return _device(action, Outcome.DENIED, device_id, details)
+    return _coordinator(action, Outcome.DENIED, details)
+
+
+def task_not_its_own(device_id: str, task_id: str) -> AuditEntry:
+    """A device tried to act on another device's task (no device can stop another)."""
+    details = {"device_id": device_id, "task_id": task_id, "reason": "not its task"}
+    return _device(AuditAction.DEVICE_AUTH_FAILED, Outcome.DENIED, device_id, details)
+
+
+def update_refused_early(
+    *,
+    reason: str,
+    detail: str | None,
+    update_sha256: str,
+    task_id: str | None = None,
+    device_id: str | None = None,
+) -> AuditEntry:
+    """An update frame refused before the engine judged it (malformed, unknown study)."""
+    details: dict[str, Any] = {}
+    if task_id is not None:
+        details["task_id"] = task_id
+    details.update(reason=reason)
+    if detail is not None:
+        details["detail"] = detail[:200]
+    details["update_sha256"] = update_sha256
+    if device_id:
+        details["device_id"] = device_id
+        return _device(AuditAction.UPDATE_REJECTED, Outcome.DENIED, device_id, details)
+    return _coordinator(AuditAction.UPDATE_REJECTED, Outcome.DENIED, details)
+
+
 # -- helpers -------------------------------------------------------------------------
 
 
@@ -177,8 +288,20 @@ def _coordinator(
         action=action,
         outcome=outcome,
         actor=ActorKind.COORDINATOR,
-        device_id=None,
-        details=check_details(named),
+        actor_id=None,
+        details=named,
+    )
+
+
+def _operator(
+    action: AuditAction, outcome: Outcome, operator: str, details: Mapping[str, Any]
+) -> AuditEntry:
+    return AuditEntry(
+        action=action,
+        outcome=outcome,
+        actor=ActorKind.OPERATOR,
+        actor_id=operator,
+        details=details,
     )
 
 
@@ -189,8 +312,8 @@ def _device(
         action=action,
         outcome=outcome,
         actor=ActorKind.DEVICE,
-        device_id=device_id,
-        details=check_details(details),
+        actor_id=device_id,
+        details=details,
     )
 
 

@@ -19,7 +19,8 @@ from typing import Self
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from fedward.compliance import Actor, AuditAction, AuditLog, Outcome, load_or_create_signing_key
+from fedward.compliance import AuditLog, load_or_create_signing_key
+from fedward.coordinator.audit import AuditEntry
 from fedward.coordinator.errors import CoordinatorError
 from fedward.coordinator.migrations import upgrade_to_head
 from fedward.coordinator.settings import CoordinatorSettings
@@ -188,13 +189,6 @@ class ServiceCore:
         finally:
             study.changes = None
 
-    def _audit(
-        self,
-        action: AuditAction,
-        outcome: Outcome,
-        *,
-        actor: Actor,
-        study_id: str | None,
-        details: dict[str, object],
-    ) -> None:
-        self._trail.record(action, outcome, who=actor, study_id=study_id, details=details)
+    def _audit(self, entry: AuditEntry, *, study_id: str | None) -> None:
+        """Append an entry formatted by ``fedward.coordinator.audit`` (the one place)."""
+        self._trail.write(entry, study_id=study_id)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from fedward.compliance import ActorKind, AuditAction, Outcome
+from functools import partial
+
+from fedward.coordinator import audit
 from fedward.coordinator.engine import DeviceState
 from fedward.coordinator.engine.planning import DoesNotFit
 from fedward.coordinator.store import StudyState, TaskStatus
-from fedward.coordinator.store.audit_trail import OPERATOR, actor
+from fedward.coordinator.store.audit_trail import OPERATOR
 from fedward.coordinator.store.models import DeviceRow
 from fedward.coordinator.store.runtime import StudyRuntime
 from fedward.protocol.messages import DeviceStatus, Enrol, EnrolAck, Heartbeat
@@ -23,27 +25,19 @@ class DeviceCalls(ServiceCore):
             study = self._studies.get(study_id)
             if study is None or msg.study_id != study_id:
                 return EnrolAck(accepted=False, reason="unknown study")
-            device_actor = actor(ActorKind.DEVICE, msg.device_id)
-            details: dict[str, object] = {
-                "device_id": msg.device_id,
-                "device_class": msg.device_class.value,
-                "memory_bytes": msg.memory_bytes,
-                "key_sha256": digest(msg.public_key),
-            }
             refusal = self._enrol_refusal(study, msg)
+            enrolment = partial(
+                audit.device_enrolment,
+                device_id=msg.device_id,
+                device_class=msg.device_class.value,
+                memory_bytes=msg.memory_bytes,
+                key_sha256=digest(msg.public_key),
+            )
             if refusal is not None:
-                action = (
-                    AuditAction.DEVICE_AUTH_FAILED
-                    if refusal.startswith("device id is enrolled")
-                    else AuditAction.DEVICE_ENROLLED
+                entry = enrolment(
+                    refusal=refusal, impersonation=refusal.startswith("device id is enrolled")
                 )
-                self._audit(
-                    action,
-                    Outcome.DENIED,
-                    actor=device_actor,
-                    study_id=study.id,
-                    details={**details, "reason": refusal},
-                )
+                self._audit(entry, study_id=study.id)
                 return EnrolAck(accepted=False, reason=refusal)
             if msg.device_id in study.engine.devices:
                 return EnrolAck(accepted=True, reason="already enrolled")
@@ -70,13 +64,7 @@ class DeviceCalls(ServiceCore):
                     )
                 )
                 study.saved_devices[msg.device_id] = (device.state, device.completed)
-                self._audit(
-                    AuditAction.DEVICE_ENROLLED,
-                    Outcome.SUCCESS,
-                    actor=device_actor,
-                    study_id=study.id,
-                    details=details,
-                )
+                self._audit(enrolment(refusal=None), study_id=study.id)
             return EnrolAck(accepted=True)
 
     def _enrol_refusal(self, study: StudyRuntime, msg: Enrol) -> str | None:
@@ -115,13 +103,7 @@ class DeviceCalls(ServiceCore):
                         device_id, DeviceState.REVOKED, now=now, reason="revoked by operator"
                     )
                     changes.device(device_id, revoked=True)
-                    self._audit(
-                        AuditAction.DEVICE_REVOKED,
-                        Outcome.SUCCESS,
-                        actor=actor(ActorKind.OPERATOR, by),
-                        study_id=study.id,
-                        details={"device_id": device_id},
-                    )
+                    self._audit(audit.device_revoked(device_id, by=by), study_id=study.id)
             return self._device_info(study, device_id)
 
     def list_devices(self, study_id: str) -> list[DeviceInfo]:

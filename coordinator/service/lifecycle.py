@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from fedward.compliance import ActorKind, AuditAction, Outcome
+from fedward.compliance import AuditAction
+from fedward.coordinator import audit
 from fedward.coordinator.store import StudyState, TaskStatus
-from fedward.coordinator.store.audit_trail import OPERATOR, actor
+from fedward.coordinator.store.audit_trail import OPERATOR
 
 from .core import ServiceCore
 from .errors import InvalidTransition
@@ -59,11 +60,8 @@ class LifecycleCalls(ServiceCore):
                 study.row.status = target
                 study.row.updated_at = changes.at
                 changes.study_values.update(status=target, updated_at=changes.at)
-                self._audit(
-                    action,
-                    Outcome.SUCCESS,
-                    actor=actor(ActorKind.OPERATOR, by),
-                    study_id=study.id,
-                    details={"previous_state": previous.value, "state": target.value},
+                entry = audit.study_transition(
+                    action, by=by, previous=previous.value, state=target.value
                 )
+                self._audit(entry, study_id=study.id)
             return self._info(study)

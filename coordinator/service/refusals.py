@@ -15,11 +15,10 @@ instead of being re-dispatched after every heartbeat to refuse again.
 
 from __future__ import annotations
 
-from fedward.compliance import ActorKind, AuditAction, Outcome
+from fedward.coordinator import audit
 from fedward.coordinator.errors import RejectReason
 from fedward.coordinator.privacy.guard import privacy_guard_of
 from fedward.coordinator.store import TaskStatus
-from fedward.coordinator.store.audit_trail import COORDINATOR_ACTOR, actor
 from fedward.protocol.ids import is_valid_id
 from fedward.protocol.messages import ErrorCode, ErrorMessage
 
@@ -40,20 +39,20 @@ class RefusalCalls(ServiceCore):
         input rather than a routing or authorisation failure."""
         with self._lock:
             study = self._studies.get(study_id)
-            auth = reason in _AUTH_REJECTIONS
-            action = AuditAction.DEVICE_AUTH_FAILED if auth else AuditAction.UPDATE_REJECTED
-            who = actor(ActorKind.DEVICE, device_id) if device_id else COORDINATOR_ACTOR
-            details: dict[str, object] = {"transport_reason": reason[:64], "detail": detail[:200]}
-            if device_id:
-                details["device_id"] = device_id[:64]
+            entry = audit.transport_rejected(
+                device_id=device_id,
+                reason=reason,
+                detail=detail,
+                authentication=reason in _AUTH_REJECTIONS,
+            )
             if study is None:
-                self._audit(action, Outcome.DENIED, actor=who, study_id=None, details=details)
+                self._audit(entry, study_id=None)
                 return
             with self._change(study) as changes:
                 if reason in _MALFORMED_REJECTIONS:
                     changes.rejections[RejectReason.MALFORMED] += 1
                     study.rejections[RejectReason.MALFORMED] += 1
-                self._audit(action, Outcome.DENIED, actor=who, study_id=study.id, details=details)
+                self._audit(entry, study_id=study.id)
 
     def device_refused(
         self, study_id: str, device_id: str, task_id: str, reason: ErrorCode
@@ -80,13 +79,7 @@ class RefusalCalls(ServiceCore):
             if order is None:
                 return False
             if order.device_id != device_id:
-                self._audit(
-                    AuditAction.DEVICE_AUTH_FAILED,
-                    Outcome.DENIED,
-                    actor=actor(ActorKind.DEVICE, device_id),
-                    study_id=study.id,
-                    details={"device_id": device_id, "task_id": task_id, "reason": "not its task"},
-                )
+                self._audit(audit.task_not_its_own(device_id, task_id), study_id=study.id)
                 return False
             with self._change(study) as changes:
                 study.failure_status[task_id] = TaskStatus.FAILED

@@ -7,9 +7,9 @@ import re
 import secrets
 from collections import Counter
 
-from fedward.compliance import ActorKind, AuditAction, Outcome
+from fedward.coordinator import audit
 from fedward.coordinator.store import StudyState
-from fedward.coordinator.store.audit_trail import OPERATOR, actor
+from fedward.coordinator.store.audit_trail import OPERATOR
 from fedward.coordinator.store.models import StudyRow
 from fedward.coordinator.store.runtime import StudyRuntime
 from fedward.coordinator.study_spec import StudySpec
@@ -86,24 +86,22 @@ class StudyCalls(ServiceCore):
         with self._change(study, new=True) as changes:
             changes.new_study = study.row
             record = self._runtimes.record_version(study, parent=None, task_ids=())
-            self._audit(
-                AuditAction.STUDY_CREATED,
-                Outcome.SUCCESS,
-                actor=actor(ActorKind.OPERATOR, by),
-                study_id=study.id,
-                details={
+            entry = audit.study_created(
+                by=by,
+                spec_summary={
                     "study_name": spec.name,
                     "strategy": spec.strategy.value,
                     "subset_mode": spec.subset_mode.value,
                     "model_kind": spec.model_kind.value,
                     "concurrency": spec.concurrency,
                     "buffer_size": spec.buffer_size,
-                    "spec_sha256": digest(spec.model_dump_json().encode()),
-                    "content_hash": record.content_hash,
-                    "warm_start": warm_start,
-                    "record_hash": record.record_hash,
                 },
+                spec_sha256=digest(spec.model_dump_json().encode()),
+                content_hash=record.content_hash,
+                record_hash=record.record_hash,
+                warm_start=warm_start,
             )
+            self._audit(entry, study_id=study.id)
 
     def list_studies(self) -> list[StudyInfo]:
         with self._lock:

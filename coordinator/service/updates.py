@@ -19,11 +19,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from fedward.compliance import ActorKind, AuditAction, Outcome
+from fedward.coordinator import audit
 from fedward.coordinator.engine.ingest import IncomingUpdate, decode_update
 from fedward.coordinator.errors import RejectReason, UpdateRejected
 from fedward.coordinator.store import StudyChanges, TaskStatus
-from fedward.coordinator.store.audit_trail import COORDINATOR_ACTOR, actor
 from fedward.coordinator.store.models import UpdateReceiptRow
 from fedward.coordinator.store.runtime import StudyRuntime
 from fedward.protocol.messages import Ack, AckStatus
@@ -93,13 +92,10 @@ class UpdateCalls(ServiceCore):
                     ]
 
     def _unknown_study(self, raw: bytes) -> Ack:
-        self._audit(
-            AuditAction.UPDATE_REJECTED,
-            Outcome.DENIED,
-            actor=COORDINATOR_ACTOR,
-            study_id=None,
-            details={"reason": "unknown_study", "update_sha256": digest(raw)},
+        entry = audit.update_refused_early(
+            reason="unknown_study", detail=None, update_sha256=digest(raw)
         )
+        self._audit(entry, study_id=None)
         return Ack(task_id=UNKNOWN_TASK_ID, status=AckStatus.REJECTED, reason="unknown study")
 
     def _submit_batch(self, study: StudyRuntime, raws: list[bytes]) -> list[Ack]:
@@ -217,19 +213,12 @@ class UpdateCalls(ServiceCore):
         """A rejection decided before the engine saw the update: count, audit, ack."""
         changes.rejections[exc.reason] += 1
         study.rejections[exc.reason] += 1
-        details: dict[str, object] = {
-            "task_id": task_id,
-            "reason": exc.reason.value,
-            "detail": exc.detail[:200],
-            "update_sha256": frame_sha,
-        }
-        if device_id is not None:
-            details["device_id"] = device_id
-        self._audit(
-            AuditAction.UPDATE_REJECTED,
-            Outcome.DENIED,
-            actor=actor(ActorKind.DEVICE, device_id) if device_id else COORDINATOR_ACTOR,
-            study_id=study.id,
-            details=details,
+        entry = audit.update_refused_early(
+            reason=exc.reason.value,
+            detail=exc.detail,
+            update_sha256=frame_sha,
+            task_id=task_id,
+            device_id=device_id,
         )
+        self._audit(entry, study_id=study.id)
         return Ack(task_id=task_id, status=AckStatus.REJECTED, reason=exc.reason.value)

@@ -23,6 +23,7 @@ from fedward.compliance import (
     ForbiddenAuditContent,
     Outcome,
 )
+from fedward.coordinator.audit import AuditEntry
 
 OPERATOR = "operator"
 COORDINATOR = "coordinator"
@@ -50,6 +51,14 @@ class AuditTrail:
 
     def close(self) -> None:
         self._log.close()
+
+    def write(self, entry: AuditEntry, *, study_id: str | None) -> None:
+        """Append an entry built by ``fedward.coordinator.audit``."""
+        if entry.actor is ActorKind.COORDINATOR or not entry.actor_id:
+            who = COORDINATOR_ACTOR
+        else:
+            who = actor(entry.actor, entry.actor_id)
+        self.record(entry.action, entry.outcome, who=who, study_id=study_id, details=entry.details)
 
     def record(
         self,

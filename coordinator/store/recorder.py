@@ -15,14 +15,13 @@ as TASK_REFUSED, so neither is audited again as TASK_FAILED.
 
 from __future__ import annotations
 
-from fedward.compliance import ActorKind
 from fedward.coordinator.audit import AuditEntry, engine_entry, privacy_entry
 from fedward.coordinator.engine import EngineEvent, EventKind
 from fedward.coordinator.errors import RejectReason
 from fedward.coordinator.privacy.events import PrivacyEvent
 from fedward.protocol.messages import AckStatus
 
-from .audit_trail import COORDINATOR_ACTOR, AuditTrail, actor
+from .audit_trail import AuditTrail
 from .models import TaskRow, TaskStatus
 from .runtime import RuntimeStore, StudyRuntime
 
@@ -48,16 +47,8 @@ class EventRecorder:
         self._write(study, privacy_entry(event))
 
     def _write(self, study: StudyRuntime, entry: AuditEntry | None) -> None:
-        if entry is None:
-            return
-        who = (
-            actor(ActorKind.DEVICE, entry.device_id)
-            if entry.actor is ActorKind.DEVICE and entry.device_id
-            else COORDINATOR_ACTOR
-        )
-        self._trail.record(
-            entry.action, entry.outcome, who=who, study_id=study.id, details=dict(entry.details)
-        )
+        if entry is not None:
+            self._trail.write(entry, study_id=study.id)
 
     def _dispatched(self, study: StudyRuntime, event: EngineEvent) -> None:
         d = event.details
