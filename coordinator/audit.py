@@ -283,37 +283,32 @@ def _coordinator(
     *,
     event: PrivacyEvent | None = None,
 ) -> AuditEntry:
+    """The coordinator decided; a privacy event's device is named first in the details."""
     named = {"device_id": event.device_id, **details} if event is not None else details
-    return AuditEntry(
-        action=action,
-        outcome=outcome,
-        actor=ActorKind.COORDINATOR,
-        actor_id=None,
-        details=named,
-    )
+    return _entry(action, outcome, ActorKind.COORDINATOR, None, named)
 
 
 def _operator(
     action: AuditAction, outcome: Outcome, operator: str, details: Mapping[str, Any]
 ) -> AuditEntry:
-    return AuditEntry(
-        action=action,
-        outcome=outcome,
-        actor=ActorKind.OPERATOR,
-        actor_id=operator,
-        details=details,
-    )
+    return _entry(action, outcome, ActorKind.OPERATOR, operator, details)
 
 
 def _device(
     action: AuditAction, outcome: Outcome, device_id: str, details: Mapping[str, Any]
 ) -> AuditEntry:
+    return _entry(action, outcome, ActorKind.DEVICE, device_id, details)
+
+
+def _entry(
+    action: AuditAction,
+    outcome: Outcome,
+    actor: ActorKind,
+    actor_id: str | None,
+    details: Mapping[str, Any],
+) -> AuditEntry:
     return AuditEntry(
-        action=action,
-        outcome=outcome,
-        actor=ActorKind.DEVICE,
-        actor_id=device_id,
-        details=details,
+        action=action, outcome=outcome, actor=actor, actor_id=actor_id, details=details
     )
 
 

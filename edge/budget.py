@@ -28,7 +28,6 @@ version 1) is refused until :func:`upgrade_v1_file` converts it.
 from __future__ import annotations
 
 import enum
-import hashlib
 import json
 import os
 import tempfile
@@ -49,7 +48,7 @@ from fedward.privacy.accounting import (
 from fedward.privacy.budget import BudgetPolicy
 from fedward.privacy.errors import PolicyError, PrivacyError
 from fedward.protocol.messages import DpParams, ErrorCode, ErrorMessage, PrivacyReport, Task
-from fedward.saved_state import open_envelope, seal
+from fedward.saved_state import open_checked, seal_checked
 from fedward.tinytrain.models import Params
 from fedward.tinytrain.training import LocalTrainConfig, Model
 
@@ -62,7 +61,7 @@ STATE_KIND = "fedward.edge.budget"
 # around {policy, accountant_state, sha256}, the digest covering the payload's other keys.
 STATE_VERSION = 2
 _V1_KEYS = frozenset({"format", "version", "policy", "accountant_state"})
-_PAYLOAD_KEYS = frozenset({"policy", "accountant_state", "sha256"})
+_CONTENT_KEYS = frozenset({"policy", "accountant_state"})  # the payload adds their sha256
 _KEEP_IT = (
     "Do not delete the file: it holds the epsilon this device has already spent, and a "
     "fresh budget would let the device spend it again"
@@ -231,7 +230,7 @@ class DeviceBudget:
             "policy": self.policy.to_dict(),
             "accountant_state": history_to_state(self._history, accountant=self.policy.accountant),
         }
-        return seal(STATE_KIND, STATE_VERSION, {**content, "sha256": _digest(content)})
+        return seal_checked(STATE_KIND, STATE_VERSION, content)
 
     @classmethod
     def from_state_dict(cls, state: Mapping[str, Any], *, policy: BudgetPolicy) -> DeviceBudget:
@@ -248,20 +247,13 @@ class DeviceBudget:
                 f"kind {STATE_KIND!r} format_version {STATE_VERSION}. {_KEEP_IT}: convert it "
                 "once with fedward.edge.budget.upgrade_v1_file(path)"
             )
-        payload = open_envelope(
-            state, kind=STATE_KIND, format_version=STATE_VERSION, error=BudgetStateError
+        content = open_checked(
+            state,
+            kind=STATE_KIND,
+            format_version=STATE_VERSION,
+            keys=_CONTENT_KEYS,
+            error=BudgetStateError,
         )
-        if set(payload) != _PAYLOAD_KEYS:
-            raise BudgetStateError(
-                f"device budget payload keys must be {sorted(_PAYLOAD_KEYS)}, got {sorted(payload)}"
-            )
-        content = {k: v for k, v in payload.items() if k != "sha256"}
-        try:
-            intact = _digest(content) == payload["sha256"]
-        except (TypeError, ValueError) as exc:
-            raise BudgetStateError(f"device budget is not canonical JSON: {exc}") from exc
-        if not intact:
-            raise BudgetStateError("device budget checksum mismatch: corrupted or edited")
         try:
             stored = BudgetPolicy.from_dict(content["policy"])
         except (PolicyError, TypeError, KeyError) as exc:
@@ -311,10 +303,9 @@ def upgrade_v1_state(state: Mapping[str, Any]) -> dict[str, Any]:
         )
     content = {"policy": state["policy"], "accountant_state": state["accountant_state"]}
     try:
-        digest = _digest(content)
+        return seal_checked(STATE_KIND, STATE_VERSION, content)
     except (TypeError, ValueError) as exc:
         raise BudgetStateError(f"v1 device budget is not canonical JSON: {exc}") from exc
-    return seal(STATE_KIND, STATE_VERSION, {**content, "sha256": digest})
 
 
 def upgrade_v1_file(path: Path) -> None:
@@ -325,11 +316,6 @@ def upgrade_v1_file(path: Path) -> None:
     except BudgetStateError as exc:
         raise BudgetStateError(f"{path}: {exc}") from exc
     _write_json(path, upgraded)
-
-
-def _digest(content: Mapping[str, Any]) -> str:
-    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), allow_nan=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def _read_json(path: Path) -> Any:

@@ -13,21 +13,34 @@ looked at. The payload's own checks (shapes, checksums, consistency) stay
 with its owner; so does the choice of error class (``error=``), which must be
 a :class:`~fedward.errors.SavedStateError`.
 
-Why not one checksum here: payloads differ (JSON-only ledgers carry a
-SHA-256 of their canonical form; strategy buffers hold numpy arrays that the
-store writes as blobs), so integrity is the payload's concern.
+Checksums: a JSON-only payload can carry a SHA-256 of its canonical JSON
+(``seal_checked`` / ``open_checked``: the privacy ledger, the device budget),
+so an edit to a budget on disk is refused rather than believed. Payloads that
+hold numpy arrays (strategy buffers, which the store writes as
+content-addressed blobs) check their content themselves.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping
 from typing import Any
 
 from .errors import SavedStateError
 
-__all__ = ["ENVELOPE_KEYS", "open_envelope", "seal"]
+__all__ = [
+    "CHECKSUM_KEY",
+    "ENVELOPE_KEYS",
+    "content_sha256",
+    "open_checked",
+    "open_envelope",
+    "seal",
+    "seal_checked",
+]
 
 ENVELOPE_KEYS = frozenset({"kind", "format_version", "payload"})
+CHECKSUM_KEY = "sha256"
 
 
 def seal(kind: str, format_version: int, payload: Mapping[str, Any]) -> dict[str, Any]:
@@ -65,3 +78,44 @@ def open_envelope(
     if not isinstance(payload, Mapping):
         raise error(f"the payload of a saved {kind} state must be a mapping")
     return payload
+
+
+def content_sha256(content: Mapping[str, Any]) -> str:
+    """SHA-256 hex of ``content``'s canonical JSON (sorted keys, no spaces, no NaN).
+
+    Raises ``TypeError``/``ValueError`` for content that is not plain JSON.
+    """
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def seal_checked(kind: str, format_version: int, content: Mapping[str, Any]) -> dict[str, Any]:
+    """An envelope whose payload is ``content`` plus its ``CHECKSUM_KEY``."""
+    if CHECKSUM_KEY in content:
+        raise ValueError(f"content may not hold the checksum key {CHECKSUM_KEY!r}")
+    return seal(kind, format_version, {**content, CHECKSUM_KEY: content_sha256(content)})
+
+
+def open_checked(
+    state: object,
+    *,
+    kind: str,
+    format_version: int,
+    keys: frozenset[str],
+    error: type[SavedStateError] = SavedStateError,
+) -> dict[str, Any]:
+    """The content of a :func:`seal_checked` state: exactly ``keys``, checksum intact."""
+    payload = open_envelope(state, kind=kind, format_version=format_version, error=error)
+    if set(payload) != keys | {CHECKSUM_KEY}:
+        raise error(
+            f"saved {kind} payload keys must be {sorted(keys | {CHECKSUM_KEY})}, "
+            f"got {sorted(map(str, payload))}"
+        )
+    content = {k: v for k, v in payload.items() if k != CHECKSUM_KEY}
+    try:
+        intact = content_sha256(content) == payload[CHECKSUM_KEY]
+    except (TypeError, ValueError) as exc:
+        raise error(f"saved {kind} state is not canonical JSON: {exc}") from exc
+    if not intact:
+        raise error(f"saved {kind} state checksum mismatch: corrupted or edited")
+    return content

@@ -28,14 +28,12 @@ to refuse a task (``can_afford``) before it trains.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from fedward.saved_state import open_envelope, seal
+from fedward.saved_state import content_sha256, open_checked, seal_checked
 
 from .accounting import EpsilonCalculator, MechanismStep
 from .budget import BudgetPolicy
@@ -52,7 +50,7 @@ STATE_KIND = "fedward.privacy.ledger"
 # around {policy, devices, sha256}, the digest covering the payload's other keys.
 STATE_VERSION = 2
 _V1_KEYS = frozenset({"format", "version", "policy", "devices", "sha256"})
-_PAYLOAD_KEYS = frozenset({"policy", "devices", "sha256"})
+_CONTENT_KEYS = frozenset({"policy", "devices"})  # the payload adds their sha256
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -262,12 +260,11 @@ class PrivacyLedger:
 
         Plain JSON-ready data: the coordinator embeds it, unopened, in its own state.
         """
-        content = self._content()
-        return seal(STATE_KIND, STATE_VERSION, {**content, "sha256": _digest(content)})
+        return seal_checked(STATE_KIND, STATE_VERSION, self._content())
 
     def state_sha256(self) -> str:
         """The checksum :meth:`state_dict` carries (reports cite the state they were built from)."""
-        return _digest(self._content())
+        return content_sha256(self._content())
 
     def _content(self) -> dict[str, Any]:
         return {
@@ -373,14 +370,6 @@ class PrivacyLedger:
         return recomputed
 
 
-def _canonical_json(content: Mapping[str, Any]) -> bytes:
-    return json.dumps(content, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
-
-
-def _digest(content: Mapping[str, Any]) -> str:
-    return hashlib.sha256(_canonical_json(content)).hexdigest()
-
-
 def _verified_content(state: object) -> dict[str, Any]:
     """Policy and devices of a saved ledger state whose envelope and checksum hold."""
     if isinstance(state, Mapping) and "payload" not in state and "format" in state:
@@ -391,21 +380,13 @@ def _verified_content(state: object) -> dict[str, Any]:
             "empty ledger (every device would get its budget back): convert it once with "
             "fedward.privacy.ledger.upgrade_v1_state and store the result"
         )
-    payload = open_envelope(
-        state, kind=STATE_KIND, format_version=STATE_VERSION, error=LedgerStateError
+    return open_checked(
+        state,
+        kind=STATE_KIND,
+        format_version=STATE_VERSION,
+        keys=_CONTENT_KEYS,
+        error=LedgerStateError,
     )
-    if set(payload) != _PAYLOAD_KEYS:
-        raise LedgerStateError(
-            f"ledger state payload keys must be {sorted(_PAYLOAD_KEYS)}, got {sorted(payload)}"
-        )
-    content = {k: v for k, v in payload.items() if k != "sha256"}
-    try:
-        digest = _digest(content)
-    except (TypeError, ValueError) as exc:
-        raise LedgerStateError(f"ledger state is not canonical JSON: {exc}") from exc
-    if digest != payload["sha256"]:
-        raise LedgerStateError("ledger state checksum mismatch: corrupted or edited")
-    return content
 
 
 def upgrade_v1_state(state: Mapping[str, Any]) -> dict[str, Any]:
@@ -424,10 +405,11 @@ def upgrade_v1_state(state: Mapping[str, Any]) -> dict[str, Any]:
         )
     old = {k: v for k, v in state.items() if k != "sha256"}
     try:
-        intact = _digest(old) == state["sha256"]
+        intact = content_sha256(old) == state["sha256"]
     except (TypeError, ValueError) as exc:
         raise LedgerStateError(f"v1 ledger state is not canonical JSON: {exc}") from exc
     if not intact:
         raise LedgerStateError("v1 ledger state checksum mismatch: corrupted or edited")
-    content = {"policy": state["policy"], "devices": state["devices"]}
-    return seal(STATE_KIND, STATE_VERSION, {**content, "sha256": _digest(content)})
+    return seal_checked(
+        STATE_KIND, STATE_VERSION, {"policy": state["policy"], "devices": state["devices"]}
+    )

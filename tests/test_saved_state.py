@@ -9,7 +9,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fedward.errors import FedwardError, SavedStateError
-from fedward.saved_state import ENVELOPE_KEYS, open_envelope, seal
+from fedward.saved_state import (
+    CHECKSUM_KEY,
+    ENVELOPE_KEYS,
+    content_sha256,
+    open_checked,
+    open_envelope,
+    seal,
+    seal_checked,
+)
 
 KIND = "fedward.tests.thing"
 
@@ -104,3 +112,23 @@ def test_open_checks_the_envelope_before_the_payload() -> None:
     state = {"kind": "fedward.tests.other", "format_version": 1, "payload": object()}
     with pytest.raises(SavedStateError, match="not 'fedward.tests.thing'"):
         open_envelope(state, kind=KIND, format_version=1)
+
+
+def test_a_checked_payload_round_trips_and_refuses_any_edit() -> None:
+    # Prepare
+    state = seal_checked("fedward.test.checked", 1, {"policy": {"epsilon": 8.0}, "spent": [1, 2]})
+    keys = frozenset({"policy", "spent"})
+    edited = {**state, "payload": {**state["payload"], "spent": [1]}}
+    # Execute
+    content = open_checked(state, kind="fedward.test.checked", format_version=1, keys=keys)
+    # Assert
+    assert content == {"policy": {"epsilon": 8.0}, "spent": [1, 2]}
+    assert state["payload"][CHECKSUM_KEY] == content_sha256(content)
+    with pytest.raises(SavedStateError, match="checksum mismatch"):
+        open_checked(edited, kind="fedward.test.checked", format_version=1, keys=keys)
+    with pytest.raises(SavedStateError, match="payload keys"):
+        open_checked(state, kind="fedward.test.checked", format_version=1, keys=frozenset())
+    with pytest.raises(ValueError, match="checksum key"):
+        seal_checked("fedward.test.checked", 1, {CHECKSUM_KEY: "forged"})
+    with pytest.raises(ValueError):
+        seal_checked("fedward.test.checked", 1, {"x": float("nan")})  # not canonical JSON

@@ -25,9 +25,9 @@ from fedward.privacy.ledger import (
     STATE_KIND,
     STATE_VERSION,
     PrivacyLedger,
-    _digest,
     upgrade_v1_state,
 )
+from fedward.saved_state import content_sha256
 
 DELTA = 1e-5
 STEP = MechanismStep(noise_multiplier=1.1, sample_rate=0.05, steps=8)
@@ -214,7 +214,7 @@ def test_state_is_an_envelope_around_policy_devices_and_checksum():
     assert (
         payload["sha256"]
         == ledger.state_sha256()
-        == _digest({"policy": payload["policy"], "devices": payload["devices"]})
+        == content_sha256({"policy": payload["policy"], "devices": payload["devices"]})
     )
     assert json.loads(json.dumps(state)) == state  # plain JSON-ready data
 
@@ -264,7 +264,7 @@ def test_tampered_state_is_rejected():
     def fewer_steps_same_epsilon(s: dict) -> None:
         payload = s["payload"]
         payload["devices"]["a"][-1]["steps"] = 1
-        payload["sha256"] = _digest({k: v for k, v in payload.items() if k != "sha256"})
+        payload["sha256"] = content_sha256({k: v for k, v in payload.items() if k != "sha256"})
 
     with pytest.raises(LedgerStateError, match="recomputed"):
         PrivacyLedger.from_state_dict(_tampered(state, fewer_steps_same_epsilon))
@@ -276,7 +276,7 @@ def _v1_state(ledger: PrivacyLedger) -> dict:
     """What format version 1 wrote (before the envelope), for the refusal and upgrade tests."""
     content = {"format": STATE_KIND, "version": 1, **ledger.state_dict()["payload"]}
     del content["sha256"]
-    return {**content, "sha256": _digest(content)}
+    return {**content, "sha256": content_sha256(content)}
 
 
 def test_pre_envelope_state_is_refused_with_what_to_do():
