@@ -44,12 +44,17 @@ from fedward.coordinator.service import StudyService
 from fedward.coordinator.settings import CoordinatorSettings
 from fedward.coordinator.strategies import StrategyName
 from fedward.coordinator.study_spec import StudySpec, build_planner
+from fedward.errors import SimulationError
 from fedward.live import BrokerAddress, parse_broker_url
 from fedward.protocol.mqtt import MqttTransport
 from fedward.protocol.mqtt_settings import MqttProtocol, MqttSettings
 from fedward.tinytrain.models import build_model, param_shapes
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+class TooFewAcks(SimulationError):
+    """The run ended with fewer than two measured acks: no rate can be computed."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -244,7 +249,10 @@ def run_ingest(config: IngestConfig, *, database_url: str | None, label: str) ->
     acks.sort()
     measured = acks[config.warmup :]
     if len(measured) < 2:
-        raise RuntimeError(f"only {len(acks)} acks received")
+        raise TooFewAcks(
+            f"only {len(acks)} acks received, {len(measured)} after the {config.warmup} "
+            "warm-up ones: a rate needs at least 2 measured acks; run with --updates 2 or more"
+        )
     wall = (
         measured[-1][0] - acks[config.warmup - 1][0]
         if config.warmup

@@ -17,9 +17,14 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine
 
+from fedward.coordinator.errors import CoordinatorError
 from fedward.coordinator.store.db import create_db_engine
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent
+
+
+class MigrationsMissing(CoordinatorError):
+    """The package holds no migration scripts: an incomplete install of fedward."""
 
 
 def alembic_config(url: str | None = None, *, connection: Connection | None = None) -> Config:
@@ -37,7 +42,10 @@ def alembic_config(url: str | None = None, *, connection: Connection | None = No
 def head_revision() -> str:
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     if head is None:
-        raise RuntimeError("no migration scripts found")
+        raise MigrationsMissing(
+            f"no migration scripts in {MIGRATIONS_DIR / 'versions'}: this install of fedward "
+            "is incomplete (its wheel ships them); reinstall fedward"
+        )
     return head
 
 
