@@ -4,7 +4,7 @@ The engine and the privacy guard emit *facts* (``EngineEvent``,
 ``PrivacyEvent``), and the service makes its own decisions about requests
 (a study created, a device enrolled or refused, an operator's lifecycle call,
 a frame refused before the engine saw it). This module turns each into an
-:class:`AuditEntry` (who, action, outcome, details); nothing else formats
+:class:`AuditRecord` (who, action, outcome, details); nothing else formats
 audit content. The store's recorder and the service append the entries; the
 simulator's listeners can call the same functions, so both produce the same
 trail.
@@ -12,7 +12,7 @@ trail.
 What goes in: ids, versions, reasons, SHA-256 hashes of update frames and
 models, and the privacy mechanism (sigma, clip norm, sample rate, steps,
 accountant, epsilon at delta, budget). Never tensor values, losses or
-sample counts: ``compliance.check_details`` refuses what the log may not hold.
+sample counts: ``fedward.compliance.check_details`` refuses what the log may not hold.
 
 Who is the actor: the device for what it did (an update it sent, a task it
 refused), the coordinator for what it decided (dispatch, failure, merge, a
@@ -44,7 +44,7 @@ from .engine import EngineEvent, EventKind
 from .privacy.events import PrivacyEvent, PrivacyEventKind
 
 __all__ = [
-    "AuditEntry",
+    "AuditRecord",
     "device_enrolment",
     "device_revoked",
     "engine_entry",
@@ -58,14 +58,15 @@ __all__ = [
 
 
 @dataclass(frozen=True, kw_only=True)
-class AuditEntry:
-    """One audit record, before the log signs and chains it."""
+class AuditRecord:
+    """One audit record as the coordinator words it, before the log adds time, sequence,
+    hash chain and signature (``compliance.events.AuditEntry`` is that logged form)."""
 
     action: AuditAction
     outcome: Outcome
     actor: ActorKind
     actor_id: str | None  # the acting device or operator; None for the coordinator
-    # Checked by the log itself when appended (``compliance.check_details``),
+    # Checked by the log itself when appended (``fedward.compliance.check_details``),
     # which withholds a free-text detail it refuses rather than losing the entry.
     details: Mapping[str, Any]
 
@@ -75,7 +76,7 @@ def engine_entry(
     *,
     update_sha256: str = "",
     merge_details: Mapping[str, Any] | None = None,
-) -> AuditEntry | None:
+) -> AuditRecord | None:
     """The audit entry of an engine event (None: the event is not audited itself).
 
     ``update_sha256`` is the hash of the frame being judged (accept, reject);
@@ -103,7 +104,7 @@ def engine_entry(
     return None  # enrolment is audited by the service; device states are saved by diff
 
 
-def privacy_entry(event: PrivacyEvent) -> AuditEntry:
+def privacy_entry(event: PrivacyEvent) -> AuditRecord:
     """The audit entry of a privacy guard's decision."""
     kind = event.kind
     if kind is PrivacyEventKind.SPENT:
@@ -167,7 +168,7 @@ def study_created(
     content_hash: str,
     record_hash: str,
     warm_start: bool,
-) -> AuditEntry:
+) -> AuditRecord:
     """An operator created a study (``spec_summary``: name, strategy, sizes; no data)."""
     details = {
         **spec_summary,
@@ -179,7 +180,7 @@ def study_created(
     return _operator(AuditAction.STUDY_CREATED, Outcome.SUCCESS, by, details)
 
 
-def study_transition(action: AuditAction, *, by: str, previous: str, state: str) -> AuditEntry:
+def study_transition(action: AuditAction, *, by: str, previous: str, state: str) -> AuditRecord:
     """An operator started, paused, resumed or stopped a study."""
     return _operator(action, Outcome.SUCCESS, by, {"previous_state": previous, "state": state})
 
@@ -192,7 +193,7 @@ def device_enrolment(
     key_sha256: str,
     refusal: str | None,
     impersonation: bool = False,
-) -> AuditEntry:
+) -> AuditRecord:
     """A device enrolled, or was refused (``refusal``); ``impersonation``: the id is
     enrolled under another key (audited as an authentication failure)."""
     details: dict[str, Any] = {
@@ -207,14 +208,14 @@ def device_enrolment(
     return _device(action, Outcome.DENIED, device_id, {**details, "reason": refusal})
 
 
-def device_revoked(device_id: str, *, by: str) -> AuditEntry:
+def device_revoked(device_id: str, *, by: str) -> AuditRecord:
     """An operator revoked a device for good."""
     return _operator(AuditAction.DEVICE_REVOKED, Outcome.SUCCESS, by, {"device_id": device_id})
 
 
 def transport_rejected(
     *, device_id: str | None, reason: str, detail: str, authentication: bool
-) -> AuditEntry:
+) -> AuditRecord:
     """A message the transport dropped before the service saw it (bridge reasons)."""
     action = AuditAction.DEVICE_AUTH_FAILED if authentication else AuditAction.UPDATE_REJECTED
     details: dict[str, Any] = {"transport_reason": reason[:64], "detail": detail[:200]}
@@ -224,7 +225,7 @@ def transport_rejected(
     return _coordinator(action, Outcome.DENIED, details)
 
 
-def task_not_its_own(device_id: str, task_id: str) -> AuditEntry:
+def task_not_its_own(device_id: str, task_id: str) -> AuditRecord:
     """A device tried to act on another device's task (no device can stop another)."""
     details = {"device_id": device_id, "task_id": task_id, "reason": "not its task"}
     return _device(AuditAction.DEVICE_AUTH_FAILED, Outcome.DENIED, device_id, details)
@@ -237,7 +238,7 @@ def update_refused_early(
     update_sha256: str,
     task_id: str | None = None,
     device_id: str | None = None,
-) -> AuditEntry:
+) -> AuditRecord:
     """An update frame refused before the engine judged it (malformed, unknown study)."""
     details: dict[str, Any] = {}
     if task_id is not None:
@@ -282,7 +283,7 @@ def _coordinator(
     details: Mapping[str, Any],
     *,
     event: PrivacyEvent | None = None,
-) -> AuditEntry:
+) -> AuditRecord:
     """The coordinator decided; a privacy event's device is named first in the details."""
     named = {"device_id": event.device_id, **details} if event is not None else details
     return _entry(action, outcome, ActorKind.COORDINATOR, None, named)
@@ -290,13 +291,13 @@ def _coordinator(
 
 def _operator(
     action: AuditAction, outcome: Outcome, operator: str, details: Mapping[str, Any]
-) -> AuditEntry:
+) -> AuditRecord:
     return _entry(action, outcome, ActorKind.OPERATOR, operator, details)
 
 
 def _device(
     action: AuditAction, outcome: Outcome, device_id: str, details: Mapping[str, Any]
-) -> AuditEntry:
+) -> AuditRecord:
     return _entry(action, outcome, ActorKind.DEVICE, device_id, details)
 
 
@@ -306,8 +307,8 @@ def _entry(
     actor: ActorKind,
     actor_id: str | None,
     details: Mapping[str, Any],
-) -> AuditEntry:
-    return AuditEntry(
+) -> AuditRecord:
+    return AuditRecord(
         action=action, outcome=outcome, actor=actor, actor_id=actor_id, details=details
     )
 

@@ -7,7 +7,8 @@ you can handle)::
     ├── UpdateRejected               an incoming update was refused; ``reason`` says why (counted, audited)
     ├── StrategyConfigError          a strategy was built with unsafe or inconsistent parameters
     ├── StateLoadError               saved state failed its checks on load (version, hash, shape);
-    │                                also a fedward.errors.SavedStateError
+    │   │                            also a fedward.errors.SavedStateError
+    │   └── GuardStateError          a privacy guard's saved state (also a privacy PolicyError)
     ├── NotReadyError                ``aggregate`` was called before the strategy was ready
     ├── DoesNotFit                   engine.planning: not even the smallest tier fits a device
     ├── BlobError                    store.blobs: content-addressed model blobs
@@ -29,6 +30,7 @@ from __future__ import annotations
 import enum
 
 from fedward.errors import FedwardError, SavedStateError
+from fedward.privacy.errors import PolicyError
 
 
 class RejectReason(enum.StrEnum):
@@ -67,6 +69,11 @@ class StrategyConfigError(CoordinatorError, ValueError):
 
 class StateLoadError(CoordinatorError, SavedStateError):
     pass
+
+
+class GuardStateError(StateLoadError, PolicyError):
+    """A privacy guard's saved state that cannot be loaded: wrong kind or format, other
+    settings than the study's (they are immutable), or content that fails its checks."""
 
 
 class NotReadyError(CoordinatorError):

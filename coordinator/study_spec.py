@@ -249,7 +249,7 @@ def build_engine(
     """The engine of a study, starting from ``params`` (default: the spec's initial model).
 
     A study with ``privacy`` gets a ``PrivacyGuard`` (find it again with
-    ``coordinator.privacy_guard.privacy_guard_of``); ``privacy_listeners``
+    ``fedward.coordinator.privacy.guard.privacy_guard_of``); ``privacy_listeners``
     receive its spend / exhaustion / rejection events (for the audit log).
     """
     params = params if params is not None else initial_params(spec)

@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from fedward.errors import SavedStateError
+from fedward.privacy.ledger import SpendRecord
 from fedward.saved_state import open_envelope, seal
 from fedward.tinytrain.models import Params
 from fedward.tinytrain.subsets import SubsetSpec
@@ -89,9 +91,16 @@ class EngineEvent:
 
 @dataclass(frozen=True)
 class SubmitOutcome:
+    """What became of one update: accepted (and maybe merged) or refused with a reason.
+
+    ``spends`` is what the guards charged for it (the privacy ledger's records),
+    also for a refused update the server saw (a forged claim is charged too).
+    """
+
     accepted: bool
     reason: RejectReason | None = None
     merge: MergeResult | None = None
+    spends: tuple[SpendRecord, ...] = ()
 
 
 class Engine:
@@ -243,23 +252,25 @@ class Engine:
         )
         self._prune_versions()
 
-    def task_refused(self, task_id: str, *, now: float) -> bool:
-        """The device declined ``task_id`` for a reason a guard owns (its own budget).
+    def task_refused(self, task_id: str, *, now: float, reason: str) -> bool:
+        """The device declined ``task_id`` (``reason``: why, in the caller's words).
 
-        Each guard decides what follows for the device (the privacy guard:
-        EXHAUSTED, never scheduled again); the task is failed. Returns False
-        for a task not in flight (already answered, timed out or unknown).
+        The task is failed first (its slot freed), then each guard decides what
+        follows for the device (the privacy guard, for a device whose own
+        budget is spent: EXHAUSTED, never scheduled again). Returns False for a
+        task not in flight (already answered, timed out or unknown).
         """
         order = self.tasks.get(task_id)
         if order is None:
             return False
-        self.task_failed(task_id, now=now, reason="refused by the device: privacy budget")
+        self.task_failed(task_id, now=now, reason=reason)
         for guard in self.guards:
             self._apply(order.device_id, guard.task_refused(order, now=now), now=now)
         return True
 
     def submit(self, update: ClientUpdate, *, now: float, context: Any = None) -> SubmitOutcome:
         order = self.tasks.get(update.task_id)
+        spends: list[SpendRecord] = []
         try:
             if order is None:
                 raise UpdateRejected(RejectReason.UNKNOWN_TASK, update.task_id)
@@ -277,6 +288,8 @@ class Engine:
             for guard in self.guards:
                 decision = guard.admit(update, order, device, context=context, now=now)
                 self._apply(order.device_id, decision, now=now)
+                if decision.spend is not None:
+                    spends.append(decision.spend)
                 if not decision.allowed:
                     if decision.reject is None:  # a guard bug: refuse loudly, not silently
                         raise CoordinatorError(
@@ -296,7 +309,7 @@ class Engine:
             )
             if order is not None and order.device_id == update.device_id:
                 self.task_failed(update.task_id, now=now, reason=f"rejected:{exc.reason.value}")
-            return SubmitOutcome(accepted=False, reason=exc.reason)
+            return SubmitOutcome(accepted=False, reason=exc.reason, spends=tuple(spends))
         del self.tasks[update.task_id]
         device = self.devices[update.device_id]
         device.completed += 1
@@ -313,7 +326,7 @@ class Engine:
             num_samples=update.num_samples,
         )
         merge = self._maybe_merge(now)
-        return SubmitOutcome(accepted=True, merge=merge)
+        return SubmitOutcome(accepted=True, merge=merge, spends=tuple(spends))
 
     def _maybe_merge(self, now: float) -> MergeResult | None:
         return self._merge(now) if self.strategy.ready() else None
@@ -384,16 +397,22 @@ class Engine:
 
         ``versions`` holds the tensors of every live version. Checked before
         use: the format, the tensors' names and shapes, that tasks and devices
-        agree, and (synchronous schedule) that tasks in flight are the open
-        round's cohort. Raises ``StateLoadError``; an engine whose load failed
-        may be half-restored and must be discarded.
+        agree, and that the strategy accepts the tasks in flight (a synchronous
+        round's cohort). All or nothing: on any failure the engine is put back
+        as it was and ``StateLoadError`` is raised (a guard's or the strategy's
+        own saved-state error is its cause).
         """
         payload = open_envelope(
             state, kind=ENGINE_STATE_KIND, format_version=ENGINE_STATE_FORMAT, error=StateLoadError
         )
+        before, before_versions = self.state_dict()["payload"], dict(self._versions)
         try:
             self._load(payload, versions)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except StateLoadError:
+            self._load(before, before_versions)
+            raise
+        except (SavedStateError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            self._load(before, before_versions)
             raise StateLoadError(f"engine state is malformed: {exc!r}") from exc
 
     def _load(self, state: Mapping[str, Any], versions: Mapping[int, Params]) -> None:

@@ -1,7 +1,7 @@
 """Which subset each device trains, sized to its memory.
 
 The planner measures the training footprint of every tier of the subset ladder
-once (``tinytrain.memory``: a real step, not a formula) and then answers, for a
+once (``fedward.tinytrain.memory``: a real step, not a formula) and then answers, for a
 device's memory budget, the largest tier whose measured footprint fits.
 
 Modes:

@@ -2,7 +2,7 @@
 
 Why a module of its own: ``Engine.state_dict``/``load_state_dict`` are the
 only way a study's state leaves and re-enters an engine (the live service
-stores it, ``coordinator.store.snapshot`` adds blob references), so the plain
+stores it, ``fedward.coordinator.store.snapshot`` adds blob references), so the plain
 records they carry and the checks a loaded state must pass live next to each
 other, outside the engine's decision logic.
 

@@ -1,6 +1,6 @@
 """MQTT <-> StudyService: the coordinator's side of the live federation.
 
-The bridge only knows the :class:`protocol.transport.Transport` seam, so the
+The bridge only knows the :class:`fedward.protocol.transport.Transport` seam, so the
 same code runs over Mosquitto, the embedded amqtt broker and the in-memory
 broker of the tests. Per study it subscribes to the uplink filters::
 
@@ -29,7 +29,7 @@ service transaction) and on a timer, and ``service.task_timeouts`` on a slower
 timer.
 
 Trust: the topic is the device's identity at this layer (a broker ACL binds
-a client to its own topics, see :mod:`protocol.topics`), so every uplink
+a client to its own topics, see :mod:`fedward.protocol.topics`), so every uplink
 message is route-checked: the ids it names must equal the topic's. Anything
 malformed, misrouted or refused is counted in :attr:`BridgeStats.rejected`,
 audited (a malformed update through ``service.submit_updates``, which
@@ -90,7 +90,7 @@ class OutboundLike(Protocol):
 
 
 class StudyServiceLike(Protocol):
-    """The part of :class:`coordinator.service.StudyService` the bridge uses."""
+    """The part of :class:`fedward.coordinator.service.StudyService` the bridge uses."""
 
     def enrol(self, study_id: str, msg: Enrol) -> EnrolAck: ...
     def submit_updates(self, study_id: str, frames: Sequence[bytes]) -> list[Ack]: ...

@@ -10,8 +10,9 @@ An ``EngineGuard`` holding the study's ``PrivacyLedger``:
   *recomputes* the device's cumulative epsilon, so a claim that disagrees is
   a ``BAD_PRIVACY_CLAIM`` and a spend past the budget a ``BUDGET_EXCEEDED``;
 - every spend, exhaustion, refusal and rejection is emitted as a
-  ``PrivacyEvent`` (facts: ``privacy.events``); ``coordinator.audit`` is the
-  one place that turns them into audit entries.
+  ``PrivacyEvent`` (facts: ``fedward.coordinator.privacy.events``);
+  ``fedward.coordinator.audit`` is the one place that turns them into audit
+  entries.
 
 The guard decides, the engine acts: each call returns a ``GuardDecision``
 (allowed or a rejection reason, the spend, the device state to apply) and
@@ -38,23 +39,23 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from fedward.errors import SavedStateError
 from fedward.privacy.accounting import MechanismStep
-from fedward.privacy.errors import BudgetExceeded, DuplicateCharge, ForgedClaim, PolicyError
+from fedward.privacy.errors import (
+    BudgetExceeded,
+    DuplicateCharge,
+    ForgedClaim,
+    LedgerStateError,
+    PrivacyError,
+)
 from fedward.privacy.ledger import PrivacyLedger, SpendRecord
 from fedward.protocol.messages import DpParams, PrivacyReport
 from fedward.saved_state import open_envelope, seal
 
 from ..engine import ALLOW, Device, DeviceState, Engine, GuardDecision, TaskOrder
-from ..errors import RejectReason
+from ..errors import GuardStateError, RejectReason
 from ..strategies import ClientUpdate
 from .events import PrivacyEvent, PrivacyEventKind, PrivacyListener
 from .settings import StudyPrivacy
-
-
-class GuardStateError(PolicyError, SavedStateError):
-    """A saved privacy-guard state of the wrong kind or format version."""
-
 
 STATE_KIND = "fedward.coordinator.privacy_guard"
 STATE_FORMAT = 2  # 1: a flat dict with "format"/"version" keys, before the envelope
@@ -82,6 +83,7 @@ class PrivacyGuard:
         if not isinstance(settings, StudyPrivacy):
             raise TypeError("settings must be a StudyPrivacy")
         self.settings = settings
+        self._claim_tolerance = claim_tolerance
         self.ledger = PrivacyLedger(settings.policy(), claim_tolerance=claim_tolerance)
         self.listeners: list[PrivacyListener] = list(listeners)
         self._step = settings.task_step()
@@ -255,27 +257,41 @@ class PrivacyGuard:
         )
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore after a restart; refuses state written under other settings."""
+        """Restore after a restart, all or nothing; ``GuardStateError`` for anything
+        this guard could not have written, including other settings (immutable)."""
         payload = open_envelope(
             state, kind=STATE_KIND, format_version=STATE_FORMAT, error=GuardStateError
         )
-        stored = StudyPrivacy.model_validate_json(json.dumps(payload["settings"]))
+        try:
+            stored = StudyPrivacy.model_validate_json(json.dumps(payload["settings"]))
+        except (KeyError, TypeError, ValueError) as exc:  # pydantic's error is a ValueError
+            raise GuardStateError(f"privacy guard state has no valid settings: {exc}") from exc
         if stored != self.settings:
-            raise PolicyError(
+            raise GuardStateError(
                 "a study's privacy settings are immutable: the stored state was written "
                 f"under {stored.model_dump(mode='json')}"
             )
-        self.ledger.load_state_dict(payload["ledger"])  # verifies checksum and every epsilon
+        saved_ledger = payload.get("ledger")
+        if not isinstance(saved_ledger, Mapping):
+            raise GuardStateError("privacy guard state holds no ledger")
+        ledger = PrivacyLedger(self.settings.policy(), claim_tolerance=self._claim_tolerance)
+        try:  # the ledger checks its checksum and recomputes every epsilon
+            ledger.load_state_dict(saved_ledger)
+        except LedgerStateError:
+            raise  # precise already, and a SavedStateError
+        except PrivacyError as exc:  # e.g. the ledger was written under another policy
+            raise GuardStateError(f"privacy guard state: {exc}") from exc
         classes = payload.get("device_classes", {})
         if not isinstance(classes, Mapping) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in classes.items()
         ):
-            raise PolicyError("device_classes must map device ids to class names")
-        self._status = _Status(
+            raise GuardStateError("device_classes must map device ids to class names")
+        status = _Status(
             device_classes=dict(classes),
             exhausted=set(_names(payload.get("exhausted", []))),
             revoked=set(_names(payload.get("revoked", []))),
         )
+        self.ledger, self._status = ledger, status
         self._affordable.clear()
 
     # -- internals -------------------------------------------------------------------------
@@ -413,5 +429,5 @@ def privacy_guard_of(engine: Engine) -> PrivacyGuard | None:
 
 def _names(values: Any) -> list[str]:
     if not isinstance(values, list) or not all(isinstance(v, str) and v for v in values):
-        raise PolicyError("expected a list of device ids")
+        raise GuardStateError("expected a list of device ids")
     return values

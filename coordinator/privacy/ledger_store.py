@@ -1,7 +1,7 @@
 """Where a study's privacy ledger lives between runs, and the report built from it.
 
 The live service persists the guard's ``state_dict`` inside its engine snapshot
-(``coordinator.store.snapshot`` saves every guard that has one), so budgets
+(``fedward.coordinator.store.snapshot`` saves every guard that has one), so budgets
 survive a restart with no extra call. For runs without the store (simulator,
 tests, an offline copy for auditors) the same state is a JSON file
 ``privacy-ledger-<study>.json`` in a data directory, written atomically.
@@ -21,10 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from fedward.compliance.reports import BudgetReport, build_budget_report
-from fedward.privacy.errors import PolicyError
-from fedward.privacy.ledger import PrivacyLedger
 
 from ..engine import DeviceState, Engine
+from ..errors import GuardStateError
 from .guard import STATE_FORMAT, STATE_KIND, PrivacyGuard, privacy_guard_of
 from .settings import StudyPrivacy
 
@@ -56,7 +55,7 @@ def save_guard_state(guard: PrivacyGuard, path: Path) -> Path:
 def read_guard_state(path: Path) -> dict[str, Any]:
     state = json.loads(Path(path).read_text())
     if not _is_guard_state(state):
-        raise PolicyError(
+        raise GuardStateError(
             f"{path} is not a privacy guard state of format {STATE_FORMAT} "
             "(a file written by an older fedward cannot be read: export it again)"
         )
@@ -69,6 +68,21 @@ def _is_guard_state(state: object) -> bool:
         and state.get("kind") == STATE_KIND
         and state.get("format_version") == STATE_FORMAT
     )
+
+
+def snapshot_device_classes(snapshot: Mapping[str, Any]) -> dict[str, str]:
+    """device id -> class of every device enrolled in an engine snapshot.
+
+    A budget report lists every enrolled device, including those the privacy
+    guard never saw (enrolled, never dispatched): they have spent nothing.
+    """
+    payload = snapshot.get("payload")
+    devices = payload.get("devices") if isinstance(payload, Mapping) else None
+    return {
+        str(d["device_id"]): str(d["device_class"])
+        for d in devices or []
+        if isinstance(d, Mapping) and "device_id" in d and "device_class" in d
+    }
 
 
 def guard_state_from_snapshot(snapshot: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -94,7 +108,7 @@ def report_from_guard_state(
     device from the engine snapshot); the guard's own classes win otherwise.
     """
     if not _is_guard_state(state):
-        raise PolicyError("not a privacy guard state")
+        raise GuardStateError(f"not a privacy guard state of kind {STATE_KIND!r}")
     settings = StudyPrivacy.model_validate_json(json.dumps(state["payload"]["settings"]))
     guard = PrivacyGuard(settings)
     guard.load_state_dict(state)
@@ -121,8 +135,3 @@ def privacy_report(engine: Engine, *, study_id: str) -> BudgetReport | None:
         | {d.device_id for d in engine.devices.values() if d.state is DeviceState.EXHAUSTED},
         next_step=guard.task_step,
     )
-
-
-def ledger_of(state: Mapping[str, Any]) -> PrivacyLedger:
-    """Just the verified ledger of a guard state."""
-    return PrivacyLedger.from_state_dict(state["ledger"])

@@ -17,7 +17,7 @@ Time comes from the injected ``clock`` (POSIX seconds), never from the system
 directly, so tests and replays control it.
 
 The calls live in small modules, one concern each, all extending
-:class:`~coordinator.service.core.ServiceCore` (the shared state, the lock and
+:class:`~fedward.coordinator.service.core.ServiceCore` (the shared state, the lock and
 the per-call transaction):
 
 * ``studies``    create, list, status, evaluations

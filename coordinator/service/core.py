@@ -20,7 +20,7 @@ from typing import Self
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from fedward.compliance import AuditLog, load_or_create_signing_key
-from fedward.coordinator.audit import AuditEntry
+from fedward.coordinator.audit import AuditRecord
 from fedward.coordinator.errors import CoordinatorError
 from fedward.coordinator.migrations import upgrade_to_head
 from fedward.coordinator.settings import CoordinatorSettings
@@ -47,7 +47,7 @@ def digest(data: bytes) -> str:
 
 
 class ServiceCore:
-    """State shared by every call of :class:`coordinator.service.StudyService`."""
+    """State shared by every call of :class:`fedward.coordinator.service.StudyService`."""
 
     def __init__(
         self,
@@ -189,6 +189,6 @@ class ServiceCore:
         finally:
             study.changes = None
 
-    def _audit(self, entry: AuditEntry, *, study_id: str | None) -> None:
+    def _audit(self, entry: AuditRecord, *, study_id: str | None) -> None:
         """Append an entry formatted by ``fedward.coordinator.audit`` (the one place)."""
         self._trail.write(entry, study_id=study_id)

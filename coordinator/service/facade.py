@@ -14,4 +14,4 @@ from .updates import UpdateCalls
 class StudyService(
     StudyCalls, LifecycleCalls, DeviceCalls, TaskCalls, UpdateCalls, RefusalCalls, QueryCalls
 ):
-    """Thread-safe façade over every live study (see :mod:`coordinator.service`)."""
+    """Thread-safe façade over every live study (see :mod:`fedward.coordinator.service`)."""

@@ -19,7 +19,7 @@ class QueryCalls(ServiceCore):
             return [version_info(r) for r in self._repo.model_versions(study_id)]
 
     def model_blob(self, study_id: str, version: int) -> bytes:
-        """The stored model (``protocol.codec`` tensors), verified against its SHA-256."""
+        """The stored model (``fedward.protocol.codec`` tensors), verified against its SHA-256."""
         with self._lock:
             study = self._require(study_id)
             sha = study.version_sha.get(version)

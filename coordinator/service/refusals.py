@@ -5,7 +5,7 @@ decision (malformed input, a device publishing as another), so it is audited
 and counted like every other decision, under the service lock.
 
 A device that declines a task because its *own* accountant says its budget
-is spent says so with a ``protocol.messages.ErrorMessage`` of code
+is spent says so with a ``fedward.protocol.messages.ErrorMessage`` of code
 ``BUDGET_EXHAUSTED`` whose ``detail`` starts with the task id (anything after
 the first whitespace is the device's free text, never logged). Why act on it
 at once rather than wait for the deadline: the slot is freed for another
@@ -25,7 +25,7 @@ from fedward.protocol.messages import ErrorCode, ErrorMessage
 from .core import ServiceCore
 from .errors import DeviceNotFound, NoPrivacyPolicy, UnsupportedRefusal
 
-# The bridge's reasons for dropping a message (coordinator.bridge.RejectKind values).
+# The bridge's reasons for dropping a message (fedward.coordinator.mqtt.bridge.RejectKind values).
 _AUTH_REJECTIONS = frozenset({"route"})
 _MALFORMED_REJECTIONS = frozenset({"malformed", "unsupported_version", "too_large", "wrong_topic"})
 
@@ -85,7 +85,9 @@ class RefusalCalls(ServiceCore):
                 study.failure_status[task_id] = TaskStatus.FAILED
                 study.refused_tasks.add(task_id)
                 try:
-                    study.engine.task_refused(task_id, now=changes.at)
+                    study.engine.task_refused(
+                        task_id, now=changes.at, reason="refused by the device: privacy budget"
+                    )
                 finally:
                     study.refused_tasks.discard(task_id)
             return True

@@ -69,7 +69,9 @@ class ModelVersionInfo(_View):
     version: int
     parent: int | None
     sha256: str
-    """SHA-256 of the model blob (``protocol.codec`` tensors): the lineage's content hash."""
+    """SHA-256 of the model blob (``fedward.protocol.codec`` tensors).
+
+    The lineage's content hash."""
     size_bytes: int
     created_at: float
     strategy: StrategyName

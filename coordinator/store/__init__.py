@@ -1,10 +1,10 @@
 """Persistence of the live coordinator: tables, blobs, engine snapshots.
 
-* :mod:`coordinator.store.models`      SQLAlchemy tables
-* :mod:`coordinator.store.db`          engines for SQLite / PostgreSQL
-* :mod:`coordinator.store.repository`  reads and one-transaction writes
-* :mod:`coordinator.store.blobs`       content-addressed blob files
-* :mod:`coordinator.store.snapshot`    engine state <-> JSON (restart)
+* :mod:`fedward.coordinator.store.models`      SQLAlchemy tables
+* :mod:`fedward.coordinator.store.db`          engines for SQLite / PostgreSQL
+* :mod:`fedward.coordinator.store.repository`  reads and one-transaction writes
+* :mod:`fedward.coordinator.store.blobs`       content-addressed blob files
+* :mod:`fedward.coordinator.store.snapshot`    engine state <-> JSON (restart)
 """
 
 from .blobs import BlobCorrupted, BlobError, BlobNotFound, BlobStore, sha256_of

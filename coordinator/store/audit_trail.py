@@ -23,7 +23,7 @@ from fedward.compliance import (
     ForbiddenAuditContent,
     Outcome,
 )
-from fedward.coordinator.audit import AuditEntry
+from fedward.coordinator.audit import AuditRecord
 
 OPERATOR = "operator"
 COORDINATOR = "coordinator"
@@ -52,7 +52,7 @@ class AuditTrail:
     def close(self) -> None:
         self._log.close()
 
-    def write(self, entry: AuditEntry, *, study_id: str | None) -> None:
+    def write(self, entry: AuditRecord, *, study_id: str | None) -> None:
         """Append an entry built by ``fedward.coordinator.audit``."""
         if entry.actor is ActorKind.COORDINATOR or not entry.actor_id:
             who = COORDINATOR_ACTOR

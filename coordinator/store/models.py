@@ -156,7 +156,7 @@ class ModelVersionRow(Base):
     created_at: Mapped[float] = mapped_column(Double)
     strategy: Mapped[StrategyName] = mapped_column(_enum(StrategyName))
     lineage: Mapped[dict[str, Any]]
-    """The ``compliance.ModelVersion`` record (record hash, update hashes)."""
+    """The ``fedward.compliance.ModelVersion`` record (record hash, update hashes)."""
 
 
 class EngineStateRow(Base):

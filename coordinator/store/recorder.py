@@ -15,7 +15,7 @@ as TASK_REFUSED, so neither is audited again as TASK_FAILED.
 
 from __future__ import annotations
 
-from fedward.coordinator.audit import AuditEntry, engine_entry, privacy_entry
+from fedward.coordinator.audit import AuditRecord, engine_entry, privacy_entry
 from fedward.coordinator.engine import EngineEvent, EventKind
 from fedward.coordinator.errors import RejectReason
 from fedward.coordinator.privacy.events import PrivacyEvent
@@ -46,7 +46,7 @@ class EventRecorder:
         """A guard's decision (privacy spend, exhaustion, refusal, revocation)."""
         self._write(study, privacy_entry(event))
 
-    def _write(self, study: StudyRuntime, entry: AuditEntry | None) -> None:
+    def _write(self, study: StudyRuntime, entry: AuditRecord | None) -> None:
         if entry is not None:
             self._trail.write(entry, study_id=study.id)
 

@@ -384,11 +384,23 @@ def buffer_state(updates: Iterable[ClientUpdate]) -> dict[str, Any]:
     )
 
 
+def _optional_float(value: object) -> float | None:
+    """A saved statistic: None, or a number (a bool or a string is no energy)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"expected a number or None, got {type(value).__name__}")
+    return float(value)
+
+
 def saved_updates(state: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The buffered updates inside a saved strategy state, through any wrappers."""
-    if state.get("kind") == BUFFER_KIND:
-        return list(state["payload"]["updates"])
     payload = state.get("payload")
+    if state.get("kind") == BUFFER_KIND:
+        updates = payload.get("updates") if isinstance(payload, Mapping) else None
+        if not isinstance(updates, list):
+            raise StateLoadError("a saved buffer holds a list of updates")
+        return list(updates)
     for part in (
         (payload.get("buffer"), payload.get("inner")) if isinstance(payload, Mapping) else ()
     ):
@@ -414,7 +426,7 @@ def buffer_from_state(state: object, shapes: Mapping[str, tuple[int, ...]]) -> l
                 base_version=int(item["base_version"]),
                 subset_id=str(item["subset_id"]),
                 num_samples=int(item["num_samples"]),
-                update_energy=item["update_energy"],
+                update_energy=_optional_float(item["update_energy"]),
                 delta={n: np.asarray(v, dtype=np.float32) for n, v in item["delta"].items()},
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:

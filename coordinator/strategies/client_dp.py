@@ -8,14 +8,14 @@ is the fewest updates that trained any merged tensor (``K`` when everyone
 trains the same subset). Replacing one device's update changes the mean by at
 most ``clip_norm / k_min`` in L2 over all merged tensors, so each merge is a
 Gaussian mechanism with that sensitivity and noise multiplier ``z``; account
-for a study's merges with ``privacy.central.client_level_step``.
+for a study's merges with ``fedward.privacy.central.client_level_step``.
 
 Why a strategy of its own rather than a wrapper over any strategy: weighting
 by samples, staleness or energy (FedAvg, FedBuff, FTTE) makes one device's
 share of the mean data-dependent, and then ``clip / K`` is no bound at all.
 Uniform weights keep the guarantee exact. This is central DP: the server sees
 individual clipped updates; with secure aggregation, devices add their noise
-shares instead (``privacy.central.distributed_noise_share``).
+shares instead (``fedward.privacy.central.distributed_noise_share``).
 """
 
 from __future__ import annotations

@@ -75,8 +75,16 @@ class FedAvg(StrategyBase):
             self.abandon_round()
 
     def check_in_flight(self, task_ids: frozenset[str]) -> None:
+        """Every cohort member is in flight, buffered or dropped, and nothing else is in
+        flight: otherwise the round could never close and the study would stall."""
         if not task_ids <= self._cohort:
             raise StateLoadError("tasks in flight are not the open round's cohort")
+        accounted = task_ids | {u.task_id for u in self._buffer} | self._dropped
+        if accounted != self._cohort:
+            missing = sorted(self._cohort - accounted)
+            raise StateLoadError(
+                f"the open round's tasks {missing} are neither in flight, buffered nor dropped"
+            )
 
     def begin_round(self, task_ids: Iterable[str]) -> None:
         """Open a round for exactly these tasks; any previous buffer must be merged."""

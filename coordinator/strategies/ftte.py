@@ -28,7 +28,7 @@ clean updates are damped as well, which costs time to target.
 
 The energy is one scalar per update, reported by the device
 (``update_energy``), so it also works under secure aggregation, where it is
-exactly what the server learns about an individual update. ``bench.ablation``
+exactly what the server learns about an individual update. ``fedward.bench.ablation``
 measures what each term earns on a clean and a mislabelled fleet (a = 0 or
 beta = 0 switches a term off).
 

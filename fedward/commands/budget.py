@@ -3,7 +3,7 @@
 Where the ledger is read from, in order:
 
 1. ``<data-dir>/privacy-ledger-<study>.json`` (written by
-   ``coordinator.privacy_state.save_guard_state``: simulator runs, offline
+   ``fedward.coordinator.privacy.ledger_store.save_guard_state``: simulator runs, offline
    copies handed to an auditor);
 2. the coordinator's database (``--database-url``, default the SQLite file
    ``<data-dir>/coordinator.db``): the privacy guard's state inside the
@@ -28,6 +28,7 @@ from fedward.coordinator.privacy.ledger_store import (
     ledger_file,
     read_guard_state,
     report_from_guard_state,
+    snapshot_device_classes,
 )
 
 app = typer.Typer(help="Privacy budget audit.", no_args_is_help=True)
@@ -52,12 +53,7 @@ def _from_database(url: str, study: str) -> tuple[dict[str, Any], dict[str, str]
     state = guard_state_from_snapshot(row.state)
     if state is None:
         raise typer.BadParameter(f"study {study!r} has no privacy guard (not a DP study)")
-    classes = {
-        d["device_id"]: d["device_class"]
-        for d in row.state.get("devices", [])
-        if isinstance(d, dict) and "device_id" in d and "device_class" in d
-    }
-    return state, classes
+    return state, snapshot_device_classes(row.state)
 
 
 def load_report(study: str, *, data_dir: Path, database_url: str | None) -> BudgetReport:

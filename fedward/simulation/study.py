@@ -6,14 +6,14 @@ the coordinator's ``Engine`` with a pure strategy decides what to merge. Only
 time is simulated: a device's task takes
 
     rtt + download_bytes / downlink          (tensors it lacks, encoded frame size)
-    + counted FLOPs of its step / compute    (``tinytrain.costs``)
+    + counted FLOPs of its step / compute    (``fedward.tinytrain.costs``)
     + rtt + update_bytes / uplink            (the encoded update frame)
 
 scaled by its straggler slowdown. A device that drops out is noticed by the
 coordinator a heartbeat timeout after it went silent.
 
 Differential privacy (rows with ``StrategyRun.dp``): the engine carries a
-``PrivacyGuard``; each simulated device keeps its own ``edge.budget.DeviceBudget``
+``PrivacyGuard``; each simulated device keeps its own ``fedward.edge.budget.DeviceBudget``
 here in the main process (its Opacus accountant state travels to the worker
 in ``TrainJob.accountant_state`` and back in the outcome), refuses a task it
 cannot afford, and reports its mechanism and its own epsilon claim with every
@@ -364,7 +364,9 @@ class Study:
             budget.check(self.guard.task_dp(order))
         except TaskRefused:
             self.refused_tasks += 1
-            self.engine.task_refused(order.task_id, now=now)
+            self.engine.task_refused(
+                order.task_id, now=now, reason="refused by the device: privacy budget"
+            )
             return True
         return False
 

@@ -1,4 +1,4 @@
-"""coordinator.audit is the one place that formats audit content.
+"""fedward.coordinator.audit is the one place that formats audit content.
 
 Each builder says who acted (device, operator or coordinator), the action and
 the outcome, and keeps health data out (the log's own guard accepts every
@@ -106,7 +106,7 @@ COORDINATOR = Path(audit.__file__).resolve().parent
     ],
 )
 def test_service_entries_name_the_actor_and_pass_the_logs_guard(
-    entry: audit.AuditEntry,
+    entry: audit.AuditRecord,
     action: AuditAction,
     outcome: Outcome,
     actor: ActorKind,

@@ -108,6 +108,8 @@ def _broken(state: dict, case: str) -> dict:
         saved_round["cohort"] = [
             t for t in saved_round["cohort"] if t != state["tasks"][0]["task_id"]
         ]
+    elif case == "cohort_member_nowhere":  # the round could never close
+        strategy_payload(whole)["round"]["cohort"].append("t7777777")
     elif case == "open_round_numbered_0":
         strategy_payload(whole)["round"]["number"] = 0
     elif case == "buffer_kind":
@@ -134,6 +136,7 @@ def _broken(state: dict, case: str) -> dict:
         "two_tasks_one_device",
         "task_outside_cohort",
         "open_round_numbered_0",
+        "cohort_member_nowhere",
         "buffer_kind",
         "duplicate_device",
         "unknown_tensor",
@@ -148,6 +151,22 @@ def test_load_refuses_a_state_the_engine_could_not_have_written(spec, case) -> N
     # Execute / Assert
     with pytest.raises(StateLoadError):
         fedavg_engine(spec).load_state_dict(state, versions=versions_of(engine))
+
+
+def test_a_failed_load_leaves_the_engine_as_it_was(spec) -> None:
+    # Prepare: an engine with its own open round; a state whose round cannot close
+    engine = open_round(spec)
+    bad = _broken(open_round(spec).state_dict(), "cohort_member_nowhere")
+    before = engine.state_dict()
+    # Execute
+    with pytest.raises(StateLoadError):
+        engine.load_state_dict(bad, versions=versions_of(engine))
+    # Assert: nothing half-restored; the engine goes on as before
+    after = engine.state_dict()
+    assert json.dumps(after["payload"]["devices"]) == json.dumps(before["payload"]["devices"])
+    assert strategy_payload(after)["round"] == strategy_payload(before)["round"]
+    (left,) = engine.tasks.values()
+    assert engine.submit(update_for(engine, left), now=3.0).merge is not None
 
 
 def test_load_refuses_tensors_of_another_shape(spec) -> None:

@@ -269,6 +269,11 @@ def test_state_dict_round_trip_restores_the_buffer_and_checks_config() -> None:
         FedBuff(shapes=SHAPES, buffer_size=2).load_state_dict(state)
     bad = copy.deepcopy(state)
     bad["payload"]["buffer"]["payload"]["updates"][0]["delta"] = {"a": np.array([np.inf, 0.0])}
+    for energy in ("1.0", True, float("nan"), -1.0):  # not a finite energy >= 0
+        odd = copy.deepcopy(state)
+        odd["payload"]["buffer"]["payload"]["updates"][0]["update_energy"] = energy
+        with pytest.raises(StateLoadError):
+            FTTE(shapes=SHAPES, buffer_size=2).load_state_dict(odd)
     with pytest.raises(StateLoadError):
         FTTE(shapes=SHAPES, buffer_size=2).load_state_dict(bad)
 

@@ -10,8 +10,13 @@ from budget_helpers import PRIVACY, SPEC, make_dp_study
 from fedward.compliance.events import ActorKind, AuditAction, Outcome
 from fedward.coordinator.audit import privacy_entry
 from fedward.coordinator.engine import DeviceState, EventKind
-from fedward.coordinator.errors import RejectReason
+from fedward.coordinator.errors import GuardStateError, RejectReason, StateLoadError
 from fedward.coordinator.privacy.guard import PrivacyEventKind, PrivacyGuard
+from fedward.coordinator.privacy.ledger_store import (
+    guard_state_from_snapshot,
+    report_from_guard_state,
+    snapshot_device_classes,
+)
 from fedward.coordinator.privacy.settings import StudyPrivacy
 from fedward.coordinator.store.snapshot import engine_snapshot, restore_engine
 from fedward.errors import SavedStateError
@@ -210,9 +215,7 @@ def test_guard_state_of_other_settings_or_tampered_is_refused(dp_study):
     state = dp_study.guard.state_dict()
     looser = StudyPrivacy(**{**PRIVACY.model_dump(), "epsilon": 80.0})
     tampered = copy.deepcopy(state)
-    ledger = tampered["payload"]["ledger"]
-    ledger_devices = ledger["payload"]["devices"] if "payload" in ledger else ledger["devices"]
-    ledger_devices["dev-00"][0]["epsilon_after"] = 0.1
+    tampered["payload"]["ledger"]["payload"]["devices"]["dev-00"][0]["epsilon_after"] = 0.1
 
     # Execute / Assert
     with pytest.raises(PolicyError):
@@ -223,6 +226,45 @@ def test_guard_state_of_other_settings_or_tampered_is_refused(dp_study):
         PrivacyGuard(PRIVACY).load_state_dict({**state, "kind": "fedward.privacy.ledger"})
     with pytest.raises(SavedStateError, match="format version"):
         PrivacyGuard(PRIVACY).load_state_dict({**state, "format_version": 1})
+
+
+@pytest.mark.parametrize(
+    ("part", "value"),
+    [
+        ("device_classes", {"dev-00": 7}),
+        ("exhausted", "dev-00"),
+        ("revoked", [""]),
+        ("ledger", None),
+        ("settings", {"epsilon": "lots"}),
+    ],
+)
+def test_a_bad_guard_state_changes_nothing_and_is_a_state_error(dp_study, part, value):
+    # Prepare: a guard that has charged one task; a state broken in one part
+    order = _one_task(dp_study)
+    dp_study.engine.submit(dp_study.update_for(order), now=2.0, context=dp_study.report_for(order))
+    good = dp_study.guard.state_dict()
+    bad = copy.deepcopy(good)
+    bad["payload"][part] = value
+    target = make_dp_study().guard
+    before = target.state_dict()
+    # Execute / Assert: refused as a saved-state error, and all or nothing
+    with pytest.raises(GuardStateError):
+        target.load_state_dict(bad)
+    assert target.state_dict() == before
+
+
+def test_an_engine_with_a_bad_guard_state_refuses_the_whole_state(dp_study):
+    # Prepare
+    order = _one_task(dp_study)
+    dp_study.engine.submit(dp_study.update_for(order), now=2.0, context=dp_study.report_for(order))
+    state = copy.deepcopy(dp_study.engine.state_dict())
+    state["payload"]["guards"][0]["payload"]["exhausted"] = "not a list"
+    fresh = make_dp_study()
+    versions = {v: dp_study.engine.base_params(v) for v in dp_study.engine.live_versions()}
+    # Execute / Assert: one error type for the caller, and the fresh engine untouched
+    with pytest.raises(StateLoadError):
+        fresh.engine.load_state_dict(state, versions=versions)
+    assert fresh.engine.version == 0 and fresh.guard.ledger.history("dev-00") == []
 
 
 def test_engine_snapshot_restores_the_ledger(dp_study):
@@ -250,7 +292,7 @@ def test_device_refusal_frees_the_task_and_stops_scheduling(dp_study):
     order = _one_task(dp_study)
 
     # Execute
-    dp_study.engine.task_refused(order.task_id, now=2.0)
+    dp_study.engine.task_refused(order.task_id, now=2.0, reason="its own budget")
     later = dp_study.engine.dispatch(now=3.0, eligible=lambda d: d.device_id == "dev-00")
 
     # Assert
@@ -269,7 +311,7 @@ def test_audit_actor_is_the_device_only_for_its_own_refusal(dp_study):
     second = _one_task(dp_study, now=3.0)
 
     # Execute
-    dp_study.engine.task_refused(second.task_id, now=4.0)
+    dp_study.engine.task_refused(second.task_id, now=4.0, reason="its own budget")
 
     # Assert
     actors = {e.kind: privacy_entry(e).actor for e in dp_study.events.privacy_events}
@@ -278,3 +320,21 @@ def test_audit_actor_is_the_device_only_for_its_own_refusal(dp_study):
         PrivacyEventKind.REFUSED: ActorKind.DEVICE,
         PrivacyEventKind.EXHAUSTED: ActorKind.COORDINATOR,
     }
+
+
+def test_a_report_from_a_snapshot_lists_devices_the_guard_never_saw(dp_study):
+    # Prepare: one device charged, one enrolled later and never dispatched
+    order = _one_task(dp_study)
+    dp_study.engine.submit(dp_study.update_for(order), now=2.0, context=dp_study.report_for(order))
+    dp_study.engine.enrol("dev-late", device_class="gateway", memory_bytes=1 << 22, now=3.0)
+    snapshot = engine_snapshot(dp_study.engine, delta_ref=lambda task_id, delta: "0" * 64)
+    # Execute: what `fedward budget report` does with a database row
+    state = guard_state_from_snapshot(snapshot)
+    assert state is not None
+    report = report_from_guard_state(
+        state, study_id="dp-unit", device_classes=snapshot_device_classes(snapshot)
+    )
+    # Assert: every enrolled device has a row; the late one has spent nothing
+    rows = {row.device_id: row for row in report.devices}
+    assert set(rows) == set(dp_study.engine.devices)
+    assert rows["dev-late"].epsilon_spent == 0.0 and rows["dev-late"].device_class == "gateway"

@@ -4,7 +4,7 @@ The real ``StudyService`` (SQLite, audit log) and ``StudyBridge`` serve a DP
 study over the in-memory broker and over the local Mosquitto (skipped if none
 answers, failed under CI: tests/services.py). The devices are a small DP
 stand-in for the agent: they hold the tensors they are sent and train every
-task with ``edge.budget.run_dp_task`` (their own accountant, their own
+task with ``fedward.edge.budget.run_dp_task`` (their own accountant, their own
 budget, their own epsilon claim). The budget buys two tasks per device; the
 coordinator must stop scheduling each device after its second, say so in the
 audit log, and keep the ledger across a restart (read back by ``fedward
