@@ -41,7 +41,8 @@ def test_the_wire_accountant_is_the_one_the_accounting_takes() -> None:
     eps = accounting.epsilon_for([step], delta=dp.delta, accountant=dp.accountant)
     # Assert: and an accounting member is a valid strict wire value
     assert dp.accountant is accounting.Accountant.PRV and eps > 0
-    assert messages.DpParams(**(dp.model_dump() | {"accountant": accounting.Accountant.GDP}))
+    gdp = messages.DpParams(**(dp.model_dump() | {"accountant": accounting.Accountant.GDP}))
+    assert gdp.accountant is accounting.Accountant.GDP
     with pytest.raises(ValueError):
         messages.DpParams(**(dp.model_dump() | {"accountant": "rdp"}))  # strict: members only
 
