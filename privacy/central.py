@@ -37,7 +37,8 @@ from .accounting import MechanismStep
 RandomNormal = Callable[[tuple[int, ...]], np.ndarray]
 """Returns an array of i.i.d. standard normals of the given shape."""
 
-Update = Mapping[str, np.ndarray]
+Delta = Mapping[str, np.ndarray]
+"""``Delta_i`` above: tensors by name (not the wire ``fedward.protocol.messages.Update``)."""
 
 
 def urandom_normal() -> RandomNormal:
@@ -74,7 +75,7 @@ def _count(name: str, value: int) -> int:
     return value
 
 
-def update_norm(update: Update) -> float:
+def update_norm(update: Delta) -> float:
     """Global L2 norm over all tensors of an update (float64 accumulation)."""
     total = 0.0
     for name, value in update.items():
@@ -85,7 +86,7 @@ def update_norm(update: Update) -> float:
     return math.sqrt(total)
 
 
-def clip_update(delta: Update, *, max_norm: float) -> tuple[dict[str, np.ndarray], float]:
+def clip_update(delta: Delta, *, max_norm: float) -> tuple[dict[str, np.ndarray], float]:
     """Scale ``delta`` so its global L2 norm is at most ``max_norm``.
 
     Returns the clipped copy (dtypes kept) and the original norm. The original
@@ -103,7 +104,7 @@ def clip_update(delta: Update, *, max_norm: float) -> tuple[dict[str, np.ndarray
 
 
 def add_central_noise(
-    aggregate: Update,
+    aggregate: Delta,
     *,
     noise_multiplier: float,
     max_norm: float,
@@ -201,7 +202,7 @@ def client_level_step(
     )
 
 
-def _add_noise(aggregate: Update, std: float, draw: RandomNormal) -> dict[str, np.ndarray]:
+def _add_noise(aggregate: Delta, std: float, draw: RandomNormal) -> dict[str, np.ndarray]:
     noisy: dict[str, np.ndarray] = {}
     for name, value in aggregate.items():
         arr = np.asarray(value)

@@ -109,6 +109,11 @@ def test_every_mapped_folder_is_a_subpackage(names: list[str]) -> None:
     assert missing == []
 
 
+def test_the_typed_marker_ships(names: list[str]) -> None:
+    # Assert: PEP 561, so a caller's type checker reads fedward's annotations
+    assert "fedward/py.typed" in names
+
+
 def test_the_migrations_ship_with_their_data(names: list[str]) -> None:
     # Prepare: every migration in the source tree, as the wheel must name it
     versions = sorted(

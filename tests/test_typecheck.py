@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 STRICT_FLOORS = [
     "fedward.errors",
     "fedward.saved_state",
+    "fedward.vocabulary",
     "fedward.protocol.*",
     "fedward.privacy.*",
     "fedward.tinytrain.*",

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import enum
 import os
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -44,6 +44,8 @@ _CLIENT_CONTENT = frozenset(
 _SECRET = masking.SECRET_BYTES
 _SHARE = share_size(_SECRET)
 
+T = TypeVar("T")
+
 
 class ClientStage(enum.Enum):
     NEW = "new"
@@ -52,6 +54,16 @@ class ClientStage(enum.Enum):
     MASKED = "masked"
     DONE = "done"
     ABORTED = "aborted"
+
+
+def _required(value: T | None, what: str, stage: ClientStage) -> T:
+    """``value``, which a client in ``stage`` holds; StateError if it is missing."""
+    if value is None:
+        raise StateError(
+            f"{what} is missing in stage {stage.name}: this client's state is inconsistent; "
+            "abort() it (the server then counts this device as dropped)"
+        )
+    return value
 
 
 class SecAggClient:
@@ -70,7 +82,7 @@ class SecAggClient:
         config: SecAggConfig,
         session: SecAggSession,
         device_id: str,
-        random_bytes: Callable[[int], bytes] = os.urandom,
+        random_bytes: crypto.RandomBytes = os.urandom,
         signing_key: Ed25519PrivateKey | None = None,
         identity_keys: Mapping[str, Ed25519PublicKey] | None = None,
     ) -> None:
@@ -143,15 +155,17 @@ class SecAggClient:
     def share_keys(self, roster: KeyRoster) -> ShareBundle:
         """Check the roster (U1), then Shamir-share the mask key and a fresh self-mask seed."""
         self._require(ClientStage.ADVERTISED, "share keys")
-        members = self._check_roster(roster, enc_sk=self._enc_sk, mask_sk=self._mask_sk)
+        enc_sk = _required(self._enc_sk, "the encryption key", self._stage)
+        mask_sk = _required(self._mask_sk, "the mask key", self._stage)
+        members = self._check_roster(roster, enc_sk=enc_sk, mask_sk=mask_sk)
         seed = self._random_bytes(_SECRET)
         if not isinstance(seed, bytes) or len(seed) != _SECRET:
             raise ConfigError("random_bytes returned the wrong number of bytes")
         t = self.config.threshold
         xs = [self.session.x_of(d) for d in members]
-        key_shares = split_bytes(self._mask_sk, threshold=t, xs=xs, random_bytes=self._random_bytes)  # type: ignore[arg-type]
+        key_shares = split_bytes(mask_sk, threshold=t, xs=xs, random_bytes=self._random_bytes)
         seed_shares = split_bytes(seed, threshold=t, xs=xs, random_bytes=self._random_bytes)
-        enc = crypto.load_private(self._enc_sk)  # type: ignore[arg-type]
+        enc = crypto.load_private(enc_sk)
         advs = self._roster_from(roster)
         out, own = [], None
         for peer, ks, ss in zip(members, key_shares, seed_shares, strict=True):
@@ -185,9 +199,7 @@ class SecAggClient:
     def _roster_from(roster: KeyRoster) -> dict[str, KeyAdvertisement]:
         return {a.device_id: a for a in roster.advertisements}
 
-    def _check_roster(
-        self, roster: KeyRoster, *, enc_sk: bytes | None, mask_sk: bytes | None
-    ) -> tuple[str, ...]:
+    def _check_roster(self, roster: KeyRoster, *, enc_sk: bytes, mask_sk: bytes) -> tuple[str, ...]:
         if not isinstance(roster, KeyRoster):
             raise ProtocolViolation("expected a KeyRoster")
         masking.check_header(roster, self.session, "roster")
@@ -202,7 +214,7 @@ class SecAggClient:
         mine = [
             (a.enc_public_key, a.mask_public_key) for a in advs if a.device_id == self.device_id
         ]
-        if mine != [self._public_keys(enc_sk, mask_sk)]:  # type: ignore[arg-type]
+        if mine != [self._public_keys(enc_sk, mask_sk)]:
             raise ProtocolViolation("the roster does not carry this device's own advertisement")
         if len(advs) < self.config.threshold:
             raise TooFewSurvivors(
@@ -226,14 +238,17 @@ class SecAggClient:
         ``session.vector_length``); the device scales it by ``weight`` itself.
         """
         self._require(ClientStage.SHARED, "mask an input")
+        seed = _required(self._seed, "the self-mask seed", self._stage)
+        mask_raw = _required(self._mask_sk, "the mask key", self._stage)
+        own_shares = _required(self._own_shares, "this device's own shares", self._stage)
         held = self._open_delivery(delivery)
         cfg, ses = self.config, self.session
         words = masking.encode_contribution(
             update, weight=weight, num_samples=num_samples, config=cfg, session=ses
         )
-        seed_key = crypto.self_mask_key(self._seed, context=self._context, device_id=self.device_id)  # type: ignore[arg-type]
+        seed_key = crypto.self_mask_key(seed, context=self._context, device_id=self.device_id)
         words += masking.mask_stream(seed_key, config=cfg, session=ses)
-        mask_sk = crypto.load_private(self._mask_sk)  # type: ignore[arg-type]
+        mask_sk = crypto.load_private(mask_raw)
         for peer in held:
             if peer == self.device_id:
                 continue
@@ -255,7 +270,7 @@ class SecAggClient:
             device_id=self.device_id,
             data=words_to_bytes(words, modulus_bits=cfg.modulus_bits),
         )
-        held[self.device_id] = self._own_shares  # type: ignore[assignment]
+        held[self.device_id] = own_shares
         roster = self._roster
         self._reset(ClientStage.MASKED)
         self._roster, self._held = roster, held
@@ -269,7 +284,7 @@ class SecAggClient:
             raise ProtocolViolation("share delivery addressed to another device")
         if not isinstance(delivery.shares, tuple | list):
             raise ProtocolViolation("share delivery must carry a sequence of shares")
-        enc = crypto.load_private(self._enc_sk)  # type: ignore[arg-type]
+        enc = crypto.load_private(_required(self._enc_sk, "the encryption key", self._stage))
         held: dict[str, tuple[bytes, bytes]] = {}
         for item in delivery.shares:
             if not isinstance(item, EncryptedShare):
@@ -394,7 +409,11 @@ class SecAggClient:
             advs = tuple(state.from_plain(KeyAdvertisement, a) for a in roster_list)
             roster = KeyRoster(self.session.session_id, self.session.round_index, advs)
             if stage is ClientStage.SHARED:
-                self._check_roster(roster, enc_sk=enc_sk, mask_sk=mask_sk)
+                self._check_roster(
+                    roster,
+                    enc_sk=_required(enc_sk, "enc_sk", stage),
+                    mask_sk=_required(mask_sk, "mask_sk", stage),
+                )
             else:
                 for adv in advs:
                     masking.check_advertisement(

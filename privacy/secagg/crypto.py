@@ -33,6 +33,7 @@ AEAD_NONCE_BYTES = 12
 AEAD_TAG_BYTES = 16
 
 RandomBytes = Callable[[int], bytes]
+"""``random_bytes(n)`` returns ``n`` bytes; it must be cryptographically secure (``os.urandom``)."""
 
 
 def lp(data: bytes) -> bytes:

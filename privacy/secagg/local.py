@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import enum
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .client import SecAggClient
 from .config import SecAggConfig, SecAggSession
+from .crypto import RandomBytes
 from .messages import KeyRoster, ShareDelivery, UnmaskRequest
 from .server import AggregateResult, SecAggServer
 
@@ -57,7 +58,7 @@ class LocalRunner:
         *,
         config: SecAggConfig,
         session: SecAggSession,
-        random_bytes: Callable[[int], bytes] = os.urandom,
+        random_bytes: RandomBytes = os.urandom,
     ) -> None:
         self.server = SecAggServer(config=config, session=session)
         self.clients = {
@@ -102,7 +103,7 @@ def run_local_round(
     session: SecAggSession,
     inputs: Mapping[str, ClientInput],
     drops: Mapping[str, DropPoint] | None = None,
-    random_bytes: Callable[[int], bytes] = os.urandom,
+    random_bytes: RandomBytes = os.urandom,
 ) -> LocalRound:
     """Run every stage for the cohort; devices in ``drops`` fall silent at their point."""
     drops = dict(drops or {})

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from .config import SecAggConfig, SecAggSession, canonical_order
 from .crypto import advertisement_payload, verify
@@ -112,7 +113,7 @@ def check_advertisement(
     *,
     session: SecAggSession,
     context: bytes,
-    identity_keys: Mapping[str, object] | None,
+    identity_keys: Mapping[str, Ed25519PublicKey] | None,
 ) -> None:
     """Header, membership, key sizes and (if identities are configured) the signature."""
     if not isinstance(adv, KeyAdvertisement):
@@ -129,7 +130,7 @@ def check_advertisement(
         if identity is None:
             raise ProtocolViolation(f"no identity key known for {device!r}")
         payload = advertisement_payload(context, device, adv.enc_public_key, adv.mask_public_key)
-        verify(identity, adv.signature, payload, device_id=device)  # type: ignore[arg-type]
+        verify(identity, adv.signature, payload, device_id=device)
 
 
 def check_roster_keys_unique(advertisements: Collection[KeyAdvertisement]) -> None:

@@ -286,7 +286,10 @@ class SecAggServer:
             owner = getattr(item, "owner", None)
             if not isinstance(owner, str) or owner in out:
                 raise ProtocolViolation(f"{device!r} revealed a bad or duplicate owner")
-            share = Share.from_bytes(getattr(item, "share", None), secret_len=_SECRET)  # type: ignore[arg-type]
+            raw = getattr(item, "share", None)
+            if not isinstance(raw, bytes):
+                raise ProtocolViolation(f"{device!r} revealed a share that is not bytes")
+            share = Share.from_bytes(raw, secret_len=_SECRET)
             if share.x != x:
                 raise ProtocolViolation(f"{device!r} revealed a share that is not its own")
             out[owner] = share

@@ -15,18 +15,17 @@ lies on the same polynomial and raises ``ProtocolViolation`` otherwise.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
+from .crypto import RandomBytes
 from .errors import ConfigError, ProtocolViolation, TooFewSurvivors
 
 PRIME = (1 << 127) - 1
 CHUNK_BYTES = 15
 _ELEMENT_BYTES = 16
 _MAX_X = (1 << 16) - 1
-
-RandomBytes = Callable[[int], bytes]
 
 
 @dataclass(frozen=True)

@@ -110,10 +110,9 @@ def open_state(
 
 
 def parse_stage(enum_cls: type[E], value: object) -> E:
-    try:
-        return enum_cls[value]  # type: ignore[index]
-    except (KeyError, TypeError):
-        raise StateError(f"unknown stage {value!r}") from None
+    if not isinstance(value, str) or value not in enum_cls.__members__:
+        raise StateError(f"unknown stage {value!r}")
+    return enum_cls[value]
 
 
 def opt_bytes(value: object, length: int, what: str) -> bytes | None:
@@ -134,7 +133,9 @@ def from_plain(cls: type[M], data: object) -> M:
     """Rebuild a message dataclass from :func:`to_plain` output (fields are re-validated later)."""
     if not isinstance(data, Mapping):
         raise StateError(f"{cls.__name__} state must be a mapping")
-    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    if not is_dataclass(cls):
+        raise StateError(f"{cls.__name__} is not a message dataclass")
+    names = {f.name for f in fields(cls)}
     if set(data) != names:
         raise StateError(
             f"{cls.__name__} state has fields {sorted(data)}, expected {sorted(names)}"

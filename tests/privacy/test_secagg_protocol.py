@@ -335,6 +335,34 @@ def test_server_refuses_a_response_revealing_both_for_one_device() -> None:
         runner.server.receive_unmask_response(forged)
 
 
+def test_server_refuses_a_revealed_share_that_is_not_bytes() -> None:
+    # Prepare: an honest response whose first seed share is replaced by a string
+    runner, session, request = masked_runner()
+    resp = runner.clients[session.cohort[0]].unmask(request)
+    first = RevealedShare(resp.seed_shares[0].owner, "not a share")
+    forged = dataclasses.replace(resp, seed_shares=(first, *resp.seed_shares[1:]))
+    # Execute / Assert
+    with pytest.raises(ProtocolViolation, match="not bytes"):
+        runner.server.receive_unmask_response(forged)
+    runner.server.receive_unmask_response(resp)  # unchanged: the honest one still counts
+
+
+def test_a_client_missing_a_value_its_stage_holds_raises_state_error() -> None:
+    # Prepare: a SHARED client whose self-mask seed is gone, a state no call produces
+    config, session, inputs = setup(n=4, t=3, d=20)
+    runner = LocalRunner(config=config, session=session)
+    deliveries = runner.share_keys(session.cohort, runner.advertise(session.cohort))
+    device = session.cohort[0]
+    client, x = runner.clients[device], inputs[device]
+    client._seed = None
+    # Execute / Assert: a secagg error that says what is missing, and the client is unchanged
+    with pytest.raises(StateError, match="self-mask seed is missing in stage SHARED"):
+        client.mask_input(
+            deliveries[device], update=x.update, weight=x.weight, num_samples=x.num_samples
+        )
+    assert client.stage is ClientStage.SHARED
+
+
 def test_split_requests_cannot_collect_threshold_shares_both_ways() -> None:
     # A server telling some devices "victim dropped" and others "victim survived" gets
     # each device's answer once: with t > n/2 one side always stays below t.
