@@ -11,6 +11,7 @@ you can handle)::
     │   └── GuardStateError          a privacy guard's saved state (also a privacy PolicyError)
     ├── NotReadyError                ``aggregate`` was called before the strategy was ready
     ├── DoesNotFit                   engine.planning: not even the smallest tier fits a device
+    ├── MigrationsMissing            migrations: no migration scripts (an incomplete install)
     ├── BlobError                    store.blobs: content-addressed model blobs
     │   ├── BlobNotFound             (also a KeyError)
     │   └── BlobCorrupted            the bytes no longer hash to their name

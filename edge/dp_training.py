@@ -3,7 +3,7 @@
 Per-sample gradients are what makes DP-SGD expensive; Opacus computes them only
 for parameters with ``requires_grad=True`` when the module is wrapped. So:
 
-1. the model is split with ``tinytrain.training.split_for_training`` *before*
+1. the model is split with ``fedward.tinytrain.training.split_for_training`` *before*
    wrapping (that sets ``requires_grad`` for the subset only);
 2. the frozen prefix runs once, without autograd, micro-batched
    (``frozen_features``): its output is the dataset the suffix trains on. The
@@ -24,7 +24,7 @@ Two ways to fix the mechanism:
   and ``epochs`` passes, so ``(q, steps)`` depend on the device's sample count;
 - *fixed by the task* (``sample_rate`` and ``steps`` set): the coordinator's
   task says "``steps`` logical batches, each sample drawn with probability
-  ``q``" (``protocol.messages.DpParams.sample_rate`` / ``max_steps``). The
+  ``q``" (``fedward.protocol.messages.DpParams.sample_rate`` / ``max_steps``). The
   mechanism, hence the epsilon it costs, is then known when the task is
   dispatched, whatever the device's data size: that is what lets the
   coordinator refuse to schedule a device its budget cannot afford. The
@@ -56,6 +56,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.data.dataloader import default_collate
 
+from fedward.errors import EdgeError
 from fedward.privacy.accounting import (
     Accountant,
     MechanismStep,
@@ -66,6 +67,16 @@ from fedward.privacy.accounting import (
 from fedward.privacy.errors import PolicyError
 from fedward.tinytrain.models import Params, get_params, set_params
 from fedward.tinytrain.training import Model, frozen_features, split_for_training
+
+
+class DPTrainingError(EdgeError):
+    """DP-SGD did not run the mechanism the task planned; nothing it trained is returned.
+
+    The planned ``(sample_rate, steps)`` is what the device's budget and the
+    coordinator's ledger account for, so a run that differs is refused rather
+    than reported. Raised when Opacus samples at another rate or records
+    another number of steps than planned: an Opacus other than the pinned one.
+    """
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -190,7 +201,7 @@ def train_subset_dp(
     ``accountant_state`` is the previous task's ``DPTrainResult.accountant_state``
     (or ``None`` for a device's first task); the returned state composes it
     with this task. Refusing a task the budget cannot afford is the caller's
-    job (``privacy.ledger.PrivacyLedger.can_afford`` with ``planned_step``).
+    job (``fedward.privacy.ledger.PrivacyLedger.can_afford`` with ``planned_step``).
     """
     if len(x) != len(y) or len(x) == 0:
         raise ValueError("x and y must be non-empty and of equal length")
@@ -210,7 +221,7 @@ def train_subset_dp(
     sample_generator, noise_generator = _generators(seed)
 
     with warnings.catch_warnings():
-        # both are documented above; privacy.accounting warns about GDP whenever
+        # both are documented above; fedward.privacy.accounting warns about GDP whenever
         # an epsilon is computed with it
         warnings.filterwarnings("ignore", message="Secure RNG turned off", category=UserWarning)
         warnings.filterwarnings("ignore", message="GDP accounting is experimental")
@@ -246,7 +257,11 @@ def train_subset_dp(
         epochs = config.epochs
     if dp_loader.sample_rate != sample_rate:
         _release(dp_module, trained)
-        raise RuntimeError(f"Opacus sample rate {dp_loader.sample_rate} != planned {sample_rate}")
+        raise DPTrainingError(
+            f"Opacus samples at rate {dp_loader.sample_rate}, the task was planned at "
+            f"{sample_rate}: its privacy cost would not be the one accounted for; install "
+            "the opacus version pinned in fedward's dependencies"
+        )
     try:
         loss_sum, loss_count = _run_epochs(
             dp_module, dp_optimizer, dp_loader, config=config, epochs=epochs
@@ -256,7 +271,11 @@ def train_subset_dp(
     after = history_from_state(engine.accountant.state_dict(), accountant=config.accountant)
     steps = _total_steps(after) - _total_steps(prior)
     if config.fixed_mechanism and steps != config.steps:
-        raise RuntimeError(f"ran {steps} DP steps, the task fixed {config.steps}")
+        raise DPTrainingError(
+            f"Opacus recorded {steps} DP steps, the task fixed {config.steps}: its privacy "
+            "cost would not be the one accounted for; install the opacus version pinned in "
+            "fedward's dependencies"
+        )
     new = get_params(model)
     delta = {n: new[n] - base_params[n] for n in split.trainable}
     return DPTrainResult(

@@ -9,28 +9,39 @@ documents its own subtree; catch the narrowest class you can handle::
     ├── SavedStateError                   a saved state failed its checks on load (kind,
     │                                     format version, checksum, content); every
     │                                     package's state error is also one of these:
-    │                                     StateLoadError, LedgerStateError, secagg StateError
+    │                                     StateLoadError, GuardStateError, LedgerStateError,
+    │                                     BudgetStateError, secagg StateError, LineageStateError
     ├── ProtocolError                     fedward.protocol.errors: decode, encode, size,
     │   └── TransportError                version, chunk, route; the transport seam (paho
     │                                     and amqtt errors are mapped to it, never leak)
     ├── PrivacyError                      fedward.privacy.errors: budgets, forged claims,
-    │   ├── LedgerStateError              policies, ledger state (and edge.budget.TaskRefused)
+    │   │                                 policies (and fedward.edge.budget.TaskRefused)
+    │   ├── LedgerStateError              a privacy ledger's saved state
+    │   ├── BudgetStateError              fedward.edge.budget: a device budget's saved state
     │   └── SecAggError                   fedward.privacy.secagg.errors: secure aggregation
     │       └── StateError                wrong stage, or a session state that fails its checks
     ├── ComplianceError                   fedward.compliance.errors: audit integrity,
-    │                                     forbidden content, lineage, keys, store lock
+    │   │                                 forbidden content, keys, store lock
+    │   └── LineageError                  the model-lineage graph is inconsistent
+    │       └── LineageStateError         a lineage's saved state
     ├── CoordinatorError                  fedward.coordinator.errors: rejected updates,
-    │   ├── StateLoadError                strategy config, state load, not ready, blobs,
-    │   └── ServiceError                  planning, API; the service's caller mistakes
-    │                                     (api maps them to HTTP)
+    │   │                                 strategy config, not ready, planning, blobs, API
+    │   ├── StateLoadError                a coordinator state failed its checks on load
+    │   │   └── GuardStateError           a privacy guard's saved state (also a PolicyError)
+    │   ├── ServiceError                  the service's caller mistakes (api maps them to HTTP)
+    │   └── MigrationsMissing             fedward.coordinator.migrations: no migration scripts
+    │                                     (an incomplete install)
     ├── EdgeError                         fedward.edge (no errors module of its own):
-    │   ├── AgentError                    edge.agent: the agent cannot go on
+    │   ├── AgentError                    fedward.edge.agent: the agent cannot go on
     │   │   └── EnrolmentRefused          the coordinator refused the enrolment
-    │   ├── OutboxError                   edge.outbox: an entry cannot be stored or read
-    │   └── DatasetError                  edge.dataset: unusable data file (also a ValueError)
+    │   ├── OutboxError                   fedward.edge.outbox: an entry cannot be stored or read
+    │   ├── DatasetError                  fedward.edge.dataset: unusable data file (also a ValueError)
+    │   └── DPTrainingError               fedward.edge.dp_training: DP-SGD did not run the
+    │                                     mechanism the task planned (not the pinned Opacus)
     ├── SimulationError                   the simulator and benchmarks:
-    │   └── IncomparableReports           bench.seeds: reports of different benchmarks
-    │                                     (also a ValueError)
+    │   ├── IncomparableReports           fedward.bench.seeds: reports of different benchmarks
+    │   │                                 (also a ValueError)
+    │   └── TooFewAcks                    fedward.bench.ingest: too few acks to measure a rate
     ├── LiveError                         fedward.live: a live study not set up or not
     │                                     finished (a library's run-time failure, not input)
     └── CliError                          fedward.cli: a command's input, said plainly
@@ -42,6 +53,15 @@ package may use it without a layering cycle.
 
 Validation raises (never ``assert``): several of these classes also derive
 from ``ValueError`` or ``KeyError`` where callers reasonably catch those.
+
+Argument checks stay built-in: a constructor or function given an argument
+of the wrong type or value (``DPTrainConfig(lr=-1)``) raises ``TypeError`` or
+``ValueError``, which is what its callers reasonably expect, unless a fedward
+class that also subclasses ``ValueError`` is meant for it (secagg's
+``ConfigError``, ``StrategyConfigError``, ``DatasetError``). Everything else
+raised on purpose (a run-time failure, a refusal, a state that fails its
+checks) is a fedward error, never a bare ``RuntimeError``: tests/test_errors.py
+scans the source for ``raise RuntimeError``.
 """
 
 from __future__ import annotations

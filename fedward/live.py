@@ -2,9 +2,9 @@
 
 Everything runs in one process so a user can watch a real federation over
 MQTT in one command: an embedded amqtt broker on a free loopback port (or an
-existing broker given by URL), the :class:`~coordinator.service.StudyService`
-on SQLite in a data directory, the :class:`~coordinator.bridge.StudyBridge`,
-and one :class:`~edge.agent.EdgeAgent` thread per device, each with its own
+existing broker given by URL), the :class:`~fedward.coordinator.service.StudyService`
+on SQLite in a data directory, the :class:`~fedward.coordinator.mqtt.bridge.StudyBridge`,
+and one :class:`~fedward.edge.agent.EdgeAgent` thread per device, each with its own
 MQTT connection, key, outbox and dataset file (device ``i``'s share of the
 scenario's simulated data). Only this floor imports both edge and coordinator.
 
@@ -12,7 +12,7 @@ The study is the scenario's (same spec, data split, fleet classes and memory)
 so its accuracy is comparable with ``fedward simulate``; differences: devices
 run at their real speed unless ``time_scale`` emulates the simulator's device
 speeds (no simulated dropouts or availability either). The study starts from
-the simulator's warm start (``simulation.warmstart.scenario_start``, the
+the simulator's warm start (``fedward.simulation.warmstart.scenario_start``, the
 same cached pre-trained model), handed to ``StudyService.create_study`` as
 version 0, so both runs start from the same model.
 Accuracy is measured as in the simulator: every model version is evaluated
@@ -55,7 +55,7 @@ from fedward.protocol.mqtt_settings import MqttProtocol, MqttSettings
 from fedward.simulation.profiles import SimDevice, draw_fleet
 from fedward.simulation.scenario import Scenario, StrategyRun
 from fedward.simulation.sensordata import load_study_data
-from fedward.simulation.study import final_accuracy
+from fedward.simulation.study import Progress, final_accuracy
 from fedward.simulation.warmstart import scenario_start
 from fedward.tinytrain.costs import task_flops
 from fedward.tinytrain.models import build_model
@@ -64,8 +64,6 @@ from fedward.tinytrain.training import evaluate
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[int, int, float | None], None]
-
 
 class LiveError(FedwardError):
     """The live study could not be set up or did not finish.
@@ -73,7 +71,7 @@ class LiveError(FedwardError):
     Not a :class:`~fedward.errors.CliError`: this module is a library (tests and
     ``fedward up`` drive it), and most of these are run-time failures (too few
     updates in time, nothing evaluated), not a command's input. A broker that
-    cannot be reached or started is a :class:`~protocol.errors.TransportError`.
+    cannot be reached or started is a :class:`~fedward.protocol.errors.TransportError`.
     """
 
 
@@ -206,7 +204,7 @@ class LiveOptions:
     resend_after_s: float = 10.0
     torch_threads: int | None = 1
     """Torch intra-op threads of this process (N agents share the cores); left set after
-    the study, as there is no getter outside ``tinytrain`` to restore the previous value."""
+    the study, as there is no getter outside ``fedward.tinytrain`` to restore the previous value."""
     time_scale: float = 0.0
     """Emulate the fleet's speeds: each task also waits ``time_scale`` x the simulator's
     compute + uplink time of that device (class profile, straggler slowdown). 0: real speed.

@@ -131,6 +131,63 @@ def test_unimportable_modules_define_no_exceptions(name: str) -> None:
     assert classes == []
 
 
+def module_sources() -> dict[str, Path]:
+    """The source file of every module the walk found, run-by-a-tool ones included."""
+    sources: dict[str, Path] = {}
+    for name in MODULES:
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.origin is None or not spec.origin.endswith(".py"):
+            raise AssertionError(f"{name} has no Python source file")
+        sources[name] = Path(spec.origin)
+    return sources
+
+
+def bare_runtime_error_raises(tree: ast.AST) -> list[int]:
+    """Lines of ``raise RuntimeError`` / ``raise RuntimeError(...)`` (builtins. too)."""
+
+    def names_runtime_error(node: ast.expr) -> bool:
+        if isinstance(node, ast.Call):
+            node = node.func
+        if isinstance(node, ast.Name):
+            return node.id == "RuntimeError"
+        return (
+            isinstance(node, ast.Attribute)
+            and node.attr == "RuntimeError"
+            and isinstance(node.value, ast.Name)
+            and node.value.id == "builtins"
+        )
+
+    return [
+        node.lineno
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Raise) and node.exc is not None and names_runtime_error(node.exc)
+    ]
+
+
+def test_the_scan_finds_a_bare_runtime_error() -> None:
+    # Prepare
+    source = "def f():\n    raise RuntimeError('x')\n\ndef g():\n    raise builtins.RuntimeError\n"
+    # Execute / Assert: the check below would see one
+    assert bare_runtime_error_raises(ast.parse(source)) == [2, 5]
+    assert bare_runtime_error_raises(ast.parse("raise SimulationError('x')")) == []
+
+
+def test_nothing_fedward_raises_on_purpose_is_a_bare_runtime_error() -> None:
+    """A deliberate failure is a fedward error (fedward/errors.py): the package's own
+    class, or a new one under the package's base, never ``RuntimeError``."""
+    # Prepare
+    sources = module_sources()
+    # Execute
+    found = [
+        f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}:{line} ({name})"
+        for name, path in sorted(sources.items())
+        for line in bare_runtime_error_raises(ast.parse(path.read_text(), filename=str(path)))
+    ]
+    # Assert
+    assert "fedward.edge.dp_training" in sources  # the scan does read the mapped folders
+    assert found == [], "raise a fedward error instead of RuntimeError:\n" + "\n".join(found)
+
+
 @pytest.mark.parametrize(
     ("error", "package_base"),
     [
