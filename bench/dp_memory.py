@@ -3,8 +3,8 @@
 Both sides run one real step and count what stays resident (parameters held,
 gradients, optimizer state, tensors saved for backward; for DP also Opacus'
 per-sample gradients of one physical batch, its clipped-sum accumulators and
-the layer inputs its hooks keep): ``edge.dp_training.measure_dp_training_step``
-and ``tinytrain.memory.measure_training_step``. Everything is fp32; no frozen
+the layer inputs its hooks keep): ``fedward.edge.dp_training.measure_dp_training_step``
+and ``fedward.tinytrain.memory.measure_training_step``. Everything is fp32; no frozen
 weight is held at lower precision.
 
 - DP side: the subset FTTE's planner gives the wearable class in the scenario

@@ -1,17 +1,24 @@
 """fedward compliance: tamper-evident audit log and model lineage.
 
-Layering: imports only the standard library, pydantic, cryptography (and, if
-ever needed, :mod:`privacy`); nothing from the coordinator, edge, protocol or
-simulation layers, so any of them can audit without import cycles.
+Layering (floor 2): imports the standard library, pydantic, cryptography,
+floor 0 (:mod:`fedward.errors`, :mod:`fedward.saved_state`) and, for budget
+reports only, :mod:`fedward.privacy` (matplotlib only inside ``plot_budget``);
+nothing from the coordinator, edge, protocol or simulation layers, so any of
+them can audit without import cycles.
 
-* :mod:`compliance.events`   typed audit events and the health-data guard
-* :mod:`compliance.log`      :class:`AuditLog` (hash chain + RFC 9162 tree + signed tree heads)
-* :mod:`compliance.verify`   :func:`verify_log` and its report
-* :mod:`compliance.store`    JSONL and in-memory storage
-* :mod:`compliance.proofs`   receipts, signed tree heads, inclusion/consistency proofs
-* :mod:`compliance.merkle`   RFC 9162 Merkle tree (``merkle_reference``: slow check)
-* :mod:`compliance.lineage`  :class:`ModelLineage`
-* :mod:`compliance.keys`     Ed25519 key files (0600, refused if exposed)
+* :mod:`fedward.compliance.events`   typed audit events and the health-data guard
+* :mod:`fedward.compliance.log`      :class:`AuditLog` (hash chain + RFC 9162 tree +
+  signed tree heads)
+* :mod:`fedward.compliance.verify`   :func:`verify_log` and its report
+* :mod:`fedward.compliance.store`    JSONL and in-memory storage
+* :mod:`fedward.compliance.proofs`   receipts, signed tree heads, inclusion/consistency
+  proofs
+* :mod:`fedward.compliance.merkle`   RFC 9162 Merkle tree (``merkle_reference``: slow
+  check)
+* :mod:`fedward.compliance.lineage`  :class:`ModelLineage`
+* :mod:`fedward.compliance.keys`     Ed25519 key files (0600, refused if exposed)
+* :mod:`fedward.compliance.reports`  privacy budget reports (JSON, PNG)
+* :mod:`fedward.compliance.errors`   :class:`ComplianceError` and its subtree
 """
 
 from fedward.compliance.errors import (

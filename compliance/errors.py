@@ -10,6 +10,8 @@ while tests and auditors can still tell *why* something failed:
     ``ForbiddenAuditContent`` an event tried to carry health data (or anything
                               outside the small detail grammar)
     ``LineageError``          the model-lineage graph is inconsistent
+        ``LineageStateError`` a saved lineage fails its checks on load (also a
+                              :class:`fedward.errors.SavedStateError`)
     ``KeyFileError``          a signing key file is missing, malformed or
                               readable by someone other than its owner
     ``AuditStoreBusy``        another writer already holds the log file
@@ -34,7 +36,7 @@ __all__ = [
 
 
 class ComplianceError(FedwardError):
-    """Base class of every error raised by :mod:`compliance`."""
+    """Base class of every error raised by :mod:`fedward.compliance`."""
 
 
 class AuditIntegrityError(ComplianceError):

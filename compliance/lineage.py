@@ -68,9 +68,6 @@ def lineage_state(versions: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     return seal(LINEAGE_STATE_KIND, LINEAGE_STATE_FORMAT, {"versions": list(versions)})
 
 
-"""Format tag of :meth:`ModelLineage.state_dict`; loading refuses any other."""
-
-
 def record_hash(
     *,
     version: int,

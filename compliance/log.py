@@ -24,7 +24,7 @@ Usage::
     log.close()          # signs a final tree head over the unsigned tail
     report = verify_log(path, public_key)
 
-Opening a log replays and verifies it first (:mod:`compliance.verify`) and
+Opening a log replays and verifies it first (:mod:`fedward.compliance.verify`) and
 refuses to append to a log that does not verify.  Appends are serialised by a
 lock, so one ``AuditLog`` may be shared between threads.
 """
@@ -150,7 +150,7 @@ class AuditLog:
     ) -> AuditReceipt:
         """Append one event; return its receipt.
 
-        Raises :class:`~compliance.errors.ForbiddenAuditContent` (nothing is
+        Raises :class:`~fedward.compliance.errors.ForbiddenAuditContent` (nothing is
         written, no ``seq`` consumed) if ``details`` breaks the health-data
         guard, and :class:`AuditIntegrityError` if an earlier write failed.
         """

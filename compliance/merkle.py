@@ -28,7 +28,7 @@ out-of-range arguments, since that is a programming error by the caller.
 
 Reference: RFC 9162 §2.1.1 (tree hash), §2.1.3 (inclusion proofs and their
 verification), §2.1.4 (consistency proofs and their verification).
-:mod:`compliance.merkle_reference` holds a literal recursive transcription of
+:mod:`fedward.compliance.merkle_reference` holds a literal recursive transcription of
 the definitions that the tests compare this code against.
 """
 

@@ -1,6 +1,6 @@
 """Slow, literal transcription of the RFC 9162 §2.1 definitions.
 
-Why it exists: :mod:`compliance.merkle` is optimised (cached subtrees, an
+Why it exists: :mod:`fedward.compliance.merkle` is optimised (cached subtrees, an
 iterative walk), and optimised code is where off-by-one errors hide.  This
 module copies the recursive definitions from the RFC almost word for word,
 slicing lists and recomputing every subtree from scratch, so that tests (and a
@@ -8,7 +8,7 @@ sceptical auditor) can compare the fast code against something that is
 obviously right.  Cost is O(n) per root and O(n log n) per proof: never use it
 in the log itself.
 
-Inputs are leaf *hashes* (``compliance.merkle.leaf_hash(data)``), like the fast
+Inputs are leaf *hashes* (``fedward.compliance.merkle.leaf_hash(data)``), like the fast
 code, so the two can be compared directly.
 """
 

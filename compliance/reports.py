@@ -10,7 +10,7 @@ spend), as JSON and as a PNG.
 
 What a report never holds: health data. Only device ids, device classes, task
 counts, times and privacy figures; no sample counts, no labels, no updates.
-This module imports only ``privacy`` (and matplotlib, Agg backend, in
+This module imports only ``fedward.privacy`` (and matplotlib, Agg backend, in
 ``plot_budget``).
 """
 

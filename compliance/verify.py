@@ -4,7 +4,7 @@ HIPAA 164.312(b) asks to *record and examine* activity; this is the examine
 half.  :func:`verify_log` rereads every record and checks, independently:
 
 1. each entry record is one complete line (a torn last line means a crash or
-   truncation), parses as an :class:`~compliance.events.AuditEntry` (which
+   truncation), parses as an :class:`~fedward.compliance.events.AuditEntry` (which
    re-applies the health-data guard) and is byte-for-byte canonical;
 2. ``seq`` counts 0, 1, 2, ... (catches deleted, inserted and swapped lines);
 3. each ``prev_hash`` equals the leaf hash of the record before it (the hash

@@ -60,7 +60,8 @@ __all__ = [
 @dataclass(frozen=True, kw_only=True)
 class AuditRecord:
     """One audit record as the coordinator words it, before the log adds time, sequence,
-    hash chain and signature (``compliance.events.AuditEntry`` is that logged form)."""
+    hash chain and signature (``fedward.compliance.events.AuditEntry`` is that logged
+    form)."""
 
     action: AuditAction
     outcome: Outcome

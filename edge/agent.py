@@ -12,12 +12,12 @@ Why each piece:
 * Training runs on the agent's own worker thread, never in the transport's
   callback thread: a paho callback that trains for seconds would stall
   keep-alives, acks and every other message of the connection.
-* The frame is durable in the :class:`~edge.outbox.Outbox` before it is
+* The frame is durable in the :class:`~fedward.edge.outbox.Outbox` before it is
   published and is deleted only when the coordinator's Ack for its task id
   arrives. Entries are published again after a reconnect and whenever they
   stay unacknowledged for ``resend_after_s``; the coordinator de-duplicates by
   task id, so an update survives an outage and is still merged once.
-* Model frames are broadcast per (version, subset) (:mod:`protocol.topics`),
+* Model frames are broadcast per (version, subset) (:mod:`fedward.protocol.topics`),
   so the agent sees frames meant for other devices too. Every frame of
   version V carries V's values, so the agent overlays every frame of V on the
   last full model it holds. The bridge publishes a device's model frame

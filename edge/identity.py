@@ -8,7 +8,7 @@ signature field. The private key never leaves the device.
 
 The key file is created ``0600`` and loading refuses a file that group or
 others can read, a symlink, or a file owned by another user (the rules of
-:mod:`compliance.keys`, which this module reuses rather than repeats).
+:mod:`fedward.compliance.keys`, which this module reuses rather than repeats).
 """
 
 from __future__ import annotations

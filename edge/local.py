@@ -2,8 +2,9 @@
 
 This is the unit of work the live agent runs when a task arrives and the
 simulator's workers run for every simulated device. It returns only the delta
-of the trained tensors plus scalars (sample count, loss, squared norm, DP
-mechanism): never a raw sample, never a label.
+of the trained tensors plus scalars (sample count, loss, update energy: the
+mean squared value per trained coordinate, DP mechanism): never a raw sample,
+never a label.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ spec; ``fedward edge run`` takes them as options).
 The device's own privacy budget (``dp_epsilon`` at ``dp_delta`` with
 ``dp_accountant``) is here too, and only here: the promise is made to the
 person wearing the device, so the agent refuses a DP task that would take it
-past this budget, whatever the coordinator's ledger says (:mod:`edge.budget`).
+past this budget, whatever the coordinator's ledger says (:mod:`fedward.edge.budget`).
 Without ``dp_epsilon`` the agent takes no DP task.
 """
 

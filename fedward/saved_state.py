@@ -1,11 +1,12 @@
 """One envelope for every saved state: kind, format version, payload.
 
-Strategies, the engine, privacy ledgers, edge budgets, update buffers and
-secure-aggregation sessions all save themselves as plain data through
-``state_dict()`` and restore with ``load_state_dict(state)`` (the Opacus
-accountant habit). Whatever the payload, the outside is the same::
+Strategies and their wrappers, update buffers, the engine, the privacy guard,
+privacy ledgers, edge budgets, the model lineage and secure-aggregation
+sessions all save themselves as plain data through ``state_dict()`` and
+restore with ``load_state_dict(state)`` (the Opacus accountant habit).
+Whatever the payload, the outside is the same::
 
-    {"kind": "fedward.coordinator.strategy.ftte", "format_version": 1, "payload": {...}}
+    {"kind": "fedward.coordinator.strategy", "format_version": 3, "payload": {...}}
 
 and every load starts with :func:`open_envelope`, which refuses a state of
 another kind or an unknown format version before any of the payload is
@@ -15,9 +16,13 @@ a :class:`~fedward.errors.SavedStateError`.
 
 Checksums: a JSON-only payload can carry a SHA-256 of its canonical JSON
 (``seal_checked`` / ``open_checked``: the privacy ledger, the device budget),
-so an edit to a budget on disk is refused rather than believed. Payloads that
-hold numpy arrays (strategy buffers, which the store writes as
-content-addressed blobs) check their content themselves.
+so a file corrupted on disk, or edited without recomputing the checksum, is
+refused rather than believed. It is a plain hash, not a signature or a MAC:
+whoever can write the file can recompute it, so it does not stop a deliberate
+forger (the privacy ledger's authenticity comes from the signed audit log its
+spends are recorded in). Payloads that hold numpy arrays (strategy buffers,
+which the store writes as content-addressed blobs) check their content
+themselves.
 """
 
 from __future__ import annotations
@@ -70,7 +75,7 @@ def open_envelope(
     if state["kind"] != kind:
         raise error(f"this is a saved {state['kind']!r} state, not {kind!r}")
     found = state["format_version"]
-    if isinstance(found, bool) or found != format_version:
+    if type(found) is not int or found != format_version:  # not 1.0, not True
         raise error(
             f"saved {kind} state has format version {found!r}; this build reads {format_version}"
         )

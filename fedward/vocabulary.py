@@ -3,7 +3,7 @@
 ``fedward.protocol`` (the wire contract) and ``fedward.privacy`` (the
 accounting) sit on the same floor and may not import each other, yet both
 name the privacy accountant: the wire carries it in ``DpParams`` and
-``PrivacyReport``, and ``privacy.accounting`` computes epsilon with it. Defined
+``PrivacyReport``, and ``fedward.privacy.accounting`` computes epsilon with it. Defined
 here, below both, the one enum is imported downwards by each, so a value the
 coordinator reads off the wire is the very member the accounting takes, with
 no conversion between two look-alike enums.

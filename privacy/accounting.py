@@ -12,7 +12,7 @@ added) in order of first appearance. That makes the epsilon of 100 composed
 tasks identical to one accountant run over the same steps, and keeps the PRV
 accountant fast (its cost grows with the number of distinct entries).
 
-This is the only module of ``privacy`` that imports Opacus. It does no I/O.
+This is the only module of ``fedward.privacy`` that imports Opacus. It does no I/O.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ Hierarchy (hangs from :class:`fedward.errors.FedwardError`)::
     ├── LedgerStateError  a persisted ledger state that is malformed or tampered with
     │                     (also a fedward.errors.SavedStateError)
     ├── DuplicateCharge   the same (device, task) charged twice
-    └── SecAggError       secure aggregation (privacy.secagg.errors has its subtree)
+    └── SecAggError       secure aggregation (fedward.privacy.secagg.errors has its subtree)
 
 ``fedward.edge.budget.TaskRefused`` (a device declining a task) is a
 ``PrivacyError`` too, defined with the device budget it guards.

@@ -97,6 +97,19 @@ def test_open_refuses_true_where_version_1_is_expected() -> None:
         open_envelope(state, kind=KIND, format_version=1)
 
 
+@pytest.mark.parametrize("found", [1.0, True], ids=["float", "bool"])
+def test_open_refuses_what_seal_refuses_even_if_it_equals_the_version(found) -> None:
+    # Prepare: 1.0 == 1 and True == 1, but seal writes only an int
+    state = {"kind": KIND, "format_version": found, "payload": {}}
+    with pytest.raises(ValueError):
+        seal(KIND, found, {})
+    # Execute / Assert: open_envelope refuses the same values
+    with pytest.raises(SavedStateError, match=f"format version {found!r}"):
+        open_envelope(state, kind=KIND, format_version=1)
+    with pytest.raises(SavedStateError, match=f"format version {found!r}"):
+        open_envelope(json.loads(json.dumps(state)), kind=KIND, format_version=1)
+
+
 def test_open_raises_the_owners_error_class() -> None:
     # Prepare
     state = seal("fedward.tests.other", 1, {})

@@ -3,12 +3,12 @@
 ``serve`` runs both sides of a deployment in one process: the operator API
 (uvicorn) and, unless ``--no-bridge``, one MQTT connection to the broker of
 ``FEDWARD_MQTT__*`` with a bridge per running study (see
-:class:`coordinator.bridges.BridgeSupervisor`), sharing one ``StudyService``
+:class:`fedward.coordinator.mqtt.supervisor.BridgeSupervisor`), sharing one ``StudyService``
 so every decision goes through the same lock and transaction. The bridges are
 stopped after uvicorn returns (SIGINT/SIGTERM), then the service is closed.
 
 Settings come from ``FEDWARD_*`` environment variables (see
-:class:`coordinator.settings.CoordinatorSettings`); the options below override
+:class:`fedward.coordinator.settings.CoordinatorSettings`); the options below override
 them. The operator token is required and is best passed as a file
 (``--operator-token-file``) or ``FEDWARD_OPERATOR_TOKEN``, not on the command
 line, where it would land in the shell history and the process list.
@@ -95,7 +95,7 @@ def serving_bridges(
 ) -> Iterator[Any]:
     """The serve-time MQTT side: a supervisor on one broker connection, stopped on exit.
 
-    Yields the :class:`~coordinator.bridges.BridgeSupervisor` (``None`` if not
+    Yields the :class:`~fedward.coordinator.mqtt.supervisor.BridgeSupervisor` (``None`` if not
     ``enabled``). Why a context manager: the API server blocks until shutdown,
     and the bridges must stop (and the connection close) however it ends.
     """

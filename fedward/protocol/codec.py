@@ -8,7 +8,7 @@ bytes of an allowlisted dtype, so decoding can never run anything.
 Why this is defensive: a forged header could claim a shape of 2**60
 elements. Every declared size is checked against the bytes that are left
 *before* anything is allocated, and every failure becomes
-:class:`~protocol.errors.DecodeError`.
+:class:`~fedward.protocol.errors.DecodeError`.
 
 Layout (all integers little-endian)::
 

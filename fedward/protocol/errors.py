@@ -30,7 +30,7 @@ from fedward.errors import FedwardError
 
 
 class ProtocolError(FedwardError):
-    """Base class of every error raised by :mod:`protocol`."""
+    """Base class of every error raised by :mod:`fedward.protocol`."""
 
 
 class DecodeError(ProtocolError):

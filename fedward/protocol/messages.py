@@ -10,7 +10,7 @@ newer protocol a loud error instead of silently dropped data; ``frozen``
 means a validated message cannot be mutated afterwards.
 
 Every message carries ``protocol_version`` (only :data:`PROTOCOL_VERSION`
-is accepted; others raise :class:`~protocol.errors.UnsupportedVersion`
+is accepted; others raise :class:`~fedward.protocol.errors.UnsupportedVersion`
 from :func:`decode_frame`) and a ``kind`` discriminator so any header can
 be parsed with :data:`MESSAGE_ADAPTER` without knowing its type first.
 
@@ -22,7 +22,7 @@ scalars other than ``np.float64`` are refused too: pass ``int(x)`` /
 alphabets accepted on input).
 
 Frames put a JSON header and an optional tensor payload
-(:mod:`protocol.codec`) in one binary message::
+(:mod:`fedward.protocol.codec`) in one binary message::
 
     magic       4 bytes  b"FWFR"
     version     u8       FRAME_VERSION
@@ -38,8 +38,8 @@ rather than a valid message that silently lost its tensors.
 
 The prefix layout and the CRC position are frozen across frame versions,
 so the CRC is checked before the version: a corrupted version byte is a
-:class:`~protocol.errors.DecodeError`, only an intact frame of another
-version is :class:`~protocol.errors.UnsupportedVersion`.
+:class:`~fedward.protocol.errors.DecodeError`, only an intact frame of another
+version is :class:`~fedward.protocol.errors.UnsupportedVersion`.
 
 Only :data:`TENSOR_KINDS` may carry tensors, and a ``ModelDownload``'s
 ``names`` must list the payload's tensors in order, so a header can never

@@ -1,6 +1,6 @@
-"""MQTT implementation of :class:`~protocol.transport.Transport` (paho-mqtt 2.x).
+"""MQTT implementation of :class:`~fedward.protocol.transport.Transport` (paho-mqtt 2.x).
 
-Why these choices (see :mod:`protocol.mqtt_settings` for the knobs):
+Why these choices (see :mod:`fedward.protocol.mqtt_settings` for the knobs):
 
 * paho's own network thread (``loop_start``) with ``reconnect_delay_set``
   gives exponential-backoff reconnects; ``on_connect`` re-subscribes every
@@ -22,7 +22,7 @@ subscribes and then triggers a reply cannot miss it.
 
 Errors: nothing of paho's escapes this module. Every call into paho that can
 raise, and every error code it returns, surfaces as
-:class:`~protocol.errors.TransportError` with a message that says what to
+:class:`~fedward.protocol.errors.TransportError` with a message that says what to
 check, chained to paho's exception (``__cause__``) where there is one: a
 closed port, an unreachable host, a failed TLS handshake, unusable TLS files,
 a full offline queue, a QoS 0 publish while offline, a refused subscription.

@@ -8,7 +8,7 @@ Defaults are chosen for unattended sensor fleets:
 * exponential reconnect backoff so a fleet does not hammer a broker that
   just restarted;
 * ``max_packet_bytes`` bounds every packet we send; larger messages are
-  chunked by :mod:`protocol.transport` (MQTT 5 brokers may lower it
+  chunked by :mod:`fedward.protocol.transport` (MQTT 5 brokers may lower it
   further via the CONNACK Maximum Packet Size, which is honoured).
 
 TLS: with ``tls`` set the client verifies the broker against ``ca_file``

@@ -39,7 +39,7 @@ Why this shape:
 * Model frames are broadcast per (version, subset) so every device
   training the same subset shares one publish. They are not retained by
   default: a retained slot holds one MQTT message, which breaks for
-  chunked frames (see :mod:`protocol.transport`). Devices with persistent
+  chunked frames (see :mod:`fedward.protocol.transport`). Devices with persistent
   sessions still receive them after a short disconnect.
 
 :func:`check_route` ties a decoded message to the topic it arrived on, so

@@ -2,12 +2,12 @@
 
 Why one seam: the coordinator bridge, the edge agent and the simulator all
 talk through :class:`Transport`, so the same code runs over a real MQTT
-broker (:class:`protocol.mqtt.MqttTransport`) and over the deterministic
+broker (:class:`fedward.protocol.mqtt.MqttTransport`) and over the deterministic
 in-process :class:`InMemoryTransport` used by the simulator and tests.
 
 Chunking is applied here, transparently: :meth:`Transport.publish` splits
 a payload larger than the packet budget into chunks
-(:mod:`protocol.chunking`) and the receiving transport reassembles them
+(:mod:`fedward.protocol.chunking`) and the receiving transport reassembles them
 (per topic, i.e. per sender in our topic layout) before the handler runs.
 A payload that fits but happens to start with the chunk magic is wrapped
 as a one-chunk message, so receivers are never confused. A payload that

@@ -8,7 +8,7 @@ FTTE, the subset differ. Figures per row:
   the scenario's target (evaluated after every merge);
 - ``final_accuracy``: mean held-out accuracy over the last tenth of the run;
 - ``peak_train_memory_bytes``: measured training footprint (parameters held,
-  gradients, optimizer state, tensors saved for backward: ``tinytrain.memory``)
+  gradients, optimizer state, tensors saved for backward: ``fedward.tinytrain.memory``)
   of the subset the most constrained device class trains; the profiler's peak
   of the same step is reported beside it;
   (DP rows: measured with Opacus at the scenario's physical batch, per-sample

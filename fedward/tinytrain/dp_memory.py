@@ -1,6 +1,6 @@
 """Measured memory of one DP-SGD step (Opacus) on a sparse subset.
 
-The DP counterpart of ``tinytrain.memory.measure_training_step``: the same
+The DP counterpart of ``fedward.tinytrain.memory.measure_training_step``: the same
 split (frozen prefix without autograd, trainable suffix), the suffix wrapped in
 Opacus' ``GradSampleModule`` and ``DPOptimizer``, and the logical batch split
 into physical batches as ``BatchMemoryManager`` does. Per-sample gradients are
@@ -72,7 +72,7 @@ def measure_dp_training_step(
 ) -> DPFootprint:
     """Run one real DP-SGD step (one logical batch) and measure what it holds.
 
-    Mirrors ``tinytrain.memory.measure_training_step``: same model, inputs and
+    Mirrors ``fedward.tinytrain.memory.measure_training_step``: same model, inputs and
     split; the suffix is wrapped in Opacus' ``GradSampleModule`` and
     ``DPOptimizer``. The logical batch is split into physical batches of at
     most ``max_physical_batch_size`` as ``BatchMemoryManager`` does;

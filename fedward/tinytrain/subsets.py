@@ -65,7 +65,7 @@ class SubsetLadder:
     """Nested tiers over a model's parameter tensors.
 
     ``groups`` maps layer name -> its parameter names in forward order (see
-    ``tinytrain.models.parameter_groups``). Tier ``k`` trains the first ``k``
+    ``fedward.tinytrain.models.parameter_groups``). Tier ``k`` trains the first ``k``
     tensors of the ladder order; the top tier is the full model.
     """
 

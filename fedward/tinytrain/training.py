@@ -7,7 +7,7 @@ The model is split at the first layer that holds a trained tensor:
   ``requires_grad=False`` so they get no gradient and no optimizer state.
 
 The same split is what Opacus wraps for DP-SGD (per-sample gradients only for
-the suffix), and what ``tinytrain.memory`` measures.
+the suffix), and what ``fedward.tinytrain.memory`` measures.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ Bonawitz et al. (a malicious server that also controls devices is out of
 scope; identities can be authenticated with Ed25519-signed advertisements);
 distributed DP noise, which the edge DP mod adds before masking.
 
-``privacy.secagg`` is pure: no I/O, no clock, numpy and cryptography only, and
+``fedward.privacy.secagg`` is pure: no I/O, no clock, numpy and cryptography only, and
 all randomness comes from an injected ``random_bytes`` (default ``os.urandom``).
 """
 

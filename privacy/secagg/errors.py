@@ -4,7 +4,7 @@ Hierarchy (every error derives from ``SecAggError``, itself a
 :class:`fedward.privacy.errors.PrivacyError` under
 :class:`fedward.errors.FedwardError`; catch the narrowest you can handle)::
 
-    SecAggError             base of everything privacy.secagg raises on purpose
+    SecAggError             base of everything fedward.privacy.secagg raises on purpose
     ├── ConfigError         invalid SecAggConfig / SecAggSession (also a ValueError)
     ├── ProtocolViolation   a peer or the server sent something the protocol forbids:
     │                       wrong session or round, unknown or duplicate device, wrong
@@ -31,7 +31,7 @@ from ..errors import PrivacyError
 
 
 class SecAggError(PrivacyError):
-    """Base class for errors raised deliberately by privacy.secagg."""
+    """Base class for errors raised deliberately by fedward.privacy.secagg."""
 
 
 class ConfigError(SecAggError, ValueError):

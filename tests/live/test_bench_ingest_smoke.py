@@ -1,4 +1,4 @@
-"""``bench.ingest`` end to end on a small load: its updates must be ones the coordinator accepts.
+"""``fedward.bench.ingest`` end to end on a small load: the coordinator must accept its updates.
 
 The benchmark builds update frames itself (no training); this keeps them honest
 (e.g. a header's ``update_energy`` must match the tensors, or every update

@@ -1,4 +1,4 @@
-"""``bench.seeds``: one table from several seeds' benchmark reports."""
+"""``fedward.bench.seeds``: one table from several seeds' benchmark reports."""
 
 from __future__ import annotations
 
