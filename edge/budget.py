@@ -133,7 +133,7 @@ class DeviceBudget:
     def planned_step(self, dp: DpParams) -> MechanismStep:
         """The mechanism ``dp`` imposes; ``TaskRefused`` if its cost is not known up front."""
         if not isinstance(dp, DpParams):
-            raise TypeError("dp must be protocol.messages.DpParams")
+            raise TypeError("dp must be fedward.protocol.messages.DpParams")
         if dp.delta != self.policy.delta or dp.accountant.value != self.policy.accountant.value:
             raise TaskRefused(
                 RefusalReason.TERMS_DIFFER,
