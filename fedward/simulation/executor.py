@@ -152,14 +152,18 @@ class RayExecutor:
 
 
 def make_executor(
-    kind: ExecutorKind,
+    kind: ExecutorKind | str,
     data_config: StudyDataConfig,
     model_config: ModelConfig,
     *,
     workers: int | None = None,
 ) -> Executor:
+    """The executor of ``kind`` (an ``ExecutorKind`` or its value, e.g. ``"serial"``)."""
+    kind = ExecutorKind(kind)  # a plain string must not fall through to Ray
     if kind is ExecutorKind.SERIAL:
         return SerialExecutor(data_config, model_config)
     if kind is ExecutorKind.PROCESS:
         return ProcessExecutor(data_config, model_config, workers=workers)
-    return RayExecutor(data_config, model_config)
+    if kind is ExecutorKind.RAY:
+        return RayExecutor(data_config, model_config)
+    raise ValueError(f"no executor for {kind!r}")
