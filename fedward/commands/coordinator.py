@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from fedward.coordinator.settings import DEFAULT_DATABASE_URL, CoordinatorSettings
+from fedward.protocol.errors import TransportError
 
 app = typer.Typer(help="Run or maintain the live coordinator.", no_args_is_help=True)
 console = Console(stderr=True)
@@ -85,6 +86,12 @@ def serve(
                 port=settings.api_port,
                 log_level=log_level,
             )
+    except TransportError as exc:  # the broker was not reached: say so, no traceback
+        console.print(
+            f"[red]MQTT broker {settings.mqtt.host}:{settings.mqtt.port}:[/] {exc}\n"
+            "Start the broker, fix FEDWARD_MQTT__HOST/PORT, or run with --no-bridge."
+        )
+        raise typer.Exit(code=1) from None
     finally:
         service.close()
 

@@ -86,3 +86,28 @@ def test_cli_serve_refuses_a_weak_token_before_starting(monkeypatch, tmp_path) -
     # Assert
     assert result.exit_code == 2
     assert not (tmp_path / "audit").exists()
+
+
+def test_cli_serve_says_what_to_do_when_the_broker_is_unreachable(monkeypatch, tmp_path) -> None:
+    # Prepare: a loopback port with nothing listening (bound, then released)
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    monkeypatch.setenv("FEDWARD_OPERATOR_TOKEN", "a-long-and-unguessable-operator-token-0123")
+    monkeypatch.setenv("FEDWARD_MQTT__HOST", "127.0.0.1")
+    monkeypatch.setenv("FEDWARD_MQTT__PORT", str(closed_port))
+    # Execute
+    result = CliRunner().invoke(
+        app,
+        ["coordinator", "serve", "--data-dir", str(tmp_path), "--port", "1"],
+    )
+    # Assert: a plain message naming the broker and the way out, no traceback
+    assert result.exit_code == 1, result.output
+    assert f"127.0.0.1:{closed_port}" in result.output and "--no-bridge" in result.output
+    assert (
+        "Traceback" not in result.output
+        and result.exception is None
+        or isinstance(result.exception, SystemExit)
+    )
