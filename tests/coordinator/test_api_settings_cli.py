@@ -101,7 +101,16 @@ def test_cli_serve_says_what_to_do_when_the_broker_is_unreachable(monkeypatch, t
     # Execute
     result = CliRunner().invoke(
         app,
-        ["coordinator", "serve", "--data-dir", str(tmp_path), "--port", "1"],
+        [
+            "coordinator",
+            "serve",
+            "--data-dir",
+            str(tmp_path),
+            "--database-url",
+            f"sqlite:///{tmp_path / 'coordinator.db'}",
+            "--port",
+            "1",
+        ],
     )
     # Assert: a plain message naming the broker and the way out, no traceback
     assert result.exit_code == 1, result.output
