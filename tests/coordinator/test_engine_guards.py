@@ -10,7 +10,6 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-import numpy as np
 import pytest
 
 from fedward.coordinator.engine import (
@@ -21,8 +20,8 @@ from fedward.coordinator.engine import (
     GuardDecision,
 )
 from fedward.coordinator.errors import CoordinatorError, RejectReason
-from fedward.coordinator.strategies import ClientUpdate
 from fedward.coordinator.study_spec import build_engine
+from tests.coordinator.engine_helpers import update_for
 
 
 @dataclass
@@ -54,17 +53,6 @@ def engine_with(spec, *guards) -> tuple[Engine, list]:
     for i in range(2):
         engine.enrol(f"dev-{i}", device_class="phone", memory_bytes=1 << 22, now=0.0)
     return engine, events
-
-
-def update_for(engine: Engine, order) -> ClientUpdate:
-    return ClientUpdate(
-        device_id=order.device_id,
-        task_id=order.task_id,
-        base_version=order.model_version,
-        subset_id=order.subset.subset_id,
-        delta={n: np.full(engine.params[n].shape, 0.01, np.float32) for n in order.subset.names},
-        num_samples=4,
-    )
 
 
 def test_a_decision_keeps_its_invariants() -> None:

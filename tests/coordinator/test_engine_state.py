@@ -17,22 +17,12 @@ from fedward.coordinator.strategies import ClientUpdate, NormBounded, StrategyNa
 from fedward.coordinator.strategies.base import STRATEGY_KIND
 from fedward.coordinator.strategies.wrapper import WRAPPER_KIND
 from fedward.coordinator.study_spec import build_engine
+from tests.coordinator.engine_helpers import update_for
 
 
 def fedavg_engine(spec, *, seed: int = 3) -> Engine:
     return build_engine(
         spec.model_copy(update={"strategy": StrategyName.FEDAVG}), rng=random.Random(seed)
-    )
-
-
-def update_for(engine: Engine, order) -> ClientUpdate:
-    return ClientUpdate(
-        device_id=order.device_id,
-        task_id=order.task_id,
-        base_version=order.model_version,
-        subset_id=order.subset.subset_id,
-        delta={n: np.full(engine.params[n].shape, 0.01, np.float32) for n in order.subset.names},
-        num_samples=4,
     )
 
 
