@@ -240,19 +240,14 @@ class DeviceBudget:
         state included), a checksum mismatch or content this class never
         writes; ``PolicyError`` if the state was saved under another policy.
         """
-        if isinstance(state, Mapping) and "payload" not in state and "format" in state:
-            raise BudgetStateError(
-                f"this device budget was saved before the saved-state envelope (format "
-                f"{state.get('format')!r} version {state.get('version')!r}); this build reads "
-                f"kind {STATE_KIND!r} format_version {STATE_VERSION}. {_KEEP_IT}: convert it "
-                "once with fedward.edge.budget.upgrade_v1_file(path)"
-            )
         content = open_checked(
             state,
             kind=STATE_KIND,
             format_version=STATE_VERSION,
             keys=_CONTENT_KEYS,
             error=BudgetStateError,
+            before_envelope=f"{_KEEP_IT}: convert it once with "
+            "fedward.edge.budget.upgrade_v1_file(path)",
         )
         try:
             stored = BudgetPolicy.from_dict(content["policy"])

@@ -63,10 +63,23 @@ def open_envelope(
     kind: str,
     format_version: int,
     error: type[SavedStateError] = SavedStateError,
+    before_envelope: str = "",
 ) -> Mapping[str, Any]:
-    """The payload of ``state`` if it is a ``kind`` state of ``format_version``; else ``error``."""
+    """The payload of ``state`` if it is a ``kind`` state of ``format_version``; else ``error``.
+
+    A state written before this envelope existed (a flat mapping with a
+    ``format`` key) is refused with what it is, what this build reads and
+    ``before_envelope``: what its owner should do instead (convert it, keep
+    it, abandon it), which only the owner knows.
+    """
     if not isinstance(state, Mapping):
         raise error(f"a saved {kind} state must be a mapping, not {type(state).__name__}")
+    if "payload" not in state and "format" in state:
+        raise error(
+            f"this {kind} state was saved before the saved-state envelope (format "
+            f"{state.get('format')!r} version {state.get('version')!r}); this build reads "
+            f"kind {kind!r} format_version {format_version}. {before_envelope}".rstrip(" .")
+        )
     if set(state) != ENVELOPE_KEYS:
         raise error(
             f"a saved {kind} state has exactly the keys {sorted(ENVELOPE_KEYS)}; "
@@ -108,9 +121,16 @@ def open_checked(
     format_version: int,
     keys: frozenset[str],
     error: type[SavedStateError] = SavedStateError,
+    before_envelope: str = "",
 ) -> dict[str, Any]:
     """The content of a :func:`seal_checked` state: exactly ``keys``, checksum intact."""
-    payload = open_envelope(state, kind=kind, format_version=format_version, error=error)
+    payload = open_envelope(
+        state,
+        kind=kind,
+        format_version=format_version,
+        error=error,
+        before_envelope=before_envelope,
+    )
     if set(payload) != keys | {CHECKSUM_KEY}:
         raise error(
             f"saved {kind} payload keys must be {sorted(keys | {CHECKSUM_KEY})}, "

@@ -372,20 +372,15 @@ class PrivacyLedger:
 
 def _verified_content(state: object) -> dict[str, Any]:
     """Policy and devices of a saved ledger state whose envelope and checksum hold."""
-    if isinstance(state, Mapping) and "payload" not in state and "format" in state:
-        raise LedgerStateError(
-            f"this ledger state was saved before the saved-state envelope (format "
-            f"{state.get('format')!r} version {state.get('version')!r}); this build reads "
-            f"kind {STATE_KIND!r} format_version {STATE_VERSION}. Do not replace it with an "
-            "empty ledger (every device would get its budget back): convert it once with "
-            "fedward.privacy.ledger.upgrade_v1_state and store the result"
-        )
     return open_checked(
         state,
         kind=STATE_KIND,
         format_version=STATE_VERSION,
         keys=_CONTENT_KEYS,
         error=LedgerStateError,
+        before_envelope="Do not replace it with an empty ledger (every device would get its "
+        "budget back): convert it once with fedward.privacy.ledger.upgrade_v1_state and "
+        "store the result",
     )
 
 

@@ -86,14 +86,14 @@ def open_state(
     content_keys: frozenset[str],
 ) -> Mapping[str, Any]:
     """The payload of ``saved`` if it is a ``kind`` state of ``session`` with exactly its keys."""
-    if isinstance(saved, Mapping) and "payload" not in saved and "format" in saved:
-        raise StateError(
-            f"this secure-aggregation state was saved before the saved-state envelope "
-            f"(format {saved.get('format')!r} version {saved.get('version')!r}); this build "
-            f"reads kind {kind!r} format_version {STATE_VERSION} and cannot resume that "
-            "session: abort it and run a new session (do not start over in the same one)"
-        )
-    payload = open_envelope(saved, kind=kind, format_version=STATE_VERSION, error=StateError)
+    payload = open_envelope(
+        saved,
+        kind=kind,
+        format_version=STATE_VERSION,
+        error=StateError,
+        before_envelope="That session cannot be resumed: abort it and run a new session "
+        "(do not start over in the same one)",
+    )
     expected_keys = set(SESSION_KEYS) | content_keys
     if set(payload) != expected_keys:
         missing, extra = expected_keys - set(payload), set(payload) - expected_keys
