@@ -9,21 +9,9 @@
 The names below are the engine's public surface; import them from here.
 """
 
-from .engine import (
-    ALLOW,
-    ENGINE_STATE_FORMAT,
-    Device,
-    DeviceState,
-    Engine,
-    EngineEvent,
-    EngineGuard,
-    EngineStats,
-    EventKind,
-    GuardDecision,
-    StatefulGuard,
-    SubmitOutcome,
-    TaskOrder,
-)
+from .engine import Engine, EngineEvent, EventKind, SubmitOutcome
+from .guards import ALLOW, EngineGuard, GuardDecision, StatefulGuard
+from .records import ENGINE_STATE_FORMAT, Device, DeviceState, EngineStats, TaskOrder
 
 __all__ = [
     "ALLOW",

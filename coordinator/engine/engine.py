@@ -33,7 +33,7 @@ from fedward.tinytrain.subsets import SubsetSpec
 
 from ..errors import CoordinatorError, RejectReason, StateLoadError, UpdateRejected
 from ..strategies import ClientUpdate, MergeResult, Strategy
-from .guards import ALLOW, EngineGuard, GuardDecision, StatefulGuard  # noqa: F401 (re-exported)
+from .guards import EngineGuard, GuardDecision, StatefulGuard
 from .planning import SubsetPlanner
 from .records import (
     ENGINE_STATE_FORMAT,
@@ -55,21 +55,7 @@ from .records import (
     task_state,
 )
 
-__all__ = [
-    "ALLOW",
-    "ENGINE_STATE_FORMAT",
-    "Device",
-    "DeviceState",
-    "Engine",
-    "EngineEvent",
-    "EngineGuard",
-    "EngineStats",
-    "EventKind",
-    "GuardDecision",
-    "StatefulGuard",
-    "SubmitOutcome",
-    "TaskOrder",
-]
+__all__ = ["Engine", "EngineEvent", "EventKind", "SubmitOutcome"]
 
 
 class EventKind(enum.StrEnum):
