@@ -30,7 +30,7 @@ import numpy as np
 
 from fedward.coordinator.engine import ENGINE_STATE_FORMAT, Engine
 from fedward.coordinator.errors import StateLoadError
-from fedward.coordinator.strategies.base import BUFFER_KIND
+from fedward.coordinator.strategies.base import SavedUpdates, map_saved_buffers
 from fedward.tinytrain.models import Params
 
 SNAPSHOT_FORMAT = ENGINE_STATE_FORMAT
@@ -41,11 +41,6 @@ DeltaLoad = Callable[[str], Mapping[str, np.ndarray]]
 """SHA-256 of a stored delta blob -> the delta."""
 
 
-def live_versions(engine: Engine) -> list[int]:
-    """Model versions the engine still holds: the current one and bases in flight."""
-    return engine.live_versions()
-
-
 def engine_snapshot(engine: Engine, *, delta_ref: DeltaRef) -> dict[str, Any]:
     """The engine's state as JSON-ready data (buffered deltas by reference)."""
 
@@ -53,7 +48,9 @@ def engine_snapshot(engine: Engine, *, delta_ref: DeltaRef) -> dict[str, Any]:
         kept = {k: v for k, v in update.items() if k != "delta"}
         return kept | {"delta_sha256": delta_ref(update["task_id"], update["delta"])}
 
-    snapshot = _map_buffers(engine.state_dict(), by_reference)
+    snapshot = map_saved_buffers(
+        engine.state_dict(), lambda updates: [by_reference(u) for u in updates]
+    )
     if not isinstance(snapshot, dict):
         raise StateLoadError("engine state is not a mapping")
     return snapshot
@@ -80,7 +77,7 @@ def restore_engine(
 
     try:
         versions = {int(v): load_params(int(v)) for v in state["payload"]["live_versions"]}
-        full = _map_buffers(state, by_value)
+        full = map_saved_buffers(state, lambda updates: [by_value(u) for u in updates])
     except (KeyError, TypeError, ValueError) as exc:
         raise StateLoadError(f"engine snapshot is malformed: {exc!r}") from exc
     engine.load_state_dict(full, versions=versions)
@@ -90,22 +87,9 @@ def buffered_delta_refs(snapshot: Mapping[str, Any]) -> dict[str, str]:
     """task id -> SHA-256 of its delta blob, for every update buffered in ``snapshot``."""
     refs: dict[str, str] = {}
 
-    def collect(update: Mapping[str, Any]) -> dict[str, Any]:
-        refs[str(update["task_id"])] = str(update["delta_sha256"])
-        return dict(update)
+    def collect(updates: SavedUpdates) -> SavedUpdates:
+        refs.update((str(u["task_id"]), str(u["delta_sha256"])) for u in updates)
+        return updates
 
-    _map_buffers(snapshot, collect)
+    map_saved_buffers(snapshot, collect)
     return refs
-
-
-def _map_buffers(node: Any, change: Callable[[Mapping[str, Any]], dict[str, Any]]) -> Any:
-    """A copy of ``node`` with ``change`` applied to every update of every buffer in it."""
-    if isinstance(node, Mapping):
-        if node.get("kind") == BUFFER_KIND and isinstance(node.get("payload"), Mapping):
-            payload = node["payload"]
-            updates = [change(u) for u in payload["updates"]]
-            return {**node, "payload": {**payload, "updates": updates}}
-        return {k: _map_buffers(v, change) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_map_buffers(v, change) for v in node]
-    return node

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -393,20 +393,40 @@ def _optional_float(value: object) -> float | None:
     return float(value)
 
 
+SavedUpdates = list[Mapping[str, Any]]
+
+
+def map_saved_buffers(node: Any, change: Callable[[SavedUpdates], SavedUpdates]) -> Any:
+    """A copy of ``node`` in which every saved buffer's updates are ``change(updates)``.
+
+    Buffers are found by their kind wherever they sit (inside wrappers, inside
+    an engine state), so callers need not know any strategy's layout.
+    """
+    if isinstance(node, Mapping):
+        payload = node.get("payload")
+        if node.get("kind") == BUFFER_KIND and isinstance(payload, Mapping):
+            updates = payload.get("updates")
+            if not isinstance(updates, list):
+                raise StateLoadError("a saved buffer holds a list of updates")
+            return {**node, "payload": {**payload, "updates": change(updates)}}
+        return {k: map_saved_buffers(v, change) for k, v in node.items()}
+    if isinstance(node, list):
+        return [map_saved_buffers(v, change) for v in node]
+    return node
+
+
 def saved_updates(state: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The buffered updates inside a saved strategy state, through any wrappers."""
-    payload = state.get("payload")
-    if state.get("kind") == BUFFER_KIND:
-        updates = payload.get("updates") if isinstance(payload, Mapping) else None
-        if not isinstance(updates, list):
-            raise StateLoadError("a saved buffer holds a list of updates")
-        return list(updates)
-    for part in (
-        (payload.get("buffer"), payload.get("inner")) if isinstance(payload, Mapping) else ()
-    ):
-        if isinstance(part, Mapping):
-            return saved_updates(part)
-    raise StateLoadError("no update buffer in this saved strategy state")
+    buffers: list[SavedUpdates] = []
+
+    def keep(updates: SavedUpdates) -> SavedUpdates:
+        buffers.append(updates)
+        return updates
+
+    map_saved_buffers(state, keep)
+    if len(buffers) != 1:
+        raise StateLoadError(f"a saved strategy state holds one buffer, not {len(buffers)}")
+    return [dict(u) for u in buffers[0]]
 
 
 def buffer_from_state(state: object, shapes: Mapping[str, tuple[int, ...]]) -> list[ClientUpdate]:
