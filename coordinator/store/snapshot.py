@@ -29,8 +29,10 @@ from typing import Any
 import numpy as np
 
 from fedward.coordinator.engine import ENGINE_STATE_FORMAT, Engine
+from fedward.coordinator.engine.records import ENGINE_STATE_KIND
 from fedward.coordinator.errors import StateLoadError
 from fedward.coordinator.strategies.base import SavedUpdates, map_saved_buffers
+from fedward.saved_state import open_envelope
 from fedward.tinytrain.models import Params
 
 SNAPSHOT_FORMAT = ENGINE_STATE_FORMAT
@@ -64,19 +66,21 @@ def restore_engine(
     load_delta: DeltaLoad,
 ) -> None:
     """Put a stored snapshot into a freshly built ``engine`` (same spec)."""
-    found = state.get("format_version") if isinstance(state, Mapping) else None
-    if found != SNAPSHOT_FORMAT:
-        raise StateLoadError(
-            f"engine snapshot format {found!r} is not {SNAPSHOT_FORMAT}: it was written by "
-            "an older fedward; start the study again (no upgrade path exists before 0.2)"
-        )
+    payload = open_envelope(
+        state,
+        kind=ENGINE_STATE_KIND,
+        format_version=SNAPSHOT_FORMAT,
+        error=StateLoadError,
+        before_envelope="It was written by an older fedward: start the study again "
+        "(no upgrade path exists before 0.2)",
+    )
 
     def by_value(update: Mapping[str, Any]) -> dict[str, Any]:
         kept = {k: v for k, v in update.items() if k != "delta_sha256"}
         return kept | {"delta": dict(load_delta(update["delta_sha256"]))}
 
     try:
-        versions = {int(v): load_params(int(v)) for v in state["payload"]["live_versions"]}
+        versions = {int(v): load_params(int(v)) for v in payload["live_versions"]}
         full = map_saved_buffers(state, lambda updates: [by_value(u) for u in updates])
     except (KeyError, TypeError, ValueError) as exc:
         raise StateLoadError(f"engine snapshot is malformed: {exc!r}") from exc
