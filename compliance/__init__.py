@@ -52,8 +52,14 @@ from fedward.compliance.keys import (
 from fedward.compliance.lineage import ModelLineage, ModelVersion
 from fedward.compliance.log import AuditLog, AuditLogState
 from fedward.compliance.proofs import AuditReceipt, ConsistencyProof, InclusionProof, SignedTreeHead
-from fedward.compliance.store import AuditStore, JsonlAuditStore, MemoryAuditStore
-from fedward.compliance.verify import AuditProblem, ProblemKind, VerificationReport, verify_log
+from fedward.compliance.store import AuditStore, JsonlAuditStore, MemoryAuditStore, TornTail
+from fedward.compliance.verify import (
+    AuditProblem,
+    ProblemKind,
+    VerificationReport,
+    latest_tree_head,
+    verify_log,
+)
 
 __all__ = [
     "Actor",
@@ -82,9 +88,11 @@ __all__ = [
     "Outcome",
     "ProblemKind",
     "SignedTreeHead",
+    "TornTail",
     "VerificationReport",
     "check_details",
     "create_signing_key",
+    "latest_tree_head",
     "load_or_create_signing_key",
     "load_signing_key",
     "privacy_details",

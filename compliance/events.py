@@ -148,6 +148,7 @@ class ActorKind(Enum):
     DEVICE = "device"
     OPERATOR = "operator"
     COORDINATOR = "coordinator"
+    ANONYMOUS = "anonymous"  # a sender that proved no identity (unsigned, forged, no secret)
 
 
 class AuditAction(Enum):
@@ -172,6 +173,15 @@ class AuditAction(Enum):
     BUDGET_EXHAUSTED = "budget_exhausted"
     SECAGG_ROUND = "secagg_round"
     LOG_VERIFIED = "log_verified"
+    LOG_REPAIRED = "log_repaired"  # a torn last record was cut off at start (a crash mid-write)
+    STUDY_RESTORE_FAILED = "study_restore_failed"  # a study could not be rebuilt at start
+    # REST API (fedward.coordinator.api): who called, and what they took or changed
+    API_AUTH_FAILED = "api_auth_failed"  # aggregated per source and interval
+    API_ACCESS_DENIED = "api_access_denied"  # a valid token outside its role
+    MODEL_DOWNLOADED = "model_downloaded"
+    EVALUATION_REPORTED = "evaluation_reported"
+    TOKEN_ISSUED = "token_issued"
+    TOKEN_REVOKED = "token_revoked"
 
 
 class Outcome(Enum):

@@ -27,13 +27,22 @@ Usage::
 Opening a log replays and verifies it first (:mod:`fedward.compliance.verify`) and
 refuses to append to a log that does not verify.  Appends are serialised by a
 lock, so one ``AuditLog`` may be shared between threads.
+
+A crash mid-write leaves a torn last line, and a log with one does not verify.
+``AuditLog.open(..., repair_torn_tail=True)`` repairs exactly that case and no
+other: if everything before the torn fragment verifies, the fragment is moved
+aside (``<file>.torn-<n>``), the file cut to its last whole record, and a
+LOG_REPAIRED entry (bytes removed, their SHA-256, where they were kept) is the
+first thing appended, so the repair is itself on the record.  A fragment
+under a signed tree head cannot be cut this way: the head then covers more
+than the log holds, verification fails and the log is refused as before.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from types import TracebackType
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -43,6 +52,7 @@ from fedward.compliance import merkle
 from fedward.compliance.errors import AuditIntegrityError
 from fedward.compliance.events import (
     Actor,
+    ActorKind,
     AuditAction,
     AuditEntry,
     Clock,
@@ -51,7 +61,7 @@ from fedward.compliance.events import (
     to_utc,
 )
 from fedward.compliance.proofs import AuditReceipt, ConsistencyProof, InclusionProof, SignedTreeHead
-from fedward.compliance.store import AuditStore, JsonlAuditStore
+from fedward.compliance.store import AuditStore, JsonlAuditStore, MemoryAuditStore, TornTail
 from fedward.compliance.verify import VerificationReport, replay_store
 
 __all__ = ["DEFAULT_STH_INTERVAL", "AuditLog", "AuditLogState"]
@@ -123,11 +133,18 @@ class AuditLog:
         fsync: bool = False,
         sth_interval: int = DEFAULT_STH_INTERVAL,
         sign_on_close: bool = True,
+        repair_torn_tail: bool = False,
+        repaired_by: Actor | None = None,
     ) -> AuditLog:
-        """Open (or create) a JSONL log at ``path``, verify it, and continue it."""
+        """Open (or create) a JSONL log at ``path``, verify it, and continue it.
+
+        ``repair_torn_tail``: cut a torn last record off first (see module doc),
+        audited as LOG_REPAIRED by ``repaired_by`` (default: the coordinator).
+        """
         store = JsonlAuditStore(path, fsync=fsync)
         try:
-            return cls(
+            cuts = cls._repair(store, signing_key) if repair_torn_tail else []
+            log = cls(
                 store,
                 signing_key=signing_key,
                 clock=clock,
@@ -137,6 +154,42 @@ class AuditLog:
         except BaseException:
             store.close()
             raise
+        for cut in cuts:
+            log._record_repair(cut, actor=repaired_by)
+        return log
+
+    @staticmethod
+    def _repair(store: JsonlAuditStore, signing_key: Ed25519PrivateKey) -> list[TornTail]:
+        """Cut torn tails off ``store`` if, and only if, everything else verifies."""
+        if not store.torn_tails():
+            return []
+        whole = MemoryAuditStore()
+        whole.entry_records = [r for r in store.read_entry_records() if r.endswith(b"\n")]
+        whole.tree_head_records = [r for r in store.read_tree_head_records() if r.endswith(b"\n")]
+        _, report = replay_store(whole, signing_key.public_key())
+        if not report.ok:
+            first = report.problems[0]
+            raise AuditIntegrityError(
+                "the log has a torn last record, and it does not verify without it either "
+                f"(not repaired): {first.message}",
+                index=report.first_bad_entry,
+            )
+        return store.cut_torn_tails()
+
+    def _record_repair(self, cut: TornTail, *, actor: Actor | None) -> AuditReceipt:
+        return self.append(
+            actor=actor or Actor(kind=ActorKind.COORDINATOR, id="coordinator"),
+            action=AuditAction.LOG_REPAIRED,
+            outcome=Outcome.SUCCESS,
+            details={
+                "repaired_file": cut.file.name,
+                "removed_bytes": cut.removed_bytes,
+                "removed_sha256": cut.removed_sha256,
+                "kept_at": cut.kept_at.name,
+                "entries_kept": self._tree.size,
+                "reason": "torn last record (a crash during a write)",
+            },
+        )
 
     # -- writing -------------------------------------------------------------
     def append(
@@ -234,6 +287,23 @@ class AuditLog:
             details=details,
         )
 
+    def sync(self) -> None:
+        """Make every entry and tree head written so far durable (fsync)."""
+        with self._lock:
+            self._check_writable()
+            self._store.sync()
+
+    def entries_newest_first(self) -> Iterator[AuditEntry]:
+        """The log's entries, newest first, read back from the store.
+
+        The coordinator reads the tail once at start, to learn which of its
+        committed records reached the log before a crash.
+        """
+        with self._lock:
+            records = self._store.read_entry_records()
+        for record in reversed(records):
+            yield AuditEntry.model_validate_json(record.rstrip(b"\n"))
+
     def _check_writable(self) -> None:
         if self._closed:
             raise AuditIntegrityError("the audit log is closed")
@@ -245,6 +315,12 @@ class AuditLog:
     def public_key(self) -> Ed25519PublicKey:
         """The key that verifies this log's tree heads."""
         return self._key.public_key()
+
+    @property
+    def latest_tree_head(self) -> SignedTreeHead | None:
+        """The newest signed tree head (what an auditor fetches and keeps)."""
+        with self._lock:
+            return self._latest_sth
 
     @property
     def state(self) -> AuditLogState:

@@ -13,18 +13,38 @@ Two implementations:
   durable before ``append`` returns.  One writer at a time, enforced with an
   exclusive ``flock`` (a second writer would fork the hash chain).
 * :class:`MemoryAuditStore` -- lists in memory, for tests and simulation.
+
+A crash (``kill -9``, power loss) in the middle of a write can leave a last
+record without its newline.  The writer of a JSONL log can cut such a torn
+tail off (:meth:`JsonlAuditStore.cut_torn_tails`): the fragment is first
+copied to ``<file>.torn-<n>`` (evidence is moved aside, never destroyed),
+then the file is truncated to its last whole record.  ``AuditLog.open``
+decides when that is safe and audits it.
+
+A read-only store may run beside a live writer.  It reads the tree heads
+*before* the entries (a head is written after the entries it covers, so every
+head read is covered by the entries read after it), and a last line caught
+half-written is read again a few times before it is reported as torn.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from fedward.compliance.errors import AuditStoreBusy, ComplianceError
 
-__all__ = ["AuditStore", "JsonlAuditStore", "MemoryAuditStore", "tree_head_path"]
+__all__ = ["AuditStore", "JsonlAuditStore", "MemoryAuditStore", "TornTail", "tree_head_path"]
+
+_TORN_REREADS = 5
+"""How often a read-only store rereads a file whose last line is incomplete."""
+_TORN_REREAD_WAIT_S = 0.05
+"""Pause between those rereads: a live writer finishes one line in microseconds."""
 
 
 @runtime_checkable
@@ -43,6 +63,8 @@ class AuditStore(Protocol):
     def append_entry_record(self, record: bytes) -> None: ...
 
     def append_tree_head_record(self, record: bytes) -> None: ...
+
+    def sync(self) -> None: ...
 
     def close(self) -> None: ...
 
@@ -73,8 +95,22 @@ class MemoryAuditStore:
     def append_tree_head_record(self, record: bytes) -> None:
         self.tree_head_records.append(_check_record(record))
 
+    def sync(self) -> None:
+        """Nothing to flush."""
+
     def close(self) -> None:
         """Nothing to release."""
+
+
+@dataclass(frozen=True)
+class TornTail:
+    """A torn last record cut off a log file: which file, how many bytes, their
+    SHA-256, and where the fragment was kept."""
+
+    file: Path
+    removed_bytes: int
+    removed_sha256: str
+    kept_at: Path
 
 
 def tree_head_path(path: Path) -> Path:
@@ -134,12 +170,16 @@ class JsonlAuditStore:
         finally:
             os.close(dir_fd)
 
-    @staticmethod
-    def _read(path: Path) -> list[bytes]:
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            return []
+    def _read(self, path: Path) -> list[bytes]:
+        for attempt in range(_TORN_REREADS if self.read_only else 1):
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                return []
+            if not data or data.endswith(b"\n"):
+                break
+            if attempt + 1 < _TORN_REREADS and self.read_only:
+                time.sleep(_TORN_REREAD_WAIT_S)  # a live writer may be mid-line: look again
         return _split_records(data)
 
     def read_entry_records(self) -> list[bytes]:
@@ -163,6 +203,72 @@ class JsonlAuditStore:
 
     def append_tree_head_record(self, record: bytes) -> None:
         self._write(self._sth_fd, record)
+
+    def sync(self) -> None:
+        """Make every record written so far durable (``fsync`` both files)."""
+        for fd in (self._entry_fd, self._sth_fd):
+            if fd is not None:
+                os.fsync(fd)
+
+    def torn_tails(self) -> list[Path]:
+        """The files (entries, tree heads) whose last record has no newline."""
+        torn = []
+        for path in (self.path, self.sth_path):
+            try:
+                size = path.stat().st_size
+            except FileNotFoundError:
+                continue
+            if size:
+                with path.open("rb") as fh:
+                    fh.seek(size - 1)
+                    if fh.read(1) != b"\n":
+                        torn.append(path)
+        return torn
+
+    def cut_torn_tails(self) -> list[TornTail]:
+        """Cut every torn last record off, keeping each fragment aside first.
+
+        Only the writer may do this (it holds the lock, so no other process is
+        mid-write); the caller checks that the rest of the log verifies.
+        """
+        if self.read_only or self._entry_fd is None:
+            raise ComplianceError(f"{self.path} is open read-only or closed")
+        cuts = []
+        for path in self.torn_tails():
+            data = path.read_bytes()
+            keep = data.rfind(b"\n") + 1
+            fragment = data[keep:]
+            kept_at = self._free_torn_path(path)
+            fd = os.open(kept_at, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                os.write(fd, fragment)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.truncate(path, keep)
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            cuts.append(
+                TornTail(
+                    file=path,
+                    removed_bytes=len(fragment),
+                    removed_sha256=hashlib.sha256(fragment).hexdigest(),
+                    kept_at=kept_at,
+                )
+            )
+        if cuts:
+            self._fsync_dir()
+        return cuts
+
+    @staticmethod
+    def _free_torn_path(path: Path) -> Path:
+        n = 1
+        while (candidate := path.with_name(f"{path.name}.torn-{n}")).exists():
+            n += 1
+        return candidate
 
     def close(self) -> None:
         """Release the files and the writer lock.  Safe to call twice."""

@@ -18,8 +18,17 @@ half.  :func:`verify_log` rereads every record and checks, independently:
 
 What no local check can catch: dropping the newest lines *and* their tree
 heads, or rewriting entries after the last tree head.  Receipts held by
-actors and tree heads copied elsewhere (an auditor, a witness) cover that;
+actors and tree heads copied elsewhere (an auditor, a witness) cover that:
+:func:`latest_tree_head` fetches the newest signed head (the coordinator also
+signs one on a timer and when it stops), and ``verify_log(...,
+trusted_head=head)`` checks a log against a head the auditor kept, so a log
+cut below that head, or rewritten under it, fails
+(``ProblemKind.TRUSTED_HEAD_BEYOND_LOG`` / ``TRUSTED_HEAD_INCONSISTENT``).
 ``VerificationReport.unsigned_entries`` says how many entries are exposed.
+
+Verifying beside a running coordinator is read-only and takes no lock: the
+tree heads are read before the entries, so a head signed meanwhile is never
+"beyond the log" (see :mod:`fedward.compliance.store`).
 """
 
 from __future__ import annotations
@@ -43,6 +52,7 @@ __all__ = [
     "AuditProblem",
     "ProblemKind",
     "VerificationReport",
+    "latest_tree_head",
     "verify_log",
 ]
 
@@ -66,6 +76,9 @@ class ProblemKind(Enum):
     TREE_HEAD_OUT_OF_ORDER = "tree_head_out_of_order"
     TREE_HEAD_BEYOND_LOG = "tree_head_beyond_log"
     TREE_HEAD_INCONSISTENT = "tree_head_inconsistent"
+    TRUSTED_HEAD_INVALID = "trusted_head_invalid"
+    TRUSTED_HEAD_BEYOND_LOG = "trusted_head_beyond_log"
+    TRUSTED_HEAD_INCONSISTENT = "trusted_head_inconsistent"
 
 
 class AuditProblem(BaseModel):
@@ -234,15 +247,53 @@ def _check_tree_heads(records: list[bytes], public_key: Ed25519PublicKey, replay
     return checked
 
 
+def _check_trusted_head(
+    head: SignedTreeHead, public_key: Ed25519PublicKey, replay: _Replay
+) -> None:
+    """Check the log against a tree head the auditor kept from earlier."""
+    tree = replay.tree
+    if not head.verify_signature(public_key):
+        replay.problem(
+            ProblemKind.TRUSTED_HEAD_INVALID, "the trusted tree head's signature does not verify"
+        )
+        return
+    if head.tree_size > tree.size:
+        replay.problem(
+            ProblemKind.TRUSTED_HEAD_BEYOND_LOG,
+            f"a tree head you hold signs {head.tree_size} entries but the log holds "
+            f"{tree.size}: the log was truncated",
+        )
+        return
+    proof = tree.consistency_proof(old_size=head.tree_size, new_size=tree.size)
+    if not merkle.verify_consistency(
+        old_size=head.tree_size,
+        new_size=tree.size,
+        old_root=bytes.fromhex(head.root_hash),
+        new_root=tree.root(),
+        proof=proof,
+    ):
+        replay.problem(
+            ProblemKind.TRUSTED_HEAD_INCONSISTENT,
+            f"the first {head.tree_size} entries differ from the tree head you hold",
+        )
+
+
 def replay_store(
-    store: AuditStore, public_key: Ed25519PublicKey
+    store: AuditStore,
+    public_key: Ed25519PublicKey,
+    *,
+    trusted_head: SignedTreeHead | None = None,
 ) -> tuple[_Replay, VerificationReport]:
     """Verify ``store`` and also return the rebuilt tree, for ``AuditLog`` to
     continue from.  Internal to the package (not in ``__all__``)."""
     replay = _Replay()
+    # Heads first: a live writer appends a head only after the entries it covers.
+    head_records = store.read_tree_head_records()
     entry_records = store.read_entry_records()
     _check_entries(entry_records, replay)
-    checked = _check_tree_heads(store.read_tree_head_records(), public_key, replay)
+    checked = _check_tree_heads(head_records, public_key, replay)
+    if trusted_head is not None:
+        _check_trusted_head(trusted_head, public_key, replay)
     good_heads = [h for h in replay.tree_heads if h.tree_size <= replay.tree.size]
     latest = max(good_heads, key=lambda h: h.tree_size, default=None)
     report = VerificationReport(
@@ -267,24 +318,53 @@ def _public_key(key: Ed25519PublicKey | bytes) -> Ed25519PublicKey:
     raise TypeError("public_key must be an Ed25519PublicKey or its 32 raw bytes")
 
 
+def _open_store(store_or_path: AuditStore | str | os.PathLike[str]) -> AuditStore:
+    if isinstance(store_or_path, str | os.PathLike):
+        path = Path(store_or_path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no audit log at {path}")
+        return JsonlAuditStore(path, read_only=True)
+    return store_or_path
+
+
 def verify_log(
     store_or_path: AuditStore | str | os.PathLike[str],
     public_key: Ed25519PublicKey | bytes,
+    *,
+    trusted_head: SignedTreeHead | None = None,
 ) -> VerificationReport:
     """Verify a whole log (see module doc) and report; never raises on a bad
     log, only on a missing file or an unusable key.
 
     ``store_or_path`` is an :class:`AuditStore` or the path of a JSONL entry
-    file (its tree heads are read from ``<path>.sth``, read-only, no lock).
-    Reading a log that another process is appending to may catch a line
-    half-written and report it as truncated: verify closed logs, or re-run.
+    file (its tree heads are read from ``<path>.sth``, read-only, no lock), so
+    it may run beside the coordinator that writes the log.  ``trusted_head``
+    is a signed tree head the auditor kept (e.g. from :func:`latest_tree_head`
+    yesterday): the log must still contain exactly what it signed.
     """
     key = _public_key(public_key)
-    if isinstance(store_or_path, str | os.PathLike):
-        path = Path(store_or_path)
-        if not path.is_file():
-            raise FileNotFoundError(f"no audit log at {path}")
-        store: AuditStore = JsonlAuditStore(path, read_only=True)
-    else:
-        store = store_or_path
-    return replay_store(store, key)[1]
+    return replay_store(_open_store(store_or_path), key, trusted_head=trusted_head)[1]
+
+
+def latest_tree_head(
+    store_or_path: AuditStore | str | os.PathLike[str],
+    public_key: Ed25519PublicKey | bytes,
+) -> SignedTreeHead | None:
+    """The newest tree head whose signature verifies (``None`` if none does).
+
+    What an auditor fetches and keeps, to detect later that the log was cut
+    below it (``verify_log(..., trusted_head=...)``).  Only the signature is
+    checked here; whether the entries match it is what ``verify_log`` does.
+    """
+    key = _public_key(public_key)
+    newest: SignedTreeHead | None = None
+    for record in _open_store(store_or_path).read_tree_head_records():
+        if not record.endswith(b"\n"):
+            continue
+        try:
+            head = SignedTreeHead.model_validate_json(record[:-1])
+        except (ValidationError, ValueError):
+            continue
+        if head.verify_signature(key) and (newest is None or head.tree_size >= newest.tree_size):
+            newest = head
+    return newest

@@ -45,13 +45,19 @@ from .privacy.events import PrivacyEvent, PrivacyEventKind
 
 __all__ = [
     "AuditRecord",
+    "api_access_denied",
+    "api_auth_failed",
     "device_enrolment",
     "device_revoked",
     "engine_entry",
+    "evaluation_reported",
+    "model_downloaded",
     "privacy_entry",
     "study_created",
     "study_transition",
     "task_not_its_own",
+    "token_issued",
+    "token_revoked",
     "transport_rejected",
     "update_refused_early",
 ]
@@ -194,19 +200,28 @@ def device_enrolment(
     key_sha256: str,
     refusal: str | None,
     impersonation: bool = False,
+    by: str | None = None,
 ) -> AuditRecord:
     """A device enrolled, or was refused (``refusal``); ``impersonation``: the id is
-    enrolled under another key (audited as an authentication failure)."""
+    enrolled under another key (audited as an authentication failure). ``by``: the
+    operator who enrolled it over REST (the actor then), None when the device itself
+    asked over MQTT."""
     details: dict[str, Any] = {
         "device_id": device_id,
         "device_class": device_class,
         "memory_bytes": memory_bytes,
         "key_sha256": key_sha256,
     }
+
+    def entry(action: AuditAction, outcome: Outcome, facts: Mapping[str, Any]) -> AuditRecord:
+        if by is not None:
+            return _operator(action, outcome, by, facts)
+        return _device(action, outcome, device_id, facts)
+
     if refusal is None:
-        return _device(AuditAction.DEVICE_ENROLLED, Outcome.SUCCESS, device_id, details)
+        return entry(AuditAction.DEVICE_ENROLLED, Outcome.SUCCESS, details)
     action = AuditAction.DEVICE_AUTH_FAILED if impersonation else AuditAction.DEVICE_ENROLLED
-    return _device(action, Outcome.DENIED, device_id, {**details, "reason": refusal})
+    return entry(action, Outcome.DENIED, {**details, "reason": refusal})
 
 
 def device_revoked(device_id: str, *, by: str) -> AuditRecord:
@@ -253,6 +268,54 @@ def update_refused_early(
         return _device(AuditAction.UPDATE_REJECTED, Outcome.DENIED, device_id, details)
     return _coordinator(AuditAction.UPDATE_REJECTED, Outcome.DENIED, details)
 
+
+# -- the REST API's own records (fedward.coordinator.api) ---------------------------
+# An operator's actor id is ``<role>:<token id>`` (fedward.coordinator.access.Principal).
+
+
+def api_auth_failed(
+    *, source: str, note: str, failures: int, since: float, claimed_token_id: str | None
+) -> AuditRecord:
+    """Failed bearer authentication from ``source`` (aggregated: first, lockout, summary)."""
+    details: dict[str, Any] = {
+        "source": source[:64],
+        "note": note,
+        "failures": failures,
+        "interval_start": since,
+    }
+    if claimed_token_id is not None:
+        details["claimed_token_id"] = claimed_token_id
+    return _coordinator(AuditAction.API_AUTH_FAILED, Outcome.DENIED, details)
+
+
+def api_access_denied(*, by: str, permission: str, method: str, route: str) -> AuditRecord:
+    """A valid token called a route its role does not allow."""
+    details = {"permission": permission, "method": method[:16], "route": route[:200]}
+    return _operator(AuditAction.API_ACCESS_DENIED, Outcome.DENIED, by, details)
+
+
+def model_downloaded(*, by: str, version: int, model_sha256: str) -> AuditRecord:
+    """An operator downloaded a full model version."""
+    details = {"model_version": version, "model_sha256": model_sha256}
+    return _operator(AuditAction.MODEL_DOWNLOADED, Outcome.SUCCESS, by, details)
+
+
+def evaluation_reported(*, by: str, version: int, accuracy: float) -> AuditRecord:
+    """An evaluator reported a model version's accuracy (one aggregate number)."""
+    details = {"model_version": version, "accuracy": accuracy}
+    return _operator(AuditAction.EVALUATION_REPORTED, Outcome.SUCCESS, by, details)
+
+
+def token_issued(*, by: str, token_id: str, role: str, name: str, expires_at: float) -> AuditRecord:
+    """An admin issued an API token (its id and role; never the secret)."""
+    details = {"token_id": token_id, "role": role, "name": name, "expires_at": expires_at}
+    return _operator(AuditAction.TOKEN_ISSUED, Outcome.SUCCESS, by, details)
+
+
+def token_revoked(*, by: str, token_id: str, role: str) -> AuditRecord:
+    """An admin revoked an API token."""
+    details = {"token_id": token_id, "role": role}
+    return _operator(AuditAction.TOKEN_REVOKED, Outcome.SUCCESS, by, details)
 
 # -- helpers -------------------------------------------------------------------------
 

@@ -91,7 +91,19 @@ class CoordinatorSettings(BaseSettings):
     mqtt: BrokerSettings = BrokerSettings()
     max_message_bytes: Annotated[int, Field(ge=1024, le=2**32 - 1)] = DEFAULT_MAX_MESSAGE_BYTES
     operator_token: SecretStr
-    """Bearer token of the operator API (required, >= 16 characters, not a known default)."""
+    """Bootstrap admin credential of the REST API (required, >= 16 characters, not a known
+    default): it issues role tokens (``fedward tokens issue``, ``POST /v1/tokens``)."""
+    max_body_bytes: Annotated[int, Field(ge=1024, le=16 * 2**20)] = 64 * 1024
+    """Largest REST request body; larger is 413 before anything is parsed."""
+    max_model_bytes: Annotated[int, Field(ge=1024, le=2**32 - 1)] = 64 * 2**20
+    """Largest model (float32 parameters) a study may ask for; refused (422) at creation.
+    A model is also refused if it cannot fit one MQTT message (``max_message_bytes``)."""
+    auth_max_failures: Annotated[int, Field(ge=1, le=10_000)] = 20
+    """Failed authentications per source and interval before the source gets 429."""
+    auth_interval_s: Annotated[float, Field(gt=0, le=86_400)] = 60.0
+    """Interval over which failed authentications are counted and audited once."""
+    auth_lockout_s: Annotated[float, Field(gt=0, le=86_400)] = 300.0
+    """How long a source that failed too often is answered 429."""
     audit_key_password: SecretStr | None = None
     """Passphrase of the audit signing key file, if it is encrypted."""
 

@@ -33,6 +33,7 @@ from fedward.tinytrain.training import LocalTrainConfig
 
 from .engine import Engine, EngineEvent
 from .engine.planning import SubsetMode, SubsetPlanner
+from .errors import CoordinatorError
 from .privacy.guard import PrivacyGuard, PrivacyListener
 from .privacy.settings import StudyPrivacy
 from .strategies import (
@@ -45,6 +46,11 @@ from .strategies import (
     Strategy,
     StrategyName,
 )
+
+
+SAFE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+"""Names and ids an operator gives over the API: no leading ``.``, ``-`` or ``_``,
+so ``.`` and ``..`` (which URLs and paths resolve away) are never an id."""
 
 
 class ClientDPSettings(BaseModel):
@@ -82,7 +88,8 @@ def refuse_renamed_keys(data: object, *, what: str) -> None:
 class StudySpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(default="study", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    # a safe alphabet that starts with a letter or digit: ".." or "-x" never names anything
+    name: str = Field(default="study", min_length=1, max_length=64, pattern=SAFE_ID_PATTERN)
     strategy: StrategyName = StrategyName.FTTE
     subset_mode: SubsetMode = SubsetMode.GLOBAL
     # model
@@ -269,3 +276,62 @@ def build_engine(
             else ()
         ),
     )
+
+# -- the model's size, refused above a limit before anything is built ----------------
+
+
+class ModelTooLarge(CoordinatorError, ValueError):
+    """A study's model would exceed the configured size (``max_model_bytes``)."""
+
+
+BYTES_PER_PARAMETER = 4  # float32, as stored, sent and trained
+
+
+def largest_layer_parameters(spec: StudySpec) -> int:
+    """A lower bound on the parameter count, from arithmetic only (no model is built).
+
+    The MLP's first layer is ``in_channels * window/4 * hidden_0`` weights, the
+    CNN's widest pair of blocks ``c_i * c_(i+1) * 7``: a spec asking for a
+    gigabyte model is refused in microseconds, before torch allocates anything.
+    """
+    sizes = tuple(getattr(spec, "hidden", ()) or ())
+    if spec.model_kind is ModelKind.MLP:
+        first = sizes[0] if sizes else 8 * spec.width
+        down = 4 if spec.window >= 64 else 1
+        return spec.in_channels * (spec.window // down) * first
+    sizes = sizes or (spec.width, 2 * spec.width, 4 * spec.width, 2 * spec.width)
+    pairs = zip((spec.in_channels, *sizes[:-1]), sizes, strict=True)
+    return max(cin * cout * 7 for cin, cout in pairs)
+
+
+def model_bytes(spec: StudySpec) -> int:
+    """The model's exact size in bytes (float32 parameters of the built model)."""
+    shapes = param_shapes(build_model(spec.model_settings(), seed=0))
+    total = 0
+    for shape in shapes.values():
+        count = 1
+        for dim in shape:
+            count *= dim
+        total += count
+    return total * BYTES_PER_PARAMETER
+
+
+def check_model_size(spec: StudySpec, *, max_bytes: int) -> int:
+    """The model's size in bytes; raise :class:`ModelTooLarge` above ``max_bytes``.
+
+    The arithmetic bound runs first, so only a spec that could fit builds a
+    model to be counted exactly.
+    """
+    bound = largest_layer_parameters(spec) * BYTES_PER_PARAMETER
+    if bound > max_bytes:
+        raise ModelTooLarge(
+            f"the model would hold at least {bound} bytes of parameters; "
+            f"the limit is {max_bytes} (max_model_bytes)"
+        )
+    size = model_bytes(spec)
+    if size > max_bytes:
+        raise ModelTooLarge(
+            f"the model holds {size} bytes of parameters; the limit is {max_bytes} "
+            "(max_model_bytes)"
+        )
+    return size

@@ -19,7 +19,7 @@ from typing import Self
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from fedward.compliance import AuditLog, load_or_create_signing_key
+from fedward.compliance import AuditLog, SignedTreeHead, load_or_create_signing_key
 from fedward.coordinator.audit import AuditRecord
 from fedward.coordinator.errors import CoordinatorError
 from fedward.coordinator.migrations import upgrade_to_head
@@ -192,3 +192,17 @@ class ServiceCore:
     def _audit(self, entry: AuditRecord, *, study_id: str | None) -> None:
         """Append an entry formatted by ``fedward.coordinator.audit`` (the one place)."""
         self._trail.write(entry, study_id=study_id)
+
+    def record_audit(self, entry: AuditRecord, *, study_id: str | None = None) -> None:
+        """Append an entry the API decided (failed logins, downloads, tokens)."""
+        with self._lock:
+            if self._closed:
+                raise CoordinatorError("the study service is closed")
+            self._audit(entry, study_id=study_id)
+
+    def sign_audit_head(self) -> SignedTreeHead:
+        """Sign a tree head over the audit log now (an auditor asks for a fresh one)."""
+        with self._lock:
+            if self._closed:
+                raise CoordinatorError("the study service is closed")
+            return self._trail.sign_tree_head()

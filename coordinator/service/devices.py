@@ -19,8 +19,11 @@ from .views import DeviceInfo
 
 
 class DeviceCalls(ServiceCore):
-    def enrol(self, study_id: str, msg: Enrol) -> EnrolAck:
-        """Admit a device (idempotent for the same key); refusals are acks, not errors."""
+    def enrol(self, study_id: str, msg: Enrol, *, by: str | None = None) -> EnrolAck:
+        """Admit a device (idempotent for the same key); refusals are acks, not errors.
+
+        ``by``: the operator enrolling it over REST (the audit's actor); None when the
+        device asked itself."""
         with self._lock:
             study = self._studies.get(study_id)
             if study is None or msg.study_id != study_id:
@@ -32,6 +35,7 @@ class DeviceCalls(ServiceCore):
                 device_class=msg.device_class.value,
                 memory_bytes=msg.memory_bytes,
                 key_sha256=digest(msg.public_key),
+                by=by,
             )
             if refusal is not None:
                 entry = enrolment(

@@ -22,6 +22,7 @@ from fedward.compliance import (
     AuditLog,
     ForbiddenAuditContent,
     Outcome,
+    SignedTreeHead,
 )
 from fedward.coordinator.audit import AuditRecord
 
@@ -51,6 +52,9 @@ class AuditTrail:
 
     def close(self) -> None:
         self._log.close()
+
+    def sign_tree_head(self) -> SignedTreeHead:
+        return self._log.sign_tree_head()
 
     def write(self, entry: AuditRecord, *, study_id: str | None) -> None:
         """Append an entry built by ``fedward.coordinator.audit``."""

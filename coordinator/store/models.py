@@ -195,3 +195,19 @@ class RejectionCounterRow(Base):
     )
     reason: Mapped[RejectReason] = mapped_column(_enum(RejectReason), primary_key=True)
     count: Mapped[int] = mapped_column(BigInteger)
+
+
+class ApiTokenRow(Base):
+    """A REST API token: only the SHA-256 of its secret is kept (fedward.coordinator.access)."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[str] = mapped_column(String(ID_LEN), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(ID_LEN))
+    secret_sha256: Mapped[str] = mapped_column(String(SHA_LEN))
+    created_at: Mapped[float] = mapped_column(Double)
+    created_by: Mapped[str] = mapped_column(String(128))
+    expires_at: Mapped[float] = mapped_column(Double)
+    revoked_at: Mapped[float | None] = mapped_column(Double)
+    revoked_by: Mapped[str | None] = mapped_column(String(128))
