@@ -18,7 +18,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
 
 from fedward.coordinator.errors import CoordinatorError
 from fedward.coordinator.service import (
@@ -38,6 +37,12 @@ log = logging.getLogger(__name__)
 class ErrorCode(enum.StrEnum):
     VALIDATION_ERROR = "validation_error"
     UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"
+    BODY_TOO_LARGE = "body_too_large"
+    TOO_MANY_FAILURES = "too_many_failures"
+    TOKEN_NOT_FOUND = "token_not_found"
+    NO_TREE_HEAD = "no_tree_head"
+    MODEL_TOO_LARGE = "model_too_large"
     NOT_FOUND = "not_found"
     STUDY_NOT_FOUND = "study_not_found"
     DEVICE_NOT_FOUND = "device_not_found"
@@ -81,10 +86,13 @@ def error_response(
 def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI documentation of the error responses a route can give."""
     descriptions = {
-        401: "Missing or wrong operator token",
-        404: "Study, device, model version or privacy policy not found",
+        401: "Missing, wrong, expired or revoked token",
+        403: "The token's role may not call this route",
+        404: "Study, device, model version, privacy policy, token or tree head not found",
         409: "Conflict with the study's current state",
+        413: "Request body larger than the coordinator accepts",
         422: "Malformed input",
+        429: "Too many failed logins from this source (see Retry-After)",
         503: "Not ready",
     }
     return {s: {"model": ErrorBody, "description": descriptions[s]} for s in statuses}
@@ -102,6 +110,7 @@ _SERVICE_ERRORS: tuple[tuple[type[ServiceError], int, ErrorCode], ...] = (
 
 _HTTP_CODES = {
     401: ErrorCode.UNAUTHORIZED,
+    403: ErrorCode.FORBIDDEN,
     404: ErrorCode.NOT_FOUND,
     405: ErrorCode.METHOD_NOT_ALLOWED,
     422: ErrorCode.VALIDATION_ERROR,
@@ -122,13 +131,10 @@ def _validation_detail(exc: RequestValidationError) -> list[dict[str, Any]]:
 
 
 def _allowed_methods(request: Request) -> list[str]:
-    """Every method any route serves on this path (Starlette names only the first route's)."""
-    methods: set[str] = set()
-    for route in request.app.routes:
-        match, _ = route.matches({**request.scope, "method": "__NONE__"})
-        if match is not Match.NONE:
-            methods |= set(getattr(route, "methods", None) or ())
-    return sorted(methods)
+    """Every method any route serves on this path (Starlette names only the first route's;
+    the app's route table is flat, FastAPI's nested routers are not)."""
+    table = getattr(request.app.state, "route_table", None)
+    return table.allowed_methods(request.url.path) if table is not None else []
 
 
 def install_error_handlers(app: FastAPI) -> None:

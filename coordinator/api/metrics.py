@@ -20,10 +20,18 @@ from ..service import StudyNotFound, StudyService, StudyStatus
 
 
 class ServiceCollector(Collector):
-    """Per-study counters and gauges of a :class:`StudyService`."""
+    """Per-study counters and gauges of a :class:`StudyService`.
 
-    def __init__(self, source: Callable[[], StudyService | None]) -> None:
+    ``per_study=False`` sums every series over the studies and drops the
+    ``study`` label: what an anonymous scrape of ``/metrics`` gets, so study
+    ids are shown only to a token that may read them (``metrics:read``).
+    """
+
+    def __init__(
+        self, source: Callable[[], StudyService | None], *, per_study: bool = True
+    ) -> None:
         self._source = source
+        self._per_study = per_study
 
     def _statuses(self) -> Iterator[tuple[str, StudyStatus]]:
         service = self._source()
@@ -36,6 +44,14 @@ class ServiceCollector(Collector):
                 continue
 
     def collect(self) -> Iterator[Metric]:
+        families = list(self._collect())
+        if self._per_study:
+            yield from families
+            return
+        for family in families:
+            yield _without_study(family)
+
+    def _collect(self) -> Iterator[Metric]:
         accepted = CounterMetricFamily(
             "fedward_updates_accepted", "Updates accepted by the engine.", labels=["study"]
         )
@@ -87,8 +103,24 @@ class ServiceCollector(Collector):
         )  # fmt: skip
 
 
-def metrics_registry(source: Callable[[], StudyService | None]) -> CollectorRegistry:
+def _without_study(family: Metric) -> Metric:
+    """The family summed over studies, without the ``study`` label."""
+    totals: dict[tuple[tuple[str, str], ...], float] = {}
+    names: dict[tuple[tuple[str, str], ...], str] = {}
+    for sample in family.samples:
+        labels = tuple(sorted((k, v) for k, v in sample.labels.items() if k != "study"))
+        totals[labels] = totals.get(labels, 0.0) + sample.value
+        names[labels] = sample.name
+    out = Metric(family.name, family.documentation, family.type)
+    for labels, value in totals.items():
+        out.add_sample(names[labels], dict(labels), value)
+    return out
+
+
+def metrics_registry(
+    source: Callable[[], StudyService | None], *, per_study: bool = True
+) -> CollectorRegistry:
     """A fresh registry holding only this service's metrics."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ServiceCollector(source))
+    registry.register(ServiceCollector(source, per_study=per_study))
     return registry

@@ -18,10 +18,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from fedward.coordinator.service import STUDY_ID_PATTERN
-from fedward.coordinator.study_spec import StudySpec
-from fedward.protocol.ids import Id
-from fedward.protocol.messages import DeviceClass, PosInt
+from fedward.coordinator.study_spec import SAFE_ID_PATTERN, StudySpec
+from fedward.protocol.messages import DeviceClass
 
 
 def _numeric_kinds(annotation: Any) -> set[type]:
@@ -37,7 +35,17 @@ def _numeric_kinds(annotation: Any) -> set[type]:
     return {annotation} & {int, float}
 
 
-class _NoCoercion(BaseModel):
+MAX_JSON_INT = 2**53
+"""No integer of a request body exceeds this (the largest every JSON reader holds exactly)."""
+
+MAX_MEMORY_BYTES = 2**44
+"""A device's memory budget over REST: 16 TiB is beyond any device that enrols."""
+
+SafeId = Annotated[str, Field(pattern=SAFE_ID_PATTERN)]
+"""A device or study id given over REST: starts with a letter or digit (never ``..``)."""
+
+
+class NoCoercion(BaseModel):
     """Refuse booleans and strings where a field wants a number."""
 
     @model_validator(mode="before")
@@ -51,6 +59,9 @@ class _NoCoercion(BaseModel):
             value = data[name]
             if isinstance(value, bool | str):
                 raise ValueError(f"{name} must be a JSON number, not {type(value).__name__}")
+            if isinstance(value, int) and abs(value) > MAX_JSON_INT:
+                # A backstop for a field without its own cap (2**63 overflowed BIGINT: a 500).
+                raise ValueError(f"{name} must be within +-2**53")
         return data
 
 
@@ -85,7 +96,7 @@ def _cap(name: str, **bounds: Any) -> Any:
     return Field(default=StudySpec.model_fields[name].default, **bounds)
 
 
-class StrictStudySpec(_NoCoercion, StudySpec):
+class StrictStudySpec(NoCoercion, StudySpec):
     """``StudySpec`` as accepted over HTTP: no numeric coercion, and upper bounds.
 
     Why bounds here: an authenticated but careless (or compromised) operator
@@ -134,23 +145,23 @@ class StudyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     spec: StrictStudySpec = StrictStudySpec()
-    study_id: Annotated[str, Field(pattern=STUDY_ID_PATTERN)] | None = None
+    study_id: SafeId | None = None
     """Leave empty to get ``<name>-<random>``."""
 
 
-class EnrolRequest(_NoCoercion):
+class EnrolRequest(NoCoercion):
     """The fields of a protocol ``Enrol`` message (the study comes from the path)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    device_id: Id
+    device_id: SafeId
     device_class: DeviceClass
-    memory_bytes: PosInt
+    memory_bytes: Annotated[int, Field(ge=1, le=MAX_MEMORY_BYTES)]
     public_key: Base64Key
     """Ed25519 raw public key, 32 bytes, base64."""
 
 
-class EvaluationReport(_NoCoercion):
+class EvaluationReport(NoCoercion):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     version: Annotated[int, Field(ge=0, le=2**31 - 1)]

@@ -262,8 +262,12 @@ def test_metrics_report_the_service_counters(client, auth, service, fleet) -> No
     service.submit_update("s1", fleet.train(outs[0]))
     service.submit_update("s1", b"junk")
     # Execute
-    body = client.get("/metrics").text
+    body = client.get("/metrics", headers=auth).text
+    anonymous = client.get("/metrics").text
     # Assert
+    assert "s1" not in anonymous  # no study ids to anyone unauthenticated
+    assert "fedward_updates_accepted_total 1.0" in anonymous
+    assert 'fedward_updates_rejected_total{reason="malformed"} 1.0' in anonymous
     assert 'fedward_updates_accepted_total{study="s1"} 1.0' in body
     assert 'fedward_updates_rejected_total{reason="malformed",study="s1"} 1.0' in body
     assert 'fedward_tasks_dispatched_total{study="s1"} 2.0' in body

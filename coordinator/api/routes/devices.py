@@ -7,13 +7,15 @@ from fastapi import APIRouter, status
 from fedward.coordinator.service import DeviceInfo
 from fedward.protocol.messages import Enrol
 
-from ..deps import OperatorDep, ServiceDep
+from ..deps import DevicesRead, DevicesWrite, ServiceDep
 from ..errors import ApiError, ErrorCode, responses
 from ..schemas import EnrolRequest
 from .common import DeviceIdPath, StudyIdPath
 
 router = APIRouter(
-    prefix="/studies/{study_id}/devices", tags=["devices"], responses=responses(401, 404, 422)
+    prefix="/studies/{study_id}/devices",
+    tags=["devices"],
+    responses=responses(401, 403, 404, 413, 422, 429),
 )
 
 
@@ -25,7 +27,7 @@ router = APIRouter(
     summary="Enrol a device (same key again is idempotent; a refusal is 409)",
 )
 def enrol(
-    study_id: StudyIdPath, body: EnrolRequest, service: ServiceDep, _: OperatorDep
+    study_id: StudyIdPath, body: EnrolRequest, service: ServiceDep, caller: DevicesWrite
 ) -> DeviceInfo:
     service.study(study_id)  # 404 before anything else
     ack = service.enrol(
@@ -37,6 +39,7 @@ def enrol(
             memory_bytes=body.memory_bytes,
             public_key=body.public_key,
         ),
+        by=caller.actor_id,
     )
     if not ack.accepted:
         raise ApiError(409, ErrorCode.ENROL_REFUSED, ack.reason)
@@ -44,7 +47,7 @@ def enrol(
 
 
 @router.get("", response_model=list[DeviceInfo], summary="List a study's devices")
-def list_devices(study_id: StudyIdPath, service: ServiceDep, _: OperatorDep) -> list[DeviceInfo]:
+def list_devices(study_id: StudyIdPath, service: ServiceDep, _: DevicesRead) -> list[DeviceInfo]:
     return service.list_devices(study_id)
 
 
@@ -54,6 +57,6 @@ def list_devices(study_id: StudyIdPath, service: ServiceDep, _: OperatorDep) -> 
     summary="Revoke a device for good (its task in flight fails)",
 )
 def revoke(
-    study_id: StudyIdPath, device_id: DeviceIdPath, service: ServiceDep, operator: OperatorDep
+    study_id: StudyIdPath, device_id: DeviceIdPath, service: ServiceDep, caller: DevicesWrite
 ) -> DeviceInfo:
-    return service.revoke(study_id, device_id, by=operator)
+    return service.revoke(study_id, device_id, by=caller.actor_id)

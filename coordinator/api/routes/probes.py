@@ -2,7 +2,9 @@
 
 ``/healthz`` says only that the process answers; ``/readyz`` that the database
 answers and its schema is at the newest migration (a coordinator on an old
-schema must not take traffic); ``/metrics`` exposes counters, never data.
+schema must not take traffic); ``/metrics`` exposes counters, never data:
+summed over studies without a token, per study (ids as labels) with a token
+that holds ``metrics:read`` (a wrong token is 401 and counts as a failed login).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import logging
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from fedward.coordinator.access import Permission, Principal
 from fedward.coordinator.migrations import is_at_head
 
 from ..errors import ApiError, ErrorCode, responses
@@ -51,7 +54,10 @@ def readyz(request: Request) -> Health:
     "/metrics",
     response_class=Response,
     responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
-    summary="Prometheus metrics of this coordinator",
+    summary="Prometheus metrics (per study with a metrics:read token, totals without)",
 )
 def metrics(request: Request) -> Response:
-    return Response(generate_latest(request.app.state.metrics), media_type=CONTENT_TYPE_LATEST)
+    principal = getattr(request.state, "principal", None)  # set by the access middleware
+    allowed = isinstance(principal, Principal) and principal.may(Permission.METRICS_READ)
+    registry = request.app.state.metrics if allowed else request.app.state.public_metrics
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
