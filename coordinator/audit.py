@@ -325,6 +325,49 @@ def _mechanism(event: PrivacyEvent, *, step: Any, epsilon: float) -> dict[str, A
     policy = event.policy
     return dict(
         privacy_details(
+
+# -- the wire's authentication decisions ------------------------------------------------
+
+ANONYMOUS = "anonymous"
+
+
+def wire_refused(
+    *,
+    sender: str | None,
+    reason: str,
+    detail: str,
+    claimed_device_id: str | None,
+    topic_kind: str | None,
+    count: int = 1,
+) -> AuditRecord:
+    """A message refused on the wire: unsigned, forged, replayed, not enrolled, rate-limited,
+    bad chunks. ``sender`` is the authenticated device, or None: then the actor is
+    anonymous and the id the topic claimed is only a detail, never the actor (no
+    entry in a victim's name). ``count`` > 1 summarises a burst (rate-limited audit)."""
+    details: dict[str, Any] = {"wire_reason": reason[:64], "detail": detail[:200]}
+    if topic_kind:
+        details["topic_kind"] = topic_kind[:32]
+    if claimed_device_id:
+        details["claimed_device_id"] = claimed_device_id[:64]
+    if count != 1:
+        details["count"] = count
+    if sender:
+        return _device(AuditAction.DEVICE_AUTH_FAILED, Outcome.DENIED, sender, details)
+    return _entry(
+        AuditAction.DEVICE_AUTH_FAILED, Outcome.DENIED, ActorKind.ANONYMOUS, ANONYMOUS, details
+    )
+
+
+def enrolment_secret_issued(
+    *, device_id: str, by: str, expires_at: int, secret_sha256: str
+) -> AuditRecord:
+    """An operator issued a one-time enrolment secret for ``device_id`` (its hash, not it)."""
+    details = {"device_id": device_id, "expires_at": expires_at, "secret_sha256": secret_sha256}
+    return _operator(
+        AuditAction.DEVICE_ENROLLED, Outcome.SUCCESS, by, {**details, "step": "secret_issued"}
+    )
+
+
             noise_multiplier=step.noise_multiplier,
             clip_norm=event.clip_norm,
             sample_rate=step.sample_rate,

@@ -141,3 +141,18 @@ class CoordinatorSettings(BaseSettings):
     @property
     def signing_key_path(self) -> Path:
         return self.data_dir / "keys" / "audit-signing-key.pem"
+
+    @property
+    def wire_key_path(self) -> Path:
+        """The coordinator's Ed25519 key for downlink messages (devices pin its public half)."""
+        return self.data_dir / "keys" / "wire-signing-key.pem"
+
+    @property
+    def enrolment_key_path(self) -> Path:
+        """The master key operator-issued enrolment secrets are derived from."""
+        return self.data_dir / "keys" / "enrolment.key"
+
+    @property
+    def wire_state_dir(self) -> Path:
+        """The downlink counter and the highest counter seen per device (replay window)."""
+        return self.data_dir / "wire"

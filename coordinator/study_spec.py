@@ -124,6 +124,9 @@ class StudySpec(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
+    # the largest sample count one update may claim (public: devices and auditors see it);
+    # an update claiming more is refused, so no device can buy merge weight with a number
+    max_samples_per_update: int = Field(default=10_000, ge=1)
     def _no_renamed_keys(cls, data: Any) -> Any:
         refuse_renamed_keys(data, what="study spec")
         return data

@@ -28,8 +28,15 @@ Why each piece:
 * Every incoming message is decoded strictly, its topic parsed and the route
   checked; anything else is counted in :attr:`AgentStats.rejected` and
   dropped. A bad message never raises into the transport.
-* The Enrol carries the device's Ed25519 public key; the contract has no
-  signature field yet, so proof of possession is left for a protocol change.
+* Trust (:mod:`fedward.edge.trust`): with an operator-issued enrolment secret
+  (or a coordinator key pinned by an earlier run) every message the agent sends
+  is signed with its key and a counter, and it acts only on messages signed by
+  the coordinator key it pinned at enrolment: a forged Task, model frame or Ack
+  is counted in :attr:`AgentStats.rejected` and dropped. An enrolment the
+  coordinator refuses (revoked, unknown, no valid secret) stops the agent with
+  the coordinator's reason (:attr:`EdgeAgent.refused`), instead of retrying.
+* Heartbeats list the tasks the agent holds (queued, training, in the outbox),
+  so the coordinator frees a task this agent lost (a restart) at once.
 """
 
 from __future__ import annotations
@@ -50,6 +57,7 @@ import numpy as np
 from fedward.errors import EdgeError
 from fedward.protocol.errors import ProtocolError
 from fedward.protocol.messages import (
+    MAX_HELD_TASKS,
     Ack,
     DeviceStatus,
     Enrol,
@@ -67,12 +75,13 @@ from fedward.protocol.transport import Transport
 from fedward.tinytrain.models import Params, build_model, param_shapes
 from fedward.tinytrain.training import LocalTrainConfig
 
-from .budget import DeviceBudget, TaskRefused, run_dp_task
+from .budget import DeviceBudget, TaskRefused, check_plain_task, run_dp_task
 from .dataset import LocalDataset
 from .identity import DeviceIdentity
 from .local import LocalOutcome, LocalTask, run_local_task
 from .outbox import Outbox
 from .settings import AgentSettings
+from .trust import AgentTrust
 from .updates import encode_update, update_header
 
 log = logging.getLogger(__name__)
@@ -230,6 +239,17 @@ class EdgeAgent:
         self.status = DeviceStatus.IDLE
         self.enrolled = threading.Event()
         self.refused: str | None = None
+        secret = settings.enrolment_secret.get_secret_value() if settings.enrolment_secret else None
+        self.trust: AgentTrust | None = None
+        if AgentTrust.configured(settings.state_dir, secret):
+            self.trust = AgentTrust(
+                identity=identity,
+                study_id=settings.study_id,
+                state_dir=settings.state_dir,
+                secret=secret,
+                max_message_bytes=settings.max_message_bytes,
+            )
+        self._held: set[str] = set()  # tasks queued or training (the outbox holds the rest)
         self._tasks: queue.Queue[Task | None] = queue.Queue()
         self._seen: OrderedDict[str, None] = OrderedDict()
         # Entries left by an earlier run are due at once; an entry with no send time
@@ -286,9 +306,16 @@ class EdgeAgent:
     # -- outgoing -------------------------------------------------------------
 
     def _publish(self, kind: TopicKind, frame: bytes, *, qos: int = 1) -> bool:
-        try:
-            self.transport.publish(self._topic(kind), frame, qos=qos)
+        topic = self._topic(kind)
+
+        def send(payload: bytes) -> bool:
+            self.transport.publish(topic, payload, qos=qos)
             return True
+
+        try:
+            if self.trust is not None:
+                return self.trust.sign_and_send(frame, send)
+            return send(frame)
         except ProtocolError as exc:  # TransportError (offline, broker refused, paho's errors)
             self._publish_failed = True  # maintenance resends once connected again
             log.info("%s: publish on %s failed: %s", self.settings.device_id, kind, exc)
@@ -303,12 +330,17 @@ class EdgeAgent:
             device_class=s.device_class,
             memory_bytes=s.memory_bytes,
             public_key=self.identity.public_key,
+            ticket=self.trust.ticket() if self.trust is not None else None,
         )
         self._publish(TopicKind.ENROL, encode_frame(message))
 
     def _heartbeat(self) -> None:
         self._last_heartbeat = self.clock()
-        message = Heartbeat(device_id=self.settings.device_id, status=self.status)
+        with self._lock:
+            held = sorted(self._held | set(self.outbox.task_ids()))[:MAX_HELD_TASKS]
+        message = Heartbeat(
+            device_id=self.settings.device_id, status=self.status, tasks=tuple(held)
+        )
         if self._publish(TopicKind.HEARTBEAT, encode_frame(message), qos=0):
             self.stats.heartbeats += 1
 
@@ -336,6 +368,8 @@ class EdgeAgent:
     def _on_message(self, topic: str, payload: bytes) -> None:
         try:
             info = parse_topic(topic)
+            if self.trust is not None:
+                payload = self.trust.open(payload, device_id=info.device_id).frame
             message, tensors = decode_frame(payload, max_bytes=self.settings.max_message_bytes)
             check_route(info, message)
             if info.study_id != self.settings.study_id or info.device_id not in (
@@ -365,7 +399,17 @@ class EdgeAgent:
             self._sent_at.pop(message.task_id, None)
         elif isinstance(message, EnrolAck):
             if not message.accepted:
+                # The coordinator's word (signed by the pinned key, or proven by the
+                # secret, or, before any key is pinned, at worst what dropping our
+                # messages would do): stop instead of retrying forever.
                 self.refused = message.reason or "refused"
+                log.error(
+                    "%s: enrolment refused by the coordinator: %s; the agent stops",
+                    self.settings.device_id,
+                    self.refused,
+                )
+            else:
+                self._last_heartbeat = -float("inf")  # tell it at once which tasks we hold
             self.enrolled.set()
         elif isinstance(message, ErrorMessage):
             self.stats.errors_received[message.code.value] += 1
@@ -383,10 +427,14 @@ class EdgeAgent:
             self._seen[task.task_id] = None
             while len(self._seen) > self.settings.seen_task_ids:
                 self._seen.popitem(last=False)
+        if self.trust is not None:
+            self.trust.remember_downlink()  # a replayed task is refused after a restart too
         self.stats.tasks_received += 1
         if task.task_id in self.outbox:  # trained before a restart: deliver, not retrain
             self.resend_outbox()
             return
+        with self._lock:
+            self._held.add(task.task_id)
         self._tasks.put(task)
 
     # -- worker thread ----------------------------------------------------------
@@ -402,10 +450,19 @@ class EdgeAgent:
                 log.exception("%s: task %s failed", self.settings.device_id, task.task_id)
                 self.stats.tasks_abandoned += 1
             finally:
+                with self._lock:
+                    self._held.discard(task.task_id)
                 self.status = DeviceStatus.IDLE
 
     def _run_task(self, task: Task) -> None:
         s = self.settings
+        try:  # a coordinator must not bypass the device's DP by leaving dp out
+            check_plain_task(
+                task, has_budget=self.budget is not None, allow_plain=s.allow_plain_tasks
+            )
+        except TaskRefused as refusal:
+            self._refuse(task, refusal)
+            return
         if task.dp is not None and self.budget is None:
             # Training without the noise the task demands would break its promise, and
             # without a budget of its own the device cannot judge what it may spend.
@@ -486,9 +543,7 @@ class EdgeAgent:
         """
         log.info("%s: refusing task %s: %s", self.settings.device_id, task.task_id, refusal)
         self.stats.tasks_refused += 1
-        message = ErrorMessage(
-            code=ErrorCode.BUDGET_EXHAUSTED, detail=f"{task.task_id} {refusal}"[:1000]
-        )
+        message = ErrorMessage(code=refusal.code, detail=f"{task.task_id} {refusal}"[:1000])
         self._publish(TopicKind.HEARTBEAT, encode_frame(message))
 
     # -- maintenance thread -----------------------------------------------------
@@ -514,6 +569,8 @@ class EdgeAgent:
                 elif self._publish_failed and epoch[0]:
                     self._publish_failed = False
                     self.resend_outbox()
+                if self.refused is not None:
+                    continue  # refused for good: no more enrolments, heartbeats or resends
                 if not self.enrolled.is_set() and now - self._last_enrol >= s.enrol_retry_s:
                     self._enrol()
                 if self.enrolled.is_set() and now - self._last_heartbeat >= s.heartbeat_interval_s:

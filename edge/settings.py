@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from fedward.privacy.accounting import Accountant
 from fedward.privacy.budget import BudgetPolicy
@@ -53,6 +53,14 @@ class AgentSettings(BaseModel):
     dp_max_physical_batch_size: Annotated[int, Field(ge=1)] = 16
     """Micro-batch cap of DP-SGD on this device (its memory, not the study's choice)."""
     # timing
+    allow_plain_tasks: bool = False
+    """With a DP budget, also train tasks that carry no DP (the owner's choice; off:
+    such a task is refused with ``ErrorCode.DP_REQUIRED``, see :mod:`fedward.edge.budget`)."""
+    # trust on the wire (fedward.protocol.signing, fedward.protocol.enrolment)
+    enrolment_secret: SecretStr | None = None
+    """The operator-issued one-time secret for this device id. With it (or once a
+    coordinator key is pinned in ``state_dir``) every message the agent sends is
+    signed and every message it takes must be signed by the pinned coordinator."""
     heartbeat_interval_s: PosFloat = 10.0
     enrol_retry_s: PosFloat = 5.0
     resend_after_s: PosFloat = 30.0

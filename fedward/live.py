@@ -40,6 +40,7 @@ import numpy as np
 from pydantic import SecretStr
 
 from fedward.coordinator.mqtt.bridge import StudyBridge
+from fedward.coordinator.mqtt.security import WireSecurity
 from fedward.coordinator.service import ServiceError, StudyService
 from fedward.coordinator.settings import CoordinatorSettings
 from fedward.edge.agent import EdgeAgent
@@ -84,17 +85,29 @@ class BrokerAddress:
     port: int
     protocol: MqttProtocol = MqttProtocol.MQTT5
 
+    tls: bool = False
     @property
     def url(self) -> str:
-        return f"mqtt://{self.host}:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
 
 def parse_broker_url(url: str, *, protocol: MqttProtocol = MqttProtocol.MQTT5) -> BrokerAddress:
-    """``mqtt://host[:port]`` (port 1883 by default); TLS URLs are not wired here yet."""
+    """``mqtt://host[:port]`` (port 1883) or ``mqtts://host[:port]`` (TLS, port 8883).
+
+    With ``mqtts`` the caller gives the TLS files (``TlsSettings``: the study CA,
+    and the client's certificate and key for mutual TLS).
+    """
     parsed = urlparse(url)
-    if parsed.scheme != "mqtt" or not parsed.hostname:
-        raise LiveError(f"broker URL must look like mqtt://host:port, got {url!r}")
-    return BrokerAddress(parsed.hostname, parsed.port or 1883, protocol)
+    if parsed.scheme not in ("mqtt", "mqtts") or not parsed.hostname:
+        raise LiveError(
+            f"broker URL must look like mqtt://host:port or mqtts://host:port, got {url!r}"
+        )
+    tls = parsed.scheme == "mqtts"
+    try:
+        port = parsed.port or (8883 if tls else 1883)
+    except ValueError:
+        raise LiveError(f"broker URL has an invalid port: {url!r}") from None
+    return BrokerAddress(parsed.hostname, port, protocol, tls)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -253,6 +266,7 @@ class LiveStudy:
         self.bridge: StudyBridge | None = None
         self.coordinator_transport: MqttTransport | None = None
         self.agents: list[EdgeAgent] = []
+        self.security: WireSecurity | None = None
         self.series: list[dict[str, float]] = []
         self._evaluated = -1
         self._eval_model = build_model(self.model_config, seed=scenario.seed)
@@ -348,6 +362,9 @@ class LiveStudy:
         self.coordinator_transport = self._mqtt(f"coord.{self.study_id}")
         self.bridge = StudyBridge(
             self.service,
+        # Signed both ways, as `fedward coordinator serve`: each agent gets an
+        # operator-issued enrolment secret below and pins this coordinator's key.
+        self.security = WireSecurity.from_settings(settings)
             self.coordinator_transport,
             study_id=self.study_id,
             dispatch_interval_s=0.5,
@@ -356,6 +373,7 @@ class LiveStudy:
             on_reject=self.service.transport_rejected,
         )
         self.bridge.start()
+            security=self.security,
         self.coordinator_transport.connect()
 
     def _pace(self, device: SimDevice, samples: int) -> Callable[[Task, int], float] | None:
@@ -413,6 +431,9 @@ class LiveStudy:
             identity=load_or_create_identity(settings.state_dir, device_id=device_id),
             dataset=dataset,
             rng=random.Random(seed),
+        if self.service is not None and not (settings.state_dir / "coordinator.pub").exists():
+            secret = self.service.issue_enrolment_secret(self.study_id, device_id, by="fedward-up")
+            settings = settings.model_copy(update={"enrolment_secret": SecretStr(secret)})
             pace=pace,
         )
 

@@ -3,6 +3,12 @@
 Anything malformed becomes ``UpdateRejected(MALFORMED)`` with the decoder's
 reason, so the caller can count and audit it like any other rejection.
 
+Bounds an authenticated device still cannot cross: every tensor is float32
+(the dtype the task's model has; a float64, float16, integer or bool delta is
+refused, never cast), and ``num_samples`` is at most the study's declared
+``max_samples_per_update`` (the count multiplies an update's merge weight, so an
+unbounded count let one update outweigh the rest of the buffer).
+
 The header's ``update_energy`` is checked against the tensors it came with:
 FTTE's energy term weighs an update by that number, so a device that
 under-reports it would slip a divergent update past the damping. (Under secure
@@ -14,6 +20,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
+import numpy as np
 
 from fedward.protocol.errors import ProtocolError
 from fedward.protocol.messages import PrivacyReport, Update, decode_frame, update_energy
@@ -30,7 +38,13 @@ class IncomingUpdate:
     wire_bytes: int
 
 
-def decode_update(frame: bytes, *, max_bytes: int) -> IncomingUpdate:
+TASK_DTYPE = np.dtype(np.float32)
+"""The dtype of every model tensor, hence of every delta a task asks for."""
+
+
+def decode_update(
+    frame: bytes, *, max_bytes: int, max_samples: int | None = None
+) -> IncomingUpdate:
     try:
         header, tensors = decode_frame(frame, max_bytes=max_bytes)
     except ProtocolError as exc:
@@ -38,6 +52,21 @@ def decode_update(frame: bytes, *, max_bytes: int) -> IncomingUpdate:
     if not isinstance(header, Update):
         raise UpdateRejected(RejectReason.MALFORMED, f"expected an update, got {header.kind}")
     measured = update_energy(tensors)
+    for name, tensor in tensors.items():
+        if tensor.dtype != TASK_DTYPE:
+            raise UpdateRejected(
+                RejectReason.MALFORMED,
+                f"tensor {name[:64]!r} is {tensor.dtype}, the task's model is {TASK_DTYPE}",
+            )
+    if (
+        max_samples is not None
+        and header.num_samples is not None
+        and header.num_samples > max_samples
+    ):
+        raise UpdateRejected(
+            RejectReason.BAD_SAMPLE_COUNT,
+            f"num_samples {header.num_samples} > the study's cap {max_samples}",
+        )
     # Same float32 values summed in float64 on both sides: equal up to summation order.
     if not math.isclose(header.update_energy, measured, rel_tol=1e-6, abs_tol=1e-12):
         raise UpdateRejected(

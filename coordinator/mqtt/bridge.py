@@ -28,13 +28,28 @@ burst of queued messages, at most ``dispatch_batch`` apart: each dispatch is a
 service transaction) and on a timer, and ``service.task_timeouts`` on a slower
 timer.
 
-Trust: the topic is the device's identity at this layer (a broker ACL binds
-a client to its own topics, see :mod:`fedward.protocol.topics`), so every uplink
-message is route-checked: the ids it names must equal the topic's. Anything
-malformed, misrouted or refused is counted in :attr:`BridgeStats.rejected`,
-audited (a malformed update through ``service.submit_updates``, which
-refuses and audits it; anything else through the ``on_reject`` hook), answered with an ``ErrorMessage`` when
-a device can be named, and dropped; nothing a device sends can stop the loop.
+Trust: with ``security`` (a :class:`~fedward.coordinator.mqtt.security.WireSecurity`;
+every shipped entry point passes one) every uplink message must come in a
+signed envelope (:mod:`fedward.protocol.signing`) that verifies under the key
+its device enrolled with, for this study and the topic's device id, with a
+counter above the last one accepted from that device; an Enrol is signed by
+the key it carries and needs the proof of an operator-issued enrolment secret
+(``service.enrol_authenticated``), and enrolment attempts are rate-limited.
+Every downlink message (tasks, model frames, acks, errors) is signed with the
+coordinator's wire key, which devices pin at enrolment. A message that fails
+any of this is refused before it is decoded, counted (``BridgeStats.rejected``
+and the service's wire refusals, hence ``/metrics``) and audited as
+``anonymous`` (the id its topic claims is a detail, never the actor), with no
+reply to the claimed device. Without ``security`` (in-process tests only) the
+topic is the identity, as a broker ACL would make it.
+
+Every uplink message is also route-checked: the ids it names must equal the
+topic's. Anything malformed, misrouted or refused is counted in
+:attr:`BridgeStats.rejected`, audited (a malformed update through
+``service.submit_updates``, which refuses and audits it, under the
+authenticated device; anything else through the ``on_reject`` hook), answered
+with an ``ErrorMessage`` when a device is authenticated (or, without
+``security``, named), and dropped; nothing a device sends can stop the loop.
 """
 
 from __future__ import annotations
@@ -49,7 +64,18 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
-from fedward.protocol.errors import MessageTooLarge, ProtocolError, RouteError, UnsupportedVersion
+from fedward.protocol.enrolment import ack_proof
+from fedward.protocol.errors import (
+    AuthError,
+    BadSignature,
+    ChunkError,
+    MessageTooLarge,
+    ProtocolError,
+    Replayed,
+    RouteError,
+    Unsigned,
+    UnsupportedVersion,
+)
 from fedward.protocol.messages import (
     DEFAULT_MAX_MESSAGE_BYTES,
     Ack,
@@ -63,6 +89,7 @@ from fedward.protocol.messages import (
     decode_frame,
     encode_frame,
 )
+from fedward.protocol.signing import Role, SealContext, open_seal, verify
 from fedward.protocol.topics import (
     TopicInfo,
     TopicKind,
@@ -73,6 +100,8 @@ from fedward.protocol.topics import (
     parse_topic,
 )
 from fedward.protocol.transport import Transport
+
+from .security import WireSecurity
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +127,20 @@ class StudyServiceLike(Protocol):
     def device_error(self, study_id: str, device_id: str, message: ErrorMessage) -> bool: ...
     def dispatch(self, study_id: str) -> Sequence[OutboundLike]: ...
     def task_timeouts(self) -> Any: ...
+    # used only with WireSecurity:
+    def enrol_authenticated(self, study_id: str, msg: Enrol) -> tuple[EnrolAck, bytes | None]: ...
+    def device_public_key(self, study_id: str, device_id: str) -> bytes: ...
+    def wire_refused(
+        self,
+        study_id: str,
+        *,
+        sender: str | None,
+        reason: str,
+        detail: str,
+        claimed_device_id: str | None,
+        topic_kind: str | None,
+        count: int = 1,
+    ) -> None: ...
 
 
 RejectHook = Callable[[str, str | None, str, str], None]
@@ -112,6 +155,13 @@ class RejectKind(StrEnum):
     WRONG_TOPIC = "wrong_topic"
     REFUSED = "refused"
     INTERNAL = "internal"
+    UNSIGNED = "unsigned"
+    BAD_SIGNATURE = "bad_signature"
+    REPLAYED = "replayed"
+    NOT_ENROLLED = "not_enrolled"
+    ENROL_RATE_LIMITED = "enrol_rate_limited"
+    HEARTBEAT_REFUSED = "heartbeat_refused"
+    CHUNK = "chunk"
 
 
 _ERROR_CODES = {
@@ -125,6 +175,14 @@ _ERROR_CODES = {
 
 
 def _reject_kind(exc: ProtocolError) -> RejectKind:
+    if isinstance(exc, Unsigned):
+        return RejectKind.UNSIGNED
+    if isinstance(exc, Replayed):
+        return RejectKind.REPLAYED
+    if isinstance(exc, AuthError):
+        return RejectKind.BAD_SIGNATURE
+    if isinstance(exc, ChunkError):
+        return RejectKind.CHUNK
     if isinstance(exc, RouteError):
         return RejectKind.ROUTE
     if isinstance(exc, MessageTooLarge):
@@ -160,6 +218,11 @@ class _PendingUpdate:
     info: TopicInfo
     payload: bytes
     rejected: RejectKind | None
+    sender: str | None = None  # the authenticated device (with WireSecurity)
+
+
+class _NotEnrolled(AuthError):
+    """No enrolled key for the topic's device id."""
 
 
 class StudyBridge:
@@ -185,6 +248,7 @@ class StudyBridge:
         refuse: Callable[[Exception], ErrorCode | None] = lambda exc: None,
         on_reject: RejectHook | None = None,
         clock: Callable[[], float] = time.monotonic,
+        security: WireSecurity | None = None,
     ) -> None:
         if dispatch_interval_s <= 0 or timeout_interval_s <= 0:
             raise ValueError("intervals must be > 0")
@@ -203,6 +267,8 @@ class StudyBridge:
         self.on_reject = on_reject
         self.clock = clock
         self.stats = BridgeStats()
+        self.security = security
+        self._keys: dict[str, bytes] = {}  # device -> enrolled key (never changes for an id)
         self._inbox: queue.Queue[_Item | None] = queue.Queue()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -229,6 +295,8 @@ class StudyBridge:
         for thread in self._threads:
             thread.join(timeout=30)
         self._threads.clear()
+        if self.security is not None:
+            self.security.save()
         for kind in UPLINK_KINDS:
             try:
                 self.transport.unsubscribe(device_filter(kind, self.study_id))
@@ -316,6 +384,8 @@ class StudyBridge:
         if item is _Tick.TIMEOUTS:
             self.stats.timeouts_checked += 1
             self.service.task_timeouts()
+            if self.security is not None:
+                self.security.save()
         self._dispatch_due += 1
 
     def _maybe_dispatch(self) -> None:
@@ -338,7 +408,13 @@ class StudyBridge:
         batch = list(updates)
         updates.clear()
         try:
-            acks = self.service.submit_updates(self.study_id, [u.payload for u in batch])
+            frames = [u.payload for u in batch]
+            if self.security is not None:
+                acks = self.service.submit_updates(
+                    self.study_id, frames, senders=[u.sender for u in batch]
+                )
+            else:
+                acks = self.service.submit_updates(self.study_id, frames)
         except Exception:
             log.exception("bridge %s: a batch of %d updates failed", self.study_id, len(batch))
             self.stats.rejected[RejectKind.INTERNAL.value] += len(batch)
@@ -351,6 +427,85 @@ class StudyBridge:
                 self.stats.rejected[pending.rejected.value] += 1
             self._reply(pending.info, ack)
 
+    # -- authentication -------------------------------------------------------------
+
+    def on_transport_error(self, topic: str, exc: Exception) -> None:
+        """The transport's receive-path error hook (bad chunks): counted and audited.
+
+        Runs on the network thread; the sender is not authenticated (nothing of the
+        message verified), so the audit entry is anonymous.
+        """
+        kind = _reject_kind(exc) if isinstance(exc, ProtocolError) else RejectKind.INTERNAL
+        try:
+            info: TopicInfo | None = parse_topic(topic)
+        except ProtocolError:
+            info = None
+        self._wire_refuse(info, kind, f"{type(exc).__name__}: {exc}", sender=None)
+
+    def _device_key(self, device_id: str) -> bytes:
+        key = self._keys.get(device_id)
+        if key is None:
+            try:
+                key = self.service.device_public_key(self.study_id, device_id)
+            except Exception as exc:  # DeviceNotFound, unknown study
+                raise _NotEnrolled(f"no enrolled device {device_id}") from exc
+            self._keys[device_id] = key
+        return key
+
+    def _authenticate(self, info: TopicInfo, payload: bytes) -> tuple[bytes, str | None, int]:
+        """The verified inner frame, its sender (None for an Enrol not yet admitted), its counter.
+
+        Raises AuthError (or DecodeError) for anything not proven.
+        """
+        if self.security is None or info.device_id is None:
+            raise Unsigned("no security configured")  # never reached: callers check
+        sealed = open_seal(payload)
+        device = info.device_id
+        context = SealContext(Role.DEVICE, self.study_id, device)
+        if info.kind is TopicKind.ENROL:
+            # Signed by the key it carries (proof of possession); who the device is
+            # comes from the enrolment secret, checked by the service.
+            message, _ = decode_frame(sealed.frame, max_bytes=self.max_message_bytes)
+            if not isinstance(message, Enrol):
+                raise BadSignature(f"{message.kind} on an enrol topic")
+            verify(sealed, public_key=bytes(message.public_key), context=context)
+            known = self._keys.get(device)
+            if known is None:
+                try:
+                    known = self._device_key(device)
+                except _NotEnrolled:
+                    known = None
+            if known is not None and known == bytes(message.public_key):
+                self.security.replay.check(device, sealed.counter)
+                return sealed.frame, device, sealed.counter
+            return sealed.frame, None, sealed.counter
+        frame = verify(sealed, public_key=self._device_key(device), context=context)
+        self.security.replay.check(device, sealed.counter)
+        return frame, device, sealed.counter
+
+    def _wire_refuse(
+        self, info: TopicInfo | None, kind: RejectKind, detail: str, *, sender: str | None
+    ) -> None:
+        """Count and (throttled) audit a message refused on the wire; no reply."""
+        self.stats.rejected[kind.value] += 1
+        log.info("bridge %s: refused %s (%s): %s", self.study_id, info, kind, detail)
+        security = self.security
+        count = security.throttle.admit(kind.value) if security is not None else 1
+        if count == 0:
+            return
+        try:
+            self.service.wire_refused(
+                self.study_id,
+                sender=sender,
+                reason=kind.value,
+                detail=detail[:500],
+                claimed_device_id=info.device_id if info is not None else None,
+                topic_kind=info.kind.value if info is not None else None,
+                count=count,
+            )
+        except Exception:
+            log.exception("bridge %s: could not audit a wire refusal", self.study_id)
+
     # -- uplink -------------------------------------------------------------------
 
     def _handle(self, topic: str, payload: bytes) -> bool | _PendingUpdate:
@@ -360,31 +515,61 @@ class StudyBridge:
         not submitted here but returned, to be submitted with its burst's batch.
         """
         info: TopicInfo | None = None
+        sender: str | None = None
+        counter = 0
         try:
             info = parse_topic(topic)
             if info.kind not in UPLINK_KINDS or info.study_id != self.study_id:
                 self._reject(info, RejectKind.WRONG_TOPIC, f"{info.kind} on {topic}")
                 return False
+        except ProtocolError as exc:
+            self._reject(info, _reject_kind(exc), str(exc))
+            return False
+        if self.security is not None:
+            if info.kind is TopicKind.ENROL and not self.security.limits.allow_enrol(
+                info.device_id or ""
+            ):
+                self._wire_refuse(info, RejectKind.ENROL_RATE_LIMITED, "too many", sender=None)
+                return False
+            try:
+                payload, sender, counter = self._authenticate(info, payload)
+            except _NotEnrolled as exc:
+                self._wire_refuse(info, RejectKind.NOT_ENROLLED, str(exc), sender=None)
+                if info.kind is TopicKind.HEARTBEAT and info.device_id is not None:
+                    self._send_error(info.device_id, ErrorCode.NOT_ENROLLED, "not enrolled")
+                return False
+            except ProtocolError as exc:  # unsigned, forged, replayed, or no envelope at all
+                self._wire_refuse(info, _reject_kind(exc), str(exc), sender=None)
+                return False
+        try:
             message, _ = decode_frame(payload, max_bytes=self.max_message_bytes)
             check_route(info, message)
         except ProtocolError as exc:
             kind = _reject_kind(exc)
-            if info is not None and info.kind is TopicKind.UPDATE and kind is not RejectKind.ROUTE:
+            if info.kind is TopicKind.UPDATE and kind is not RejectKind.ROUTE:
                 # The service decodes again, refuses, counts and audits it (with the
-                # frame's hash); its REJECTED ack tells the device.
-                return _PendingUpdate(info=info, payload=payload, rejected=kind)
+                # frame's hash, under the authenticated sender); its REJECTED ack
+                # tells the device.
+                return _PendingUpdate(info=info, payload=payload, rejected=kind, sender=sender)
             self._reject(info, kind, str(exc))
             return False
         self.stats.received[info.kind.value] += 1
         try:
             if isinstance(message, Enrol):
-                self._reply(info, self.service.enrol(self.study_id, message))
+                self._enrol(info, message, sender, counter)
                 return True
             if isinstance(message, Update):
-                return _PendingUpdate(info=info, payload=payload, rejected=None)
+                return _PendingUpdate(info=info, payload=payload, rejected=None, sender=sender)
             if isinstance(message, Heartbeat):
                 if self.service.heartbeat(self.study_id, message) is False:
-                    # Unknown (or revoked) here: tell the device, which re-enrols.
+                    # Unknown (or revoked) here: tell the device, which re-enrols (and
+                    # a revoked one is then refused for good, and stops).
+                    if self.security is not None:
+                        self._wire_refuse(
+                            info, RejectKind.HEARTBEAT_REFUSED, "not enrolled", sender=sender
+                        )
+                    else:
+                        self.stats.rejected[RejectKind.HEARTBEAT_REFUSED.value] += 1
                     self._reject(
                         info, RejectKind.REFUSED, "not enrolled", code=ErrorCode.NOT_ENROLLED
                     )
@@ -427,15 +612,50 @@ class StudyBridge:
             and code is not None
             and info.study_id == self.study_id
         ):
-            self._send(
-                device_topic(TopicKind.ERROR, self.study_id, device),
-                encode_frame(ErrorMessage(code=code, detail=detail[:200])),
-            )
+            self._send_error(device, code, detail)
+
+    def _enrol(self, info: TopicInfo, message: Enrol, sender: str | None, counter: int) -> None:
+        security = self.security
+        if security is None:
+            self._reply(info, self.service.enrol(self.study_id, message))
+            return
+        ack, mac = self.service.enrol_authenticated(self.study_id, message)
+        if mac is None:  # no valid secret: audited as anonymous by the service
+            self.stats.rejected[RejectKind.REFUSED.value] += 1
+            # Signed but unproven: a device that pinned no key yet takes it as a stop
+            # (a forger could only do what dropping the device's messages does).
+            self._reply(info, ack.model_copy(update={"coordinator_key": security.public_key}))
+            return
+        if ack.accepted and sender is None:
+            try:
+                security.replay.check(message.device_id, counter)
+            except Replayed:
+                pass  # an older enrolment replayed after a newer message: answer anyway
+        self._keys.pop(message.device_id, None)
+        proof = ack_proof(
+            mac,
+            study_id=self.study_id,
+            device_id=message.device_id,
+            public_key=bytes(message.public_key),
+            coordinator_key=security.public_key,
+            accepted=ack.accepted,
+        )
+        ack = ack.model_copy(update={"coordinator_key": security.public_key, "proof": proof})
+        self._reply(info, ack)
 
     # -- downlink ---------------------------------------------------------------
 
-    def _send(self, topic: str, frame: bytes) -> bool:
+    def _send_error(self, device_id: str, code: ErrorCode, detail: str) -> None:
+        self._send(
+            device_topic(TopicKind.ERROR, self.study_id, device_id),
+            encode_frame(ErrorMessage(code=code, detail=detail[:200])),
+            device_id=device_id,
+        )
+
+    def _send(self, topic: str, frame: bytes, *, device_id: str = "") -> bool:
         try:
+            if self.security is not None:
+                frame = self.security.seal(frame, study_id=self.study_id, device_id=device_id)
             self.transport.publish(topic, frame, qos=1)
             return True
         except ProtocolError as exc:  # TransportError included: paho's own errors map to it
@@ -447,7 +667,7 @@ class StudyBridge:
         if info.device_id is None:
             return
         topic = device_topic(TopicKind.ACK, self.study_id, info.device_id)
-        self._send(topic, encode_frame(message))
+        self._send(topic, encode_frame(message), device_id=info.device_id)
 
     def _dispatch(self) -> None:
         for out in self.service.dispatch(self.study_id):
@@ -457,7 +677,9 @@ class StudyBridge:
             )
             self.stats.model_bytes_sent += len(out.model_frame)
             if self._send(
-                device_topic(TopicKind.TASK, self.study_id, out.device_id), encode_frame(task)
+                device_topic(TopicKind.TASK, self.study_id, out.device_id),
+                encode_frame(task),
+                device_id=out.device_id,
             ):
                 self.stats.tasks_sent += 1
 

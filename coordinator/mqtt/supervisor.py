@@ -7,7 +7,10 @@ PAUSED: its devices still heartbeat and get refusals) at start-up, picks up
 studies started later by polling the service (``poll_interval_s``: a study
 started over REST gets its bridge within that delay, without the API knowing
 about MQTT), stops the bridge of a STOPPED study, and stops them all on
-shutdown. All bridges share the one caller-owned transport.
+shutdown. All bridges share the one caller-owned transport, and one
+:class:`~fedward.coordinator.mqtt.security.WireSecurity` (one coordinator key and
+counter); the transport's receive-path errors (bad chunks) go to the bridge of
+the study their topic names, which counts and audits them.
 """
 
 from __future__ import annotations
@@ -16,9 +19,12 @@ import logging
 import threading
 
 from fedward.coordinator.mqtt.bridge import StudyBridge
+from fedward.coordinator.mqtt.security import WireSecurity
 from fedward.coordinator.service import ServiceError, StudyService
 from fedward.coordinator.store import StudyState
+from fedward.protocol.errors import ProtocolError
 from fedward.protocol.messages import DEFAULT_MAX_MESSAGE_BYTES, ErrorCode
+from fedward.protocol.topics import parse_topic
 from fedward.protocol.transport import Transport
 
 log = logging.getLogger(__name__)
@@ -43,6 +49,7 @@ class BridgeSupervisor:
         dispatch_interval_s: float = 1.0,
         timeout_interval_s: float = 5.0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        security: WireSecurity | None = None,
     ) -> None:
         if poll_interval_s <= 0:
             raise ValueError("poll_interval_s must be > 0")
@@ -52,6 +59,7 @@ class BridgeSupervisor:
         self.dispatch_interval_s = dispatch_interval_s
         self.timeout_interval_s = timeout_interval_s
         self.max_message_bytes = max_message_bytes
+        self.security = security
         self.bridges: dict[str, StudyBridge] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -60,6 +68,7 @@ class BridgeSupervisor:
     def start(self) -> None:
         """Bridge the live studies, connect the transport, then watch for new ones."""
         self.sync()
+        self.transport.set_error_hook(self._transport_error)
         self.transport.connect()
         self._thread = threading.Thread(target=self._watch, name="bridge-supervisor", daemon=True)
         self._thread.start()
@@ -102,9 +111,22 @@ class BridgeSupervisor:
             max_message_bytes=self.max_message_bytes,
             refuse=_refuse,
             on_reject=self.service.transport_rejected,
+            security=self.security,
         )
         bridge.start()
         return bridge
+
+    def _transport_error(self, topic: str, exc: Exception) -> None:
+        try:
+            study_id = parse_topic(topic).study_id
+        except ProtocolError:
+            study_id = ""
+        with self._lock:
+            bridge = self.bridges.get(study_id)
+        if bridge is not None:
+            bridge.on_transport_error(topic, exc)
+        else:
+            log.warning("dropped message on %s: %r", topic, exc)
 
     def _watch(self) -> None:
         while not self._stop.wait(self.poll_interval_s):

@@ -1,7 +1,21 @@
-"""Devices: enrolment (idempotent per key), revocation, heartbeats, listings."""
+"""Devices: enrolment (idempotent per key), revocation, heartbeats, listings.
+
+Enrolment over the wire needs the operator: :meth:`DeviceCalls.issue_enrolment_secret`
+mints a one-time secret for one device id (audited under the operator), and
+:meth:`DeviceCalls.enrol_authenticated` admits an ``Enrol`` only with a valid proof
+of that secret (:mod:`fedward.protocol.enrolment`); without one the attempt is
+audited as anonymous, never in the name of the id it claims. ``enrol`` itself
+trusts its caller (in-process tools); the MQTT bridge calls the authenticated one.
+
+A heartbeat lists the tasks its device still holds; a task in flight for that
+device and missing from the list was lost (the agent restarted, or dropped it)
+and is freed at once rather than at its deadline.
+"""
 
 from __future__ import annotations
 
+import hashlib
+from collections import Counter
 from functools import partial
 
 from fedward.coordinator import audit
@@ -11,14 +25,129 @@ from fedward.coordinator.store import StudyState, TaskStatus
 from fedward.coordinator.store.audit_trail import OPERATOR
 from fedward.coordinator.store.models import DeviceRow
 from fedward.coordinator.store.runtime import StudyRuntime
+from fedward.protocol.enrolment import check_ticket, issue_secret
+from fedward.protocol.errors import EnrolmentDenied
+from fedward.protocol.ids import is_valid_id
 from fedward.protocol.messages import DeviceStatus, Enrol, EnrolAck, Heartbeat
 
 from .core import ServiceCore, digest
-from .errors import DeviceNotFound
+from .errors import DeviceNotFound, ServiceError
 from .views import DeviceInfo
+
+DEFAULT_SECRET_VALID_S = 7 * 24 * 3600
+LOST_TASK_GRACE_S = 5.0
+"""A task dispatched this recently may be missing from a heartbeat sent before it arrived."""
+
+
+class EnrolmentUnavailable(ServiceError):
+    """This service has no enrolment key (built without ``StudyService.open``)."""
 
 
 class DeviceCalls(ServiceCore):
+    def issue_enrolment_secret(
+        self,
+        study_id: str,
+        device_id: str,
+        *,
+        by: str = OPERATOR,
+        valid_s: float = DEFAULT_SECRET_VALID_S,
+    ) -> str:
+        """A one-time enrolment secret for ``device_id`` (text form; hand it to the device).
+
+        Audited under the operator ``by`` with the secret's hash. Refused for an
+        unknown study, an invalid id or a device id already enrolled (its secret
+        was used; a lost device gets a new id, the old one is revoked).
+        """
+        if self._enrolment_key is None:
+            raise EnrolmentUnavailable("this coordinator has no enrolment key")
+        if not is_valid_id(device_id):
+            raise DeviceNotFound("a device id must match [A-Za-z0-9_.-]{1,64}")
+        if not valid_s > 0:
+            raise EnrolmentUnavailable("valid_s must be > 0")
+        with self._lock:
+            study = self._require(study_id)
+            if device_id in study.engine.devices:
+                raise EnrolmentUnavailable(f"device {device_id} is already enrolled in {study_id}")
+            expires_at = int(self._clock() + valid_s)
+            secret = issue_secret(
+                self._enrolment_key, study_id=study_id, device_id=device_id, expires_at=expires_at
+            )
+            text = secret.text()
+            entry = audit.enrolment_secret_issued(
+                device_id=device_id,
+                by=by,
+                expires_at=expires_at,
+                secret_sha256=hashlib.sha256(text.encode()).hexdigest(),
+            )
+            self._audit(entry, study_id=study.id)
+            return text
+
+    def enrol_authenticated(self, study_id: str, msg: Enrol) -> tuple[EnrolAck, bytes | None]:
+        """``enrol`` behind a check of the device's enrolment-secret proof.
+
+        Returns the ack and the secret's mac (the bridge proves the coordinator key
+        with it), or a refusal and ``None`` when the proof is missing, wrong or
+        expired: that attempt is audited as anonymous.
+        """
+        if self._enrolment_key is None:
+            raise EnrolmentUnavailable("this coordinator has no enrolment key")
+        ticket = msg.ticket
+        try:
+            if ticket is None:
+                raise EnrolmentDenied("enrolment needs an operator-issued secret")
+            mac = check_ticket(
+                self._enrolment_key,
+                study_id=study_id,
+                device_id=msg.device_id,
+                expires_at=ticket.expires_at,
+                nonce=ticket.nonce,
+                proof=ticket.proof,
+                public_key=bytes(msg.public_key),
+                now=self._clock(),
+            )
+        except EnrolmentDenied as exc:
+            self.wire_refused(
+                study_id,
+                sender=None,
+                reason="enrolment_denied",
+                detail=str(exc),
+                claimed_device_id=msg.device_id,
+                topic_kind="enrol",
+            )
+            return EnrolAck(accepted=False, reason=str(exc)[:200]), None
+        return self.enrol(study_id, msg), mac
+
+    def wire_refused(
+        self,
+        study_id: str,
+        *,
+        sender: str | None,
+        reason: str,
+        detail: str,
+        claimed_device_id: str | None,
+        topic_kind: str | None,
+        count: int = 1,
+    ) -> None:
+        """Count and audit a message refused on the wire (see ``audit.wire_refused``)."""
+        with self._lock:
+            known = study_id in self._studies
+            counter = self._wire_refusals.setdefault(study_id if known else "", Counter())
+            counter[reason] += count
+            entry = audit.wire_refused(
+                sender=sender,
+                reason=reason,
+                detail=detail,
+                claimed_device_id=claimed_device_id,
+                topic_kind=topic_kind,
+                count=count,
+            )
+            self._audit(entry, study_id=study_id if known else None)
+
+    def wire_refusals(self, study_id: str) -> dict[str, int]:
+        """Messages refused on the wire since start, by reason (``""``: unknown studies)."""
+        with self._lock:
+            return dict(self._wire_refusals.get(study_id, {}))
+
     def enrol(self, study_id: str, msg: Enrol, *, by: str | None = None) -> EnrolAck:
         """Admit a device (idempotent for the same key); refusals are acks, not errors.
 
@@ -140,6 +269,7 @@ class DeviceCalls(ServiceCore):
             with self._change(study) as changes:
                 now = changes.at
                 changes.device(msg.device_id, last_seen_at=now)
+                self._free_lost_tasks(study, msg, now=now)
                 if msg.status is DeviceStatus.SHUTTING_DOWN:
                     if device.state is DeviceState.IDLE:
                         study.engine.set_device_state(
@@ -150,6 +280,20 @@ class DeviceCalls(ServiceCore):
                         msg.device_id, DeviceState.IDLE, now=now, reason="heartbeat"
                     )
             return True
+
+    def _free_lost_tasks(self, study: StudyRuntime, msg: Heartbeat, *, now: float) -> None:
+        """Fail this device's tasks in flight that its heartbeat no longer holds."""
+        held = set(msg.tasks)
+        lost = [
+            o
+            for o in study.engine.tasks.values()
+            if o.device_id == msg.device_id
+            and o.task_id not in held
+            and o.issued_at + LOST_TASK_GRACE_S <= now
+        ]
+        for order in lost:
+            study.failure_status[order.task_id] = TaskStatus.FAILED
+            study.engine.task_failed(order.task_id, now=now, reason="device no longer holds it")
 
     def _device_row(self, study: StudyRuntime, device_id: str) -> DeviceRow:
         row = self._repo.device(study.id, device_id)

@@ -56,27 +56,44 @@ class UpdateCalls(ServiceCore):
         (ack,) = self.submit_updates(study_id, [frame])
         return ack
 
-    def submit_updates(self, study_id: str, frames: Sequence[bytes]) -> list[Ack]:
+    def submit_updates(
+        self,
+        study_id: str,
+        frames: Sequence[bytes],
+        *,
+        senders: Sequence[str | None] | None = None,
+    ) -> list[Ack]:
         """Judge ``frames`` in order as ``submit_update`` would; commit them at once.
 
         One ack per frame, in order, returned only after the batch's single
         commit. A frame repeating an earlier one of the same batch is a
         re-delivery like any other. Raises (and nothing is acked or kept) only
         if the commit itself fails: the devices' outboxes then re-deliver.
+
+        ``senders`` (one per frame, from the transport's signature check) names
+        the authenticated device of each frame: a frame that cannot be decoded
+        is then refused and audited under that device, not the coordinator.
         """
         raws = [_as_bytes(f) for f in frames]
         if not raws:
             return []
+        who = list(senders) if senders is not None else [None] * len(raws)
+        if len(who) != len(raws):
+            raise ValueError("one sender per frame")
         with self._lock:
             study = self._studies.get(study_id)
             if study is None:
                 return [self._unknown_study(raw) for raw in raws]
             try:
-                return self._submit_batch(study, raws)
+                return self._submit_batch(study, raws, who)
             except _FrameCrashed as crash:
                 log.exception("an update of study %s could not be processed", study_id)
                 if len(raws) > 1:  # re-judge alone: only the culprit is refused
-                    return [ack for raw in raws for ack in self.submit_updates(study_id, [raw])]
+                    return [
+                        ack
+                        for raw, sender in zip(raws, who, strict=True)
+                        for ack in self.submit_updates(study_id, [raw], senders=[sender])
+                    ]
                 task_id, device_id = crash.args
                 study = self._studies[study_id]  # reloaded by _change
                 with self._change(study) as changes:
@@ -98,12 +115,20 @@ class UpdateCalls(ServiceCore):
         self._audit(entry, study_id=None)
         return Ack(task_id=UNKNOWN_TASK_ID, status=AckStatus.REJECTED, reason="unknown study")
 
-    def _submit_batch(self, study: StudyRuntime, raws: list[bytes]) -> list[Ack]:
+    def _submit_batch(
+        self, study: StudyRuntime, raws: list[bytes], senders: list[str | None]
+    ) -> list[Ack]:
         """One transaction for the whole batch; receipts of earlier frames dedupe later ones."""
         decoded: list[IncomingUpdate | UpdateRejected] = []
         for raw in raws:
             try:
-                decoded.append(decode_update(raw, max_bytes=self._max_bytes))
+                decoded.append(
+                    decode_update(
+                        raw,
+                        max_bytes=self._max_bytes,
+                        max_samples=study.spec.max_samples_per_update,
+                    )
+                )
             except UpdateRejected as exc:
                 decoded.append(exc)
         receipts = self._repo.receipts_for(
@@ -111,8 +136,8 @@ class UpdateCalls(ServiceCore):
         )
         with self._change(study) as changes:
             return [
-                self._judge(study, changes, receipts, raw, item)
-                for raw, item in zip(raws, decoded, strict=True)
+                self._judge(study, changes, receipts, raw, item, sender)
+                for raw, item, sender in zip(raws, decoded, senders, strict=True)
             ]
 
     def _judge(
@@ -122,6 +147,7 @@ class UpdateCalls(ServiceCore):
         receipts: dict[str, UpdateReceiptRow],
         raw: bytes,
         incoming: IncomingUpdate | UpdateRejected,
+        sender: str | None = None,
     ) -> Ack:
         """Judge one decoded frame; ``receipts`` (committed or of this batch) dedupe it."""
         frame_sha = digest(raw)
@@ -131,7 +157,7 @@ class UpdateCalls(ServiceCore):
                 changes,
                 incoming,
                 task_id=UNKNOWN_TASK_ID,
-                device_id=None,
+                device_id=sender,
                 frame_sha=frame_sha,
             )
         header = incoming.header

@@ -113,7 +113,13 @@ def serving_bridges(
     from fedward.protocol.mqtt import MqttTransport
 
     transport = MqttTransport(settings.mqtt.client_settings())
-    supervisor = BridgeSupervisor(service, transport, max_message_bytes=settings.max_message_bytes)
+    # Every device message is signed and checked; devices pin this coordinator's key.
+    supervisor = BridgeSupervisor(
+        service,
+        transport,
+        max_message_bytes=settings.max_message_bytes,
+        security=WireSecurity.from_settings(settings),
+    )
     try:
         supervisor.start()
         console.print(f"MQTT bridge on {settings.mqtt.host}:{settings.mqtt.port}")
@@ -144,3 +150,4 @@ def migrate(
         console.print(f"database at revision {head_revision()} (was {before or 'empty'})")
     finally:
         engine.dispose()
+    from fedward.coordinator.mqtt.security import WireSecurity

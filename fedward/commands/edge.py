@@ -4,6 +4,16 @@ The device is provisioned with what the wire contract does not carry: the
 model architecture and momentum (they must equal the study's), its class
 and training memory, and its dataset (``.npz`` with ``x`` float32 [n, C, L]
 and ``y`` int64). Its key, outbox and held model live in ``--state-dir``.
+
+Trust: the first run needs the operator-issued enrolment secret for this
+device id (``--enrolment-secret-file``, or ``FEDWARD_ENROLMENT_SECRET``); the
+agent then pins the coordinator's key in its state dir, signs everything it
+sends and acts only on what the coordinator signed. The broker connection
+speaks ``mqtts://`` with the study CA (``--ca-file``), a client certificate
+(``--cert-file``/``--key-file``) and/or a username and password
+(``--username``, ``FEDWARD_MQTT_PASSWORD``), as ``fedward pki`` issues them.
+An agent the coordinator refuses (revoked, unknown, no valid secret) stops
+with the coordinator's reason and exit code 1.
 """
 
 from __future__ import annotations
@@ -24,10 +34,10 @@ from fedward.edge.dataset import DatasetError, load_dataset
 from fedward.edge.identity import KeyFileError, load_or_create_identity
 from fedward.edge.settings import AgentSettings
 from fedward.privacy.accounting import Accountant
-from fedward.protocol.errors import TransportError
+from fedward.protocol.errors import ProtocolError, TransportError
 from fedward.protocol.messages import DeviceClass
 from fedward.protocol.mqtt import MqttTransport
-from fedward.protocol.mqtt_settings import MqttProtocol, MqttSettings
+from fedward.protocol.mqtt_settings import MqttProtocol, MqttSettings, TlsSettings
 from fedward.tinytrain.models import ModelKind
 
 from ..live import LiveError, parse_broker_url
@@ -71,19 +81,52 @@ def run(
     dp_max_physical_batch: Annotated[
         int, typer.Option(min=1, help="Largest DP-SGD micro-batch the device's memory allows.")
     ] = 16,
+    enrolment_secret_file: Annotated[
+        Path | None, typer.Option(help="File holding this device's one-time enrolment secret.")
+    ] = None,
+    enrolment_secret: Annotated[
+        str | None,
+        typer.Option(
+            envvar="FEDWARD_ENROLMENT_SECRET", hidden=True, help="The secret itself (env only)."
+        ),
+    ] = None,
+    insecure: Annotated[
+        bool,
+        typer.Option(help="Run unsigned, without a secret or pinned key (test brokers only)."),
+    ] = False,
+    username: Annotated[str | None, typer.Option(help="Broker username.")] = None,
+    password: Annotated[
+        str | None, typer.Option(envvar="FEDWARD_MQTT_PASSWORD", hidden=True)
+    ] = None,
+    ca_file: Annotated[Path | None, typer.Option(help="Study CA (PEM) for mqtts://.")] = None,
+    cert_file: Annotated[Path | None, typer.Option(help="Client certificate (PEM).")] = None,
+    key_file: Annotated[Path | None, typer.Option(help="Client key (PEM).")] = None,
 ) -> None:
     """Enrol, train on tasks, deliver updates exactly once; Ctrl-C to stop."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     console = Console()
     try:
         address = parse_broker_url(broker, protocol=protocol)
+        if enrolment_secret_file is not None:
+            enrolment_secret = enrolment_secret_file.read_text(encoding="ascii").strip()
+        tls = None
+        if address.tls or ca_file or cert_file:
+            tls = TlsSettings(ca_file=ca_file, cert_file=cert_file, key_file=key_file)
+        home = state_dir or Path.home() / ".fedward" / "edge" / device_id
+        if enrolment_secret is None and not insecure and not (home / "coordinator.pub").exists():
+            raise ValueError(
+                "this device has no enrolment secret and no pinned coordinator key: ask the "
+                "operator for one (fedward pki enrolment-secret) and pass "
+                "--enrolment-secret-file, or --insecure for an unauthenticated test broker"
+            )
         settings = AgentSettings(
             device_id=device_id,
             study_id=study,
             device_class=device_class,
             memory_bytes=memory_bytes,
             data_path=data,
-            state_dir=state_dir or Path.home() / ".fedward" / "edge" / device_id,
+            state_dir=home,
+            enrolment_secret=enrolment_secret,
             model_kind=model_kind,
             in_channels=in_channels,
             window=window,
@@ -98,32 +141,36 @@ def run(
         )
         dataset = load_dataset(data, channels=in_channels, window=window, num_classes=num_classes)
         identity = load_or_create_identity(settings.state_dir, device_id=device_id)
-    except (LiveError, DatasetError, KeyFileError, ValueError) as exc:
+        transport = MqttTransport(
+            MqttSettings(
+                host=address.host,
+                port=address.port,
+                client_id=device_id,
+                protocol=address.protocol,
+                clean_start=False,
+                username=username,
+                password=password,
+                tls=tls,
+            )
+        )
+        agent = EdgeAgent(
+            settings,
+            transport=transport,
+            identity=identity,
+            dataset=dataset,
+            rng=random.Random(seed if seed is not None else secrets.randbits(62)),
+        )
+    except (LiveError, DatasetError, KeyFileError, ValueError, OSError, ProtocolError) as exc:
         console.print(f"[red]cannot start:[/] {exc}")
         raise typer.Exit(2) from exc
-    transport = MqttTransport(
-        MqttSettings(
-            host=address.host,
-            port=address.port,
-            client_id=device_id,
-            protocol=address.protocol,
-            clean_start=False,
-        )
-    )
-    agent = EdgeAgent(
-        settings,
-        transport=transport,
-        identity=identity,
-        dataset=dataset,
-        rng=random.Random(seed if seed is not None else secrets.randbits(62)),
-    )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         agent.start(wait_enrolled_s=60)
         console.print(f"{device_id} enrolled in {study} on {address.url}; Ctrl-C to stop")
         while not stop.wait(1.0):
-            pass
+            if agent.refused is not None:
+                raise AgentError(f"the coordinator refused this device: {agent.refused}")
     except KeyboardInterrupt:
         pass
     except (AgentError, TransportError) as exc:  # TransportError: the broker not reached

@@ -8,12 +8,17 @@ transport keep every MQTT packet under the limit.
 Why the reassembler is paranoid: chunks come from the network, so a
 sender could announce a 4 GiB message, open thousands of messages, never
 finish them, or send two different versions of chunk 3. Memory is bounded
-by an in-flight count (global and per sender) and a byte budget reserved
-up front from the announced length; incomplete messages expire after a
-TTL measured with an injected clock (deterministic in tests and in the
-simulator). State is keyed by sender, so one sender can neither complete
-nor poison another's message, and a sender over its own in-flight limit
-only evicts its own oldest message.
+by the bytes actually held, per sender and in total, and by an in-flight
+count (per sender and in total). An announced length is only checked against
+the per-message limit, never reserved: four 100-byte chunks announcing 16 MiB
+each once blocked every chunked uplink for two minutes. When a bound is hit
+the *stalest* partial message (least recent chunk) goes first, so a sender
+that stalls loses to one that is still sending, and a sender over its own
+limits only evicts its own messages. Incomplete messages expire after
+``ttl_s`` without a new chunk, measured with an injected clock. State is
+keyed by sender (the topic: with the broker ACL of :mod:`fedward.protocol.topics`
+only the authenticated client may publish on it), so one sender can neither
+complete nor poison another's message.
 
 Chunk layout (little-endian, :data:`CHUNK_HEADER_SIZE` bytes + data)::
 
@@ -129,6 +134,7 @@ class _Partial:
     total_len: int
     digest: bytes
     expires_at: float
+    last_seen: float = 0.0
     parts: dict[int, bytes] = field(default_factory=dict)
     received: int = 0
 
@@ -143,7 +149,8 @@ class Reassembler:
         max_total_bytes: int = 64 * 1024 * 1024,
         max_in_flight: int = 256,
         max_in_flight_per_sender: int = 4,
-        ttl_s: float = 120.0,
+        max_sender_bytes: int | None = None,
+        ttl_s: float = 60.0,
         max_recent: int = 4096,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -155,6 +162,9 @@ class Reassembler:
         self.max_total_bytes = max_total_bytes
         self.max_in_flight = max_in_flight
         self.max_in_flight_per_sender = max_in_flight_per_sender
+        self.max_sender_bytes = max_message_bytes if max_sender_bytes is None else max_sender_bytes
+        if self.max_sender_bytes < 1:
+            raise ValueError("reassembler limits must be positive")
         self.ttl_s = ttl_s
         self.max_recent = max_recent
         self._clock = clock
@@ -168,13 +178,19 @@ class Reassembler:
 
     @property
     def reserved_bytes(self) -> int:
-        """Bytes reserved for incomplete messages (their announced lengths)."""
+        """Bytes held for incomplete messages (received so far, not announced)."""
         return self._reserved
+
+    def sender_bytes(self, sender: str) -> int:
+        return sum(p.received for k, p in self._partials.items() if k[0] == sender)
 
     def _drop(self, key: tuple[str, bytes]) -> None:
         partial = self._partials.pop(key, None)
         if partial is not None:
-            self._reserved -= partial.total_len
+            self._reserved -= partial.received
+
+    def _stalest(self, keys: list[tuple[str, bytes]]) -> tuple[str, bytes]:
+        return min(keys, key=lambda k: self._partials[k].last_seen)
 
     def evict_expired(self) -> int:
         """Drop incomplete messages past their TTL; return how many."""
@@ -191,16 +207,31 @@ class Reassembler:
             raise ChunkError(f"announced {chunk.total_len} bytes > {self.max_message_bytes}")
         mine = [k for k in self._partials if k[0] == key[0]]
         if len(mine) >= self.max_in_flight_per_sender:
-            self._drop(mine[0])  # a sender over its limit only hurts itself
-        if (
-            len(self._partials) >= self.max_in_flight
-            or self._reserved + chunk.total_len > self.max_total_bytes
-        ):
-            raise ChunkError("reassembly capacity exhausted")
-        partial = _Partial(chunk.count, chunk.total_len, chunk.digest, self._clock() + self.ttl_s)
+            self._drop(self._stalest(mine))  # a sender over its limit only hurts itself
+        if len(self._partials) >= self.max_in_flight:
+            self._drop(self._stalest(list(self._partials)))
+        now = self._clock()
+        partial = _Partial(chunk.count, chunk.total_len, chunk.digest, now + self.ttl_s, now)
         self._partials[key] = partial
-        self._reserved += chunk.total_len
         return partial
+
+    def _make_room(self, key: tuple[str, bytes], size: int) -> None:
+        """Evict stale partials until ``size`` more bytes fit the sender's and the total budget."""
+        sender = key[0]
+        while self.sender_bytes(sender) + size > self.max_sender_bytes:
+            others = [k for k in self._partials if k[0] == sender and k != key]
+            if not others:
+                self._drop(key)
+                raise ChunkError(
+                    f"sender over its reassembly budget of {self.max_sender_bytes} bytes"
+                )
+            self._drop(self._stalest(others))
+        while self._reserved + size > self.max_total_bytes:
+            others = [k for k in self._partials if k != key]
+            if not others:
+                self._drop(key)
+                raise ChunkError("reassembly capacity exhausted")
+            self._drop(self._stalest(others))
 
     def feed(self, sender: str, raw: bytes | bytearray | memoryview) -> bytes | None:
         """Add one chunk from ``sender``; return the whole message when complete.
@@ -233,8 +264,12 @@ class Reassembler:
         if partial.received + len(chunk.data) > partial.total_len:
             self._drop(key)
             raise ChunkError("chunks exceed the announced length")
+        self._make_room(key, len(chunk.data))
+        now = self._clock()
+        partial.last_seen, partial.expires_at = now, now + self.ttl_s
         partial.parts[chunk.index] = chunk.data
         partial.received += len(chunk.data)
+        self._reserved += len(chunk.data)
         if len(partial.parts) < partial.count:
             return None
         return self._complete(key, partial)

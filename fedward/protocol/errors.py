@@ -16,6 +16,11 @@ Hierarchy (hangs from :class:`fedward.errors.FedwardError`)::
     ├── UnsupportedVersion   valid framing, but a protocol/format version we do not speak
     ├── ChunkError           a chunk that is malformed or inconsistent with its siblings
     ├── RouteError           a valid message on a topic it may not use (spoofed ids)
+    ├── AuthError            a message whose sender is not proven (signed envelopes)
+    │   ├── Unsigned         no signed envelope at all
+    │   ├── BadSignature     a signature that does not verify (forged, altered, wrong key)
+    │   ├── Replayed         a counter not above the sender's last one (replay, reorder)
+    │   └── EnrolmentDenied  an enrolment without a valid operator-issued secret
     └── TransportError       the transport could not connect/publish/subscribe; paho's
                              (and the embedded amqtt broker's) own errors are mapped to
                              it at the seam, chained as ``__cause__``, never leaked
@@ -72,3 +77,23 @@ class TransportError(ProtocolError):
     The message says what to check; the library's own exception, if any, is
     the ``__cause__``.
     """
+
+
+class AuthError(ProtocolError):
+    """The sender of a message is not proven: never act on it, never in its claimed name."""
+
+
+class Unsigned(AuthError):
+    """A message without a signed envelope where one is required."""
+
+
+class BadSignature(AuthError):
+    """A signature that does not verify for the claimed sender, study, device and counter."""
+
+
+class Replayed(AuthError):
+    """A correctly signed message whose counter is not above the sender's last one."""
+
+
+class EnrolmentDenied(AuthError):
+    """An enrolment without a valid, unexpired, operator-issued secret for its device."""

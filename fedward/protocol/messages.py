@@ -63,7 +63,10 @@ from fedward.protocol.errors import DecodeError, EncodeError, MessageTooLarge, U
 from fedward.protocol.ids import Id
 from fedward.vocabulary import Accountant as Accountant  # re-exported with DpParams
 
-PROTOCOL_VERSION = 2  # 2: Update.update_energy (mean square) replaced update_sq_norm (sum)
+PROTOCOL_VERSION = 3
+# 2: Update.update_energy (mean square) replaced update_sq_norm (sum)
+# 3: Enrol.ticket, EnrolAck.coordinator_key/proof, Heartbeat.tasks; live frames travel
+#    in signed envelopes (fedward.protocol.signing)
 FRAME_VERSION = 1
 FRAME_MAGIC = b"FWFR"
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -148,6 +151,9 @@ class WireModel(BaseModel):
         extra="forbid",
         strict=True,
         frozen=True,
+Mac = Annotated[bytes, Field(min_length=32, max_length=32)]
+Nonce = Annotated[bytes, Field(min_length=16, max_length=16)]
+MAX_HELD_TASKS = 64
         allow_inf_nan=False,
         ser_json_bytes="base64",
         val_json_bytes="base64",
@@ -195,6 +201,19 @@ class Enrol(WireMessage):
     public_key: PublicKey
     """Ed25519 raw public key (32 bytes); base64 in JSON."""
 
+class EnrolTicket(WireModel):
+    """Proof that the device holds an operator-issued enrolment secret.
+
+    ``expires_at`` and ``nonce`` are the secret's public part; ``proof`` is an
+    HMAC keyed by the secret's private part (:mod:`fedward.protocol.enrolment`).
+    The secret itself never travels.
+    """
+
+    expires_at: NonNegInt
+    nonce: Nonce
+    proof: Mac
+
+
 
 class EnrolAck(WireMessage):
     kind: Literal[MessageKind.ENROL_ACK] = MessageKind.ENROL_ACK
@@ -203,12 +222,18 @@ class EnrolAck(WireMessage):
 
 
 class Task(WireMessage):
+    ticket: EnrolTicket | None = None
+    """Required by a coordinator that authenticates devices (every shipped entry point)."""
     kind: Literal[MessageKind.TASK] = MessageKind.TASK
     task_id: Id
     study_id: Id
     device_id: Id
     model_version: NonNegInt
     subset_id: Id
+    coordinator_key: PublicKey | None = None
+    """The coordinator's wire key: the device pins it when ``proof`` checks out."""
+    proof: Mac | None = None
+    """HMAC under the device's enrolment secret over the enrolment and ``coordinator_key``."""
     subset_names: TensorNames
     local_epochs: PosInt
     batch_size: PosInt
@@ -289,6 +314,13 @@ MESSAGE_TYPES: tuple[type[WireMessage], ...] = (
     Task,
     ModelDownload,
     Update,
+    tasks: Annotated[tuple[Id, ...], Field(max_length=MAX_HELD_TASKS)] = ()
+    """Every task the device still holds (queued, training, or awaiting its Ack).
+
+    A task of this device in flight at the coordinator and missing here was
+    lost (the agent restarted, or dropped it): the coordinator frees it now
+    instead of at its deadline.
+    """
     Ack,
     Heartbeat,
     ErrorMessage,

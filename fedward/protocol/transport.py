@@ -176,6 +176,10 @@ class Transport(ABC):
         if known:
             self._send_unsubscribe(topic_filter)
 
+    def set_error_hook(self, on_error: ErrorHook | None) -> None:
+        """Where receive-path errors (bad chunks, handler failures) are reported."""
+        self._on_error = on_error
+
     @property
     def subscriptions(self) -> dict[str, int]:
         """Current filters and their QoS (what a reconnect re-subscribes)."""

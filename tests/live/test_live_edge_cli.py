@@ -12,6 +12,7 @@ import pytest
 from live_helpers import TINY_SPEC, wait_until
 
 from fedward.coordinator.mqtt.bridge import StudyBridge
+from fedward.coordinator.mqtt.security import WireSecurity
 from fedward.coordinator.privacy.settings import StudyPrivacy
 from fedward.coordinator.service import StudyService
 from fedward.coordinator.settings import CoordinatorSettings
@@ -57,13 +58,21 @@ def _run_device(
     transport = MqttTransport(
         MqttSettings(host=mqtt_broker[0], port=mqtt_broker[1], client_id=f"coord.{study_id}")
     )
-    bridge = StudyBridge(service, transport, study_id=study_id, dispatch_interval_s=0.2)
+    bridge = StudyBridge(
+        service,
+        transport,
+        study_id=study_id,
+        dispatch_interval_s=0.2,
+        security=WireSecurity.ephemeral(),
+    )
     bridge.start()
     transport.connect()
     rng = np.random.default_rng(0)
     data = tmp_path / "data.npz"
     save_dataset(data, rng.standard_normal((16, 3, spec.window)), rng.integers(0, 4, 16))
     device = f"dev-{study_id[-8:]}"
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(service.issue_enrolment_secret(study_id, device))
     command = [os.path.join(os.path.dirname(sys.executable), "fedward"), "edge", "run"]
     args = [
         "--broker", f"mqtt://{mqtt_broker[0]}:{mqtt_broker[1]}",
@@ -77,6 +86,7 @@ def _run_device(
         "--width", str(spec.width),
         "--heartbeat", "1",
         "--seed", "1",
+        "--enrolment-secret-file", str(secret_file),
     ]  # fmt: skip
     process = subprocess.Popen(
         command + args + extra, stdout=subprocess.PIPE, stderr=subprocess.STDOUT

@@ -131,10 +131,13 @@ def test_announced_size_and_capacity_limits():
     # Execute / Assert: over the per-message limit
     with pytest.raises(ChunkError, match="announced"):
         r.feed("dev", big[0])
-    # over the global byte budget
-    tight.feed("a", split_message(b"1" * 800, max_chunk_bytes=500)[0])
-    with pytest.raises(ChunkError, match="capacity"):
-        tight.feed("b", split_message(b"2" * 800, max_chunk_bytes=500)[0])
+    # over the global byte budget: the stalled message of "a" makes room for "b"
+    stalled = split_message(b"1" * 1200, max_chunk_bytes=500)
+    tight.feed("a", stalled[0])
+    tight.feed("a", stalled[1])
+    fresh = split_message(b"2" * 800, max_chunk_bytes=500)
+    assert [tight.feed("b", c) for c in fresh][-1] == b"2" * 800
+    assert tight.reserved_bytes == 0 and tight.in_flight == 0
 
 
 def test_sender_over_its_limit_only_evicts_its_own_oldest():
