@@ -8,6 +8,7 @@ the strategy itself changes differs (merge rule, and for FTTE the subset).
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import json
 from pathlib import Path
@@ -21,8 +22,11 @@ from fedward.coordinator.strategies import StrategyName
 from fedward.coordinator.study_spec import StudySpec, refuse_renamed_keys
 from fedward.privacy.accounting import Accountant
 from fedward.protocol.messages import DeviceClass
+from fedward.tinytrain.models import ModelKind
 
-from .sensordata import StudyDataConfig
+from .datafile import DataFormat, FileDataConfig, Normalisation, Partition, data_format
+from .profiles import DEFAULT_PROFILES, DeviceProfile
+from .sensordata import DataConfig, StudyDataConfig
 
 
 class StrategyRun(enum.StrEnum):
@@ -35,14 +39,25 @@ class StrategyRun(enum.StrEnum):
     FTTE_NESTED = "ftte_nested"  # our extension: nested tiers per device
     FTTE_DP = "ftte+dp"  # FTTE's global subset, trained with DP-SGD under per-device budgets
     FEDBUFF_NORM_BOUNDED = "fedbuff+normbound"  # FedBuff with adaptive norm clipping
+    # memory-feasible baselines: a device trains the full model only if its measured
+    # step fits (at the largest micro-batch that does), else it sits out
+    FEDAVG_FEASIBLE = "fedavg_feasible"
+    FEDBUFF_FEASIBLE = "fedbuff_feasible"
 
     @property
     def strategy(self) -> StrategyName:
         if self in (StrategyRun.FTTE_NESTED, StrategyRun.FTTE_DP):
             return StrategyName.FTTE
-        if self is StrategyRun.FEDBUFF_NORM_BOUNDED:
+        if self in (StrategyRun.FEDBUFF_NORM_BOUNDED, StrategyRun.FEDBUFF_FEASIBLE):
             return StrategyName.FEDBUFF
+        if self is StrategyRun.FEDAVG_FEASIBLE:
+            return StrategyName.FEDAVG
         return StrategyName(self.value)
+
+    @property
+    def feasible(self) -> bool:
+        """Only devices whose measured full-model step fits their memory take part."""
+        return self in (StrategyRun.FEDAVG_FEASIBLE, StrategyRun.FEDBUFF_FEASIBLE)
 
     @property
     def slug(self) -> str:
@@ -67,6 +82,52 @@ class StrategyRun(enum.StrEnum):
         return SubsetMode.FULL
 
 
+class DataSettings(BaseModel):
+    """A study's own recordings (``fedward.simulation.datafile`` documents the formats)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: Path
+    partition: Partition = Partition.BY_PATIENT
+    devices: int | None = Field(default=None, ge=2)
+    alpha: float = Field(default=0.5, gt=0)
+    test_patients: int | None = Field(default=None, ge=1)
+    normalisation: Normalisation = Normalisation.PER_CHANNEL
+    features: tuple[str, ...] = ()
+
+    @property
+    def format(self) -> DataFormat:
+        return data_format(self.path)
+
+    def config(self, *, seed: int, pretrain_patients: int) -> FileDataConfig:
+        return FileDataConfig(
+            path=self.path,
+            format=self.format,
+            partition=self.partition,
+            devices=self.devices,
+            alpha=self.alpha,
+            test_patients=self.test_patients,
+            pretrain_patients=pretrain_patients,
+            normalisation=self.normalisation,
+            features=self.features,
+            seed=seed,
+        )
+
+
+class ProfileSettings(BaseModel):
+    """Overrides of one device class's profile (``fedward.simulation.profiles``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    memory_bytes: int | None = Field(default=None, ge=1024)
+    flops_per_s: float | None = Field(default=None, gt=0)
+    uplink_bps: float | None = Field(default=None, gt=0)
+    downlink_bps: float | None = Field(default=None, gt=0)
+    rtt_s: float | None = Field(default=None, ge=0)
+    availability: float | None = Field(default=None, gt=0, le=1)
+    dropout: float | None = Field(default=None, ge=0, lt=1)
+
+
 class Scenario(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -80,6 +141,16 @@ class Scenario(BaseModel):
         DeviceClass.PHONE: 0.3,
         DeviceClass.GATEWAY: 0.1,
     }
+    profiles: dict[DeviceClass, ProfileSettings] = {}  # overrides of DEFAULT_PROFILES
+    # data: the synthetic ECG rhythm task unless `data` names a file
+    data: DataSettings | None = None
+    # model (built from the data's shape for a data file)
+    model_kind: ModelKind = ModelKind.CNN
+    in_channels: int = Field(default=3, ge=1)
+    window: int = Field(default=500, ge=1)
+    num_classes: int = Field(default=4, ge=2)
+    hidden: tuple[int, ...] = ()
+    warm_start_file: Path | None = None  # parameters (.npz) to start from instead
     # data
     alpha: float = Field(default=0.5, gt=0)
     min_windows: int = Field(default=24, ge=1)
@@ -109,6 +180,14 @@ class Scenario(BaseModel):
     energy_beta: float = Field(default=1.0, ge=0)
     energy_tolerance: float = Field(default=10.0, ge=1)
     energy_window: int = Field(default=200, ge=0)
+    # synchronous FedAvg as deployed: over-select the cohort by this fraction and close
+    # the round on the first `concurrency` reports; a round still open at the deadline
+    # (virtual s after it opened) merges what it has and drops the rest (None: no deadline)
+    fedavg_over_selection: float = Field(default=0.3, ge=0, le=2)
+    fedavg_round_deadline_s: float | None = Field(default=1800.0, gt=0)
+    # honest label skew: 0 draws label mixes from Dirichlet(alpha); k >= 2 splits the
+    # labels into k disjoint groups and device i holds only group i mod k
+    label_groups: int = Field(default=0, ge=0)
     # evaluation
     target_accuracy: float = Field(default=0.975, gt=0, le=1)
     # evaluate after the first merge that completes this many updates since the
@@ -149,7 +228,17 @@ class Scenario(BaseModel):
             raise ValueError("mix needs non-negative weights with a positive sum")
         return self
 
-    def data_config(self) -> StudyDataConfig:
+    def device_profiles(self) -> dict[DeviceClass, DeviceProfile]:
+        """The class profiles with this scenario's overrides applied."""
+        out = dict(DEFAULT_PROFILES)
+        for cls, override in self.profiles.items():
+            changes = {k: v for k, v in override.model_dump().items() if v is not None}
+            out[cls] = dataclasses.replace(out[cls], **changes)
+        return out
+
+    def data_config(self) -> DataConfig:
+        if self.data is not None:
+            return self.data.config(seed=self.seed, pretrain_patients=self.pretrain_patients)
         return StudyDataConfig(
             devices=self.devices,
             alpha=self.alpha,
@@ -158,6 +247,7 @@ class Scenario(BaseModel):
             test_patients=self.test_patients,
             seed=self.seed,
             mislabelled_fraction=self.mislabelled_fraction,
+            label_groups=self.label_groups,
         )
 
     def study_spec(self, run: StrategyRun) -> StudySpec:
@@ -166,7 +256,12 @@ class Scenario(BaseModel):
             name=f"{self.name}-{run.slug}",
             strategy=run.strategy,
             subset_mode=run.subset_mode,
+            model_kind=self.model_kind,
+            in_channels=self.in_channels,
+            window=self.window,
+            num_classes=self.num_classes,
             width=self.width,
+            hidden=self.hidden,
             model_seed=self.seed,
             epochs=self.epochs,
             batch_size=self.batch_size,
@@ -181,6 +276,7 @@ class Scenario(BaseModel):
             energy_window=self.energy_window,
             norm_bound_tolerance=self.energy_tolerance if run.norm_bounded else None,
             norm_bound_window=max(1, self.energy_window),
+            fedavg_over_selection=self.fedavg_over_selection,
             privacy=self.study_privacy() if run.dp else None,
         )
 

@@ -28,6 +28,7 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -155,13 +156,19 @@ class StudyDataConfig:
     # Fraction of devices whose annotations are systematically wrong (see
     # ``mislabel_devices``); applied after loading, so it is not part of the key.
     mislabelled_fraction: float = 0.0
+    # 0: Dirichlet label mixes; k >= 2: disjoint label groups (``group_probs``)
+    label_groups: int = 0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.mislabelled_fraction <= 1.0:
             raise ValueError("mislabelled_fraction must be in [0, 1]")
+        if self.label_groups == 1 or not 0 <= self.label_groups <= len(Rhythm):
+            raise ValueError(f"label_groups must be 0 or in 2..{len(Rhythm)}")
 
     def key(self) -> str:
         generated = {k: v for k, v in asdict(self).items() if k != "mislabelled_fraction"}
+        if not self.label_groups:  # the key every cached data set had before the field
+            del generated["label_groups"]
         payload = json.dumps({**generated, "generator": 2}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -188,6 +195,8 @@ def generate_study_data(config: StudyDataConfig) -> StudyData:
     xs, ys = [], []
     for _ in range(config.devices):
         probs = rng.dirichlet(np.full(len(Rhythm), config.alpha))
+        if config.label_groups:  # drawn all the same, so the rest of the stream is unchanged
+            probs = group_probs(len(xs), groups=config.label_groups, classes=len(Rhythm))
         count = int(rng.integers(config.min_windows, config.max_windows + 1))
         x, y = _patient_windows(rng, count, probs)
         xs.append(x)
@@ -199,6 +208,19 @@ def generate_study_data(config: StudyDataConfig) -> StudyData:
         tx.append(x)
         ty.append(y)
     return StudyData(xs, ys, np.concatenate(tx), np.concatenate(ty))
+
+
+def group_probs(device: int, *, groups: int, classes: int) -> np.ndarray:
+    """Device ``device``'s label mix under disjoint groups: uniform over its group's labels.
+
+    Labels are split into ``groups`` contiguous groups (4 rhythms, 2 groups:
+    {NORMAL, BRADY} and {TACHY, AF}); device i holds only group ``i mod groups``:
+    wearers whose recordings honestly differ, none of them wrong.
+    """
+    members = np.array_split(np.arange(classes), groups)[device % groups]
+    probs = np.zeros(classes)
+    probs[members] = 1.0 / len(members)
+    return probs
 
 
 def cache_dir() -> Path:
@@ -229,8 +251,20 @@ def mislabel_devices(data: StudyData, config: StudyDataConfig) -> StudyData:
     return StudyData(data.device_x, device_y, data.test_x, data.test_y)
 
 
-def load_study_data(config: StudyDataConfig) -> StudyData:
-    """Generate once (cached), then apply the configured device faults."""
+class DataSource(Protocol):
+    """A study's data that is not generated here (``fedward.simulation.datafile``)."""
+
+    def load(self) -> StudyData: ...
+
+
+DataConfig = StudyDataConfig | DataSource
+"""What ``load_study_data`` takes: the synthetic task's settings or a data source."""
+
+
+def load_study_data(config: DataConfig) -> StudyData:
+    """Generate once (cached), then apply the configured device faults; or load a data source."""
+    if not isinstance(config, StudyDataConfig):
+        return config.load()
     return mislabel_devices(_load_clean(config), config)
 
 

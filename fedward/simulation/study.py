@@ -26,6 +26,7 @@ so virtual compute time uses the same counted FLOPs.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import random
 import time
@@ -37,8 +38,9 @@ from typing import Any
 
 import numpy as np
 
-from fedward.coordinator.engine import Device, DeviceState, EngineEvent, TaskOrder
+from fedward.coordinator.engine import Device, DeviceState, EngineEvent, EventKind, TaskOrder
 from fedward.coordinator.engine.ingest import decode_update
+from fedward.coordinator.privacy.events import PrivacyEvent, PrivacyEventKind
 from fedward.coordinator.privacy.guard import PrivacyListener, privacy_guard_of
 from fedward.coordinator.privacy.ledger_store import ledger_file, save_guard_state
 from fedward.coordinator.study_spec import build_engine, footprint_bytes
@@ -46,6 +48,7 @@ from fedward.edge.budget import DeviceBudget, TaskRefused
 from fedward.edge.dp_training import DPTrainConfig
 from fedward.edge.local import LocalOutcome, LocalTask
 from fedward.edge.updates import encode_update, update_header
+from fedward.errors import SimulationError
 from fedward.protocol.messages import (
     DEFAULT_MAX_MESSAGE_BYTES,
     ModelDownload,
@@ -55,10 +58,12 @@ from fedward.protocol.messages import (
 )
 from fedward.tinytrain.costs import task_flops
 from fedward.tinytrain.models import build_model, param_shapes
+from fedward.tinytrain.runtime import fixed_threads
 from fedward.tinytrain.subsets import SubsetSpec
-from fedward.tinytrain.training import evaluate
+from fedward.tinytrain.training import LocalTrainConfig, evaluate
 
 from .executor import Executor, TrainJob
+from .feasibility import fitting_micro_batch
 from .profiles import SimDevice, draw_fleet
 from .scenario import Scenario, StrategyRun
 from .sensordata import load_study_data
@@ -87,6 +92,12 @@ class StudyResult:
     updates_by_class: dict[str, int] = field(default_factory=dict)
     exhausted_devices: int = 0  # DP rows: devices whose budget cannot afford another task
     privacy: dict[str, Any] = field(default_factory=dict)  # DP rows: epsilon figures
+    # per device class: devices, tasks dispatched / failed, updates accepted, their
+    # staleness (server versions behind), memory budget and measured training memory
+    by_class: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # DP rows: every charge, (virtual time, device class, device's cumulative epsilon)
+    epsilon_series: list[dict[str, Any]] = field(default_factory=list)
+    setup_s: float = 0.0  # wall seconds building the study (data, warm start, engine)
 
     @property
     def upload_bytes_per_update(self) -> float:
@@ -111,6 +122,9 @@ class StudyResult:
             "updates_by_class": self.updates_by_class,
             "exhausted_devices": self.exhausted_devices,
             "privacy": self.privacy,
+            "by_class": self.by_class,
+            "epsilon_series": self.epsilon_series,
+            "setup_s": self.setup_s,
             "series": self.series,
         }
 
@@ -136,17 +150,26 @@ class Study:
         progress: Progress | None = None,
         privacy_listeners: tuple[PrivacyListener, ...] = (),
     ) -> None:
+        self._built = time.perf_counter()
         self.scenario, self.run_kind, self.executor, self.progress = (
             scenario,
             run,
             executor,
             progress,
         )
+        self._tally: dict[str, Counter[str]] = defaultdict(Counter)  # class -> counts
+        self._staleness: dict[str, list[int]] = defaultdict(list)
+        self._epsilons: list[dict[str, Any]] = []
         self.spec = scenario.study_spec(run)
         self.model_config = self.spec.model_settings()
         self.model = build_model(self.model_config, seed=scenario.seed)
         self.shapes = param_shapes(self.model)
         data = load_study_data(scenario.data_config())
+        if len(data.device_y) != scenario.devices:
+            raise SimulationError(
+                f"the scenario has {scenario.devices} devices but its data {len(data.device_y)}; "
+                "load a study file (fedward.simulation.studyfile) to size the fleet from the data"
+            )
         pick = np.random.default_rng(scenario.seed + 7).permutation(len(data.test_y))[
             : scenario.eval_windows
         ]
@@ -158,6 +181,7 @@ class Study:
             straggler_fraction=scenario.straggler_fraction,
             straggler_slowdown=scenario.straggler_slowdown,
             rng=np.random.default_rng(scenario.seed + 1),
+            profiles=scenario.device_profiles(),
         )
         self.by_id = {d.device_id: d for d in self.fleet}
         start = scenario_start(scenario, self.model_config)
@@ -165,8 +189,8 @@ class Study:
             self.spec,
             rng=random.Random(scenario.seed + 2),
             params=start,
-            listeners=listeners,
-            privacy_listeners=privacy_listeners,
+            listeners=(*listeners, self._count),
+            privacy_listeners=(*privacy_listeners, self._charged),
         )
         self.guard = privacy_guard_of(self.engine)  # None unless a DP row
         self.budgets: dict[str, DeviceBudget] = {}  # each device's own accountant
@@ -179,11 +203,76 @@ class Study:
                 now=0.0,
             )
         self.train = self.spec.train_settings()
+        # memory-feasible rows: each class's micro-batch for the full model, None = sits out
+        self.micro_batch_by_class: dict[str, int | None] = {}
+        if run.feasible:
+            full = self.engine.subset_for(self.engine.devices[self.fleet[0].device_id]).names
+            for d in self.fleet:
+                self.micro_batch_by_class.setdefault(
+                    d.profile.device_class.value,
+                    fitting_micro_batch(
+                        self.model_config,
+                        full,
+                        batch_size=scenario.batch_size,
+                        memory_bytes=d.profile.memory_bytes,
+                    ),
+                )
         self.chance = random.Random(scenario.seed + 3)  # availability and dropouts
         self._events: list[_Event] = []
         self._seq = 0
         self._jobs: dict[str, Any] = {}
         self._upload_s: dict[str, float] = {}
+
+    # -- what the report shows per device class ---------------------------------
+    def _class_of(self, device_id: str) -> str:
+        return self.by_id[device_id].profile.device_class.value
+
+    def _count(self, event: EngineEvent) -> None:
+        device_id = event.details.get("device_id")
+        if not isinstance(device_id, str) or device_id not in self.by_id:
+            return
+        cls = self._class_of(device_id)
+        if event.kind is EventKind.TASK_DISPATCHED:
+            self._tally[cls]["dispatched"] += 1
+        elif event.kind is EventKind.TASK_FAILED:
+            self._tally[cls]["failed"] += 1
+        elif event.kind is EventKind.UPDATE_ACCEPTED:
+            self._tally[cls]["accepted"] += 1
+            self._staleness[cls].append(int(event.details.get("staleness", 0)))
+
+    def _charged(self, event: PrivacyEvent) -> None:
+        if event.kind is PrivacyEventKind.SPENT and event.record is not None:
+            self._epsilons.append(
+                {
+                    "t": event.at,
+                    "class": self._class_of(event.device_id),
+                    "device": event.device_id,
+                    "epsilon": event.record.epsilon_after,
+                }
+            )
+
+    def _class_figures(self, tiers: dict[str, SubsetSpec]) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for cls, subset in sorted(tiers.items()):
+            members = [d for d in self.fleet if d.profile.device_class.value == cls]
+            stale = self._staleness.get(cls, [])
+            out[cls] = {
+                "devices": len(members),
+                "stragglers": sum(d.straggler for d in members),
+                "dispatched": self._tally[cls]["dispatched"],
+                "accepted": self._tally[cls]["accepted"],
+                "failed": self._tally[cls]["failed"],
+                "participating_devices": len(
+                    {d.device_id for d in members if self.engine.devices[d.device_id].completed}
+                ),
+                "staleness_mean": float(np.mean(stale)) if stale else None,
+                "staleness_max": max(stale) if stale else None,
+                "memory_budget_bytes": members[0].profile.memory_bytes,
+                "train_memory_bytes": footprint_bytes(
+                    self.model_config, subset.names, self.scenario.batch_size
+                ),
+            }
+        return out
 
     # -- virtual time --------------------------------------------------------
     def _push(self, at: float, kind: str, task_id: str = "") -> None:
@@ -191,6 +280,8 @@ class Study:
         heapq.heappush(self._events, _Event(at, self._seq, kind, task_id))
 
     def _online(self, device: Device) -> bool:
+        if self.run_kind.feasible and self.micro_batch_by_class[device.device_class] is None:
+            return False  # its measured full-model step does not fit: it sits out
         return self.chance.random() < self.by_id[device.device_id].profile.availability
 
     def _download_bytes(self, order: TaskOrder) -> int:
@@ -240,7 +331,7 @@ class Study:
             task_id=order.task_id,
             model_version=order.model_version,
             subset_names=order.subset.names,
-            train=self.train,
+            train=self._train_for(device),
             dp=self._dp_config(order),
             seed=self.scenario.seed * 1_000_003 + int(order.task_id[1:]),
         )
@@ -251,8 +342,18 @@ class Study:
         )
         self._push(now + duration, "arrived", order.task_id)
 
+    def _train_for(self, device: SimDevice) -> LocalTrainConfig:
+        """The study's local work; a feasible row's device accumulates over its micro-batch."""
+        size = self.micro_batch_by_class.get(device.profile.device_class.value)
+        if size is None or size == self.train.batch_size:
+            return self.train
+        return dataclasses.replace(self.train, micro_batch=size)
+
     def _dispatch(self, now: float, result: StudyResult) -> None:
         orders = self.engine.dispatch(now=now, eligible=self._online)
+        deadline = self.scenario.fedavg_round_deadline_s
+        if orders and orders[0].round_id is not None and deadline is not None:
+            self._push(now + deadline, "deadline", str(orders[0].round_id))
         for order in orders:
             self._start(order, now, result)
         if not orders and self.engine.in_flight() == 0 and self._anyone_can_work():
@@ -260,7 +361,8 @@ class Study:
 
     # -- main loop -------------------------------------------------------------
     def _evaluate(self, now: float, result: StudyResult) -> None:
-        acc, loss = evaluate(self.model, self.engine.params, self.test_x, self.test_y)
+        with fixed_threads():  # the same figures on any machine
+            acc, loss = evaluate(self.model, self.engine.params, self.test_x, self.test_y)
         result.series.append(
             {
                 "t": now,
@@ -277,6 +379,7 @@ class Study:
     def run(self) -> StudyResult:
         started = time.perf_counter()
         result = StudyResult(run=self.run_kind.value, scenario=self.scenario.name)
+        result.setup_s = started - self._built
         classes: Counter[str] = Counter()
         tiers: dict[str, SubsetSpec] = {}
         for d in self.fleet:
@@ -293,6 +396,13 @@ class Study:
             now = event.at
             if event.kind == "dropped":
                 self.engine.task_failed(event.task_id, now=now, reason="device went silent")
+            elif event.kind == "deadline":  # a synchronous round's deadline: drop who is late
+                for order in [
+                    o for o in self.engine.tasks.values() if str(o.round_id) == event.task_id
+                ]:
+                    self.engine.task_failed(
+                        order.task_id, now=now, reason="missed the round deadline"
+                    )
             elif event.kind == "arrived":
                 merged = self._arrive(event.task_id, now, result, classes)
                 due = result.series[-1]["updates"] + self.scenario.eval_every_updates
@@ -325,6 +435,8 @@ class Study:
             }
             for c, s in tiers.items()
         }
+        result.by_class = self._class_figures(tiers)
+        result.epsilon_series = list(self._epsilons)
         for handle in self._jobs.values():  # tasks still in flight at the end
             handle.result()
         return result
@@ -348,6 +460,10 @@ class Study:
         outcome_ = self.engine.submit(incoming.update, now=now, context=incoming.privacy)
         if outcome_.accepted:
             classes[self.by_id[order.device_id].profile.device_class.value] += 1
+        late = getattr(self.engine.strategy, "late_tasks", None)
+        for task in late() if callable(late) and self.engine.stats.merges > before else ():
+            # an over-selected round closed without these: the coordinator cancels them
+            self.engine.task_failed(task, now=now, reason="round closed (over-selected)")
         if self.progress and self.engine.stats.merges == before:
             self.progress(self.engine.stats.accepted, self.scenario.update_budget, None)
         return self.engine.stats.merges > before

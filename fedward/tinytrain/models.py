@@ -36,13 +36,23 @@ class ModelConfig:
     window: int = 500
     num_classes: int = 4
     width: int = 24
+    hidden: tuple[int, ...] = ()
+    """Layer sizes set by the study: the CNN's conv channels per block, the MLP's
+    hidden units per layer. Empty: derived from ``width`` (the CNN's
+    ``(w, 2w, 4w, 2w)``, the MLP's ``(8w, 4w)``), the models every benchmark uses."""
 
     def __post_init__(self) -> None:
         for name in ("in_channels", "window", "num_classes", "width"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ModelConfig.{name} must be >= 1")
-        if self.kind is ModelKind.CNN and self.window < 64:
-            raise ValueError("the CNN needs windows of at least 64 samples")
+        if any(size < 1 for size in self.hidden):
+            raise ValueError("ModelConfig.hidden sizes must be >= 1")
+
+    def layer_sizes(self) -> tuple[int, ...]:
+        if self.hidden:
+            return self.hidden
+        w = self.width
+        return (w, 2 * w, 4 * w, 2 * w) if self.kind is ModelKind.CNN else (8 * w, 4 * w)
 
 
 class _ConvBlock(nn.Module):
@@ -57,27 +67,39 @@ class _ConvBlock(nn.Module):
         return out
 
 
+_CNN_POOLS = (4, 4, 2)  # max-pool of the first blocks; later blocks keep their length
+
+
+def _block_names(count: int) -> list[str]:
+    return ["stem"] + [f"block{i}" for i in range(2, count + 1)]
+
+
 class SensorCNN(nn.Module):
-    """1-D CNN: stem -> block2 -> block3 -> block4 -> global average -> head."""
+    """1-D CNN: stem -> block2 ... blockN -> global average -> head.
+
+    The default (four blocks from ``width``) is the benchmark model. A block
+    pools only while the feature map stays at least as long as the pool, so
+    short windows (a 100-sample motion window, even a single time step) build
+    the same layers with less pooling; the last block uses kernel 3, the
+    others 7.
+    """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        w = config.width
-        self.stem = _ConvBlock(config.in_channels, w, kernel=7, pool=4)
-        self.block2 = _ConvBlock(w, 2 * w, kernel=7, pool=4)
-        self.block3 = _ConvBlock(2 * w, 4 * w, kernel=7, pool=2)
-        self.block4 = _ConvBlock(4 * w, 2 * w, kernel=3, pool=1)
-        self.head = nn.Linear(2 * w, config.num_classes)
+        sizes = config.layer_sizes()
+        self._names = _block_names(len(sizes))
+        length, cin = config.window, config.in_channels
+        for i, (name, cout) in enumerate(zip(self._names, sizes, strict=True)):
+            pool = _CNN_POOLS[i] if i < len(_CNN_POOLS) else 1
+            pool = pool if length // pool >= 1 else 1
+            kernel = 3 if i == len(sizes) - 1 else 7
+            self.add_module(name, _ConvBlock(cin, cout, kernel=kernel, pool=pool))
+            length, cin = length // pool, cout
+        self.head = nn.Linear(cin, config.num_classes)
 
     def layers(self) -> list[tuple[str, nn.Module]]:
-        return [
-            ("stem", self.stem),
-            ("block2", self.block2),
-            ("block3", self.block3),
-            ("block4", self.block4),
-            ("pool", _GlobalAvgPool()),
-            ("head", self.head),
-        ]
+        blocks = [(name, self.get_submodule(name)) for name in self._names]
+        return [*blocks, ("pool", _GlobalAvgPool()), ("head", self.head)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for _, layer in self.layers():
@@ -91,18 +113,30 @@ class _GlobalAvgPool(nn.Module):
 
 
 class SensorMLP(nn.Module):
-    """MLP on a flattened, 4x-downsampled window: a baseline for tiny devices."""
+    """MLP on a flattened window: a baseline for tiny devices, and the model for tabular data.
+
+    Windows of 64 samples or more are 4x downsampled first (the benchmark
+    model); shorter ones, and tabular rows (``window = 1``, one channel per
+    feature), are used as they are.
+    """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        d_in = config.in_channels * (config.window // 4)
-        h = 8 * config.width
-        self.stem = nn.Sequential(nn.AvgPool1d(4), nn.Flatten(), nn.Linear(d_in, h), nn.ReLU())
-        self.block2 = nn.Sequential(nn.Linear(h, h // 2), nn.ReLU())
-        self.head = nn.Linear(h // 2, config.num_classes)
+        down = 4 if config.window >= 64 else 1
+        sizes = config.layer_sizes()
+        self._names = _block_names(len(sizes))
+        d_in = config.in_channels * (config.window // down)
+        pool: list[nn.Module] = [nn.AvgPool1d(down)] if down > 1 else []
+        self.add_module(
+            self._names[0], nn.Sequential(*pool, nn.Flatten(), nn.Linear(d_in, sizes[0]), nn.ReLU())
+        )
+        for name, cin, cout in zip(self._names[1:], sizes[:-1], sizes[1:], strict=True):
+            self.add_module(name, nn.Sequential(nn.Linear(cin, cout), nn.ReLU()))
+        self.head = nn.Linear(sizes[-1], config.num_classes)
 
     def layers(self) -> list[tuple[str, nn.Module]]:
-        return [("stem", self.stem), ("block2", self.block2), ("head", self.head)]
+        blocks = [(name, self.get_submodule(name)) for name in self._names]
+        return [*blocks, ("head", self.head)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for _, layer in self.layers():
