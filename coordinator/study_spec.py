@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Mapping
 from functools import lru_cache
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -95,9 +95,12 @@ class StudySpec(BaseModel):
     # model
     model_kind: ModelKind = ModelKind.CNN
     in_channels: int = Field(default=3, ge=1)
-    window: int = Field(default=500, ge=64)
+    window: int = Field(default=500, ge=1)
     num_classes: int = Field(default=4, ge=2)
     width: int = Field(default=24, ge=1)
+    # layer sizes set by the study (CNN channels per block, MLP hidden units);
+    # empty: derived from width. Bounded so a spec cannot ask for a huge model.
+    hidden: tuple[Annotated[int, Field(ge=1, le=1024)], ...] = Field(default=(), max_length=8)
     model_seed: int = 0
     # local training (identical for every device of the study)
     epochs: int = Field(default=2, ge=1)
@@ -118,15 +121,17 @@ class StudySpec(BaseModel):
     # robustness wrapper around any strategy (strategies.NormBounded): None = off
     norm_bound_tolerance: float | None = Field(default=None, ge=1)
     norm_bound_window: int = Field(default=200, ge=1)
+    # FedAvg: over-select each cohort by this fraction, close on the first `concurrency`
+    fedavg_over_selection: float = Field(default=0.0, ge=0, le=2)
     task_deadline_s: float = Field(default=3600.0, gt=0)
+    # the largest sample count one update may claim (public: devices and auditors see it);
+    # an update claiming more is refused, so no device can buy merge weight with a number
+    max_samples_per_update: int = Field(default=10_000, ge=1)
     # differential privacy (issue 4): None = no DP; set at creation, immutable
     privacy: StudyPrivacy | None = None
 
     @model_validator(mode="before")
     @classmethod
-    # the largest sample count one update may claim (public: devices and auditors see it);
-    # an update claiming more is refused, so no device can buy merge weight with a number
-    max_samples_per_update: int = Field(default=10_000, ge=1)
     def _no_renamed_keys(cls, data: Any) -> Any:
         refuse_renamed_keys(data, what="study spec")
         return data
@@ -146,6 +151,7 @@ class StudySpec(BaseModel):
             window=self.window,
             num_classes=self.num_classes,
             width=self.width,
+            hidden=self.hidden,
         )
 
     def train_settings(self) -> LocalTrainConfig:
@@ -197,7 +203,9 @@ def _strategy(
             max_staleness=spec.max_staleness,
         )
     if spec.strategy is StrategyName.FEDAVG:
-        return FedAvg(shapes=shapes, server_lr=spec.server_lr)
+        return FedAvg(
+            shapes=shapes, server_lr=spec.server_lr, over_selection=spec.fedavg_over_selection
+        )
     if spec.strategy is StrategyName.FEDBUFF:
         return FedBuff(
             shapes=shapes,
@@ -279,6 +287,7 @@ def build_engine(
             else ()
         ),
     )
+
 
 # -- the model's size, refused above a limit before anything is built ----------------
 

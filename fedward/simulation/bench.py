@@ -7,14 +7,26 @@ FTTE, the subset differ. Figures per row:
 - ``time_to_target_s``: virtual seconds until held-out accuracy first reaches
   the scenario's target (evaluated after every merge);
 - ``final_accuracy``: mean held-out accuracy over the last tenth of the run;
-- ``peak_train_memory_bytes``: measured training footprint (parameters held,
-  gradients, optimizer state, tensors saved for backward: ``fedward.tinytrain.memory``)
-  of the subset the most constrained device class trains; the profiler's peak
-  of the same step is reported beside it;
+- ``peak_train_memory_bytes``: the measured peak of a real training step
+  (parameters held, gradients, optimizer state, tensors saved for backward and
+  the transient forward buffers, from an allocation-level trace:
+  ``fedward.tinytrain.memory``) of the subset the most constrained participating
+  device class trains; ``peak_train_memory_micro_batch_bytes``: the same subset
+  at the smallest micro-batch (one window) with gradient accumulation, what a
+  careful user of a small device would run;
+- ``memory_by_class`` / ``memory_fits``: per device class, the measured step
+  that class runs in this row and whether it is within the class's budget
+  (memory-feasible rows: the micro-batch a class uses, or that it sits out);
   (DP rows: measured with Opacus at the scenario's physical batch, per-sample
   gradients included);
 - ``upload_bytes_per_update``: mean encoded update frame size;
-- ``updates`` accepted and ``wall_s`` of the run on this machine.
+- ``updates`` accepted and ``wall_s`` of the run on this machine;
+- ``gap_closure_s``: virtual seconds until the row closes 50%, 80% and 95% of
+  the gap between the warm start (``scenario.warm_start_accuracy``) and
+  FedAvg's final accuracy; ``accuracy_auc``: mean held-out accuracy over the
+  common horizon (the longest row's virtual time; a row that finished earlier
+  keeps its last accuracy), i.e. the area under the accuracy-time curve over
+  the horizon. No single threshold decides the verdict.
 """
 
 from __future__ import annotations
@@ -25,17 +37,25 @@ from typing import Any
 
 from fedward.coordinator.engine import Device
 from fedward.edge.dp_training import measure_dp_training_step
-from fedward.tinytrain.memory import Footprint, measure_training_step
+from fedward.tinytrain.memory import Footprint
 
 from .executor import ExecutorKind, make_executor
+from .feasibility import fitting_micro_batch, step_footprint
 from .profiles import DEFAULT_PROFILES
 from .scenario import Scenario, StrategyRun
 from .study import Study, StudyResult
 
-# The required rows plus the DP row; --quick runs the required rows only.
-# Others (ftte_nested, fedasync) are one ``--run`` away.
-DEFAULT_RUNS = (StrategyRun.FEDAVG, StrategyRun.FEDBUFF, StrategyRun.FTTE, StrategyRun.FTTE_DP)
-QUICK_RUNS = (StrategyRun.FEDAVG, StrategyRun.FEDBUFF, StrategyRun.FTTE)
+# The required rows, the memory-feasible baselines and the DP row; --quick runs
+# the rows without DP. Others (ftte_nested, fedasync) are one ``--run`` away.
+QUICK_RUNS = (
+    StrategyRun.FEDAVG,
+    StrategyRun.FEDBUFF,
+    StrategyRun.FEDAVG_FEASIBLE,
+    StrategyRun.FEDBUFF_FEASIBLE,
+    StrategyRun.FTTE,
+)
+DEFAULT_RUNS = (*QUICK_RUNS, StrategyRun.FTTE_DP)
+GAP_FRACTIONS = (0.5, 0.8, 0.95)
 
 ProgressFactory = Callable[[str, int], Callable[[int, int, float | None], None]]
 
@@ -59,6 +79,36 @@ def time_to_levels(
     }
 
 
+def gap_closure_times(
+    series: list[dict[str, float]],
+    *,
+    start: float,
+    reference: float,
+    fractions: Sequence[float] = GAP_FRACTIONS,
+) -> dict[str, float | None]:
+    """Virtual seconds until accuracy first closes each fraction of ``start -> reference``.
+
+    None: never closed, or there is no gap (``reference <= start``).
+    """
+    out: dict[str, float | None] = {}
+    for f in fractions:
+        level = start + f * (reference - start)
+        reached = next((p["t"] for p in series if p["accuracy"] >= level), None)
+        out[f"{f:.0%}"] = reached if reference > start else None
+    return out
+
+
+def accuracy_auc(series: list[dict[str, float]], *, horizon: float) -> float:
+    """Mean accuracy over [0, horizon] of the step curve (each evaluation holds until the next)."""
+    if horizon <= 0:
+        return float(series[0]["accuracy"])
+    area = 0.0
+    for here, after in zip(series, [*series[1:], None], strict=True):
+        end = horizon if after is None else min(after["t"], horizon)
+        area += here["accuracy"] * max(0.0, end - min(here["t"], horizon))
+    return area / horizon
+
+
 def measured_footprint(study: Study, names: tuple[str, ...], *, memory_bytes: int) -> Footprint:
     """What one local step of ``names`` holds on a device of this row.
 
@@ -68,7 +118,15 @@ def measured_footprint(study: Study, names: tuple[str, ...], *, memory_bytes: in
     """
     scenario = study.scenario
     if not study.run_kind.dp:
-        return measure_training_step(study.model_config, names, batch_size=scenario.batch_size)
+        size = scenario.batch_size
+        if study.run_kind.feasible:  # the micro-batch this device would really run
+            size = (
+                fitting_micro_batch(
+                    study.model_config, names, batch_size=size, memory_bytes=memory_bytes
+                )
+                or 1
+            )
+        return step_footprint(study.model_config, names, scenario.batch_size, size)
     physical = scenario.dp_max_physical_batch
     while True:
         footprint = measure_dp_training_step(
@@ -85,15 +143,44 @@ def measured_footprint(study: Study, names: tuple[str, ...], *, memory_bytes: in
         physical = max(1, physical // 2)
 
 
+def memory_by_class(study: Study) -> dict[str, dict[str, Any]]:
+    """Per device class: the measured step it runs in this row and whether it fits."""
+    out: dict[str, dict[str, Any]] = {}
+    for d in study.fleet:
+        cls, profile = d.profile.device_class.value, d.profile
+        if cls in out:
+            continue
+        probe = Device(device_id="probe", device_class=cls, memory_bytes=profile.memory_bytes)
+        names = study.engine.subset_for(probe).names
+        sits_out = study.run_kind.feasible and study.micro_batch_by_class[cls] is None
+        footprint = measured_footprint(study, names, memory_bytes=profile.memory_bytes)
+        out[cls] = {
+            "budget_bytes": profile.memory_bytes,
+            "step_bytes": footprint.total,
+            "memory_fits": footprint.total <= profile.memory_bytes and not sits_out,
+            "micro_batch": study.micro_batch_by_class.get(cls, study.scenario.batch_size),
+            "sits_out": sits_out,
+        }
+    return out
+
+
 def row(study: Study, result: StudyResult, *, device_class: str) -> dict[str, Any]:
+    by_class = memory_by_class(study)
+    taking_part = [c for c, m in by_class.items() if not m["sits_out"]]
+    if device_class not in taking_part and taking_part:  # feasible rows: the smallest that trains
+        device_class = min(taking_part, key=lambda c: by_class[c]["budget_bytes"])
     profile = next(d for d in study.fleet if d.profile.device_class.value == device_class).profile
     probe = Device(device_id="probe", device_class=device_class, memory_bytes=profile.memory_bytes)
     subset = study.engine.subset_for(probe)
     footprint = measured_footprint(study, subset.names, memory_bytes=profile.memory_bytes)
+    micro = step_footprint(study.model_config, subset.names, study.scenario.batch_size, 1)
     return {
         "time_to_target_s": result.time_to_target_s,
         "final_accuracy": result.final_accuracy,
         "peak_train_memory_bytes": footprint.total,
+        "peak_train_memory_micro_batch_bytes": micro.total,
+        "memory_fits": {c: m["memory_fits"] for c, m in by_class.items()},
+        "memory_by_class": by_class,
         "upload_bytes_per_update": result.upload_bytes_per_update,
         "updates": result.updates,
         "wall_s": result.wall_s,
@@ -142,18 +229,35 @@ def run_benchmark(
             strategies[run.value] = row(study, study.run(), device_class=device_class)
     finally:
         pool.close()
+    warm = next(iter(strategies.values()))["series"][0]["accuracy"]
+    add_gap_metrics(strategies, warm_start=warm)
     return {
         "scenario": {
             "name": scenario.name,
             "devices": scenario.devices,
             "straggler_fraction": scenario.straggler_fraction,
             "target_accuracy": scenario.target_accuracy,
+            "warm_start_accuracy": warm,
             "seed": scenario.seed,
             "settings": scenario.model_dump(mode="json"),
         },
         "strategies": strategies,
         "total_wall_s": time.perf_counter() - started,
     }
+
+
+def add_gap_metrics(strategies: dict[str, dict[str, Any]], *, warm_start: float) -> None:
+    """Gap-closure times (against FedAvg's final accuracy) and the AUC, added to every row."""
+    reference = strategies["fedavg"]["final_accuracy"] if "fedavg" in strategies else None
+    horizon = max(r["virtual_time_s"] for r in strategies.values())
+    for r in strategies.values():
+        r["gap_closure_s"] = (
+            gap_closure_times(r["series"], start=warm_start, reference=reference)
+            if reference is not None
+            else None
+        )
+        r["accuracy_auc"] = accuracy_auc(r["series"], horizon=horizon)
+        r["auc_horizon_s"] = horizon
 
 
 def ratios(
@@ -168,6 +272,8 @@ def ratios(
     return {
         "time_to_target": t,
         "peak_train_memory": a["peak_train_memory_bytes"] / b["peak_train_memory_bytes"],
+        "peak_train_memory_vs_micro_batch": a["peak_train_memory_bytes"]
+        / b["peak_train_memory_micro_batch_bytes"],
         "upload_bytes_per_update": a["upload_bytes_per_update"] / b["upload_bytes_per_update"],
         "final_accuracy_points": 100 * (a["final_accuracy"] - b["final_accuracy"]),
     }

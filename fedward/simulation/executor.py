@@ -3,7 +3,8 @@
 The simulator submits a job when it dispatches a task (virtual time) and asks
 for its result when the update arrives, so jobs of devices that are busy at the
 same virtual time run in parallel. Results depend only on the job's inputs and
-seed, so every executor gives the same study.
+seed, and every job runs with one intra-op thread (``fixed_threads``), so
+every executor gives the same study on any machine.
 
 Workers load the study's data once (from the on-disk cache) in an initializer;
 each worker process holds its own copy in ``_WORKER`` (per process, set once).
@@ -19,9 +20,14 @@ from typing import Any, Protocol
 
 from fedward.edge.local import LocalOutcome, LocalTask, run_local_task
 from fedward.tinytrain.models import ModelConfig, Params, build_model
-from fedward.tinytrain.runtime import limit_threads
+from fedward.tinytrain.runtime import (
+    DETERMINISTIC_THREADS,
+    fixed_threads,
+    limit_threads,
+    torch_threads,
+)
 
-from .sensordata import StudyDataConfig, load_study_data
+from .sensordata import DataConfig, load_study_data
 
 
 @dataclass(frozen=True)
@@ -50,7 +56,7 @@ class Executor(Protocol):
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(data_config: StudyDataConfig, model_config: ModelConfig, threads: int) -> None:
+def _init_worker(data_config: DataConfig, model_config: ModelConfig, threads: int) -> None:
     limit_threads(threads)
     data = load_study_data(data_config)
     _WORKER.update(x=data.device_x, y=data.device_y, model=build_model(model_config, seed=0))
@@ -58,14 +64,15 @@ def _init_worker(data_config: StudyDataConfig, model_config: ModelConfig, thread
 
 def _run(job: TrainJob) -> LocalOutcome:
     i = job.device_index
-    return run_local_task(
-        _WORKER["model"],
-        job.base,
-        _WORKER["x"][i],
-        _WORKER["y"][i],
-        job.task,
-        accountant_state=job.accountant_state,
-    )
+    with fixed_threads():  # also in the caller's process (serial executor)
+        return run_local_task(
+            _WORKER["model"],
+            job.base,
+            _WORKER["x"][i],
+            _WORKER["y"][i],
+            job.task,
+            accountant_state=job.accountant_state,
+        )
 
 
 class _Deferred:
@@ -82,8 +89,9 @@ class _Deferred:
 
 
 class SerialExecutor:
-    def __init__(self, data_config: StudyDataConfig, model_config: ModelConfig) -> None:
-        _init_worker(data_config, model_config, threads=1)
+    def __init__(self, data_config: DataConfig, model_config: ModelConfig) -> None:
+        # the caller's thread count is left alone: each job pins its own (``_run``)
+        _init_worker(data_config, model_config, threads=torch_threads())
 
     def submit(self, job: TrainJob) -> JobHandle:
         return _Deferred(job)
@@ -94,12 +102,12 @@ class SerialExecutor:
 
 class ProcessExecutor:
     def __init__(
-        self, data_config: StudyDataConfig, model_config: ModelConfig, *, workers: int | None = None
+        self, data_config: DataConfig, model_config: ModelConfig, *, workers: int | None = None
     ) -> None:
         self._pool = ProcessPoolExecutor(
             max_workers=workers or os.cpu_count() or 1,
             initializer=_init_worker,
-            initargs=(data_config, model_config, 1),
+            initargs=(data_config, model_config, DETERMINISTIC_THREADS),
         )
 
     def submit(self, job: TrainJob) -> Future[LocalOutcome]:
@@ -113,7 +121,7 @@ class RayExecutor:
     """Runs jobs as Ray tasks (``pip install fedward[ray]``), on one machine or a cluster."""
 
     def __init__(
-        self, data_config: StudyDataConfig, model_config: ModelConfig, *, address: str | None = None
+        self, data_config: DataConfig, model_config: ModelConfig, *, address: str | None = None
     ) -> None:
         import ray  # optional dependency
 
@@ -123,7 +131,7 @@ class RayExecutor:
 
         class _Worker:
             def __init__(self) -> None:
-                _init_worker(data_config, model_config, threads=1)
+                _init_worker(data_config, model_config, threads=DETERMINISTIC_THREADS)
 
             def run(self, job: TrainJob) -> LocalOutcome:
                 return _run(job)
@@ -153,7 +161,7 @@ class RayExecutor:
 
 def make_executor(
     kind: ExecutorKind | str,
-    data_config: StudyDataConfig,
+    data_config: DataConfig,
     model_config: ModelConfig,
     *,
     workers: int | None = None,

@@ -20,7 +20,7 @@ from opacus import GradSampleModule
 from opacus.optimizers import DPOptimizer
 from torch import nn
 
-from .memory import Footprint, _profiler_peak, _storage_key
+from .memory import Footprint, _profiler_peak, _storage_key, transient_bytes
 from .models import ModelConfig, build_model
 from .profiler_quiet import quiet_profiler_markers
 from .training import frozen_features, split_for_training
@@ -152,11 +152,18 @@ def measure_dp_training_step(
         )
     finally:
         gsm.cleanup()
+    peak = _profiler_peak(prof.events())
+    accounted = params_bytes + grads + peak_per_sample + state + peak_saved
     return DPFootprint(
         params=params_bytes,
         grads=grads + peak_per_sample,
         optimizer=state,
         saved=peak_saved,
-        profiler_peak=_profiler_peak(prof.events()),
+        profiler_peak=peak,
+        # the momentum buffers are created inside the traced step, so only the
+        # parameters existed before it
+        transient=transient_bytes(
+            accounted=accounted, held_before=params_bytes, profiler_peak=peak
+        ),
         per_sample_grads=peak_per_sample,
     )

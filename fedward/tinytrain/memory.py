@@ -1,19 +1,27 @@
-"""Measured training memory of one local step.
+"""Measured training memory of one local step, transient buffers included.
 
-The footprint is measured on a real step, not computed from a formula:
+The footprint is measured on a real step (``fedward.tinytrain.training.sgd_step``,
+the step training runs), not computed from a formula:
 
 - ``params``: every parameter the device holds for the forward pass (fp32);
 - ``grads``: gradients that exist after backward (trained tensors only);
-- ``optimizer``: optimizer state after the step (SGD momentum buffers);
-- ``saved``: tensors autograd saved for backward, captured with
-  ``torch.autograd.graph.saved_tensors_hooks`` and de-duplicated by storage
-  (parameters that autograd saves are already counted in ``params``).
+- ``optimizer``: optimizer state (SGD momentum buffers), resident across steps;
+- ``saved``: tensors autograd saved for backward (the largest micro-batch's),
+  captured with ``torch.autograd.graph.saved_tensors_hooks`` and de-duplicated
+  by storage (parameters that autograd saves are already counted in ``params``);
+- ``transient``: what the step's working set needs beyond those (the frozen
+  prefix's forward buffers, gathered windows, activation gradients, kernels'
+  scratch), from an allocation-level tracker.
 
-``total = params + grads + optimizer + saved`` is what stays resident across a
-step. Transient forward buffers are not in it; ``profiler_peak`` is the peak of
-``torch.profiler``'s CPU allocation trace over the same step, reported beside it
-as a cross-check (it includes transients and allocator effects, and excludes
-memory that existed before the step began, such as the parameters).
+The tracker is ``torch.profiler``'s CPU memory trace: every allocation and
+free of the CPU allocator during the step, in time order; ``profiler_peak`` is
+its peak above what existed when the step began. The step runs once to create
+the momentum buffers, then is measured: ``peak = params + optimizer +
+profiler_peak`` is the most memory the step ever held, and ``total`` is that
+peak (never below the tensor-level account ``params + grads + optimizer +
+saved``). A subset "fits" a device class only if ``total`` is within its
+budget. The window data itself is not counted (a device reads it from storage
+a micro-batch at a time); every gathered batch is.
 """
 
 from __future__ import annotations
@@ -22,12 +30,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
-from torch import nn
 from torch.autograd.profiler_util import FunctionEvent
 
 from .models import ModelConfig, build_model
 from .profiler_quiet import quiet_profiler_markers
-from .training import frozen_features, split_for_training
+from .training import sgd_step, split_for_training
+
+PREFIX_MICRO_BATCH = 1  # LocalTrainConfig's default: the frozen prefix streams one window at a time
 
 
 @dataclass(frozen=True)
@@ -37,13 +46,20 @@ class Footprint:
     optimizer: int
     saved: int
     profiler_peak: int
+    transient: int = 0
+
+    @property
+    def resident(self) -> int:
+        """The tensor-level account: what stays allocated through the backward pass."""
+        return self.params + self.grads + self.optimizer + self.saved
 
     @property
     def total(self) -> int:
-        return self.params + self.grads + self.optimizer + self.saved
+        """The step's measured peak: resident tensors plus transient buffers."""
+        return self.resident + self.transient
 
     def as_dict(self) -> dict[str, int]:
-        return {**asdict(self), "total": self.total}
+        return {**asdict(self), "resident": self.resident, "total": self.total}
 
 
 def _storage_key(t: torch.Tensor) -> tuple[int, int]:
@@ -52,6 +68,12 @@ def _storage_key(t: torch.Tensor) -> tuple[int, int]:
 
 
 def _profiler_peak(events: Iterable[FunctionEvent]) -> int:
+    """Peak of the allocator's live bytes over the trace, above its start.
+
+    Allocations are attributed to the op that made them (its self memory),
+    frees to ``[memory]`` events; replayed in time order they are the
+    allocator's timeline.
+    """
     timeline = sorted(
         (e.time_range.start, e.self_cpu_memory_usage)
         for e in events
@@ -64,16 +86,26 @@ def _profiler_peak(events: Iterable[FunctionEvent]) -> int:
     return peak
 
 
+def transient_bytes(*, accounted: int, held_before: int, profiler_peak: int) -> int:
+    """How far the allocation-level peak rises above the tensor-level account."""
+    return max(0, held_before + profiler_peak - accounted)
+
+
 def measure_training_step(
     config: ModelConfig,
     trainable: Sequence[str],
     *,
     batch_size: int,
+    micro_batch: int | None = None,
     momentum: float = 0.9,
-    prefix_micro_batch: int = 4,
+    prefix_micro_batch: int = PREFIX_MICRO_BATCH,
     seed: int = 0,
 ) -> Footprint:
-    """Run one real SGD step on random inputs and measure what it holds."""
+    """Run a real SGD step on random inputs and measure what it holds at its peak.
+
+    ``micro_batch`` accumulates gradients over micro-batches (what a careful
+    user of a small device does); None runs the batch at once.
+    """
     model = build_model(config, seed=seed)
     split = split_for_training(model, trainable)
     param_keys = {_storage_key(p) for p in model.parameters()}
@@ -81,14 +113,36 @@ def measure_training_step(
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(batch_size, config.in_channels, config.window, generator=generator)
     y = torch.randint(0, config.num_classes, (batch_size,), generator=generator)
+    idx = torch.arange(batch_size)
     trained = [p for p in split.suffix.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(trained, lr=0.01, momentum=momentum)
+    step = {"micro_batch": micro_batch, "prefix_micro_batch": prefix_micro_batch}
+    sgd_step(split, optimizer, x, y, idx, **step)  # creates the momentum buffers
+    optimizer.zero_grad(set_to_none=True)
+    state = sum(
+        v.numel() * v.element_size()
+        for s in optimizer.state.values()
+        for v in s.values()
+        if isinstance(v, torch.Tensor)
+    )
     saved: dict[tuple[int, int], int] = {}
+    largest_saved = 0
+    in_backward = False
 
     def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal in_backward
+        if in_backward:  # the next micro-batch's forward: the last one's tensors are freed
+            saved.clear()
+            in_backward = False
         key = _storage_key(t)
         if key not in param_keys:
             saved[key] = t.untyped_storage().nbytes()
+        return t
+
+    def unpack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal in_backward, largest_saved  # a backward: this micro-batch's set is complete
+        largest_saved = max(largest_saved, sum(saved.values()))
+        in_backward = True
         return t
 
     with (
@@ -96,25 +150,25 @@ def measure_training_step(
         torch.profiler.profile(
             activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
         ) as prof,
+        torch.autograd.graph.saved_tensors_hooks(pack, unpack),
     ):
-        features = frozen_features(split.prefix, x, micro_batch=prefix_micro_batch)
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            loss = nn.functional.cross_entropy(split.suffix(features), y)
-        loss.backward()
-        optimizer.step()
+        sgd_step(split, optimizer, x, y, idx, **step)
     grads = sum(
         p.grad.numel() * p.grad.element_size() for p in model.parameters() if p.grad is not None
     )
-    state = sum(
-        v.numel() * v.element_size()
-        for s in optimizer.state.values()
-        for v in s.values()
-        if isinstance(v, torch.Tensor)
-    )
+    peak = _profiler_peak(prof.events())
+    saved_bytes = max(largest_saved, sum(saved.values()))
+    accounted = params_bytes + grads + state + saved_bytes
     return Footprint(
         params=params_bytes,
         grads=grads,
         optimizer=state,
-        saved=sum(saved.values()),
-        profiler_peak=_profiler_peak(prof.events()),
+        saved=saved_bytes,
+        profiler_peak=peak,
+        transient=transient_bytes(
+            accounted=accounted, held_before=params_bytes + state, profiler_peak=peak
+        ),
     )
+
+
+__all__ = ["PREFIX_MICRO_BATCH", "Footprint", "measure_training_step", "transient_bytes"]

@@ -1,10 +1,17 @@
 """Local training of a sparse subset.
 
 The model is split at the first layer that holds a trained tensor:
-- the *frozen prefix* runs without autograd, streamed in micro-batches, so it
-  saves nothing for backward and its working memory is one micro-batch wide;
+- the *frozen prefix* runs without autograd, streamed in micro-batches (the
+  windows themselves are gathered a micro-batch at a time), so it saves
+  nothing for backward and its working memory is one micro-batch wide;
 - the *trainable suffix* runs with autograd; inside it, frozen tensors have
   ``requires_grad=False`` so they get no gradient and no optimizer state.
+
+A step may accumulate gradients over micro-batches of the suffix
+(``LocalTrainConfig.micro_batch``): the same gradient as one pass over the
+batch (up to float rounding; no layer here depends on batch statistics), with
+saved activations one micro-batch wide. ``sgd_step`` is the one step both
+training and ``fedward.tinytrain.memory`` run, so what is measured is what runs.
 
 The same split is what Opacus wraps for DP-SGD (per-sample gradients only for
 the suffix), and what ``fedward.tinytrain.memory`` measures.
@@ -31,11 +38,14 @@ class LocalTrainConfig:
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 0.0
-    prefix_micro_batch: int = 4
+    prefix_micro_batch: int = 1
+    micro_batch: int | None = None  # gradient accumulation; None: the whole batch at once
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.prefix_micro_batch < 1:
             raise ValueError("epochs, batch_size and prefix_micro_batch must be >= 1")
+        if self.micro_batch is not None and not 1 <= self.micro_batch <= self.batch_size:
+            raise ValueError("micro_batch must be in 1..batch_size (or None)")
         if not (self.lr > 0 and np.isfinite(self.lr)):
             raise ValueError("lr must be a positive finite number")
         if not 0 <= self.momentum < 1:
@@ -90,6 +100,51 @@ def frozen_features(prefix: nn.Sequential, x: torch.Tensor, *, micro_batch: int)
         return torch.cat([prefix(x[i : i + micro_batch]) for i in range(0, len(x), micro_batch)])
 
 
+def gathered_features(
+    prefix: nn.Sequential, x: torch.Tensor, idx: torch.Tensor, *, micro_batch: int
+) -> torch.Tensor:
+    """``frozen_features`` of ``x[idx]``, gathering the windows a micro-batch at a time.
+
+    Without a frozen prefix the suffix needs the windows themselves (one copy).
+    """
+    if len(prefix) == 0:
+        return x[idx]
+    with torch.no_grad():
+        return torch.cat(
+            [prefix(x[idx[i : i + micro_batch]]) for i in range(0, len(idx), micro_batch)]
+        )
+
+
+def sgd_step(
+    split: SplitModel,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    idx: torch.Tensor,
+    *,
+    micro_batch: int | None,
+    prefix_micro_batch: int,
+) -> float:
+    """One optimizer step on the windows ``idx``; gradients accumulated over micro-batches.
+
+    Returns the batch's mean loss. Each micro-batch's mean loss is weighted by
+    its share of the batch, so the accumulated gradient is the batch's.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    size = len(idx) if micro_batch is None else micro_batch
+    total = 0.0
+    for i in range(0, len(idx), size):
+        chunk = idx[i : i + size]
+        features = gathered_features(split.prefix, x, chunk, micro_batch=prefix_micro_batch)
+        loss = nn.functional.cross_entropy(split.suffix(features), y[chunk])
+        if len(chunk) != len(idx):
+            loss = loss * (len(chunk) / len(idx))
+        loss.backward()
+        total += float(loss.detach())
+    optimizer.step()
+    return total
+
+
 @dataclass(frozen=True)
 class LocalTrainResult:
     delta: Params  # trained tensors only: new - base
@@ -125,18 +180,20 @@ def train_subset(
     generator = torch.Generator().manual_seed(seed)
     xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     yt = torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64))
-    loss_fn = nn.CrossEntropyLoss()
     steps, loss_sum = 0, 0.0
     split.suffix.train()
     for _ in range(config.epochs):
         for idx in batches(len(xt), config.batch_size, generator):
-            features = frozen_features(split.prefix, xt[idx], micro_batch=config.prefix_micro_batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(split.suffix(features), yt[idx])
-            loss.backward()
-            optimizer.step()
+            loss_sum += sgd_step(
+                split,
+                optimizer,
+                xt,
+                yt,
+                idx,
+                micro_batch=config.micro_batch,
+                prefix_micro_batch=config.prefix_micro_batch,
+            )
             steps += 1
-            loss_sum += float(loss.detach())
     new = get_params(model)
     delta = {n: new[n] - base[n] for n in split.trainable}
     return LocalTrainResult(
