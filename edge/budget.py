@@ -79,6 +79,7 @@ class RefusalReason(enum.StrEnum):
     BUDGET_EXHAUSTED = "budget_exhausted"  # the task would take the device past its budget
     TERMS_DIFFER = "terms_differ"  # delta or accountant differ from the device's policy
     UNPLANNED = "unplanned"  # no fixed step count, or no noise: cost unknown or unbounded
+    DP_REQUIRED = "dp_required"  # a task without DP on a device that has a DP budget
 
 
 class TaskRefused(PrivacyError):
@@ -98,9 +99,33 @@ class TaskRefused(PrivacyError):
         self.requested = requested
         super().__init__(f"task refused ({reason.value}): {detail}")
 
+    @property
+    def code(self) -> ErrorCode:
+        """The wire code: ``DP_REQUIRED`` for a task without DP, else ``BUDGET_EXHAUSTED``."""
+        if self.reason is RefusalReason.DP_REQUIRED:
+            return ErrorCode.DP_REQUIRED
+        return ErrorCode.BUDGET_EXHAUSTED
+
     def error_message(self) -> ErrorMessage:
-        """What the agent sends back (``ErrorCode.BUDGET_EXHAUSTED`` for every reason)."""
-        return ErrorMessage(code=ErrorCode.BUDGET_EXHAUSTED, detail=str(self)[:1000])
+        """What the agent sends back (see ``code``)."""
+        return ErrorMessage(code=self.code, detail=str(self)[:1000])
+
+
+def check_plain_task(task: Task, *, has_budget: bool, allow_plain: bool) -> None:
+    """Refuse a task without DP (``task.dp is None``) on a device that has a DP budget.
+
+    A coordinator could otherwise bypass the device's own enforcement by simply
+    leaving ``dp`` out: the device would train without noise and send an update
+    no accountant covers. Only the device's owner can allow that
+    (``AgentSettings.allow_plain_tasks``); the refusal says why on the wire
+    (``ErrorCode.DP_REQUIRED``).
+    """
+    if task.dp is None and has_budget and not allow_plain:
+        raise TaskRefused(
+            RefusalReason.DP_REQUIRED,
+            "this device has a DP budget and takes no task without DP "
+            "(its owner has not allowed plain tasks)",
+        )
 
 
 class DeviceBudget:

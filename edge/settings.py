@@ -45,6 +45,7 @@ class AgentSettings(BaseModel):
     window: Annotated[int, Field(ge=1)] = 500
     num_classes: Annotated[int, Field(ge=2)] = 4
     width: Annotated[int, Field(ge=1)] = 24
+    hidden: tuple[Annotated[int, Field(ge=1)], ...] = ()
     momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
     # the device's own privacy budget (None: no DP tasks)
     dp_epsilon: PosFloat | None = None
@@ -52,7 +53,6 @@ class AgentSettings(BaseModel):
     dp_accountant: Accountant = Accountant.RDP
     dp_max_physical_batch_size: Annotated[int, Field(ge=1)] = 16
     """Micro-batch cap of DP-SGD on this device (its memory, not the study's choice)."""
-    # timing
     allow_plain_tasks: bool = False
     """With a DP budget, also train tasks that carry no DP (the owner's choice; off:
     such a task is refused with ``ErrorCode.DP_REQUIRED``, see :mod:`fedward.edge.budget`)."""
@@ -61,6 +61,7 @@ class AgentSettings(BaseModel):
     """The operator-issued one-time secret for this device id. With it (or once a
     coordinator key is pinned in ``state_dir``) every message the agent sends is
     signed and every message it takes must be signed by the pinned coordinator."""
+    # timing
     heartbeat_interval_s: PosFloat = 10.0
     enrol_retry_s: PosFloat = 5.0
     resend_after_s: PosFloat = 30.0
@@ -88,4 +89,5 @@ class AgentSettings(BaseModel):
             window=self.window,
             num_classes=self.num_classes,
             width=self.width,
+            hidden=self.hidden,
         )

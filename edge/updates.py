@@ -15,14 +15,25 @@ def update_header(
     base_version: int,
     privacy: PrivacyReport | None = None,
 ) -> Update:
+    """The header of ``outcome``'s update.
+
+    Under DP (``privacy`` given) it carries no loss and no sample count: both are
+    computed from the device's data outside the DP-SGD mechanism, so the
+    accountant's epsilon would not cover them (on the quick preset the loss
+    alone told AF-dominant patients from the rest with AUC 0.94). What remains
+    besides the noised tensors is the task's own identifiers, the mechanism and
+    the claimed epsilon (data-independent), and ``update_energy``, a function
+    of the noised tensors (post-processing, covered).
+    """
+    dp = privacy is not None
     return Update(
         task_id=outcome.task_id,
         device_id=device_id,
         base_model_version=base_version,
         subset_id=subset_id,
-        num_samples=outcome.num_samples,
+        num_samples=None if dp else outcome.num_samples,
         update_energy=outcome.update_energy,
-        train_loss=float(outcome.mean_loss),
+        train_loss=None if dp else float(outcome.mean_loss),
         privacy=privacy,
     )
 

@@ -59,14 +59,23 @@ class ForgedClaim(PrivacyError):
     the ledger disagree, whether by a bug or a lie, and the update is discarded.
     """
 
-    def __init__(self, *, device: str, claimed: float, recomputed: float) -> None:
+    def __init__(
+        self,
+        *,
+        device: str,
+        claimed: float,
+        recomputed: float,
+        bounds: tuple[float, float] | None = None,
+    ) -> None:
         self.device = device
         self.claimed = claimed
         self.recomputed = recomputed
-        super().__init__(
-            f"device {device!r} claimed epsilon {claimed!r}; its reported history "
-            f"gives {recomputed!r}"
-        )
+        self.bounds = bounds
+        if bounds is None:
+            detail = f"its reported history gives {recomputed!r}"
+        else:  # reconciled by task id: confirmed tasks .. every dispatched task
+            detail = f"its tasks give between {bounds[0]!r} and {bounds[1]!r}"
+        super().__init__(f"device {device!r} claimed epsilon {claimed!r}; {detail}")
 
 
 class PolicyError(PrivacyError):

@@ -13,6 +13,18 @@ Rules:
   records nothing;
 - a (device, task) pair is charged at most once (``DuplicateCharge``).
 
+Charge what was dispatched, reconcile by task id. The coordinator charges a
+task when it *dispatches* it (``reserve``), with the task's own mechanism, not
+when (or whether) its update arrives: a device that reports fewer steps than it
+was sent is still charged the full task, and a task whose update is lost, or
+arrives after its deadline, stays charged (the device may well have trained
+it). When an update does arrive its record is ``confirm``-ed, and the device's
+claimed epsilon is reconciled by task id: an honest device trained every
+confirmed task and no task that was never dispatched to it, so its claim lies
+between the epsilon of the confirmed records and that of all records. Outside
+that range (``ForgedClaim``) its accountant cannot be trusted; inside it a
+device whose updates were lost is not punished for the loss.
+
 The ledger is pure: no clock (the caller passes ``at``), no files. The
 coordinator persists ``state_dict()`` (JSON-serialisable, in the
 :mod:`fedward.saved_state` envelope) and restores it with ``from_state_dict``
@@ -30,7 +42,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from fedward.saved_state import content_sha256, open_checked, seal_checked
@@ -43,6 +55,7 @@ from .errors import (
     ForgedClaim,
     LedgerStateError,
     PolicyError,
+    PrivacyError,
 )
 
 STATE_KIND = "fedward.privacy.ledger"
@@ -67,9 +80,14 @@ class SpendRecord:
     epsilon_before: float
     epsilon_after: float
     claimed_epsilon: float | None = None
+    # False from dispatch (``reserve``) until the task's update arrives (``confirm``);
+    # records saved before reservations existed were charged on arrival: True.
+    confirmed: bool = True
 
     def __post_init__(self) -> None:
         _check_name("device", self.device)
+        if not isinstance(self.confirmed, bool):
+            raise ValueError(f"confirmed must be a bool, got {self.confirmed!r}")
         _check_name("task_id", self.task_id)
         _finite("at", self.at)
         _positive_finite("max_grad_norm", self.max_grad_norm)
@@ -105,6 +123,15 @@ class _Account:
     # canonical history, maintained incrementally: (sigma, q) -> steps
     merged: dict[tuple[float, float], int] = field(default_factory=dict)
     epsilon: float = 0.0
+
+    def record_of(self, task_id: str) -> tuple[int, SpendRecord] | None:
+        for index, record in enumerate(self.records):
+            if record.task_id == task_id:
+                return index, record
+        return None
+
+    def confirmed_history(self) -> list[MechanismStep]:
+        return [r.step for r in self.records if r.confirmed]
 
     def history_with(self, step: MechanismStep | None) -> list[MechanismStep]:
         merged = dict(self.merged)
@@ -253,6 +280,110 @@ class PrivacyLedger:
         self._append(device, account, record)
         return record
 
+    def reserve(
+        self,
+        device: str,
+        task_id: str,
+        step: MechanismStep,
+        *,
+        at: float,
+        max_grad_norm: float,
+    ) -> SpendRecord:
+        """Charge a task when it is dispatched: the whole mechanism the task imposes.
+
+        The record stays unconfirmed until the task's update arrives
+        (``confirm``); a task whose update never arrives stays charged.
+        ``BudgetExceeded`` (nothing recorded) if the budget cannot afford it.
+        """
+        _check_name("device", device)
+        _check_name("task_id", task_id)
+        if not isinstance(step, MechanismStep):
+            raise TypeError("step must be a MechanismStep")
+        _finite("at", at)
+        clip = _positive_finite("max_grad_norm", max_grad_norm)
+        account = self._accounts.get(device, _Account())
+        if task_id in account.task_ids:
+            raise DuplicateCharge(f"task {task_id!r} was already charged to device {device!r}")
+        before = account.epsilon
+        after = self._epsilon(account.history_with(step))
+        if after > self._policy.epsilon:
+            raise BudgetExceeded(
+                device=device, spent=before, requested=after, budget=self._policy.epsilon
+            )
+        record = SpendRecord(
+            device=device,
+            task_id=task_id,
+            at=float(at),
+            noise_multiplier=step.noise_multiplier,
+            sample_rate=step.sample_rate,
+            steps=step.steps,
+            max_grad_norm=clip,
+            epsilon_before=before,
+            epsilon_after=after,
+            confirmed=False,
+        )
+        self._append(device, account, record)
+        return record
+
+    def is_reserved(self, device: str, task_id: str) -> bool:
+        """True if ``task_id`` was charged to ``device`` and its update has not arrived."""
+        account = self._accounts.get(device)
+        found = account.record_of(task_id) if account else None
+        return found is not None and not found[1].confirmed
+
+    def confirm(
+        self, device: str, task_id: str, *, claimed_epsilon: float | None = None
+    ) -> SpendRecord:
+        """The update of a reserved task arrived: reconcile the device's claim by task id.
+
+        ``claimed_epsilon`` (the device's own cumulative epsilon after the task)
+        must lie between the epsilon of the confirmed records (this one
+        included: the device trained all of them) and the epsilon of every
+        record (all the device could have trained), within the tolerance;
+        otherwise ``ForgedClaim`` and nothing changes (the charge stays).
+        ``DuplicateCharge`` if the task was confirmed already; ``PrivacyError``
+        if it was never reserved.
+        """
+        account = self._accounts.get(device)
+        found = account.record_of(task_id) if account else None
+        if account is None or found is None:
+            raise PrivacyError(f"task {task_id!r} was never charged to device {device!r}")
+        index, record = found
+        if record.confirmed:
+            raise DuplicateCharge(f"task {task_id!r} of device {device!r} was already confirmed")
+        confirmed = replace(record, confirmed=True)
+        if claimed_epsilon is not None:
+            lowest = self._epsilon([*account.confirmed_history(), record.step])
+            highest = account.epsilon
+            self._verify_range(device, claimed_epsilon, lowest, highest, self._claim_tolerance)
+            confirmed = replace(confirmed, claimed_epsilon=float(claimed_epsilon))
+        account.records[index] = confirmed
+        return confirmed
+
+    def release(self, device: str, task_id: str) -> SpendRecord:
+        """Drop the reservation of a task the device declined before training it.
+
+        Only an unconfirmed record can go (``PrivacyError`` otherwise); the
+        records after it are re-chained (their epsilons recomputed).
+        """
+        account = self._accounts.get(device)
+        found = account.record_of(task_id) if account else None
+        if account is None or found is None or found[1].confirmed:
+            raise PrivacyError(f"task {task_id!r} of {device!r} holds no reservation to release")
+        index, record = found
+        rebuilt = _Account()
+        for kept in account.records[:index] + account.records[index + 1 :]:
+            before = rebuilt.epsilon
+            after = self._epsilon(rebuilt.history_with(kept.step))
+            self._append(device, rebuilt, replace(kept, epsilon_before=before, epsilon_after=after))
+        if not rebuilt.records:  # it had only this reservation: as if never charged
+            self._accounts.pop(device, None)
+        return record
+
+    def unconfirmed(self, device: str) -> list[str]:
+        """Task ids charged to ``device`` whose update never arrived (or not yet)."""
+        return [r.task_id for r in self._records(device) if not r.confirmed]
+
     # -- persistence ---------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
@@ -355,6 +486,24 @@ class PrivacyLedger:
         account.merged[step.key] = account.merged.get(step.key, 0) + step.steps
         account.epsilon = record.epsilon_after
         self._accounts[device] = account
+
+    @staticmethod
+    def _verify_range(
+        device: str, claimed: float, lowest: float, highest: float, tolerance: float
+    ) -> None:
+        if (
+            isinstance(claimed, bool)
+            or not isinstance(claimed, int | float)
+            or not math.isfinite(claimed)
+            or claimed < lowest - tolerance
+            or claimed > highest + tolerance
+        ):
+            raise ForgedClaim(
+                device=device,
+                claimed=claimed,
+                recomputed=lowest if claimed < lowest else highest,
+                bounds=(lowest, highest),
+            )
 
     @staticmethod
     def _verify_claim(device: str, claimed: float, recomputed: float, tolerance: float) -> float:

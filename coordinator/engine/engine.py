@@ -172,6 +172,11 @@ class Engine:
         round_id = self.strategy.next_round_id()
         orders = [self._make_task(d, now=now, round_id=round_id) for d in chosen]
         self.strategy.tasks_dispatched(tuple(o.task_id for o in orders))
+        for order in orders:  # e.g. the privacy guard charges the task's mechanism now
+            for guard in self.guards:
+                hook = getattr(guard, "task_dispatched", None)
+                if callable(hook):
+                    self._apply(order.device_id, hook(order, now=now), now=now)
         return orders
 
     def _may_dispatch(self, device: Device, *, now: float) -> bool:

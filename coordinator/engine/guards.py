@@ -66,6 +66,9 @@ class EngineGuard(Protocol):
     privacy report), opaque to the engine.
     ``task_refused``: the device declined ``order`` for a reason this guard
     owns (its own budget); the engine fails the task and applies the decision.
+    Optional ``task_dispatched(order, *, now) -> GuardDecision``: called for each
+    task the engine has just issued (the privacy guard charges the task's
+    mechanism then, not when the update arrives).
     """
 
     def may_dispatch(self, device: Device, *, now: float) -> GuardDecision: ...

@@ -28,6 +28,7 @@ from fedward.protocol.messages import PrivacyReport, Update, decode_frame, updat
 
 from ..errors import RejectReason, UpdateRejected
 from ..strategies import ClientUpdate
+from ..strategies.base import UNCOUNTED
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,6 @@ def decode_update(
         raise UpdateRejected(RejectReason.MALFORMED, str(exc)[:200]) from exc
     if not isinstance(header, Update):
         raise UpdateRejected(RejectReason.MALFORMED, f"expected an update, got {header.kind}")
-    measured = update_energy(tensors)
     for name, tensor in tensors.items():
         if tensor.dtype != TASK_DTYPE:
             raise UpdateRejected(
@@ -67,6 +67,7 @@ def decode_update(
             RejectReason.BAD_SAMPLE_COUNT,
             f"num_samples {header.num_samples} > the study's cap {max_samples}",
         )
+    measured = update_energy(tensors)
     # Same float32 values summed in float64 on both sides: equal up to summation order.
     if not math.isclose(header.update_energy, measured, rel_tol=1e-6, abs_tol=1e-12):
         raise UpdateRejected(
@@ -79,7 +80,8 @@ def decode_update(
         base_version=header.base_model_version,
         subset_id=header.subset_id,
         delta=tensors,
-        num_samples=header.num_samples,
+        # a DP update reports no count (it would be a release outside the accountant)
+        num_samples=UNCOUNTED if header.num_samples is None else header.num_samples,
         update_energy=measured,
     )
     return IncomingUpdate(

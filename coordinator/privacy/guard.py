@@ -5,10 +5,15 @@ An ``EngineGuard`` holding the study's ``PrivacyLedger``:
 - ``may_dispatch``: a device whose ledger cannot afford one more task (the
   task's mechanism is fixed by ``StudyPrivacy``, so its cost is known) is
   refused with ``DeviceState.EXHAUSTED`` and a reason, and never scheduled again;
+- ``task_dispatched``: the task's whole mechanism is charged to the device's
+  ledger the moment the engine dispatches it (``PrivacyLedger.reserve``):
+  what the coordinator asked for is what is spent, whatever the device later
+  reports and whether or not its update ever arrives;
 - ``admit``: the update must carry a ``PrivacyReport`` (the transport's
-  ``context``) with exactly the task's mechanism; the ledger charges it and
-  *recomputes* the device's cumulative epsilon, so a claim that disagrees is
-  a ``BAD_PRIVACY_CLAIM`` and a spend past the budget a ``BUDGET_EXCEEDED``;
+  ``context``) with the task's mechanism; its reservation is confirmed and the
+  device's claimed cumulative epsilon reconciled by task id (between the
+  confirmed tasks' epsilon and every dispatched task's), so a claim outside
+  that range is a ``BAD_PRIVACY_CLAIM`` and the device is revoked;
 - every spend, exhaustion, refusal and rejection is emitted as a
   ``PrivacyEvent`` (facts: ``fedward.coordinator.privacy.events``);
   ``fedward.coordinator.audit`` is the one place that turns them into audit
@@ -18,18 +23,15 @@ The guard decides, the engine acts: each call returns a ``GuardDecision``
 (allowed or a rejection reason, the spend, the device state to apply) and
 the guard never changes the engine's devices or tasks itself.
 
-Charging happens before the strategy sees the update: the server has seen a
-data-derived update even if the strategy then drops it (too stale), so the
-spend is real. For the same reason a forged claim is still charged with the
-mechanism the device reported (a lower bound of what it spent) before the
-update is discarded, and the device is revoked: its own accountant and the
-ledger disagree for good, so every later update would be rejected while still
-spending the patient's budget.
-
-Known limit: an update that trained but never reached ``admit`` (lost, or
-arriving after its task timed out: the engine rejects unknown tasks before
-the guards) is spent on the device but not in the ledger; the device's next
-claim then disagrees and it is revoked. That errs on the side of privacy.
+Why at dispatch (issue 9, items 3 and 4): charging the steps a device reports
+let a device that reported 1 step per 8-step task be admitted for 59 tasks
+(real epsilon 26.35), and a lost or late update left the ledger short of what
+the device had spent, so its next honest claim disagreed and it was revoked
+for good. Charging the dispatched mechanism errs only on the side of the data
+subject (a task the device never trained still counts), and reconciling the
+claim by task id keeps an honest device whose updates were lost in the study.
+A task in flight from a state saved before reservations is charged when its
+update arrives, with the task's mechanism.
 """
 
 from __future__ import annotations
@@ -135,6 +137,24 @@ class PrivacyGuard:
             return self._exhaust(device_id, now=now)
         return ALLOW
 
+    def task_dispatched(self, order: TaskOrder, *, now: float) -> GuardDecision:
+        """Charge ``order``'s mechanism now: the device may train it from this moment.
+
+        ``may_dispatch`` has just checked that the ledger affords one more task,
+        so the reservation fits; exhaustion is decided at the next dispatch.
+        """
+        device_id = order.device_id
+        record = self.ledger.reserve(
+            device_id,
+            order.task_id,
+            self._step,
+            at=now,
+            max_grad_norm=self.settings.max_grad_norm,
+        )
+        self._affordable.pop(device_id, None)
+        self._spent(record, now=now)
+        return GuardDecision(allowed=True, spend=record)
+
     def admit(
         self,
         update: ClientUpdate,
@@ -171,38 +191,38 @@ class PrivacyGuard:
                 now=now,
                 report=report,
             )
-        step = MechanismStep(
-            noise_multiplier=report.noise_multiplier,
-            sample_rate=report.sample_rate,
-            steps=report.steps,
-        )
+        if not self.ledger.is_reserved(device_id, order.task_id):
+            try:  # a task dispatched before reservations existed: charge it now, in full
+                self.task_dispatched(order, now=now)
+            except DuplicateCharge as exc:  # confirmed already: a replayed update
+                return self._reject(
+                    RejectReason.DUPLICATE,
+                    str(exc),
+                    device_id=device_id,
+                    task_id=order.task_id,
+                    now=now,
+                )
+            except BudgetExceeded as exc:
+                exhausted = self._exhaust(device_id, now=now, reason="update past the budget")
+                rejected = self._reject(
+                    RejectReason.BUDGET_EXCEEDED,
+                    str(exc),
+                    device_id=device_id,
+                    task_id=order.task_id,
+                    now=now,
+                    report=report,
+                )
+                return replace(
+                    rejected,
+                    device_state=exhausted.device_state,
+                    state_reason=exhausted.state_reason,
+                )
         try:
-            record = self.ledger.charge(
-                device_id,
-                order.task_id,
-                step,
-                at=now,
-                max_grad_norm=report.max_grad_norm,
-                claimed_epsilon=report.claimed_epsilon,
+            record = self.ledger.confirm(
+                device_id, order.task_id, claimed_epsilon=report.claimed_epsilon
             )
         except ForgedClaim as exc:
-            return self._forged(exc, order, step, report, now=now)
-        except BudgetExceeded as exc:
-            self._affordable.pop(device_id, None)
-            exhausted = self._exhaust(device_id, now=now, reason="update past the budget")
-            rejected = self._reject(
-                RejectReason.BUDGET_EXCEEDED,
-                str(exc),
-                device_id=device_id,
-                task_id=order.task_id,
-                now=now,
-                report=report,
-            )
-            return replace(
-                rejected,
-                device_state=exhausted.device_state,
-                state_reason=exhausted.state_reason,
-            )
+            return self._forged(exc, order, report, now=now)
         except DuplicateCharge as exc:
             return self._reject(
                 RejectReason.DUPLICATE,
@@ -211,8 +231,6 @@ class PrivacyGuard:
                 task_id=order.task_id,
                 now=now,
             )
-        self._affordable.pop(device_id, None)
-        self._spent(record, now=now)
         if not self.can_afford_task(device_id):
             exhausted = self._exhaust(device_id, now=now)
             return GuardDecision(
@@ -231,6 +249,12 @@ class PrivacyGuard:
         detail is not logged (it is device-controlled text headed for a
         permanent log).
         """
+        # The device declined before training: its accountant does not count the task,
+        # and the engine fails it first, so an update for it could only be refused as
+        # unknown. Its reservation goes, or the ledger and the device would disagree.
+        if self.ledger.is_reserved(order.device_id, order.task_id):
+            self.ledger.release(order.device_id, order.task_id)
+            self._affordable.pop(order.device_id, None)
         self._emit(
             PrivacyEventKind.REFUSED,
             now,
@@ -316,20 +340,15 @@ class PrivacyGuard:
         self,
         exc: ForgedClaim,
         order: TaskOrder,
-        step: MechanismStep,
         report: PrivacyReport,
         *,
         now: float,
     ) -> GuardDecision:
+        """Revoke: the device's accountant and the ledger disagree for good.
+
+        The task stays charged (it was at dispatch): the server saw the update.
+        """
         device_id = order.device_id
-        record: SpendRecord | None = None
-        try:  # the server saw the update: charge what the device says it ran
-            record = self.ledger.charge(
-                device_id, order.task_id, step, at=now, max_grad_norm=report.max_grad_norm
-            )
-            self._spent(record, now=now)
-        except (BudgetExceeded, DuplicateCharge):
-            pass
         self._affordable.pop(device_id, None)
         self._status.revoked.add(device_id)
         self._emit(
@@ -351,7 +370,6 @@ class PrivacyGuard:
         )
         return replace(
             rejected,
-            spend=record,
             device_state=DeviceState.REVOKED,
             state_reason="privacy claim disagrees with ledger",
         )

@@ -78,6 +78,11 @@ class StrategyName(enum.StrEnum):
     CLIENT_DP = "client_dp"  # uniform buffered mean with client-level DP
 
 
+UNCOUNTED = 1
+"""``ClientUpdate.num_samples`` of an update that reports no count (every DP update):
+it then weighs as one sample, so count-weighted merges are uniform over such updates."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class ClientUpdate:
     """One device's contribution, as the strategy sees it (already decoded)."""
@@ -87,6 +92,8 @@ class ClientUpdate:
     base_version: int
     subset_id: str
     delta: Mapping[str, np.ndarray]
+    # The device's sample count, or UNCOUNTED: a DP update sends none (an exact count
+    # is a release the accountant does not cover), so sample weighting becomes uniform.
     num_samples: int
     # The update's energy (``fedward.protocol.messages.update_energy``: mean
     # squared value per trained coordinate) as measured at ingest or reported by

@@ -59,7 +59,11 @@ class DpStudy:
     ) -> PrivacyReport:
         """The report an honest device sends after ``order`` (``claimed`` forges it)."""
         step = self.guard.task_step
-        history = [*self.guard.ledger.history(order.device_id), step]
+        # the ledger charged the task at dispatch: an honest device trained every
+        # task charged to it so far (none of its updates were lost)
+        history = self.guard.ledger.history(order.device_id)
+        if not self.guard.ledger.is_reserved(order.device_id, order.task_id):
+            history = [*history, step]
         honest = epsilon_for(history, delta=DELTA, accountant=Accountant.RDP)
         values = dict(
             noise_multiplier=step.noise_multiplier,

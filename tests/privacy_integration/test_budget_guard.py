@@ -22,6 +22,7 @@ from fedward.coordinator.store.snapshot import engine_snapshot, restore_engine
 from fedward.errors import SavedStateError
 from fedward.privacy.accounting import Accountant, MechanismStep, max_steps_within
 from fedward.privacy.errors import LedgerStateError, PolicyError
+from fedward.privacy.ledger import PrivacyLedger
 
 RDP = Accountant.RDP
 
@@ -67,7 +68,10 @@ def test_honest_update_is_charged_and_audited(dp_study):
         privacy_entry(event).details["epsilon_budget"] == 8.0
         and privacy_entry(event).details["task_id"] == order.task_id
     )
-    assert event.record is not None and event.record.claimed_epsilon == report.claimed_epsilon
+    # charged when dispatched (before the update), confirmed with the claim on arrival
+    assert event.at == 1.0 and event.record is not None and not event.record.confirmed
+    (confirmed,) = outcome.spends
+    assert confirmed.confirmed and confirmed.claimed_epsilon == report.claimed_epsilon
 
 
 @pytest.mark.parametrize("forged", [0.0, 1.0, 3.2152, 100.0])
@@ -103,7 +107,7 @@ def test_forged_claim_is_rejected_counted_and_revokes_the_device(dp_study, forge
         {"delta": 1e-3},
     ],
 )
-def test_report_of_another_mechanism_is_rejected_and_not_charged(dp_study, change):
+def test_report_of_another_mechanism_is_rejected_and_charged_as_dispatched(dp_study, change):
     # Prepare
     order = _one_task(dp_study)
     report = dp_study.report_for(order, **change)
@@ -113,7 +117,8 @@ def test_report_of_another_mechanism_is_rejected_and_not_charged(dp_study, chang
 
     # Assert
     assert outcome.reason is RejectReason.BAD_PRIVACY_CLAIM
-    assert dp_study.guard.ledger.history("dev-00") == []
+    # charged once, at dispatch, with the task's mechanism: what the device reports changes nothing
+    assert dp_study.guard.ledger.history("dev-00") == [dp_study.guard.task_step]
     assert dp_study.engine.stats.rejected[RejectReason.BAD_PRIVACY_CLAIM] == 1
 
 
@@ -126,18 +131,21 @@ def test_update_without_privacy_report_is_rejected(dp_study):
 
     # Assert
     assert outcome.reason is RejectReason.BAD_PRIVACY_CLAIM
-    assert dp_study.guard.ledger.devices() == []
+    assert dp_study.guard.ledger.history("dev-00") == [dp_study.guard.task_step]
 
 
 def test_update_past_the_budget_is_rejected_and_exhausts_the_device(dp_study):
-    # Prepare: a spend recorded elsewhere (e.g. restored state) while the task was out
+    # Prepare: a task in flight without a reservation (dispatched by a coordinator that
+    # charged on arrival, restored here) while a spend recorded elsewhere used the budget
     order = _one_task(dp_study)
     guard = dp_study.guard
     fits = max_steps_within(
         8.0, delta=1e-5, history=(), noise_multiplier=1.5, sample_rate=0.25, accountant=RDP
     )
     big = MechanismStep(noise_multiplier=1.5, sample_rate=0.25, steps=fits - 4)
+    guard.ledger = PrivacyLedger(guard.settings.policy())
     guard.ledger.charge("dev-00", "elsewhere", big, at=1.5, max_grad_norm=1.0)
+    guard._affordable.clear()
     report = dp_study.report_for(order)
 
     # Execute
@@ -300,8 +308,13 @@ def test_device_refusal_frees_the_task_and_stops_scheduling(dp_study):
     assert dp_study.engine.stats.failed == 1
     assert dp_study.engine.devices["dev-00"].state is DeviceState.EXHAUSTED
     actions = [privacy_entry(e).action for e in dp_study.events.privacy_events]
-    assert actions == [AuditAction.TASK_REFUSED, AuditAction.BUDGET_EXHAUSTED]
-    assert dp_study.guard.ledger.history("dev-00") == []  # nothing was trained, nothing spent
+    assert actions == [
+        AuditAction.PRIVACY_SPENT,
+        AuditAction.TASK_REFUSED,
+        AuditAction.BUDGET_EXHAUSTED,
+    ]
+    # charged when dispatched, released by the refusal: nothing trained, nothing spent
+    assert dp_study.guard.ledger.history("dev-00") == []
 
 
 def test_audit_actor_is_the_device_only_for_its_own_refusal(dp_study):

@@ -57,6 +57,14 @@ UPDATE = Update(
     num_samples=64,
     update_energy=0.25,
     train_loss=0.7,
+)
+# a DP update: no loss, no count (outside the accountant), the device's privacy report
+DP_UPDATE = Update(
+    task_id="t-2",
+    device_id="dev_7",
+    base_model_version=3,
+    subset_id="s.small",
+    update_energy=0.25,
     privacy=REPORT,
 )
 SAMPLES = [
@@ -84,6 +92,7 @@ SAMPLES = [
     ),
     ModelDownload(model_version=3, subset_id="s.small", names=("fc.weight",)),
     UPDATE,
+    DP_UPDATE,
     Ack(task_id="t-1", status=AckStatus.BUFFERED),
     Heartbeat(device_id="dev_7", status=DeviceStatus.TRAINING, battery=0.4),
     ErrorMessage(code=ErrorCode.BUDGET_EXHAUSTED, detail="epsilon 8.0 spent"),
@@ -198,7 +207,6 @@ def test_random_bytes_raise_decode_error(blob):
 def test_strict_validation_in_python(field, value):
     # Prepare
     fields = UPDATE.model_dump() | {field: value}
-    fields["privacy"] = REPORT
     # Execute / Assert
     with pytest.raises(ValidationError):
         Update(**fields)
@@ -214,6 +222,16 @@ def test_enums_and_tuples_are_required_in_python():
         ModelDownload(model_version=1, subset_id="s", names=("a", "a"))
     with pytest.raises(ValidationError):
         Enrol(**(SAMPLES[0].model_dump() | {"public_key": bytes(31)}))
+
+
+@pytest.mark.parametrize("field, value", [("train_loss", 0.7), ("num_samples", 64)])
+def test_a_dp_update_carries_no_loss_and_no_count(field, value):
+    # Prepare: both are data-dependent releases outside the DP-SGD accountant (issue 9)
+    fields = DP_UPDATE.model_dump() | {field: value}
+    fields["privacy"] = REPORT
+    # Execute / Assert
+    with pytest.raises(ValidationError, match="no train_loss and no num_samples"):
+        Update(**fields)
 
 
 def test_messages_are_frozen():
@@ -240,6 +258,8 @@ def test_messages_are_frozen():
 def test_strict_validation_on_the_wire(patch):
     # Prepare
     header = json.loads(UPDATE.model_dump_json())
+    header["privacy"] = json.loads(REPORT.model_dump_json())
+    header["num_samples"] = header["train_loss"] = None  # a DP update's header
     for key, value in patch.items():
         if isinstance(value, dict):
             header[key] = header[key] | value
