@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from fedward.coordinator.access import TokenError, TokenNotFound
 from fedward.coordinator.errors import CoordinatorError
 from fedward.coordinator.service import (
     DeviceNotFound,
@@ -178,5 +179,12 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
     app.add_exception_handler(ApiError, on_api_error)
+
+    async def on_token_error(_: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, TokenNotFound):
+            return error_response(404, ErrorCode.TOKEN_NOT_FOUND, str(exc.args[0]))
+        return error_response(422, ErrorCode.VALIDATION_ERROR, str(exc))
+
     app.add_exception_handler(ServiceError, on_service_error)
+    app.add_exception_handler(TokenError, on_token_error)
     app.add_exception_handler(Exception, on_unexpected)

@@ -84,7 +84,18 @@ class ServiceCollector(Collector):
         devices = GaugeMetricFamily(
             "fedward_devices", "Enrolled devices by state.", labels=["study", "state"]
         )
+        wire = CounterMetricFamily(
+            "fedward_wire_refused",
+            "Messages refused on the wire since start (unsigned, bad_signature, replayed, "
+            "not_enrolled, enrolment_denied, enrol_rate_limited, heartbeat_refused, chunk, "
+            "route, malformed, ...).",
+            labels=["study", "reason"],
+        )
+        service = self._source()
         for study_id, st in self._statuses():
+            if service is not None:
+                for reason, n in sorted(service.wire_refusals(study_id).items()):
+                    wire.add_metric([study_id, reason], n)
             accepted.add_metric([study_id], st.updates_accepted)
             for reason, n in sorted(st.rejections.items()):
                 rejected.add_metric([study_id, reason.value], n)
@@ -99,7 +110,7 @@ class ServiceCollector(Collector):
                 devices.add_metric([study_id, state.value], n)
         yield from (
             accepted, rejected, duplicates, merges, dispatched, failed, in_flight, buffered,
-            version, devices,
+            version, devices, wire,
         )  # fmt: skip
 
 
