@@ -76,7 +76,7 @@ def test_a_body_without_length_is_cut_at_the_limit(base, admin, settings) -> Non
         f"{base}/v1/studies",
         content=chunks(),
         headers={**admin, "Content-Type": "application/json"},
-        timeout=10,
+        timeout=60,
     )
     # Assert
     assert r.status_code == 413
@@ -93,7 +93,7 @@ def test_the_139_byte_huge_model_spec_is_422_before_a_model_is_built(
         f"{base}/v1/studies",
         content=HUGE_MODEL,
         headers={**admin, "Content-Type": "application/json"},
-        timeout=10,
+        timeout=60,
     )
     # Assert
     assert r.status_code == 422 and r.json()["error"] == "model_too_large"
@@ -125,7 +125,9 @@ def test_the_model_size_limit_counts_the_real_model() -> None:
 )
 def test_enrolment_bounds_and_safe_ids(base, admin, change, where) -> None:
     # Prepare
-    httpx.post(f"{base}/v1/studies", json={"spec": SMALL, "study_id": "s1"}, headers=admin)
+    httpx.post(
+        f"{base}/v1/studies", json={"spec": SMALL, "study_id": "s1"}, headers=admin, timeout=120
+    )
     # Execute
     r = httpx.post(f"{base}/v1/studies/s1/devices", json={**enrol_body(0), **change}, headers=admin)
     # Assert
@@ -146,7 +148,7 @@ def test_enrolment_bounds_and_safe_ids(base, admin, change, where) -> None:
 )
 def test_study_bounds_and_safe_names(base, admin, spec) -> None:
     # Execute
-    r = httpx.post(f"{base}/v1/studies", json={"spec": spec}, headers=admin)
+    r = httpx.post(f"{base}/v1/studies", json={"spec": spec}, headers=admin, timeout=60)
     # Assert
     assert r.status_code == 422, r.text
 
