@@ -72,11 +72,11 @@ def check_http(url: str) -> list[str]:
 
 
 def check_broker_refuses_anonymous(host: str, port: int, ca_file: str) -> list[str]:
-    context = ssl.create_default_context(cafile=ca_file)
     try:
         raw = socket.create_connection((host, port), timeout=TIMEOUT_S)
     except OSError as exc:
         return [f"broker {host}:{port} unreachable ({exc}): cannot check it refuses anonymous"]
+    context = ssl.create_default_context(cafile=ca_file)
     try:
         try:
             tls = context.wrap_socket(raw, server_hostname=host)
