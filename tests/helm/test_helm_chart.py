@@ -247,3 +247,21 @@ def test_pod_specs_cover_every_workload() -> None:
         "fw-fedward-gw-ward4-gw02",
         "fw-fedward-test",
     }
+
+
+def test_committed_schema_is_the_generated_one() -> None:
+    # Prepare
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "values_schema", CHART.parent / "values_schema.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    # Execute
+    generated = module.render()
+
+    # Assert: edit helm/values_schema.py, then run it
+    assert (CHART / "values.schema.json").read_text() == generated
