@@ -33,11 +33,19 @@ from pydantic import ValidationError
 
 from fedward.compliance import merkle
 from fedward.compliance.errors import ComplianceError
-from fedward.compliance.events import format_ts
+from fedward.compliance.events import canonical_json, format_ts
 from fedward.compliance.proofs import ConsistencyProof, InclusionProof, SignedTreeHead
 from fedward.compliance.store import tree_head_path
 
-__all__ = ["MAX_PAGE", "AuditReader", "EventFilter", "EventPage", "ProofRangeError"]
+__all__ = [
+    "MAX_PAGE",
+    "AuditReader",
+    "EventFilter",
+    "EventPage",
+    "FetchedCheck",
+    "ProofRangeError",
+    "check_fetched",
+]
 
 MAX_PAGE = 500
 """Most events one page holds."""
@@ -272,3 +280,112 @@ def _matches(row: _Row, where: EventFilter, since: str | None, until: str | None
     if since is not None and row.ts < since:
         return False
     return until is None or row.ts <= until
+
+
+# -- what an auditor checks offline, with the public key only --------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class FetchedCheck:
+    """The verdict on what an audit API handed out (:func:`check_fetched`)."""
+
+    head_size: int
+    events_checked: int
+    consistent_with_held: bool | None
+    """None: no held head was given."""
+    problems: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def check_fetched(
+    *,
+    public_key: Ed25519PublicKey,
+    head: SignedTreeHead,
+    events: list[dict[str, Any]],
+    inclusion: dict[int, InclusionProof],
+    held: SignedTreeHead | None = None,
+    consistency: ConsistencyProof | None = None,
+) -> FetchedCheck:
+    """Check fetched evidence against the key, and against a head the auditor kept.
+
+    * ``head`` must carry a valid signature under ``public_key``;
+    * every event (``{"leaf_hash", "entry"}``) below the head's size must hash
+      to its leaf (``leaf_hash(canonical_json(entry))``), and its inclusion
+      proof must lead from that leaf to the head's root;
+    * consecutive events must chain (``prev_hash`` is the previous leaf);
+    * with ``held`` (a head kept from before, itself signed), ``consistency``
+      must prove the held tree a prefix of the new one: nothing signed then
+      was changed or dropped since. A held head larger than the new one means
+      the log was cut.
+
+    Nothing here trusts the server: a forged event, a proof for another tree,
+    a rewritten past or a head signed by another key is a problem.
+    """
+    problems: list[str] = []
+    if not head.verify_signature(public_key):
+        problems.append("the tree head's signature does not verify under the public key")
+    consistent: bool | None = None
+    if held is not None:
+        consistent = False
+        if not held.verify_signature(public_key):
+            problems.append("the held tree head's signature does not verify")
+        elif held.tree_size > head.tree_size:
+            problems.append(
+                f"the log shrank: held head has {held.tree_size} entries, the new {head.tree_size}"
+            )
+        elif consistency is None:
+            problems.append("no consistency proof from the held head")
+        elif (
+            consistency.old_size,
+            consistency.new_size,
+            consistency.old_root,
+            consistency.new_root,
+        ) != (held.tree_size, head.tree_size, held.root_hash, head.root_hash):
+            problems.append("the consistency proof is not between the held head and the new one")
+        elif not consistency.verify():
+            problems.append("the consistency proof does not verify: the signed past was changed")
+        else:
+            consistent = True
+    checked = 0
+    previous: tuple[int, str] | None = None
+    for item in events:
+        entry = item.get("entry")
+        if not isinstance(entry, dict) or not isinstance(entry.get("seq"), int):
+            problems.append("an event without an entry or a seq")
+            continue
+        seq = entry["seq"]
+        leaf = merkle.leaf_hash(canonical_json(entry)).hex()
+        if leaf != item.get("leaf_hash"):
+            problems.append(f"event {seq}: its content does not hash to its leaf")
+        if (
+            previous is not None
+            and previous[0] == seq - 1
+            and entry.get("prev_hash") != previous[1]
+        ):
+            problems.append(f"event {seq}: prev_hash does not link to event {seq - 1}")
+        previous = (seq, leaf)
+        if seq >= head.tree_size:
+            continue  # newer than the head: nothing signed covers it yet
+        proof = inclusion.get(seq)
+        if proof is None:
+            problems.append(f"event {seq}: no inclusion proof")
+        elif (proof.seq, proof.tree_size, proof.root_hash, proof.leaf_hash) != (
+            seq,
+            head.tree_size,
+            head.root_hash,
+            leaf,
+        ):
+            problems.append(f"event {seq}: the inclusion proof is for another leaf or tree")
+        elif not proof.verify():
+            problems.append(f"event {seq}: the inclusion proof does not verify")
+        else:
+            checked += 1
+    return FetchedCheck(
+        head_size=head.tree_size,
+        events_checked=checked,
+        consistent_with_held=consistent,
+        problems=problems,
+    )

@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from fedward.commands.audit_remote import check as remote_check
 from fedward.compliance import Actor, ActorKind, AuditLog
 from fedward.compliance.keys import load_signing_key, public_key_hex
 from fedward.compliance.verify import verify_log
@@ -86,3 +87,6 @@ def verify(
         console.print("recorded LOG_VERIFIED in the log")
     if not report.ok:
         raise typer.Exit(code=1)
+
+
+app.command("check")(remote_check)
