@@ -3,6 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/services.sh
+bash scripts/chromium.sh   # headless browser for the study report test (apt-get only if missing)
 bash scripts/setup.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
