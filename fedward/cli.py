@@ -28,6 +28,7 @@ _MOUNTS: list[tuple[str, str, str]] = [
     ("fedward.commands.edge", "edge", "group"),
     ("fedward.commands.audit", "audit", "group"),
     ("fedward.commands.budget", "budget", "group"),
+    ("fedward.commands.tokens", "tokens", "group"),
 ]
 
 for module_name, name, kind in _MOUNTS:
