@@ -54,6 +54,7 @@ __all__ = [
     "model_downloaded",
     "privacy_entry",
     "study_created",
+    "study_restore_failed",
     "study_transition",
     "task_not_its_own",
     "token_issued",
@@ -269,6 +270,13 @@ def update_refused_early(
     return _coordinator(AuditAction.UPDATE_REJECTED, Outcome.DENIED, details)
 
 
+def study_restore_failed(*, error: str, detail: str) -> AuditRecord:
+    """A study could not be rebuilt at start (a missing or corrupted blob, a spec or
+    snapshot it cannot read): it is not served, the others are."""
+    details = {"error": error[:64], "detail": detail[:200]}
+    return _coordinator(AuditAction.STUDY_RESTORE_FAILED, Outcome.FAILURE, details)
+
+
 # -- the REST API's own records (fedward.coordinator.api) ---------------------------
 # An operator's actor id is ``<role>:<token id>`` (fedward.coordinator.access.Principal).
 
@@ -317,14 +325,6 @@ def token_revoked(*, by: str, token_id: str, role: str) -> AuditRecord:
     details = {"token_id": token_id, "role": role}
     return _operator(AuditAction.TOKEN_REVOKED, Outcome.SUCCESS, by, details)
 
-# -- helpers -------------------------------------------------------------------------
-
-
-def _mechanism(event: PrivacyEvent, *, step: Any, epsilon: float) -> dict[str, Any]:
-    """The privacy mechanism an auditor wants beside every spend and exhaustion."""
-    policy = event.policy
-    return dict(
-        privacy_details(
 
 # -- the wire's authentication decisions ------------------------------------------------
 
@@ -368,6 +368,14 @@ def enrolment_secret_issued(
     )
 
 
+# -- helpers -------------------------------------------------------------------------
+
+
+def _mechanism(event: PrivacyEvent, *, step: Any, epsilon: float) -> dict[str, Any]:
+    """The privacy mechanism an auditor wants beside every spend and exhaustion."""
+    policy = event.policy
+    return dict(
+        privacy_details(
             noise_multiplier=step.noise_multiplier,
             clip_norm=event.clip_norm,
             sample_rate=step.sample_rate,

@@ -15,15 +15,24 @@ fields use ``__`` (``FEDWARD_MQTT__HOST``).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fedward.protocol.messages import DEFAULT_MAX_MESSAGE_BYTES
 from fedward.protocol.mqtt_settings import MqttProtocol, MqttSettings, TlsSettings
 
+DEFAULT_DATA_DIR = Path("./fedward-data")
 DEFAULT_DATABASE_URL = "sqlite:///./fedward-data/coordinator.db"
+"""The database of the default data dir (``database_url`` defaults inside ``data_dir``)."""
+
+
+def sqlite_url_in(data_dir: Path | str) -> str:
+    """The default database of a data dir: ``<data_dir>/coordinator.db`` (SQLite)."""
+    return f"sqlite:///{Path(data_dir) / 'coordinator.db'}"
+
+
 MIN_TOKEN_CHARS = 16
 # Tokens that appear in examples, tutorials and default configs everywhere.
 KNOWN_WEAK_TOKENS = frozenset(
@@ -83,8 +92,9 @@ class CoordinatorSettings(BaseSettings):
     )
 
     database_url: str = Field(default=DEFAULT_DATABASE_URL, min_length=1)
-    """SQLAlchemy URL: ``sqlite:///path.db`` or ``postgresql+psycopg://user@host/db``."""
-    data_dir: Path = Path("./fedward-data")
+    """SQLAlchemy URL: ``sqlite:///path.db`` or ``postgresql+psycopg://user@host/db``.
+    Default: ``<data_dir>/coordinator.db``, so two data dirs never share a database."""
+    data_dir: Path = DEFAULT_DATA_DIR
     """Model blobs, buffered updates, the audit log and its signing key live here."""
     api_host: str = "127.0.0.1"
     api_port: Annotated[int, Field(ge=1, le=65535)] = 8080
@@ -106,6 +116,22 @@ class CoordinatorSettings(BaseSettings):
     """How long a source that failed too often is answered 429."""
     audit_key_password: SecretStr | None = None
     """Passphrase of the audit signing key file, if it is encrypted."""
+    audit_sign_interval_s: Annotated[float, Field(ge=0, le=86_400)] = 60.0
+    """Sign a tree head over the audit log's unsigned tail this often (0: only every
+    256 entries and at shutdown). Bounds how long a tail stays rewritable undetected."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _database_in_data_dir(cls, values: Any) -> Any:
+        # Why: the database used to default to ./fedward-data relative to the
+        # working directory whatever --data-dir said, so two coordinators started
+        # from one folder with different data dirs shared (and fought over) one.
+        if isinstance(values, dict) and not values.get("database_url"):
+            values = {
+                **values,
+                "database_url": sqlite_url_in(values.get("data_dir") or DEFAULT_DATA_DIR),
+            }
+        return values
 
     @field_validator("operator_token")
     @classmethod

@@ -7,10 +7,11 @@ under one lock, persisted in one transaction and audited once, whichever
 transport it came through.
 
 How a call works: under the service lock, the study's :class:`Engine` makes the
-decision; an engine listener appends it to the audit log (write-ahead: the
-entry exists before the database commit), writes new model blobs and collects
-the rows to write; then one transaction stores the rows, the receipts, the
-counters and an engine snapshot. If anything fails, the study is reloaded from
+decision; an engine listener stages its audit record, writes new model blobs
+and collects the rows to write; then one transaction stores the rows, the
+receipts, the counters, an engine snapshot and the audit records (an outbox),
+which reach the log only after that commit, so the log never records a
+decision the database lost. If anything fails, the study is reloaded from
 the database, so memory never runs ahead of what a restart would see.
 
 Time comes from the injected ``clock`` (POSIX seconds), never from the system
@@ -42,6 +43,7 @@ from .errors import (
     ServiceError,
     StudyExists,
     StudyNotFound,
+    StudyRestoreFailed,
     UnsupportedRefusal,
 )
 from .facade import StudyService
@@ -64,6 +66,7 @@ __all__ = [
     "StudyExists",
     "StudyInfo",
     "StudyNotFound",
+    "StudyRestoreFailed",
     "StudyService",
     "StudyStatus",
     "UnsupportedRefusal",

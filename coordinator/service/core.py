@@ -13,6 +13,7 @@ import hashlib
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Self
@@ -20,7 +21,7 @@ from typing import Self
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from fedward.compliance import AuditLog, SignedTreeHead, load_or_create_signing_key
-from fedward.coordinator.audit import AuditRecord
+from fedward.coordinator.audit import AuditRecord, study_restore_failed
 from fedward.coordinator.errors import CoordinatorError
 from fedward.coordinator.migrations import upgrade_to_head
 from fedward.coordinator.settings import CoordinatorSettings
@@ -30,9 +31,11 @@ from fedward.coordinator.store.models import StudyRow
 from fedward.coordinator.store.recorder import EventRecorder
 from fedward.coordinator.store.runtime import RuntimeStore, StudyRuntime
 from fedward.coordinator.study_spec import StudySpec
+from fedward.errors import FedwardError
+from fedward.protocol.enrolment import load_or_create_master_key
 from fedward.tinytrain.models import Params
 
-from .errors import StudyNotFound
+from .errors import StudyNotFound, StudyRestoreFailed
 from .views import StudyInfo, study_info
 
 log = logging.getLogger(__name__)
@@ -40,6 +43,9 @@ log = logging.getLogger(__name__)
 UNKNOWN_TASK_ID = "unknown"
 STUDY_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 Clock = Callable[[], float]
+# What a study's own saved state can raise on restore (a blob, a spec, a snapshot);
+# anything else (the database is down) still stops the coordinator.
+_RESTORE_ERRORS = (FedwardError, ValueError, LookupError, TypeError, OSError)
 
 
 def digest(data: bytes) -> str:
@@ -59,7 +65,11 @@ class ServiceCore:
         clock: Clock,
         max_message_bytes: int,
         seed: int | None = None,
+        enrolment_key: bytes | None = None,
+        sign_interval_s: float = 0.0,
     ) -> None:
+        self._enrolment_key = enrolment_key  # None: enrolment secrets are not available
+        self._wire_refusals: dict[str, Counter[str]] = {}  # per study, since start (/metrics)
         self._repo = repository
         self._trail = AuditTrail(audit)
         self._runtimes = RuntimeStore(
@@ -73,10 +83,66 @@ class ServiceCore:
         self._closed = False
         self._studies: dict[str, StudyRuntime] = {}
         self._reserved: set[str] = set()  # ids of studies being created
+        self._failed: dict[str, str] = {}  # studies that could not be restored: why
+        # Committed records a crash kept from the log go in first (see store.audit_trail).
+        self._trail.recover(self._repo)
         for row in self._repo.studies():
+            self._restore(row)
+        self._stop_timer = threading.Event()
+        self._timer: threading.Thread | None = None
+        if sign_interval_s > 0:
+            self._timer = threading.Thread(
+                target=self._sign_periodically,
+                args=(sign_interval_s,),
+                name="fedward-audit-heads",
+                daemon=True,
+            )
+            self._timer.start()
+
+    def _restore(self, row: StudyRow) -> None:
+        """Rebuild one study; one that cannot be rebuilt is set aside, not fatal.
+
+        Why: a missing or corrupted blob, or a spec saved under an old format,
+        concerns that study only. It is marked failed (not served: calls on it
+        raise :class:`StudyRestoreFailed`), audited as STUDY_RESTORE_FAILED with
+        the reason, and its rows and blobs are left untouched, so a later start
+        retries it once the cause is fixed. The other studies keep serving.
+        """
+        try:
             self._studies[row.id] = self._runtimes.load(
                 row, on_event=self._recorder.on_event, on_guard_event=self._recorder.on_guard_event
             )
+        except _RESTORE_ERRORS as exc:
+            log.exception("study %s could not be restored; it is not served", row.id)
+            reason = f"{type(exc).__name__}: {exc}"
+            self._failed[row.id] = reason
+            entry = study_restore_failed(error=type(exc).__name__, detail=str(exc))
+            self._trail.write(entry, study_id=row.id)
+
+    def failed_studies(self) -> dict[str, str]:
+        """Studies that could not be restored at start, and why (they are not served)."""
+        with self._lock:
+            return dict(self._failed)
+
+    @property
+    def latest_tree_head(self) -> SignedTreeHead | None:
+        """The audit log's newest signed tree head (an auditor keeps it to detect a
+        later truncation: ``fedward.compliance.verify_log(..., trusted_head=)``)."""
+        return self._trail.latest_tree_head
+
+    def checkpoint_audit(self) -> SignedTreeHead | None:
+        """Make the audit log durable and sign its unsigned tail now (the timer's job)."""
+        return self._trail.checkpoint()
+
+    def _sign_periodically(self, interval_s: float) -> None:
+        # Why a timer: entries after the newest signed head can be rewritten
+        # undetected; signing every interval bounds that window in time, not
+        # only in entries (the log also signs every DEFAULT_STH_INTERVAL entries).
+        while not self._stop_timer.wait(interval_s):
+            try:
+                self._trail.checkpoint()
+            except Exception:  # a broken log: calls will fail loudly; keep the thread quiet
+                log.exception("could not sign a periodic audit tree head")
 
     @classmethod
     def open(
@@ -99,7 +165,10 @@ class ServiceCore:
                 settings.signing_key_path,
                 password=password.get_secret_value().encode() if password else None,
             )
-            audit = AuditLog.open(settings.audit_log_path, signing_key=key, clock=clock)
+            # A torn last line (a crash mid-write) is cut off and the repair audited.
+            audit = AuditLog.open(
+                settings.audit_log_path, signing_key=key, clock=clock, repair_torn_tail=True
+            )
         except BaseException:
             db.dispose()
             raise
@@ -112,6 +181,8 @@ class ServiceCore:
                 clock=clock,
                 max_message_bytes=settings.max_message_bytes,
                 seed=seed,
+                enrolment_key=load_or_create_master_key(settings.enrolment_key_path),
+                sign_interval_s=settings.audit_sign_interval_s,
             )
         except BaseException:
             audit.close()
@@ -124,10 +195,16 @@ class ServiceCore:
             if self._closed:
                 return
             self._closed = True
+            self._stop_timer.set()
+            if self._timer is not None:
+                self._timer.join()
             try:
-                self._trail.close()
+                self._trail.finish(self._repo)  # fsync, final signed head, outbox emptied
             finally:
-                self._repo.close()
+                try:
+                    self._trail.close()
+                finally:
+                    self._repo.close()
 
     @property
     def audit_public_key(self) -> Ed25519PublicKey:
@@ -141,6 +218,11 @@ class ServiceCore:
     def _require(self, study_id: str) -> StudyRuntime:
         study = self._studies.get(study_id)
         if study is None:
+            if study_id in self._failed:
+                raise StudyRestoreFailed(
+                    f"study {study_id!r} could not be restored at start and is not served: "
+                    f"{self._failed[study_id]}"
+                )
             raise StudyNotFound(f"no study {study_id!r}")
         return study
 
@@ -170,14 +252,21 @@ class ServiceCore:
 
     @contextmanager
     def _change(self, study: StudyRuntime, *, new: bool = False) -> Iterator[StudyChanges]:
-        """One service call's changes to a study: committed at the end, or rolled back."""
+        """One service call's changes to a study: committed at the end, or rolled back.
+
+        The call's audit records are committed with it (outbox rows) and appended
+        to the log only once the commit succeeded; a rolled-back call leaves no
+        entry (see :mod:`fedward.coordinator.store.audit_trail`).
+        """
         if self._closed:
             raise CoordinatorError("the study service is closed")
-        changes = StudyChanges(study_id=study.id, at=self._clock())
+        changes = StudyChanges(
+            study_id=study.id, at=self._clock(), audit_done_upto=self._trail.deletable()
+        )
         study.changes = changes
         try:
             yield changes
-            self._runtimes.commit(study, changes)
+            ids = self._runtimes.commit(study, changes)
         except BaseException:
             study.changes = None
             if not new:
@@ -188,10 +277,18 @@ class ServiceCore:
             raise
         finally:
             study.changes = None
+        self._trail.publish(
+            changes.audit, ids, deleted_upto=changes.audit_done_upto if ids is not None else 0
+        )
 
     def _audit(self, entry: AuditRecord, *, study_id: str | None) -> None:
-        """Append an entry formatted by ``fedward.coordinator.audit`` (the one place)."""
-        self._trail.write(entry, study_id=study_id)
+        """Record an entry formatted by ``fedward.coordinator.audit`` (the one place):
+        staged with the open change of its study (committed with it), else appended."""
+        study = self._studies.get(study_id) if study_id is not None else None
+        if study is not None and study.changes is not None:
+            study.changes.audit.append(self._trail.stage(entry, study_id=study_id))
+        else:
+            self._trail.write(entry, study_id=study_id)
 
     def record_audit(self, entry: AuditRecord, *, study_id: str | None = None) -> None:
         """Append an entry the API decided (failed logins, downloads, tokens)."""

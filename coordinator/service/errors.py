@@ -13,6 +13,11 @@ class StudyNotFound(ServiceError, KeyError):
     pass
 
 
+class StudyRestoreFailed(StudyNotFound):
+    """The study exists but could not be restored at start: it is not served (the
+    reason is in the message and the audit log's STUDY_RESTORE_FAILED entry)."""
+
+
 class DeviceNotFound(ServiceError, KeyError):
     pass
 

@@ -211,3 +211,25 @@ class ApiTokenRow(Base):
     expires_at: Mapped[float] = mapped_column(Double)
     revoked_at: Mapped[float | None] = mapped_column(Double)
     revoked_by: Mapped[str | None] = mapped_column(String(128))
+
+
+class AuditOutboxRow(Base):
+    """Audit records committed with the decision they record, not yet known durable in the log.
+
+    Why (``fedward.coordinator.store.audit_trail``): an entry in the log must mean
+    the decision committed. Each service call's records are written here in the
+    decision's own transaction; after the commit they are appended to the log,
+    and a start-up appends whatever a crash left here. ``id`` only ever grows
+    (AUTOINCREMENT on SQLite, a sequence on PostgreSQL): the log's entries carry
+    it as ``outbox_ref`` so a restart knows which rows already reached the log.
+    """
+
+    __tablename__ = "audit_outbox"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
+    )
+    study_id: Mapped[str | None] = mapped_column(String(ID_LEN))
+    record: Mapped[dict[str, Any]]
+    created_at: Mapped[float] = mapped_column(Double)

@@ -1,8 +1,9 @@
 """Engine and privacy decisions -> audit entries, rows and model versions.
 
-The engine emits one event per decision. For each, this recorder appends the
-audit entry (write-ahead: before the service's database commit) and adds the
-rows the decision implies to the study's pending :class:`StudyChanges`. A
+The engine emits one event per decision. For each, this recorder stages the
+audit record with the rows the decision implies in the study's pending
+:class:`StudyChanges`: both are committed in one transaction and the entry
+reaches the log only after that commit (the outbox, :mod:`.audit_trail`). A
 merge also stores the new model blob and its lineage record.
 
 What goes into the log, and who the actor is, is decided in one place,
@@ -47,7 +48,11 @@ class EventRecorder:
         self._write(study, privacy_entry(event))
 
     def _write(self, study: StudyRuntime, entry: AuditRecord | None) -> None:
-        if entry is not None:
+        if entry is None:
+            return
+        if study.changes is not None:  # inside a service call: committed with its decision
+            study.changes.audit.append(self._trail.stage(entry, study_id=study.id))
+        else:
             self._trail.write(entry, study_id=study.id)
 
     def _dispatched(self, study: StudyRuntime, event: EngineEvent) -> None:

@@ -4,7 +4,9 @@ The service changes a study in memory (through the engine) and then hands a
 :class:`StudyChanges` batch to :meth:`Repository.apply`, which writes all of it
 -- new rows, status changes, receipts, counters and the engine snapshot -- in
 one transaction. Either the whole decision is durable or none of it is, so the
-tables and the snapshot a restart resumes from never disagree.
+tables and the snapshot a restart resumes from never disagree. The decision's
+audit records are part of that batch (the ``audit_outbox`` rows), so the log
+can only ever hear of what committed (see :mod:`.audit_trail`).
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, select, text, update
+from sqlalchemy import Engine, delete, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from fedward.coordinator.errors import RejectReason
 from fedward.protocol.messages import AckStatus
 
 from .models import (
+    AuditOutboxRow,
     DeviceRow,
     EngineStateRow,
     ModelVersionRow,
@@ -49,8 +52,13 @@ class StudyChanges:
     receipt_status: dict[str, AckStatus] = field(default_factory=dict)
     rejections: Counter[RejectReason] = field(default_factory=Counter)
     engine_state: tuple[int, dict[str, Any]] | None = None  # (model version, snapshot)
+    audit: list[tuple[str | None, dict[str, Any]]] = field(default_factory=list)
+    """Audit records of this call, (study id, record), written to the outbox with the rest."""
+    audit_done_upto: int = 0
+    """Outbox rows up to this id are durable in the log: deleted in the same transaction."""
 
     def is_empty(self) -> bool:
+        """Nothing but (possibly) audit records: no decision to commit."""
         return not (
             self.new_study
             or self.study_values
@@ -168,9 +176,22 @@ class Repository:
             query = select(RejectionCounterRow).where(RejectionCounterRow.study_id == study_id)
             return Counter({row.reason: row.count for row in s.scalars(query)})
 
+    def audit_outbox(self) -> list[AuditOutboxRow]:
+        """Every outbox row, oldest first (start-up: what may not be in the log yet)."""
+        with self._read() as s:
+            return list(s.scalars(select(AuditOutboxRow).order_by(AuditOutboxRow.id)))
+
+    def delete_audit_outbox(self, *, upto: int) -> None:
+        """Forget outbox rows up to ``upto``: their entries are durable in the log."""
+        with self._sessions.begin() as s:
+            s.execute(delete(AuditOutboxRow).where(AuditOutboxRow.id <= upto))
+
     # -- the one write -------------------------------------------------------
-    def apply(self, changes: StudyChanges) -> None:
-        """Write ``changes`` in one transaction (all or nothing)."""
+    def apply(self, changes: StudyChanges) -> list[int]:
+        """Write ``changes`` in one transaction (all or nothing).
+
+        Returns the outbox ids of ``changes.audit``, in order.
+        """
         sid = changes.study_id
         with self._sessions.begin() as s:
             if changes.new_study is not None:
@@ -216,3 +237,14 @@ class Repository:
                     engine_row.revision += 1
                     engine_row.state = state
                     engine_row.updated_at = changes.at
+            if changes.audit_done_upto:
+                s.execute(
+                    delete(AuditOutboxRow).where(AuditOutboxRow.id <= changes.audit_done_upto)
+                )
+            outbox = [
+                AuditOutboxRow(study_id=study_id, record=record, created_at=changes.at)
+                for study_id, record in changes.audit
+            ]
+            s.add_all(outbox)
+            s.flush()
+            return [row.id for row in outbox]

@@ -193,8 +193,12 @@ class RuntimeStore:
         return record
 
     # -- saving ----------------------------------------------------------------
-    def commit(self, study: StudyRuntime, changes: StudyChanges) -> None:
-        """Add device changes and the engine snapshot to ``changes``; write them at once."""
+    def commit(self, study: StudyRuntime, changes: StudyChanges) -> list[int] | None:
+        """Add device changes and the engine snapshot to ``changes``; write them at once.
+
+        Returns the outbox ids of the call's audit records, or None when there
+        was no decision to commit (the records are then appended directly).
+        """
         engine = study.engine
         current = {d.device_id: (d.state, d.completed) for d in engine.devices.values()}
         for device_id, (state, completed) in current.items():
@@ -204,12 +208,13 @@ class RuntimeStore:
         if snapshot != study.saved_state:
             changes.engine_state = (engine.version, snapshot)
         if changes.is_empty():
-            return
-        self.repository.apply(changes)
+            return None
+        ids = self.repository.apply(changes)
         study.saved_devices = current
         if changes.engine_state is not None:
             study.saved_state = snapshot
         self._collect_deltas(study)
+        return ids
 
     def _delta_ref(self, study: StudyRuntime, task_id: str, delta: Any) -> str:
         sha = study.delta_refs.get(task_id)

@@ -7,6 +7,15 @@
 so every decision goes through the same lock and transaction. The bridges are
 stopped after uvicorn returns (SIGINT/SIGTERM), then the service is closed.
 
+Why the signal handling (:func:`graceful_signals`): Kubernetes stops a pod with
+SIGTERM. uvicorn shuts down on it and then re-raises the signal, which under
+the default handler killed the process (exit 143) before the service was
+closed, so no final tree head was signed over the audit log's tail. Our
+handler records the signal instead: uvicorn returns, the bridges stop, the
+service closes (log fsynced, final head signed) and the process exits 0.
+
+The database defaults inside ``--data-dir`` (``<data-dir>/coordinator.db``).
+
 Settings come from ``FEDWARD_*`` environment variables (see
 :class:`fedward.coordinator.settings.CoordinatorSettings`); the options below override
 them. The operator token is required and is best passed as a file
@@ -16,16 +25,22 @@ line, where it would land in the shell history and the process list.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
 from rich.console import Console
 
-from fedward.coordinator.settings import DEFAULT_DATABASE_URL, CoordinatorSettings
+from fedward.coordinator.settings import (
+    DEFAULT_DATA_DIR,
+    CoordinatorSettings,
+    sqlite_url_in,
+)
 from fedward.protocol.errors import TransportError
 
 app = typer.Typer(help="Run or maintain the live coordinator.", no_args_is_help=True)
@@ -77,23 +92,47 @@ def serve(
         data_dir=data_dir,
         operator_token_file=operator_token_file,
     )
-    service = StudyService.open(settings)
-    try:
-        with serving_bridges(service, settings, enabled=bridge):
-            uvicorn.run(
-                create_app(settings, service=service),
-                host=settings.api_host,
-                port=settings.api_port,
-                log_level=log_level,
+    with graceful_signals() as received:
+        service = StudyService.open(settings)
+        try:
+            if not received:  # a stop asked for while starting: close without serving
+                with serving_bridges(service, settings, enabled=bridge):
+                    uvicorn.run(
+                        create_app(settings, service=service),
+                        host=settings.api_host,
+                        port=settings.api_port,
+                        log_level=log_level,
+                    )
+        except TransportError as exc:  # the broker was not reached: say so, no traceback
+            console.print(
+                f"[red]MQTT broker {settings.mqtt.host}:{settings.mqtt.port}:[/] {exc}\n"
+                "Start the broker, fix FEDWARD_MQTT__HOST/PORT, or run with --no-bridge."
             )
-    except TransportError as exc:  # the broker was not reached: say so, no traceback
-        console.print(
-            f"[red]MQTT broker {settings.mqtt.host}:{settings.mqtt.port}:[/] {exc}\n"
-            "Start the broker, fix FEDWARD_MQTT__HOST/PORT, or run with --no-bridge."
-        )
-        raise typer.Exit(code=1) from None
+            raise typer.Exit(code=1) from None
+        finally:
+            service.close()
+    if received:
+        console.print(f"stopped on {signal.Signals(received[0]).name}; audit log signed and closed")
+
+
+@contextmanager
+def graceful_signals() -> Iterator[list[int]]:
+    """While serving, SIGTERM and SIGINT only record themselves (see module doc).
+
+    Yields the list of signals received. uvicorn installs its own handlers while
+    it runs and, on its way out, re-raises what it caught into these.
+    """
+    received: list[int] = []
+
+    def record(signum: int, _frame: FrameType | None) -> None:
+        received.append(signum)
+
+    previous = {sig: signal.signal(sig, record) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield received
     finally:
-        service.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @contextmanager
@@ -109,6 +148,7 @@ def serving_bridges(
     if not enabled:
         yield None
         return
+    from fedward.coordinator.mqtt.security import WireSecurity
     from fedward.coordinator.mqtt.supervisor import BridgeSupervisor
     from fedward.protocol.mqtt import MqttTransport
 
@@ -135,7 +175,14 @@ def migrate(
         str | None,
         typer.Option(
             envvar="FEDWARD_DATABASE_URL",
-            help=f"Database to upgrade (default: {DEFAULT_DATABASE_URL}).",
+            help="Database to upgrade (default: <data-dir>/coordinator.db).",
+        ),
+    ] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="FEDWARD_DATA_DIR",
+            help=f"Data dir of the default database ({DEFAULT_DATA_DIR}).",
         ),
     ] = None,
 ) -> None:
@@ -143,11 +190,10 @@ def migrate(
     from fedward.coordinator.migrations import current_revision, head_revision, upgrade_to_head
     from fedward.coordinator.store import create_db_engine
 
-    engine = create_db_engine(database_url or DEFAULT_DATABASE_URL)
+    engine = create_db_engine(database_url or sqlite_url_in(data_dir or DEFAULT_DATA_DIR))
     try:
         before = current_revision(engine)
         upgrade_to_head(engine)
         console.print(f"database at revision {head_revision()} (was {before or 'empty'})")
     finally:
         engine.dispose()
-    from fedward.coordinator.mqtt.security import WireSecurity

@@ -13,7 +13,7 @@ import pytest
 from fedward.compliance import verify_log
 from fedward.coordinator.engine import DeviceState
 from fedward.coordinator.errors import RejectReason
-from fedward.coordinator.service import StudyService
+from fedward.coordinator.service import StudyRestoreFailed, StudyService
 from fedward.coordinator.store import BlobCorrupted, StudyState, TaskStatus
 from fedward.coordinator.strategies.base import saved_updates
 from fedward.protocol.messages import AckStatus
@@ -136,7 +136,9 @@ def test_restart_keeps_receipts_rejections_and_offline_devices(
     reopened.close()
 
 
-def test_a_corrupted_model_blob_stops_the_restart(service, settings, clock, start_study) -> None:
+def test_a_corrupted_model_blob_fails_that_study_not_the_restart(
+    service, settings, clock, start_study
+) -> None:
     # Prepare
     sid = start_study(service, devices=1)
     sha = service.model_versions(sid)[0].sha256
@@ -145,9 +147,13 @@ def test_a_corrupted_model_blob_stops_the_restart(service, settings, clock, star
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF
     path.write_bytes(bytes(data))
-    # Execute / Assert: the coordinator refuses to resume from a model it cannot trust
-    with pytest.raises(BlobCorrupted):
-        StudyService.open(settings, clock=clock, seed=7)
+    # Execute: the coordinator refuses to resume the study from a model it cannot trust
+    reopened = StudyService.open(settings, clock=clock, seed=7)
+    # Assert: that study is set aside (not served), the coordinator runs
+    assert BlobCorrupted.__name__ in reopened.failed_studies()[sid]
+    with pytest.raises(StudyRestoreFailed):
+        reopened.status(sid)
+    reopened.close()
 
 
 def test_a_synchronous_round_open_at_restart_closes_after_it(
