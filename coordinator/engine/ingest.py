@@ -37,6 +37,9 @@ class IncomingUpdate:
     header: Update
     privacy: PrivacyReport | None
     wire_bytes: int
+    refusal: UpdateRejected | None = None
+    """Set when the frame is well formed but out of bounds (dtype, sample count): the
+    caller refuses it under its task and device, which the header names."""
 
 
 TASK_DTYPE = np.dtype(np.float32)
@@ -52,24 +55,12 @@ def decode_update(
         raise UpdateRejected(RejectReason.MALFORMED, str(exc)[:200]) from exc
     if not isinstance(header, Update):
         raise UpdateRejected(RejectReason.MALFORMED, f"expected an update, got {header.kind}")
-    for name, tensor in tensors.items():
-        if tensor.dtype != TASK_DTYPE:
-            raise UpdateRejected(
-                RejectReason.MALFORMED,
-                f"tensor {name[:64]!r} is {tensor.dtype}, the task's model is {TASK_DTYPE}",
-            )
-    if (
-        max_samples is not None
-        and header.num_samples is not None
-        and header.num_samples > max_samples
-    ):
-        raise UpdateRejected(
-            RejectReason.BAD_SAMPLE_COUNT,
-            f"num_samples {header.num_samples} > the study's cap {max_samples}",
-        )
+    refusal = _out_of_bounds(header, tensors, max_samples=max_samples)
     measured = update_energy(tensors)
     # Same float32 values summed in float64 on both sides: equal up to summation order.
-    if not math.isclose(header.update_energy, measured, rel_tol=1e-6, abs_tol=1e-12):
+    if refusal is None and not math.isclose(
+        header.update_energy, measured, rel_tol=1e-6, abs_tol=1e-12
+    ):
         raise UpdateRejected(
             RejectReason.MALFORMED,
             f"update_energy {header.update_energy:.6g} does not match the tensors' {measured:.6g}",
@@ -85,5 +76,27 @@ def decode_update(
         update_energy=measured,
     )
     return IncomingUpdate(
-        update=update, header=header, privacy=header.privacy, wire_bytes=len(frame)
+        update=update,
+        header=header,
+        privacy=header.privacy,
+        wire_bytes=len(frame),
+        refusal=refusal,
     )
+
+
+def _out_of_bounds(
+    header: Update, tensors: dict[str, np.ndarray], *, max_samples: int | None
+) -> UpdateRejected | None:
+    for name, tensor in tensors.items():
+        if tensor.dtype != TASK_DTYPE:
+            return UpdateRejected(
+                RejectReason.MALFORMED,
+                f"tensor {name[:64]!r} is {tensor.dtype}, the task's model is {TASK_DTYPE}",
+            )
+    count = header.num_samples
+    if max_samples is not None and count is not None and count > max_samples:
+        return UpdateRejected(
+            RejectReason.BAD_SAMPLE_COUNT,
+            f"num_samples {count} > the study's cap {max_samples}",
+        )
+    return None

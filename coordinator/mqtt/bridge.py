@@ -70,6 +70,7 @@ from fedward.protocol.errors import (
     BadSignature,
     ChunkError,
     MessageTooLarge,
+    NotEnrolled,
     ProtocolError,
     Replayed,
     RouteError,
@@ -219,10 +220,6 @@ class _PendingUpdate:
     payload: bytes
     rejected: RejectKind | None
     sender: str | None = None  # the authenticated device (with WireSecurity)
-
-
-class _NotEnrolled(AuthError):
-    """No enrolled key for the topic's device id."""
 
 
 class StudyBridge:
@@ -448,7 +445,7 @@ class StudyBridge:
             try:
                 key = self.service.device_public_key(self.study_id, device_id)
             except Exception as exc:  # DeviceNotFound, unknown study
-                raise _NotEnrolled(f"no enrolled device {device_id}") from exc
+                raise NotEnrolled(f"no enrolled device {device_id}") from exc
             self._keys[device_id] = key
         return key
 
@@ -473,7 +470,7 @@ class StudyBridge:
             if known is None:
                 try:
                     known = self._device_key(device)
-                except _NotEnrolled:
+                except NotEnrolled:
                     known = None
             if known is not None and known == bytes(message.public_key):
                 self.security.replay.check(device, sealed.counter)
@@ -533,7 +530,7 @@ class StudyBridge:
                 return False
             try:
                 payload, sender, counter = self._authenticate(info, payload)
-            except _NotEnrolled as exc:
+            except NotEnrolled as exc:
                 self._wire_refuse(info, RejectKind.NOT_ENROLLED, str(exc), sender=None)
                 if info.kind is TopicKind.HEARTBEAT and info.device_id is not None:
                     self._send_error(info.device_id, ErrorCode.NOT_ENROLLED, "not enrolled")
@@ -551,6 +548,9 @@ class StudyBridge:
                 # frame's hash, under the authenticated sender); its REJECTED ack
                 # tells the device.
                 return _PendingUpdate(info=info, payload=payload, rejected=kind, sender=sender)
+            if self.security is not None and sender is None:  # an Enrol not admitted yet
+                self._wire_refuse(info, kind, str(exc), sender=None)
+                return False
             self._reject(info, kind, str(exc))
             return False
         self.stats.received[info.kind.value] += 1
@@ -617,6 +617,11 @@ class StudyBridge:
     def _enrol(self, info: TopicInfo, message: Enrol, sender: str | None, counter: int) -> None:
         security = self.security
         if security is None:
+            self._reply(info, self.service.enrol(self.study_id, message))
+            return
+        if sender is not None:
+            # Signed by the key this id enrolled with (a restart, or a re-enrolment the
+            # coordinator asked for): no secret needed; the device has pinned our key.
             self._reply(info, self.service.enrol(self.study_id, message))
             return
         ack, mac = self.service.enrol_authenticated(self.study_id, message)

@@ -15,6 +15,8 @@ instead of being re-dispatched after every heartbeat to refuse again.
 
 from __future__ import annotations
 
+from collections import Counter
+
 from fedward.coordinator import audit
 from fedward.coordinator.errors import RejectReason
 from fedward.coordinator.privacy.guard import privacy_guard_of
@@ -39,6 +41,8 @@ class RefusalCalls(ServiceCore):
         input rather than a routing or authorisation failure."""
         with self._lock:
             study = self._studies.get(study_id)
+            # every reason, routing and authorisation failures included, for /metrics
+            self._wire_refusals.setdefault(study_id if study else "", Counter())[reason] += 1
             entry = audit.transport_rejected(
                 device_id=device_id,
                 reason=reason,

@@ -180,6 +180,26 @@ class UpdateCalls(ServiceCore):
                 device_id=header.device_id,
                 frame_sha=frame_sha,
             )
+        if incoming.refusal is not None:  # well formed, out of bounds: its task fails
+            order = study.engine.tasks.get(header.task_id)
+            if order is not None and order.device_id == header.device_id:
+                study.failure_status[header.task_id] = TaskStatus.REJECTED
+                try:
+                    study.engine.task_failed(
+                        header.task_id,
+                        now=changes.at,
+                        reason=f"rejected:{incoming.refusal.reason.value}",
+                    )
+                finally:
+                    study.failure_status.pop(header.task_id, None)
+            return self._reject_early(
+                study,
+                changes,
+                incoming.refusal,
+                task_id=header.task_id,
+                device_id=header.device_id,
+                frame_sha=frame_sha,
+            )
         try:
             ack = self._submit(study, changes, incoming, frame_sha=frame_sha)
         except Exception as exc:

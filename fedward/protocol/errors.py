@@ -20,6 +20,7 @@ Hierarchy (hangs from :class:`fedward.errors.FedwardError`)::
     │   ├── Unsigned         no signed envelope at all
     │   ├── BadSignature     a signature that does not verify (forged, altered, wrong key)
     │   ├── Replayed         a counter not above the sender's last one (replay, reorder)
+    │   ├── NotEnrolled      no enrolled key for the device the topic names
     │   └── EnrolmentDenied  an enrolment without a valid operator-issued secret
     └── TransportError       the transport could not connect/publish/subscribe; paho's
                              (and the embedded amqtt broker's) own errors are mapped to
@@ -93,6 +94,10 @@ class BadSignature(AuthError):
 
 class Replayed(AuthError):
     """A correctly signed message whose counter is not above the sender's last one."""
+
+
+class NotEnrolled(AuthError):
+    """No key is enrolled for the device a message's topic names: nothing to verify with."""
 
 
 class EnrolmentDenied(AuthError):
