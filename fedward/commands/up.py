@@ -18,10 +18,11 @@ from rich.console import Console
 
 from fedward.protocol.errors import TransportError
 from fedward.protocol.mqtt_settings import MqttProtocol
-from fedward.simulation.scenario import StrategyRun, load_scenario
+from fedward.simulation.scenario import StrategyRun
 
 from ..live import LiveError, LiveOptions, parse_broker_url, run_live
 from ..progress import make_progress, tracker
+from .simulate import or_exit, resolve_study
 
 
 def command(
@@ -33,9 +34,17 @@ def command(
         MqttProtocol, typer.Option(help="MQTT version for --broker (embedded: 3.1.1).")
     ] = MqttProtocol.MQTT5,
     scenario: Annotated[
-        str, typer.Option(help="Preset (tiny, quick, full) or a JSON/YAML scenario file.")
-    ] = "tiny",
-    strategy: Annotated[StrategyRun, typer.Option(help="Strategy row to run.")] = StrategyRun.FTTE,
+        str | None,
+        typer.Option(
+            help="Preset (tiny, quick, full) or a JSON/YAML scenario file (default tiny)."
+        ),
+    ] = None,
+    study: Annotated[
+        Path | None, typer.Option(help="A study file (YAML), as for fedward simulate.")
+    ] = None,
+    strategy: Annotated[
+        StrategyRun | None, typer.Option(help="Strategy row (default: the study's, or ftte).")
+    ] = None,
     updates: Annotated[
         int | None, typer.Option(min=1, help="Update budget (default: the scenario's).")
     ] = None,
@@ -54,8 +63,11 @@ def command(
     """Run a live study: broker, coordinator, bridge and N agents, until the update budget."""
     logging.basicConfig(level=logging.WARNING if verbose else logging.ERROR)
     console = Console()
-    sc = load_scenario(scenario)
-    sc = type(sc).model_validate({**sc.model_dump(), "devices": devices})
+    sc, strategy = or_exit(
+        console, lambda: resolve_study(study, None, None if study else scenario or "tiny", strategy)
+    )
+    if sc.data is None:
+        sc = type(sc).model_validate({**sc.model_dump(), "devices": devices})
     budget = updates or sc.update_budget
     options = LiveOptions(
         scenario=sc,
@@ -81,5 +93,14 @@ def command(
         f"{result.updates} updates, {result.merges} merges, {result.duplicates} duplicate "
         f"deliveries absorbed, wall {result.wall_s:.1f} s"
     )
-    console.print(f"audit log: {result.audit_log}")
-    console.print(f"data dir:  {result.data_dir}")
+    d = result.data_dir
+    console.print(f"study id:  {result.study_id}", highlight=False)
+    console.print(f"data dir:  {d}  (audit log: {result.audit_log})", highlight=False)
+    console.print("look next:", highlight=False)
+    console.print(f"  fedward audit verify --data-dir {d}", highlight=False, markup=False)
+    if options.run.dp:
+        console.print(
+            f"  fedward budget report --study {result.study_id} --data-dir {d}",
+            highlight=False,
+            markup=False,
+        )

@@ -1,0 +1,53 @@
+"""``fedward up --strategy ftte+dp`` makes progress, and ``budget report`` reads its folder.
+
+The agents hold the study's budget as their own (without one an agent declines
+every DP task, which is how this path once stalled at 0 updates), and the
+folder ``up`` prints is the one ``audit verify`` and ``budget report`` take.
+"""
+
+from __future__ import annotations
+
+import re
+
+from typer.testing import CliRunner
+
+from fedward.cli import app
+
+
+def test_a_dp_live_study_progresses_and_its_budget_report_reads_the_printed_folder(tmp_path):
+    # Prepare
+    runner = CliRunner()
+    # Execute
+    up = runner.invoke(
+        app,
+        [
+            "up",
+            "--devices",
+            "6",
+            "--scenario",
+            "tiny",
+            "--strategy",
+            "ftte+dp",
+            "--updates",
+            "8",
+            "--data-dir",
+            str(tmp_path),
+            "--timeout",
+            "300",
+        ],
+        env={"COLUMNS": "200"},
+    )
+    assert up.exit_code == 0, up.output
+    study = re.search(r"study id:\s+(\S+)", up.output)
+    assert study is not None, up.output
+    budget = runner.invoke(
+        app,
+        ["budget", "report", "--study", study.group(1), "--data-dir", str(tmp_path)],
+        env={"COLUMNS": "200"},
+    )
+    audit = runner.invoke(app, ["audit", "verify", "--data-dir", str(tmp_path)])
+    # Assert
+    assert "updates" in up.output and f"--data-dir {tmp_path}" in up.output
+    assert budget.exit_code == 0, budget.output
+    assert "epsilon" in budget.output.lower()
+    assert audit.exit_code == 0, audit.output
