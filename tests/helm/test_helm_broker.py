@@ -255,3 +255,59 @@ def test_the_check_reports_an_unreachable_broker() -> None:
 
     # Assert: unreachable is a failure, never taken as "refused"
     assert len(failures) == 1 and "unreachable" in failures[0]
+
+
+def test_the_coordinator_identity_is_the_acl_user() -> None:
+    # Prepare
+    from fedward.coordinator.settings import BrokerSettings
+
+    deployment = named(manifests("default"), "Deployment", "-coordinator")
+    env = {
+        e["name"]: e.get("value")
+        for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    acl_users = [
+        line.split()[1]
+        for line in (BROKER_FILES / "acl").read_text().splitlines()
+        if line.startswith("user ")
+    ]
+
+    # Assert: the generated client certificate's CN, the client id and the ACL agree
+    assert env["FEDWARD_MQTT__CLIENT_ID"] == BrokerSettings().client_id
+    assert env["FEDWARD_MQTT__CLIENT_ID"] in acl_users
+
+
+def test_generated_pki_chains_to_one_study_ca_with_the_right_names() -> None:
+    # Prepare
+    import base64
+
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    docs = manifests("default")
+
+    def load(secret: str, key: str) -> x509.Certificate:
+        data = named(docs, "Secret", secret)["data"][key]
+        return x509.load_pem_x509_certificate(base64.b64decode(data))
+
+    ca = load("-study-ca", "ca.crt")
+    server = load("-broker-tls", "tls.crt")
+    client = load("-coordinator-mqtt", "tls.crt")
+
+    # Execute
+    for cert in (server, client):
+        ca.public_key().verify(  # type: ignore[union-attr,call-arg]
+            cert.signature,
+            cert.tbs_certificate_bytes,
+            padding.PKCS1v15(),
+            cert.signature_hash_algorithm,
+        )
+    names = server.extensions.get_extension_for_class(
+        x509.SubjectAlternativeName
+    ).value.get_values_for_type(x509.DNSName)
+
+    # Assert
+    assert "fw-fedward-broker.clinical.svc" in names
+    assert (
+        client.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "fedward-coordinator"
+    )
+    assert load("-broker-tls", "ca.crt") == ca == load("-coordinator-mqtt", "ca.crt")

@@ -265,3 +265,12 @@ def test_committed_schema_is_the_generated_one() -> None:
 
     # Assert: edit helm/values_schema.py, then run it
     assert (CHART / "values.schema.json").read_text() == generated
+
+
+def test_helm_runs_from_the_installed_wheel() -> None:
+    # Execute: the Go code is a shared library inside the wheel, loaded by ctypes
+    library = Path(helm_python.library_path)
+
+    # Assert: nothing was fetched at first use; Helm 4 is what renders
+    assert library.is_file() and Path(helm_python.__file__).parent in library.parents
+    assert helm_python.helm_sdk_version().startswith("v4.")
