@@ -29,6 +29,8 @@ _MOUNTS: list[tuple[str, str, str]] = [
     ("fedward.commands.audit", "audit", "group"),
     ("fedward.commands.budget", "budget", "group"),
     ("fedward.commands.tokens", "tokens", "group"),
+    ("fedward.commands.report", "report", "command"),
+    ("fedward.commands.study", "study", "group"),
 ]
 
 for module_name, name, kind in _MOUNTS:

@@ -48,6 +48,7 @@ from fedward.edge.dataset import load_dataset, save_dataset
 from fedward.edge.identity import load_or_create_identity
 from fedward.edge.settings import AgentSettings
 from fedward.errors import FedwardError
+from fedward.privacy.accounting import Accountant
 from fedward.protocol.codec import decode_tensors
 from fedward.protocol.errors import TransportError
 from fedward.protocol.messages import DeviceClass, ErrorCode, Task
@@ -84,8 +85,8 @@ class BrokerAddress:
     host: str
     port: int
     protocol: MqttProtocol = MqttProtocol.MQTT5
-
     tls: bool = False
+
     @property
     def url(self) -> str:
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
@@ -265,8 +266,8 @@ class LiveStudy:
         self.service: StudyService | None = None
         self.bridge: StudyBridge | None = None
         self.coordinator_transport: MqttTransport | None = None
-        self.agents: list[EdgeAgent] = []
         self.security: WireSecurity | None = None
+        self.agents: list[EdgeAgent] = []
         self.series: list[dict[str, float]] = []
         self._evaluated = -1
         self._eval_model = build_model(self.model_config, seed=scenario.seed)
@@ -309,6 +310,7 @@ class LiveStudy:
             straggler_fraction=scenario.straggler_fraction,
             straggler_slowdown=scenario.straggler_slowdown,
             rng=np.random.default_rng(scenario.seed + 1),
+            profiles=scenario.device_profiles(),
         )
         for device in fleet:
             path = self.data_dir / "devices" / device.device_id / "data.npz"
@@ -351,7 +353,9 @@ class LiveStudy:
     def _start_coordinator(self) -> None:
         settings = CoordinatorSettings(
             database_url=f"sqlite:///{self.data_dir / 'coordinator.db'}",
-            data_dir=self.data_dir / "coordinator",
+            # one folder layout for every command: `audit verify --data-dir D` and
+            # `budget report --data-dir D` both take the folder `up` printed
+            data_dir=self.data_dir,
             operator_token=SecretStr(secrets.token_urlsafe(32)),
         )
         self.audit_log = settings.audit_log_path
@@ -360,20 +364,21 @@ class LiveStudy:
         start = scenario_start(scenario, self.model_config)
         self.service.create_study(self.spec, study_id=self.study_id, initial_params=start)
         self.coordinator_transport = self._mqtt(f"coord.{self.study_id}")
-        self.bridge = StudyBridge(
-            self.service,
         # Signed both ways, as `fedward coordinator serve`: each agent gets an
         # operator-issued enrolment secret below and pins this coordinator's key.
         self.security = WireSecurity.from_settings(settings)
+        self.bridge = StudyBridge(
+            self.service,
             self.coordinator_transport,
             study_id=self.study_id,
             dispatch_interval_s=0.5,
             timeout_interval_s=5.0,
             refuse=lambda exc: ErrorCode.UNAUTHORIZED if isinstance(exc, ServiceError) else None,
             on_reject=self.service.transport_rejected,
-        )
-        self.bridge.start()
             security=self.security,
+        )
+        self.coordinator_transport.set_error_hook(self.bridge.on_transport_error)
+        self.bridge.start()
         self.coordinator_transport.connect()
 
     def _pace(self, device: SimDevice, samples: int) -> Callable[[Task, int], float] | None:
@@ -417,11 +422,20 @@ class LiveStudy:
             window=spec.window,
             num_classes=spec.num_classes,
             width=spec.width,
+            hidden=spec.hidden,
             momentum=spec.momentum,
+            # a DP study's devices hold the study's budget as their own (a real
+            # device's owner sets it; without one the agent declines DP tasks)
+            dp_epsilon=None if spec.privacy is None else spec.privacy.epsilon,
+            dp_delta=1e-5 if spec.privacy is None else spec.privacy.delta,
+            dp_accountant=Accountant.RDP if spec.privacy is None else spec.privacy.accountant,
             heartbeat_interval_s=o.heartbeat_interval_s,
             resend_after_s=o.resend_after_s,
             poll_interval_s=0.1,
         )
+        if self.service is not None and not (settings.state_dir / "coordinator.pub").exists():
+            secret = self.service.issue_enrolment_secret(self.study_id, device_id, by="fedward-up")
+            settings = settings.model_copy(update={"enrolment_secret": SecretStr(secret)})
         dataset = load_dataset(
             data, channels=spec.in_channels, window=spec.window, num_classes=spec.num_classes
         )
@@ -431,9 +445,6 @@ class LiveStudy:
             identity=load_or_create_identity(settings.state_dir, device_id=device_id),
             dataset=dataset,
             rng=random.Random(seed),
-        if self.service is not None and not (settings.state_dir / "coordinator.pub").exists():
-            secret = self.service.issue_enrolment_secret(self.study_id, device_id, by="fedward-up")
-            settings = settings.model_copy(update={"enrolment_secret": SecretStr(secret)})
             pace=pace,
         )
 
