@@ -26,6 +26,7 @@ _MOUNTS: list[tuple[str, str, str]] = [
     ("fedward.commands.up", "up", "command"),
     ("fedward.commands.coordinator", "coordinator", "group"),
     ("fedward.commands.edge", "edge", "group"),
+    ("fedward.commands.pki", "pki", "group"),
     ("fedward.commands.audit", "audit", "group"),
     ("fedward.commands.budget", "budget", "group"),
     ("fedward.commands.tokens", "tokens", "group"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from fedward.edge.identity import load_or_create_identity
 from fedward.edge.settings import AgentSettings
 from fedward.protocol.messages import DeviceClass
 from fedward.protocol.mqtt import MqttTransport
-from fedward.protocol.mqtt_settings import MqttSettings
+from fedward.protocol.mqtt_settings import MqttSettings, TlsSettings
 from tests.live.live_helpers import TINY_SPEC, random_dataset, wait_until
 
 __all__ = ["Attacker", "SignedStudy", "TINY_SPEC", "audit_records", "wait_until"]
@@ -86,6 +87,8 @@ class SignedStudy:
     study_id: str
     tmp: Path
     spec: StudySpec = TINY_SPEC
+    coordinator_tls: TlsSettings | None = None
+    device_tls: Callable[[str], TlsSettings] | None = None
     service: StudyService = field(init=False)
     bridge: StudyBridge = field(init=False)
     transport: MqttTransport = field(init=False)
@@ -102,7 +105,10 @@ class SignedStudy:
         self.service.start(self.study_id)
         self.transport = MqttTransport(
             MqttSettings(
-                host=self.broker[0], port=self.broker[1], client_id=f"coord.{self.study_id}"
+                host=self.broker[0],
+                port=self.broker[1],
+                client_id=f"coord.{self.study_id}",
+                tls=self.coordinator_tls,
             )
         )
         self.bridge = StudyBridge(
@@ -140,6 +146,7 @@ class SignedStudy:
                 host=self.broker[0],
                 port=self.broker[1],
                 client_id=f"{self.study_id}.{device_id}"[-64:],
+                tls=self.device_tls(device_id) if self.device_tls else None,
             )
         )
         agent = EdgeAgent(

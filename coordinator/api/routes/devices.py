@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, status
+from pydantic import BaseModel
 
 from fedward.coordinator.service import DeviceInfo
+from fedward.coordinator.service.devices import EnrolmentUnavailable
 from fedward.protocol.messages import Enrol
 
 from ..deps import DevicesRead, DevicesWrite, ServiceDep
@@ -44,6 +46,30 @@ def enrol(
     if not ack.accepted:
         raise ApiError(409, ErrorCode.ENROL_REFUSED, ack.reason)
     return next(d for d in service.list_devices(study_id) if d.device_id == body.device_id)
+
+
+class EnrolmentSecretOut(BaseModel):
+    device_id: str
+    secret: str
+    """One-time; shown once. Hand it to the device (``fedward edge run --enrolment-secret-file``)."""
+
+
+@router.post(
+    "/{device_id}/enrolment-secret",
+    status_code=status.HTTP_201_CREATED,
+    response_model=EnrolmentSecretOut,
+    responses=responses(409),
+    summary="Issue a one-time enrolment secret for a device id (audited; shown once)",
+)
+def enrolment_secret(
+    study_id: StudyIdPath, device_id: DeviceIdPath, service: ServiceDep, caller: DevicesWrite
+) -> EnrolmentSecretOut:
+    service.study(study_id)  # 404 before anything else
+    try:
+        secret = service.issue_enrolment_secret(study_id, device_id, by=caller.actor_id)
+    except EnrolmentUnavailable as exc:
+        raise ApiError(409, ErrorCode.ENROL_REFUSED, str(exc)) from exc
+    return EnrolmentSecretOut(device_id=device_id, secret=secret)
 
 
 @router.get("", response_model=list[DeviceInfo], summary="List a study's devices")
