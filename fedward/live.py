@@ -53,7 +53,7 @@ from fedward.protocol.codec import decode_tensors
 from fedward.protocol.errors import TransportError
 from fedward.protocol.messages import DeviceClass, ErrorCode, Task
 from fedward.protocol.mqtt import MqttTransport
-from fedward.protocol.mqtt_settings import MqttProtocol, MqttSettings
+from fedward.protocol.mqtt_settings import MqttProtocol, MqttSettings, TlsSettings
 from fedward.simulation.profiles import SimDevice, draw_fleet
 from fedward.simulation.scenario import Scenario, StrategyRun
 from fedward.simulation.sensordata import load_study_data
@@ -210,6 +210,13 @@ class LiveOptions:
     broker: BrokerAddress | None = None
     """``None``: start the embedded amqtt broker on a free loopback port."""
     data_dir: Path | None = None
+    coordinator_tls: TlsSettings | None = None
+    """TLS of the coordinator's connection (``mqtts``: the study CA, its certificate)."""
+    device_tls: Callable[[str], TlsSettings] | None = None
+    """TLS of each agent's connection, by device id (its own client certificate)."""
+    username: str | None = None
+    password: SecretStr | None = None
+    """Broker credentials of every connection (a password-file broker)."""
     """Coordinator database, blobs, audit log and device state; a new temp dir if ``None``."""
     study_id: str | None = None
     task_deadline_s: float = 120.0
@@ -334,7 +341,7 @@ class LiveStudy:
         self.service.start(self.study_id)
         self.bridge.request_dispatch()
 
-    def _mqtt(self, client_id: str) -> MqttTransport:
+    def _mqtt(self, client_id: str, *, tls: TlsSettings | None = None) -> MqttTransport:
         if self.broker is None:
             raise LiveError("no broker")
         return MqttTransport(
@@ -345,11 +352,16 @@ class LiveStudy:
                 protocol=self.broker.protocol,
                 clean_start=False,
                 session_expiry_s=3600,
+        if self.broker.tls and tls is None:
+            raise LiveError("an mqtts:// broker needs TLS settings (the study CA at least)")
                 reconnect_min_delay_s=0.1,
                 reconnect_max_delay_s=2.0,
             )
         )
 
+                tls=tls,
+                username=self.options.username,
+                password=self.options.password,
     def _start_coordinator(self) -> None:
         settings = CoordinatorSettings(
             database_url=f"sqlite:///{self.data_dir / 'coordinator.db'}",
@@ -363,7 +375,9 @@ class LiveStudy:
         scenario = self.options.scenario
         start = scenario_start(scenario, self.model_config)
         self.service.create_study(self.spec, study_id=self.study_id, initial_params=start)
-        self.coordinator_transport = self._mqtt(f"coord.{self.study_id}")
+        self.coordinator_transport = self._mqtt(
+            f"coord.{self.study_id}", tls=self.options.coordinator_tls
+        )
         # Signed both ways, as `fedward coordinator serve`: each agent gets an
         # operator-issued enrolment secret below and pins this coordinator's key.
         self.security = WireSecurity.from_settings(settings)
@@ -441,7 +455,10 @@ class LiveStudy:
         )
         return EdgeAgent(
             settings,
-            transport=self._mqtt(f"{self.study_id}.{device_id}"),
+            transport=self._mqtt(
+                f"{self.study_id}.{device_id}",
+                tls=self.options.device_tls(device_id) if self.options.device_tls else None,
+            ),
             identity=load_or_create_identity(settings.state_dir, device_id=device_id),
             dataset=dataset,
             rng=random.Random(seed),

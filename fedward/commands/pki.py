@@ -28,6 +28,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -43,6 +44,7 @@ from rich.console import Console
 import fedward
 from fedward.errors import CliError
 from fedward.protocol.ids import is_valid_id
+from fedward.protocol.mqtt_settings import TlsSettings
 
 app = typer.Typer(help="Credentials and broker configuration of a study.", no_args_is_help=True)
 console = Console()
@@ -229,6 +231,25 @@ def render_broker_config(
     if run_as is not None:
         conf += f"user {run_as}\n"
     return conf, acl
+
+
+def pki_tls(directory: Path) -> tuple[TlsSettings, Callable[[str], TlsSettings]]:
+    """The coordinator's TLS settings and, per device id, a device's (its certificate
+    is issued from the study CA in ``directory`` on first use)."""
+    ca = directory / "ca.crt"
+    coordinator = TlsSettings(
+        ca_file=ca,
+        cert_file=directory / f"{COORDINATOR_CN}.crt",
+        key_file=directory / f"{COORDINATOR_CN}.key",
+    )
+
+    def device_tls(device_id: str) -> TlsSettings:
+        cert = directory / "devices" / f"{device_id}.crt"
+        if not cert.exists():
+            issue_device(directory, device_id)
+        return TlsSettings(ca_file=ca, cert_file=cert, key_file=cert.with_suffix(".key"))
+
+    return coordinator, device_tls
 
 
 # -- commands ----------------------------------------------------------------------------
