@@ -209,7 +209,6 @@ class LiveOptions:
     run: StrategyRun = StrategyRun.FTTE
     broker: BrokerAddress | None = None
     """``None``: start the embedded amqtt broker on a free loopback port."""
-    data_dir: Path | None = None
     coordinator_tls: TlsSettings | None = None
     """TLS of the coordinator's connection (``mqtts``: the study CA, its certificate)."""
     device_tls: Callable[[str], TlsSettings] | None = None
@@ -217,6 +216,7 @@ class LiveOptions:
     username: str | None = None
     password: SecretStr | None = None
     """Broker credentials of every connection (a password-file broker)."""
+    data_dir: Path | None = None
     """Coordinator database, blobs, audit log and device state; a new temp dir if ``None``."""
     study_id: str | None = None
     task_deadline_s: float = 120.0
@@ -344,24 +344,24 @@ class LiveStudy:
     def _mqtt(self, client_id: str, *, tls: TlsSettings | None = None) -> MqttTransport:
         if self.broker is None:
             raise LiveError("no broker")
+        if self.broker.tls and tls is None:
+            raise LiveError("an mqtts:// broker needs TLS settings (the study CA at least)")
         return MqttTransport(
             MqttSettings(
                 host=self.broker.host,
                 port=self.broker.port,
                 client_id=client_id[-64:],
+                tls=tls,
+                username=self.options.username,
+                password=self.options.password,
                 protocol=self.broker.protocol,
                 clean_start=False,
                 session_expiry_s=3600,
-        if self.broker.tls and tls is None:
-            raise LiveError("an mqtts:// broker needs TLS settings (the study CA at least)")
                 reconnect_min_delay_s=0.1,
                 reconnect_max_delay_s=2.0,
             )
         )
 
-                tls=tls,
-                username=self.options.username,
-                password=self.options.password,
     def _start_coordinator(self) -> None:
         settings = CoordinatorSettings(
             database_url=f"sqlite:///{self.data_dir / 'coordinator.db'}",
