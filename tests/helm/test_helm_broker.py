@@ -281,8 +281,6 @@ def test_generated_pki_chains_to_one_study_ca_with_the_right_names() -> None:
     # Prepare
     import base64
 
-    from cryptography.hazmat.primitives.asymmetric import padding
-
     docs = manifests("default")
 
     def load(secret: str, key: str) -> x509.Certificate:
@@ -295,12 +293,7 @@ def test_generated_pki_chains_to_one_study_ca_with_the_right_names() -> None:
 
     # Execute
     for cert in (server, client):
-        ca.public_key().verify(  # type: ignore[union-attr,call-arg]
-            cert.signature,
-            cert.tbs_certificate_bytes,
-            padding.PKCS1v15(),
-            cert.signature_hash_algorithm,
-        )
+        cert.verify_directly_issued_by(ca)  # raises if another key signed it
     names = server.extensions.get_extension_for_class(
         x509.SubjectAlternativeName
     ).value.get_values_for_type(x509.DNSName)
@@ -311,3 +304,5 @@ def test_generated_pki_chains_to_one_study_ca_with_the_right_names() -> None:
         client.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "fedward-coordinator"
     )
     assert load("-broker-tls", "ca.crt") == ca == load("-coordinator-mqtt", "ca.crt")
+    # EC keys, like fedward pki's own, so `fedward pki device` can sign with this CA
+    assert isinstance(ca.public_key(), ec.EllipticCurvePublicKey)
