@@ -1,8 +1,9 @@
 """The chart's broker: the project's Mosquitto file, and the `helm test` check run against it.
 
 * The ConfigMap the chart renders holds, byte for byte, the files under
-  helm/fedward/files/mosquitto/, and those are the wire-trust broker
-  configuration in deploy/mosquitto/ when that exists.
+  helm/fedward/files/mosquitto/, which are symlinks to the wire-trust broker
+  configuration in deploy/mosquitto/ (the file its tests start Mosquitto
+  with), and a packaged chart carries their contents.
 * helm/fedward/files/tests/check_release.py (what `helm test` runs) is run
   here against a real Mosquitto started with the chart's own configuration
   (paths and port moved into a temporary folder, nothing else changed), with
@@ -50,18 +51,29 @@ def test_the_rendered_broker_config_is_the_chart_file() -> None:
 
 
 def test_the_chart_file_is_the_wire_trust_broker_config() -> None:
-    # Prepare
-    if not DEPLOY.exists():
-        pytest.skip(
-            "deploy/mosquitto/ (the wire-trust broker configuration) is not in this tree yet"
-        )
-
-    # Execute
-    chart_files = {p.name: p.read_bytes() for p in BROKER_FILES.iterdir()}
-    deploy_files = {p.name: p.read_bytes() for p in DEPLOY.iterdir() if p.name in chart_files}
+    # Execute: the chart's files are links to deploy/mosquitto, so they cannot drift
+    links = {p.name: p.resolve() for p in BROKER_FILES.iterdir()}
 
     # Assert
-    assert deploy_files == chart_files
+    assert all(p.is_symlink() for p in BROKER_FILES.iterdir())
+    assert links == {"acl": DEPLOY / "acl", "mosquitto.conf": DEPLOY / "mosquitto.conf"}
+
+
+def test_the_packaged_chart_carries_the_broker_files(tmp_path: Path) -> None:
+    # Prepare
+    import tarfile
+
+    import helm_python
+
+    # Execute: `helm package` follows the links and stores the contents
+    archive = tarfile.open(helm_python.package(CHART, destination=tmp_path))
+    packaged = {
+        name: archive.extractfile(f"fedward/files/mosquitto/{name}").read()  # type: ignore[union-attr]
+        for name in ("acl", "mosquitto.conf")
+    }
+
+    # Assert
+    assert packaged == {name: (DEPLOY / name).read_bytes() for name in packaged}
 
 
 def test_the_broker_config_refuses_anonymous_and_plaintext() -> None:
