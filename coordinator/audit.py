@@ -193,6 +193,15 @@ def study_transition(action: AuditAction, *, by: str, previous: str, state: str)
     return _operator(action, Outcome.SUCCESS, by, {"previous_state": previous, "state": state})
 
 
+def study_finished(*, reason: str, previous: str, figures: Mapping[str, Any]) -> AuditRecord:
+    """The coordinator ended a study by its stop rule (``reason``: which rule was met)."""
+    return _coordinator(
+        AuditAction.STUDY_STOPPED,
+        Outcome.SUCCESS,
+        {"reason": reason, "previous_state": previous, "state": "stopped", **figures},
+    )
+
+
 def device_enrolment(
     *,
     device_id: str,

@@ -46,7 +46,7 @@ from .strategies import (
     Strategy,
     StrategyName,
 )
-
+from .strategies.ftte import EnergyRule
 
 SAFE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 """Names and ids an operator gives over the API: no leading ``.``, ``-`` or ``_``,
@@ -60,6 +60,22 @@ class ClientDPSettings(BaseModel):
 
     clip_norm: float = Field(gt=0, le=1e6, allow_inf_nan=False)
     noise_multiplier: float = Field(ge=0, le=1e3, allow_inf_nan=False)
+
+
+class StopRule(BaseModel):
+    """When a live study ends by itself (``fedward.coordinator.service.studies.stop_reason``).
+
+    ``max_updates``: the update budget; ``target_accuracy``: the accuracy an
+    evaluator reported (or the coordinator's own held-out evaluation) reached
+    it; ``when_exhausted``: no device can work any more (every one's privacy
+    budget spent, or revoked). Without a rule met a study runs until stopped.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_updates: int | None = Field(default=None, ge=1, le=10**9)
+    target_accuracy: float | None = Field(default=None, gt=0, le=1, allow_inf_nan=False)
+    when_exhausted: bool = True
 
 
 RENAMED_KEYS = {
@@ -121,6 +137,9 @@ class StudySpec(BaseModel):
     # robustness wrapper around any strategy (strategies.NormBounded): None = off
     norm_bound_tolerance: float | None = Field(default=None, ge=1)
     norm_bound_window: int = Field(default=200, ge=1)
+    # FTTE's energy term: clip an update to the bound (default) or damp its weight (former)
+    energy_rule: EnergyRule = EnergyRule.CLIP
+    energy_quantile: float = Field(default=0.8, ge=0.5, lt=1)
     # FedAvg: over-select each cohort by this fraction, close on the first `concurrency`
     fedavg_over_selection: float = Field(default=0.0, ge=0, le=2)
     task_deadline_s: float = Field(default=3600.0, gt=0)
@@ -129,6 +148,8 @@ class StudySpec(BaseModel):
     max_samples_per_update: int = Field(default=10_000, ge=1)
     # differential privacy (issue 4): None = no DP; set at creation, immutable
     privacy: StudyPrivacy | None = None
+    # when the study ends by itself (update budget, target, every device exhausted)
+    stop: StopRule = StopRule()
 
     @model_validator(mode="before")
     @classmethod
@@ -224,6 +245,8 @@ def _strategy(
         energy_tolerance=spec.energy_tolerance,
         energy_window=spec.energy_window,
         max_staleness=spec.max_staleness,
+        energy_rule=spec.energy_rule,
+        energy_quantile=spec.energy_quantile,
     )
 
 
@@ -314,6 +337,34 @@ def largest_layer_parameters(spec: StudySpec) -> int:
     sizes = sizes or (spec.width, 2 * spec.width, 4 * spec.width, 2 * spec.width)
     pairs = zip((spec.in_channels, *sizes[:-1]), sizes, strict=True)
     return max(cin * cout * 7 for cin, cout in pairs)
+
+
+def training_step_macs(spec: StudySpec) -> int:
+    """Multiply-accumulates of one forward pass over a batch (backward costs about twice).
+
+    Arithmetic from the spec, mirroring ``fedward.tinytrain.models`` (CNN: pools
+    4, 4, 2 on the first blocks, kernel 7 but 3 on the last; MLP: a 4x average
+    pool on windows of 64 and more). Why bound it: creating a study measures a
+    real training step per subset tier, and the devices run the same step, so
+    the step's cost is what a spec makes the coordinator spend at creation.
+    """
+    sizes = tuple(getattr(spec, "hidden", ()) or ())
+    if spec.model_kind is ModelKind.MLP:
+        sizes = sizes or (8 * spec.width, 4 * spec.width)
+        down = 4 if spec.window >= 64 else 1
+        dims = (spec.in_channels * (spec.window // down), *sizes, spec.num_classes)
+        per_sample = sum(a * b for a, b in zip(dims[:-1], dims[1:], strict=True))
+        return spec.batch_size * per_sample
+    sizes = sizes or (spec.width, 2 * spec.width, 4 * spec.width, 2 * spec.width)
+    pools = (4, 4, 2)
+    length, cin, per_sample = spec.window, spec.in_channels, 0
+    for i, cout in enumerate(sizes):
+        kernel = 3 if i == len(sizes) - 1 else 7
+        per_sample += length * cin * cout * kernel
+        pool = pools[i] if i < len(pools) else 1
+        length, cin = (length // pool if length // pool >= 1 else length), cout
+    per_sample += cin * spec.num_classes
+    return spec.batch_size * per_sample
 
 
 def model_bytes(spec: StudySpec) -> int:

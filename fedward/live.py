@@ -43,6 +43,7 @@ from fedward.coordinator.mqtt.bridge import StudyBridge
 from fedward.coordinator.mqtt.security import WireSecurity
 from fedward.coordinator.service import ServiceError, StudyService
 from fedward.coordinator.settings import CoordinatorSettings
+from fedward.coordinator.study_spec import StopRule
 from fedward.edge.agent import EdgeAgent
 from fedward.edge.dataset import load_dataset, save_dataset
 from fedward.edge.identity import load_or_create_identity
@@ -219,6 +220,9 @@ class LiveOptions:
     data_dir: Path | None = None
     """Coordinator database, blobs, audit log and device state; a new temp dir if ``None``."""
     study_id: str | None = None
+    update_budget: int | None = None
+    """The study's stop rule: the coordinator stops it after this many updates (and when
+    every device is exhausted); ``None``: it runs until ``wait`` returns and it is closed."""
     task_deadline_s: float = 120.0
     poll_s: float = 0.25
     heartbeat_interval_s: float = 5.0
@@ -253,6 +257,7 @@ class LiveResult:
     bridge_rejected: dict[str, int] = field(default_factory=dict)
     agent_republished: int = 0
     series: list[dict[str, float]] = field(default_factory=list)
+    stop_reason: str | None = None  # the stop rule that ended it, if one did
 
 
 class LiveStudy:
@@ -262,7 +267,10 @@ class LiveStudy:
         self.options = options
         scenario = options.scenario
         self.spec = scenario.study_spec(options.run).model_copy(
-            update={"task_deadline_s": options.task_deadline_s}
+            update={
+                "task_deadline_s": options.task_deadline_s,
+                "stop": StopRule(max_updates=options.update_budget),
+            }
         )
         self.model_config = self.spec.model_settings()
         # A temp dir is kept after the run: it holds the audit log the user may verify.
@@ -480,7 +488,13 @@ class LiveStudy:
             params = decode_tensors(self.service.model_blob(self.study_id, info.version))
             acc, loss = evaluate(self._eval_model, params, *self._test)
             self.series.append(
-                {"updates": merged, "version": info.version, "accuracy": acc, "loss": loss}
+                {
+                    "t": time.monotonic() - self._started,  # wall seconds since start
+                    "updates": merged,
+                    "version": info.version,
+                    "accuracy": acc,
+                    "loss": loss,
+                }
             )
             self._evaluated = info.version
             latest = acc
@@ -510,11 +524,19 @@ class LiveStudy:
                 progress(done, updates, accuracy)
             if done >= updates:
                 return
+            if self.service is not None and self.stopped_by_rule() is not None:
+                return  # the coordinator ended it (e.g. every device's budget spent)
             if on_poll is not None:
                 on_poll(self)
             if time.monotonic() > deadline:
                 raise LiveError(f"only {done}/{updates} updates after {timeout_s}s")
             time.sleep(self.options.poll_s)
+
+    def stopped_by_rule(self) -> str | None:
+        """Which stop rule ended the study (None while it runs)."""
+        if self.service is None:
+            return None
+        return self.service.status(self.study_id).stop_reason
 
     def result(self) -> LiveResult:
         if self.service is None or self.bridge is None or self.broker is None:
@@ -537,6 +559,7 @@ class LiveStudy:
             wall_s=time.monotonic() - self._started,
             rejections={k.value: v for k, v in status.rejections.items()},
             bridge_rejected=dict(self.bridge.stats.rejected),
+            stop_reason=status.stop_reason,
             agent_republished=sum(a.stats.republished for a in self.agents),
             series=list(self.series),
         )

@@ -36,6 +36,7 @@ from fedward.protocol.enrolment import load_or_create_master_key
 from fedward.tinytrain.models import Params
 
 from .errors import StudyNotFound, StudyRestoreFailed
+from .holdout import Holdout
 from .views import StudyInfo, study_info
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,7 @@ class ServiceCore:
         self._clock = clock
         self._max_bytes = max_message_bytes
         self._seed = seed
+        self._holdouts: dict[str, Holdout] = {}  # study id -> held-out set (not persisted)
         self._lock = threading.RLock()
         self._closed = False
         self._studies: dict[str, StudyRuntime] = {}

@@ -26,6 +26,7 @@ from fedward.protocol.messages import ErrorCode, ErrorMessage
 
 from .core import ServiceCore
 from .errors import DeviceNotFound, NoPrivacyPolicy, UnsupportedRefusal
+from .studies import finish_if_done
 
 # The bridge's reasons for dropping a message (fedward.coordinator.mqtt.bridge.RejectKind values).
 _AUTH_REJECTIONS = frozenset({"route"})
@@ -94,6 +95,7 @@ class RefusalCalls(ServiceCore):
                     )
                 finally:
                     study.refused_tasks.discard(task_id)
+                finish_if_done(self, study, changes)  # maybe the last device able to work
             return True
 
     def device_error(self, study_id: str, device_id: str, message: ErrorMessage) -> bool:

@@ -2,24 +2,100 @@
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import re
 import secrets
 from collections import Counter
 
+import numpy as np
+
 from fedward.coordinator import audit
-from fedward.coordinator.store import StudyState
+from fedward.coordinator.engine import DeviceState
+from fedward.coordinator.privacy.settings import check_first_task
+from fedward.coordinator.store import StudyChanges, StudyState, TaskStatus
 from fedward.coordinator.store.audit_trail import OPERATOR
 from fedward.coordinator.store.models import StudyRow
 from fedward.coordinator.store.runtime import StudyRuntime
 from fedward.coordinator.study_spec import StudySpec
-from fedward.tinytrain.models import Params
+from fedward.tinytrain.models import Params, build_model
+from fedward.tinytrain.training import evaluate
 
 from .core import STUDY_ID_PATTERN, ServiceCore, digest
 from .errors import InvalidInitialModel, InvalidStudyId, ModelVersionNotFound, StudyExists
+from .holdout import Holdout
 from .views import StudyInfo, StudyStatus
 
 _STUDY_ID_RE = re.compile(STUDY_ID_PATTERN)
+
+
+class StopReason(enum.StrEnum):
+    """Which of the study's stop rules (``StudySpec.stop``) ended it."""
+
+    TARGET_REACHED = "target_reached"
+    UPDATE_BUDGET_SPENT = "update_budget_spent"
+    DEVICES_EXHAUSTED = "devices_exhausted"
+
+
+_CANNOT_WORK = frozenset({DeviceState.EXHAUSTED, DeviceState.REVOKED})
+
+
+def stop_reason(study: StudyRuntime) -> StopReason | None:
+    """The first stop rule ``study`` meets now, or None (pure: reads, never changes)."""
+    rule, engine = study.spec.stop, study.engine
+    accuracy = study.row.last_accuracy
+    if rule.target_accuracy is not None and accuracy is not None:
+        if accuracy >= rule.target_accuracy:
+            return StopReason.TARGET_REACHED
+    if rule.max_updates is not None and engine.stats.accepted >= rule.max_updates:
+        return StopReason.UPDATE_BUDGET_SPENT
+    devices = engine.devices.values()
+    if (
+        rule.when_exhausted
+        and devices
+        and engine.in_flight() == 0
+        and any(d.state is DeviceState.EXHAUSTED for d in devices)
+        and all(d.state in _CANNOT_WORK for d in devices)
+    ):
+        return StopReason.DEVICES_EXHAUSTED
+    return None
+
+
+def finish_if_done(core: ServiceCore, study: StudyRuntime, changes: StudyChanges) -> None:
+    """Within a call's change: evaluate a new model on the held-out set, then apply the
+    stop rules; a study that meets one is stopped by the coordinator and audited."""
+    if study.state is not StudyState.RUNNING:
+        return
+    holdout = core._holdouts.get(study.id)
+    if holdout is not None and holdout.evaluated_version != study.engine.version:
+        accuracy, _ = evaluate(holdout.model, study.engine.params, holdout.x, holdout.y)
+        holdout.evaluated_version = study.engine.version
+        study.row.last_accuracy = accuracy
+        study.row.last_accuracy_version = study.engine.version
+        changes.study_values.update(
+            last_accuracy=accuracy, last_accuracy_version=study.engine.version
+        )
+    reason = stop_reason(study)
+    if reason is None:
+        return
+    for task_id in list(study.engine.tasks):
+        study.failure_status[task_id] = TaskStatus.FAILED
+        study.engine.task_failed(task_id, now=changes.at, reason=f"study finished: {reason}")
+    previous = study.state
+    study.row.status = StudyState.STOPPED
+    study.row.updated_at = changes.at
+    changes.study_values.update(status=StudyState.STOPPED, updated_at=changes.at)
+    figures = {
+        "updates_accepted": study.engine.stats.accepted,
+        "merges": study.engine.stats.merges,
+        "model_version": study.engine.version,
+        "last_accuracy": study.row.last_accuracy,
+        "exhausted_devices": sum(
+            d.state is DeviceState.EXHAUSTED for d in study.engine.devices.values()
+        ),
+    }
+    entry = audit.study_finished(reason=reason.value, previous=previous.value, figures=figures)
+    core._audit(entry, study_id=study.id)
 
 
 class StudyCalls(ServiceCore):
@@ -42,7 +118,13 @@ class StudyCalls(ServiceCore):
         Building the engine measures the training footprint of every subset tier
         (seconds for a large model), so it runs outside the service lock: other
         studies keep being served meanwhile.
+
+        A DP study's first-task epsilon is computed first, once, within a time
+        limit and outside the lock; ``PrivacySettingsRefused`` (with the figure)
+        if one task exceeds the budget or the computation overruns.
         """
+        if spec.privacy is not None:
+            check_first_task(spec.privacy)
         with self._lock:
             sid = study_id if study_id is not None else self._new_study_id(spec.name)
             if not isinstance(sid, str) or not _STUDY_ID_RE.fullmatch(sid):
@@ -131,6 +213,7 @@ class StudyCalls(ServiceCore):
                 rejections={r: n for r, n in study.rejections.items() if n},
                 last_accuracy=study.row.last_accuracy,
                 last_accuracy_version=study.row.last_accuracy_version,
+                stop_reason=stop_reason(study) if study.state is StudyState.STOPPED else None,
             )
 
     def report_evaluation(self, study_id: str, *, version: int, accuracy: float) -> StudyStatus:
@@ -149,7 +232,36 @@ class StudyCalls(ServiceCore):
                 changes.study_values.update(
                     last_accuracy=float(accuracy), last_accuracy_version=version
                 )
+                finish_if_done(self, study, changes)  # the target may be reached now
             return self.status(study_id)
+
+    def attach_holdout(self, study_id: str, x: np.ndarray, y: np.ndarray) -> None:
+        """Evaluate every new model of ``study_id`` on ``(x, y)`` at the coordinator.
+
+        For validation studies: the accuracy is recorded as the study's last
+        accuracy (what ``StopRule.target_accuracy`` reads), so no evaluation loop
+        outside the coordinator is needed. Raises ``ValueError`` if the data
+        does not fit the study's model.
+        """
+        with self._lock:
+            study = self._require(study_id)
+            spec = study.spec
+            x = np.asarray(x, dtype=np.float32)
+            y = np.asarray(y)
+            if x.ndim != 3 or x.shape[1:] != (spec.in_channels, spec.window):
+                raise ValueError(
+                    f"held-out x must be [n, {spec.in_channels}, {spec.window}] for this study, "
+                    f"got {x.shape}"
+                )
+            if y.shape != (len(x),) or y.dtype.kind not in "iu" or len(y) == 0:
+                raise ValueError(f"held-out y must be integer labels [{len(x)}], got {y.shape}")
+            if y.min() < 0 or y.max() >= spec.num_classes:
+                raise ValueError(f"held-out labels must lie in [0, {spec.num_classes})")
+            model = build_model(spec.model_settings(), seed=spec.model_seed)
+            # models merged from now on are evaluated (not the one the study holds now)
+            self._holdouts[study_id] = Holdout(
+                x=x, y=y.astype(np.int64), model=model, evaluated_version=study.engine.version
+            )
 
     def _new_study_id(self, name: str) -> str:
         slug = name.lstrip("_.-")[:50] or "study"

@@ -28,6 +28,7 @@ from fedward.coordinator.store.runtime import StudyRuntime
 from fedward.protocol.messages import Ack, AckStatus
 
 from .core import UNKNOWN_TASK_ID, ServiceCore, digest
+from .studies import finish_if_done
 
 log = logging.getLogger(__name__)
 
@@ -135,10 +136,12 @@ class UpdateCalls(ServiceCore):
             study.id, [d.header.task_id for d in decoded if isinstance(d, IncomingUpdate)]
         )
         with self._change(study) as changes:
-            return [
+            acks = [
                 self._judge(study, changes, receipts, raw, item, sender)
                 for raw, item, sender in zip(raws, decoded, senders, strict=True)
             ]
+            finish_if_done(self, study, changes)  # stop rules and held-out evaluation
+            return acks
 
     def _judge(
         self,

@@ -50,6 +50,9 @@ class StudyStatus(_View):
     rejections: dict[RejectReason, int]
     last_accuracy: float | None
     last_accuracy_version: int | None
+    stop_reason: str | None = None
+    """Which stop rule ended a stopped study (target_reached, update_budget_spent,
+    devices_exhausted); None while it runs, or when an operator stopped it."""
 
 
 class DeviceInfo(_View):

@@ -19,6 +19,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from fedward.coordinator.study_spec import StopRule
 from fedward.simulation.scenario import StrategyRun
 from fedward.simulation.studyfile import load_study_file
 
@@ -57,7 +58,11 @@ def spec(
     """Print the POST /v1/studies body (JSON) for STUDY.yaml."""
     console = Console()
     sc, run = or_exit(console, lambda: load_study_file(study))
-    body: dict[str, object] = {"spec": sc.study_spec(strategy or run).model_dump(mode="json")}
+    # live, the study file's update budget is the coordinator's stop rule
+    live = sc.study_spec(strategy or run).model_copy(
+        update={"stop": StopRule(max_updates=sc.update_budget)}
+    )
+    body: dict[str, object] = {"spec": live.model_dump(mode="json")}
     if study_id is not None:
         body["study_id"] = study_id
     typer.echo(json.dumps(body, indent=2))

@@ -9,11 +9,13 @@ the update budget and prints the held-out accuracy. See :mod:`fedward.live`.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import SecretStr
 from rich.console import Console
 
 from fedward.protocol.errors import TransportError
@@ -22,6 +24,7 @@ from fedward.simulation.scenario import StrategyRun
 
 from ..live import LiveError, LiveOptions, parse_broker_url, run_live
 from ..progress import make_progress, tracker
+from .pki import pki_tls
 from .simulate import or_exit, resolve_study
 
 
@@ -58,6 +61,17 @@ def command(
         ),
     ] = 0.0,
     timeout: Annotated[float, typer.Option(min=1, help="Give up after this many seconds.")] = 1800,
+    pki_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="For an mqtts:// broker with client certificates: the dir of fedward pki "
+            "init (study CA; each agent gets its own certificate, CN = device id)."
+        ),
+    ] = None,
+    username: Annotated[str | None, typer.Option(help="Broker username.")] = None,
+    password: Annotated[
+        str | None, typer.Option(envvar="FEDWARD_MQTT_PASSWORD", hidden=True)
+    ] = None,
     verbose: Annotated[bool, typer.Option(help="Log transport warnings.")] = False,
 ) -> None:
     """Run a live study: broker, coordinator, bridge and N agents, until the update budget."""
@@ -69,12 +83,18 @@ def command(
     if sc.data is None:
         sc = type(sc).model_validate({**sc.model_dump(), "devices": devices})
     budget = updates or sc.update_budget
+    coordinator_tls, device_tls = (None, None) if pki_dir is None else pki_tls(pki_dir)
     options = LiveOptions(
+        coordinator_tls=coordinator_tls,
+        device_tls=device_tls,
+        username=username,
+        password=SecretStr(password) if password else None,
         scenario=sc,
         run=strategy,
         broker=None if broker is None else parse_broker_url(broker, protocol=protocol),
         data_dir=data_dir,
         time_scale=time_scale,
+        update_budget=budget,
     )
     try:
         with make_progress() as progress:
@@ -94,6 +114,24 @@ def command(
         f"deliveries absorbed, wall {result.wall_s:.1f} s"
     )
     d = result.data_dir
+    if result.stop_reason is not None:
+        console.print(f"the coordinator ended the study: {result.stop_reason}", highlight=False)
+    metrics = {
+        "kind": "live",
+        "study": result.study_id,
+        "scenario": sc.model_dump(mode="json"),
+        "result": {
+            "run": options.run.value,
+            "scenario": sc.name,
+            "final_accuracy": result.final_accuracy,
+            "updates": result.updates,
+            "merges": result.merges,
+            "wall_s": result.wall_s,
+            "stop_reason": result.stop_reason,
+            "series": result.series,
+        },
+    }
+    (d / "metrics.json").write_text(json.dumps(metrics, indent=2))
     console.print(f"study id:  {result.study_id}", highlight=False)
     console.print(f"data dir:  {d}  (audit log: {result.audit_log})", highlight=False)
     console.print("look next:", highlight=False)
