@@ -15,16 +15,16 @@ import time
 
 import pytest
 
-from fedward.commands.pki import (
+from fedward.coordinator.mqtt.bridge import StudyBridge
+from fedward.coordinator.mqtt.security import WireSecurity
+from fedward.live import free_port
+from fedward.protocol.credentials import (
     COORDINATOR_CN,
     create_ca,
     issue,
     issue_device,
     render_broker_config,
 )
-from fedward.coordinator.mqtt.bridge import StudyBridge
-from fedward.coordinator.mqtt.security import WireSecurity
-from fedward.live import free_port
 from fedward.protocol.errors import TransportError
 from fedward.protocol.mqtt import MqttTransport
 from fedward.protocol.mqtt_settings import MqttSettings, TlsSettings
