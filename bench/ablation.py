@@ -37,6 +37,7 @@ VARIANTS = {
     "no energy term (beta=0)": {"energy_beta": 0.0},
     "no age term (a=0)": {"staleness_exponent": 0.0},
     "neither (sample-weighted mean)": {"energy_beta": 0.0, "staleness_exponent": 0.0},
+    "former energy rule (damp beyond 10x median)": {"energy_rule": "damp", "energy_quantile": 0.5},
 }
 Row = dict[str, float | int | None]
 

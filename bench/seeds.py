@@ -7,9 +7,13 @@ benchmark once per seed, then summarise::
     for s in 0 1 2; do fedward bench --seed $s --json runs/bench-s$s/bench.json; done
     python -m fedward.bench.seeds runs/bench-s*/bench.json [--markdown runs/bench-seeds.md]
 
-For every row it reports each seed's value and the mean of the FTTE-vs-FedAvg
-ratios and of the accuracy gaps (in points) to FedAvg and FedBuff. Reports
-must share the scenario apart from its seed; anything else is refused.
+``fedward bench --seeds N`` does both in one command. For every row it reports
+each seed's value and the median, range (min-max) and mean of the ratios to
+FedAvg (time, memory at the study's batch and at one window with gradient
+accumulation, upload), of the accuracy gaps (in points) to FedAvg, FedBuff and
+the memory-feasible FedBuff, of the warm start and of the accuracy AUC.
+Headline tables quote medians. Reports must share the scenario apart from its
+seed; anything else is refused.
 """
 
 from __future__ import annotations
@@ -71,6 +75,16 @@ def _mean(values: list[float | None]) -> float | None:
     return statistics.mean(known) if known and len(known) == len(values) else None
 
 
+def _median(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known and len(known) == len(values) else None
+
+
+def _range(values: list[float | None]) -> tuple[float, float] | None:
+    known = [v for v in values if v is not None]
+    return (min(known), max(known)) if known and len(known) == len(values) else None
+
+
 def _time_mean(per_seed: list[dict[str, Any]]) -> float | None:
     """Mean time ratio over the seeds where it is defined.
 
@@ -91,6 +105,7 @@ def summarise(reports: list[Report]) -> dict[str, dict[str, Any]]:
         for report in reports:
             s, rows = report["strategies"][row], report["strategies"]
             fedavg, fedbuff = rows.get("fedavg"), rows.get("fedbuff")
+            feasible = rows.get("fedbuff_feasible")
             per_seed.append(
                 {
                     "seed": _seed(report),
@@ -110,12 +125,25 @@ def summarise(reports: list[Report]) -> dict[str, dict[str, Any]]:
                     and 100 * (s["final_accuracy"] - fedavg["final_accuracy"]),
                     "points_vs_fedbuff": fedbuff
                     and 100 * (s["final_accuracy"] - fedbuff["final_accuracy"]),
+                    "points_vs_fedbuff_feasible": feasible
+                    and 100 * (s["final_accuracy"] - feasible["final_accuracy"]),
+                    "memory_vs_fedavg_micro_batch": _ratio(
+                        s["peak_train_memory_bytes"],
+                        fedavg and fedavg.get("peak_train_memory_micro_batch_bytes"),
+                    ),
+                    "warm_start_accuracy": report["scenario"].get("warm_start_accuracy"),
+                    "accuracy_auc": s.get("accuracy_auc"),
                 }
             )
         keys = [k for k in per_seed[0] if k not in ("seed", "started_at_target")]
         mean = {k: _mean([p[k] for p in per_seed]) for k in keys}
         mean["time_vs_fedavg"] = _time_mean(per_seed)
-        summary[row] = {"seeds": per_seed, "mean": mean}
+        counted = [p for p in per_seed if not p["started_at_target"]]
+        median = {k: _median([p[k] for p in per_seed]) for k in keys}
+        median["time_vs_fedavg"] = _median([p["time_vs_fedavg"] for p in counted])
+        spread = {k: _range([p[k] for p in per_seed]) for k in keys}
+        spread["time_vs_fedavg"] = _range([p["time_vs_fedavg"] for p in counted])
+        summary[row] = {"seeds": per_seed, "mean": mean, "median": median, "range": spread}
     return summary
 
 
@@ -129,29 +157,37 @@ def markdown(summary: dict[str, dict[str, Any]]) -> str:
     at_start = [p["seed"] for p in first if p["started_at_target"]]
     note = (
         f" On seed {', '.join(map(str, at_start))} the warm start already meets the target:"
-        " no time ratio there, and the time mean leaves it out."
+        " no time ratio there, and the time median leaves it out."
         if at_start
         else ""
     )
+    warm = [p["warm_start_accuracy"] for p in first]
     lines = [
-        f"Seeds {', '.join(map(str, seeds))}; each cell lists the seeds' values, then their mean."
-        + note,
+        f"Seeds {', '.join(map(str, seeds))}; each cell lists the seeds' values, then their"
+        " median and range (min-max)." + note,
+        "",
+        "Warm start accuracy: " + " / ".join(_fmt(w, ".4f") for w in warm) + ".",
         "",
         "| row | time vs FedAvg | final acc | points vs FedAvg | points vs FedBuff "
-        "| memory vs FedAvg | upload vs FedAvg |",
-        "|---|---|---|---|---|---:|---:|",
+        "| points vs feasible FedBuff | accuracy AUC "
+        "| memory vs FedAvg (batch / 1 window) | upload vs FedAvg |",
+        "|---|---|---|---|---|---|---|---:|---:|",
     ]
     for row, s in summary.items():
 
         def cell(key: str, spec: str, s: dict[str, Any] = s) -> str:
             values = " / ".join(_fmt(p[key], spec) for p in s["seeds"])
-            return f"{values} (mean {_fmt(s['mean'][key], spec)})"
+            spread = s["range"][key]
+            span = "-" if spread is None else f"{spread[0]:{spec}}..{spread[1]:{spec}}"
+            return f"{values} (median {_fmt(s['median'][key], spec)}; {span})"
 
         lines.append(
             f"| {row} | {cell('time_vs_fedavg', '.3f')} | {cell('final_accuracy', '.4f')} "
             f"| {cell('points_vs_fedavg', '+.2f')} | {cell('points_vs_fedbuff', '+.2f')} "
-            f"| {_fmt(s['mean']['memory_vs_fedavg'], '.3f')} "
-            f"| {_fmt(s['mean']['upload_vs_fedavg'], '.3f')} |"
+            f"| {cell('points_vs_fedbuff_feasible', '+.2f')} | {cell('accuracy_auc', '.4f')} "
+            f"| {_fmt(s['median']['memory_vs_fedavg'], '.3f')} / "
+            f"{_fmt(s['median']['memory_vs_fedavg_micro_batch'], '.3f')} "
+            f"| {_fmt(s['median']['upload_vs_fedavg'], '.3f')} |"
         )
     return "\n".join(lines) + "\n"
 

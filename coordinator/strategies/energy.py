@@ -27,6 +27,10 @@ class EnergyWindow:
         """Median over the window and ``energies`` (those being judged now)."""
         return float(np.median([*self._values, *energies]))
 
+    def quantile_with(self, energies: Iterable[float], q: float) -> float:
+        """The ``q``-quantile over the window and ``energies`` (linear interpolation)."""
+        return float(np.quantile([*self._values, *energies], q))
+
     def extend(self, energies: Iterable[float]) -> None:
         self._values.extend(energies)
 

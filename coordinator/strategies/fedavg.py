@@ -164,11 +164,8 @@ class FedAvg(StrategyBase):
         return apply_step(params, mean, lr=self.server_lr), weights, coverage
 
     def config(self) -> dict[str, Any]:
-        return {
-            **super().config(),
-            "server_lr": self.server_lr,
-            "over_selection": self.over_selection,
-        }
+        extra = {"over_selection": self.over_selection} if self.over_selection else {}
+        return {**super().config(), "server_lr": self.server_lr, **extra}
 
     def _state_payload(self) -> dict[str, Any]:
         saved: dict[str, Any] = {

@@ -10,10 +10,18 @@ import typer
 from rich.console import Console
 from rich.markdown import Markdown
 
-from fedward.simulation.bench import DEFAULT_RUNS, QUICK_RUNS, ratios, run_benchmark
+from fedward.bench.seeds import load_reports, summarise
+from fedward.bench.seeds import markdown as seeds_markdown
+from fedward.simulation.bench import (
+    DEFAULT_RUNS,
+    QUICK_RUNS,
+    ratios,
+    run_benchmark,
+    verdict_table,
+)
 from fedward.simulation.executor import ExecutorKind
 from fedward.simulation.report import levels_table, markdown_table, plot_accuracy
-from fedward.simulation.scenario import PRESETS, StrategyRun, load_scenario
+from fedward.simulation.scenario import PRESETS, Scenario, StrategyRun, load_scenario
 
 from ..progress import make_progress, tracker
 
@@ -39,16 +47,49 @@ def command(
         int | None,
         typer.Option(min=0, help="Override the scenario's seed (fleet, data split, model)."),
     ] = None,
+    seeds: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Run N seeds (from --seed or the scenario's) and report medians and ranges."
+        ),
+    ] = 1,
 ) -> None:
     """Run the benchmark; write JSON, a markdown table and a PNG beside it."""
-    console = Console()
     sc = load_scenario(scenario) if scenario else PRESETS["quick" if quick else "full"]
     if seed is not None:
         sc = type(sc).model_validate({**sc.model_dump(), "seed": seed})
+    rows = tuple(runs or (QUICK_RUNS if quick and not scenario else DEFAULT_RUNS))
+    if seeds == 1:
+        _one(sc, json_path, rows=rows, executor=executor, workers=workers)
+        return
+    paths = []
+    for offset in range(seeds):
+        seeded = type(sc).model_validate({**sc.model_dump(), "seed": sc.seed + offset})
+        paths.append(json_path.with_name(f"{json_path.stem}-s{seeded.seed}.json"))
+        _one(seeded, paths[-1], rows=rows, executor=executor, workers=workers)
+    summary = summarise(load_reports(paths))
+    text = seeds_markdown(summary)
+    json_path.write_text(
+        json.dumps({"reports": [str(p) for p in paths], "summary": summary}, indent=2)
+    )
+    json_path.with_suffix(".md").write_text(text)
+    Console().print(Markdown(text))
+    Console().print(f"wrote {json_path} and {json_path.with_suffix('.md')} ({seeds} seeds)")
+
+
+def _one(
+    sc: Scenario,
+    json_path: Path,
+    *,
+    rows: tuple[StrategyRun, ...],
+    executor: ExecutorKind,
+    workers: int | None,
+) -> None:
+    console = Console()
     with make_progress() as progress:
         report = run_benchmark(
             sc,
-            runs=tuple(runs or (QUICK_RUNS if quick and not scenario else DEFAULT_RUNS)),
+            runs=rows,
             executor=executor,
             workers=workers,
             progress=tracker(progress),
@@ -58,7 +99,9 @@ def command(
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(report, indent=2))
     table = (
-        markdown_table(report)
+        verdict_table(report)
+        + "\n"
+        + markdown_table(report)
         + "\nVirtual seconds to each accuracy level:\n\n"
         + levels_table(report)
     )

@@ -277,3 +277,44 @@ def ratios(
         "upload_bytes_per_update": a["upload_bytes_per_update"] / b["upload_bytes_per_update"],
         "final_accuracy_points": 100 * (a["final_accuracy"] - b["final_accuracy"]),
     }
+
+
+def _cell(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def verdict_table(report: dict[str, Any]) -> str:
+    """The benchmark's markdown table: gap closure, AUC, memory (and whether it fits), upload."""
+    rows = report["strategies"]
+    fedavg, feasible = rows.get("fedavg"), rows.get("fedbuff_feasible")
+    fedbuff = rows.get("fedbuff")
+    scenario = report["scenario"]
+    lines = [
+        f"Scenario `{scenario['name']}`, seed {scenario['seed']}: warm start "
+        f"{scenario['warm_start_accuracy']:.4f}, target {scenario['target_accuracy']:g}. "
+        "Gap = warm start to FedAvg's final accuracy; memory = measured step peak of the "
+        "most constrained class that trains; fits = wearable / phone / gateway.",
+        "",
+        "| row | final acc | vs FedBuff (pts) | vs feasible FedBuff (pts) | 50% / 80% / 95% of gap (s) "
+        "| accuracy AUC | memory (B) | vs FedAvg at 32 / at 1 window | fits W/P/G | upload vs FedAvg |",
+        "|---|---:|---:|---:|---|---:|---:|---|---|---:|",
+    ]
+    for name, r in rows.items():
+        gap = r.get("gap_closure_s") or {}
+        closes = " / ".join(_cell(gap.get(k), ".0f") for k in ("50%", "80%", "95%"))
+        fits = "/".join(
+            ("-" if m["sits_out"] else "yes" if m["memory_fits"] else "no")
+            for _, m in sorted(r["memory_by_class"].items(), key=lambda kv: kv[1]["budget_bytes"])
+        )
+        mem = r["peak_train_memory_bytes"]
+        lines.append(
+            f"| {name} | {r['final_accuracy']:.4f} "
+            f"| {_cell(fedbuff and 100 * (r['final_accuracy'] - fedbuff['final_accuracy']), '+.2f')} "
+            f"| {_cell(feasible and 100 * (r['final_accuracy'] - feasible['final_accuracy']), '+.2f')} "
+            f"| {closes} | {r['accuracy_auc']:.4f} | {mem:,} "
+            f"| {_cell(fedavg and mem / fedavg['peak_train_memory_bytes'], '.3f')} / "
+            f"{_cell(fedavg and mem / fedavg['peak_train_memory_micro_batch_bytes'], '.3f')} "
+            f"| {fits} "
+            f"| {_cell(fedavg and r['upload_bytes_per_update'] / fedavg['upload_bytes_per_update'], '.3f')} |"
+        )
+    return "\n".join(lines) + "\n"

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from fedward.coordinator.engine.planning import SubsetMode
 from fedward.coordinator.privacy.settings import StudyPrivacy
 from fedward.coordinator.strategies import StrategyName
+from fedward.coordinator.strategies.ftte import EnergyRule
 from fedward.coordinator.study_spec import StudySpec, refuse_renamed_keys
 from fedward.privacy.accounting import Accountant
 from fedward.protocol.messages import DeviceClass
@@ -180,6 +181,8 @@ class Scenario(BaseModel):
     energy_beta: float = Field(default=1.0, ge=0)
     energy_tolerance: float = Field(default=10.0, ge=1)
     energy_window: int = Field(default=200, ge=0)
+    energy_rule: EnergyRule = EnergyRule.CLIP  # DAMP: the former rule (ablation)
+    energy_quantile: float = Field(default=0.8, ge=0.5, lt=1)  # 0.5: the former bound
     # synchronous FedAvg as deployed: over-select the cohort by this fraction and close
     # the round on the first `concurrency` reports; a round still open at the deadline
     # (virtual s after it opened) merges what it has and drops the rest (None: no deadline)
@@ -274,6 +277,8 @@ class Scenario(BaseModel):
             energy_beta=self.energy_beta,
             energy_tolerance=self.energy_tolerance,
             energy_window=self.energy_window,
+            energy_rule=self.energy_rule,
+            energy_quantile=self.energy_quantile,
             norm_bound_tolerance=self.energy_tolerance if run.norm_bounded else None,
             norm_bound_window=max(1, self.energy_window),
             fedavg_over_selection=self.fedavg_over_selection,
@@ -306,6 +311,8 @@ class Scenario(BaseModel):
 
 PRESETS: dict[str, Scenario] = {
     "full": Scenario(name="ecg-rhythm-500"),
+    # honest label skew: half the devices hold only NORMAL/BRADY, half only TACHY/AF
+    "full-groups": Scenario(name="ecg-rhythm-500-groups", label_groups=2),
     # the full fleet with 10% of devices carrying systematically wrong labels
     "full-mislabelled": Scenario(name="ecg-rhythm-500-mislabelled", mislabelled_fraction=0.1),
     "quick": Scenario(

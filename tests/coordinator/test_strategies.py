@@ -26,6 +26,7 @@ from fedward.coordinator.strategies import (
     StalenessFunction,
     StrategyName,
 )
+from fedward.coordinator.strategies.ftte import EnergyRule
 
 SHAPES = {"a": (2,), "b": (1,)}
 
@@ -120,6 +121,8 @@ def test_ftte_weights_by_samples_age_and_relative_update_energy() -> None:
         staleness_exponent=1.0,
         energy_beta=2.0,
         energy_tolerance=4.0,
+        energy_rule=EnergyRule.DAMP,  # the former rule (CLIP: test_ftte_energy_clip.py)
+        energy_quantile=0.5,
     )
     u1 = upd("t1", {"a": [1.0, 1.0]}, n=2, base=4)  # energy 1
     u2 = upd("t2", {"a": [3.0, 3.0]}, n=2, base=4)  # energy 9
@@ -138,7 +141,14 @@ def test_ftte_weights_by_samples_age_and_relative_update_energy() -> None:
 
 def test_ftte_energy_term_leaves_updates_within_the_tolerance_alone() -> None:
     # Prepare: energies 1, 9 and 400 times the median; tolerance 10, beta 1
-    s = FTTE(shapes=SHAPES, buffer_size=4, staleness_exponent=0.0, sample_weighting=False)
+    s = FTTE(
+        shapes=SHAPES,
+        buffer_size=4,
+        staleness_exponent=0.0,
+        sample_weighting=False,
+        energy_rule=EnergyRule.DAMP,
+        energy_quantile=0.5,
+    )
     for i, value in enumerate((1.0, 1.0, 3.0, 20.0)):
         s.accept(upd(f"t{i}", {"a": [value, value]}), server_version=0)
     # Execute
@@ -151,7 +161,14 @@ def test_ftte_energy_term_leaves_updates_within_the_tolerance_alone() -> None:
 def test_ftte_reference_energy_looks_back_so_a_divergent_half_buffer_is_still_damped() -> None:
     # Prepare: two ordinary merges (energies 1) fill the look-back window, then a
     # buffer where half the updates are 400x as energetic
-    s = FTTE(shapes=SHAPES, buffer_size=4, staleness_exponent=0.0, sample_weighting=False)
+    s = FTTE(
+        shapes=SHAPES,
+        buffer_size=4,
+        staleness_exponent=0.0,
+        sample_weighting=False,
+        energy_rule=EnergyRule.DAMP,
+        energy_quantile=0.5,
+    )
     for merge in range(2):
         for i in range(4):
             s.accept(upd(f"m{merge}-{i}", {"a": [1.0, 1.0]}), server_version=merge)
@@ -170,6 +187,8 @@ def test_ftte_reference_energy_looks_back_so_a_divergent_half_buffer_is_still_da
         staleness_exponent=0.0,
         sample_weighting=False,
         energy_window=0,
+        energy_rule=EnergyRule.DAMP,
+        energy_quantile=0.5,
     )
     for i, value in enumerate((1.0, 1.0, 20.0, 20.0)):
         windowless.accept(upd(f"t{i}", {"a": [value, value]}), server_version=0)

@@ -51,7 +51,9 @@ def test_summary_lists_each_seed_and_the_mean_of_ratios_and_gaps(tmp_path: Path)
     assert ftte["mean"]["points_vs_fedavg"] == pytest.approx(0.0)
     assert ftte["mean"]["memory_vs_fedavg"] == pytest.approx(0.1)
     assert ftte["mean"]["upload_vs_fedavg"] == pytest.approx(0.25)
-    assert "0.100 / 0.300 (mean 0.200)" in markdown(summary)
+    assert ftte["median"]["time_vs_fedavg"] == pytest.approx(0.2)
+    assert ftte["range"]["time_vs_fedavg"] == pytest.approx((0.1, 0.3))
+    assert "0.100 / 0.300 (median 0.200; 0.100..0.300)" in markdown(summary)
 
 
 def test_a_seed_whose_warm_start_meets_the_target_is_left_out_of_the_time_mean(
