@@ -2,8 +2,9 @@
 
 One render per scenario per test session (``rendered``): Helm's template
 engine runs in-process through a bundled shared library, no helm binary and
-no network. A scenario is a values overlay on values.yaml; the five the
-issue names plus SQLite and an air-gapped mirror.
+no network. A scenario is a values overlay on values.yaml: the defaults and
+the files in helm/fedward/ci/ (external broker, external database, gateways,
+TLS from existing Secrets, SQLite, an air-gapped mirror).
 """
 
 from __future__ import annotations
@@ -19,40 +20,13 @@ CHART = REPO / "helm" / "fedward"
 RELEASE = "fw"
 NAMESPACE = "clinical"
 
+# The default values and each combination in helm/fedward/ci/ (<name>-values.yaml,
+# the chart-testing convention, so `helm template -f` renders the same ones).
 SCENARIOS: dict[str, dict[str, Any]] = {
     "default": {},
-    "external-broker": {
-        "broker": {"mode": "external"},
-        "externalBroker": {"host": "mqtt.hospital.example", "cidrs": ["10.20.0.0/16"]},
-        "coordinator": {"mqttCredentials": {"existingSecret": "coordinator-mqtt"}},
-    },
-    "external-database": {
-        "database": {"mode": "external"},
-        "externalDatabase": {"existingSecret": "fedward-db", "cidrs": ["10.30.0.5/32"]},
-    },
-    "gateways": {
-        "gateways": {
-            "enabled": True,
-            "study": "af-screening",
-            "dpEpsilon": 8,
-            "devices": [
-                {"id": "ward3-gw01", "credentialsSecret": "ward3-gw01-mqtt", "dataClaim": "gw01"},
-                {"id": "ward4-gw02", "credentialsSecret": "ward4-gw02-mqtt", "dataClaim": "gw02"},
-            ],
-            "tolerations": [{"key": "gateway", "operator": "Exists", "effect": "NoSchedule"}],
-        },
-    },
-    "tls-existing-secret": {
-        "broker": {"tls": {"mode": "existingSecret", "existingSecret": "broker-tls"}},
-        "coordinator": {
-            "mqttCredentials": {"existingSecret": "coordinator-mqtt"},
-            "operatorToken": {"existingSecret": "fedward-operator"},
-        },
-    },
-    "sqlite": {"database": {"mode": "sqlite"}},
-    "air-gapped": {
-        "global": {"imageRegistry": "registry.hospital.local:5000", "imagePullSecrets": ["mirror"]},
-        "networkPolicy": {"deviceCidrs": ["192.0.2.0/24"], "operatorCidrs": ["198.51.100.0/24"]},
+    **{
+        path.name.removesuffix("-values.yaml"): yaml.safe_load(path.read_text())
+        for path in sorted((CHART / "ci").glob("*-values.yaml"))
     },
 }
 

@@ -73,6 +73,17 @@ def test_every_manifest_validates_strictly(scenario: str, version: str) -> None:
     assert failures == []
 
 
+def test_the_issue_combinations_are_all_there() -> None:
+    # Assert: the defaults and at least the four combinations the issue names
+    assert {
+        "default",
+        "external-broker",
+        "external-database",
+        "gateways",
+        "tls-existing-secret",
+    } <= set(SCENARIOS)
+
+
 def test_the_scenarios_render_what_they_toggle() -> None:
     # Execute
     kinds = {s: {(d["kind"], d["metadata"]["name"]) for d in manifests(s)} for s in SCENARIOS}
@@ -185,7 +196,7 @@ rules:
 def test_yamllint_on_chart_files_and_rendered_manifests(tmp_path: Path) -> None:
     # Prepare: the chart's plain YAML files, and every scenario's rendered templates
     # (templates themselves are Go templates, not YAML, until rendered)
-    files = [CHART / "Chart.yaml", CHART / "values.yaml"]
+    files = [CHART / "Chart.yaml", CHART / "values.yaml", *sorted((CHART / "ci").glob("*.yaml"))]
     for scenario in SCENARIOS:
         for path, text in rendered_text(scenario).items():
             if path.endswith(".yaml") and text.strip():
