@@ -213,18 +213,22 @@ def plot_budget(report: BudgetReport, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 4.8), dpi=120)
+    # elapsed seconds since the first charge: live ledgers hold POSIX times,
+    # whose raw values make an unreadable axis
+    starts = [p.t for points in report.epsilon_over_time.values() for p in points[:1]]
+    t0 = min(starts, default=0.0)
     try:
         for index, (name, points) in enumerate(sorted(report.epsilon_over_time.items())):
             if not points:
                 continue
             color = f"C{index % 10}"
-            times = [p.t for p in points]
+            times = [p.t - t0 for p in points]
             ax.step(times, [p.epsilon_mean for p in points], where="post", color=color,
                     label=f"{name} mean")  # fmt: skip
             ax.step(times, [p.epsilon_max for p in points], where="post", color=color,
                     linestyle="--", label=f"{name} max")  # fmt: skip
         ax.axhline(report.policy.epsilon, color="grey", linestyle=":", label="budget")
-        ax.set_xlabel("time (s)")
+        ax.set_xlabel("elapsed time since the first charge (s)")
         ax.set_ylabel(f"cumulative epsilon at delta={report.policy.delta:g}")
         ax.set_title(f"privacy budget spent per device class: {report.study_id}")
         ax.set_ylim(bottom=0)

@@ -17,7 +17,7 @@ you can handle)::
     │   └── BlobCorrupted            the bytes no longer hash to their name
     ├── ServiceError                 service.errors: a caller's mistake (the API maps each to HTTP)
     │   └── StudyNotFound, DeviceNotFound, ModelVersionNotFound, NoPrivacyPolicy (also
-    │       KeyErrors); InvalidStudyId, UnsupportedRefusal, InvalidInitialModel (also
+    │       KeyErrors); InvalidStudyId, UnsupportedRefusal, InvalidInitialModel, InvalidHoldout (also
     │       ValueErrors); StudyExists, InvalidTransition
     └── ApiError                     api.errors: raised from a route to answer with a status
 

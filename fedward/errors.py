@@ -41,10 +41,18 @@ documents its own subtree; catch the narrowest class you can handle::
     ├── SimulationError                   the simulator and benchmarks:
     │   ├── IncomparableReports           fedward.bench.seeds: reports of different benchmarks
     │   │                                 (also a ValueError)
-    │   └── TooFewAcks                    fedward.bench.ingest: too few acks to measure a rate
+    │   ├── TooFewAcks                    fedward.bench.ingest: too few acks to measure a rate
+    │   ├── DataFileError                 fedward.simulation.datafile: a data file not in the
+    │   │                                 documented shape (also a ValueError)
+    │   ├── StudyFileError                fedward.simulation.studyfile: a study file that cannot
+    │   │                                 be read or is not a valid study (also a ValueError)
+    │   └── ReportError                   fedward.simulation.studyreport: no run to report on
+    │                                     (also a ValueError)
     ├── LiveError                         fedward.live: a live study not set up or not
     │                                     finished (a library's run-time failure, not input)
     └── CliError                          fedward.cli: a command's input, said plainly
+        └── UsageError                    fedward.commands.simulate: options that do not go
+                                          together (also a ValueError)
 
 Why the root lives here, on a floor of its own: the floor-1 packages import
 nothing of each other's, yet their errors must share one base. This module

@@ -35,6 +35,7 @@ the per-call transaction):
 from .core import STUDY_ID_PATTERN, UNKNOWN_TASK_ID, Clock
 from .errors import (
     DeviceNotFound,
+    InvalidHoldout,
     InvalidInitialModel,
     InvalidStudyId,
     InvalidTransition,
@@ -55,6 +56,7 @@ __all__ = [
     "Clock",
     "DeviceInfo",
     "DeviceNotFound",
+    "InvalidHoldout",
     "InvalidInitialModel",
     "InvalidStudyId",
     "InvalidTransition",

@@ -48,3 +48,7 @@ class UnsupportedRefusal(ServiceError, ValueError):
 
 class InvalidInitialModel(ServiceError, ValueError):
     """Warm-start parameters that are not the study's model (names or shapes differ)."""
+
+
+class InvalidHoldout(ServiceError, ValueError):
+    """A held-out set that does not fit the study's model (shape, labels)."""

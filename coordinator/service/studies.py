@@ -22,7 +22,13 @@ from fedward.tinytrain.models import Params, build_model
 from fedward.tinytrain.training import evaluate
 
 from .core import STUDY_ID_PATTERN, ServiceCore, digest
-from .errors import InvalidInitialModel, InvalidStudyId, ModelVersionNotFound, StudyExists
+from .errors import (
+    InvalidHoldout,
+    InvalidInitialModel,
+    InvalidStudyId,
+    ModelVersionNotFound,
+    StudyExists,
+)
 from .holdout import Holdout
 from .views import StudyInfo, StudyStatus
 
@@ -240,7 +246,7 @@ class StudyCalls(ServiceCore):
 
         For validation studies: the accuracy is recorded as the study's last
         accuracy (what ``StopRule.target_accuracy`` reads), so no evaluation loop
-        outside the coordinator is needed. Raises ``ValueError`` if the data
+        outside the coordinator is needed. Raises ``InvalidHoldout`` if the data
         does not fit the study's model.
         """
         with self._lock:
@@ -249,14 +255,14 @@ class StudyCalls(ServiceCore):
             x = np.asarray(x, dtype=np.float32)
             y = np.asarray(y)
             if x.ndim != 3 or x.shape[1:] != (spec.in_channels, spec.window):
-                raise ValueError(
+                raise InvalidHoldout(
                     f"held-out x must be [n, {spec.in_channels}, {spec.window}] for this study, "
                     f"got {x.shape}"
                 )
             if y.shape != (len(x),) or y.dtype.kind not in "iu" or len(y) == 0:
-                raise ValueError(f"held-out y must be integer labels [{len(x)}], got {y.shape}")
+                raise InvalidHoldout(f"held-out y must be integer labels [{len(x)}], got {y.shape}")
             if y.min() < 0 or y.max() >= spec.num_classes:
-                raise ValueError(f"held-out labels must lie in [0, {spec.num_classes})")
+                raise InvalidHoldout(f"held-out labels must lie in [0, {spec.num_classes})")
             model = build_model(spec.model_settings(), seed=spec.model_seed)
             # models merged from now on are evaluated (not the one the study holds now)
             self._holdouts[study_id] = Holdout(

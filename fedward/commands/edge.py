@@ -50,7 +50,7 @@ def run(
     broker: Annotated[str, typer.Option(help="mqtt://host:port")],
     study: Annotated[str, typer.Option(help="Study id to join.")],
     device_id: Annotated[str, typer.Option(help="This device's id (also its MQTT client id).")],
-    data: Annotated[Path, typer.Option(help=".npz with x float32 [n,C,L] and y int64 [n].")],
+    data: Annotated[Path, typer.Option(help=".npz with x float32 \\[n, channels, length] and y int64 \\[n] (class labels).")],
     device_class: Annotated[
         DeviceClass, typer.Option("--class", help="Device class.")
     ] = DeviceClass.WEARABLE,

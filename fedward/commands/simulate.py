@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 
-from fedward.errors import FedwardError
+from fedward.errors import CliError, FedwardError
 from fedward.simulation.executor import ExecutorKind, make_executor
 from fedward.simulation.report import plot_accuracy
 from fedward.simulation.runs import new_run_dir, write_run_files
@@ -51,7 +51,7 @@ def resolve_study(
     return sc, strategy or run
 
 
-class UsageError(FedwardError, ValueError):
+class UsageError(CliError, ValueError):
     """Options that do not go together."""
 
 

@@ -118,15 +118,23 @@ class DataSettings(BaseModel):
 class ProfileSettings(BaseModel):
     """Overrides of one device class's profile (``fedward.simulation.profiles``)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        title="Per-class overrides under fleet.profiles.CLASS (none: the class default)",
+    )
 
-    memory_bytes: int | None = Field(default=None, ge=1024)
-    flops_per_s: float | None = Field(default=None, gt=0)
-    uplink_bps: float | None = Field(default=None, gt=0)
-    downlink_bps: float | None = Field(default=None, gt=0)
-    rtt_s: float | None = Field(default=None, ge=0)
-    availability: float | None = Field(default=None, gt=0, le=1)
-    dropout: float | None = Field(default=None, ge=0, lt=1)
+    memory_bytes: int | None = Field(default=None, ge=1024, description="training memory")
+    flops_per_s: float | None = Field(default=None, gt=0, description="sustained compute")
+    uplink_bps: float | None = Field(default=None, gt=0, description="bytes/s up")
+    downlink_bps: float | None = Field(default=None, gt=0, description="bytes/s down")
+    rtt_s: float | None = Field(default=None, ge=0, description="round trip (s)")
+    availability: float | None = Field(
+        default=None, gt=0, le=1, description="chance online when work is handed out"
+    )
+    dropout: float | None = Field(
+        default=None, ge=0, lt=1, description="chance a task is lost part-way"
+    )
 
 
 class Scenario(BaseModel):
@@ -309,14 +317,27 @@ class Scenario(BaseModel):
         return cls.model_validate(json.loads(text))
 
 
+# The benchmark presets pre-train on a public cohort of 8 patients (240 windows),
+# not 40: the warm start then sits 10-23 points below the target (0.74-0.87 on
+# seeds 0-2) instead of within 2 points of it (0.96-0.97, and above it on seed 3),
+# so the verdict measures the federation, not the warm start (issue 14).
+BENCH_PUBLIC_PATIENTS = 8
+
 PRESETS: dict[str, Scenario] = {
-    "full": Scenario(name="ecg-rhythm-500"),
+    "full": Scenario(name="ecg-rhythm-500", pretrain_patients=BENCH_PUBLIC_PATIENTS),
     # honest label skew: half the devices hold only NORMAL/BRADY, half only TACHY/AF
-    "full-groups": Scenario(name="ecg-rhythm-500-groups", label_groups=2),
+    "full-groups": Scenario(
+        name="ecg-rhythm-500-groups", label_groups=2, pretrain_patients=BENCH_PUBLIC_PATIENTS
+    ),
     # the full fleet with 10% of devices carrying systematically wrong labels
-    "full-mislabelled": Scenario(name="ecg-rhythm-500-mislabelled", mislabelled_fraction=0.1),
+    "full-mislabelled": Scenario(
+        name="ecg-rhythm-500-mislabelled",
+        mislabelled_fraction=0.1,
+        pretrain_patients=BENCH_PUBLIC_PATIENTS,
+    ),
     "quick": Scenario(
         name="ecg-rhythm-quick",
+        pretrain_patients=BENCH_PUBLIC_PATIENTS,
         devices=100,
         concurrency=20,
         buffer_size=5,

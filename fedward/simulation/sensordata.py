@@ -192,7 +192,8 @@ def _patient_windows(
 
 def generate_study_data(config: StudyDataConfig) -> StudyData:
     rng = np.random.default_rng(config.seed)
-    xs, ys = [], []
+    xs: list[np.ndarray] = []
+    ys: list[np.ndarray] = []
     for _ in range(config.devices):
         probs = rng.dirichlet(np.full(len(Rhythm), config.alpha))
         if config.label_groups:  # drawn all the same, so the rest of the stream is unchanged

@@ -46,9 +46,9 @@ def _model(description: str) -> ConfigDict:
 class Stragglers(BaseModel):
     model_config = _model("Devices slowed down (throttled CPU, weak signal, power saving)")
 
-    fraction: float = Field(0.9, ge=0, le=1, description="share of devices that straggle")
+    fraction: float = Field(default=0.9, ge=0, le=1, description="share of devices that straggle")
     slowdown: tuple[float, float] = Field(
-        (4.0, 40.0), description="[low, high] slowdown factor, drawn log-uniformly"
+        default=(4.0, 40.0), description="[low, high] slowdown factor, drawn log-uniformly"
     )
 
 
@@ -56,17 +56,17 @@ class Fleet(BaseModel):
     model_config = _model("The simulated devices")
 
     devices: int | None = Field(
-        None,
+        default=None,
         ge=2,
         description="number of devices (synthetic data; a data file has one per patient)",
     )
     mix: dict[DeviceClass, float] = Field(
-        {DeviceClass.WEARABLE: 0.6, DeviceClass.PHONE: 0.3, DeviceClass.GATEWAY: 0.1},
+        default={DeviceClass.WEARABLE: 0.6, DeviceClass.PHONE: 0.3, DeviceClass.GATEWAY: 0.1},
         description="share of each device class (wearable, phone, gateway)",
     )
     stragglers: Stragglers = Stragglers()
     profiles: dict[DeviceClass, ProfileSettings] = Field(
-        {},
+        default={},
         description="per class, overrides of memory_bytes, flops_per_s, uplink_bps, "
         "downlink_bps, rtt_s, availability (chance online) and dropout (chance a task is lost)",
     )
@@ -81,34 +81,38 @@ class Data(BaseModel):
     model_config = _model("Where the recordings come from and how they become devices")
 
     source: DataSource = Field(
-        DataSource.SYNTHETIC, description="synthetic (built-in ECG rhythm task) or file"
+        default=DataSource.SYNTHETIC, description="synthetic (built-in ECG rhythm task) or file"
     )
     path: Path | None = Field(
-        None, description="file: the .npz or .csv (relative to the study file)"
+        default=None, description="file: the .npz or .csv (relative to the study file)"
     )
     partition: Partition = Field(
-        Partition.BY_PATIENT,
+        default=Partition.BY_PATIENT,
         description="file: by_patient (one device per patient_id) or dirichlet",
     )
-    devices: int | None = Field(None, ge=2, description="file, dirichlet: number of devices")
+    devices: int | None = Field(
+        default=None, ge=2, description="file, dirichlet: number of devices"
+    )
     alpha: float = Field(
-        0.5, gt=0, description="Dirichlet concentration of label mixes (smaller: more non-IID)"
+        default=0.5,
+        gt=0,
+        description="Dirichlet concentration of label mixes (smaller: more non-IID)",
     )
     test_patients: int | None = Field(
-        None,
+        default=None,
         ge=1,
         description="patients held out for evaluation (file without X_test: default 20%; "
         "synthetic: default 100)",
     )
     normalisation: Normalisation = Field(
-        Normalisation.PER_CHANNEL,
+        default=Normalisation.PER_CHANNEL,
         description="file: per_channel (federation-wide mean and sd) or none",
     )
-    features: tuple[str, ...] = Field((), description="CSV: feature columns (default: all)")
-    min_windows: int = Field(24, ge=1, description="synthetic: fewest windows per patient")
-    max_windows: int = Field(96, ge=1, description="synthetic: most windows per patient")
+    features: tuple[str, ...] = Field(default=(), description="CSV: feature columns (default: all)")
+    min_windows: int = Field(default=24, ge=1, description="synthetic: fewest windows per patient")
+    max_windows: int = Field(default=96, ge=1, description="synthetic: most windows per patient")
     mislabelled_fraction: float = Field(
-        0.0, ge=0, le=1, description="synthetic: devices with systematically wrong labels"
+        default=0.0, ge=0, le=1, description="synthetic: devices with systematically wrong labels"
     )
 
     @model_validator(mode="after")
@@ -131,10 +135,12 @@ class ModelChoice(enum.StrEnum):
 class Model(BaseModel):
     model_config = _model("The network every device trains (built from the data's shape)")
 
-    kind: ModelChoice = Field(ModelChoice.AUTO, description="auto, cnn (1-D conv blocks) or mlp")
-    width: int = Field(24, ge=1, le=256, description="base width when hidden is empty")
+    kind: ModelChoice = Field(
+        default=ModelChoice.AUTO, description="auto, cnn (1-D conv blocks) or mlp"
+    )
+    width: int = Field(default=24, ge=1, le=256, description="base width when hidden is empty")
     hidden: tuple[Annotated[int, Field(ge=1, le=1024)], ...] = Field(
-        (),
+        default=(),
         max_length=8,
         description="layer sizes: CNN channels per block, MLP units per layer "
         "(empty: CNN [w, 2w, 4w, 2w], MLP [8w, 4w])",
@@ -145,42 +151,42 @@ class WarmStart(BaseModel):
     model_config = _model("Where training starts")
 
     patients: int = Field(
-        40,
+        default=40,
         ge=0,
         description="train centrally on this many patients first (synthetic: a separate "
         "public cohort; file: patients held out of the federation); 0: from scratch",
     )
-    epochs: int = Field(10, ge=1, description="epochs of that central training")
+    epochs: int = Field(default=10, ge=1, description="epochs of that central training")
     file: Path | None = Field(
-        None, description="start from these parameters (.npz, one array per name) instead"
+        default=None, description="start from these parameters (.npz, one array per name) instead"
     )
 
 
 class Training(BaseModel):
     model_config = _model("Local training on a device (the same for every strategy)")
 
-    epochs: int = Field(2, ge=1, description="passes over the device's data per task")
-    batch_size: int = Field(32, ge=1)
-    lr: float = Field(0.05, gt=0, description="SGD learning rate")
-    momentum: float = Field(0.9, ge=0, lt=1)
+    epochs: int = Field(default=2, ge=1, description="passes over the device's data per task")
+    batch_size: int = Field(default=32, ge=1)
+    lr: float = Field(default=0.05, gt=0, description="SGD learning rate")
+    momentum: float = Field(default=0.9, ge=0, lt=1)
 
 
 class Strategy(BaseModel):
     model_config = _model("How the coordinator schedules and merges")
 
     name: StrategyRun = Field(
-        StrategyRun.FTTE,
+        default=StrategyRun.FTTE,
         description="fedavg, fedbuff, fedasync, ftte, ftte_nested, ftte+dp, fedbuff+normbound",
     )
-    concurrency: int = Field(50, ge=1, description="tasks in flight at once")
-    buffer_size: int = Field(10, ge=1, description="updates merged together (K)")
-    server_lr: float = Field(1.0, gt=0)
-    staleness_exponent: float = Field(0.5, ge=0, description="FTTE/FedBuff age term a")
-    energy_beta: float = Field(1.0, ge=0, description="FTTE energy term beta (0: off)")
-    energy_tolerance: float = Field(10.0, ge=1, description="FTTE energy tolerance rho")
-    energy_window: int = Field(200, ge=0, description="FTTE energy look-back (updates)")
+    concurrency: int = Field(default=50, ge=1, description="tasks in flight at once")
+    buffer_size: int = Field(default=10, ge=1, description="updates merged together (K)")
+    server_lr: float = Field(default=1.0, gt=0)
+    staleness_exponent: float = Field(default=0.5, ge=0, description="FTTE/FedBuff age term a")
+    energy_beta: float = Field(default=1.0, ge=0, description="FTTE energy term beta (0: off)")
+    energy_tolerance: float = Field(default=10.0, ge=1, description="FTTE energy tolerance rho")
+    energy_window: int = Field(default=200, ge=0, description="FTTE energy look-back (updates)")
     heartbeat_timeout_s: float = Field(
-        30.0, gt=0, description="a silent device is noticed after this long"
+        default=30.0, gt=0, description="a silent device is noticed after this long"
     )
 
 
@@ -192,19 +198,27 @@ class DpMode(enum.StrEnum):
 class Privacy(BaseModel):
     model_config = _model("Differential privacy (maps onto the coordinator's StudyPrivacy)")
 
-    mode: DpMode = Field(DpMode.NONE, description="none, or dp_sgd (needs strategy ftte+dp)")
-    epsilon: float = Field(8.0, gt=0, description="each device's budget over the whole study")
-    delta: float = Field(1e-5, gt=0, lt=1e-2)
-    accountant: Accountant = Field(Accountant.RDP, description="rdp or prv (gdp underestimates)")
-    noise_multiplier: float = Field(1.5, gt=0)
-    max_grad_norm: float = Field(1.0, gt=0, description="per-sample clip norm")
-    sample_rate: float = Field(0.25, gt=0, le=1, description="Poisson sampling rate per step")
-    steps_per_task: int | None = Field(
-        None, ge=1, description="DP-SGD steps per task (default: epochs / sample_rate)"
+    mode: DpMode = Field(
+        default=DpMode.NONE, description="none, or dp_sgd (needs strategy ftte+dp)"
     )
-    max_physical_batch: int = Field(8, ge=1, description="memory cap of one DP micro-batch")
+    epsilon: float = Field(
+        default=8.0, gt=0, description="each device's budget over the whole study"
+    )
+    delta: float = Field(default=1e-5, gt=0, lt=1e-2)
+    accountant: Accountant = Field(
+        default=Accountant.RDP, description="rdp or prv (gdp underestimates)"
+    )
+    noise_multiplier: float = Field(default=1.5, gt=0)
+    max_grad_norm: float = Field(default=1.0, gt=0, description="per-sample clip norm")
+    sample_rate: float = Field(
+        default=0.25, gt=0, le=1, description="Poisson sampling rate per step"
+    )
+    steps_per_task: int | None = Field(
+        default=None, ge=1, description="DP-SGD steps per task (default: epochs / sample_rate)"
+    )
+    max_physical_batch: int = Field(default=8, ge=1, description="memory cap of one DP micro-batch")
     secure_aggregation: Literal[False] = Field(
-        False,
+        default=False,
         description="not available yet: secure aggregation is not wired into the merge",
     )
 
@@ -213,12 +227,14 @@ class Evaluation(BaseModel):
     model_config = _model("Held-out evaluation and the target")
 
     target_accuracy: float = Field(
-        0.975, gt=0, le=1, description="time to target = first evaluation at or above it"
+        default=0.975, gt=0, le=1, description="time to target = first evaluation at or above it"
     )
-    every_updates: int = Field(20, ge=1, description="evaluate after merges this many apart")
-    windows: int = Field(2000, ge=10, description="held-out samples evaluated")
+    every_updates: int = Field(
+        default=20, ge=1, description="evaluate after merges this many apart"
+    )
+    windows: int = Field(default=2000, ge=10, description="held-out samples evaluated")
     final_tail: float = Field(
-        0.1, gt=0, le=1, description="final accuracy = mean over this last share of updates"
+        default=0.1, gt=0, le=1, description="final accuracy = mean over this last share of updates"
     )
 
 
@@ -226,7 +242,7 @@ class Stop(BaseModel):
     model_config = _model("When the study ends")
 
     updates: int = Field(
-        3000,
+        default=3000,
         ge=1,
         description="update budget: stop after this many accepted updates (a DP study also "
         "stops when every device's budget is spent)",
@@ -239,13 +255,13 @@ class StudyFile(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, title="Study file")
 
     name: str = Field(
-        "study",
+        default="study",
         min_length=1,
         max_length=48,
         pattern=r"^[A-Za-z0-9_.-]+$",
         description="study name (letters, digits, . _ -)",
     )
-    seed: int = Field(0, ge=0, description="fleet, data split, model, timing")
+    seed: int = Field(default=0, ge=0, description="fleet, data split, model, timing")
     fleet: Fleet = Fleet()
     data: Data = Data()
     model: Model = Model()
@@ -616,12 +632,7 @@ def reference_markdown() -> str:
                 f"| {_bounds(info)} | {info.description or ''} |"
             )
         out.append("")
-    out += ["## ProfileSettings", "", "Per-class overrides under `fleet.profiles.<class>`.", ""]
-    out += ["| key | type | default | allowed |", "|---|---|---|---|"]
-    for key, info in ProfileSettings.model_fields.items():
-        out.append(f"| `{key}` | {_type_name(info.annotation)} | class default | {_bounds(info)} |")
     out += [
-        "",
         "## What the reported figures mean",
         "",
         "- `final_accuracy`: the mean held-out accuracy over the evaluations in the last",

@@ -62,7 +62,7 @@ def _load(path: Path) -> dict[str, Any]:
 
 def report_data(folder: Path) -> dict[str, Any]:
     """What the page shows, as JSON (also written beside it)."""
-    runs = []
+    runs: list[dict[str, Any]] = []
     for path in find_runs(folder):
         m = _load(path)
         r = m["result"]

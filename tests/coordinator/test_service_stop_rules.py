@@ -14,6 +14,7 @@ import json
 import numpy as np
 
 from fedward.coordinator.privacy.settings import StudyPrivacy
+from fedward.coordinator.service import InvalidHoldout
 from fedward.coordinator.store import StudyState
 from fedward.coordinator.study_spec import StopRule
 from fedward.privacy.accounting import epsilon_for
@@ -165,7 +166,7 @@ def test_a_held_out_set_that_does_not_fit_the_model_is_refused(service, spec) ->
     # Execute / Assert
     try:
         service.attach_holdout("h", np.zeros((4, 2, spec.window)), np.zeros(4, dtype=int))
-    except ValueError as exc:
+    except InvalidHoldout as exc:
         assert f"held-out x must be [n, {spec.in_channels}, {spec.window}]" in str(exc)
     else:
         raise AssertionError("a held-out set of the wrong shape was accepted")
