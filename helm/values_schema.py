@@ -156,7 +156,8 @@ schema = {
                     {"existingSecret": ref("secretName"), "key": ref("secretKey")},
                     ["existingSecret", "key"],
                 ),
-                "mqttCredentials": obj(
+                "keys": obj({"existingSecret": ref("secretName")}, ["existingSecret"]),
+            "mqttCredentials": obj(
                     {
                         "existingSecret": ref("secretName"),
                         "identity": s(pattern=r"^[A-Za-z0-9_.-]{1,64}$"),

@@ -11,6 +11,9 @@ from __future__ import annotations
 import base64
 import ipaddress
 import re
+import stat
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -361,3 +364,67 @@ def test_dns_is_the_only_other_egress() -> None:
         for rule in p["spec"].get("egress", []):
             if any("namespaceSelector" in peer for peer in rule["to"]):
                 assert {port["port"] for port in rule["ports"]} == {53}
+
+
+# --- keys imported from a Secret -----------------------------------------------
+
+
+def _import_keys(script: str, secret_dir: Path, data_dir: Path) -> str:
+    """Run the init container's script here, its two paths moved to ``secret_dir``/``data_dir``."""
+    local = script.replace("/var/run/secrets/fedward/keys", str(secret_dir)).replace(
+        "/var/lib/fedward", str(data_dir)
+    )
+    return subprocess.run(
+        ["/bin/sh", "-c", local], capture_output=True, text=True, check=True
+    ).stdout
+
+
+def test_imported_keys_are_owner_only_and_never_overwrite(tmp_path: Path) -> None:
+    # Prepare: a Secret volume as the kubelet makes it (group-readable files)
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from fedward.compliance.keys import load_signing_key
+
+    deployment = named(manifests("tls-existing-secret"), "Deployment", "-coordinator")
+    init = deployment["spec"]["template"]["spec"]["initContainers"][0]
+    secret_dir, data_dir = tmp_path / "secret", tmp_path / "data"
+    secret_dir.mkdir()
+    pem = Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    (secret_dir / "audit-signing-key.pem").write_bytes(pem)
+    (secret_dir / "audit-signing-key.pem").chmod(0o440)
+    (secret_dir / "wire-signing-key.pem").write_bytes(pem)
+    (data_dir / "keys").mkdir(parents=True)
+    (data_dir / "keys" / "wire-signing-key.pem").write_bytes(b"the key devices already pinned")
+    (data_dir / "keys" / "wire-signing-key.pem").chmod(0o600)
+
+    # Execute
+    out = _import_keys(init["command"][2], secret_dir, data_dir)
+    imported = data_dir / "keys" / "audit-signing-key.pem"
+
+    # Assert: the loader that refuses unsafe files takes the copy; the pinned key is untouched
+    assert out.strip() == "imported audit-signing-key.pem"
+    assert stat.S_IMODE(imported.stat().st_mode) == 0o600
+    assert stat.S_IMODE((data_dir / "keys").stat().st_mode) == 0o700
+    load_signing_key(imported)
+    assert (
+        data_dir / "keys" / "wire-signing-key.pem"
+    ).read_bytes() == b"the key devices already pinned"
+    assert (
+        "initContainers"
+        not in named(manifests("default"), "Deployment", "-coordinator")["spec"]["template"]["spec"]
+    )
+
+
+def test_volumes_keep_owner_only_key_modes_across_restarts() -> None:
+    # Prepare: with fsGroupChangePolicy Always the kubelet would add group rw to
+    # every file at each mount, and the key loaders would then refuse the keys
+    specs = pod_specs(manifests("gateways"))
+
+    # Execute
+    policies = {name: spec["securityContext"]["fsGroupChangePolicy"] for name, spec in specs}
+
+    # Assert
+    assert set(policies.values()) == {"OnRootMismatch"}, policies
