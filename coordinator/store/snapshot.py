@@ -35,6 +35,8 @@ from fedward.coordinator.strategies.base import SavedUpdates, map_saved_buffers
 from fedward.saved_state import open_envelope
 from fedward.tinytrain.models import Params
 
+from .blobs import BlobError
+
 SNAPSHOT_FORMAT = ENGINE_STATE_FORMAT
 
 DeltaRef = Callable[[str, Mapping[str, np.ndarray]], str]
@@ -82,6 +84,8 @@ def restore_engine(
     try:
         versions = {int(v): load_params(int(v)) for v in payload["live_versions"]}
         full = map_saved_buffers(state, lambda updates: [by_value(u) for u in updates])
+    except BlobError:
+        raise  # a missing or corrupted blob says so itself (BlobNotFound is a KeyError too)
     except (KeyError, TypeError, ValueError) as exc:
         raise StateLoadError(f"engine snapshot is malformed: {exc!r}") from exc
     engine.load_state_dict(full, versions=versions)
