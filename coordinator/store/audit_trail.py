@@ -41,6 +41,7 @@ from fedward.compliance import (
     Actor,
     ActorKind,
     AuditAction,
+    AuditIntegrityError,
     AuditLog,
     ForbiddenAuditContent,
     Outcome,
@@ -238,8 +239,16 @@ class AuditTrail:
             return self._log.sign_tree_head()
 
     def finish(self, repository: Repository) -> None:
-        """At close: make the log durable, sign its tail, drop the outbox rows it covers."""
-        self.checkpoint()
+        """At close: make the log durable, sign its tail, drop the outbox rows it covers.
+
+        A log broken by a failed write is left as it is (its rows stay in the
+        outbox for the next start to append), so closing never fails on it.
+        """
+        try:
+            self.checkpoint()
+        except AuditIntegrityError:
+            log.warning("the audit log is broken; its outbox rows wait for the next start")
+            return
         upto = self.deletable()
         if upto:
             repository.delete_audit_outbox(upto=upto)
