@@ -86,6 +86,7 @@ def _one(
     workers: int | None,
 ) -> None:
     console = Console()
+    json_path.parent.mkdir(parents=True, exist_ok=True)  # DP rows write their ledger there
     with make_progress() as progress:
         report = run_benchmark(
             sc,
@@ -93,6 +94,7 @@ def _one(
             executor=executor,
             workers=workers,
             progress=tracker(progress),
+            ledger_dir=json_path.parent,
         )
     if "ftte" in report["strategies"] and "fedavg" in report["strategies"]:
         report["ratios_ftte_vs_fedavg"] = ratios(report)
@@ -118,3 +120,12 @@ def _one(
     console.print(
         f"wrote {json_path}, {json_path.with_suffix('.md')}, {png} (total {report['total_wall_s']:.0f} s)"
     )
+    for name, row in report["strategies"].items():
+        if "privacy_ledger" in row:
+            ledger = row["privacy_ledger"]
+            console.print(
+                f"{name}: privacy ledger {ledger['file']}; fedward budget report --study "
+                f"{ledger['study']} --data-dir {json_path.parent}",
+                highlight=False,
+                markup=False,
+            )

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from fedward.coordinator.engine import Device
@@ -216,7 +217,10 @@ def run_benchmark(
     executor: ExecutorKind = ExecutorKind.PROCESS,
     workers: int | None = None,
     progress: ProgressFactory | None = None,
+    ledger_dir: Path | None = None,
 ) -> dict[str, Any]:
+    """Every row on ``scenario``; DP rows write their privacy ledger into ``ledger_dir``
+    (``fedward budget report --study <row's study> --data-dir <ledger_dir>`` reads it)."""
     started = time.perf_counter()
     spec = scenario.study_spec(runs[0])
     pool = make_executor(executor, scenario.data_config(), spec.model_settings(), workers=workers)
@@ -227,6 +231,12 @@ def run_benchmark(
             callback = progress(run.value, scenario.update_budget) if progress else None
             study = Study(scenario, run, executor=pool, progress=callback)
             strategies[run.value] = row(study, study.run(), device_class=device_class)
+            ledger = study.save_privacy_ledger(ledger_dir) if ledger_dir is not None else None
+            if ledger is not None:
+                strategies[run.value]["privacy_ledger"] = {
+                    "study": study.spec.name,
+                    "file": str(ledger),
+                }
     finally:
         pool.close()
     warm = next(iter(strategies.values()))["series"][0]["accuracy"]
