@@ -214,6 +214,9 @@ def test_rendered_release_serves_passes_helm_test_and_stops_gracefully(tmp_path:
                 proc.kill()
                 proc.wait(timeout=10)
     output = log.read_text()
+    print(
+        f"coordinator stopped {stop_s:.2f} s after SIGTERM (grace period {grace_s} s)"
+    )  # shown with -s
 
     # Assert
     assert "MQTT bridge on localhost" in output, (
