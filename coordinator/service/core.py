@@ -35,6 +35,7 @@ from fedward.errors import FedwardError
 from fedward.protocol.enrolment import load_or_create_master_key
 from fedward.tinytrain.models import Params
 
+from .deadlines import TaskTimes
 from .errors import StudyNotFound, StudyRestoreFailed
 from .holdout import Holdout
 from .views import StudyInfo, study_info
@@ -71,6 +72,7 @@ class ServiceCore:
     ) -> None:
         self._enrolment_key = enrolment_key  # None: enrolment secrets are not available
         self._wire_refusals: dict[str, Counter[str]] = {}  # per study, since start (/metrics)
+        self._task_times = TaskTimes()  # deadlines sized from observed task durations
         self._repo = repository
         self._trail = AuditTrail(audit)
         self._runtimes = RuntimeStore(

@@ -294,6 +294,7 @@ class DeviceCalls(ServiceCore):
         for order in lost:
             study.failure_status[order.task_id] = TaskStatus.FAILED
             study.engine.task_failed(order.task_id, now=now, reason="device no longer holds it")
+            self._task_times.forget(study.id, order.task_id)
 
     def _device_row(self, study: StudyRuntime, device_id: str) -> DeviceRow:
         row = self._repo.device(study.id, device_id)

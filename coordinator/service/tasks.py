@@ -1,4 +1,9 @@
-"""Tasks: what to publish now, what is in flight, and what missed its deadline."""
+"""Tasks: what to publish now, what is in flight, and what missed its deadline.
+
+A task's deadline is sized from how long its device class's tasks took
+(:mod:`fedward.coordinator.service.deadlines`), capped by the spec's
+``task_deadline_s``; the Task tells the device the same number.
+"""
 
 from __future__ import annotations
 
@@ -37,8 +42,13 @@ class TaskCalls(ServiceCore):
         with self._lock:
             now = self._clock()
             for study in self._studies.values():
-                deadline = study.spec.task_deadline_s
-                expired = [o for o in study.engine.tasks.values() if o.issued_at + deadline <= now]
+                ceiling = study.spec.task_deadline_s
+                expired = [
+                    o
+                    for o in study.engine.tasks.values()
+                    if o.issued_at + self._task_times.of(study.id, o.task_id, default=ceiling)
+                    <= now
+                ]
                 if not expired:
                     continue
                 with self._change(study) as changes:
@@ -54,7 +64,18 @@ class TaskCalls(ServiceCore):
                             reason="missed a task deadline",
                         )
                         failed.append((study.id, order.task_id))
+                        self._task_times.forget(study.id, order.task_id)
         return failed
+
+    def _deadline(self, study: StudyRuntime, order: TaskOrder) -> float:
+        device = study.engine.devices.get(order.device_id)
+        ceiling = study.spec.task_deadline_s
+        sized = (
+            ceiling
+            if device is None
+            else self._task_times.deadline(study.id, device.device_class, ceiling=ceiling)
+        )
+        return self._task_times.fix(study.id, order.task_id, sized)
 
     def _outbound(self, study: StudyRuntime, order: TaskOrder) -> OutboundTask:
         spec = study.spec
@@ -68,7 +89,7 @@ class TaskCalls(ServiceCore):
             local_epochs=spec.epochs,
             batch_size=spec.batch_size,
             lr=spec.lr,
-            deadline_s=spec.task_deadline_s,
+            deadline_s=self._deadline(study, order),
             dp=_task_dp(study.engine, order),
         )
         base = study.engine.base_params(order.model_version)

@@ -235,6 +235,14 @@ class UpdateCalls(ServiceCore):
             status, reason = AckStatus.MERGED, None
         else:
             status, reason = AckStatus.BUFFERED, None
+        if owned and order is not None:
+            self._task_times.forget(study.id, header.task_id)
+            if outcome.accepted:  # how long this class's tasks take sizes later deadlines
+                device = study.engine.devices.get(header.device_id)
+                if device is not None:
+                    self._task_times.observe(
+                        study.id, device.device_class, changes.at - order.issued_at
+                    )
         if owned:  # only a task's own device can settle it: no receipt for strangers
             changes.new_receipts.append(
                 UpdateReceiptRow(
