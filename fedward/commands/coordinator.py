@@ -35,6 +35,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 
 from fedward.coordinator.settings import (
     DEFAULT_DATA_DIR,
@@ -78,6 +79,13 @@ def serve(
     bridge: Annotated[
         bool, typer.Option("--bridge/--no-bridge", help="Also run the MQTT bridge (default).")
     ] = True,
+    holdout: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="STUDY=FILE.npz (x, y as for edge run): evaluate each new model of that "
+            "existing study on it at the coordinator; its accuracy feeds the stop rule's target."
+        ),
+    ] = None,
 ) -> None:
     """Migrate the database to head; serve the operator API and the studies' MQTT bridge."""
     import uvicorn
@@ -95,6 +103,7 @@ def serve(
     with graceful_signals() as received:
         service = StudyService.open(settings)
         try:
+            _attach_holdouts(service, holdout or [])
             if not received:  # a stop asked for while starting: close without serving
                 with serving_bridges(service, settings, enabled=bridge):
                     uvicorn.run(
@@ -113,6 +122,24 @@ def serve(
             service.close()
     if received:
         console.print(f"stopped on {signal.Signals(received[0]).name}; audit log signed and closed")
+
+
+def _attach_holdouts(service: Any, pairs: list[str]) -> None:
+    """``STUDY=FILE.npz`` held-out sets, checked against each study's model (exit 2 if not)."""
+    from fedward.coordinator.service import InvalidHoldout, StudyNotFound
+    from fedward.edge.dataset import DatasetError, load_dataset
+
+    for pair in pairs:
+        study_id, sep, file = pair.partition("=")
+        try:
+            if not sep or not study_id or not file:
+                raise InvalidHoldout(f"--holdout {pair!r}: write STUDY=FILE.npz")
+            data = load_dataset(Path(file))
+            service.attach_holdout(study_id, data.x, data.y)
+        except (InvalidHoldout, StudyNotFound, DatasetError) as exc:
+            console.print(f"[red]--holdout:[/] {escape(str(exc))}", highlight=False)
+            raise typer.Exit(code=2) from None
+        console.print(f"held-out evaluation for {study_id}: {len(data.y)} samples from {file}")
 
 
 @contextmanager
