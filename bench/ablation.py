@@ -22,6 +22,7 @@ import argparse
 import json
 import statistics
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.progress import Progress
@@ -32,7 +33,7 @@ from fedward.simulation.report import plot_accuracy
 from fedward.simulation.scenario import Scenario, StrategyRun, load_scenario
 from fedward.simulation.study import Study
 
-VARIANTS = {
+VARIANTS: dict[str, dict[str, Any]] = {
     "ftte (age + energy)": {},
     "no energy term (beta=0)": {"energy_beta": 0.0},
     "no age term (a=0)": {"staleness_exponent": 0.0},

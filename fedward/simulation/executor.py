@@ -140,7 +140,8 @@ class RayExecutor:
         # has .remote(), and mypy keeps a decorated class's own type.
         worker_actor = ray.remote(_Worker)
         count = max(1, int(ray.available_resources().get("CPU", 1)))
-        self._workers = [worker_actor.remote() for _ in range(count)]
+        # typed Any: Ray's actor handles are typed per method, which mypy cannot follow here
+        self._workers: list[Any] = [worker_actor.remote() for _ in range(count)]
         self._next = 0
 
     def submit(self, job: TrainJob) -> JobHandle:

@@ -116,8 +116,19 @@ def measure_training_step(
     idx = torch.arange(batch_size)
     trained = [p for p in split.suffix.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(trained, lr=0.01, momentum=momentum)
-    step = {"micro_batch": micro_batch, "prefix_micro_batch": prefix_micro_batch}
-    sgd_step(split, optimizer, x, y, idx, **step)  # creates the momentum buffers
+
+    def step() -> None:
+        sgd_step(
+            split,
+            optimizer,
+            x,
+            y,
+            idx,
+            micro_batch=micro_batch,
+            prefix_micro_batch=prefix_micro_batch,
+        )
+
+    step()  # creates the momentum buffers
     optimizer.zero_grad(set_to_none=True)
     state = sum(
         v.numel() * v.element_size()
@@ -152,7 +163,7 @@ def measure_training_step(
         ) as prof,
         torch.autograd.graph.saved_tensors_hooks(pack, unpack),
     ):
-        sgd_step(split, optimizer, x, y, idx, **step)
+        step()
     grads = sum(
         p.grad.numel() * p.grad.element_size() for p in model.parameters() if p.grad is not None
     )
