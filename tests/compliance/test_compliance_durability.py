@@ -250,3 +250,20 @@ def test_a_line_caught_half_written_is_read_again(
         finish.join()
     # Assert
     assert report.ok and report.entries == 2, report.problems
+
+
+def test_a_torn_tree_head_line_is_cut_off_too(tmp_path, signing_key, clock, append_updates) -> None:
+    # Prepare: a crash halfway through writing a tree head
+    path = tmp_path / "audit.jsonl"
+    with AuditLog.open(path, signing_key=signing_key, clock=clock) as log:
+        append_updates(log, count=2)
+    heads = tree_head_path(path)
+    signed = heads.read_bytes()
+    heads.write_bytes(signed + b'{"root_hash":"ab')
+    # Execute
+    AuditLog.open(path, signing_key=signing_key, clock=clock, repair_torn_tail=True).close()
+    # Assert
+    repair = json.loads(lines(path)[2])
+    assert repair["action"] == "log_repaired" and repair["details"]["repaired_file"] == heads.name
+    assert heads.read_bytes().startswith(signed)
+    assert verify_log(path, signing_key.public_key()).ok

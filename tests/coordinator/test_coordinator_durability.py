@@ -233,3 +233,15 @@ def test_a_study_that_cannot_be_restored_is_failed_and_audited_while_the_others_
     ]
     assert kept is not None  # its rows are left for a later start
     assert verify_log(settings.audit_log_path, reopened.audit_public_key).ok
+
+
+def test_migrate_puts_the_default_database_in_the_data_dir(tmp_path, monkeypatch) -> None:
+    # Prepare
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FEDWARD_DATABASE_URL", raising=False)
+    # Execute
+    result = CliRunner().invoke(app, ["coordinator", "migrate", "--data-dir", "site-c"])
+    # Assert
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "site-c" / "coordinator.db").is_file()
+    assert not (tmp_path / "fedward-data").exists()
