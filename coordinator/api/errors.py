@@ -43,6 +43,7 @@ class ErrorCode(enum.StrEnum):
     TOO_MANY_FAILURES = "too_many_failures"
     TOKEN_NOT_FOUND = "token_not_found"
     NO_TREE_HEAD = "no_tree_head"
+    NOT_IN_LOG = "not_in_log"
     MODEL_TOO_LARGE = "model_too_large"
     NOT_FOUND = "not_found"
     STUDY_NOT_FOUND = "study_not_found"
@@ -89,7 +90,8 @@ def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     descriptions = {
         401: "Missing, wrong, expired or revoked token",
         403: "The token's role may not call this route",
-        404: "Study, device, model version, privacy policy, token or tree head not found",
+        404: "Study, device, model version, privacy policy, token, tree head or log entry "
+        "not found",
         409: "Conflict with the study's current state",
         413: "Request body larger than the coordinator accepts",
         422: "Malformed input",

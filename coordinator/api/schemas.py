@@ -18,7 +18,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from fedward.coordinator.study_spec import SAFE_ID_PATTERN, StudySpec
+from fedward.coordinator.study_spec import SAFE_ID_PATTERN, StudySpec, training_step_macs
 from fedward.protocol.messages import DeviceClass
 
 
@@ -81,7 +81,15 @@ def _b64_key(value: Any) -> bytes:
 Base64Key = Annotated[
     bytes,
     BeforeValidator(_b64_key),
-    Field(json_schema_extra={"type": "string", "format": "base64", "contentEncoding": "base64"}),
+    Field(
+        json_schema_extra={
+            "type": "string",
+            "format": "base64",
+            "contentEncoding": "base64",
+            # 32 bytes are 43 characters and one "=" (standard or URL-safe alphabet)
+            "pattern": "^[A-Za-z0-9+/_-]{43}=$",
+        }
+    ),
 ]
 
 
@@ -89,6 +97,11 @@ MAX_ACTIVATION_ELEMENTS = 2**24
 """Bound on ``batch_size * window * max(width, in_channels)``: creating a study runs
 a real training step per subset tier to measure memory, and this keeps that step
 (and the devices' own) within a few hundred MB."""
+
+
+MAX_STEP_MACS = 300_000_000
+"""Bound on a training step's forward multiply-accumulates (``training_step_macs``):
+about a second to create the largest study this admits on one core (docs/api.md)."""
 
 
 def _cap(name: str, **bounds: Any) -> Any:
@@ -133,6 +146,13 @@ class StrictStudySpec(NoCoercion, StudySpec):
             raise ValueError(
                 f"batch_size * window * max(width, in_channels) = {elements} exceeds "
                 f"{MAX_ACTIVATION_ELEMENTS}: the training step would not fit a device"
+            )
+        macs = training_step_macs(self)
+        if macs > MAX_STEP_MACS:
+            raise ValueError(
+                f"one training step costs about {macs:.3g} multiply-accumulates, over "
+                f"{MAX_STEP_MACS:.3g}: creating the study (which measures real steps) and "
+                "each device's task would take too long; lower batch_size, window or width"
             )
         return self
 

@@ -95,11 +95,23 @@ def test_the_139_byte_huge_model_spec_is_422_before_a_model_is_built(
         headers={**admin, "Content-Type": "application/json"},
         timeout=60,
     )
-    # Assert
-    assert r.status_code == 422 and r.json()["error"] == "model_too_large"
+    # Assert: refused by arithmetic (its step cost, ~5e8 multiply-accumulates, or its size)
+    assert r.status_code == 422, r.text
     assert "huge-model-study" not in service.study_ids()
     blobs_after = sorted(settings.blob_dir.rglob("*")) if settings.blob_dir.exists() else []
     assert blobs_after == blobs_before
+
+
+def test_a_cheap_but_large_model_is_model_too_large(base, admin, service) -> None:
+    # Prepare: an MLP whose first layer holds 33.5 M weights (134 MB), cheap per step
+    spec = {"model_kind": "mlp", "in_channels": 64, "window": 4096, "width": 64, "batch_size": 1}
+    # Execute
+    r = httpx.post(
+        f"{base}/v1/studies", json={"spec": spec, "study_id": "big"}, headers=admin, timeout=60
+    )
+    # Assert
+    assert r.status_code == 422 and r.json()["error"] == "model_too_large", r.text
+    assert "big" not in service.study_ids()
 
 
 def test_the_model_size_limit_counts_the_real_model() -> None:

@@ -31,6 +31,15 @@ router = APIRouter(prefix="/audit", tags=["audit"], responses=responses(401, 403
 NDJSON = "application/x-ndjson"
 _SIZE = Query(ge=0, le=2**62)
 _ACTOR_ID = r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$"
+RFC3339 = (
+    r"^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])T([01]\d|2[0-3]):[0-5]\d:[0-5]\d"
+    r"(\.\d{1,6})?(Z|[+-]([01]\d|2[0-3]):[0-5]\d)$"
+)
+_TIME = Query(
+    pattern=RFC3339,
+    description="RFC 3339 with a zone, e.g. 2026-12-01T09:00:00Z",
+    json_schema_extra={"format": "date-time"},
+)
 
 
 class AuditEvent(BaseModel):
@@ -54,7 +63,8 @@ class PublicKeyView(BaseModel):
 
 
 def _range_error(exc: ProofRangeError) -> ApiError:
-    return ApiError(422, ErrorCode.VALIDATION_ERROR, str(exc))
+    # Well-formed, but the log does not hold it (yet): not found, like a missing version.
+    return ApiError(404, ErrorCode.NOT_IN_LOG, str(exc))
 
 
 @router.get("/events", response_model=AuditEventPage, summary="Audit events, filtered, paged")
@@ -66,22 +76,23 @@ def events(
     outcome: Outcome | None = None,
     actor_kind: ActorKind | None = None,
     actor_id: Annotated[str | None, Query(pattern=_ACTOR_ID)] = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: Annotated[str | None, _TIME] = None,
+    until: Annotated[str | None, _TIME] = None,
     after_seq: Annotated[int, Query(ge=-1, le=2**62)] = -1,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
 ) -> AuditEventPage:
-    for moment in (since, until):
-        if moment is not None and (moment.tzinfo is None or moment.utcoffset() is None):
-            raise ApiError(422, ErrorCode.VALIDATION_ERROR, "since/until need a time zone")
+    try:  # text, not datetime: FastAPI would read "-2206" as seconds since 1970
+        start, end = (datetime.fromisoformat(t) if t else None for t in (since, until))
+    except ValueError:
+        raise ApiError(422, ErrorCode.VALIDATION_ERROR, "since/until: not a valid time") from None
     where = EventFilter(
         study_id=study_id,
         action=action.value if action else None,
         outcome=outcome.value if outcome else None,
         actor_kind=actor_kind.value if actor_kind else None,
         actor_id=actor_id,
-        since=since,
-        until=until,
+        since=start,
+        until=end,
     )
     page = reader.events(where, after_seq=after_seq, limit=limit)
     return AuditEventPage(
@@ -118,6 +129,7 @@ def sign_tree_head(service: ServiceDep, reader: AuditReaderDep, _: AuditSign) ->
 @router.get(
     "/proofs/inclusion",
     response_model=InclusionProof,
+    responses=responses(404),
     summary="Proof that entry seq is in the tree of tree_size entries (default: now)",
 )
 def inclusion(
@@ -135,6 +147,7 @@ def inclusion(
 @router.get(
     "/proofs/consistency",
     response_model=ConsistencyProof,
+    responses=responses(404),
     summary="Proof that the log of old_size entries is a prefix of the log of new_size",
 )
 def consistency(
@@ -157,7 +170,7 @@ def public_key(reader: AuditReaderDep, _: AuditRead) -> PublicKeyView:
 @router.get(
     "/export",
     response_class=StreamingResponse,
-    responses={200: {"content": {NDJSON: {"schema": {"type": "string"}}}}},
+    responses={200: {"content": {NDJSON: {"schema": {"type": "string"}}}}, **responses(404)},
     summary="The entry lines up to tree_size (default: all), as fedward audit verify reads them",
 )
 def export_entries(

@@ -53,7 +53,10 @@ def readyz(request: Request) -> Health:
 @router.get(
     "/metrics",
     response_class=Response,
-    responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
+    responses={
+        200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}},
+        **responses(401, 429),
+    },
     summary="Prometheus metrics (per study with a metrics:read token, totals without)",
 )
 def metrics(request: Request) -> Response:

@@ -8,6 +8,7 @@ from pydantic import ValidationError
 
 from fedward.compliance.reports import BudgetReport
 from fedward.coordinator import audit
+from fedward.coordinator.privacy.settings import PrivacySettingsRefused
 from fedward.coordinator.service import StudyInfo, StudyStatus
 from fedward.coordinator.study_spec import ModelTooLarge, check_model_size
 
@@ -40,7 +41,10 @@ def create_study(
         check_model_size(spec, max_bytes=min(settings.max_model_bytes, settings.max_message_bytes))
     except ModelTooLarge as exc:
         raise ApiError(422, ErrorCode.MODEL_TOO_LARGE, str(exc)) from None
-    return service.create_study(spec, study_id=body.study_id, by=caller.actor_id)
+    try:  # a DP study's first task is checked once, bounded in time, outside the lock
+        return service.create_study(spec, study_id=body.study_id, by=caller.actor_id)
+    except PrivacySettingsRefused as exc:
+        raise ApiError(422, ErrorCode.VALIDATION_ERROR, str(exc)) from None
 
 
 @router.get("", response_model=list[StudyInfo], summary="List studies")
