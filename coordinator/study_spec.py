@@ -59,7 +59,8 @@ class ClientDPSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     clip_norm: float = Field(gt=0, le=1e6, allow_inf_nan=False)
-    noise_multiplier: float = Field(ge=0, le=1e3, allow_inf_nan=False)
+    # > 0: a merge without noise is not DP (z = 0 was accepted before issue 9)
+    noise_multiplier: float = Field(gt=0, le=1e3, allow_inf_nan=False)
 
 
 class StopRule(BaseModel):
@@ -101,6 +102,10 @@ def refuse_renamed_keys(data: object, *, what: str) -> None:
         raise ValueError(f"{what} uses keys that were renamed: {renamed}")
 
 
+BUFFERED_STRATEGIES = frozenset({StrategyName.FEDBUFF, StrategyName.FTTE, StrategyName.FEDASYNC})
+BUFFERED_NORM_BOUND_TOLERANCE = 10.0
+
+
 class StudySpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -134,7 +139,8 @@ class StudySpec(BaseModel):
     energy_beta: float = Field(default=1.0, ge=0)
     energy_tolerance: float = Field(default=10.0, ge=1)
     energy_window: int = Field(default=200, ge=0)
-    # robustness wrapper around any strategy (strategies.NormBounded): None = off
+    # robustness wrapper around any strategy (strategies.NormBounded): None = off;
+    # default 10 for buffered strategies (see _buffered_studies_are_norm_bounded)
     norm_bound_tolerance: float | None = Field(default=None, ge=1)
     norm_bound_window: int = Field(default=200, ge=1)
     # FTTE's energy term: clip an update to the bound (default) or damp its weight (former)
@@ -155,6 +161,27 @@ class StudySpec(BaseModel):
     @classmethod
     def _no_renamed_keys(cls, data: Any) -> Any:
         refuse_renamed_keys(data, what="study spec")
+        return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _buffered_studies_are_norm_bounded(cls, data: Any) -> Any:
+        """A buffered strategy is norm-bounded unless the spec says otherwise.
+
+        Why: a buffered merge takes a few updates at a time, so one divergent or
+        poisoned update moves the model; ``NormBounded`` caps its energy at
+        ``BUFFERED_NORM_BOUND_TOLERANCE`` x the recent median. An explicit
+        ``norm_bound_tolerance`` (``null``: off) wins; a stored spec always carries
+        the key (dumps include defaults), so a study restores as it was created.
+        """
+        if not isinstance(data, dict) or "norm_bound_tolerance" in data:
+            return data
+        try:
+            strategy = StrategyName(data.get("strategy", StrategyName.FTTE))
+        except ValueError:
+            return data  # the field's own validation says what is wrong
+        if strategy in BUFFERED_STRATEGIES:
+            return {**data, "norm_bound_tolerance": BUFFERED_NORM_BOUND_TOLERANCE}
         return data
 
     @model_validator(mode="after")

@@ -20,10 +20,10 @@ def update_header(
     Under DP (``privacy`` given) it carries no loss and no sample count: both are
     computed from the device's data outside the DP-SGD mechanism, so the
     accountant's epsilon would not cover them (on the quick preset the loss
-    alone told AF-dominant patients from the rest with AUC 0.94). What remains
-    besides the noised tensors is the task's own identifiers, the mechanism and
-    the claimed epsilon (data-independent), and ``update_energy``, a function
-    of the noised tensors (post-processing, covered).
+    alone told AF-dominant patients from the rest with AUC 0.94). Nor does it
+    carry ``update_energy``: a function of the noised tensors, which the
+    coordinator measures from them itself. What remains besides the tensors is
+    data-independent: the task's identifiers, the mechanism, the claimed epsilon.
     """
     dp = privacy is not None
     return Update(
@@ -32,7 +32,7 @@ def update_header(
         base_model_version=base_version,
         subset_id=subset_id,
         num_samples=None if dp else outcome.num_samples,
-        update_energy=outcome.update_energy,
+        update_energy=None if dp else outcome.update_energy,
         train_loss=None if dp else float(outcome.mean_loss),
         privacy=privacy,
     )

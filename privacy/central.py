@@ -202,6 +202,24 @@ def client_level_step(
     )
 
 
+def patient_level_step(*, noise_multiplier: float, participations: int) -> MechanismStep:
+    """The accountant entry of one device's merges under client-level DP, per patient.
+
+    A device holds one patient, so client-level DP protects the patient. Each
+    merge holding the device's (clipped) update is a Gaussian mechanism with
+    noise multiplier ``z`` relative to the merge's sensitivity ``2C / K``
+    (``fedward.coordinator.strategies.client_dp``); merges without its update
+    do not read its data. No sampling amplification is claimed (sample rate 1):
+    who fills an asynchronous buffer is not a Poisson sample, so
+    ``client_level_step``'s cohort/population rate would be optimistic.
+    """
+    return MechanismStep(
+        noise_multiplier=_positive("noise_multiplier", noise_multiplier),
+        sample_rate=1.0,
+        steps=_count("participations", participations),
+    )
+
+
 def _add_noise(aggregate: Delta, std: float, draw: RandomNormal) -> dict[str, np.ndarray]:
     noisy: dict[str, np.ndarray] = {}
     for name, value in aggregate.items():

@@ -58,8 +58,11 @@ def decode_update(
     refusal = _out_of_bounds(header, tensors, max_samples=max_samples)
     measured = update_energy(tensors)
     # Same float32 values summed in float64 on both sides: equal up to summation order.
-    if refusal is None and not math.isclose(
-        header.update_energy, measured, rel_tol=1e-6, abs_tol=1e-12
+    # A DP header carries no energy (nothing computed from the data): the measured one is used.
+    if (
+        refusal is None
+        and header.update_energy is not None
+        and not math.isclose(header.update_energy, measured, rel_tol=1e-6, abs_tol=1e-12)
     ):
         raise UpdateRejected(
             RejectReason.MALFORMED,

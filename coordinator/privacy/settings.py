@@ -19,6 +19,14 @@ size; its expected batch is ``q * n``.
 
 ``max_physical_batch_size`` is a memory hint sent to devices (Opacus'
 ``BatchMemoryManager``); it does not change the guarantee.
+
+Bounds (issue 9, item 6): a schema-valid study with ``noise_multiplier`` 0.02
+under PRV slowed every route to 20-60 s, 1e-200 gave a 500 from ``/privacy``.
+Every field is bounded here (a noise multiplier below 0.1 buys no privacy
+anyway: one 8-step task at q = 0.25 already costs epsilon 430), and
+:func:`check_first_task`, run once when a study is created and outside the
+service lock, computes the first task's epsilon within a time limit and
+refuses a study whose first task alone exceeds its budget, with the figure.
 """
 
 from __future__ import annotations
@@ -32,21 +40,35 @@ from fedward.privacy.budget import BudgetPolicy
 from fedward.privacy.errors import PolicyError
 from fedward.protocol.messages import DpParams
 
+from .timed import EpsilonTooSlow, epsilon_within
+
+MAX_EPSILON = 100.0  # past this a budget promises nothing a data subject would recognise
+MIN_DELTA = 1e-15
+MIN_NOISE_MULTIPLIER = 0.1
+MAX_NOISE_MULTIPLIER = 1_000.0
+MAX_GRAD_NORM = 1e4
+MIN_SAMPLE_RATE = 1e-6
+MAX_STEPS_PER_TASK = 10_000
+MAX_PHYSICAL_BATCH = 65_536
+FIRST_TASK_SECONDS = 2.0
+"""Time limit of the first task's epsilon at creation. A mechanism whose one-task
+epsilon takes longer would stall every ledger update that follows."""
+
 
 class StudyPrivacy(BaseModel):
     """Per-study DP settings (sample-level DP-SGD on each device)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
-    epsilon: float = Field(gt=0)
-    delta: float = Field(gt=0, lt=1)
+    epsilon: float = Field(gt=0, le=MAX_EPSILON)
+    delta: float = Field(ge=MIN_DELTA, lt=1)
     accountant: Accountant = Field(default=Accountant.RDP, strict=False)  # "rdp" from JSON
     allow_gdp: bool = False
-    noise_multiplier: float = Field(gt=0)
-    max_grad_norm: float = Field(gt=0)
-    sample_rate: float = Field(gt=0, le=1)
-    steps_per_task: int = Field(ge=1)
-    max_physical_batch_size: int = Field(default=8, ge=1)
+    noise_multiplier: float = Field(ge=MIN_NOISE_MULTIPLIER, le=MAX_NOISE_MULTIPLIER)
+    max_grad_norm: float = Field(gt=0, le=MAX_GRAD_NORM)
+    sample_rate: float = Field(ge=MIN_SAMPLE_RATE, le=1)
+    steps_per_task: int = Field(ge=1, le=MAX_STEPS_PER_TASK)
+    max_physical_batch_size: int = Field(default=8, ge=1, le=MAX_PHYSICAL_BATCH)
 
     @model_validator(mode="after")
     def _check(self) -> StudyPrivacy:
@@ -86,3 +108,43 @@ class StudyPrivacy(BaseModel):
             accountant=self.accountant,
             max_steps=self.steps_per_task,
         )
+
+
+class PrivacySettingsRefused(PolicyError):
+    """A study's privacy settings cannot keep their promise; ``epsilon`` is the figure."""
+
+    def __init__(self, message: str, *, first_task_epsilon: float | None = None) -> None:
+        super().__init__(message)
+        self.first_task_epsilon = first_task_epsilon
+
+
+def check_first_task(privacy: StudyPrivacy, *, seconds: float = FIRST_TASK_SECONDS) -> float:
+    """The first task's epsilon, computed once within ``seconds``; refuse what cannot run.
+
+    Call it when a study is created, before taking any lock. Raises
+    ``PrivacySettingsRefused`` if one task already costs more than the whole
+    budget (the study would dispatch nothing and end with 0 updates) or if the
+    computation overruns (every ledger update would then stall the service).
+    """
+    try:
+        first = epsilon_within(
+            [privacy.task_step()],
+            delta=privacy.delta,
+            accountant=privacy.accountant,
+            seconds=seconds,
+        )
+    except EpsilonTooSlow as exc:
+        raise PrivacySettingsRefused(
+            f"the epsilon of one task ({privacy.accountant.value}, noise_multiplier "
+            f"{privacy.noise_multiplier:g}, sample_rate {privacy.sample_rate:g}, "
+            f"{privacy.steps_per_task} steps) takes more than {seconds:g} s to compute; "
+            "every charge would stall the coordinator: use the RDP accountant or fewer steps"
+        ) from exc
+    if first > privacy.epsilon:
+        raise PrivacySettingsRefused(
+            f"one task costs epsilon {first:.4g} at delta {privacy.delta:g}, more than the "
+            f"study's whole budget {privacy.epsilon:g}: no device could ever train; raise "
+            "noise_multiplier or lower sample_rate or steps_per_task",
+            first_task_epsilon=first,
+        )
+    return first

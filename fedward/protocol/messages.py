@@ -285,7 +285,7 @@ class Update(WireMessage):
     base_model_version: NonNegInt
     subset_id: Id
     num_samples: PosInt | None = None
-    update_energy: NonNegFloat
+    update_energy: NonNegFloat | None = None
     train_loss: float | None = None
     privacy: PrivacyReport | None = None
     secagg_cohort_id: Id | None = None
@@ -295,10 +295,16 @@ class Update(WireMessage):
         # Under DP nothing leaves the device that the accountant does not cover: the
         # loss and the exact sample count are data-dependent releases outside the
         # DP-SGD analysis (the loss alone told AF-dominant patients apart, AUC 0.94).
+        # The energy is a function of the noised tensors, which the receiver measures
+        # itself; a DP header carries nothing computed from the data.
         if self.privacy is not None and (
-            self.num_samples is not None or self.train_loss is not None
+            self.num_samples is not None
+            or self.train_loss is not None
+            or self.update_energy is not None
         ):
-            raise ValueError("a DP update carries no train_loss and no num_samples")
+            raise ValueError(
+                "a DP update carries no train_loss and no num_samples (and no update_energy)"
+            )
         return self
 
 

@@ -35,18 +35,18 @@ def test_without_noise_the_merge_is_the_uniform_mean_of_clipped_updates() -> Non
         shapes=SHAPES,
         buffer_size=2,
         clip_norm=1.0,
-        noise_multiplier=0.0,
+        noise_multiplier=1.0,
         random_normal=seeded_normal(0),
     )
     s.accept(
         upd("t1", {"a": [3.0, 4.0], "b": [0.0]}, n=100), server_version=0
     )  # norm 5 -> scaled by 1/5
     s.accept(upd("t2", {"a": [0.2, 0.0], "b": [0.4]}, n=1), server_version=0)
-    # Execute
-    merged = s.aggregate(zeros(), server_version=0)
+    # Execute: the noiseless part of the merge (z must be > 0, so the merge itself is noisy)
+    mean, _ = s.clipped_mean(list(s._buffer))
     # Assert: sample counts are ignored (uniform weights), the big update counts as norm 1
-    np.testing.assert_allclose(merged.params["a"], [(0.6 + 0.2) / 2, (0.8 + 0.0) / 2], rtol=1e-6)
-    np.testing.assert_allclose(merged.params["b"], [0.2], rtol=1e-6)
+    np.testing.assert_allclose(mean["a"], [(0.6 + 0.2) / 2, (0.8 + 0.0) / 2], rtol=1e-6)
+    np.testing.assert_allclose(mean["b"], [0.2], rtol=1e-6)
 
 
 def test_noise_has_the_calibrated_standard_deviation() -> None:
@@ -63,12 +63,12 @@ def test_noise_has_the_calibrated_standard_deviation() -> None:
         s.accept(upd(f"t{i}", {"w": np.zeros(20_000)}), server_version=0)
     # Execute
     merged = s.aggregate({"w": np.zeros(20_000, dtype=np.float32)}, server_version=0)
-    # Assert: std = z * C / K = 1.5 * 2 / 4
-    assert np.std(merged.params["w"]) == pytest.approx(0.75, rel=0.03)
+    # Assert: std = z * 2C / K = 1.5 * 2 * 2 / 4 (a refilled buffer's sensitivity is 2C/K)
+    assert np.std(merged.params["w"]) == pytest.approx(1.5, rel=0.03)
     assert abs(float(np.mean(merged.params["w"]))) < 0.03
 
 
-def test_noise_is_calibrated_to_the_least_covered_tensor() -> None:
+def test_noise_is_calibrated_to_the_public_number_of_merged_updates() -> None:
     s = ClientLevelDP(
         shapes=SHAPES,
         buffer_size=2,
@@ -76,8 +76,8 @@ def test_noise_is_calibrated_to_the_least_covered_tensor() -> None:
         noise_multiplier=1.0,
         random_normal=seeded_normal(0),
     )
-    assert s.noise_std({"a": 2, "b": 1}) == pytest.approx(1.0)
-    assert s.noise_std({"a": 4, "b": 4}) == pytest.approx(0.25)
+    assert s.noise_std(2) == pytest.approx(1.0)
+    assert s.noise_std(4) == pytest.approx(0.5)
 
 
 def test_non_finite_updates_are_rejected_before_clipping() -> None:
@@ -111,6 +111,21 @@ def test_bad_settings_are_refused() -> None:
             clip_norm=1.0,
             noise_multiplier=-1.0,
             random_normal=seeded_normal(0),
+        )
+    with pytest.raises(StrategyConfigError, match="> 0"):  # z = 0 is not DP (issue 9)
+        ClientLevelDP(
+            shapes=SHAPES,
+            buffer_size=2,
+            clip_norm=1.0,
+            noise_multiplier=0.0,
+            random_normal=seeded_normal(0),
+        )
+    with pytest.raises(ValidationError):
+        StudySpec(
+            strategy="client_dp",
+            client_dp={"clip_norm": 1.0, "noise_multiplier": 0.0},
+            width=4,
+            window=64,
         )
 
 

@@ -64,7 +64,6 @@ DP_UPDATE = Update(
     device_id="dev_7",
     base_model_version=3,
     subset_id="s.small",
-    update_energy=0.25,
     privacy=REPORT,
 )
 SAMPLES = [
@@ -224,7 +223,9 @@ def test_enums_and_tuples_are_required_in_python():
         Enrol(**(SAMPLES[0].model_dump() | {"public_key": bytes(31)}))
 
 
-@pytest.mark.parametrize("field, value", [("train_loss", 0.7), ("num_samples", 64)])
+@pytest.mark.parametrize(
+    "field, value", [("train_loss", 0.7), ("num_samples", 64), ("update_energy", 0.25)]
+)
 def test_a_dp_update_carries_no_loss_and_no_count(field, value):
     # Prepare: both are data-dependent releases outside the DP-SGD accountant (issue 9)
     fields = DP_UPDATE.model_dump() | {field: value}
@@ -260,6 +261,7 @@ def test_strict_validation_on_the_wire(patch):
     header = json.loads(UPDATE.model_dump_json())
     header["privacy"] = json.loads(REPORT.model_dump_json())
     header["num_samples"] = header["train_loss"] = None  # a DP update's header
+    header["update_energy"] = None
     for key, value in patch.items():
         if isinstance(value, dict):
             header[key] = header[key] | value
