@@ -138,6 +138,7 @@ class StrictStudySpec(NoCoercion, StudySpec):
     norm_bound_tolerance: float | None = _cap("norm_bound_tolerance", ge=1, le=1e9)
     norm_bound_window: int = _cap("norm_bound_window", ge=1, le=100_000)
     task_deadline_s: float = _cap("task_deadline_s", gt=0, le=30 * 24 * 3600.0)
+    max_samples_per_update: int = _cap("max_samples_per_update", ge=1, le=1_000_000_000)
 
     @model_validator(mode="after")
     def _bounded_training_step(self) -> StrictStudySpec:
