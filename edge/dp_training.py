@@ -31,9 +31,15 @@ Two ways to fix the mechanism:
   expected batch is ``q * n``; ``q * steps`` passes over the data on average.
 
 Seeds: ``seed`` drives Poisson sampling and the noise. A seed known to anyone
-else makes the noise removable, so production devices pass ``seed=None``
-(OS entropy); integers are for tests and simulations. Opacus' ``secure_mode``
-needs torchcsprng, which is not installable here.
+else makes the noise removable, so production devices pass ``seed=None``;
+integers are for tests and simulations (torch's generator, reproducible).
+With ``seed=None`` the noise comes from a cryptographically secure generator:
+Opacus' ``secure_mode`` needs torchcsprng, which has no build for the pinned
+torch and does not install here, so the optimizer's ``add_noise`` is replaced
+by the equivalent in :mod:`fedward.privacy.noise` (ChaCha20 keyed from
+``os.urandom``, each value the halved sum of four normals, as secure mode
+does). Poisson sampling then uses a torch generator seeded from ``os.urandom``:
+its outputs are never released, only which samples a batch held.
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ import torch
 from opacus import GradSampleModule, PrivacyEngine
 from opacus.data_loader import dtype_safe, shape_safe, wrap_collate_with_empty
 from opacus.optimizers import DPOptimizer
+from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
 from opacus.utils.batch_memory_manager import BatchMemoryManager
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from torch import nn
@@ -65,6 +72,7 @@ from fedward.privacy.accounting import (
     history_to_state,
 )
 from fedward.privacy.errors import PolicyError
+from fedward.privacy.noise import ChaChaNormal, secure_standard_normal
 from fedward.tinytrain.models import Params, get_params, set_params
 from fedward.tinytrain.training import Model, frozen_features, split_for_training
 
@@ -158,6 +166,30 @@ class DPTrainResult:
     def epsilon(self, *, delta: float) -> float:
         """Cumulative epsilon at ``delta`` over every task in the carried state."""
         return epsilon_for(self.history, delta=delta, accountant=self.accountant)
+
+
+class _SecureNoiseDPOptimizer(DPOptimizer):
+    """``DPOptimizer`` whose noise is drawn from ``fedward.privacy.noise.ChaChaNormal``."""
+
+    secure_source: ChaChaNormal
+
+    def add_noise(self) -> None:
+        std = self.noise_multiplier * self.max_grad_norm
+        for p in self.params:
+            _check_processed_flag(p.summed_grad)
+            shape = tuple(p.summed_grad.shape)
+            unit = torch.from_numpy(secure_standard_normal(self.secure_source, shape))
+            noise = (std * unit).to(dtype=p.summed_grad.dtype)
+            p.grad = (p.summed_grad + noise).view_as(p)
+            _mark_as_processed(p.summed_grad)
+
+
+def use_secure_noise(optimizer: DPOptimizer, source: ChaChaNormal | None = None) -> None:
+    """Make ``optimizer`` draw its noise from a CSPRNG (secure_mode's equivalent here)."""
+    if type(optimizer) is not DPOptimizer:  # a subclass would lose its own behaviour
+        raise DPTrainingError(f"secure noise needs a plain DPOptimizer, got {type(optimizer)}")
+    optimizer.__class__ = _SecureNoiseDPOptimizer
+    optimizer.secure_source = source if source is not None else ChaChaNormal()
 
 
 def _generators(seed: int | None) -> tuple[torch.Generator, torch.Generator]:
@@ -255,6 +287,8 @@ def train_subset_dp(
             noise_generator=noise_generator,
         )
         epochs = config.epochs
+    if seed is None:  # production: the noise from a CSPRNG, never from torch's generator
+        use_secure_noise(dp_optimizer)
     if dp_loader.sample_rate != sample_rate:
         _release(dp_module, trained)
         raise DPTrainingError(

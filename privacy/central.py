@@ -16,23 +16,25 @@ over all its tensors together; the aggregate then gets Gaussian noise scaled to
 The accounting is the same Poisson-subsampled Gaussian mechanism as DP-SGD, one
 "step" per merge, sample rate = cohort / population (``client_level_step``).
 
-Randomness is injected as a ``RandomNormal`` callable. The default draws from a
-fresh numpy ``Generator`` seeded with 256 bits from ``os.urandom``, never the
-global RNG. numpy's PCG64 is not a CSPRNG and floating-point Gaussian sampling
-has known side channels (Mironov 2012; Jin et al. 2022): a hardened deployment
-injects a discrete Gaussian sampler over a CSPRNG (as SecAgg needs anyway).
+Randomness is injected as a ``RandomNormal`` callable. The default
+(``urandom_normal``) is :class:`fedward.privacy.noise.ChaChaNormal`: a ChaCha20
+keystream keyed from ``os.urandom``, each value the halved sum of four normals
+against the floating-point attacks on Gaussian sampling (Mironov 2012; Jin et
+al. 2022). ``seeded_normal`` (numpy PCG64, not a CSPRNG) is for tests and
+simulations only. A discrete Gaussian over the integers is the further step a
+fully hardened deployment would take.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
 import numpy as np
 
 from .accounting import MechanismStep
+from .noise import csprng_normal
 
 RandomNormal = Callable[[tuple[int, ...]], np.ndarray]
 """Returns an array of i.i.d. standard normals of the given shape."""
@@ -42,13 +44,8 @@ Delta = Mapping[str, np.ndarray]
 
 
 def urandom_normal() -> RandomNormal:
-    """A standard-normal source seeded from the OS entropy pool (not the global RNG)."""
-    generator = np.random.default_rng(int.from_bytes(os.urandom(32), "little"))
-
-    def draw(shape: tuple[int, ...]) -> np.ndarray:
-        return generator.standard_normal(shape)
-
-    return draw
+    """The production standard-normal source: ChaCha20 keyed from the OS entropy pool."""
+    return csprng_normal()
 
 
 def seeded_normal(seed: int) -> RandomNormal:

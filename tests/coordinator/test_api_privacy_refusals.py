@@ -18,6 +18,7 @@ from collections.abc import Iterator
 import pytest
 
 from fedward.coordinator.api import create_app
+from fedward.coordinator.privacy.settings import FIRST_TASK_SECONDS
 from fedward.coordinator.service import StudyService
 
 with warnings.catch_warnings():
@@ -63,8 +64,6 @@ def _post(client, auth, study_id: str, **privacy):
         ({"steps_per_task": 10**9}, "steps_per_task"),
         ({"sample_rate": 1e-300}, "sample_rate"),
         ({"delta": 1e-300}, "delta"),
-        # one task costs epsilon 9.187 > 8: no device could ever train (item 7)
-        ({"noise_multiplier": 0.8, "sample_rate": 0.25, "steps_per_task": 8}, "epsilon 9.187"),
     ],
 )
 def test_unsafe_privacy_settings_are_refused_with_422_within_a_second(client, auth, change, says):
@@ -75,6 +74,20 @@ def test_unsafe_privacy_settings_are_refused_with_422_within_a_second(client, au
     assert response.status_code == 422, response.text
     assert says in response.text
     assert took < 1.0
+    assert client.get("/v1/studies", headers=auth).json() == []
+
+
+def test_a_mechanism_whose_first_task_exceeds_the_budget_is_refused_with_the_figure(client, auth):
+    # Prepare: one task costs epsilon 9.187 > 8: no device could ever train (item 7)
+    change = {"noise_multiplier": 0.8, "sample_rate": 0.25, "steps_per_task": 8}
+
+    # Execute
+    response, took = _post(client, auth, "dp-over", **change)
+
+    # Assert: one RDP evaluation, in the child, bounded by the limit
+    assert response.status_code == 422, response.text
+    assert "one task costs epsilon 9.187" in response.text and "budget 8" in response.text
+    assert took < FIRST_TASK_SECONDS + 0.5
     assert client.get("/v1/studies", headers=auth).json() == []
 
 
