@@ -8,6 +8,7 @@ chance by a stated margin.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -200,3 +201,33 @@ def test_a_tiny_study_on_a_csv_learns(tmp_path: Path) -> None:
     # Assert: the model was built from the CSV's shape (3 features, one step, MLP)
     assert (sc.in_channels, sc.window, sc.model_kind.value) == (3, 1, "mlp")
     assert final >= 0.5 + MARGIN
+
+
+def test_simulate_data_runs_your_file_with_small_defaults(tmp_path: Path) -> None:
+    # Prepare
+    data = two_class_windows(tmp_path / "mine.npz")
+    out = tmp_path / "run"
+    # Execute
+    result = CliRunner().invoke(
+        app,
+        [
+            "simulate",
+            "--data",
+            str(data),
+            "--executor",
+            "serial",
+            "--updates",
+            "40",
+            "--out",
+            str(out),
+        ],
+        env={"COLUMNS": "200"},
+    )
+    # Assert: the study is named after the file, one device per patient (10 of 12)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["study"] == "mine-ftte"
+    assert metrics["scenario"]["devices"] == 10
+    assert (metrics["scenario"]["in_channels"], metrics["scenario"]["window"]) == (3, 40)
+    assert "time to 0.9:" in result.output and "updates accepted (budget 40)" in result.output
+    assert {p.name for p in out.iterdir()} >= {"metrics.json", "accuracy.png", "report.html"}
