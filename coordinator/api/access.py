@@ -217,6 +217,7 @@ class AccessMiddleware:
         now = self.clock()
         wait = limiter.retry_after(source, now=now)
         if wait is not None:
+            _count(app, "locked_out")
             retry = {"Retry-After": str(max(1, math.ceil(wait)))}
             return 429, ErrorCode.TOO_MANY_FAILURES, "too many failed logins", retry
         raw = _header(scope, b"authorization")

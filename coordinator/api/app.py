@@ -85,8 +85,13 @@ def create_app(
     )
     if service is not None:
         attach(service)
-    app.state.metrics = metrics_registry(lambda: app.state.service, per_study=True)
-    app.state.public_metrics = metrics_registry(lambda: app.state.service, per_study=False)
+    counters = app.state.api_counters
+    app.state.metrics = metrics_registry(
+        lambda: app.state.service, per_study=True, api_counters=counters
+    )
+    app.state.public_metrics = metrics_registry(
+        lambda: app.state.service, per_study=False, api_counters=counters
+    )
     install_error_handlers(app)
     mounts = [
         ("/v1", router)

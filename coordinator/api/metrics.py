@@ -10,7 +10,7 @@ one), so two apps in one process -- tests, ``fedward up`` -- do not collide.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -128,10 +128,37 @@ def _without_study(family: Metric) -> Metric:
     return out
 
 
+class ApiCollector(Collector):
+    """The API's own refusals: failed logins and role denials (each also audited)."""
+
+    def __init__(self, counters: Mapping[str, int]) -> None:
+        self._counters = counters
+
+    def collect(self) -> Iterator[Metric]:
+        failures = CounterMetricFamily(
+            "fedward_api_auth_failures", "Requests with a wrong, expired or revoked token."
+        )
+        failures.add_metric([], self._counters.get("auth_failures", 0))
+        denied = CounterMetricFamily(
+            "fedward_api_access_denied", "Requests refused because the role lacks the permission."
+        )
+        denied.add_metric([], self._counters.get("access_denied", 0))
+        locked = CounterMetricFamily(
+            "fedward_api_locked_out", "Requests answered 429: their source failed too often."
+        )
+        locked.add_metric([], self._counters.get("locked_out", 0))
+        yield from (failures, denied, locked)
+
+
 def metrics_registry(
-    source: Callable[[], StudyService | None], *, per_study: bool = True
+    source: Callable[[], StudyService | None],
+    *,
+    per_study: bool = True,
+    api_counters: Mapping[str, int] | None = None,
 ) -> CollectorRegistry:
-    """A fresh registry holding only this service's metrics."""
+    """A fresh registry holding only this service's metrics (and the API's refusals)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ServiceCollector(source, per_study=per_study))
+    if api_counters is not None:
+        registry.register(ApiCollector(api_counters))
     return registry

@@ -225,6 +225,7 @@ def test_failed_logins_are_rate_limited_and_audited_in_aggregate(strict_settings
             clock.advance(301)
             later_admin = api.get("/v1/studies", headers=admin)
             api.get("/v1/studies", headers=bearer("one-more-wrong-guess"))
+            metrics = api.get("/metrics").text
     finally:
         service.close()
     # Assert
@@ -242,6 +243,8 @@ def test_failed_logins_are_rate_limited_and_audited_in_aggregate(strict_settings
         ("first_failure", 1),
     ]
     assert {e["details"]["source"] for e in failed} == {"testclient"}
+    assert "fedward_api_auth_failures_total 21.0" in metrics  # tokens checked and wrong
+    assert "fedward_api_locked_out_total 1981.0" in metrics  # refused unread while locked
 
 
 def test_a_missing_token_is_401_without_counting_as_a_guess(api, settings) -> None:
