@@ -146,7 +146,9 @@ def _accuracy_plot(data: dict[str, Any]) -> str:
     return _svg(fig)
 
 
-def _class_bars(data: dict[str, Any], keys: list[tuple[str, str]], ylabel: str) -> str:
+def _class_bars(
+    data: dict[str, Any], keys: list[tuple[str, str]], ylabel: str, *, log: bool = False
+) -> str:
     fig, ax = plt.subplots(figsize=(7.5, 3.6), dpi=100)
     groups = [(run["label"], cls, v) for run in data["runs"] for cls, v in run["by_class"].items()]
     labels = [f"{run}\n{cls}" for run, cls, _ in groups]
@@ -156,6 +158,8 @@ def _class_bars(data: dict[str, Any], keys: list[tuple[str, str]], ylabel: str) 
         ax.bar([x + i * width for x in range(len(groups))], values, width=width, label=name)
     ax.set_xticks([x + width * (len(keys) - 1) / 2 for x in range(len(groups))], labels, fontsize=7)
     ax.set_ylabel(ylabel)
+    if log:  # budgets span 640 KiB to 64 MiB
+        ax.set_yscale("log")
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend(fontsize=8)
     return _svg(fig)
@@ -315,7 +319,8 @@ def render_html(data: dict[str, Any]) -> str:
                 _class_bars(
                     data,
                     [("train_memory_bytes", "measured step"), ("memory_budget_bytes", "budget")],
-                    "bytes",
+                    "bytes (log scale)",
+                    log=True,
                 ),
                 "Measured peak of a real training step of the class's subset vs its budget.",
             ),
