@@ -20,7 +20,7 @@ shares them:
 
 Usage (niced: it saturates a small machine)::
 
-    nice -n 10 python -m fedward.bench.wire ratio --updates 1500 --devices 32
+    nice -n 10 python -m fedward.bench.wire ratio --updates 1500 --devices 32 --rounds 2
     nice -n 10 python -m fedward.bench.wire load --agents 500 --processes 4 --duration 60
 """
 
@@ -32,6 +32,7 @@ import os
 import resource
 import shutil
 import socket
+import statistics
 import subprocess
 import tempfile
 import time
@@ -112,27 +113,40 @@ def own_broker(root: Path, creds: Path, *, hardened: bool) -> Iterator[BrokerAdd
 
 
 def run_ratio(
-    *, devices: int, updates: int, warmup: int, width: int, buffer_size: int
+    *, devices: int, updates: int, warmup: int, width: int, buffer_size: int, rounds: int = 2
 ) -> dict[str, Any]:
-    """Throughput and latency with trust off, then on (same study shape), and their ratio."""
+    """Trust off and on, alternated ``rounds`` times (a shared machine's load drifts);
+    the ratios of the medians over rounds, and every run's row."""
     root = Path(tempfile.mkdtemp(prefix="fedward-bench-wire-"))
     creds = credentials(root)
-    rows = []
-    for hardened in (False, True):
-        with own_broker(root, creds, hardened=hardened) as broker:
-            config = IngestConfig(
-                broker=broker, devices=devices, updates=updates, warmup=warmup, width=width,
-                buffer_size=buffer_size, timeout_s=1800,
-            )  # fmt: skip
-            trust = Trust(tls_dir=creds) if hardened else None
-            label = "signed + TLS + ACL" if hardened else "unsigned, plain TCP"
-            rows.append(run_ingest(config, database_url=None, label=label, trust=trust))
-    off, on = rows
+    rows: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
+    for round_no in range(rounds):
+        for hardened in (False, True) if round_no % 2 == 0 else (True, False):
+            with own_broker(root / f"r{round_no}", creds, hardened=hardened) as broker:
+                config = IngestConfig(
+                    broker=broker, devices=devices, updates=updates, warmup=warmup,
+                    width=width, buffer_size=buffer_size, timeout_s=1800,
+                )  # fmt: skip
+                trust = Trust(tls_dir=creds) if hardened else None
+                label = "signed + TLS + ACL" if hardened else "unsigned, plain TCP"
+                rows[hardened].append(
+                    run_ingest(config, database_url=None, label=label, trust=trust)
+                )
+
+    def median(key: str, hardened: bool) -> float:
+        return float(statistics.median(r[key] for r in rows[hardened]))
+
+    summary = {
+        key: {"off": median(key, False), "on": median(key, True)}
+        for key in ("updates_per_s", "p50_ms", "p99_ms")
+    }
     return {
-        "rows": rows,
-        "throughput_ratio": on["updates_per_s"] / off["updates_per_s"],
-        "p50_ratio": on["p50_ms"] / off["p50_ms"],
-        "p99_ratio": on["p99_ms"] / off["p99_ms"],
+        "rounds": rounds,
+        "median": summary,
+        "throughput_ratio": summary["updates_per_s"]["on"] / summary["updates_per_s"]["off"],
+        "p50_ratio": summary["p50_ms"]["on"] / summary["p50_ms"]["off"],
+        "p99_ratio": summary["p99_ms"]["on"] / summary["p99_ms"]["off"],
+        "rows": rows[False] + rows[True],
     }
 
 
@@ -206,6 +220,7 @@ def main(argv: list[str] | None = None) -> None:
     ratio.add_argument("--devices", type=int, default=32)
     ratio.add_argument("--updates", type=int, default=1500)
     ratio.add_argument("--warmup", type=int, default=200)
+    ratio.add_argument("--rounds", type=int, default=2, help="off/on pairs, alternated")
     load = sub.add_parser("load", help=">= 500 signed agents over TLS + ACL")
     load.add_argument("--agents", type=int, default=500)
     load.add_argument("--processes", type=int, default=4)
@@ -218,7 +233,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.what == "ratio":
         result = run_ratio(
             devices=args.devices, updates=args.updates, warmup=args.warmup,
-            width=args.width, buffer_size=args.buffer_size,
+            width=args.width, buffer_size=args.buffer_size, rounds=args.rounds,
         )  # fmt: skip
     else:
         result = run_load(
