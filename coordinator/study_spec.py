@@ -35,7 +35,7 @@ from .engine import Engine, EngineEvent
 from .engine.planning import SubsetMode, SubsetPlanner
 from .errors import CoordinatorError
 from .privacy.guard import PrivacyGuard, PrivacyListener
-from .privacy.settings import PatientPrivacy, StudyPrivacy
+from .privacy.settings import StudyPrivacy
 from .strategies import (
     FTTE,
     ClientLevelDP,
@@ -54,28 +54,13 @@ so ``.`` and ``..`` (which URLs and paths resolve away) are never an id."""
 
 
 class ClientDPSettings(BaseModel):
-    """Client-level DP of a ``client_dp`` study: clip bound, noise multiplier, and
-    optionally each patient's budget (``epsilon`` at ``delta`` over the whole study,
-    enforced by a ``PrivacyGuard`` over ``PatientPrivacy``: patient-level DP)."""
+    """Client-level DP of a ``client_dp`` study: clip bound and noise multiplier."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     clip_norm: float = Field(gt=0, le=1e6, allow_inf_nan=False)
     # > 0: a merge without noise is not DP (z = 0 was accepted before issue 9)
     noise_multiplier: float = Field(gt=0, le=1e3, allow_inf_nan=False)
-    epsilon: float | None = Field(default=None, gt=0, le=100.0, allow_inf_nan=False)
-    delta: float = Field(default=1e-5, ge=1e-15, lt=1e-2, allow_inf_nan=False)
-
-    def patient_privacy(self) -> PatientPrivacy | None:
-        """The per-patient budget, if the study sets one."""
-        if self.epsilon is None:
-            return None
-        return PatientPrivacy(
-            epsilon=self.epsilon,
-            delta=self.delta,
-            noise_multiplier=self.noise_multiplier,
-            clip_norm=self.clip_norm,
-        )
 
 
 class StopRule(BaseModel):
@@ -115,6 +100,10 @@ def refuse_renamed_keys(data: object, *, what: str) -> None:
     if old:
         renamed = ", ".join(f"{key} is now {RENAMED_KEYS[key]}" for key in old)
         raise ValueError(f"{what} uses keys that were renamed: {renamed}")
+
+
+BUFFERED_STRATEGIES = frozenset({StrategyName.FEDBUFF, StrategyName.FTTE, StrategyName.FEDASYNC})
+BUFFERED_NORM_BOUND_TOLERANCE = 10.0
 
 
 BUFFERED_STRATEGIES = frozenset({StrategyName.FEDBUFF, StrategyName.FTTE, StrategyName.FEDASYNC})
@@ -176,6 +165,27 @@ class StudySpec(BaseModel):
     @classmethod
     def _no_renamed_keys(cls, data: Any) -> Any:
         refuse_renamed_keys(data, what="study spec")
+        return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _buffered_studies_are_norm_bounded(cls, data: Any) -> Any:
+        """A buffered strategy is norm-bounded unless the spec says otherwise.
+
+        Why: a buffered merge takes a few updates at a time, so one divergent or
+        poisoned update moves the model; ``NormBounded`` caps its energy at
+        ``BUFFERED_NORM_BOUND_TOLERANCE`` x the recent median. An explicit
+        ``norm_bound_tolerance`` (``null``: off) wins; a stored spec always carries
+        the key (dumps include defaults), so a study restores as it was created.
+        """
+        if not isinstance(data, dict) or "norm_bound_tolerance" in data:
+            return data
+        try:
+            strategy = StrategyName(data.get("strategy", StrategyName.FTTE))
+        except ValueError:
+            return data  # the field's own validation says what is wrong
+        if strategy in BUFFERED_STRATEGIES:
+            return {**data, "norm_bound_tolerance": BUFFERED_NORM_BOUND_TOLERANCE}
         return data
 
     @model_validator(mode="before")
@@ -346,20 +356,12 @@ def build_engine(
         concurrency=spec.concurrency,
         rng=rng,
         listeners=listeners,
-        guards=_privacy_guards(spec, privacy_listeners),
+        guards=(
+            (PrivacyGuard(spec.privacy, listeners=privacy_listeners),)
+            if spec.privacy is not None
+            else ()
+        ),
     )
-
-
-def _privacy_guards(
-    spec: StudySpec, listeners: tuple[PrivacyListener, ...]
-) -> tuple[PrivacyGuard, ...]:
-    """Sample-level budgets (``privacy``) or patient-level ones (``client_dp.epsilon``)."""
-    if spec.privacy is not None:
-        return (PrivacyGuard(spec.privacy, listeners=listeners),)
-    patient = spec.client_dp.patient_privacy() if spec.client_dp is not None else None
-    if patient is not None:
-        return (PrivacyGuard(patient, listeners=listeners),)
-    return ()
 
 
 # -- the model's size, refused above a limit before anything is built ----------------
