@@ -79,6 +79,8 @@ def own_start(scenario: Scenario, config: ModelConfig) -> Params:
         with np.load(path) as f:
             return {n: f[n] for n in params}
     loaded = load_file_data(data)
+    if len(loaded.pretrain_y) == 0:  # no patient ids to hold out (a Dirichlet partition)
+        return params
     full = SubsetLadder(parameter_groups(model)).full().names
     train = LocalTrainConfig(
         epochs=1, batch_size=scenario.batch_size, lr=scenario.lr, momentum=scenario.momentum

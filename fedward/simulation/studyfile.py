@@ -150,11 +150,12 @@ class Model(BaseModel):
 class WarmStart(BaseModel):
     model_config = _model("Where training starts")
 
-    patients: int = Field(
-        default=40,
+    patients: int | None = Field(
+        default=None,
         ge=0,
         description="train centrally on this many patients first (synthetic: a separate "
-        "public cohort; file: patients held out of the federation); 0: from scratch",
+        "public cohort, default 40; file: patients held out of the federation, default 0); "
+        "0: from scratch",
     )
     epochs: int = Field(default=10, ge=1, description="epochs of that central training")
     file: Path | None = Field(
@@ -279,6 +280,15 @@ class StudyFile(BaseModel):
             raise ValueError(
                 "privacy.mode dp_sgd and strategy.name ftte+dp go together: set both or neither"
             )
+        if (
+            self.data.source is DataSource.FILE
+            and self.data.partition is Partition.DIRICHLET
+            and self.warm_start.patients
+        ):
+            raise ValueError(
+                "warm_start.patients needs patient ids (data.partition: by_patient); use "
+                "warm_start.file or 0 with partition dirichlet"
+            )
         if self.data.source is DataSource.SYNTHETIC and self.fleet.devices is None:
             return self
         if self.data.source is DataSource.FILE and self.fleet.devices is not None:
@@ -289,6 +299,11 @@ class StudyFile(BaseModel):
         return self
 
     # -- compiling ------------------------------------------------------------------
+
+    def warm_start_patients(self) -> int:
+        if self.warm_start.patients is not None:
+            return self.warm_start.patients
+        return 40 if self.data.source is DataSource.SYNTHETIC else 0
 
     def scenario(self, *, base: Path) -> tuple[Scenario, StrategyRun]:
         """The simulator's scenario and strategy row (paths relative to ``base``)."""
@@ -308,7 +323,7 @@ class StudyFile(BaseModel):
             "mix": self.fleet.mix,
             "profiles": self.fleet.profiles,
             "alpha": d.alpha,
-            "pretrain_patients": w.patients,
+            "pretrain_patients": self.warm_start_patients(),
             "pretrain_epochs": w.epochs,
             "warm_start_file": None if w.file is None else _resolve(base, w.file),
             "epochs": t.epochs,
@@ -362,7 +377,9 @@ class StudyFile(BaseModel):
                 features=d.features,
             )
             data_format(data.path)  # refuse an unknown suffix before reading
-            shape = inspect_data(data.config(seed=self.seed, pretrain_patients=w.patients))
+            shape = inspect_data(
+                data.config(seed=self.seed, pretrain_patients=self.warm_start_patients())
+            )
             if self.model.kind is ModelChoice.AUTO:
                 kind = ModelKind.CNN if shape.length > 1 else ModelKind.MLP
             else:

@@ -231,3 +231,23 @@ def test_simulate_data_runs_your_file_with_small_defaults(tmp_path: Path) -> Non
     assert (metrics["scenario"]["in_channels"], metrics["scenario"]["window"]) == (3, 40)
     assert "time to 0.9:" in result.output and "updates accepted (budget 40)" in result.output
     assert {p.name for p in out.iterdir()} >= {"metrics.json", "accuracy.png", "report.html"}
+
+
+def test_a_file_study_starts_from_scratch_unless_told_and_dirichlet_needs_no_cohort(
+    tmp_path: Path,
+) -> None:
+    # Prepare
+    two_class_windows(tmp_path / "w.npz")
+    plain = _write(tmp_path / "a.yaml", "data: {source: file, path: w.npz}\n")
+    cohort = _write(
+        tmp_path / "b.yaml",
+        "data: {source: file, path: w.npz, partition: dirichlet, devices: 4}\n"
+        "warm_start: {patients: 3}\n",
+    )
+    # Execute
+    sc, _ = load_study_file(plain)
+    with pytest.raises(StudyFileError) as info:
+        parse_study_file(cohort)
+    # Assert: no patients taken for a warm start by default (10 of 12 become devices)
+    assert (sc.pretrain_patients, sc.devices) == (0, 10)
+    assert "warm_start.patients needs patient ids (data.partition: by_patient)" in str(info.value)
