@@ -18,6 +18,7 @@ from typing import Annotated, TypeVar
 
 import numpy as np
 import typer
+import yaml
 from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
@@ -28,7 +29,7 @@ from fedward.simulation.report import plot_accuracy
 from fedward.simulation.runs import new_run_dir, write_run_files
 from fedward.simulation.scenario import Scenario, StrategyRun, load_scenario
 from fedward.simulation.study import Study
-from fedward.simulation.studyfile import data_study, load_study_file
+from fedward.simulation.studyfile import StudyFileError, data_study, explain, load_study_file
 
 from ..progress import make_progress, tracker
 
@@ -47,7 +48,13 @@ def resolve_study(
     elif data is not None:
         sc, run = data_study(data).scenario(base=Path.cwd())
     else:
-        sc, run = load_scenario(scenario or "quick"), StrategyRun.FTTE
+        name = scenario or "quick"
+        try:
+            sc, run = load_scenario(name), StrategyRun.FTTE
+        except ValidationError as exc:  # a scenario file's typo: file, key and message
+            raise StudyFileError(
+                explain(exc, path=Path(name), root=None, schema=Scenario)
+            ) from None
     return sc, strategy or run
 
 
@@ -59,7 +66,7 @@ def or_exit(console: Console, load: Callable[[], T]) -> T:
     """``load()``, or end the command plainly (exit 2) on a bad study, data or scenario file."""
     try:
         return load()
-    except (FedwardError, ValidationError, FileNotFoundError, ValueError) as exc:
+    except (FedwardError, ValidationError, OSError, ValueError, yaml.YAMLError) as exc:
         console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(2) from None
 

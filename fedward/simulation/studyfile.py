@@ -424,9 +424,9 @@ def _line_of(node: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
     return line
 
 
-def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+def _model_at(loc: tuple[int | str, ...], root: type[BaseModel]) -> type[BaseModel] | None:
     """The section model that ``loc`` points into (for 'did you mean')."""
-    model: type[BaseModel] | None = StudyFile
+    model: type[BaseModel] | None = root
     for part in loc:
         if model is None:
             return None
@@ -443,10 +443,10 @@ def _section_type(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-def _fix(error: Any) -> str:
+def _fix(error: Any, schema: type[BaseModel]) -> str:
     kind, loc, ctx = error["type"], tuple(error["loc"]), error.get("ctx") or {}
     if kind == "extra_forbidden":
-        section = _model_at(loc[:-1])
+        section = _model_at(loc[:-1], schema)
         keys = sorted(section.model_fields) if section else []
         close = difflib.get_close_matches(str(loc[-1]), keys, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
@@ -473,15 +473,25 @@ def _message(error: Any) -> str:
     return str(error["msg"]).removeprefix("Value error, ")
 
 
-def explain(exc: ValidationError, *, path: Path, root: yaml.Node | None) -> str:
-    """One line per problem: ``file:line: key: what is wrong; the fix``."""
-    lines = [f"{path}: {exc.error_count()} problem(s) in the study file"]
+def explain(
+    exc: ValidationError,
+    *,
+    path: Path,
+    root: yaml.Node | None,
+    schema: type[BaseModel] | None = None,
+) -> str:
+    """One line per problem: ``file:line: key: what is wrong; the fix``.
+
+    ``schema``: the model the file is read as (default: a study file), for the
+    keys a misspelt one is compared with.
+    """
+    lines = [f"{path}: {exc.error_count()} problem(s)"]
     for error in exc.errors():
         loc = tuple(p for p in error["loc"] if not str(p).startswith("function-"))
         key = ".".join(map(str, loc)) or "(the file)"
         line = _line_of(root, loc) if loc else None
         where = f"{path}:{line}" if line else str(path)
-        fix = _fix(error)
+        fix = _fix(error, schema or StudyFile)
         value = error.get("input")
         shown = "" if kind_hides_input(error) else f" (got {value!r})"
         lines.append(f"  {where}: {key}: {_message(error)}{shown}" + (f"; {fix}" if fix else ""))
