@@ -67,6 +67,7 @@ class AuthFailureLimiter:
         self._max_sources = max_sources
         self._buckets: dict[str, _Bucket] = {}
         self._lock = threading.Lock()
+        self._last_sweep = float("-inf")
 
     def _key(self, source: str) -> str:
         if source in self._buckets or len(self._buckets) < self._max_sources:
@@ -116,6 +117,15 @@ class AuthFailureLimiter:
                     )
                 )
             return reports
+
+    def sweep(self, *, now: float) -> list[FailureReport]:
+        """Summaries of intervals that are over, at most once an interval (cheap to call
+        on every request, so a summary is written soon after its interval ends)."""
+        with self._lock:
+            if now - self._last_sweep < self._interval:
+                return []
+            self._last_sweep = now
+            return self._close_intervals(now)
 
     def flush(self, *, now: float, everything: bool = False) -> list[FailureReport]:
         """Summaries of intervals that are over (all of them with ``everything``)."""

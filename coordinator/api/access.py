@@ -215,6 +215,9 @@ class AccessMiddleware:
         client = scope.get("client")
         source = str(client[0]) if client else "unknown"
         now = self.clock()
+        due = limiter.sweep(now=now)
+        if due:
+            await run_in_threadpool(_audit_failures, app, due)
         wait = limiter.retry_after(source, now=now)
         if wait is not None:
             _count(app, "locked_out")
