@@ -24,6 +24,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from fedward.privacy.accounting import MechanismStep
+from fedward.privacy.budget import PrivacyUnit
 from fedward.privacy.ledger import PrivacyLedger, SpendRecord
 
 REPORT_FORMAT = "fedward.privacy.budget_report"
@@ -77,6 +78,11 @@ class BudgetReport(_Model):
     version: int = REPORT_VERSION
     study_id: str
     policy: BudgetPolicyView
+    unit: PrivacyUnit = Field(
+        default=PrivacyUnit.WINDOW,
+        description="what each epsilon protects: 'window' (one 10-s window: sample-level "
+        "DP-SGD on the device) or 'patient' (a device's whole contribution: client-level DP)",
+    )
     ledger_sha256: str = Field(description="checksum of the ledger state the report was built from")
     devices: list[DeviceBudgetRow]
     classes: list[ClassSummary]
@@ -95,6 +101,7 @@ def build_budget_report(
     exhausted: Iterable[str] = (),
     next_step: MechanismStep | None = None,
     max_points_per_class: int = 500,
+    unit: PrivacyUnit = PrivacyUnit.WINDOW,
 ) -> BudgetReport:
     """Summarise ``ledger`` for every device it or ``device_classes`` knows.
 
@@ -134,6 +141,7 @@ def build_budget_report(
             accountant=policy.accountant.value,
             fingerprint=policy.fingerprint,
         ),
+        unit=unit,
         ledger_sha256=ledger.state_sha256(),
         devices=rows,
         classes=_summaries(rows),

@@ -35,7 +35,7 @@ from .engine import Engine, EngineEvent
 from .engine.planning import SubsetMode, SubsetPlanner
 from .errors import CoordinatorError
 from .privacy.guard import PrivacyGuard, PrivacyListener
-from .privacy.settings import StudyPrivacy
+from .privacy.settings import PatientPrivacy, StudyPrivacy
 from .strategies import (
     FTTE,
     ClientLevelDP,
@@ -54,13 +54,28 @@ so ``.`` and ``..`` (which URLs and paths resolve away) are never an id."""
 
 
 class ClientDPSettings(BaseModel):
-    """Client-level DP of a ``client_dp`` study: clip bound and noise multiplier."""
+    """Client-level DP of a ``client_dp`` study: clip bound, noise multiplier, and
+    optionally each patient's budget (``epsilon`` at ``delta`` over the whole study,
+    enforced by a ``PrivacyGuard`` over ``PatientPrivacy``: patient-level DP)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     clip_norm: float = Field(gt=0, le=1e6, allow_inf_nan=False)
     # > 0: a merge without noise is not DP (z = 0 was accepted before issue 9)
     noise_multiplier: float = Field(gt=0, le=1e3, allow_inf_nan=False)
+    epsilon: float | None = Field(default=None, gt=0, le=100.0, allow_inf_nan=False)
+    delta: float = Field(default=1e-5, ge=1e-15, lt=1e-2, allow_inf_nan=False)
+
+    def patient_privacy(self) -> PatientPrivacy | None:
+        """The per-patient budget, if the study sets one."""
+        if self.epsilon is None:
+            return None
+        return PatientPrivacy(
+            epsilon=self.epsilon,
+            delta=self.delta,
+            noise_multiplier=self.noise_multiplier,
+            clip_norm=self.clip_norm,
+        )
 
 
 class StopRule(BaseModel):
@@ -356,12 +371,20 @@ def build_engine(
         concurrency=spec.concurrency,
         rng=rng,
         listeners=listeners,
-        guards=(
-            (PrivacyGuard(spec.privacy, listeners=privacy_listeners),)
-            if spec.privacy is not None
-            else ()
-        ),
+        guards=_privacy_guards(spec, privacy_listeners),
     )
+
+
+def _privacy_guards(
+    spec: StudySpec, listeners: tuple[PrivacyListener, ...]
+) -> tuple[PrivacyGuard, ...]:
+    """Sample-level budgets (``privacy``) or patient-level ones (``client_dp.epsilon``)."""
+    if spec.privacy is not None:
+        return (PrivacyGuard(spec.privacy, listeners=listeners),)
+    patient = spec.client_dp.patient_privacy() if spec.client_dp is not None else None
+    if patient is not None:
+        return (PrivacyGuard(patient, listeners=listeners),)
+    return ()
 
 
 # -- the model's size, refused above a limit before anything is built ----------------

@@ -18,6 +18,7 @@ windows, patient-level protection needs user-level accounting or group privacy.
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import json
 import math
@@ -31,6 +32,19 @@ from .accounting import GDP_WARNING, Accountant
 from .errors import PolicyError
 
 MAX_DELTA = 1e-2
+
+
+class PrivacyUnit(enum.StrEnum):
+    """What one epsilon protects: the neighbouring datasets of the guarantee.
+
+    WINDOW   sample-level DP-SGD on a device: datasets differing in one 10-s window
+             (a patient contributes many; their group is protected far less)
+    PATIENT  client-level DP: datasets differing in one device's whole contribution,
+             and a device holds one patient
+    """
+
+    WINDOW = "window"
+    PATIENT = "patient"
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fedward.privacy.accounting import MechanismStep
+from fedward.privacy.budget import PrivacyUnit
 from fedward.privacy.errors import (
     BudgetExceeded,
     DuplicateCharge,
@@ -57,7 +58,7 @@ from ..engine import ALLOW, Device, DeviceState, Engine, GuardDecision, TaskOrde
 from ..errors import GuardStateError, RejectReason
 from ..strategies import ClientUpdate
 from .events import PrivacyEvent, PrivacyEventKind, PrivacyListener
-from .settings import StudyPrivacy
+from .settings import GuardSettings, PatientPrivacy, StudyPrivacy, settings_of_unit
 
 STATE_KIND = "fedward.coordinator.privacy_guard"
 STATE_FORMAT = 2  # 1: a flat dict with "format"/"version" keys, before the envelope
@@ -77,13 +78,13 @@ class PrivacyGuard:
 
     def __init__(
         self,
-        settings: StudyPrivacy,
+        settings: GuardSettings,
         *,
         listeners: Iterable[PrivacyListener] = (),
         claim_tolerance: float = 1e-6,
     ) -> None:
-        if not isinstance(settings, StudyPrivacy):
-            raise TypeError("settings must be a StudyPrivacy")
+        if not isinstance(settings, StudyPrivacy | PatientPrivacy):
+            raise TypeError("settings must be a StudyPrivacy or a PatientPrivacy")
         self.settings = settings
         self._claim_tolerance = claim_tolerance
         self.ledger = PrivacyLedger(settings.policy(), claim_tolerance=claim_tolerance)
@@ -95,10 +96,16 @@ class PrivacyGuard:
 
     # -- what tasks carry --------------------------------------------------------
 
-    def task_dp(self, order: TaskOrder) -> DpParams:
-        """The ``Task.dp`` to send with ``order`` (the same mechanism for every task)."""
+    def task_dp(self, order: TaskOrder) -> DpParams | None:
+        """The ``Task.dp`` to send with ``order`` (the same mechanism for every task;
+        None for patient-level DP, where the coordinator's merge adds the noise)."""
         del order  # every task of a study runs the study's mechanism
         return self._dp
+
+    @property
+    def unit(self) -> PrivacyUnit:
+        """What each epsilon of this guard's ledger protects (a 10-s window, a patient)."""
+        return self.settings.unit
 
     @property
     def task_step(self) -> MechanismStep:
@@ -172,6 +179,8 @@ class PrivacyGuard:
         del update  # the mechanism, not the tensors, is what the guard judges
         device_id = order.device_id
         self._status.device_classes.setdefault(device_id, device.device_class)
+        if self.unit is PrivacyUnit.PATIENT:
+            return self._admit_participation(order, now=now)
         report = context
         if not isinstance(report, PrivacyReport):
             return self._reject(
@@ -241,6 +250,31 @@ class PrivacyGuard:
             )
         return GuardDecision(allowed=True, spend=record)
 
+    def _admit_participation(self, order: TaskOrder, *, now: float) -> GuardDecision:
+        """Patient-level DP: the update joins a noised merge; its task was charged at dispatch.
+
+        The device reports nothing (it ran no DP-SGD); the coordinator's merge is
+        the mechanism, so there is no claim to reconcile.
+        """
+        device_id = order.device_id
+        if not self.ledger.is_reserved(device_id, order.task_id):
+            try:
+                self.task_dispatched(order, now=now)
+            except (BudgetExceeded, DuplicateCharge) as exc:
+                reason = (
+                    RejectReason.BUDGET_EXCEEDED
+                    if isinstance(exc, BudgetExceeded)
+                    else RejectReason.DUPLICATE
+                )
+                return self._reject(
+                    reason, str(exc), device_id=device_id, task_id=order.task_id, now=now
+                )
+        record = self.ledger.confirm(device_id, order.task_id)
+        if not self.can_afford_task(device_id):
+            exhausted = self._exhaust(device_id, now=now)
+            return replace(exhausted, allowed=True, spend=record, reject=None, detail="")
+        return GuardDecision(allowed=True, spend=record)
+
     def task_refused(self, order: TaskOrder, *, now: float) -> GuardDecision:
         """The device refused ``order`` because its own budget cannot afford it.
 
@@ -272,6 +306,7 @@ class PrivacyGuard:
             STATE_KIND,
             STATE_FORMAT,
             {
+                "unit": self.unit.value,
                 "settings": self.settings.model_dump(mode="json"),
                 "ledger": self.ledger.state_dict(),
                 "device_classes": dict(sorted(self._status.device_classes.items())),
@@ -287,7 +322,8 @@ class PrivacyGuard:
             state, kind=STATE_KIND, format_version=STATE_FORMAT, error=GuardStateError
         )
         try:
-            stored = StudyPrivacy.model_validate_json(json.dumps(payload["settings"]))
+            model = settings_of_unit(payload.get("unit", PrivacyUnit.WINDOW.value))
+            stored = model.model_validate_json(json.dumps(payload["settings"]))
         except (KeyError, TypeError, ValueError) as exc:  # pydantic's error is a ValueError
             raise GuardStateError(f"privacy guard state has no valid settings: {exc}") from exc
         if stored != self.settings:
@@ -322,6 +358,8 @@ class PrivacyGuard:
 
     def _mechanism_problem(self, report: PrivacyReport) -> str:
         dp = self._dp
+        if dp is None:  # patient-level: never reached (admit takes the other path)
+            return "this study's devices run no DP-SGD"
         if report.noise_multiplier != dp.noise_multiplier:
             return f"noise_multiplier {report.noise_multiplier} != {dp.noise_multiplier}"
         if report.sample_rate != dp.sample_rate:

@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from fedward.compliance.reports import BudgetReport, build_budget_report
+from fedward.privacy.budget import PrivacyUnit
 
 from ..engine import DeviceState, Engine
 from ..errors import GuardStateError
 from .guard import STATE_FORMAT, STATE_KIND, PrivacyGuard, privacy_guard_of
-from .settings import StudyPrivacy
+from .settings import settings_of_unit
 
 
 def ledger_file(data_dir: Path, study_id: str) -> Path:
@@ -109,7 +110,8 @@ def report_from_guard_state(
     """
     if not _is_guard_state(state):
         raise GuardStateError(f"not a privacy guard state of kind {STATE_KIND!r}")
-    settings = StudyPrivacy.model_validate_json(json.dumps(state["payload"]["settings"]))
+    model = settings_of_unit(state["payload"].get("unit", PrivacyUnit.WINDOW.value))
+    settings = model.model_validate_json(json.dumps(state["payload"]["settings"]))
     guard = PrivacyGuard(settings)
     guard.load_state_dict(state)
     classes = {**(device_classes or {}), **guard.device_classes()}
@@ -119,6 +121,7 @@ def report_from_guard_state(
         device_classes=classes,
         exhausted=guard.exhausted_devices() | (exhausted or set()),
         next_step=guard.task_step,
+        unit=guard.unit,
     )
 
 
@@ -134,4 +137,5 @@ def privacy_report(engine: Engine, *, study_id: str) -> BudgetReport | None:
         exhausted=guard.exhausted_devices()
         | {d.device_id for d in engine.devices.values() if d.state is DeviceState.EXHAUSTED},
         next_step=guard.task_step,
+        unit=guard.unit,
     )

@@ -36,7 +36,8 @@ import math
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fedward.privacy.accounting import Accountant, MechanismStep
-from fedward.privacy.budget import BudgetPolicy
+from fedward.privacy.budget import BudgetPolicy, PrivacyUnit
+from fedward.privacy.central import patient_level_step
 from fedward.privacy.errors import PolicyError
 from fedward.protocol.messages import DpParams
 
@@ -81,6 +82,11 @@ class StudyPrivacy(BaseModel):
             raise ValueError(str(exc)) from exc
         return self
 
+    @property
+    def unit(self) -> PrivacyUnit:
+        """Sample-level DP-SGD: an epsilon protects one 10-s window."""
+        return PrivacyUnit.WINDOW
+
     def policy(self) -> BudgetPolicy:
         """The budget policy the ledger pins (raises ``PolicyError`` if unsafe)."""
         return BudgetPolicy(
@@ -108,6 +114,67 @@ class StudyPrivacy(BaseModel):
             accountant=self.accountant,
             max_steps=self.steps_per_task,
         )
+
+
+class PatientPrivacy(BaseModel):
+    """Patient-level DP of a ``client_dp`` study: each patient's epsilon over the study.
+
+    A device holds one patient. Every merge that holds the device's clipped
+    update is a Gaussian mechanism with noise multiplier ``noise_multiplier``
+    against the merge's sensitivity ``2C / K``
+    (``fedward.coordinator.strategies.client_dp``), so one *task* of the study
+    (one participation) costs ``patient_level_step(z, 1)``, charged when it is
+    dispatched, and a device whose budget cannot afford one more is never
+    dispatched again. Devices train without DP-SGD (``task_dp`` is None): the
+    noise is the coordinator's (central DP, see docs/privacy.md).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    epsilon: float = Field(gt=0, le=MAX_EPSILON)
+    delta: float = Field(ge=MIN_DELTA, lt=1)
+    accountant: Accountant = Field(default=Accountant.RDP, strict=False)
+    noise_multiplier: float = Field(ge=MIN_NOISE_MULTIPLIER, le=MAX_NOISE_MULTIPLIER)
+    clip_norm: float = Field(gt=0, le=1e6)
+
+    @model_validator(mode="after")
+    def _check(self) -> PatientPrivacy:
+        for name in ("epsilon", "delta", "noise_multiplier", "clip_norm"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be finite")
+        try:
+            self.policy()
+        except PolicyError as exc:
+            raise ValueError(str(exc)) from exc
+        return self
+
+    @property
+    def unit(self) -> PrivacyUnit:
+        return PrivacyUnit.PATIENT
+
+    @property
+    def max_grad_norm(self) -> float:
+        """The clip bound (what the guard's events call the clip norm)."""
+        return self.clip_norm
+
+    def policy(self) -> BudgetPolicy:
+        return BudgetPolicy(epsilon=self.epsilon, delta=self.delta, accountant=self.accountant)
+
+    def task_step(self) -> MechanismStep:
+        """One participation in a merge: what one task costs the patient."""
+        return patient_level_step(noise_multiplier=self.noise_multiplier, participations=1)
+
+    def task_dp(self) -> None:
+        """Devices run no DP-SGD in a client-level study: the merge is noised."""
+        return None
+
+
+GuardSettings = StudyPrivacy | PatientPrivacy
+
+
+def settings_of_unit(unit: PrivacyUnit | str) -> type[StudyPrivacy] | type[PatientPrivacy]:
+    """The settings model of a guard state's unit (saved states name it)."""
+    return PatientPrivacy if PrivacyUnit(unit) is PrivacyUnit.PATIENT else StudyPrivacy
 
 
 class PrivacySettingsRefused(PolicyError):

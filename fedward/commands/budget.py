@@ -30,6 +30,7 @@ from fedward.coordinator.privacy.ledger_store import (
     report_from_guard_state,
     snapshot_device_classes,
 )
+from fedward.privacy.budget import PrivacyUnit
 
 app = typer.Typer(help="Privacy budget audit.", no_args_is_help=True)
 
@@ -70,10 +71,15 @@ def load_report(study: str, *, data_dir: Path, database_url: str | None) -> Budg
 
 def print_report(report: BudgetReport, console: Console, *, max_rows: int) -> None:
     policy = report.policy
+    protects = {
+        PrivacyUnit.WINDOW: "one 10-s window of a patient's data (sample-level DP-SGD)",
+        PrivacyUnit.PATIENT: "a patient: a device's whole contribution (client-level DP)",
+    }[report.unit]
     console.print(
         f"[bold]{report.study_id}[/]: budget epsilon={policy.epsilon:g} at "
         f"delta={policy.delta:g} ({policy.accountant}), per device over the whole study"
     )
+    console.print(f"each epsilon protects {protects}")
     classes = Table(title="per device class")
     for column in ("class", "devices", "with spend", "exhausted", "tasks", "eps mean", "eps max"):
         classes.add_column(column, justify="right" if column != "class" else "left")

@@ -43,6 +43,7 @@ from fedward.coordinator.engine.ingest import decode_update
 from fedward.coordinator.privacy.events import PrivacyEvent, PrivacyEventKind
 from fedward.coordinator.privacy.guard import PrivacyListener, privacy_guard_of
 from fedward.coordinator.privacy.ledger_store import ledger_file, save_guard_state
+from fedward.coordinator.privacy.settings import StudyPrivacy
 from fedward.coordinator.study_spec import build_engine, footprint_bytes
 from fedward.edge.budget import DeviceBudget, TaskRefused
 from fedward.edge.dp_training import DPTrainConfig
@@ -471,7 +472,7 @@ class Study:
     # -- differential privacy (DP rows only) -----------------------------------------
     def _refuses(self, order: TaskOrder, now: float) -> bool:
         """DP rows: the device checks its own budget before it trains (and may refuse)."""
-        if self.guard is None:
+        if self.guard is None or self.guard.task_dp(order) is None:  # none: patient-level
             return False
         budget = self.budgets.setdefault(
             order.device_id, DeviceBudget(self.guard.settings.policy())
@@ -488,13 +489,15 @@ class Study:
 
     def _dp_config(self, order: TaskOrder) -> DPTrainConfig | None:
         """The task's DP-SGD settings: the study's mechanism, the device's memory cap."""
-        if self.guard is None:
+        settings = self.guard.settings if self.guard is not None else None
+        dp = self.guard.task_dp(order) if self.guard is not None else None
+        if not isinstance(settings, StudyPrivacy) or dp is None:  # patient-level: no DP-SGD
             return None
         return self.budgets[order.device_id].train_config(
-            self.guard.task_dp(order),
+            dp,
             lr=self.train.lr,
             momentum=self.train.momentum,
-            max_physical_batch_size=self.guard.settings.max_physical_batch_size,
+            max_physical_batch_size=settings.max_physical_batch_size,
         )
 
     def _record_spend(self, order: TaskOrder, outcome: LocalOutcome) -> PrivacyReport | None:
@@ -533,8 +536,9 @@ class Study:
             "accountant": ledger.policy.accountant.value,
             "noise_multiplier": guard.settings.noise_multiplier,
             "max_grad_norm": guard.settings.max_grad_norm,
-            "sample_rate": guard.settings.sample_rate,
-            "steps_per_task": guard.settings.steps_per_task,
+            "sample_rate": guard.task_step.sample_rate,
+            "steps_per_task": guard.task_step.steps,
+            "unit": guard.unit.value,  # what each epsilon protects: a window or a patient
             "epsilon_max": max(everyone, default=0.0),
             "epsilon_mean": float(np.mean(everyone)) if everyone else 0.0,
             "epsilon_by_class": {

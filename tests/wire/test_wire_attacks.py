@@ -300,3 +300,21 @@ def test_restarted_agent_frees_its_lost_task_at_once(study):
     again.start(wait_enrolled_s=15)
     # Assert: the lost task is freed within seconds, long before its 30 s deadline
     assert wait_until(lambda: study.service.status(study.study_id).tasks_failed > failed, 12)
+
+
+def test_bad_chunks_are_counted_and_audited_as_anonymous(study, attacker):
+    # Prepare: chunks that fail their CRC, and one announcing more than any message may hold
+    from fedward.protocol.chunking import split_message
+
+    good = split_message(os.urandom(4000), max_chunk_bytes=1000)
+    corrupt = bytearray(good[1])
+    corrupt[-1] ^= 0xFF
+    huge = split_message(b"x" * (17 << 20), max_chunk_bytes=2000)[0]
+    topic = device_topic(TopicKind.UPDATE, study.study_id, "someone")
+    # Execute
+    attacker.publish(topic, bytes(corrupt))
+    attacker.publish(topic, huge)
+    # Assert
+    assert wait_until(lambda: study.bridge.stats.rejected["chunk"] >= 2, 10)
+    assert len(_anonymous_refusals(study, "chunk", "someone")) >= 2
+    assert study.service.wire_refusals(study.study_id)["chunk"] >= 2
