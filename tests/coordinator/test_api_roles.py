@@ -272,3 +272,31 @@ def test_metrics_list_study_ids_only_to_a_token_allowed_to_read_them(api, admin)
     assert "secret-study" not in anonymous and "secret-study" not in as_auditor
     assert 'study="secret-study"' in as_researcher
     assert wrong.status_code == 401
+
+
+@pytest.mark.postgres
+def test_tokens_issue_check_and_revoke_on_postgresql(pg_url, tmp_path, clock) -> None:
+    # Prepare
+    settings = CoordinatorSettings(
+        database_url=pg_url,
+        data_dir=tmp_path / "data",
+        operator_token="t0k3n-For-Tests-9f8e7d6c5b4a",
+    )
+    service = StudyService.open(settings, clock=clock, seed=7)
+    admin = bearer("t0k3n-For-Tests-9f8e7d6c5b4a")
+    try:
+        with TestClient(create_app(settings, service=service, clock=clock)) as api:
+            # Execute
+            r = api.post("/v1/tokens", json={"role": "researcher", "name": "pg"}, headers=admin)
+            token, token_id = r.json()["token"], r.json()["id"]
+            before = api.get("/v1/studies", headers=bearer(token)).status_code
+            api.post(f"/v1/tokens/{token_id}/revoke", headers=admin)
+            after = api.get("/v1/studies", headers=bearer(token)).status_code
+            again = api.post(f"/v1/tokens/{token_id}/revoke", headers=admin)
+            missing = api.post("/v1/tokens/tk-000000000000/revoke", headers=admin)
+    finally:
+        service.close()
+    # Assert
+    assert (before, after) == (200, 401)
+    assert again.status_code == 200 and again.json()["state"] == "revoked"
+    assert missing.status_code == 404 and missing.json()["error"] == "token_not_found"

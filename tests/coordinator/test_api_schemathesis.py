@@ -83,13 +83,24 @@ SETTINGS = hypothesis.settings(
 
 @pytest.fixture
 def role_app(sqlite_url, tmp_path, clock, request) -> Iterator[tuple[Any, dict[str, str]]]:
+    yield from _role_app(sqlite_url, tmp_path, clock, request.param)
+
+
+@pytest.fixture
+def pg_admin_app(pg_url, tmp_path, clock) -> Iterator[tuple[Any, dict[str, str]]]:
+    yield from _role_app(pg_url, tmp_path, clock, Role.ADMIN)
+
+
+def _role_app(
+    url: str, tmp_path: Any, clock: Any, role: Role
+) -> Iterator[tuple[Any, dict[str, str]]]:
     """The app with a study to address and a token of the role under test.
 
     The failed-login limit is raised: schemathesis's ignored_auth check sends
     wrong tokens on purpose, and a locked-out client would test nothing else
     (the limit itself is tested in test_api_roles.py)."""
     settings = CoordinatorSettings(
-        database_url=sqlite_url,
+        database_url=url,
         data_dir=tmp_path / "data",
         operator_token=TOKEN,
         auth_max_failures=10_000,
@@ -100,7 +111,7 @@ def role_app(sqlite_url, tmp_path, clock, request) -> Iterator[tuple[Any, dict[s
         admin = bearer(TOKEN)
         with TestClient(app) as client:
             client.post("/v1/studies", json={"spec": SMALL, "study_id": "s1"}, headers=admin)
-            token = issue(client, admin, request.param.value)
+            token = issue(client, admin, role.value)
         yield app, bearer(token)
     finally:
         service.close()
@@ -142,8 +153,16 @@ def test_every_operation_passes_every_check(role_app) -> None:
 
 @pytest.mark.parametrize("role_app", list(Role), indirect=True, ids=lambda r: r.value)
 def test_stateful_runs_pass_every_check(role_app) -> None:
+    _stateful(*role_app)
+
+
+@pytest.mark.postgres
+def test_stateful_run_on_postgresql(pg_admin_app) -> None:
+    _stateful(*pg_admin_app)
+
+
+def _stateful(app: Any, headers: dict[str, str]) -> None:
     # Prepare
-    app, headers = role_app
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     base = schema.as_state_machine()
 
