@@ -192,6 +192,8 @@ def _publisher_main(args: PublisherArgs, results: Any) -> None:
             sealed = open_seal(payload)
             if state["pinned"] is None:  # only a proven EnrolAck pins the key
                 message = decode_frame(sealed.frame, max_bytes=1 << 24)[0]
+                if not isinstance(message, EnrolAck) or message.coordinator_key is None:
+                    raise ValueError("only an EnrolAck can pin the coordinator key")
                 coordinator = bytes(message.coordinator_key)
                 verify(sealed, public_key=coordinator, context=down)
                 expected = ack_proof(

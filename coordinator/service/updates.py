@@ -78,7 +78,7 @@ class UpdateCalls(ServiceCore):
         raws = [_as_bytes(f) for f in frames]
         if not raws:
             return []
-        who = list(senders) if senders is not None else [None] * len(raws)
+        who: list[str | None] = list(senders) if senders is not None else [None] * len(raws)
         if len(who) != len(raws):
             raise ValueError("one sender per frame")
         with self._lock:

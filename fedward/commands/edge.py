@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import SecretStr
 from rich.console import Console
 
 from fedward.edge.agent import AgentError, EdgeAgent
@@ -50,7 +51,12 @@ def run(
     broker: Annotated[str, typer.Option(help="mqtt://host:port")],
     study: Annotated[str, typer.Option(help="Study id to join.")],
     device_id: Annotated[str, typer.Option(help="This device's id (also its MQTT client id).")],
-    data: Annotated[Path, typer.Option(help=".npz with x float32 \\[n, channels, length] and y int64 \\[n] (class labels).")],
+    data: Annotated[
+        Path,
+        typer.Option(
+            help=".npz with x float32 \\[n, channels, length] and y int64 \\[n] (class labels)."
+        ),
+    ],
     device_class: Annotated[
         DeviceClass, typer.Option("--class", help="Device class.")
     ] = DeviceClass.WEARABLE,
@@ -126,7 +132,7 @@ def run(
             memory_bytes=memory_bytes,
             data_path=data,
             state_dir=home,
-            enrolment_secret=enrolment_secret,
+            enrolment_secret=SecretStr(enrolment_secret) if enrolment_secret else None,
             model_kind=model_kind,
             in_channels=in_channels,
             window=window,
@@ -149,7 +155,7 @@ def run(
                 protocol=address.protocol,
                 clean_start=False,
                 username=username,
-                password=password,
+                password=SecretStr(password) if password else None,
                 tls=tls,
             )
         )
