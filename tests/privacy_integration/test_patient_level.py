@@ -107,3 +107,28 @@ def test_a_sample_level_report_says_each_epsilon_protects_a_window():
 
     # Assert
     assert report is not None and report.unit is PrivacyUnit.WINDOW
+
+
+def test_fedward_budget_report_says_what_each_epsilon_protects(tmp_path):
+    # Prepare: a patient-level study's ledger, persisted as the simulator and export do
+    import json
+
+    from typer.testing import CliRunner
+
+    from fedward.commands.budget import app as budget_app
+    from fedward.coordinator.privacy.ledger_store import ledger_file, save_guard_state
+
+    engine = _run(rounds=3)
+    save_guard_state(privacy_guard_of(engine), ledger_file(tmp_path, "patient-dp"))
+    out_json = tmp_path / "out.json"
+
+    # Execute
+    run = CliRunner().invoke(
+        budget_app,
+        ["report", "--study", "patient-dp", "--data-dir", str(tmp_path), "--json", str(out_json)],
+    )
+
+    # Assert
+    assert run.exit_code == 0, run.output
+    assert "each epsilon protects a patient" in " ".join(run.output.split())
+    assert json.loads(out_json.read_text())["unit"] == "patient"
