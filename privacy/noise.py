@@ -81,7 +81,8 @@ def secure_standard_normal(source: ChaChaNormal, shape: tuple[int, ...]) -> np.n
     """Standard normals of ``shape``, each the halved sum of four (Opacus' secure mode)."""
     count = int(np.prod(shape, dtype=np.int64))
     draws = source.standard_normal(4 * count).reshape(4, count)
-    return (draws.sum(axis=0) / 2.0).reshape(shape)
+    halved: np.ndarray = draws.sum(axis=0) / 2.0
+    return halved.reshape(shape)
 
 
 def csprng_normal() -> ChaChaNormal:

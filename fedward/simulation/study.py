@@ -472,13 +472,14 @@ class Study:
     # -- differential privacy (DP rows only) -----------------------------------------
     def _refuses(self, order: TaskOrder, now: float) -> bool:
         """DP rows: the device checks its own budget before it trains (and may refuse)."""
-        if self.guard is None or self.guard.task_dp(order) is None:  # none: patient-level
+        dp = self.guard.task_dp(order) if self.guard is not None else None
+        if self.guard is None or dp is None:  # none: patient-level DP, no device budget
             return False
         budget = self.budgets.setdefault(
             order.device_id, DeviceBudget(self.guard.settings.policy())
         )
         try:
-            budget.check(self.guard.task_dp(order))
+            budget.check(dp)
         except TaskRefused:
             self.refused_tasks += 1
             self.engine.task_refused(
