@@ -201,6 +201,8 @@ def row(study: Study, result: StudyResult, *, device_class: str) -> dict[str, An
         "download_bytes_total": result.download_bytes,
         "updates_by_class": result.updates_by_class,
         "subset_by_class": result.subset_by_class,
+        "by_class": result.by_class,  # participation, staleness, memory (fedward report)
+        "epsilon_series": result.epsilon_series,
         "series": result.series,
         **(
             {"exhausted_devices": result.exhausted_devices, "privacy": result.privacy}

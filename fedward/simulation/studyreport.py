@@ -35,7 +35,8 @@ class ReportError(SimulationError, ValueError):
 
 
 def find_runs(folder: Path) -> list[Path]:
-    """``metrics.json`` of the run in ``folder``, or of each run one level below."""
+    """``metrics.json`` of the run in ``folder``, or of each run one level below
+    (a folder holding a ``fedward bench`` report is read as one run per row)."""
     if not folder.is_dir():
         raise ReportError(f"{folder}: no such folder")
     own = folder / "metrics.json"
@@ -60,21 +61,57 @@ def _load(path: Path) -> dict[str, Any]:
     return data
 
 
+def _bench_reports(folder: Path) -> list[Path]:
+    """``fedward bench`` reports in ``folder`` (a JSON with ``strategies`` rows)."""
+    found = []
+    for path in sorted(folder.glob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(data, dict) and isinstance(data.get("strategies"), dict):
+            found.append(path)
+    return found
+
+
+def _metrics_files(folder: Path) -> list[dict[str, Any]]:
+    """Each run as a metrics.json would hold it: simulate/up runs, or a bench's rows."""
+    benches = [] if (folder / "metrics.json").exists() else _bench_reports(folder)
+    if not benches:
+        return [{**_load(path), "_folder": str(path.parent)} for path in find_runs(folder)]
+    out = []
+    for path in benches:
+        bench = json.loads(path.read_text())
+        settings = bench.get("scenario", {}).get("settings", {})
+        for name, row in bench["strategies"].items():
+            out.append(
+                {
+                    "kind": "simulation",
+                    "study": bench.get("scenario", {}).get("name", path.stem),
+                    "scenario": settings,
+                    "result": {"run": name, **row},
+                    "_folder": str(path),
+                }
+            )
+    return out
+
+
 def report_data(folder: Path) -> dict[str, Any]:
     """What the page shows, as JSON (also written beside it)."""
     runs: list[dict[str, Any]] = []
-    for path in find_runs(folder):
-        m = _load(path)
+    if not folder.is_dir():
+        raise ReportError(f"{folder}: no such folder")
+    for m in _metrics_files(folder):
         r = m["result"]
         label = r.get("run", "run")
         if any(x["label"] == label for x in runs):
-            label = f"{label} ({path.parent.name})"
+            label = f"{label} ({Path(m['_folder']).name})"
         runs.append(
             {
                 "label": label,
                 "kind": m.get("kind", "simulation"),
                 "study": m.get("study", r.get("scenario", "")),
-                "folder": str(path.parent),
+                "folder": m["_folder"],
                 "target_accuracy": m.get("scenario", {}).get("target_accuracy"),
                 "time_axis": "virtual s"
                 if m.get("kind", "simulation") == "simulation"

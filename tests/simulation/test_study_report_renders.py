@@ -76,3 +76,30 @@ def test_a_dp_run_gets_a_report_with_every_plot_rendered(tmp_path: Path) -> None
         and "fedward budget report --study rep-ftte-dp" in out.output
     )
     assert list(run.glob("privacy-ledger-*.json"))
+
+
+def test_a_bench_report_folder_gives_one_line_per_strategy(tmp_path: Path) -> None:
+    # Prepare: the shape fedward bench writes (two rows of a tiny, made-up run)
+    rows = {
+        name: {
+            "series": [
+                {"t": 0.0, "accuracy": 0.5, "updates": 0},
+                {"t": t, "accuracy": a, "updates": 8},
+            ],
+            "final_accuracy": a,
+            "time_to_target_s": None,
+            "updates": 8,
+            "upload_bytes_per_update": 100.0,
+        }
+        for name, t, a in (("fedavg", 40.0, 0.6), ("ftte", 12.0, 0.7))
+    }
+    bench = {"scenario": {"name": "tiny", "settings": {"target_accuracy": 0.9}}, "strategies": rows}
+    (tmp_path / "bench.json").write_text(json.dumps(bench))
+    # Execute
+    out = CliRunner().invoke(app, ["report", str(tmp_path)])
+    # Assert
+    assert out.exit_code == 0, out.output
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert [r["label"] for r in data["runs"]] == ["fedavg", "ftte"]
+    assert data["runs"][1]["series"][-1] == {"t": 12.0, "accuracy": 0.7, "updates": 8}
+    assert (tmp_path / "report.html").read_text().count('<figure class="plot">') == 2
