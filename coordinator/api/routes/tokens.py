@@ -106,8 +106,10 @@ def list_tokens(tokens: TokensDep, _: TokensRead) -> list[TokenView]:
 def revoke(
     token_id: TokenIdPath, tokens: TokensDep, service: ServiceDep, caller: TokensWrite
 ) -> TokenView:
+    was_live = tokens.get(token_id).revoked_at is None  # 404 for an unknown id
     info = tokens.revoke(token_id, by=caller.actor_id)
-    service.record_audit(
-        audit.token_revoked(by=caller.actor_id, token_id=info.id, role=info.role.value)
-    )
+    if was_live:  # revoking twice changes nothing and is not audited twice
+        service.record_audit(
+            audit.token_revoked(by=caller.actor_id, token_id=info.id, role=info.role.value)
+        )
     return _view(info, tokens.now())
