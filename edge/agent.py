@@ -341,7 +341,10 @@ class EdgeAgent:
         message = Heartbeat(
             device_id=self.settings.device_id, status=self.status, tasks=tuple(held)
         )
-        if self._publish(TopicKind.HEARTBEAT, encode_frame(message), qos=0):
+        # Signed, heartbeats go at QoS 1 like everything else: the broker keeps one
+        # QoS's messages in order, and the coordinator refuses a counter below the last.
+        qos = 1 if self.trust is not None else 0
+        if self._publish(TopicKind.HEARTBEAT, encode_frame(message), qos=qos):
             self.stats.heartbeats += 1
 
     def resend_outbox(self, *, only_older_than_s: float | None = None) -> int:

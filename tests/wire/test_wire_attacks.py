@@ -9,8 +9,10 @@ import os
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from prometheus_client import generate_latest
 from pydantic import SecretStr
 
+from fedward.coordinator.api.metrics import metrics_registry
 from fedward.edge.agent import EdgeAgent, EnrolmentRefused
 from fedward.protocol.enrolment import issue_secret
 from fedward.protocol.errors import EnrolmentDenied
@@ -116,6 +118,8 @@ def test_task_hijack_by_another_client_is_refused(study, attacker):
     assert _anonymous_refusals(study, "bad_signature", victim)
     assert _denied_in_name_of(study, victim) == []
     assert study.service.wire_refusals(study.study_id)["bad_signature"] >= 1
+    scraped = generate_latest(metrics_registry(lambda: study.service)).decode()
+    assert f'fedward_wire_refused_total{{reason="unsigned",study="{study.study_id}"}}' in scraped
 
 
 def test_mass_fake_enrolment_is_refused_and_rate_limited(study, attacker):
