@@ -258,6 +258,8 @@ class LiveResult:
     agent_republished: int = 0
     series: list[dict[str, float]] = field(default_factory=list)
     stop_reason: str | None = None  # the stop rule that ended it, if one did
+    by_class: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per device class: devices, devices that contributed, accepted updates, memory budget."""
 
 
 class LiveStudy:
@@ -532,6 +534,26 @@ class LiveStudy:
                 raise LiveError(f"only {done}/{updates} updates after {timeout_s}s")
             time.sleep(self.options.poll_s)
 
+    def _by_class(self) -> dict[str, dict[str, Any]]:
+        """What the coordinator's device records say, per class (for ``fedward report``)."""
+        if self.service is None:
+            return {}
+        out: dict[str, dict[str, Any]] = {}
+        for d in self.service.list_devices(self.study_id):
+            c = out.setdefault(
+                d.device_class.value,
+                {
+                    "devices": 0,
+                    "participating_devices": 0,
+                    "accepted": 0,
+                    "memory_budget_bytes": d.memory_bytes,
+                },
+            )
+            c["devices"] += 1
+            c["participating_devices"] += d.completed > 0
+            c["accepted"] += d.completed
+        return out
+
     def stopped_by_rule(self) -> str | None:
         """Which stop rule ended the study (None while it runs)."""
         if self.service is None:
@@ -560,6 +582,7 @@ class LiveStudy:
             rejections={k.value: v for k, v in status.rejections.items()},
             bridge_rejected=dict(self.bridge.stats.rejected),
             stop_reason=status.stop_reason,
+            by_class=self._by_class(),
             agent_republished=sum(a.stats.republished for a in self.agents),
             series=list(self.series),
         )

@@ -128,6 +128,7 @@ def command(
             "merges": result.merges,
             "wall_s": result.wall_s,
             "stop_reason": result.stop_reason,
+            "by_class": result.by_class,
             "series": result.series,
         },
     }

@@ -7,6 +7,7 @@ folder ``up`` prints is the one ``audit verify`` and ``budget report`` take.
 
 from __future__ import annotations
 
+import json
 import re
 
 from typer.testing import CliRunner
@@ -46,8 +47,14 @@ def test_a_dp_live_study_progresses_and_its_budget_report_reads_the_printed_fold
         env={"COLUMNS": "200"},
     )
     audit = runner.invoke(app, ["audit", "verify", "--data-dir", str(tmp_path)])
+    report = runner.invoke(app, ["report", str(tmp_path)])
     # Assert
     assert "updates" in up.output and f"--data-dir {tmp_path}" in up.output
     assert budget.exit_code == 0, budget.output
     assert "epsilon" in budget.output.lower()
     assert audit.exit_code == 0, audit.output
+    assert report.exit_code == 0, report.output
+    live = json.loads((tmp_path / "report.json").read_text())["runs"][0]
+    assert live["kind"] == "live" and live["series"], "up's metrics.json feeds the report"
+    accepted = sum(c["accepted"] for c in live["by_class"].values())
+    assert accepted >= 8  # every accepted update is some class's device's
