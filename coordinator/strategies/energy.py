@@ -18,6 +18,62 @@ import numpy as np
 from ..errors import StateLoadError
 
 
+class DeviceEnergies:
+    """Each device's latest update energy, for the last ``size`` devices heard from.
+
+    A quantile over these counts every device once, however often it reports:
+    a slow group of devices is as present here as a fast one.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._latest: dict[str, float] = {}  # insertion order = least recently heard first
+
+    def quantile_with(self, updates: Iterable[tuple[str, float]], q: float) -> float:
+        merged = dict(self._latest)
+        for device, energy in updates:
+            merged.pop(device, None)
+            merged[device] = energy
+        values = list(merged.values())[-self.size :] if self.size else list(merged.values())
+        return float(np.quantile(values, q))
+
+    def extend(self, updates: Iterable[tuple[str, float]]) -> None:
+        for device, energy in updates:
+            self._latest.pop(device, None)
+            self._latest[device] = energy
+        while self.size and len(self._latest) > self.size:
+            del self._latest[next(iter(self._latest))]
+
+    def state(self) -> list[list[str | float]]:
+        return [[d, e] for d, e in self._latest.items()]
+
+    @classmethod
+    def from_state(cls, values: object, *, size: int, what: str) -> DeviceEnergies:
+        """Restore :meth:`state` output (absent in states saved before it: empty)."""
+        window = cls(size)
+        if values is None:
+            return window
+        if (
+            not isinstance(values, list)
+            or len(values) > size
+            or not all(
+                isinstance(v, list)
+                and len(v) == 2
+                and isinstance(v[0], str)
+                and isinstance(v[1], int | float)
+                and not isinstance(v[1], bool)
+                and np.isfinite(v[1])
+                and v[1] >= 0
+                for v in values
+            )
+        ):
+            raise StateLoadError(
+                f"{what} needs 'device_energies': at most {size} [device id, energy >= 0] pairs"
+            )
+        window.extend((str(d), float(e)) for d, e in values)
+        return window
+
+
 class EnergyWindow:
     def __init__(self, size: int) -> None:
         self.size = size

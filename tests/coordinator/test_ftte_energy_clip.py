@@ -105,3 +105,35 @@ def test_every_rule_still_resists_a_divergent_tenth(rule: EnergyRule, quantile: 
     # Assert: FedBuff is dragged far off; the energy term keeps block a near its target
     assert error(fedbuff, "a") > 2.0
     assert error(robust, "a") < 0.5
+
+
+def test_a_slow_honest_group_counts_by_devices_not_by_updates() -> None:
+    # Prepare: devices d0-d5 (group A) fill every buffer; d6 and d7 (group B, a
+    # quarter of the devices) are slow and send one update every third buffer,
+    # about 8% of the updates
+    rng = np.random.default_rng(3)
+    strategy = ftte(EnergyRule.CLIP)
+    params = {n: np.zeros(s, dtype=np.float32) for n, s in SHAPES.items()}
+    count = 0
+    # Execute
+    for merge in range(3 * MERGES):
+        slow = merge % 3 == 0
+        devices = (
+            ["d0", "d1", "d2", f"d{6 + (merge // 3) % 2}"] if slow else ["d3", "d4", "d5", "d0"]
+        )
+        for device in devices:
+            count += 1
+            block = "b" if device in ("d6", "d7") else "a"
+            update = local_update(f"t{count}", block, TARGET[block], params, rng, version=merge)
+            strategy.accept(
+                ClientUpdate(**{**update.__dict__, "device_id": device}), server_version=merge
+            )
+        params = strategy.aggregate(params, server_version=merge).params
+    state = strategy.state_dict()
+    # Assert: the group is learned, and the per-device energies are saved state
+    assert error(params, "b") < 0.1
+    saved = state["payload"]["device_energies"]
+    assert sorted(d for d, _ in saved) == [f"d{i}" for i in range(8)]
+    restored = ftte(EnergyRule.CLIP)
+    restored.load_state_dict(state)
+    assert restored.tolerance([]) == strategy.tolerance([])
