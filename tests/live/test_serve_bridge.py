@@ -11,6 +11,7 @@ import warnings
 
 import pytest
 from live_helpers import TINY_SPEC, make_agent, random_dataset, wait_until
+from pydantic import SecretStr
 
 from fedward.commands.coordinator import serving_bridges
 from fedward.coordinator.api import create_app
@@ -45,15 +46,7 @@ def test_a_study_started_over_rest_is_bridged_and_an_agent_gets_a_task(
     agent_transport = MqttTransport(
         MqttSettings(host=mqtt_broker[0], port=mqtt_broker[1], client_id=f"dev.{study_id}"[-64:])
     )
-    agent = make_agent(
-        transport=agent_transport,
-        study_id=study_id,
-        device_id="dev-0",
-        state_dir=tmp_path / "dev-0",
-        spec=TINY_SPEC,
-        dataset=random_dataset(TINY_SPEC, seed=0),
-        seed=0,
-    )
+    agent = None
     try:
         with (
             TestClient(create_app(settings, service=service)) as client,
@@ -68,6 +61,21 @@ def test_a_study_started_over_rest_is_bridged_and_an_agent_gets_a_task(
             started = client.post(f"/v1/studies/{study_id}/start", headers=auth)
             assert started.status_code == 200, started.text
             assert wait_until(lambda: study_id in supervisor.bridges, timeout=10)
+            # the operator issues the device's one-time enrolment secret over REST
+            issued = client.post(
+                f"/v1/studies/{study_id}/devices/dev-0/enrolment-secret", headers=auth
+            )
+            assert issued.status_code == 201, issued.text
+            agent = make_agent(
+                transport=agent_transport,
+                study_id=study_id,
+                device_id="dev-0",
+                state_dir=tmp_path / "dev-0",
+                spec=TINY_SPEC,
+                dataset=random_dataset(TINY_SPEC, seed=0),
+                seed=0,
+                enrolment_secret=SecretStr(issued.json()["secret"]),
+            )
             agent.start(wait_enrolled_s=30)
             # Assert
             assert wait_until(lambda: agent.stats.tasks_received >= 1, timeout=30)
@@ -77,6 +85,7 @@ def test_a_study_started_over_rest_is_bridged_and_an_agent_gets_a_task(
             bridge = supervisor.bridges[study_id]
         assert supervisor.bridges == {} and bridge._threads == []  # stopped on exit
     finally:
-        agent.stop()
+        if agent is not None:
+            agent.stop()
         agent_transport.close()
         service.close()
