@@ -445,6 +445,10 @@ class StudyBridge:
             info = None
         self._wire_refuse(info, kind, f"{type(exc).__name__}: {exc}", sender=None)
 
+    def _sender_key(self, device_id: str) -> str:
+        """Replay state is per study and device: one id may be enrolled in two studies."""
+        return f"{self.study_id}/{device_id}"
+
     def _device_key(self, device_id: str) -> bytes:
         key = self._keys.get(device_id)
         if key is None:
@@ -479,11 +483,11 @@ class StudyBridge:
                 except NotEnrolled:
                     known = None
             if known is not None and known == bytes(message.public_key):
-                self.security.replay.check(device, sealed.counter)
+                self.security.replay.check(self._sender_key(device), sealed.counter)
                 return sealed.frame, device, sealed.counter
             return sealed.frame, None, sealed.counter
         frame = verify(sealed, public_key=self._device_key(device), context=context)
-        self.security.replay.check(device, sealed.counter)
+        self.security.replay.check(self._sender_key(device), sealed.counter)
         return frame, device, sealed.counter
 
     def _wire_refuse(
@@ -639,7 +643,7 @@ class StudyBridge:
             return
         if ack.accepted and sender is None:
             try:
-                security.replay.check(message.device_id, counter)
+                security.replay.check(self._sender_key(message.device_id), counter)
             except Replayed:
                 pass  # an older enrolment replayed after a newer message: answer anyway
         self._keys.pop(message.device_id, None)
