@@ -123,6 +123,8 @@ def privacy_entry(event: PrivacyEvent) -> AuditRecord:
             task_id=record.task_id,
             epsilon_before=record.epsilon_before,
             clip_norm=record.max_grad_norm,
+            charged_at="dispatch",  # the task's whole mechanism, before any update arrives
+            unit=event.unit.value,  # what the epsilon protects: a 10-s window or a patient
         )
         return _coordinator(AuditAction.PRIVACY_SPENT, Outcome.SUCCESS, details, event=event)
     if kind is PrivacyEventKind.EXHAUSTED:

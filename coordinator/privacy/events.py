@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from fedward.privacy.accounting import MechanismStep
-from fedward.privacy.budget import BudgetPolicy
+from fedward.privacy.budget import BudgetPolicy, PrivacyUnit
 from fedward.privacy.ledger import SpendRecord
 from fedward.protocol.messages import PrivacyReport
 
@@ -34,7 +34,8 @@ class PrivacyEventKind(enum.StrEnum):
 class PrivacyEvent:
     """One privacy decision about ``device_id`` (the fields its kind needs are set).
 
-    SPENT      ``record``: the ledger's record of the charge
+    SPENT      ``record``: the ledger's record of the charge (made when the task was
+               dispatched: ``record.confirmed`` is False until its update arrives)
     EXHAUSTED  ``step`` (the next task's mechanism), ``spent``, ``remaining``,
                ``next_task_epsilon``
     REJECTED   ``reason``, ``detail``, ``report`` (what the device claimed, if it
@@ -52,6 +53,7 @@ class PrivacyEvent:
     device_id: str
     policy: BudgetPolicy
     clip_norm: float
+    unit: PrivacyUnit = PrivacyUnit.WINDOW  # what the epsilon protects: a window, a patient
     task_id: str | None = None
     record: SpendRecord | None = None
     step: MechanismStep | None = None

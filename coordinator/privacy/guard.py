@@ -469,6 +469,7 @@ class PrivacyGuard:
             device_id=device_id,
             policy=self.ledger.policy,
             clip_norm=self.settings.max_grad_norm,
+            unit=self.unit,
             **facts,
         )
         for listener in self.listeners:
