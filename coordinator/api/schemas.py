@@ -62,7 +62,44 @@ class NoCoercion(BaseModel):
             if isinstance(value, int) and abs(value) > MAX_JSON_INT:
                 # A backstop for a field without its own cap (2**63 overflowed BIGINT: a 500).
                 raise ValueError(f"{name} must be within +-2**53")
-        return data
+        return _integral_floats_as_ints(cls, data)
+
+
+def _nested_model(annotation: Any) -> type[BaseModel] | None:
+    """The model class an annotation holds (``StudyPrivacy | None`` -> StudyPrivacy)."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is Annotated:
+        return _nested_model(args[0])
+    if origin in (typing.Union, types.UnionType):
+        models = [m for m in (_nested_model(a) for a in args) if m is not None]
+        return models[0] if len(models) == 1 else None
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return None
+
+
+def _integral_floats_as_ints(model: type[BaseModel], data: dict[str, Any]) -> dict[str, Any]:
+    """``1533.0`` where an integer is due is 1533, in nested settings too.
+
+    Why: JSON has one number type and JSON Schema calls 1533.0 an integer, so
+    the published schema admits it; a strict nested model (the privacy
+    settings) would refuse it while the spec's own fields accept it. Integral
+    floats become ints before validation, everywhere alike; 1533.5 stays a
+    float and is refused where an int is due.
+    """
+    out = dict(data)
+    for name, info in model.model_fields.items():
+        if name not in out:
+            continue
+        value = out[name]
+        if _numeric_kinds(info.annotation) == {int} and isinstance(value, float):
+            if value.is_integer() and abs(value) <= MAX_JSON_INT:
+                out[name] = int(value)
+        nested = _nested_model(info.annotation)
+        if nested is not None and isinstance(value, dict):
+            out[name] = _integral_floats_as_ints(nested, value)
+    return out
 
 
 def _b64_key(value: Any) -> bytes:
