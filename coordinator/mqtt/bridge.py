@@ -574,12 +574,13 @@ class StudyBridge:
                 if self.service.heartbeat(self.study_id, message) is False:
                     # Unknown (or revoked) here: tell the device, which re-enrols (and
                     # a revoked one is then refused for good, and stops).
-                    if self.security is not None:
-                        self._wire_refuse(
+                    if self.security is not None and info.device_id is not None:
+                        self._wire_refuse(  # counted and audited once, under the device
                             info, RejectKind.HEARTBEAT_REFUSED, "not enrolled", sender=sender
                         )
-                    else:
-                        self.stats.rejected[RejectKind.HEARTBEAT_REFUSED.value] += 1
+                        self._send_error(info.device_id, ErrorCode.NOT_ENROLLED, "not enrolled")
+                        return False
+                    self.stats.rejected[RejectKind.HEARTBEAT_REFUSED.value] += 1
                     self._reject(
                         info, RejectKind.REFUSED, "not enrolled", code=ErrorCode.NOT_ENROLLED
                     )
