@@ -121,10 +121,6 @@ BUFFERED_STRATEGIES = frozenset({StrategyName.FEDBUFF, StrategyName.FTTE, Strate
 BUFFERED_NORM_BOUND_TOLERANCE = 10.0
 
 
-BUFFERED_STRATEGIES = frozenset({StrategyName.FEDBUFF, StrategyName.FTTE, StrategyName.FEDASYNC})
-BUFFERED_NORM_BOUND_TOLERANCE = 10.0
-
-
 class StudySpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -162,8 +158,8 @@ class StudySpec(BaseModel):
     # default 10 for buffered strategies (see _buffered_studies_are_norm_bounded)
     norm_bound_tolerance: float | None = Field(default=None, ge=1)
     norm_bound_window: int = Field(default=200, ge=1)
-    # FTTE's energy term: clip an update to the bound (default) or damp its weight (former)
-    energy_rule: EnergyRule = EnergyRule.CLIP
+    # FTTE's energy term: damp an update's weight beyond the bound (default) or clip it
+    energy_rule: EnergyRule = EnergyRule.DAMP
     energy_quantile: float = Field(default=0.8, ge=0.5, lt=1)
     # FedAvg: over-select each cohort by this fraction, close on the first `concurrency`
     fedavg_over_selection: float = Field(default=0.0, ge=0, le=2)
@@ -180,27 +176,6 @@ class StudySpec(BaseModel):
     @classmethod
     def _no_renamed_keys(cls, data: Any) -> Any:
         refuse_renamed_keys(data, what="study spec")
-        return data
-
-    @model_validator(mode="before")
-    @classmethod
-    def _buffered_studies_are_norm_bounded(cls, data: Any) -> Any:
-        """A buffered strategy is norm-bounded unless the spec says otherwise.
-
-        Why: a buffered merge takes a few updates at a time, so one divergent or
-        poisoned update moves the model; ``NormBounded`` caps its energy at
-        ``BUFFERED_NORM_BOUND_TOLERANCE`` x the recent median. An explicit
-        ``norm_bound_tolerance`` (``null``: off) wins; a stored spec always carries
-        the key (dumps include defaults), so a study restores as it was created.
-        """
-        if not isinstance(data, dict) or "norm_bound_tolerance" in data:
-            return data
-        try:
-            strategy = StrategyName(data.get("strategy", StrategyName.FTTE))
-        except ValueError:
-            return data  # the field's own validation says what is wrong
-        if strategy in BUFFERED_STRATEGIES:
-            return {**data, "norm_bound_tolerance": BUFFERED_NORM_BOUND_TOLERANCE}
         return data
 
     @model_validator(mode="before")

@@ -189,7 +189,7 @@ class Scenario(BaseModel):
     energy_beta: float = Field(default=1.0, ge=0)
     energy_tolerance: float = Field(default=10.0, ge=1)
     energy_window: int = Field(default=200, ge=0)
-    energy_rule: EnergyRule = EnergyRule.CLIP  # DAMP: the former rule (ablation)
+    energy_rule: EnergyRule = EnergyRule.DAMP  # CLIP: tried in issue 14, not kept
     energy_quantile: float = Field(default=0.8, ge=0.5, lt=1)  # 0.5: the former bound
     # synchronous FedAvg as deployed: over-select the cohort by this fraction and close
     # the round on the first `concurrency` reports; a round still open at the deadline

@@ -4,11 +4,12 @@ A toy federation on the real strategies: one shared tensor of two halves (the
 same tensors every device trains, as in a real model); honest group A devices
 pull half "a" to 1, honest group B devices (a quarter of each buffer) pull half
 "b" to 10, so their updates are about 100x as energetic while "b" is unlearned:
-wearers who honestly do different things. Every update carries
-a little local noise. The former DAMP rule shuts group B out (its influence
-falls as its energy rises); the CLIP rule keeps up with FedBuff. Then 10% of
-updates are poison (block "a" pulled hard the wrong way): CLIP still resists
-it where plain FedBuff is dragged off.
+wearers who honestly do different things. Every update carries a little
+local noise. The former rule (damping beyond 10x the median) shuts group B
+out; the default quantile bound keeps up with FedBuff. Then 10% of updates are
+poison (half "a" pulled hard the wrong way): every rule still resists it where
+plain FedBuff is dragged off (the measured fleet, not this toy, is what showed
+the CLIP rule too lenient: README, merge weights).
 """
 
 from __future__ import annotations
@@ -82,16 +83,19 @@ def error(params: dict[str, np.ndarray], block: str) -> float:
     return float(np.abs(params["w"][HALF[block]] - TARGET[block]).max())
 
 
-def test_clip_learns_an_honest_energetic_group_that_damp_shuts_out() -> None:
+def test_the_quantile_bound_learns_an_honest_energetic_group_the_median_shuts_out() -> None:
     # Execute
     fedbuff = federate(FedBuff(shapes=SHAPES, buffer_size=4))
+    default = federate(FTTE(shapes=SHAPES, buffer_size=4, staleness_exponent=0.0))
     clip = federate(ftte(EnergyRule.CLIP))
     clip_median = federate(ftte(EnergyRule.CLIP, quantile=0.5))
     former = federate(ftte(FORMER["rule"], quantile=FORMER["quantile"]))
-    # Assert: FedBuff and FTTE both learn half b; the former rule leaves it mostly
-    # unlearned, and clipping to the median's bound alone is still far behind
+    # Assert: FedBuff and FTTE (default: damp beyond the quantile bound; clip too) learn
+    # half b; the former rule leaves it mostly unlearned, clipping at the median's
+    # bound is still far behind
     assert error(fedbuff, "b") < 0.1
-    assert error(clip, "b") < 0.1 and error(clip, "a") < 0.1
+    assert error(default, "b") < 0.1 and error(default, "a") < 0.1
+    assert error(clip, "b") < 0.1
     assert error(former, "b") > 5.0
     assert error(clip_median, "b") > 3.0
 
@@ -112,7 +116,7 @@ def test_a_slow_honest_group_counts_by_devices_not_by_updates() -> None:
     # quarter of the devices) are slow and send one update every third buffer,
     # about 8% of the updates
     rng = np.random.default_rng(3)
-    strategy = ftte(EnergyRule.CLIP)
+    strategy = ftte(EnergyRule.DAMP)
     params = {n: np.zeros(s, dtype=np.float32) for n, s in SHAPES.items()}
     count = 0
     # Execute
@@ -134,6 +138,6 @@ def test_a_slow_honest_group_counts_by_devices_not_by_updates() -> None:
     assert error(params, "b") < 0.1
     saved = state["payload"]["device_energies"]
     assert sorted(d for d, _ in saved) == [f"d{i}" for i in range(8)]
-    restored = ftte(EnergyRule.CLIP)
+    restored = ftte(EnergyRule.DAMP)
     restored.load_state_dict(state)
     assert restored.tolerance([]) == strategy.tolerance([])
