@@ -28,7 +28,10 @@ from ..progress import make_progress, tracker
 
 def command(
     quick: Annotated[
-        bool, typer.Option("--quick", help="The small scenario (< 60 s on 2 cores).")
+        bool,
+        typer.Option(
+            "--quick", help="The small scenario (100 devices, five rows; minutes on 2 cores)."
+        ),
     ] = False,
     scenario: Annotated[
         str | None, typer.Option(help="Preset or scenario file (overrides --quick).")
