@@ -248,6 +248,56 @@ class PrivacyLedger:
         task; it is checked against the recomputation (``ForgedClaim``). Over
         budget raises ``BudgetExceeded``. On any error nothing is recorded.
         """
+        return self._record_spend(
+            device,
+            task_id,
+            step,
+            at=at,
+            max_grad_norm=max_grad_norm,
+            claimed_epsilon=claimed_epsilon,
+            confirmed=True,
+        )
+
+    def reserve(
+        self,
+        device: str,
+        task_id: str,
+        step: MechanismStep,
+        *,
+        at: float,
+        max_grad_norm: float,
+    ) -> SpendRecord:
+        """Charge a task when it is dispatched: the whole mechanism the task imposes.
+
+        The record stays unconfirmed until the task's update arrives
+        (``confirm``); a task whose update never arrives stays charged.
+        ``BudgetExceeded`` (nothing recorded) if the budget cannot afford it.
+        """
+        return self._record_spend(
+            device,
+            task_id,
+            step,
+            at=at,
+            max_grad_norm=max_grad_norm,
+            claimed_epsilon=None,
+            confirmed=False,
+        )
+
+    def _record_spend(
+        self,
+        device: str,
+        task_id: str,
+        step: MechanismStep,
+        *,
+        at: float,
+        max_grad_norm: float,
+        claimed_epsilon: float | None,
+        confirmed: bool,
+    ) -> SpendRecord:
+        """Validate, check the claim and the budget, then record: ``charge`` and ``reserve``.
+
+        Every check runs before ``_append``, so on any error nothing is recorded.
+        """
         _check_name("device", device)
         _check_name("task_id", task_id)
         if not isinstance(step, MechanismStep):
@@ -276,51 +326,7 @@ class PrivacyLedger:
             epsilon_before=before,
             epsilon_after=after,
             claimed_epsilon=None if claimed_epsilon is None else float(claimed_epsilon),
-        )
-        self._append(device, account, record)
-        return record
-
-    def reserve(
-        self,
-        device: str,
-        task_id: str,
-        step: MechanismStep,
-        *,
-        at: float,
-        max_grad_norm: float,
-    ) -> SpendRecord:
-        """Charge a task when it is dispatched: the whole mechanism the task imposes.
-
-        The record stays unconfirmed until the task's update arrives
-        (``confirm``); a task whose update never arrives stays charged.
-        ``BudgetExceeded`` (nothing recorded) if the budget cannot afford it.
-        """
-        _check_name("device", device)
-        _check_name("task_id", task_id)
-        if not isinstance(step, MechanismStep):
-            raise TypeError("step must be a MechanismStep")
-        _finite("at", at)
-        clip = _positive_finite("max_grad_norm", max_grad_norm)
-        account = self._accounts.get(device, _Account())
-        if task_id in account.task_ids:
-            raise DuplicateCharge(f"task {task_id!r} was already charged to device {device!r}")
-        before = account.epsilon
-        after = self._epsilon(account.history_with(step))
-        if after > self._policy.epsilon:
-            raise BudgetExceeded(
-                device=device, spent=before, requested=after, budget=self._policy.epsilon
-            )
-        record = SpendRecord(
-            device=device,
-            task_id=task_id,
-            at=float(at),
-            noise_multiplier=step.noise_multiplier,
-            sample_rate=step.sample_rate,
-            steps=step.steps,
-            max_grad_norm=clip,
-            epsilon_before=before,
-            epsilon_after=after,
-            confirmed=False,
+            confirmed=confirmed,
         )
         self._append(device, account, record)
         return record
