@@ -25,8 +25,6 @@ from fedward.simulation.studyfile import load_study_file
 
 from .simulate import or_exit
 
-API_MIN_WINDOW = 64
-
 app = typer.Typer(help="Study files: check one, or print its spec for a running coordinator.")
 
 
@@ -67,10 +65,4 @@ def spec(
     body: dict[str, object] = {"spec": live.model_dump(mode="json")}
     if study_id is not None:
         body["study_id"] = study_id
-    if live.window < API_MIN_WINDOW:  # the REST schema's bound (coordinator.api.schemas)
-        typer.echo(
-            f"note: windows of {live.window} samples run in fedward simulate and fedward up; "
-            f"POST /v1/studies accepts windows of {API_MIN_WINDOW} or more",
-            err=True,
-        )
     typer.echo(json.dumps(body, indent=2))
