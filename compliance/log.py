@@ -60,7 +60,14 @@ from fedward.compliance.events import (
     canonical_json,
     to_utc,
 )
-from fedward.compliance.proofs import AuditReceipt, ConsistencyProof, InclusionProof, SignedTreeHead
+from fedward.compliance.proofs import (
+    AuditReceipt,
+    ConsistencyProof,
+    InclusionProof,
+    SignedTreeHead,
+    build_consistency_proof,
+    build_inclusion_proof,
+)
 from fedward.compliance.store import AuditStore, JsonlAuditStore, MemoryAuditStore, TornTail
 from fedward.compliance.verify import VerificationReport, replay_store
 
@@ -342,28 +349,14 @@ class AuditLog:
         against that head)."""
         with self._lock:
             n = self._tree.size if tree_size is None else tree_size
-            path = self._tree.inclusion_proof(index=seq, tree_size=n)
-            return InclusionProof(
-                seq=seq,
-                tree_size=n,
-                leaf_hash=self._tree.leaf(index=seq).hex(),
-                root_hash=self._tree.root(tree_size=n).hex(),
-                path=tuple(p.hex() for p in path),
-            )
+            return build_inclusion_proof(self._tree, seq=seq, tree_size=n)
 
     def prove_consistency(self, *, old_size: int, new_size: int | None = None) -> ConsistencyProof:
         """Proof that the log at ``old_size`` is a prefix of the log at
         ``new_size`` (default: now)."""
         with self._lock:
             n = self._tree.size if new_size is None else new_size
-            path = self._tree.consistency_proof(old_size=old_size, new_size=n)
-            return ConsistencyProof(
-                old_size=old_size,
-                new_size=n,
-                old_root=self._tree.root(tree_size=old_size).hex(),
-                new_root=self._tree.root(tree_size=n).hex(),
-                path=tuple(p.hex() for p in path),
-            )
+            return build_consistency_proof(self._tree, old_size=old_size, new_size=n)
 
     # -- lifecycle -----------------------------------------------------------
     def close(self) -> None:

@@ -35,6 +35,8 @@ __all__ = [
     "ConsistencyProof",
     "InclusionProof",
     "SignedTreeHead",
+    "build_consistency_proof",
+    "build_inclusion_proof",
 ]
 
 STH_CONTEXT = b"fedward/audit/tree-head/v1\x00"
@@ -163,3 +165,32 @@ class ConsistencyProof(BaseModel):
             new_root=bytes.fromhex(self.new_root),
             proof=[bytes.fromhex(p) for p in self.path],
         )
+
+
+def build_inclusion_proof(tree: merkle.MerkleTree, *, seq: int, tree_size: int) -> InclusionProof:
+    """The inclusion proof of entry ``seq`` in the first ``tree_size`` leaves of
+    ``tree``; the writer (``AuditLog``) and the reader (``AuditReader``) both hand
+    out this one. Range checks stay with the caller (each has its own error)."""
+    path = tree.inclusion_proof(index=seq, tree_size=tree_size)
+    return InclusionProof(
+        seq=seq,
+        tree_size=tree_size,
+        leaf_hash=tree.leaf(index=seq).hex(),
+        root_hash=tree.root(tree_size=tree_size).hex(),
+        path=tuple(p.hex() for p in path),
+    )
+
+
+def build_consistency_proof(
+    tree: merkle.MerkleTree, *, old_size: int, new_size: int
+) -> ConsistencyProof:
+    """The consistency proof from ``old_size`` to ``new_size`` leaves of ``tree``
+    (see ``build_inclusion_proof``: one builder, range checks with the caller)."""
+    path = tree.consistency_proof(old_size=old_size, new_size=new_size)
+    return ConsistencyProof(
+        old_size=old_size,
+        new_size=new_size,
+        old_root=tree.root(tree_size=old_size).hex(),
+        new_root=tree.root(tree_size=new_size).hex(),
+        path=tuple(p.hex() for p in path),
+    )

@@ -34,7 +34,13 @@ from pydantic import ValidationError
 from fedward.compliance import merkle
 from fedward.compliance.errors import ComplianceError
 from fedward.compliance.events import canonical_json, format_ts
-from fedward.compliance.proofs import ConsistencyProof, InclusionProof, SignedTreeHead
+from fedward.compliance.proofs import (
+    ConsistencyProof,
+    InclusionProof,
+    SignedTreeHead,
+    build_consistency_proof,
+    build_inclusion_proof,
+)
 from fedward.compliance.store import tree_head_path
 
 __all__ = [
@@ -221,14 +227,7 @@ class AuditReader:
                 raise ProofRangeError(
                     f"need 0 <= seq < tree_size <= {self._tree.size}; got seq {seq}, size {n}"
                 )
-            path = self._tree.inclusion_proof(index=seq, tree_size=n)
-            return InclusionProof(
-                seq=seq,
-                tree_size=n,
-                leaf_hash=self._tree.leaf(index=seq).hex(),
-                root_hash=self._tree.root(tree_size=n).hex(),
-                path=tuple(p.hex() for p in path),
-            )
+            return build_inclusion_proof(self._tree, seq=seq, tree_size=n)
 
     def consistency(self, *, old_size: int, new_size: int | None = None) -> ConsistencyProof:
         self.refresh()
@@ -238,14 +237,7 @@ class AuditReader:
                 raise ProofRangeError(
                     f"need 0 <= old_size <= new_size <= {self._tree.size}; got {old_size} and {n}"
                 )
-            path = self._tree.consistency_proof(old_size=old_size, new_size=n)
-            return ConsistencyProof(
-                old_size=old_size,
-                new_size=n,
-                old_root=self._tree.root(tree_size=old_size).hex(),
-                new_root=self._tree.root(tree_size=n).hex(),
-                path=tuple(p.hex() for p in path),
-            )
+            return build_consistency_proof(self._tree, old_size=old_size, new_size=n)
 
     def export_entries(self, *, tree_size: int | None = None) -> Iterator[bytes]:
         """The stored entry lines (each with its newline), up to ``tree_size``: the
