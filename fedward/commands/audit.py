@@ -31,19 +31,23 @@ from fedward.compliance.verify import latest_tree_head, verify_log
 
 app = typer.Typer(help="Audit log verification.", no_args_is_help=True)
 
+# Where the log and its key come from: the same three options on every command
+# that reads a local log (resolved by ``_log_and_key``).
+_DataDirOption = Annotated[
+    Path | None, typer.Option(help="Coordinator data dir (log + signing key).")
+]
+_LogOption = Annotated[
+    Path | None,
+    typer.Option(help="Audit log JSONL (default: <data-dir>/audit/coordinator.jsonl)."),
+]
+_PublicKeyOption = Annotated[str | None, typer.Option(help="Ed25519 public key, 64 hex chars.")]
+
 
 @app.command("verify")
 def verify(
-    data_dir: Annotated[
-        Path | None, typer.Option(help="Coordinator data dir (log + signing key).")
-    ] = None,
-    log: Annotated[
-        Path | None,
-        typer.Option(help="Audit log JSONL (default: <data-dir>/audit/coordinator.jsonl)."),
-    ] = None,
-    public_key: Annotated[
-        str | None, typer.Option(help="Ed25519 public key, 64 hex chars.")
-    ] = None,
+    data_dir: _DataDirOption = None,
+    log: _LogOption = None,
+    public_key: _PublicKeyOption = None,
     record: Annotated[
         bool, typer.Option(help="Append a LOG_VERIFIED entry (needs the signing key).")
     ] = False,
@@ -102,16 +106,9 @@ def verify(
 
 @app.command("head")
 def head(
-    data_dir: Annotated[
-        Path | None, typer.Option(help="Coordinator data dir (log + signing key).")
-    ] = None,
-    log: Annotated[
-        Path | None,
-        typer.Option(help="Audit log JSONL (default: <data-dir>/audit/coordinator.jsonl)."),
-    ] = None,
-    public_key: Annotated[
-        str | None, typer.Option(help="Ed25519 public key, 64 hex chars.")
-    ] = None,
+    data_dir: _DataDirOption = None,
+    log: _LogOption = None,
+    public_key: _PublicKeyOption = None,
     out: Annotated[Path | None, typer.Option(help="Also write the head to this file.")] = None,
 ) -> None:
     """Print the newest signed tree head as JSON: keep it, and later pass it to
