@@ -57,6 +57,7 @@ __all__ = [
     "study_restore_failed",
     "study_transition",
     "task_not_its_own",
+    "task_declined",
     "token_issued",
     "token_revoked",
     "transport_rejected",
@@ -257,6 +258,13 @@ def task_not_its_own(device_id: str, task_id: str) -> AuditRecord:
     """A device tried to act on another device's task (no device can stop another)."""
     details = {"device_id": device_id, "task_id": task_id, "reason": "not its task"}
     return _device(AuditAction.DEVICE_AUTH_FAILED, Outcome.DENIED, device_id, details)
+
+
+def task_declined(device_id: str, task_id: str) -> AuditRecord:
+    """A device holding a DP budget declined a task without DP-SGD (``DP_REQUIRED``);
+    the coordinator then stops scheduling it for the study (DECLINED)."""
+    details = {"device_id": device_id, "task_id": task_id, "reason": "dp_required"}
+    return _device(AuditAction.TASK_REFUSED, Outcome.DENIED, device_id, details)
 
 
 def update_refused_early(

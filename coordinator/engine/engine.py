@@ -58,6 +58,11 @@ from .records import (
 __all__ = ["Engine", "EngineEvent", "EventKind", "SubmitOutcome"]
 
 
+# States a device never leaves (an operator's revocation, a spent budget, a refusal
+# of the study's kind of task).
+_TERMINAL_STATES = frozenset({DeviceState.REVOKED, DeviceState.EXHAUSTED, DeviceState.DECLINED})
+
+
 class EventKind(enum.StrEnum):
     TASK_DISPATCHED = "task_dispatched"
     TASK_FAILED = "task_failed"
@@ -131,10 +136,7 @@ class Engine:
         self, device_id: str, state: DeviceState, *, now: float, reason: str = ""
     ) -> None:
         device = self.devices[device_id]
-        if (
-            device.state in (DeviceState.REVOKED, DeviceState.EXHAUSTED)
-            and state is not device.state
-        ):
+        if device.state in _TERMINAL_STATES and state is not device.state:
             return  # terminal states stick
         device.state = state
         self._emit(
@@ -257,6 +259,24 @@ class Engine:
         self.task_failed(task_id, now=now, reason=reason)
         for guard in self.guards:
             self._apply(order.device_id, guard.task_refused(order, now=now), now=now)
+        return True
+
+    def task_declined(self, task_id: str, *, now: float, reason: str) -> bool:
+        """The device will not run this study's tasks at all (``reason``: why).
+
+        Unlike ``task_refused`` no guard is asked: the device did not run out of
+        anything, it refuses the kind of task the study sends (a device holding a
+        DP budget offered a task without DP-SGD). The task is failed at once (its
+        slot freed, not held to its deadline) and the device goes DECLINED, so it
+        is not offered the same refusal after every heartbeat. A charge made at
+        dispatch (patient-level budgets) stays: conservative, never under.
+        Returns False for a task not in flight.
+        """
+        order = self.tasks.get(task_id)
+        if order is None:
+            return False
+        self.task_failed(task_id, now=now, reason=reason)
+        self.set_device_state(order.device_id, DeviceState.DECLINED, now=now, reason=reason)
         return True
 
     def submit(self, update: ClientUpdate, *, now: float, context: Any = None) -> SubmitOutcome:

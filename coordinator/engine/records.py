@@ -40,6 +40,9 @@ class DeviceState(enum.StrEnum):
     OFFLINE = "offline"
     REVOKED = "revoked"
     EXHAUSTED = "exhausted"  # privacy budget spent: never scheduled again
+    # the device declines this study's tasks (it holds a DP budget and the study's
+    # tasks carry no DP-SGD): never scheduled again by this study
+    DECLINED = "declined"
 
 
 @dataclass(kw_only=True)

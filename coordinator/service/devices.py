@@ -264,7 +264,7 @@ class DeviceCalls(ServiceCore):
             device = study.engine.devices.get(msg.device_id) if study else None
             if study is None or device is None:
                 return False
-            if device.state in (DeviceState.REVOKED, DeviceState.EXHAUSTED):
+            if device.state in (DeviceState.REVOKED, DeviceState.EXHAUSTED, DeviceState.DECLINED):
                 return False
             with self._change(study) as changes:
                 now = changes.at

@@ -11,6 +11,11 @@ the first whitespace is the device's free text, never logged). Why act on it
 at once rather than wait for the deadline: the slot is freed for another
 device now, and the device is never scheduled again (a budget only shrinks),
 instead of being re-dispatched after every heartbeat to refuse again.
+
+A device that holds a DP budget declines a task without DP-SGD with code
+``DP_REQUIRED`` (same detail rule): the task is failed at once and the device
+goes DECLINED for this study (the study's tasks will never carry what it
+requires), so it is neither held to the deadline nor asked again.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ from .studies import finish_if_done
 # The bridge's reasons for dropping a message (fedward.coordinator.mqtt.bridge.RejectKind values).
 _AUTH_REJECTIONS = frozenset({"route"})
 _MALFORMED_REJECTIONS = frozenset({"malformed", "unsupported_version", "too_large", "wrong_topic"})
+# The codes a device may decline a task with (see the module doc).
+_DECLINE_CODES = frozenset({ErrorCode.BUDGET_EXHAUSTED, ErrorCode.DP_REQUIRED})
 
 
 class RefusalCalls(ServiceCore):
@@ -62,23 +69,25 @@ class RefusalCalls(ServiceCore):
     def device_refused(
         self, study_id: str, device_id: str, task_id: str, reason: ErrorCode
     ) -> bool:
-        """``device_id`` declines ``task_id`` because its own privacy budget is spent.
+        """``device_id`` declines ``task_id``: its own privacy budget is spent
+        (``BUDGET_EXHAUSTED``) or the task carries no DP-SGD and the device
+        requires it (``DP_REQUIRED``: the task fails at once, the device goes
+        DECLINED for this study; no guard is asked).
 
-        The privacy guard fails the task (its slot freed), audits the refusal
+        For a spent budget, the privacy guard fails the task (its slot freed), audits the refusal
         as TASK_REFUSED with the device as actor, and stops the device for good
         (EXHAUSTED, audited as the coordinator's BUDGET_EXHAUSTED). Returns
         False, changing nothing, when the task is no longer in flight (a
         re-delivered refusal, or one after the deadline) or is another
         device's (audited as DEVICE_AUTH_FAILED: no device can stop another).
         """
-        if reason is not ErrorCode.BUDGET_EXHAUSTED:
+        if reason not in _DECLINE_CODES:
             raise UnsupportedRefusal(f"a device cannot decline a task with {reason!r}")
         with self._lock:
             study = self._require(study_id)
             if device_id not in study.engine.devices:
                 raise DeviceNotFound(f"{study_id} has no device {device_id}")
-            guard = privacy_guard_of(study.engine)
-            if guard is None:
+            if reason is ErrorCode.BUDGET_EXHAUSTED and privacy_guard_of(study.engine) is None:
                 raise NoPrivacyPolicy(f"study {study_id!r} has no privacy budgets to refuse on")
             order = study.engine.tasks.get(task_id)
             if order is None:
@@ -90,9 +99,15 @@ class RefusalCalls(ServiceCore):
                 study.failure_status[task_id] = TaskStatus.FAILED
                 study.refused_tasks.add(task_id)
                 try:
-                    study.engine.task_refused(
-                        task_id, now=changes.at, reason="refused by the device: privacy budget"
-                    )
+                    if reason is ErrorCode.DP_REQUIRED:
+                        study.engine.task_declined(
+                            task_id, now=changes.at, reason="declined by the device: DP required"
+                        )
+                        self._audit(audit.task_declined(device_id, task_id), study_id=study.id)
+                    else:
+                        study.engine.task_refused(
+                            task_id, now=changes.at, reason="refused by the device: privacy budget"
+                        )
                 finally:
                     study.refused_tasks.discard(task_id)
                 finish_if_done(self, study, changes)  # maybe the last device able to work
@@ -103,7 +118,7 @@ class RefusalCalls(ServiceCore):
 
         ``detail`` must start with the task id (see the module doc); the rest
         is the device's own text and is dropped. Raises ``UnsupportedRefusal``
-        for a code other than ``BUDGET_EXHAUSTED`` or a detail naming no task.
+        for a code other than ``BUDGET_EXHAUSTED``/``DP_REQUIRED`` or a detail naming no task.
         """
         words = message.detail.split(maxsplit=1)
         task_id = words[0] if words else ""

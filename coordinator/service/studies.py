@@ -43,7 +43,9 @@ class StopReason(enum.StrEnum):
     DEVICES_EXHAUSTED = "devices_exhausted"
 
 
-_CANNOT_WORK = frozenset({DeviceState.EXHAUSTED, DeviceState.REVOKED})
+_CANNOT_WORK = frozenset({DeviceState.EXHAUSTED, DeviceState.REVOKED, DeviceState.DECLINED})
+# Devices that stopped by their own word (budget spent, DP required), not the operator's.
+_STOPPED_THEMSELVES = frozenset({DeviceState.EXHAUSTED, DeviceState.DECLINED})
 
 
 def stop_reason(study: StudyRuntime) -> StopReason | None:
@@ -60,7 +62,7 @@ def stop_reason(study: StudyRuntime) -> StopReason | None:
         rule.when_exhausted
         and devices
         and engine.in_flight() == 0
-        and any(d.state is DeviceState.EXHAUSTED for d in devices)
+        and any(d.state in _STOPPED_THEMSELVES for d in devices)
         and all(d.state in _CANNOT_WORK for d in devices)
     ):
         return StopReason.DEVICES_EXHAUSTED
