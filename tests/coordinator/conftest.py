@@ -27,7 +27,7 @@ from fedward.coordinator.settings import CoordinatorSettings
 from fedward.coordinator.study_spec import StudySpec
 from fedward.edge.local import LocalTask, run_local_task
 from fedward.edge.updates import encode_update, update_header
-from fedward.protocol.messages import DeviceClass, Enrol, decode_frame
+from fedward.protocol.messages import DeviceClass, Enrol, PrivacyReport, decode_frame
 from fedward.tinytrain.models import Params, build_model
 from tests.services import require_module, unavailable
 
@@ -175,8 +175,11 @@ class Fleet:
         )
         self.y = rng.integers(0, self.spec.num_classes, 12)
 
-    def train(self, out: OutboundTask, *, seed: int = 1) -> bytes:
-        """Receive the model frame, train the subset, return the update frame."""
+    def train(
+        self, out: OutboundTask, *, seed: int = 1, privacy: PrivacyReport | None = None
+    ) -> bytes:
+        """Receive the model frame, train the subset, return the update frame
+        (carrying ``privacy``, the device's DP report, when given)."""
         _, tensors = decode_frame(out.model_frame, max_bytes=MAX_BYTES)
         held = self.held.setdefault(out.device_id, {})
         held.update(tensors)
@@ -193,6 +196,7 @@ class Fleet:
             device_id=out.device_id,
             subset_id=out.task.subset_id,
             base_version=out.task.model_version,
+            privacy=privacy,
         )
         return encode_update(header, result, max_bytes=MAX_BYTES)
 

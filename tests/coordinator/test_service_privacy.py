@@ -24,15 +24,12 @@ from fedward.coordinator.service import (
 )
 from fedward.coordinator.store import TaskStatus
 from fedward.coordinator.study_spec import StudySpec
-from fedward.edge.local import LocalTask, run_local_task
-from fedward.edge.updates import encode_update, update_header
 from fedward.privacy.accounting import epsilon_for
 from fedward.protocol.messages import (
     AckStatus,
     ErrorCode,
     ErrorMessage,
     PrivacyReport,
-    decode_frame,
 )
 
 with warnings.catch_warnings():  # starlette's note about httpx2; the client works as is
@@ -52,28 +49,6 @@ PRIVACY = StudyPrivacy(
 @pytest.fixture
 def dp_spec(spec: StudySpec) -> StudySpec:
     return spec.model_copy(update={"privacy": PRIVACY})
-
-
-def update_frame(fleet, out, *, report: PrivacyReport | None) -> bytes:
-    _, tensors = decode_frame(out.model_frame, max_bytes=1 << 24)
-    held = fleet.held.setdefault(out.device_id, {})
-    held.update(tensors)
-    task = LocalTask(
-        task_id=out.task.task_id,
-        model_version=out.task.model_version,
-        subset_names=out.task.subset_names,
-        train=fleet.spec.train_settings(),
-        seed=1,
-    )
-    result = run_local_task(fleet.model, dict(held), fleet.x, fleet.y, task)
-    header = update_header(
-        result,
-        device_id=out.device_id,
-        subset_id=out.task.subset_id,
-        base_version=out.task.model_version,
-        privacy=report,
-    )
-    return encode_update(header, result, max_bytes=1 << 24)
 
 
 def honest_report() -> PrivacyReport:
@@ -99,8 +74,8 @@ def test_dp_tasks_reports_spends_and_a_restart(
     service.start("dp")
     first, second = service.dispatch("dp")
     # Execute
-    missing = service.submit_update("dp", update_frame(fleet, first, report=None))
-    honest = service.submit_update("dp", update_frame(fleet, second, report=honest_report()))
+    missing = service.submit_update("dp", fleet.train(first, privacy=None))
+    honest = service.submit_update("dp", fleet.train(second, privacy=honest_report()))
     guard_state = privacy_guard_of(service._studies["dp"].engine).state_dict()
     service.close()
     reopened = StudyService.open(settings, clock=clock, seed=7)
@@ -133,7 +108,7 @@ def test_a_budget_the_coordinator_stops_is_audited_as_its_decision(
     service.start("dp")
     (out,) = service.dispatch("dp")
     # Execute: the one affordable task is spent; the coordinator stops the device
-    ack = service.submit_update("dp", update_frame(fleet, out, report=honest_report()))
+    ack = service.submit_update("dp", fleet.train(out, privacy=honest_report()))
     # Assert
     assert ack.status is AckStatus.BUFFERED
     assert service.dispatch("dp") == []
@@ -155,7 +130,7 @@ def test_the_privacy_report_over_rest(service, settings, token, dp_spec, spec, n
         assert service.enrol("dp", new_enrol("dp", i)).accepted
     service.start("dp")
     out = service.dispatch("dp")[0]
-    service.submit_update("dp", update_frame(fleet, out, report=honest_report()))
+    service.submit_update("dp", fleet.train(out, privacy=honest_report()))
     ledger = privacy_guard_of(service._studies["dp"].engine).ledger
     # Execute
     with TestClient(create_app(settings, service=service)) as client:
@@ -191,7 +166,7 @@ def test_the_privacy_report_conforms_to_its_openapi_schema(
     assert service.enrol("dp", new_enrol("dp", 0)).accepted
     service.start("dp")
     (out,) = service.dispatch("dp")
-    service.submit_update("dp", update_frame(fleet, out, report=honest_report()))
+    service.submit_update("dp", fleet.train(out, privacy=honest_report()))
     app = create_app(settings, service=service)
     operation = schemathesis.openapi.from_asgi("/openapi.json", app)[
         "/v1/studies/{study_id}/privacy"

@@ -95,7 +95,7 @@ def test_every_device_exhausted_ends_the_study_with_a_clear_status(
         claimed_epsilon=one,
         delta=tight.delta,
     )
-    frame = _dp_frame(fleet, out, report)
+    frame = fleet.train(out, privacy=report)
     # Execute
     ack = service.submit_update("x", frame)
     status = service.status("x")
@@ -106,32 +106,6 @@ def test_every_device_exhausted_ends_the_study_with_a_clear_status(
     (entry,) = _finished(settings)
     assert entry["details"]["reason"] == "devices_exhausted"
     assert entry["details"]["exhausted_devices"] == 1
-
-
-def _dp_frame(fleet, out, report: PrivacyReport) -> bytes:
-    from fedward.edge.local import LocalTask, run_local_task
-    from fedward.edge.updates import encode_update, update_header
-    from fedward.protocol.messages import decode_frame
-
-    _, tensors = decode_frame(out.model_frame, max_bytes=1 << 24)
-    held = fleet.held.setdefault(out.device_id, {})
-    held.update(tensors)
-    task = LocalTask(
-        task_id=out.task.task_id,
-        model_version=out.task.model_version,
-        subset_names=out.task.subset_names,
-        train=fleet.spec.train_settings(),
-        seed=1,
-    )
-    result = run_local_task(fleet.model, dict(held), fleet.x, fleet.y, task)
-    header = update_header(
-        result,
-        device_id=out.device_id,
-        subset_id=out.task.subset_id,
-        base_version=out.task.model_version,
-        privacy=report,
-    )
-    return encode_update(header, result, max_bytes=1 << 24)
 
 
 def test_the_coordinators_held_out_evaluation_reaches_the_target(
