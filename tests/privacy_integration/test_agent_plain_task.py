@@ -27,19 +27,10 @@ from fedward.protocol.messages import (
 from fedward.protocol.topics import TopicKind, device_topic, model_topic
 from fedward.protocol.transport import ErrorPolicy, InMemoryBroker, InMemoryTransport
 from fedward.tinytrain.models import build_model, get_params
-from tests.live.live_helpers import make_agent, random_dataset
+from tests.live.live_helpers import make_agent, random_dataset, wait_until
 
 SPEC = StudySpec(name="dp-plain", window=64, width=4, epochs=1, batch_size=8)
 STUDY, DEVICE = "dp-plain", "dev-plain"
-
-
-def _wait(predicate, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return bool(predicate())
 
 
 def _run(tmp_path, **agent_settings) -> tuple[list[object], object]:
@@ -91,7 +82,7 @@ def test_a_device_with_a_dp_budget_refuses_a_task_without_dp(tmp_path):
     # Prepare / Execute
     heard, agent = _run(tmp_path, dp_epsilon=8.0)
     try:
-        refused = _wait(lambda: agent.stats.tasks_refused == 1)
+        refused = wait_until(lambda: agent.stats.tasks_refused == 1, timeout=30.0)
         time.sleep(0.3)  # an update would have been published by now
         # Assert
         assert refused
@@ -109,7 +100,7 @@ def test_plain_tasks_run_when_the_owner_allows_them_or_the_device_has_no_budget(
     # Prepare / Execute
     heard, agent = _run(tmp_path, **settings)
     try:
-        published = _wait(lambda: any(isinstance(m, Update) for m in heard))
+        published = wait_until(lambda: any(isinstance(m, Update) for m in heard), timeout=30.0)
         # Assert
         assert published and agent.stats.tasks_refused == 0
     finally:

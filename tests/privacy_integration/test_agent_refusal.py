@@ -12,7 +12,6 @@ spend on disk before its update leaves, and its update is accepted.
 from __future__ import annotations
 
 import json
-import time
 
 from budget_helpers import PRIVACY
 
@@ -26,7 +25,7 @@ from fedward.edge.budget import DeviceBudget
 from fedward.edge.settings import AgentSettings
 from fedward.protocol.messages import ErrorCode
 from fedward.protocol.transport import ErrorPolicy, InMemoryBroker, InMemoryTransport
-from tests.live.live_helpers import make_agent, random_dataset
+from tests.live.live_helpers import make_agent, random_dataset, wait_until
 
 SPEC = StudySpec(
     name="dp-refusal",
@@ -39,15 +38,6 @@ SPEC = StudySpec(
     task_deadline_s=600.0,  # a refusal must not wait for this
     privacy=PRIVACY,
 )
-
-
-def _wait(predicate, timeout: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return bool(predicate())
 
 
 def _agent(broker, tmp_path, study_id: str, device_id: str, *, epsilon: float) -> EdgeAgent:
@@ -99,8 +89,8 @@ def test_an_agent_over_its_own_budget_refuses_and_is_stopped_at_once(tmp_path) -
     try:
         frugal.start(wait_enrolled_s=10)
         ample.start(wait_enrolled_s=10)
-        refused = _wait(lambda: state("frugal") is DeviceState.EXHAUSTED, timeout=30)
-        trained = _wait(lambda: service.status(study_id).updates_accepted >= 1, timeout=60)
+        refused = wait_until(lambda: state("frugal") is DeviceState.EXHAUSTED, timeout=30)
+        trained = wait_until(lambda: service.status(study_id).updates_accepted >= 1, timeout=60)
         bridge.drain()
     finally:
         frugal.stop()

@@ -50,6 +50,7 @@ from fedward.protocol.mqtt_settings import MqttSettings
 from fedward.protocol.topics import TopicKind, device_topic, model_filter
 from fedward.protocol.transport import ErrorPolicy, InMemoryBroker, InMemoryTransport
 from fedward.tinytrain.models import build_model, get_params
+from tests.live.live_helpers import wait_until
 
 BUDGET = 4.5  # two tasks of (sigma 1.5, q 0.25, 8 steps): 3.22 then 4.29; a third: 5.1
 SPEC = StudySpec(
@@ -155,15 +156,6 @@ class DpDevice:
         )
 
 
-def _wait(predicate, timeout: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return bool(predicate())
-
-
 def _transports(kind: str, study_id: str, broker: tuple[str, int] | None = None):
     if kind == "inmemory":
         memory = InMemoryBroker()
@@ -218,11 +210,12 @@ def test_a_device_at_its_budget_never_trains_again_live(kind, tmp_path, request)
     try:
         for device in devices:
             device.start()
-        exhausted = _wait(
+        exhausted = wait_until(
             lambda: (
                 service.status(study_id).devices_by_state.get(DeviceState.EXHAUSTED) == 2
                 and service.status(study_id).in_flight == 0
-            )
+            ),
+            timeout=60.0,
         )
         time.sleep(1.0)  # ten more dispatch ticks: nothing may reach an exhausted device
         bridge.drain()
@@ -286,11 +279,12 @@ def test_a_restarted_service_keeps_budgets_and_never_reschedules(tmp_path):
     device = DpDevice(make_transport("dpdev0"), study_id=study_id, device_id="dpdev0", seed=0)
     try:
         device.start()
-        assert _wait(
+        assert wait_until(
             lambda: (
                 service.status(study_id).devices_by_state.get(DeviceState.EXHAUSTED) == 1
                 and service.status(study_id).in_flight == 0
-            )
+            ),
+            timeout=60.0,
         )
     finally:
         device.stop()
