@@ -20,7 +20,7 @@ from fedward.coordinator.engine.planning import SubsetMode
 from fedward.coordinator.privacy.settings import StudyPrivacy
 from fedward.coordinator.strategies import StrategyName
 from fedward.coordinator.strategies.ftte import EnergyRule
-from fedward.coordinator.study_spec import StudySpec, refuse_renamed_keys
+from fedward.coordinator.study_spec import ClientDPSettings, StudySpec, refuse_renamed_keys
 from fedward.privacy.accounting import Accountant
 from fedward.protocol.messages import DeviceClass
 from fedward.tinytrain.models import ModelKind
@@ -39,6 +39,9 @@ class StrategyRun(enum.StrEnum):
     FTTE = "ftte"  # FTTE: one global subset sized to the smallest device
     FTTE_NESTED = "ftte_nested"  # our extension: nested tiers per device
     FTTE_DP = "ftte+dp"  # FTTE's global subset, trained with DP-SGD under per-device budgets
+    # patient-level DP: FTTE's global subset, merged by the coordinator's clipped and
+    # noised uniform mean (strategies.client_dp), each patient's epsilon bounded
+    CLIENT_DP = "client_dp"
     FEDBUFF_NORM_BOUNDED = "fedbuff+normbound"  # FedBuff with adaptive norm clipping
     # memory-feasible baselines: a device trains the full model only if its measured
     # step fits (at the largest micro-batch that does), else it sits out
@@ -76,7 +79,7 @@ class StrategyRun(enum.StrEnum):
 
     @property
     def subset_mode(self) -> SubsetMode:
-        if self in (StrategyRun.FTTE, StrategyRun.FTTE_DP):
+        if self in (StrategyRun.FTTE, StrategyRun.FTTE_DP, StrategyRun.CLIENT_DP):
             return SubsetMode.GLOBAL
         if self is StrategyRun.FTTE_NESTED:
             return SubsetMode.NESTED
@@ -219,6 +222,9 @@ class Scenario(BaseModel):
     dp_sample_rate: float = Field(default=0.25, gt=0, le=1)
     dp_steps_per_task: int | None = Field(default=None, ge=1)
     dp_max_physical_batch: int = Field(default=8, ge=1)
+    # the client_dp row (patient-level DP): each update clipped to dp_clip_norm, each
+    # merge noised with dp_noise_multiplier, each patient's epsilon within dp_epsilon
+    dp_clip_norm: float = Field(default=0.5, gt=0)
 
     @model_validator(mode="before")
     @classmethod
@@ -291,6 +297,16 @@ class Scenario(BaseModel):
             norm_bound_window=max(1, self.energy_window),
             fedavg_over_selection=self.fedavg_over_selection,
             privacy=self.study_privacy() if run.dp else None,
+            client_dp=self.client_dp() if run is StrategyRun.CLIENT_DP else None,
+        )
+
+    def client_dp(self) -> ClientDPSettings:
+        """The client_dp row's patient-level DP (clip, merge noise, per-patient budget)."""
+        return ClientDPSettings(
+            clip_norm=self.dp_clip_norm,
+            noise_multiplier=self.dp_noise_multiplier,
+            epsilon=self.dp_epsilon,
+            delta=self.dp_delta,
         )
 
     def study_privacy(self) -> StudyPrivacy:

@@ -26,6 +26,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.fields import FieldInfo
 
+from fedward.coordinator.privacy.settings import MIN_NOISE_MULTIPLIER
 from fedward.errors import SimulationError
 from fedward.privacy.accounting import Accountant
 from fedward.protocol.messages import DeviceClass
@@ -177,7 +178,8 @@ class Strategy(BaseModel):
 
     name: StrategyRun = Field(
         default=StrategyRun.FTTE,
-        description="fedavg, fedbuff, fedasync, ftte, ftte_nested, ftte+dp, fedbuff+normbound",
+        description="fedavg, fedbuff, fedasync, ftte, ftte_nested, ftte+dp, client_dp, "
+        "fedbuff+normbound",
     )
     concurrency: int = Field(default=50, ge=1, description="tasks in flight at once")
     buffer_size: int = Field(default=10, ge=1, description="updates merged together (K)")
@@ -194,34 +196,88 @@ class Strategy(BaseModel):
 class DpMode(enum.StrEnum):
     NONE = "none"
     DP_SGD = "dp_sgd"  # sample-level DP-SGD on each device, per-device budgets
+    PATIENT = "patient"  # patient-level: the coordinator clips and noises the merge
+
+
+# what each mode reads; the other mode's key set to a value is refused, not ignored
+_DP_SGD_ONLY = ("max_grad_norm", "sample_rate", "steps_per_task", "max_physical_batch")
 
 
 class Privacy(BaseModel):
     model_config = _model("Differential privacy (maps onto the coordinator's StudyPrivacy)")
 
     mode: DpMode = Field(
-        default=DpMode.NONE, description="none, or dp_sgd (needs strategy ftte+dp)"
+        default=DpMode.NONE,
+        description="none; dp_sgd (sample-level, on each device; needs strategy ftte+dp); or "
+        "patient (patient-level: each update clipped, each merge noised by the coordinator; "
+        "needs strategy client_dp)",
     )
     epsilon: float = Field(
-        default=8.0, gt=0, description="each device's budget over the whole study"
+        default=8.0,
+        gt=0,
+        le=100,
+        description="each device's (patient: each patient's) budget over the whole study",
     )
     delta: float = Field(default=1e-5, gt=0, lt=1e-2)
     accountant: Accountant = Field(
-        default=Accountant.RDP, description="rdp or prv (gdp underestimates)"
+        default=Accountant.RDP,
+        description="rdp or prv (gdp underestimates); patient mode accounts with rdp",
     )
-    noise_multiplier: float = Field(default=1.5, gt=0)
-    max_grad_norm: float = Field(default=1.0, gt=0, description="per-sample clip norm")
+    noise_multiplier: float = Field(
+        default=1.5,
+        gt=0,
+        description="dp_sgd: of each DP-SGD step; patient: of each merge (std / sensitivity)",
+    )
+    clip_norm: float = Field(
+        default=0.5, gt=0, le=1e6, description="patient: L2 bound of each device's update"
+    )
+    max_grad_norm: float = Field(default=1.0, gt=0, description="dp_sgd: per-sample clip norm")
     sample_rate: float = Field(
-        default=0.25, gt=0, le=1, description="Poisson sampling rate per step"
+        default=0.25, gt=0, le=1, description="dp_sgd: Poisson sampling rate per step"
     )
     steps_per_task: int | None = Field(
-        default=None, ge=1, description="DP-SGD steps per task (default: epochs / sample_rate)"
+        default=None,
+        ge=1,
+        description="dp_sgd: DP-SGD steps per task (default: epochs / sample_rate)",
     )
-    max_physical_batch: int = Field(default=8, ge=1, description="memory cap of one DP micro-batch")
+    max_physical_batch: int = Field(
+        default=8, ge=1, description="dp_sgd: memory cap of one DP micro-batch"
+    )
     secure_aggregation: Literal[False] = Field(
         default=False,
         description="not available yet: secure aggregation is not wired into the merge",
     )
+
+    @model_validator(mode="after")
+    def _check(self) -> Privacy:
+        if self.mode is DpMode.PATIENT:
+            stray = [k for k in _DP_SGD_ONLY if self._changed(k)]
+            if stray:
+                raise ValueError(
+                    f"{', '.join(stray)} belong(s) to mode dp_sgd (DP-SGD on the devices); "
+                    "patient mode clips whole updates: remove it, or set privacy.clip_norm"
+                )
+            if self.accountant is not Accountant.RDP:
+                raise ValueError(
+                    "patient mode accounts each patient's merges with rdp: remove "
+                    "privacy.accountant or set it to rdp"
+                )
+            if self.noise_multiplier < MIN_NOISE_MULTIPLIER:
+                raise ValueError(
+                    f"noise_multiplier {self.noise_multiplier:g} is below "
+                    f"{MIN_NOISE_MULTIPLIER:g}: a merge that little noised protects no patient; "
+                    "raise privacy.noise_multiplier"
+                )
+        elif self._changed("clip_norm"):
+            raise ValueError(
+                "clip_norm belongs to mode patient (the coordinator clips each update): "
+                "remove it, or set privacy.mode: patient (dp_sgd clips with max_grad_norm)"
+            )
+        return self
+
+    def _changed(self, key: str) -> bool:
+        """Set to a value of its own (a dumped file repeats the defaults: not a mistake)."""
+        return getattr(self, key) != type(self).model_fields[key].default
 
 
 class Evaluation(BaseModel):
@@ -279,6 +335,11 @@ class StudyFile(BaseModel):
         if dp != self.strategy.name.dp:
             raise ValueError(
                 "privacy.mode dp_sgd and strategy.name ftte+dp go together: set both or neither"
+            )
+        patient = self.privacy.mode is DpMode.PATIENT
+        if patient != (self.strategy.name is StrategyRun.CLIENT_DP):
+            raise ValueError(
+                "privacy.mode patient and strategy.name client_dp go together: set both or neither"
             )
         if (
             self.data.source is DataSource.FILE
@@ -353,6 +414,7 @@ class StudyFile(BaseModel):
             "dp_sample_rate": p.sample_rate,
             "dp_steps_per_task": p.steps_per_task,
             "dp_max_physical_batch": p.max_physical_batch,
+            "dp_clip_norm": p.clip_norm,
         }
         if d.source is DataSource.SYNTHETIC:
             kind = ModelKind.MLP if self.model.kind is ModelChoice.MLP else ModelKind.CNN
