@@ -39,11 +39,13 @@ from urllib.parse import urlparse
 import numpy as np
 from pydantic import SecretStr
 
+from fedward.compliance.events import AuditAction, AuditEntry
+from fedward.compliance.store import JsonlAuditStore
 from fedward.coordinator.mqtt.bridge import StudyBridge
 from fedward.coordinator.mqtt.security import WireSecurity
-from fedward.coordinator.service import ServiceError, StudyService
+from fedward.coordinator.service import NoPrivacyPolicy, ServiceError, StudyService
 from fedward.coordinator.settings import CoordinatorSettings
-from fedward.coordinator.study_spec import StopRule
+from fedward.coordinator.study_spec import StopRule, build_planner
 from fedward.edge.agent import EdgeAgent
 from fedward.edge.dataset import load_dataset, save_dataset
 from fedward.edge.identity import load_or_create_identity
@@ -259,7 +261,12 @@ class LiveResult:
     series: list[dict[str, float]] = field(default_factory=list)
     stop_reason: str | None = None  # the stop rule that ended it, if one did
     by_class: dict[str, dict[str, Any]] = field(default_factory=dict)
-    """Per device class: devices, devices that contributed, accepted updates, memory budget."""
+    """Per device class: devices, devices that contributed, accepted updates, staleness,
+    the class's measured training step against its memory budget."""
+    epsilon_series: list[dict[str, Any]] = field(default_factory=list)
+    """A DP study: each class's highest cumulative epsilon over wall seconds since start."""
+    privacy: dict[str, Any] = field(default_factory=dict)
+    """A DP study: the budget and what its epsilon protects (window or patient)."""
 
 
 class LiveStudy:
@@ -290,6 +297,7 @@ class LiveStudy:
         self._eval_model = build_model(self.model_config, seed=scenario.seed)
         self._test: tuple[np.ndarray, np.ndarray] | None = None
         self._started = 0.0
+        self._started_epoch = 0.0  # the coordinator's clock (ledger times) at start
 
     # -- setup --------------------------------------------------------------------
 
@@ -309,6 +317,7 @@ class LiveStudy:
         if o.torch_threads is not None:
             limit_threads(o.torch_threads)
         self._started = time.monotonic()
+        self._started_epoch = time.time()
         if o.broker is None:
             self.embedded = EmbeddedBroker()
             self.broker = self.embedded.start()
@@ -535,24 +544,80 @@ class LiveStudy:
             time.sleep(self.options.poll_s)
 
     def _by_class(self) -> dict[str, dict[str, Any]]:
-        """What the coordinator's device records say, per class (for ``fedward report``)."""
+        """What the coordinator's device records say, per class (for ``fedward report``).
+
+        Staleness comes from the audit log's UPDATE_ACCEPTED entries (the engine's
+        own figure, server versions behind); training memory is the measured step
+        of the subset the study's planner gives the class (the coordinator's rule,
+        over the memory the agents enrolled with), beside the class's budget.
+        """
         if self.service is None:
             return {}
+        devices = self.service.list_devices(self.study_id)
+        planner = build_planner(self.spec)
+        fleet_memory = [d.memory_bytes for d in devices]
+        stale = self._staleness({d.device_id: d.device_class.value for d in devices})
         out: dict[str, dict[str, Any]] = {}
-        for d in self.service.list_devices(self.study_id):
-            c = out.setdefault(
-                d.device_class.value,
-                {
+        for d in devices:
+            cls = d.device_class.value
+            if cls not in out:
+                subset = planner.subset_for(d.memory_bytes, fleet_memory=fleet_memory)
+                ages = stale.get(cls, [])
+                out[cls] = {
                     "devices": 0,
                     "participating_devices": 0,
                     "accepted": 0,
+                    "staleness_mean": float(np.mean(ages)) if ages else None,
+                    "staleness_max": max(ages) if ages else None,
                     "memory_budget_bytes": d.memory_bytes,
-                },
-            )
+                    "train_memory_bytes": planner.tier_bytes[subset.tier - 1],
+                }
+            c = out[cls]
             c["devices"] += 1
             c["participating_devices"] += d.completed > 0
             c["accepted"] += d.completed
         return out
+
+    def _staleness(self, classes: dict[str, str]) -> dict[str, list[int]]:
+        """Each class's accepted updates' staleness, read back from the audit log."""
+        by_class: dict[str, list[int]] = {}
+        for record in JsonlAuditStore(self.audit_log, read_only=True).read_entry_records():
+            entry = AuditEntry.model_validate_json(record)
+            if entry.action is not AuditAction.UPDATE_ACCEPTED or entry.study_id != self.study_id:
+                continue
+            device, age = entry.details.get("device_id"), entry.details.get("staleness")
+            if isinstance(device, str) and isinstance(age, int) and device in classes:
+                by_class.setdefault(classes[device], []).append(age)
+        return by_class
+
+    def _privacy(self) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """A DP study's epsilon per class over elapsed time, from the coordinator's ledger."""
+        if self.service is None or (self.spec.privacy is None and self.spec.client_dp is None):
+            return [], {}
+        try:
+            report = self.service.privacy_report(self.study_id)
+        except NoPrivacyPolicy:  # client_dp without a per-patient budget
+            return [], {}
+        series = [
+            {
+                "t": max(0.0, p.t - self._started_epoch),
+                "class": cls,
+                # the report's per-class maximum, as one line per class (the
+                # simulator lists devices; the plot takes the maximum either way)
+                "device": f"{cls} max",
+                "epsilon": p.epsilon_max,
+            }
+            for cls, points in report.epsilon_over_time.items()
+            for p in points
+        ]
+        privacy = {
+            "epsilon_budget": report.policy.epsilon,
+            "delta": report.policy.delta,
+            "accountant": report.policy.accountant,
+            "unit": report.unit.value,
+            "exhausted_devices": len(report.exhausted_devices),
+        }
+        return series, privacy
 
     def stopped_by_rule(self) -> str | None:
         """Which stop rule ended the study (None while it runs)."""
@@ -567,6 +632,7 @@ class LiveStudy:
         status = self.service.status(self.study_id)
         if not self.series:
             raise LiveError("no model version was evaluated")
+        epsilon_series, privacy = self._privacy()
         return LiveResult(
             study_id=self.study_id,
             broker_url=self.broker.url,
@@ -583,6 +649,8 @@ class LiveStudy:
             bridge_rejected=dict(self.bridge.stats.rejected),
             stop_reason=status.stop_reason,
             by_class=self._by_class(),
+            epsilon_series=epsilon_series,
+            privacy=privacy,
             agent_republished=sum(a.stats.republished for a in self.agents),
             series=list(self.series),
         )

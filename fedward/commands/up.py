@@ -130,6 +130,8 @@ def command(
             "stop_reason": result.stop_reason,
             "by_class": result.by_class,
             "series": result.series,
+            "epsilon_series": result.epsilon_series,
+            "privacy": result.privacy,
         },
     }
     (d / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -137,7 +139,7 @@ def command(
     console.print(f"data dir:  {d}  (audit log: {result.audit_log})", highlight=False)
     console.print("look next:", highlight=False)
     console.print(f"  fedward audit verify --data-dir {d}", highlight=False, markup=False)
-    if options.run.dp:
+    if result.privacy:  # a DP study (sample- or patient-level)
         console.print(
             f"  fedward budget report --study {result.study_id} --data-dir {d}",
             highlight=False,

@@ -58,3 +58,22 @@ def test_a_dp_live_study_progresses_and_its_budget_report_reads_the_printed_fold
     assert live["kind"] == "live" and live["series"], "up's metrics.json feeds the report"
     accepted = sum(c["accepted"] for c in live["by_class"].values())
     assert accepted >= 8  # every accepted update is some class's device's
+    # the live run's staleness, training memory and epsilon plots have data
+    contributing = [c for c in live["by_class"].values() if c["accepted"]]
+    assert contributing and all(c["staleness_max"] is not None for c in contributing)
+    assert all(c["staleness_max"] >= c["staleness_mean"] >= 0 for c in contributing)
+    for c in live["by_class"].values():  # FTTE's global subset fits every class
+        assert 0 < c["train_memory_bytes"] <= c["memory_budget_bytes"]
+    assert live["privacy"]["unit"] == "window" and live["privacy"]["epsilon_budget"] > 0
+    spent = live["epsilon_series"]
+    assert spent and {e["class"] for e in spent} <= set(live["by_class"])
+    assert max(e["epsilon"] for e in spent) <= live["privacy"]["epsilon_budget"]
+    assert all(0 <= e["t"] <= 300 for e in spent)  # wall seconds since the study started
+    html = (tmp_path / "report.html").read_text()
+    for title in (
+        "Staleness by device class",
+        "Training memory by device class",
+        "Privacy spent over elapsed time",
+    ):
+        assert f"<b>{title}</b>" in html
+    assert html.count('<figure class="plot">') == 6
