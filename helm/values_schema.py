@@ -157,7 +157,7 @@ schema = {
                     ["existingSecret", "key"],
                 ),
                 "keys": obj({"existingSecret": ref("secretName")}, ["existingSecret"]),
-            "mqttCredentials": obj(
+                "mqttCredentials": obj(
                     {
                         "existingSecret": ref("secretName"),
                         "identity": s(pattern=r"^[A-Za-z0-9_.-]{1,64}$"),
