@@ -10,5 +10,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet "torch==2.13.0"
-.venv/bin/python -m pip install --quiet -e ".[dev]"
+# PYTHONWARNINGS reaches pip's isolated build: setuptools' notice about editable
+# installs (folders named like the package) is about layouts we do not have.
+PYTHONWARNINGS=ignore .venv/bin/python -m pip install --quiet -e ".[dev]"
 echo "fedward environment ready: $(.venv/bin/python -c 'import torch, opacus; print("torch", torch.__version__, "opacus", opacus.__version__)')"
