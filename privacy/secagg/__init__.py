@@ -38,6 +38,7 @@ from .errors import (
     StateError,
     TooFewSurvivors,
 )
+from .journal import SessionJournal
 from .local import ClientInput, DropPoint, LocalRound, LocalRunner, run_local_round
 from .messages import (
     EncryptedShare,
@@ -75,6 +76,7 @@ __all__ = [
     "SecAggServer",
     "SecAggSession",
     "ServerStage",
+    "SessionJournal",
     "ShareBundle",
     "ShareDelivery",
     "StateError",

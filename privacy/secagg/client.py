@@ -5,16 +5,22 @@
 
 Each transition is one-shot: a device never splits its secrets twice, never
 masks two inputs with the same masks and answers at most one unmask request.
-A method that raises leaves the client unchanged. After masking, the client
-forgets its own private keys and seed; it keeps only its peers' shares until
-it has answered the unmask request.
+The rules survive a crash and a restore: before a transition returns its
+message, the client records the stage, the request's digest and the message's
+digest in its :class:`~.journal.SessionJournal` (durable, append-only), then
+hands its new state (holding the exact message) to ``persist``. The same
+request again gets the same bytes; a different one is refused; a session id
+the journal holds cannot be started again and a saved state behind the journal
+cannot be loaded. A method that raises before the journal write leaves the
+client unchanged. After masking, the client forgets its own private keys and
+seed; it keeps only its peers' shares until it has answered the unmask request.
 """
 
 from __future__ import annotations
 
 import enum
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import numpy as np
@@ -23,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from . import crypto, masking, state
 from .config import SecAggConfig, SecAggSession
 from .errors import ConfigError, ProtocolViolation, SecAggError, StateError, TooFewSurvivors
+from .journal import SessionJournal, message_digest
 from .messages import (
     EncryptedShare,
     KeyAdvertisement,
@@ -39,12 +46,24 @@ from .shamir import Share, share_size, split_bytes
 
 CLIENT_STATE_KIND = "fedward.privacy.secagg.client"
 _CLIENT_CONTENT = frozenset(
-    {"device_id", "stage", "enc_sk", "mask_sk", "seed", "roster", "own_shares", "held"}
+    {
+        "device_id",
+        "stage",
+        "enc_sk",
+        "mask_sk",
+        "seed",
+        "roster",
+        "own_shares",
+        "held",
+        "request",
+        "released",
+    }
 )
 _SECRET = masking.SECRET_BYTES
 _SHARE = share_size(_SECRET)
 
 T = TypeVar("T")
+Released = KeyAdvertisement | ShareBundle | MaskedInput | UnmaskResponse
 
 
 class ClientStage(enum.Enum):
@@ -54,6 +73,21 @@ class ClientStage(enum.Enum):
     MASKED = "masked"
     DONE = "done"
     ABORTED = "aborted"
+
+
+#: The message a client releases on reaching each stage (re-sent on a repeated request).
+_RELEASED_TYPE: dict[ClientStage, type] = {
+    ClientStage.ADVERTISED: KeyAdvertisement,
+    ClientStage.SHARED: ShareBundle,
+    ClientStage.MASKED: MaskedInput,
+    ClientStage.DONE: UnmaskResponse,
+}
+
+
+def _request_digest(request: object, expected: type | None) -> bytes:
+    if expected is not None and not isinstance(request, expected):
+        raise ProtocolViolation(f"expected a {expected.__name__}")
+    return message_digest(request)
 
 
 def _required(value: T | None, what: str, stage: ClientStage) -> T:
@@ -74,6 +108,13 @@ class SecAggClient:
     production (default ``os.urandom``). ``signing_key`` signs the key
     advertisement with the device's Ed25519 identity; ``identity_keys`` (every
     cohort member's Ed25519 public key), when given, makes signatures mandatory.
+
+    ``journal`` is this device's durable session record (one per device, shared
+    by all its sessions; default: a fresh in-memory one, which makes every
+    restore fail, since a journal that never saw the session cannot vouch for a
+    saved state). ``persist``, if given, receives :meth:`state_dict` after each
+    journal write and before the message is returned: the write-ahead copy of
+    the exact bytes to re-send after a crash.
     """
 
     def __init__(
@@ -85,10 +126,18 @@ class SecAggClient:
         random_bytes: crypto.RandomBytes = os.urandom,
         signing_key: Ed25519PrivateKey | None = None,
         identity_keys: Mapping[str, Ed25519PublicKey] | None = None,
+        journal: SessionJournal | None = None,
+        persist: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         config.check_cohort(session.n)
         if device_id not in session.cohort:
             raise ConfigError(f"device {device_id!r} is not in the cohort")
+        if journal is None:
+            journal = SessionJournal(device_id=device_id)
+        if journal.device_id != device_id:
+            raise ConfigError("the session journal belongs to another device")
+        self.journal = journal
+        self._persist = persist
         self.config = config
         self.session = session
         self.device_id = device_id
@@ -107,6 +156,8 @@ class SecAggClient:
         self._roster: dict[str, KeyAdvertisement] = {}
         self._own_shares: tuple[bytes, bytes] | None = None
         self._held: dict[str, tuple[bytes, bytes]] = {}
+        self._request: bytes | None = None
+        self._released: Released | None = None
 
     @property
     def stage(self) -> ClientStage:
@@ -116,17 +167,59 @@ class SecAggClient:
         if self._stage is not stage:
             raise StateError(f"cannot {action} in stage {self._stage.name} (needs {stage.name})")
 
+    def _resend(self, reached: ClientStage, request: bytes) -> Released | None:
+        """The message already released for ``request`` if this client is at ``reached``.
+
+        None if it is not there yet; ProtocolViolation for a different request:
+        a one-shot step is answered once, whatever restarts happened in between.
+        """
+        if self._stage is not reached:
+            return None
+        released = _required(self._released, "the released message", reached)
+        if request != self._request:
+            raise ProtocolViolation(
+                f"this device already answered a different request in stage {reached.name}; "
+                "it answers once per session"
+            )
+        return released
+
+    def _commit(self, reached: ClientStage, request: bytes, msg: T) -> T:
+        """Write-ahead: journal, then saved state (with ``msg``), then release ``msg``."""
+        self._stage = reached
+        self._request, self._released = request, msg  # type: ignore[assignment]
+        if self._persist is not None:
+            self._persist(self.state_dict())
+        return msg
+
+    def _record(self, reached: ClientStage, request: bytes, msg: object) -> None:
+        """The durable journal write that must precede any change (raises: nothing changed)."""
+        self.journal.record(
+            self.session.session_id,
+            stage=reached.name,
+            request=request,
+            released=message_digest(msg),
+        )
+
     # -- round 0: advertise keys -------------------------------------------------
 
     def advertise(self) -> KeyAdvertisement:
         """Generate the two X25519 key pairs and advertise their public halves."""
+        request = _request_digest(None, None)
+        again = self._resend(ClientStage.ADVERTISED, request)
+        if isinstance(again, KeyAdvertisement):
+            return again
         self._require(ClientStage.NEW, "advertise")
+        if self.session.session_id in self.journal:
+            raise ProtocolViolation(
+                "this device already took part in this session id: a session id is used once "
+                "(a replayed or restarted session is refused)"
+            )
         enc = crypto.new_x25519(self._random_bytes)
         mask = crypto.new_x25519(self._random_bytes)
         msg = self._advertisement(enc_sk=crypto.private_raw(enc), mask_sk=crypto.private_raw(mask))
+        self._record(ClientStage.ADVERTISED, request, msg)
         self._enc_sk, self._mask_sk = crypto.private_raw(enc), crypto.private_raw(mask)
-        self._stage = ClientStage.ADVERTISED
-        return msg
+        return self._commit(ClientStage.ADVERTISED, request, msg)
 
     @staticmethod
     def _public_keys(enc_sk: bytes, mask_sk: bytes) -> tuple[bytes, bytes]:
@@ -154,6 +247,10 @@ class SecAggClient:
 
     def share_keys(self, roster: KeyRoster) -> ShareBundle:
         """Check the roster (U1), then Shamir-share the mask key and a fresh self-mask seed."""
+        request = _request_digest(roster, KeyRoster)
+        again = self._resend(ClientStage.SHARED, request)
+        if isinstance(again, ShareBundle):
+            return again
         self._require(ClientStage.ADVERTISED, "share keys")
         enc_sk = _required(self._enc_sk, "the encryption key", self._stage)
         mask_sk = _required(self._mask_sk, "the mask key", self._stage)
@@ -185,15 +282,16 @@ class SecAggClient:
             out.append(
                 EncryptedShare(sender=self.device_id, recipient=peer, nonce=nonce, ciphertext=ct)
             )
-        self._roster = advs
-        self._seed, self._own_shares = seed, own
-        self._stage = ClientStage.SHARED
-        return ShareBundle(
+        bundle = ShareBundle(
             session_id=self.session.session_id,
             round_index=self.session.round_index,
             sender=self.device_id,
             shares=tuple(out),
         )
+        self._record(ClientStage.SHARED, request, bundle)
+        self._roster = advs
+        self._seed, self._own_shares = seed, own
+        return self._commit(ClientStage.SHARED, request, bundle)
 
     @staticmethod
     def _roster_from(roster: KeyRoster) -> dict[str, KeyAdvertisement]:
@@ -237,6 +335,10 @@ class SecAggClient:
         ``update`` is the device's Delta_i over the shared index set (length
         ``session.vector_length``); the device scales it by ``weight`` itself.
         """
+        request = _request_digest(delivery, ShareDelivery)
+        again = self._resend(ClientStage.MASKED, request)
+        if isinstance(again, MaskedInput):
+            return again  # the input masked before the restart, never a second one
         self._require(ClientStage.SHARED, "mask an input")
         seed = _required(self._seed, "the self-mask seed", self._stage)
         mask_raw = _required(self._mask_sk, "the mask key", self._stage)
@@ -270,11 +372,12 @@ class SecAggClient:
             device_id=self.device_id,
             data=words_to_bytes(words, modulus_bits=cfg.modulus_bits),
         )
+        self._record(ClientStage.MASKED, request, msg)
         held[self.device_id] = own_shares
         roster = self._roster
         self._reset(ClientStage.MASKED)
         self._roster, self._held = roster, held
-        return msg
+        return self._commit(ClientStage.MASKED, request, msg)
 
     def _open_delivery(self, delivery: ShareDelivery) -> dict[str, tuple[bytes, bytes]]:
         if not isinstance(delivery, ShareDelivery):
@@ -328,6 +431,10 @@ class SecAggClient:
         survivor and as dropped, that does not partition U2, or that does not
         count this device among the survivors; TooFewSurvivors below threshold.
         """
+        digest = _request_digest(request, UnmaskRequest)
+        again = self._resend(ClientStage.DONE, digest)
+        if isinstance(again, UnmaskResponse):
+            return again
         self._require(ClientStage.MASKED, "unmask")
         survivors, dropped = masking.check_unmask_request(
             request, session=self.session, shared=self._held.keys(), threshold=self.config.threshold
@@ -341,12 +448,22 @@ class SecAggClient:
             seed_shares=tuple(RevealedShare(owner=d, share=self._held[d][1]) for d in survivors),
             key_shares=tuple(RevealedShare(owner=d, share=self._held[d][0]) for d in dropped),
         )
+        self._record(ClientStage.DONE, digest, response)
         self._reset(ClientStage.DONE)
-        return response
+        return self._commit(ClientStage.DONE, digest, response)
 
     def abort(self) -> None:
-        """Give up on this instance and forget every secret."""
+        """Give up on this instance and forget every secret (the session id stays burnt)."""
+        if self._stage is not ClientStage.ABORTED:
+            self.journal.record(
+                self.session.session_id,
+                stage=ClientStage.ABORTED.name,
+                request=b"",
+                released=message_digest(None),
+            )
         self._reset(ClientStage.ABORTED)
+        if self._persist is not None:
+            self._persist(self.state_dict())
 
     # -- persistence -------------------------------------------------------------
 
@@ -361,6 +478,8 @@ class SecAggClient:
             "roster": [state.to_plain(a) for a in self._roster.values()],
             "own_shares": list(self._own_shares) if self._own_shares is not None else None,
             "held": {d: list(pair) for d, pair in self._held.items()},
+            "request": self._request,
+            "released": state.to_plain(self._released) if self._released is not None else None,
         }
         return state.seal_state(CLIENT_STATE_KIND, self.session, self.config, content)
 
@@ -382,9 +501,33 @@ class SecAggClient:
             raise
         except (SecAggError, TypeError, ValueError, KeyError, AttributeError) as exc:
             raise StateError(f"invalid client state for stage {stage.name}: {exc}") from None
+        self._check_journal(stage, loaded)
         self._reset(stage)
         for name, value in loaded.items():
             setattr(self, name, value)
+
+    def _check_journal(self, stage: ClientStage, loaded: Mapping[str, Any]) -> None:
+        """A saved state must be exactly where the journal says this device is."""
+        entry = self.journal.get(self.session.session_id)
+        if stage is ClientStage.NEW:
+            if entry is not None:
+                raise StateError(
+                    f"this device's journal is at {entry.stage} in this session; an older "
+                    "saved state cannot be loaded (it would mask or answer twice)"
+                )
+            return
+        released = loaded.get("_released")
+        digest = message_digest(released) if stage is not ClientStage.ABORTED else None
+        if entry is None or entry.stage != stage.name:
+            raise StateError(
+                f"saved state is at {stage.name} but this device's journal is at "
+                f"{entry.stage if entry else 'no entry'} for this session: refusing a state "
+                "that is older than (or unknown to) the journal"
+            )
+        if digest is not None and (
+            entry.released != digest or entry.request != loaded.get("_request")
+        ):
+            raise StateError("saved state's released message differs from the journal's record")
 
     def _validated(self, stage: ClientStage, saved: Mapping[str, Any]) -> dict[str, Any]:
         enc_sk = state.opt_bytes(saved.get("enc_sk"), _SECRET, "enc_sk")
@@ -405,6 +548,7 @@ class SecAggClient:
         if bool(roster_list) != has_roster or bool(held) != (stage is ClientStage.MASKED):
             raise StateError(f"roster/held shares present/absent wrongly for stage {stage.name}")
         out: dict[str, Any] = {"_enc_sk": enc_sk, "_mask_sk": mask_sk, "_seed": seed}
+        out.update(self._released_from_state(stage, saved))
         if has_roster:
             advs = tuple(state.from_plain(KeyAdvertisement, a) for a in roster_list)
             roster = KeyRoster(self.session.session_id, self.session.round_index, advs)
@@ -433,6 +577,20 @@ class SecAggClient:
                 raise StateError("fewer held shares than the threshold")
             out["_held"] = {d: self._pair_from_state(pair, d) for d, pair in held.items()}
         return out
+
+    @staticmethod
+    def _released_from_state(stage: ClientStage, saved: Mapping[str, Any]) -> dict[str, Any]:
+        released, request = saved.get("released"), saved.get("request")
+        kind = _RELEASED_TYPE.get(stage)
+        if kind is None:
+            if released is not None or request is not None:
+                raise StateError(f"a released message in stage {stage.name}")
+            return {}
+        if not isinstance(request, bytes) or released is None:
+            raise StateError(
+                f"stage {stage.name} must hold its request digest and released message"
+            )
+        return {"_request": request, "_released": state.from_plain(kind, released)}
 
     def _pair_from_state(self, value: object, owner: str) -> tuple[bytes, bytes]:
         if not isinstance(value, list | tuple) or len(value) != 2:

@@ -34,8 +34,9 @@ from .messages import (
     UnmaskResponse,
 )
 
-# 1: a flat dict with "format" and "version" beside the content; 2: the envelope.
-STATE_VERSION = 2
+# 1: a flat dict with "format" and "version" beside the content; 2: the envelope;
+# 3: the client also holds its request digest and the exact message it released.
+STATE_VERSION = 3
 SESSION_KEYS = (
     "session_id",
     "round_index",

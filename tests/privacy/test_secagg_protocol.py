@@ -292,7 +292,7 @@ def test_client_refuses_a_request_for_both_seed_and_key_of_one_device() -> None:
 def test_client_answers_one_unmask_request_only() -> None:
     runner, session, request = masked_runner()
     client = runner.clients[session.cohort[0]]
-    client.unmask(request)
+    first = client.unmask(request)
     victim = session.cohort[1]
     other = UnmaskRequest(
         session.session_id,
@@ -300,8 +300,9 @@ def test_client_answers_one_unmask_request_only() -> None:
         survivors=tuple(d for d in session.cohort if d != victim),
         dropped=(victim,),
     )
-    with pytest.raises(StateError):
+    with pytest.raises(ProtocolViolation, match="already answered a different request"):
         client.unmask(other)
+    assert client.unmask(request) == first  # the same request gets the same answer
 
 
 def test_client_refuses_requests_that_skip_it_or_do_not_partition() -> None:

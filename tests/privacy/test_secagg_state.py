@@ -20,6 +20,7 @@ from fedward.privacy.secagg import (
     StateError,
 )
 from fedward.privacy.secagg.client import CLIENT_STATE_KIND
+from fedward.privacy.secagg.journal import SessionJournal
 from fedward.privacy.secagg.masking import encode_contribution
 from fedward.privacy.secagg.quantize import mod_sum
 from fedward.privacy.secagg.server import SERVER_STATE_KIND
@@ -61,7 +62,12 @@ def restart_everyone(runner: LocalRunner, config, session) -> None:
     assert runner.server.state_dict() == saved
     for dev, client in list(runner.clients.items()):
         state = copy.deepcopy(client.state_dict())
-        runner.clients[dev] = SecAggClient(config=config, session=session, device_id=dev)
+        journal = SessionJournal.from_state_dict(
+            copy.deepcopy(client.journal.state_dict()), device_id=dev
+        )
+        runner.clients[dev] = SecAggClient(
+            config=config, session=session, device_id=dev, journal=journal
+        )
         runner.clients[dev].load_state_dict(state)
         assert runner.clients[dev].state_dict() == state
 
@@ -142,7 +148,7 @@ def mutations():
         payload["dropped"] = payload["dropped"] + [payload["survivors"][0]]
 
     return {
-        "format version": lambda s: s.__setitem__("format_version", 3),
+        "format version": lambda s: s.__setitem__("format_version", STATE_VERSION + 1),
         "format version as bool": lambda s: s.__setitem__("format_version", True),
         "kind": lambda s: s.__setitem__("kind", CLIENT_STATE_KIND),
         "key beside the envelope": lambda s: s.__setitem__("stage", "DONE"),
@@ -189,9 +195,16 @@ def client_states():
     roster = runner.advertise(session.cohort)
     deliveries = runner.share_keys(session.cohort, roster)
     shared = copy.deepcopy(runner.clients["d1"].state_dict())
+    journals = {"shared": runner.clients["d1"].journal.state_dict()}
     runner.mask(session.cohort, deliveries, inputs)
     masked = copy.deepcopy(runner.clients["d1"].state_dict())
-    return config, session, shared, masked
+    journals["masked"] = runner.clients["d1"].journal.state_dict()
+    return config, session, shared, masked, journals
+
+
+def journal_at(journals: dict, which: str) -> SessionJournal:
+    """A copy of d1's journal as it was when the ``which`` state was saved."""
+    return SessionJournal.from_state_dict(copy.deepcopy(journals[which]), device_id="d1")
 
 
 def _in_payload(edit):
@@ -225,10 +238,12 @@ def _in_payload(edit):
     ],
 )
 def test_client_refuses_a_state_that_does_not_fit(which: str, mutate) -> None:
-    config, session, shared, masked = client_states()
+    config, session, shared, masked, journals = client_states()
     state = copy.deepcopy(shared if which == "shared" else masked)
     mutate(state)
-    client = SecAggClient(config=config, session=session, device_id="d1")
+    client = SecAggClient(
+        config=config, session=session, device_id="d1", journal=journal_at(journals, which)
+    )
     with pytest.raises(StateError):
         client.load_state_dict(state)
     assert client.stage is ClientStage.NEW
@@ -237,7 +252,7 @@ def test_client_refuses_a_state_that_does_not_fit(which: str, mutate) -> None:
 def test_states_are_envelopes_around_the_session_and_the_stage() -> None:
     # Prepare
     config, session, runner = server_at_unmasking()
-    _, _, shared, _ = client_states()
+    _, _, shared, _, _ = client_states()
 
     # Execute
     server_state = runner.server.state_dict()
@@ -251,7 +266,7 @@ def test_states_are_envelopes_around_the_session_and_the_stage() -> None:
     assert (SERVER_STATE_KIND, CLIENT_STATE_KIND, STATE_VERSION) == (
         "fedward.privacy.secagg.server",
         "fedward.privacy.secagg.client",
-        2,
+        3,
     )
     assert server_state["payload"]["stage"] == "COLLECTING_UNMASK_RESPONSES"
     assert shared["payload"]["stage"] == "SHARED"
@@ -265,7 +280,7 @@ def _pre_envelope(state: dict, old_format: str) -> dict:
 def test_pre_envelope_states_are_refused_with_what_to_do() -> None:
     # Prepare
     config, session, runner = server_at_unmasking()
-    _, _, shared, _ = client_states()
+    _, _, shared, _, _ = client_states()
     old_server = _pre_envelope(runner.server.state_dict(), "fedward.secagg.server")
     old_client = _pre_envelope(shared, "fedward.secagg.client")
     server = SecAggServer(config=config, session=session)
@@ -288,7 +303,7 @@ def test_pre_envelope_states_are_refused_with_what_to_do() -> None:
 
 def test_a_client_state_does_not_load_into_a_server_or_the_reverse() -> None:
     config, session, runner = server_at_unmasking()
-    _, _, shared, _ = client_states()
+    _, _, shared, _, _ = client_states()
     with pytest.raises(StateError, match="not 'fedward.privacy.secagg.server'"):
         SecAggServer(config=config, session=session).load_state_dict(shared)
     with pytest.raises(StateError, match="not 'fedward.privacy.secagg.client'"):
@@ -307,17 +322,20 @@ def test_a_masked_client_restored_from_its_state_cannot_mask_again() -> None:
         deliveries["d1"], update=x.update, weight=x.weight, num_samples=x.num_samples
     )
     saved = copy.deepcopy(runner.clients["d1"].state_dict())
+    first = saved["payload"]["released"]["data"]
 
-    # Execute: a restarted device
-    restored = SecAggClient(config=config, session=session, device_id="d1")
+    # Execute: a restarted device (same durable journal) is asked to mask another input
+    restored = SecAggClient(
+        config=config, session=session, device_id="d1", journal=runner.clients["d1"].journal
+    )
     restored.load_state_dict(saved)
+    again = restored.mask_input(
+        deliveries["d1"], update=x.update * 3.0, weight=x.weight, num_samples=x.num_samples
+    )
 
-    # Assert: the one-shot rule survives the restart; the secrets behind the masks are gone
+    # Assert: it re-sends the exact bytes it released; the secrets behind the masks are gone
     assert restored.stage is ClientStage.MASKED
-    with pytest.raises(StateError, match="cannot mask an input"):
-        restored.mask_input(
-            deliveries["d1"], update=x.update, weight=x.weight, num_samples=x.num_samples
-        )
+    assert again.data == first
     assert saved["payload"]["seed"] is None and saved["payload"]["mask_sk"] is None
 
 
@@ -326,7 +344,7 @@ def test_state_error_is_a_saved_state_error() -> None:
 
 
 def test_client_state_holds_no_own_secret_after_masking() -> None:
-    _, _, shared, masked = client_states()
+    _, _, shared, masked, _ = client_states()
     shared, masked = shared["payload"], masked["payload"]
     assert shared["mask_sk"] is not None and shared["seed"] is not None
     assert masked["enc_sk"] is None and masked["mask_sk"] is None and masked["seed"] is None
