@@ -215,7 +215,7 @@ def test_real_loads_of_a_foreign_state_raise_saved_state_errors() -> None:
         session_id=b"errors-test-session", round_index=0, cohort=("d0", "d1", "d2"), vector_length=4
     )
     server = SecAggServer(
-        config=SecAggConfig(threshold=2, scale=2.0**10, clip=1.0), session=session
+        config=SecAggConfig(threshold=3, scale=2.0**10, clip=1.0), session=session
     )
     # Execute / Assert
     with pytest.raises(SavedStateError) as from_ledger:

@@ -17,7 +17,9 @@ What the server learns, exactly:
 * nothing else: each masked vector it holds is uniform in Z_{2^k} to it, it
   recovers a survivor's self-mask seed or a dropped device's mask key, never
   both for one device, and it refuses to unmask with fewer than ``threshold``
-  survivors (``threshold > n/2`` by default).
+  survivors, where ``threshold >= floor((n + c_max)/2) + 1`` for the configured
+  number ``c_max`` of colluding (Sybil) devices (default 1), so even a server
+  that asks different devices different questions with their help falls short.
 
 Not covered (documented limits): the active-adversary consistency round of
 Bonawitz et al. (a malicious server that also controls devices is out of

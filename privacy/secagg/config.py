@@ -43,10 +43,19 @@ def _finite_positive(name: str, value: object) -> None:
 class SecAggConfig:
     """Parameters shared by the server and every device of a cohort.
 
-    threshold: t, the number of devices needed to unmask (t-of-n Shamir). Must be
-        >= 2 and <= n; with ``require_honest_majority`` (default) also > n/2,
-        which is what keeps a server that asks different devices different
-        questions from unmasking an individual device.
+    threshold: t, the number of devices needed to unmask (t-of-n Shamir), <= n.
+        For a cohort of n it must be at least ``threshold_floor(n, max_colluders)``
+        = floor((n + c) / 2) + 1: a server that asks different devices different
+        questions (one group for a victim's seed, another for its mask key) and
+        is helped by c colluding devices, who answer both, needs 2t <= n + c
+        answers in all, so t above that bound leaves it short. Also t >= c + 2,
+        so any sum the server can unmask holds at least two honest inputs.
+    max_colluders: c, the number of cohort members that may be Sybil devices of
+        the server (or collude with it); the guarantee holds for at most c.
+        Default 1: one device per cohort may be hostile. 0 only where enrolment
+        rules out Sybils (e.g. attested hardware), which this block cannot check.
+    min_cohort: a device refuses a session whose fixed cohort is smaller (the
+        floor on n every device enforces itself; at least max_colluders + 2).
     modulus_bits: 32 or 64; masked words live in Z_{2^modulus_bits}.
     scale, clip: fixed point: each coordinate of ``w_i * Delta_i`` is clipped to
         [-clip, clip] and encoded as round(x * scale).
@@ -62,7 +71,8 @@ class SecAggConfig:
     weight_scale: float | None = None
     max_weight: float = 1.0
     max_samples: int = 1 << 16
-    require_honest_majority: bool = True
+    max_colluders: int = 1
+    min_cohort: int = 3
 
     def __post_init__(self) -> None:
         if not _is_int(self.threshold) or self.threshold < 2:
@@ -76,8 +86,18 @@ class SecAggConfig:
         _finite_positive("max_weight", self.max_weight)
         if not _is_int(self.max_samples) or self.max_samples < 1:
             raise ConfigError(f"max_samples must be an int >= 1, got {self.max_samples!r}")
-        if not isinstance(self.require_honest_majority, bool):
-            raise ConfigError("require_honest_majority must be a bool")
+        if not _is_int(self.max_colluders) or self.max_colluders < 0:
+            raise ConfigError(f"max_colluders must be an int >= 0, got {self.max_colluders!r}")
+        if not _is_int(self.min_cohort) or self.min_cohort < self.max_colluders + 2:
+            raise ConfigError(
+                f"min_cohort must be an int >= max_colluders + 2 = {self.max_colluders + 2}, "
+                f"got {self.min_cohort!r}"
+            )
+        if self.threshold < self.max_colluders + 2:
+            raise ConfigError(
+                f"threshold {self.threshold} < max_colluders + 2 = {self.max_colluders + 2}: an "
+                "unmasked sum could hold a single honest input"
+            )
         if self.value_bound < 1:
             raise ConfigError("clip * scale rounds to 0: the encoding has no resolution")
         if self.weight_bound < 1:
@@ -106,14 +126,18 @@ class SecAggConfig:
 
         Raises ConfigError (threshold) or OverflowRisk (n * clip * scale too large).
         """
-        if not _is_int(n) or n < 2:
-            raise ConfigError(f"a cohort needs at least 2 devices, got {n!r}")
+        if not _is_int(n) or n < max(2, self.min_cohort):
+            raise ConfigError(
+                f"a cohort needs at least min_cohort = {self.min_cohort} devices, got {n!r}"
+            )
         if self.threshold > n:
             raise ConfigError(f"threshold {self.threshold} exceeds the cohort size {n}")
-        if self.require_honest_majority and 2 * self.threshold <= n:
+        floor = threshold_floor(n, max_colluders=self.max_colluders)
+        if self.threshold < floor:
             raise ConfigError(
-                f"threshold {self.threshold} is not > n/2 = {n / 2}; set "
-                "require_honest_majority=False to accept the weaker guarantee"
+                f"threshold {self.threshold} < floor((n + c) / 2) + 1 = {floor} for n = {n} and "
+                f"max_colluders c = {self.max_colluders}: a split unmask request with c colluders "
+                "would unmask one device's input"
             )
         bits = self.modulus_bits
         check_headroom(n, bound=self.value_bound, modulus_bits=bits, what="n * clip * scale")
@@ -126,9 +150,19 @@ class SecAggConfig:
             f"t={self.threshold};bits={self.modulus_bits};scale={float(self.scale)!r};"
             f"clip={float(self.clip)!r};wscale={self.effective_weight_scale!r};"
             f"wmax={float(self.max_weight)!r};smax={self.max_samples};"
-            f"majority={self.require_honest_majority}"
+            f"colluders={self.max_colluders};min_cohort={self.min_cohort}"
         )
         return hashlib.sha256(text.encode()).digest()
+
+
+def threshold_floor(n: int, *, max_colluders: int) -> int:
+    """The smallest safe t for n devices with up to ``max_colluders`` colluders.
+
+    Splitting the survivors into one group asked for a victim's seed shares and
+    another asked for its key shares needs t answers in each; c colluders answer
+    both, honest devices one, so the attack needs 2t - c <= n.
+    """
+    return (n + max_colluders) // 2 + 1
 
 
 def canonical_order(device_ids: Iterable[str]) -> tuple[str, ...]:

@@ -52,7 +52,12 @@ def det_random(seed: bytes) -> Callable[[int], bytes]:
 def setup(
     n: int, t: int, d: int, *, bits: int = 32, seed: int = 0, sid: bytes = b"buffer-fill-0001"
 ) -> tuple[SecAggConfig, SecAggSession, dict[str, ClientInput]]:
-    config = SecAggConfig(threshold=t, scale=2.0**16, clip=2.0, modulus_bits=bits)
+    # the most colluders this (n, t) tolerates: these tests exercise the arithmetic and
+    # the dropout paths; the collusion bound itself is tested in test_secagg_collusion.py
+    colluders = max(0, min(t - 2, 2 * t - n - 1))
+    config = SecAggConfig(
+        threshold=t, scale=2.0**16, clip=2.0, modulus_bits=bits, max_colluders=colluders
+    )
     cohort = tuple(f"dev-{i:02d}" for i in range(n))
     session = SecAggSession(session_id=sid, round_index=7, cohort=cohort, vector_length=d)
     rng = np.random.default_rng(seed)  # test data only; the protocol never uses numpy's RNG

@@ -104,13 +104,12 @@ def test_config_is_keyword_only() -> None:
 
 
 def test_threshold_against_cohort_size() -> None:
-    cfg = SecAggConfig(threshold=3, scale=1e4, clip=1.0)
+    cfg = SecAggConfig(threshold=3, scale=1e4, clip=1.0, max_colluders=0, min_cohort=2)
     cfg.check_cohort(5)
     with pytest.raises(ConfigError, match="exceeds"):
         cfg.check_cohort(2)
-    with pytest.raises(ConfigError, match="n/2"):
+    with pytest.raises(ConfigError, match=r"floor\(\(n \+ c\) / 2\) \+ 1"):
         cfg.check_cohort(6)
-    SecAggConfig(threshold=3, scale=1e4, clip=1.0, require_honest_majority=False).check_cohort(6)
 
 
 def test_session_is_canonical_and_validated() -> None:

@@ -47,7 +47,7 @@ class Disk:
         self.writes.append("journal")
 
 
-def cohort(n: int = 5, t: int = 3, d: int = 64, sid: bytes = b"restore-attack-01"):
+def cohort(n: int = 5, t: int = 4, d: int = 64, sid: bytes = b"restore-attack-01"):
     config = SecAggConfig(threshold=t, scale=2.0**14, clip=1.0)
     session = SecAggSession(
         session_id=sid, round_index=1, cohort=tuple(f"d{i}" for i in range(n)), vector_length=d

@@ -28,7 +28,9 @@ from fedward.privacy.secagg.state import STATE_VERSION
 
 
 def setup(n: int = 5, t: int = 3, d: int = 200, sid: bytes = b"restart-session-01"):
-    config = SecAggConfig(threshold=t, scale=2.0**14, clip=1.0)
+    # the most colluders (n, t) tolerates: restarts are under test, not the collusion bound
+    colluders = max(0, min(t - 2, 2 * t - n - 1))
+    config = SecAggConfig(threshold=t, scale=2.0**14, clip=1.0, max_colluders=colluders)
     session = SecAggSession(
         session_id=sid, round_index=2, cohort=tuple(f"d{i}" for i in range(n)), vector_length=d
     )
