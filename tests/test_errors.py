@@ -212,7 +212,11 @@ def test_real_loads_of_a_foreign_state_raise_saved_state_errors() -> None:
     # Prepare: a privacy ledger and a secure-aggregation server, each given the other's state
     ledger = PrivacyLedger(BudgetPolicy(epsilon=4.0, delta=1e-6))
     session = SecAggSession(
-        session_id=b"errors-test-session", round_index=0, cohort=("d0", "d1", "d2"), vector_length=4
+        session_id=b"errors-test-session",
+        round_index=0,
+        cohort=("d0", "d1", "d2"),
+        vector_length=4,
+        index_set_digest=bytes(32),
     )
     server = SecAggServer(
         config=SecAggConfig(threshold=3, scale=2.0**10, clip=1.0), session=session

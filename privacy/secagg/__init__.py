@@ -31,11 +31,19 @@ all randomness comes from an injected ``random_bytes`` (default ``os.urandom``).
 """
 
 from .client import ClientStage, SecAggClient
-from .config import EXTRA_WORDS, SecAggConfig, SecAggSession, canonical_order
+from .config import (
+    EXTRA_WORDS,
+    SecAggConfig,
+    SecAggSession,
+    canonical_order,
+    digest_index_set,
+    threshold_floor,
+)
 from .errors import (
     ConfigError,
     OverflowRisk,
     ProtocolViolation,
+    RangeViolation,
     SecAggError,
     StateError,
     TooFewSurvivors,
@@ -71,6 +79,7 @@ __all__ = [
     "MaskedInput",
     "OverflowRisk",
     "ProtocolViolation",
+    "RangeViolation",
     "RevealedShare",
     "SecAggClient",
     "SecAggConfig",
@@ -87,5 +96,7 @@ __all__ = [
     "UnmaskResponse",
     "canonical_order",
     "chacha20_stream",
+    "digest_index_set",
     "run_local_round",
+    "threshold_floor",
 ]

@@ -165,6 +165,24 @@ def threshold_floor(n: int, *, max_colluders: int) -> int:
     return (n + max_colluders) // 2 + 1
 
 
+def digest_index_set(indices: Iterable[int], *, model_size: int) -> bytes:
+    """SHA-256 naming the index set every cohort member masks (sorted, distinct, in range)."""
+    if not _is_int(model_size) or model_size < 1:
+        raise ConfigError(f"model_size must be an int >= 1, got {model_size!r}")
+    values = list(indices)
+    if not all(_is_int(i) or isinstance(i, np.integer) for i in values):
+        raise ConfigError("index set entries must be ints")
+    ordered = sorted(int(i) for i in values)
+    if not ordered or len(set(ordered)) != len(ordered):
+        raise ConfigError("index set must be non-empty and without repeats")
+    if ordered[0] < 0 or ordered[-1] >= model_size:
+        raise ConfigError(f"index set entries must lie in [0, {model_size})")
+    h = hashlib.sha256(b"fedward.secagg.index-set.v1")
+    h.update(model_size.to_bytes(8, "big") + len(ordered).to_bytes(8, "big"))
+    h.update(np.asarray(ordered, dtype=">u8").tobytes())
+    return h.digest()
+
+
 def canonical_order(device_ids: Iterable[str]) -> tuple[str, ...]:
     """Device ids sorted by their UTF-8 bytes (the order used for mask signs and x)."""
     return tuple(sorted(device_ids, key=lambda d: d.encode("utf-8")))
@@ -187,15 +205,17 @@ class SecAggSession:
     cohort: the devices fixed at dispatch (stored in canonical order).
     vector_length: number of model coordinates every device masks (the shared
         index set; the two extra coordinates are added on top).
-    index_set_digest: optional hash of the index set, bound into every key so
-        devices that disagree on the subset fail loudly instead of mis-summing.
+    index_set_digest: the 32-byte :func:`digest_index_set` of the shared index
+        set, mandatory: it is bound into every key, so a device that masks
+        another subset (which would leak its sparse coordinates, or mis-sum)
+        fails loudly at the first share it opens.
     """
 
     session_id: bytes
     round_index: int
     cohort: tuple[str, ...]
     vector_length: int
-    index_set_digest: bytes = b""
+    index_set_digest: bytes
 
     def __post_init__(self) -> None:
         sid = self.session_id
@@ -215,8 +235,10 @@ class SecAggSession:
         object.__setattr__(self, "cohort", cohort)
         if not _is_int(self.vector_length) or self.vector_length < 1:
             raise ConfigError(f"vector_length must be an int >= 1, got {self.vector_length!r}")
-        if not isinstance(self.index_set_digest, bytes) or len(self.index_set_digest) > 64:
-            raise ConfigError("index_set_digest must be at most 64 bytes")
+        if not isinstance(self.index_set_digest, bytes) or len(self.index_set_digest) != 32:
+            raise ConfigError(
+                "index_set_digest must be the 32-byte digest_index_set() of the shared index set"
+            )
 
     @property
     def n(self) -> int:

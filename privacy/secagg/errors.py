@@ -11,6 +11,8 @@ Hierarchy (every error derives from ``SecAggError``, itself a
     │                       vector length, bad signature, failed AEAD tag (tampered share),
     │                       inconsistent Shamir shares, or a request for BOTH the self-mask
     │                       seed and the mask key of the same device
+    │   └── RangeViolation  the unmasked sum lies outside what the survivors' clipped inputs
+    │                       can produce (a device masked a malformed input); nothing released
     ├── TooFewSurvivors     fewer than ``threshold`` devices (or shares) remain, so the
     │                       round cannot continue; nothing is revealed
     ├── OverflowRisk        n clipped, scaled inputs (or weights, sample counts) could wrap
@@ -40,6 +42,10 @@ class ConfigError(SecAggError, ValueError):
 
 class ProtocolViolation(SecAggError):
     """A message breaks the protocol (or failed an integrity check)."""
+
+
+class RangeViolation(ProtocolViolation):
+    """A decoded aggregate is outside the range implied by the clip bound and the survivors."""
 
 
 class TooFewSurvivors(SecAggError):

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from .config import SecAggConfig, SecAggSession, canonical_order
 from .crypto import advertisement_payload, verify
-from .errors import OverflowRisk, ProtocolViolation, TooFewSurvivors
+from .errors import OverflowRisk, ProtocolViolation, RangeViolation, TooFewSurvivors
 from .messages import KeyAdvertisement, UnmaskRequest
 from .prg import chacha20_stream
 from .quantize import decode_fixed_point, encode_fixed_point, to_signed
@@ -84,6 +84,40 @@ def decode_sum(
     )
     samples = int(to_signed(words[d + 1 : d + 2], modulus_bits=bits)[0])
     return weighted, weight, samples
+
+
+def check_sum_range(
+    words: np.ndarray, *, config: SecAggConfig, session: SecAggSession, n_summands: int
+) -> None:
+    """Refuse a decoded sum that no ``n_summands`` well-formed inputs can produce.
+
+    An honest input has every coordinate in [-value_bound, value_bound], its
+    weight word in [0, weight_bound] and its sample count in [0, max_samples];
+    a device that masks any other word (e.g. a huge negative weight) is not
+    stopped by the masking, so the server checks the sum. Within the range a
+    device can still bias the sum (no per-device range proofs): documented.
+    Raises RangeViolation, naming which part is out of range, never values.
+    """
+    d = session.vector_length
+    signed = to_signed(words, modulus_bits=config.modulus_bits)
+    checks = (
+        ("model coordinates", signed[:d], -n_summands * config.value_bound),
+        ("weight sum", signed[d : d + 1], 0),
+        ("sample count sum", signed[d + 1 : d + 2], 0),
+    )
+    highs = (
+        n_summands * config.value_bound,
+        n_summands * config.weight_bound,
+        n_summands * config.max_samples,
+    )
+    for (what, part, low), high in zip(checks, highs, strict=True):
+        bad = int(np.count_nonzero((part < low) | (part > high)))
+        if bad:
+            raise RangeViolation(
+                f"decoded {what}: {bad} value(s) outside [{low}, {high}] (encoded), the range "
+                f"{n_summands} clipped inputs can reach; a device masked a malformed input; "
+                "nothing is released"
+            )
 
 
 def mask_stream(key: bytes, *, config: SecAggConfig, session: SecAggSession) -> np.ndarray:

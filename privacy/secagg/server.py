@@ -346,6 +346,7 @@ class SecAggServer:
                     total = mod_sub(total, stream)
                 else:
                     total = mod_add(total, stream)
+        masking.check_sum_range(total, config=cfg, session=ses, n_summands=len(st.survivors))
         st.result = words_to_bytes(total, modulus_bits=bits)
         st.stage = ServerStage.DONE
         st.bundles, st.masked, st.responses = {}, {}, {}
@@ -488,8 +489,11 @@ def _load_done(fresh: SecAggServer, saved: Mapping[str, Any]) -> SecAggServer:
     if len(survivors) < fresh.config.threshold:
         raise StateError("a DONE state with fewer survivors than the threshold")
     result = saved.get("result")
-    words_from_bytes(
+    words = words_from_bytes(
         result, modulus_bits=fresh.config.modulus_bits, n_words=fresh.session.total_words
+    )
+    masking.check_sum_range(
+        words, config=fresh.config, session=fresh.session, n_summands=len(survivors)
     )
     fresh._st.survivors = canonical_order(survivors)
     fresh._st.dropped = canonical_order(dropped)

@@ -22,6 +22,7 @@ from fedward.privacy.secagg import (
     TooFewSurvivors,
     UnmaskRequest,
     crypto,
+    digest_index_set,
     masking,
 )
 from fedward.privacy.secagg.config import threshold_floor
@@ -37,6 +38,7 @@ def masked_cohort(config: SecAggConfig):
         round_index=0,
         cohort=tuple(f"d{i}" for i in range(5)),
         vector_length=32,
+        index_set_digest=digest_index_set(range(32), model_size=32),
     )
     rng = np.random.default_rng(9)  # test data only
     inputs = {

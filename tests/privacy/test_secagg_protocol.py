@@ -29,6 +29,7 @@ from fedward.privacy.secagg import (
     TooFewSurvivors,
     UnmaskRequest,
     chacha20_stream,
+    digest_index_set,
     run_local_round,
 )
 from fedward.privacy.secagg.crypto import (
@@ -59,7 +60,13 @@ def setup(
         threshold=t, scale=2.0**16, clip=2.0, modulus_bits=bits, max_colluders=colluders
     )
     cohort = tuple(f"dev-{i:02d}" for i in range(n))
-    session = SecAggSession(session_id=sid, round_index=7, cohort=cohort, vector_length=d)
+    session = SecAggSession(
+        session_id=sid,
+        round_index=7,
+        cohort=cohort,
+        vector_length=d,
+        index_set_digest=digest_index_set(range(d), model_size=d),
+    )
     rng = np.random.default_rng(seed)  # test data only; the protocol never uses numpy's RNG
     inputs = {
         dev: ClientInput(
@@ -585,9 +592,13 @@ def test_shares_in_responses_are_the_responders_own() -> None:
 def test_device_with_another_index_set_fails_loudly_instead_of_mis_summing() -> None:
     # Prepare: dev-00 believes in a different subset (same length, different digest)
     config, session, inputs = setup(n=4, t=3, d=30)
-    session = dataclasses.replace(session, index_set_digest=b"subset-A")
+    session = dataclasses.replace(
+        session, index_set_digest=digest_index_set(range(30), model_size=60)
+    )
     runner = LocalRunner(config=config, session=session)
-    odd = dataclasses.replace(session, index_set_digest=b"subset-B")
+    odd = dataclasses.replace(
+        session, index_set_digest=digest_index_set(range(30, 60), model_size=60)
+    )
     runner.clients["dev-00"] = SecAggClient(config=config, session=odd, device_id="dev-00")
     deliveries = runner.share_keys(session.cohort, runner.advertise(session.cohort))
     # Execute / Assert: its share cannot be opened by the others, nor theirs by it

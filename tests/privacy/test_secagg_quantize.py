@@ -14,6 +14,7 @@ from fedward.privacy.secagg import (
     ProtocolViolation,
     SecAggConfig,
     SecAggSession,
+    digest_index_set,
 )
 from fedward.privacy.secagg.quantize import (
     check_headroom,
@@ -114,7 +115,11 @@ def test_threshold_against_cohort_size() -> None:
 
 def test_session_is_canonical_and_validated() -> None:
     ses = SecAggSession(
-        session_id=b"x" * 16, round_index=0, cohort=("b", "a", "c"), vector_length=4
+        session_id=b"x" * 16,
+        round_index=0,
+        cohort=("b", "a", "c"),
+        vector_length=4,
+        index_set_digest=digest_index_set(range(4), model_size=4),
     )
     assert ses.cohort == ("a", "b", "c") and ses.x_of("a") == 1 and ses.total_words == 6
     for bad in (
@@ -124,12 +129,15 @@ def test_session_is_canonical_and_validated() -> None:
         {"cohort": "abc"},
         {"vector_length": 0},
         {"round_index": -1},
+        {"index_set_digest": b""},
+        {"index_set_digest": b"subset-A"},
     ):
         kwargs = {
             "session_id": b"x" * 16,
             "round_index": 0,
             "cohort": ("a", "b"),
             "vector_length": 4,
+            "index_set_digest": digest_index_set(range(4), model_size=4),
         }
         with pytest.raises(ConfigError):
             SecAggSession(**{**kwargs, **bad})

@@ -26,6 +26,7 @@ from fedward.privacy.secagg import (
     SecAggSession,
     StateError,
     UnmaskRequest,
+    digest_index_set,
 )
 from fedward.privacy.secagg.journal import SessionJournal
 
@@ -50,7 +51,11 @@ class Disk:
 def cohort(n: int = 5, t: int = 4, d: int = 64, sid: bytes = b"restore-attack-01"):
     config = SecAggConfig(threshold=t, scale=2.0**14, clip=1.0)
     session = SecAggSession(
-        session_id=sid, round_index=1, cohort=tuple(f"d{i}" for i in range(n)), vector_length=d
+        session_id=sid,
+        round_index=1,
+        cohort=tuple(f"d{i}" for i in range(n)),
+        vector_length=d,
+        index_set_digest=digest_index_set(range(d), model_size=d),
     )
     rng = np.random.default_rng(5)  # test data only
     inputs = {

@@ -18,6 +18,7 @@ from fedward.privacy.secagg import (
     SecAggSession,
     ServerStage,
     StateError,
+    digest_index_set,
 )
 from fedward.privacy.secagg.client import CLIENT_STATE_KIND
 from fedward.privacy.secagg.journal import SessionJournal
@@ -32,7 +33,11 @@ def setup(n: int = 5, t: int = 3, d: int = 200, sid: bytes = b"restart-session-0
     colluders = max(0, min(t - 2, 2 * t - n - 1))
     config = SecAggConfig(threshold=t, scale=2.0**14, clip=1.0, max_colluders=colluders)
     session = SecAggSession(
-        session_id=sid, round_index=2, cohort=tuple(f"d{i}" for i in range(n)), vector_length=d
+        session_id=sid,
+        round_index=2,
+        cohort=tuple(f"d{i}" for i in range(n)),
+        vector_length=d,
+        index_set_digest=digest_index_set(range(d), model_size=d),
     )
     rng = np.random.default_rng(11)  # test data only
     inputs = {
