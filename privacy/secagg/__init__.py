@@ -5,8 +5,13 @@ expanded with ChaCha20, a self mask from a fresh 32-byte seed, and t-of-n
 Shamir shares (AEAD-encrypted device to device, relayed by the server) so that
 any ``threshold`` survivors let the server remove the masks of devices that
 dropped. The coordinator fixes the cohort at dispatch; every member masks the
-SAME index set. Each device scales its own update by its weight w_i and appends
-w_i and its sample count n_i as two extra masked coordinates.
+SAME index set (its digest is mandatory and bound into every key). Each device
+scales its own update by its weight w_i, clips each coordinate, rounds it
+stochastically (uniforms from a fresh ChaCha20 keystream, so rounding is
+unbiased noise, not a bias that adds up over the cohort) and appends w_i and its
+sample count n_i as two extra masked coordinates; masks are generated in
+chunks, so a device's masking memory stays near its update's size. The server
+range-checks every decoded sum against the clip bound and the survivors.
 
 What the server learns, exactly:
 

@@ -41,7 +41,6 @@ from .messages import (
     UnmaskRequest,
     UnmaskResponse,
 )
-from .quantize import words_to_bytes
 from .shamir import Share, share_size, split_bytes
 
 CLIENT_STATE_KIND = "fedward.privacy.secagg.client"
@@ -175,7 +174,9 @@ class SecAggClient:
         """
         if self._stage is not reached:
             return None
-        released = _required(self._released, "the released message", reached)
+        if self._released is None:
+            _required(None, "the released message", reached)
+        released: Released | None = self._released
         if request != self._request:
             raise ProtocolViolation(
                 f"this device already answered a different request in stage {reached.name}; "
@@ -345,32 +346,40 @@ class SecAggClient:
         own_shares = _required(self._own_shares, "this device's own shares", self._stage)
         held = self._open_delivery(delivery)
         cfg, ses = self.config, self.session
-        words = masking.encode_contribution(
-            update, weight=weight, num_samples=num_samples, config=cfg, session=ses
-        )
+        rounding_key = self._random_bytes(_SECRET)
+        if not isinstance(rounding_key, bytes) or len(rounding_key) != _SECRET:
+            raise ConfigError("random_bytes returned the wrong number of bytes")
         seed_key = crypto.self_mask_key(seed, context=self._context, device_id=self.device_id)
-        words += masking.mask_stream(seed_key, config=cfg, session=ses)
         mask_sk = crypto.load_private(mask_raw)
-        for peer in held:
-            if peer == self.device_id:
-                continue
-            key = crypto.pairwise_mask_key(
-                mask_sk,
-                self._roster[peer].mask_public_key,
-                context=self._context,
-                me=self.device_id,
-                peer=peer,
+        pair_keys = [
+            (
+                crypto.pairwise_mask_key(
+                    mask_sk,
+                    self._roster[peer].mask_public_key,
+                    context=self._context,
+                    me=self.device_id,
+                    peer=peer,
+                ),
+                masking.adds_pairwise_mask(self.device_id, peer),
             )
-            stream = masking.mask_stream(key, config=cfg, session=ses)
-            if masking.adds_pairwise_mask(self.device_id, peer):
-                words += stream
-            else:
-                words -= stream
+            for peer in held
+            if peer != self.device_id
+        ]
+        data = masking.masked_contribution(
+            update,
+            weight=weight,
+            num_samples=num_samples,
+            self_key=seed_key,
+            pair_keys=pair_keys,
+            rounding_key=rounding_key,
+            config=cfg,
+            session=ses,
+        )
         msg = MaskedInput(
             session_id=ses.session_id,
             round_index=ses.round_index,
             device_id=self.device_id,
-            data=words_to_bytes(words, modulus_bits=cfg.modulus_bits),
+            data=data,
         )
         self._record(ClientStage.MASKED, request, msg)
         held[self.device_id] = own_shares

@@ -49,12 +49,38 @@ Sink = Callable[[dict[str, Any]], None]
 def message_digest(msg: object) -> bytes:
     """SHA-256 of a message dataclass's canonical plain form (``b""`` digests to itself).
 
-    The plain form holds only bytes, str, int, tuples and dicts in field order,
-    whose ``repr`` is deterministic across runs and platforms.
+    The plain form holds only bytes, str, int, tuples/lists and dicts (field
+    order); each value is fed with a type tag and a length, so distinct
+    messages never collide by concatenation and large payloads are hashed in
+    place (no copy of a masked vector).
     """
-    if msg is None:
-        return hashlib.sha256(b"none").digest()
-    return hashlib.sha256(repr(to_plain(msg)).encode("utf-8")).digest()
+    h = hashlib.sha256(b"fedward.secagg.message.v1")
+    _feed(h, None if msg is None else to_plain(msg))
+    return h.digest()
+
+
+def _feed(h: Any, value: object) -> None:
+    if value is None:
+        h.update(b"N")
+    elif isinstance(value, bytes):
+        h.update(b"B" + len(value).to_bytes(8, "big"))
+        h.update(value)
+    elif isinstance(value, str):
+        raw = value.encode("utf-8")
+        h.update(b"S" + len(raw).to_bytes(8, "big") + raw)
+    elif isinstance(value, bool) or not isinstance(value, int | dict | list | tuple):
+        raise StateError(f"cannot digest a {type(value).__name__} in a message")
+    elif isinstance(value, int):
+        h.update(b"I" + str(value).encode() + b";")
+    elif isinstance(value, dict):
+        h.update(b"D" + len(value).to_bytes(8, "big"))
+        for key, item in value.items():
+            _feed(h, str(key))
+            _feed(h, item)
+    else:
+        h.update(b"L" + len(value).to_bytes(8, "big"))
+        for item in value:
+            _feed(h, item)
 
 
 @dataclass(frozen=True, kw_only=True)

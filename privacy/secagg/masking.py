@@ -13,21 +13,27 @@ with the secrets it reconstructs.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from .config import SecAggConfig, SecAggSession, canonical_order
+from .config import EXTRA_WORDS, SecAggConfig, SecAggSession, canonical_order
 from .crypto import advertisement_payload, verify
 from .errors import OverflowRisk, ProtocolViolation, RangeViolation, TooFewSurvivors
 from .messages import KeyAdvertisement, UnmaskRequest
-from .prg import chacha20_stream
-from .quantize import decode_fixed_point, encode_fixed_point, to_signed
+from .prg import BLOCK_BYTES, chacha20_stream, wire_dtype
+from .quantize import decode_fixed_point, encode_fixed_point, stochastic_encode, to_signed
 
 # Every mask key is used for exactly one stream, so a fixed nonce is safe.
 MASK_NONCE = bytes(12)
+# The rounding key is fresh per masked input and used for this one stream only.
+ROUNDING_NONCE = b"fedward-rnd\x00"
 SECRET_BYTES = 32
+#: Words masked per step: a multiple of the words per ChaCha20 block (16 at 32 bits,
+#: 8 at 64), so chunk k's keystream starts at block counter k * CHUNK_WORDS / per-block
+#: and the chunks join into exactly the full stream the server regenerates.
+CHUNK_WORDS = 1 << 13
 
 
 def encode_contribution(
@@ -38,7 +44,37 @@ def encode_contribution(
     config: SecAggConfig,
     session: SecAggSession,
 ) -> np.ndarray:
-    """Words of ``clip(weight * update) || weight || num_samples`` (unmasked)."""
+    """Reference words of ``clip(weight * update) || weight || num_samples``, rounded to nearest.
+
+    Devices use :func:`masked_contribution` (stochastic rounding, streamed);
+    this deterministic form is what the round trip and bound tests compare to.
+    """
+    arr = _checked_update(
+        update, weight=weight, num_samples=num_samples, config=config, session=session
+    )
+    bits = config.modulus_bits
+    words = np.empty(session.total_words, dtype=config.dtype)
+    words[: session.vector_length] = encode_fixed_point(
+        arr * float(weight), scale=config.scale, clip=config.clip, modulus_bits=bits
+    )
+    words[session.vector_length] = encode_fixed_point(
+        np.array([float(weight)]),
+        scale=config.effective_weight_scale,
+        clip=config.max_weight,
+        modulus_bits=bits,
+    )[0]
+    words[session.vector_length + 1] = int(num_samples)
+    return words
+
+
+def _checked_update(
+    update: np.ndarray,
+    *,
+    weight: float,
+    num_samples: int,
+    config: SecAggConfig,
+    session: SecAggSession,
+) -> np.ndarray:
     arr = np.asarray(update, dtype=np.float64)
     if arr.ndim != 1 or arr.shape[0] != session.vector_length:
         raise ProtocolViolation(
@@ -55,19 +91,74 @@ def encode_contribution(
         raise ProtocolViolation(f"num_samples must be an int, got {num_samples!r}")
     if not 0 <= num_samples <= config.max_samples:
         raise OverflowRisk(f"num_samples {num_samples} outside [0, {config.max_samples}]")
-    bits = config.modulus_bits
-    words = np.empty(session.total_words, dtype=config.dtype)
-    words[: session.vector_length] = encode_fixed_point(
-        arr * float(weight), scale=config.scale, clip=config.clip, modulus_bits=bits
+    return arr
+
+
+def masked_contribution(
+    update: np.ndarray,
+    *,
+    weight: float,
+    num_samples: int,
+    self_key: bytes,
+    pair_keys: Sequence[tuple[bytes, bool]],
+    rounding_key: bytes,
+    config: SecAggConfig,
+    session: SecAggSession,
+) -> bytes:
+    """A device's masked input, built CHUNK_WORDS at a time; returns the wire bytes.
+
+    Coordinates are ``clip(weight * update)`` stochastically rounded with
+    uniforms from ChaCha20(``rounding_key``) (fresh per input, device-local);
+    the weight word is rounded to nearest (public metadata, not DP-protected);
+    then the self mask and every pairwise mask ((key, adds) in ``pair_keys``)
+    are added chunk by chunk, so masking holds the output plus O(CHUNK_WORDS)
+    words whatever the number of peers, never one full stream per peer.
+    """
+    arr = _checked_update(
+        update, weight=weight, num_samples=num_samples, config=config, session=session
     )
-    words[session.vector_length] = encode_fixed_point(
+    bits, d, total = config.modulus_bits, session.vector_length, session.total_words
+    per_block = BLOCK_BYTES // wire_dtype(bits).itemsize
+    extras = np.empty(EXTRA_WORDS, dtype=config.dtype)
+    extras[0] = encode_fixed_point(
         np.array([float(weight)]),
         scale=config.effective_weight_scale,
         clip=config.max_weight,
         modulus_bits=bits,
     )[0]
-    words[session.vector_length + 1] = int(num_samples)
-    return words
+    extras[1] = int(num_samples)
+    out = np.empty(total, dtype=wire_dtype(bits))
+    for start in range(0, total, CHUNK_WORDS):
+        stop = min(start + CHUNK_WORDS, total)
+        chunk = np.empty(stop - start, dtype=config.dtype)
+        coords = max(0, min(stop, d) - start)
+        if coords:
+            uniforms = chacha20_stream(
+                rounding_key, ROUNDING_NONCE, coords, modulus_bits=32, counter=start // 16
+            )
+            chunk[:coords] = stochastic_encode(
+                arr[start : start + coords] * float(weight),
+                uniforms=uniforms,
+                scale=config.scale,
+                clip=config.clip,
+                modulus_bits=bits,
+            )
+        if stop > d:
+            chunk[coords:] = extras[max(0, start - d) : stop - d]
+        counter = start // per_block
+        chunk += chacha20_stream(
+            self_key, MASK_NONCE, stop - start, modulus_bits=bits, counter=counter
+        )
+        for key, adds in pair_keys:
+            stream = chacha20_stream(
+                key, MASK_NONCE, stop - start, modulus_bits=bits, counter=counter
+            )
+            if adds:
+                chunk += stream
+            else:
+                chunk -= stream
+        out[start:stop] = chunk
+    return out.tobytes()
 
 
 def decode_sum(

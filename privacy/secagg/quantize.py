@@ -28,6 +28,7 @@ __all__ = [
     "mod_neg",
     "mod_sub",
     "mod_sum",
+    "stochastic_encode",
     "to_signed",
     "word_dtype",
     "words_from_bytes",
@@ -80,6 +81,36 @@ def encode_fixed_point(
     return (ints.view(np.uint64) & np.uint64((1 << modulus_bits) - 1)).astype(
         word_dtype(modulus_bits)
     )
+
+
+def stochastic_encode(
+    values: np.ndarray, *, uniforms: np.ndarray, scale: float, clip: float, modulus_bits: int
+) -> np.ndarray:
+    """Clip, scale and round each value up with probability its fractional part.
+
+    Unbiased (E[decode(encode(x))] = clip(x)), unlike round-to-nearest, whose
+    bias is the same for every device and so grows with the cohort in a sum;
+    DP noise calibrated on the sum needs the rounding to be noise, not bias.
+    ``uniforms`` are 32-bit words (a ChaCha20 keystream on the device), read
+    as u / 2^32 in [0, 1). Results stay within [-round(clip * scale), +round(clip * scale)].
+    """
+    scale = _positive_finite("scale", scale)
+    clip = _positive_finite("clip", clip)
+    arr = np.asarray(values, dtype=np.float64)
+    u = np.asarray(uniforms)
+    if u.dtype != np.uint32 or u.shape != arr.shape:
+        raise ConfigError("stochastic rounding needs one uint32 word per value")
+    if not np.all(np.isfinite(arr)):
+        raise ProtocolViolation("cannot encode non-finite values")
+    bound = max_abs_encoded(clip=clip, scale=scale)
+    scaled = np.clip(arr, -clip, clip) * scale
+    low = np.floor(scaled)
+    ints = low + (u.astype(np.float64) * 2.0**-32 < scaled - low)
+    ints = np.clip(ints, -bound, bound).astype(np.int64)
+    words: np.ndarray = (ints.view(np.uint64) & np.uint64((1 << modulus_bits) - 1)).astype(
+        word_dtype(modulus_bits)
+    )
+    return words
 
 
 def to_signed(words: np.ndarray, *, modulus_bits: int) -> np.ndarray:

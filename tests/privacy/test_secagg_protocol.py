@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import itertools
+import os
 from collections.abc import Callable
 
 import numpy as np
@@ -39,8 +40,13 @@ from fedward.privacy.secagg.crypto import (
     self_mask_key,
     session_context,
 )
-from fedward.privacy.secagg.masking import MASK_NONCE, check_unmask_request, encode_contribution
-from fedward.privacy.secagg.quantize import mod_sum
+from fedward.privacy.secagg.masking import (
+    MASK_NONCE,
+    ROUNDING_NONCE,
+    check_unmask_request,
+    encode_contribution,
+)
+from fedward.privacy.secagg.quantize import mod_sub, mod_sum, stochastic_encode, to_signed
 from fedward.privacy.secagg.shamir import Interpolator, Share
 
 
@@ -96,15 +102,21 @@ def plain_encoded_sum(config, session, inputs, survivors) -> np.ndarray:
 def assert_sums(result: AggregateResult, config, session, inputs, survivors) -> None:
     assert result.survivors == tuple(survivors)
     assert result.dropouts == tuple(d for d in session.cohort if d not in survivors)
-    # exact, in modular arithmetic
-    assert np.array_equal(result.encoded_sum, plain_encoded_sum(config, session, inputs, survivors))
-    # close, as floats: each encoded value is within 0.5 / scale of the clipped product
+    # in modular arithmetic: the weight and sample words exactly; each coordinate within
+    # one step per survivor of round-to-nearest (devices round stochastically: floor or ceil)
+    plain = plain_encoded_sum(config, session, inputs, survivors)
+    d = session.vector_length
+    assert np.array_equal(result.encoded_sum[d:], plain[d:])
+    steps = to_signed(mod_sub(result.encoded_sum, plain), modulus_bits=config.modulus_bits)
+    assert np.max(np.abs(steps[:d])) <= len(survivors)
+    # close, as floats: each encoded value is within 1 / scale of the clipped product
     expected = sum(
         np.clip(inputs[d].weight * inputs[d].update, -config.clip, config.clip) for d in survivors
     )
-    tol = len(survivors) * 0.5 / config.scale + 1e-9
+    tol = len(survivors) / config.scale + 1e-9
     assert np.max(np.abs(result.weighted_sum - expected)) <= tol
-    assert abs(result.weight_sum - sum(inputs[d].weight for d in survivors)) <= tol
+    weight_tol = len(survivors) * 0.5 / config.effective_weight_scale + 1e-9
+    assert abs(result.weight_sum - sum(inputs[d].weight for d in survivors)) <= weight_tol
     assert result.sample_count == sum(inputs[d].num_samples for d in survivors)
 
 
@@ -513,21 +525,37 @@ def test_duplicates_are_idempotent_and_conflicts_rejected() -> None:
 
 def test_masked_input_is_plain_plus_chacha20_masks() -> None:
     # Prepare: a 3-device round; capture dev-00's secrets just before it masks
-    config, session, inputs = setup(n=3, t=2, d=64)
-    runner = LocalRunner(config=config, session=session)
+    config, session, inputs = setup(n=3, t=2, d=20_000)  # more than one masking chunk
+    draws: list[bytes] = []
+
+    def recorded(k: int) -> bytes:
+        draws.append(os.urandom(k))
+        return draws[-1]
+
+    runner = LocalRunner(config=config, session=session, random_bytes=recorded)
     roster = runner.advertise(session.cohort)
     deliveries = runner.share_keys(session.cohort, roster)
     me = session.cohort[0]
     secrets = runner.clients[me].state_dict()["payload"]
     x = inputs[me]
+    before = len(draws)
     # Execute
     masked = runner.clients[me].mask_input(
         deliveries[me], update=x.update, weight=x.weight, num_samples=x.num_samples
     )
-    # Assert: recompute the masks from the secrets with chacha20_stream directly
+    # Assert: its one draw is the rounding key; recompute everything from the secrets with
+    # chacha20_stream directly (whole streams, where the device streamed in chunks)
+    assert len(draws) == before + 1
     ctx = session_context(session, config)
-    n = session.total_words
+    n, d = session.total_words, session.vector_length
     want = plain_encoded_sum(config, session, inputs, [me])
+    want[:d] = stochastic_encode(
+        x.weight * x.update,
+        uniforms=chacha20_stream(draws[before], ROUNDING_NONCE, d, modulus_bits=32),
+        scale=config.scale,
+        clip=config.clip,
+        modulus_bits=32,
+    )
     want = want + chacha20_stream(
         self_mask_key(secrets["seed"], context=ctx, device_id=me), MASK_NONCE, n, modulus_bits=32
     )

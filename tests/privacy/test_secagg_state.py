@@ -23,7 +23,7 @@ from fedward.privacy.secagg import (
 from fedward.privacy.secagg.client import CLIENT_STATE_KIND
 from fedward.privacy.secagg.journal import SessionJournal
 from fedward.privacy.secagg.masking import encode_contribution
-from fedward.privacy.secagg.quantize import mod_sum
+from fedward.privacy.secagg.quantize import mod_sub, mod_sum, to_signed
 from fedward.privacy.secagg.server import SERVER_STATE_KIND
 from fedward.privacy.secagg.state import STATE_VERSION
 
@@ -59,6 +59,16 @@ def expected(config, session, inputs, survivors) -> np.ndarray:
         for d in survivors
     ]
     return mod_sum(words, modulus_bits=config.modulus_bits, n_words=session.total_words)
+
+
+def matches(encoded_sum, config, session, inputs, survivors) -> bool:
+    """Extras exact; each coordinate within one (stochastic rounding) step per survivor."""
+    plain = expected(config, session, inputs, survivors)
+    d = session.vector_length
+    steps = to_signed(mod_sub(encoded_sum, plain), modulus_bits=config.modulus_bits)[:d]
+    return bool(np.array_equal(encoded_sum[d:], plain[d:])) and int(np.max(np.abs(steps))) <= len(
+        survivors
+    )
 
 
 def restart_everyone(runner: LocalRunner, config, session) -> None:
@@ -99,9 +109,7 @@ def test_restart_between_every_stage_then_complete() -> None:
     restart_everyone(runner, config, session)
     # Assert
     assert runner.server.stage is ServerStage.DONE
-    assert np.array_equal(
-        result.encoded_sum, expected(config, session, inputs, ("d1", "d2", "d3", "d4", "d5"))
-    )
+    assert matches(result.encoded_sum, config, session, inputs, ("d1", "d2", "d3", "d4", "d5"))
     again = runner.server.result()
     assert (
         np.array_equal(again.encoded_sum, result.encoded_sum)
@@ -129,7 +137,7 @@ def test_restart_while_collecting_each_kind_of_message() -> None:
     runner.server.receive_unmask_response(runner.clients["d0"].unmask(request))
     restart_everyone(runner, config, session)
     result = runner.unmask(session.cohort[1:3], request)
-    assert np.array_equal(result.encoded_sum, expected(config, session, inputs, session.cohort))
+    assert matches(result.encoded_sum, config, session, inputs, session.cohort)
 
 
 def server_at_unmasking():
