@@ -182,6 +182,8 @@ class SecAggClient:
                 f"this device already answered a different request in stage {reached.name}; "
                 "it answers once per session"
             )
+        if self._persist is not None:  # the write may have failed before: write-ahead again
+            self._persist(self.state_dict())
         return released
 
     def _commit(self, reached: ClientStage, request: bytes, msg: T) -> T:

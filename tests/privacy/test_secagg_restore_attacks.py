@@ -222,3 +222,30 @@ def test_a_restore_without_the_device_journal_is_refused() -> None:
         SecAggClient(config=config, session=session, device_id="d2").load_state_dict(
             copy.deepcopy(disks["d2"].state)
         )
+
+
+def test_a_retry_after_a_failed_state_write_rewrites_it_before_re_sending() -> None:
+    # Prepare: d0's state write fails once, just after its journal recorded the answer
+    config, session, inputs, disks, runner = cohort()
+    deliveries = runner.share_keys(session.cohort, runner.advertise(session.cohort))
+    request = runner.mask(session.cohort, deliveries, inputs)
+    failures = [OSError("disk full")]
+
+    def flaky(saved: dict) -> None:
+        if failures:
+            raise failures.pop()
+        disks["d0"].write_state(saved)
+
+    client = runner.clients["d0"]
+    client._persist = flaky  # the device's storage starts failing
+    with pytest.raises(OSError, match="disk full"):
+        client.unmask(request)
+    assert disks["d0"].state["payload"]["stage"] == "MASKED"
+
+    # Execute: the caller retries the same request
+    answer = client.unmask(request)
+
+    # Assert: the state holding the answer is on disk before it is returned; a reboot
+    # re-sends the same bytes
+    assert disks["d0"].state["payload"]["stage"] == "DONE"
+    assert reboot(config, session, "d0", disks["d0"]).unmask(request) == answer
