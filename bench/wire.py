@@ -44,7 +44,7 @@ from typing import Any
 
 from fedward.bench.ingest import IngestConfig, Trust, _Coordinator, bench_spec, run_ingest
 from fedward.live import BrokerAddress, free_port
-from fedward.protocol.credentials import COORDINATOR_CN, create_ca, issue, render_broker_config
+from fedward.protocol.credentials import init_study_pki, render_broker_config
 from fedward.protocol.mqtt_settings import MqttProtocol
 
 _TLS_LINES = (
@@ -56,21 +56,7 @@ _TLS_LINES = (
 def credentials(root: Path) -> Path:
     """A study CA, the broker's and the coordinator's certificates under ``root``."""
     creds = root / "creds"
-    create_ca(creds, study="bench")
-    names = ("localhost", "127.0.0.1")
-    issue(
-        creds,
-        cn=names[0],
-        cert_path=creds / "tls.crt",
-        key_path=creds / "tls.key",
-        server_names=names,
-    )
-    issue(
-        creds,
-        cn=COORDINATOR_CN,
-        cert_path=creds / f"{COORDINATOR_CN}.crt",
-        key_path=creds / f"{COORDINATOR_CN}.key",
-    )
+    init_study_pki(creds, study="bench")
     return creds
 
 

@@ -21,11 +21,10 @@ import typer
 from rich.console import Console
 
 from fedward.protocol.credentials import (
-    COORDINATOR_CN,
+    LOCAL_BROKER_NAMES,
     BrokerAuth,
     PkiError,
-    create_ca,
-    issue,
+    init_study_pki,
     issue_device,
     pki_tls,
     render_broker_config,
@@ -55,21 +54,8 @@ def init(
 ) -> None:
     """Create the study CA, the broker's server certificate and the coordinator's."""
     try:
-        create_ca(directory, study=study)
-        names = tuple(broker_host or ["localhost", "127.0.0.1"])
-        issue(
-            directory,
-            cn=names[0],
-            cert_path=directory / "tls.crt",
-            key_path=directory / "tls.key",
-            server_names=names,
-        )
-        issue(
-            directory,
-            cn=COORDINATOR_CN,
-            cert_path=directory / f"{COORDINATOR_CN}.crt",
-            key_path=directory / f"{COORDINATOR_CN}.key",
-        )
+        names = tuple(broker_host or LOCAL_BROKER_NAMES)
+        init_study_pki(directory, study=study, broker_names=names)
     except PkiError as exc:
         console.print(f"[red]{exc}[/]")
         raise typer.Exit(2) from None

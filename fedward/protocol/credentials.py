@@ -186,6 +186,32 @@ def issue_device(directory: Path, device_id: str) -> Issued:
     )
 
 
+LOCAL_BROKER_NAMES = ("localhost", "127.0.0.1")
+
+
+def init_study_pki(
+    directory: Path, *, study: str, broker_names: tuple[str, ...] = LOCAL_BROKER_NAMES
+) -> None:
+    """A credentials directory (the layout above): the study CA, the broker's server
+    certificate for ``broker_names`` (the first is its CN) and the coordinator's."""
+    if not broker_names:
+        raise PkiError("the broker needs at least one DNS name or IP")
+    create_ca(directory, study=study)
+    issue(
+        directory,
+        cn=broker_names[0],
+        cert_path=directory / "tls.crt",
+        key_path=directory / "tls.key",
+        server_names=broker_names,
+    )
+    issue(
+        directory,
+        cn=COORDINATOR_CN,
+        cert_path=directory / f"{COORDINATOR_CN}.crt",
+        key_path=directory / f"{COORDINATOR_CN}.key",
+    )
+
+
 def render_broker_config(
     *,
     tls_dir: Path,
@@ -247,7 +273,9 @@ __all__ = [
     "BrokerAuth",
     "Issued",
     "PkiError",
+    "LOCAL_BROKER_NAMES",
     "create_ca",
+    "init_study_pki",
     "write_file",
     "issue",
     "issue_device",

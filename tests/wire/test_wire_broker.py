@@ -20,8 +20,7 @@ from fedward.coordinator.mqtt.security import WireSecurity
 from fedward.live import free_port
 from fedward.protocol.credentials import (
     COORDINATOR_CN,
-    create_ca,
-    issue,
+    init_study_pki,
     issue_device,
     render_broker_config,
 )
@@ -38,20 +37,7 @@ def tls_broker(tmp_path_factory):
     """``(port, credentials dir)`` of a Mosquitto started with deploy/mosquitto."""
     root = tmp_path_factory.mktemp("broker")
     creds, config = root / "creds", root / "config"
-    create_ca(creds, study="wire")
-    issue(
-        creds,
-        cn="localhost",
-        cert_path=creds / "tls.crt",
-        key_path=creds / "tls.key",
-        server_names=("localhost", "127.0.0.1"),
-    )
-    issue(
-        creds,
-        cn=COORDINATOR_CN,
-        cert_path=creds / f"{COORDINATOR_CN}.crt",
-        key_path=creds / f"{COORDINATOR_CN}.key",
-    )
+    init_study_pki(creds, study="wire")
     for device in ("d1", "d2", "genuine"):
         issue_device(creds, device)
     port = free_port()
