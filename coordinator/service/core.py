@@ -134,10 +134,6 @@ class ServiceCore:
         later truncation: ``fedward.compliance.verify_log(..., trusted_head=)``)."""
         return self._trail.latest_tree_head
 
-    def checkpoint_audit(self) -> SignedTreeHead | None:
-        """Make the audit log durable and sign its unsigned tail now (the timer's job)."""
-        return self._trail.checkpoint()
-
     def _sign_periodically(self, interval_s: float) -> None:
         # Why a timer: entries after the newest signed head can be rewritten
         # undetected; signing every interval bounds that window in time, not

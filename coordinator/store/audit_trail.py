@@ -102,7 +102,15 @@ class AuditTrail:
         self._log.close()
 
     def sign_tree_head(self) -> SignedTreeHead:
-        return self._log.sign_tree_head()
+        """Make the log durable, then sign a head over it now (even with no unsigned tail).
+
+        Why durable first: a head handed to an auditor must never cover entries a
+        crash could still lose; the restart would re-append them differently and
+        the auditor's head would look like tampering.
+        """
+        with self._lock:
+            self._sync_locked()
+            return self._log.sign_tree_head()
 
     # -- direct appends (nothing to commit) -------------------------------------
     def write(self, entry: AuditRecord, *, study_id: str | None) -> None:
@@ -230,13 +238,15 @@ class AuditTrail:
         Returns the new head, or None when every entry was already signed.
         """
         with self._lock:
-            upto = self._published
-            self._log.sync()
-            self._durable = upto
-            state = self._log.state
-            if state.unsigned_entries == 0:
+            self._sync_locked()
+            if self._log.state.unsigned_entries == 0:
                 return None
             return self._log.sign_tree_head()
+
+    def _sync_locked(self) -> None:
+        upto = self._published
+        self._log.sync()
+        self._durable = upto
 
     def finish(self, repository: Repository) -> None:
         """At close: make the log durable, sign its tail, drop the outbox rows it covers.
