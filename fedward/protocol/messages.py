@@ -71,10 +71,12 @@ from fedward.protocol.errors import DecodeError, EncodeError, MessageTooLarge, U
 from fedward.protocol.ids import Id
 from fedward.vocabulary import Accountant as Accountant  # re-exported with DpParams
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 # 2: Update.update_energy (mean square) replaced update_sq_norm (sum)
 # 3: Enrol.ticket, EnrolAck.coordinator_key/proof, Heartbeat.tasks; live frames travel
 #    in signed envelopes (fedward.protocol.signing)
+# 4: secure aggregation: Task.secagg (SecAggParams) and SecAggMessage replace the unused
+#    Task/Update.secagg_cohort_id
 FRAME_VERSION = 1
 FRAME_MAGIC = b"FWFR"
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -94,6 +96,7 @@ class MessageKind(StrEnum):
     ACK = "ack"
     HEARTBEAT = "heartbeat"
     ERROR = "error"
+    SECAGG = "secagg"
 
 
 class DeviceClass(StrEnum):
@@ -236,6 +239,88 @@ class EnrolAck(WireMessage):
     """HMAC under the device's enrolment secret over the enrolment and ``coordinator_key``."""
 
 
+class SecAggPhase(StrEnum):
+    """Step of one secure-aggregation fill a :class:`SecAggMessage` belongs to.
+
+    Uplink (device -> coordinator): ADVERTISE, SHARES, MASKED_INPUT,
+    UNMASK_RESPONSE. Downlink (coordinator -> device): ROSTER, DELIVERY,
+    UNMASK_REQUEST, ABORT.
+    """
+
+    ADVERTISE = "advertise"
+    ROSTER = "roster"
+    SHARES = "shares"
+    DELIVERY = "delivery"
+    MASKED_INPUT = "masked_input"
+    UNMASK_REQUEST = "unmask_request"
+    UNMASK_RESPONSE = "unmask_response"
+    ABORT = "abort"
+
+    @property
+    def uplink(self) -> bool:
+        """True for the phases a device sends."""
+        return self in _UPLINK_PHASES
+
+
+_UPLINK_PHASES = frozenset(
+    {
+        SecAggPhase.ADVERTISE,
+        SecAggPhase.SHARES,
+        SecAggPhase.MASKED_INPUT,
+        SecAggPhase.UNMASK_RESPONSE,
+    }
+)
+MAX_ENERGY_BINS = 64
+MAX_SECAGG_BODY_BYTES = 8 << 20
+"""Largest ``body`` tensor (mirrors ``fedward.privacy.secagg.wire.MAX_BODY_BYTES``)."""
+MAX_SECAGG_WORDS = 1 << 23
+"""Most masked words one ``MASKED_INPUT`` may carry (the frame size limit applies too)."""
+SECAGG_BODY = "body"
+SECAGG_WORDS = "words"
+_WORD_DTYPES = frozenset({np.dtype("<u4"), np.dtype("<u8")})
+
+
+class SecAggWeighting(WireModel):
+    """Public numbers a fill member derives its own weight from, on the device.
+
+    FTTE's energy damping ``g = 1/(1 + beta*max(0, q/ref - tol))`` (weight 1
+    when ``energy_reference`` is None) and ``NormBounded``'s L2 bound, so no
+    per-device statistic leaves the device in the clear.
+    """
+
+    energy_reference: NonNegFloat | None
+    energy_tolerance: PosFloat
+    energy_beta: NonNegFloat
+    norm_bound: PosFloat | None
+
+
+def _increasing(edges: tuple[float, ...]) -> tuple[float, ...]:
+    if any(b <= a for a, b in zip(edges, edges[1:], strict=False)):
+        raise ValueError("energy_bins must be strictly increasing")
+    return edges
+
+
+class SecAggParams(WireModel):
+    """What a task of a secure-aggregation fill tells its device.
+
+    ``config``/``session`` are ``SecAggConfig.to_plain()`` / ``SecAggSession.to_plain()``
+    and ``ddp`` the ``DistributedDp`` plain form: ``fedward.protocol`` imports
+    nothing of the privacy package, the receiving side rebuilds (and validates)
+    them with ``from_plain``. ``energy_bins`` are the log-energy histogram edges
+    of the masked count words (empty: no histogram).
+    """
+
+    fill_id: Id
+    config: dict[str, Any]
+    session: dict[str, Any]
+    phase_timeout_s: PosFloat
+    weighting: SecAggWeighting
+    energy_bins: Annotated[
+        tuple[float, ...], Field(max_length=MAX_ENERGY_BINS), AfterValidator(_increasing)
+    ] = ()
+    ddp: dict[str, Any] | None = None
+
+
 class Task(WireMessage):
     kind: Literal[MessageKind.TASK] = MessageKind.TASK
     task_id: Id
@@ -249,7 +334,8 @@ class Task(WireMessage):
     lr: PosFloat
     deadline_s: PosFloat
     dp: DpParams | None = None
-    secagg_cohort_id: Id | None = None
+    secagg: SecAggParams | None = None
+    """Set when the task is one member of a secure-aggregation fill (one SecAgg instance)."""
 
 
 class ModelDownload(WireMessage):
@@ -288,7 +374,6 @@ class Update(WireMessage):
     update_energy: NonNegFloat | None = None
     train_loss: float | None = None
     privacy: PrivacyReport | None = None
-    secagg_cohort_id: Id | None = None
 
     @model_validator(mode="after")
     def _dp_side_channels(self) -> Update:
@@ -335,8 +420,36 @@ class ErrorMessage(WireMessage):
     detail: Text = ""
 
 
+class SecAggMessage(WireMessage):
+    """Header of one secure-aggregation step of a fill; the content is in the tensors.
+
+    Frame tensors: exactly one ``"body"`` (1-D uint8: the
+    ``fedward.privacy.secagg.wire.encode_message`` bytes) for every phase but
+    MASKED_INPUT and ABORT; exactly one ``"words"`` (1-D ``<u4``/``<u8``: the
+    masked words, binary rather than hex) for MASKED_INPUT; none for ABORT.
+    The receiver rebuilds the privacy message (a ``MaskedInput`` from the fill's
+    session and the sender's id) and judges its content; this layer only bounds
+    the shape. Signed in its envelope like every live frame.
+    """
+
+    kind: Literal[MessageKind.SECAGG] = MessageKind.SECAGG
+    study_id: Id
+    device_id: Id
+    task_id: Id
+    fill_id: Id
+    phase: SecAggPhase
+
+
 Message = Annotated[
-    Enrol | EnrolAck | Task | ModelDownload | Update | Ack | Heartbeat | ErrorMessage,
+    Enrol
+    | EnrolAck
+    | Task
+    | ModelDownload
+    | Update
+    | Ack
+    | Heartbeat
+    | ErrorMessage
+    | SecAggMessage,
     Field(discriminator="kind"),
 ]
 """Any wire message, discriminated by ``kind``."""
@@ -350,8 +463,9 @@ MESSAGE_TYPES: tuple[type[WireMessage], ...] = (
     Ack,
     Heartbeat,
     ErrorMessage,
+    SecAggMessage,
 )
-TENSOR_KINDS = frozenset({MessageKind.MODEL_DOWNLOAD, MessageKind.UPDATE})
+TENSOR_KINDS = frozenset({MessageKind.MODEL_DOWNLOAD, MessageKind.UPDATE, MessageKind.SECAGG})
 """The only kinds whose frames may carry tensors."""
 
 MESSAGE_ADAPTER: TypeAdapter[Message] = TypeAdapter(Message)
@@ -372,11 +486,68 @@ def _header_json(header: BaseModel) -> bytes:
     return raw
 
 
-def _check_tensors_allowed(header: Any, names: tuple[str, ...], error: type[Exception]) -> None:
+def _check_tensors_allowed(
+    header: Any, tensors: Mapping[str, np.ndarray], error: type[Exception]
+) -> None:
+    names = tuple(tensors)
     if names and header.kind not in TENSOR_KINDS:
         raise error(f"{header.kind} frames cannot carry tensors")
     if isinstance(header, ModelDownload) and header.names != names:
         raise error("ModelDownload.names does not match the frame's tensors")
+    if isinstance(header, SecAggMessage):
+        _check_secagg_tensors(header.phase, tensors, error)
+
+
+def _check_secagg_tensors(
+    phase: SecAggPhase, tensors: Mapping[str, np.ndarray], error: type[Exception]
+) -> None:
+    # One shape per phase, so a header can never travel with content of another kind.
+    names = tuple(tensors)
+    if phase is SecAggPhase.ABORT:
+        if names:
+            raise error("a SecAgg ABORT carries no tensors")
+        return
+    wanted = SECAGG_WORDS if phase is SecAggPhase.MASKED_INPUT else SECAGG_BODY
+    if names != (wanted,):
+        raise error(f"a SecAgg {phase.value} frame carries exactly one {wanted!r} tensor")
+    array = np.asarray(tensors[wanted])
+    if array.ndim != 1 or array.size == 0:
+        raise error(f"SecAgg {wanted!r} must be a non-empty 1-D tensor")
+    if wanted == SECAGG_BODY:
+        if array.dtype != np.dtype("u1"):
+            raise error("SecAgg 'body' must be uint8")
+        if array.size > MAX_SECAGG_BODY_BYTES:
+            raise error(f"SecAgg body of {array.size} bytes > {MAX_SECAGG_BODY_BYTES}")
+    else:
+        if array.dtype.newbyteorder("<") not in _WORD_DTYPES:
+            raise error("SecAgg 'words' must be uint32 or uint64")
+        if array.size > MAX_SECAGG_WORDS:
+            raise error(f"SecAgg words: {array.size} > {MAX_SECAGG_WORDS}")
+
+
+def secagg_frame_tensors(
+    phase: SecAggPhase, *, body: bytes | None = None, words: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """The tensors of a :class:`SecAggMessage` frame: ``body`` bytes or masked ``words``.
+
+    Raises :class:`EncodeError` unless the pair fits ``phase`` (see the class).
+    """
+    if body is not None and words is not None:
+        raise EncodeError("a SecAgg frame carries a body or words, not both")
+    tensors: dict[str, np.ndarray] = {}
+    if body is not None:
+        tensors[SECAGG_BODY] = np.frombuffer(bytes(body), dtype=np.uint8)
+    elif words is not None:
+        tensors[SECAGG_WORDS] = np.asarray(words)
+    _check_secagg_tensors(phase, tensors, EncodeError)
+    return tensors
+
+
+def secagg_body(tensors: Mapping[str, np.ndarray]) -> bytes:
+    """The ``body`` bytes of a decoded SecAgg frame (checked by :func:`decode_frame`)."""
+    if SECAGG_BODY not in tensors:
+        raise DecodeError("SecAgg frame has no body")
+    return np.ascontiguousarray(tensors[SECAGG_BODY], dtype=np.uint8).tobytes()
 
 
 def frame_size(header: BaseModel, tensors: Mapping[str, np.ndarray] | None = None) -> int:
@@ -398,7 +569,7 @@ def encode_frame(
     its tensors; :class:`MessageTooLarge` above ``max_bytes``.
     """
     raw_header = _header_json(header)
-    _check_tensors_allowed(header, tuple(tensors or ()), EncodeError)
+    _check_tensors_allowed(header, tensors or {}, EncodeError)
     size = _FRAME_OVERHEAD + len(raw_header) + (tensor_bytes(tensors) if tensors else 0)
     if size > min(max_bytes, MAX_FRAME_BYTES):
         raise MessageTooLarge(f"frame of {size} bytes > limit {max_bytes}")
@@ -481,5 +652,5 @@ def decode_frame(
     message = parse_header(bytes(view[_FRAME_PREFIX.size : head_end]))
     rest = view[head_end + _CRC.size :]
     tensors = decode_tensors(rest, max_bytes=max_bytes) if len(rest) else {}
-    _check_tensors_allowed(message, tuple(tensors), DecodeError)
+    _check_tensors_allowed(message, tensors, DecodeError)
     return message, tensors

@@ -6,9 +6,11 @@ Layout (``{study}``, ``{device}``, ``{subset}`` match ``[A-Za-z0-9_.-]{1,64}``,
     fedward/v1/{study}/enrol/{device}               up    Enrol
     fedward/v1/{study}/update/{device}              up    Update (frame with tensors)
     fedward/v1/{study}/heartbeat/{device}           up    Heartbeat, ErrorMessage (a refusal)
+    fedward/v1/{study}/secagg/{device}              up    SecAggMessage (uplink phases)
     fedward/v1/{study}/task/{device}                down  Task
     fedward/v1/{study}/ack/{device}                 down  Ack, EnrolAck
     fedward/v1/{study}/error/{device}               down  ErrorMessage
+    fedward/v1/{study}/fill/{device}                down  SecAggMessage (downlink phases)
     fedward/v1/{study}/model/{version}/{subset}     down  ModelDownload (broadcast)
 
 A device that declines a task (its own privacy budget is spent) says so
@@ -26,9 +28,11 @@ Why this shape:
       pattern write fedward/v1/+/enrol/%c
       pattern write fedward/v1/+/update/%c
       pattern write fedward/v1/+/heartbeat/%c
+      pattern write fedward/v1/+/secagg/%c
       pattern read  fedward/v1/+/task/%c
       pattern read  fedward/v1/+/ack/%c
       pattern read  fedward/v1/+/error/%c
+      pattern read  fedward/v1/+/fill/%c
       pattern read  fedward/v1/+/model/#
 
   and the coordinator can subscribe to ``fedward/v1/{study}/update/+``.
@@ -43,7 +47,12 @@ Why this shape:
   sessions still receive them after a short disconnect.
 
 :func:`check_route` ties a decoded message to the topic it arrived on, so
-device A cannot publish an update that claims to be from device B.
+device A cannot publish an update that claims to be from device B, and
+that a SecAgg step travels only in its direction (a device cannot post a
+roster on its ``secagg`` topic, nor the coordinator a masked input on
+``fill``). Secure-aggregation steps are per device in both directions: a
+roster or delivery is addressed to one member of the fill, never broadcast,
+so the ACL keeps one device from reading another's shares.
 """
 
 from __future__ import annotations
@@ -54,7 +63,7 @@ from enum import StrEnum
 
 from fedward.protocol.errors import DecodeError, EncodeError, RouteError
 from fedward.protocol.ids import is_valid_id
-from fedward.protocol.messages import Message, MessageKind
+from fedward.protocol.messages import Message, MessageKind, SecAggMessage
 
 ROOT = "fedward"
 LAYOUT_VERSION = "v1"
@@ -74,6 +83,8 @@ class TopicKind(StrEnum):
     ACK = "ack"
     ERROR = "error"
     MODEL = "model"
+    SECAGG = "secagg"
+    FILL = "fill"
 
     @property
     def direction(self) -> Direction:
@@ -88,6 +99,8 @@ _DIRECTIONS = {
     TopicKind.ACK: Direction.DOWNLINK,
     TopicKind.ERROR: Direction.DOWNLINK,
     TopicKind.MODEL: Direction.DOWNLINK,
+    TopicKind.SECAGG: Direction.UPLINK,
+    TopicKind.FILL: Direction.DOWNLINK,
 }
 
 EXPECTED_MESSAGES: dict[TopicKind, frozenset[MessageKind]] = {
@@ -98,6 +111,8 @@ EXPECTED_MESSAGES: dict[TopicKind, frozenset[MessageKind]] = {
     TopicKind.ACK: frozenset({MessageKind.ACK, MessageKind.ENROL_ACK}),
     TopicKind.ERROR: frozenset({MessageKind.ERROR}),
     TopicKind.MODEL: frozenset({MessageKind.MODEL_DOWNLOAD}),
+    TopicKind.SECAGG: frozenset({MessageKind.SECAGG}),
+    TopicKind.FILL: frozenset({MessageKind.SECAGG}),
 }
 """Which message kinds may travel on which topic kind."""
 
@@ -194,3 +209,7 @@ def check_route(info: TopicInfo, message: Message) -> None:
         claimed = getattr(message, field, None)
         if claimed is not None and expected is not None and claimed != expected:
             raise RouteError(f"{field} {claimed!r} does not match topic value {expected!r}")
+    if isinstance(message, SecAggMessage):
+        uplink = info.kind.direction is Direction.UPLINK
+        if message.phase.uplink != uplink:
+            raise RouteError(f"SecAgg {message.phase.value} step on a {info.kind} topic")

@@ -87,7 +87,6 @@ SAMPLES = [
         lr=0.05,
         deadline_s=30.0,
         dp=DpParams(noise_multiplier=1.1, max_grad_norm=1.0, sample_rate=0.01, delta=1e-5),
-        secagg_cohort_id="c-9",
     ),
     ModelDownload(model_version=3, subset_id="s.small", names=("fc.weight",)),
     UPDATE,
