@@ -9,14 +9,16 @@ SAME index set (its digest is mandatory and bound into every key). Each device
 scales its own update by its weight w_i, clips each coordinate, rounds it
 stochastically (uniforms from a fresh ChaCha20 keystream, so rounding is
 unbiased noise, not a bias that adds up over the cohort) and appends w_i and its
-sample count n_i as two extra masked coordinates; masks are generated in
+``count_words`` count words (a one-hot coarse histogram bin or a constant 1,
+never a per-device value constant across fills such as a sample count, which
+repeated sums would reveal) as extra masked coordinates; masks are generated in
 chunks, so a device's masking memory stays near its update's size. The server
 range-checks every decoded sum against the clip bound and the survivors.
 
 What the server learns, exactly:
 
 * the sum over the survivors of ``clip(w_i * Delta_i)`` (fixed point, mod 2^k),
-  together with ``sum(w_i)`` and ``sum(n_i)`` over the same survivors;
+  together with ``sum(w_i)`` and the sum of each count word over the same survivors;
 * the cohort membership, and who dropped at which step (who advertised, who
   shared keys, whose masked input arrived, who answered the unmask request);
 * nothing else: each masked vector it holds is uniform in Z_{2^k} to it, it
@@ -29,7 +31,9 @@ What the server learns, exactly:
 Not covered (documented limits): the active-adversary consistency round of
 Bonawitz et al. (a malicious server that also controls devices is out of
 scope; identities can be authenticated with Ed25519-signed advertisements);
-distributed DP noise, which the edge DP mod adds before masking.
+distributed DP (:mod:`.ddp`: L2 clip, Hadamard rotation, conditional rounding and
+Skellam shares added by each device before masking) is a separate step the
+device runs on its update before :meth:`SecAggClient.mask_input`.
 
 ``fedward.privacy.secagg`` is pure: no I/O, no clock, numpy and cryptography only, and
 all randomness comes from an injected ``random_bytes`` (default ``os.urandom``).
@@ -37,7 +41,7 @@ all randomness comes from an injected ``random_bytes`` (default ``os.urandom``).
 
 from .client import ClientStage, SecAggClient
 from .config import (
-    EXTRA_WORDS,
+    WEIGHT_WORDS,
     SecAggConfig,
     SecAggSession,
     canonical_order,
@@ -70,7 +74,6 @@ from .prg import chacha20_stream
 from .server import AggregateResult, SecAggServer, ServerStage
 
 __all__ = [
-    "EXTRA_WORDS",
     "AggregateResult",
     "ClientInput",
     "ClientStage",
@@ -99,6 +102,7 @@ __all__ = [
     "TooFewSurvivors",
     "UnmaskRequest",
     "UnmaskResponse",
+    "WEIGHT_WORDS",
     "canonical_order",
     "chacha20_stream",
     "digest_index_set",

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import enum
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
@@ -331,13 +331,23 @@ class SecAggClient:
         *,
         update: np.ndarray,
         weight: float,
-        num_samples: int,
+        counts: Sequence[int] | None = None,
+        num_samples: int | None = None,
     ) -> MaskedInput:
         """Decrypt and check the peers' shares (U2), then mask ``weight * update`` and extras.
 
         ``update`` is the device's Delta_i over the shared index set (length
         ``session.vector_length``); the device scales it by ``weight`` itself.
+        ``counts``: exactly ``config.count_words`` ints in [0, max_count] (a
+        one-hot histogram bin, or a constant 1), masked after the weight word.
+        ``num_samples`` is a deprecated alias of ``counts=(num_samples,)`` kept
+        for old callers; never pass a real sample count (it leaks across fills).
         """
+        if counts is None and num_samples is not None:
+            counts = (num_samples,)
+        elif counts is None or num_samples is not None:
+            raise ConfigError("pass counts= (num_samples= is a deprecated alias), exactly one")
+        counts = masking.check_counts(counts, config=self.config)
         request = _request_digest(delivery, ShareDelivery)
         again = self._resend(ClientStage.MASKED, request)
         if isinstance(again, MaskedInput):
@@ -370,7 +380,7 @@ class SecAggClient:
         data = masking.masked_contribution(
             update,
             weight=weight,
-            num_samples=num_samples,
+            counts=counts,
             self_key=seed_key,
             pair_keys=pair_keys,
             rounding_key=rounding_key,

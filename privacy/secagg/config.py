@@ -10,18 +10,24 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, fields
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 
 from .errors import ConfigError
 from .quantize import check_headroom, max_abs_encoded, word_dtype
 
-#: Coordinates appended to every input before masking: the device weight w_i
-#: and its sample count. The server learns only their sums.
-EXTRA_WORDS = 2
+#: Words appended to every input before masking: first the device weight w_i,
+#: then ``SecAggConfig.count_words`` count words (each in [0, max_count]). The
+#: server learns only their sums. A device's sample count is NOT one of them: a
+#: per-device value that stays the same across fills is solvable from repeated
+#: masked sums (issue 11); count words carry a one-hot coarse histogram (each
+#: device adds 1 to one bin) or a constant 1.
+WEIGHT_WORDS = 1
+MAX_COUNT_WORDS = 1 << 12
 MIN_SESSION_ID_BYTES = 16
 MAX_SESSION_ID_BYTES = 64
 MAX_DEVICE_ID_BYTES = 255
@@ -61,7 +67,13 @@ class SecAggConfig:
         [-clip, clip] and encoded as round(x * scale).
     weight_scale: fixed-point scale of the weight coordinate (default: ``scale``).
     max_weight: a device weight must lie in [0, max_weight].
-    max_samples: a device sample count must lie in [0, max_samples].
+    count_words: number of masked count words after the weight word (>= 0).
+        Every device sends exactly this many non-negative ints; the server
+        learns only each word's sum over the survivors (``count_sums``). Meant
+        for a one-hot histogram (a device's 1 in one bin) or a constant 1, never
+        a per-device value that stays the same across fills.
+    max_count: every count word must lie in [0, max_count]; the decoded sum of
+        each is range-checked against survivors * max_count.
     """
 
     threshold: int
@@ -70,7 +82,8 @@ class SecAggConfig:
     modulus_bits: int = 32
     weight_scale: float | None = None
     max_weight: float = 1.0
-    max_samples: int = 1 << 16
+    count_words: int = 1
+    max_count: int = 1
     max_colluders: int = 1
     min_cohort: int = 3
 
@@ -84,8 +97,12 @@ class SecAggConfig:
         if self.weight_scale is not None:
             _finite_positive("weight_scale", self.weight_scale)
         _finite_positive("max_weight", self.max_weight)
-        if not _is_int(self.max_samples) or self.max_samples < 1:
-            raise ConfigError(f"max_samples must be an int >= 1, got {self.max_samples!r}")
+        if not _is_int(self.count_words) or not 0 <= self.count_words <= MAX_COUNT_WORDS:
+            raise ConfigError(
+                f"count_words must be an int in [0, {MAX_COUNT_WORDS}], got {self.count_words!r}"
+            )
+        if not _is_int(self.max_count) or self.max_count < 1:
+            raise ConfigError(f"max_count must be an int >= 1, got {self.max_count!r}")
         if not _is_int(self.max_colluders) or self.max_colluders < 0:
             raise ConfigError(f"max_colluders must be an int >= 0, got {self.max_colluders!r}")
         if not _is_int(self.min_cohort) or self.min_cohort < self.max_colluders + 2:
@@ -121,6 +138,40 @@ class SecAggConfig:
     def dtype(self) -> np.dtype:
         return word_dtype(self.modulus_bits)
 
+    @property
+    def extra_words(self) -> int:
+        """Words masked after the model coordinates: the weight word, then the count words."""
+        return WEIGHT_WORDS + self.count_words
+
+    def to_plain(self) -> dict[str, Any]:
+        """JSON-ready form (str keys; int, float or None values) for the wire."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_plain(cls, data: object) -> SecAggConfig:
+        """Rebuild from :meth:`to_plain` output; ConfigError on any other shape.
+
+        Exactly the field names; int fields must be ints (not bools or floats),
+        float fields finite ints or floats (converted to float), ``weight_scale``
+        may be None; the result is then validated like any SecAggConfig.
+        """
+        plain = _exact_mapping(data, "SecAggConfig", {f.name for f in fields(cls)})
+        kwargs: dict[str, Any] = {}
+        for name in _CONFIG_INT_FIELDS:
+            value = plain[name]
+            if not _is_int(value):
+                raise ConfigError(f"SecAggConfig.{name} must be an int, got {value!r}")
+            kwargs[name] = value
+        for name in _CONFIG_FLOAT_FIELDS:
+            value = plain[name]
+            if value is None and name == "weight_scale":
+                kwargs[name] = None
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(f"SecAggConfig.{name} must be a number, got {value!r}")
+            kwargs[name] = float(value)
+        return cls(**kwargs)
+
     def check_cohort(self, n: int) -> None:
         """Validate the threshold and the modular headroom for a cohort of ``n`` devices.
 
@@ -142,17 +193,48 @@ class SecAggConfig:
         bits = self.modulus_bits
         check_headroom(n, bound=self.value_bound, modulus_bits=bits, what="n * clip * scale")
         check_headroom(n, bound=self.weight_bound, modulus_bits=bits, what="sum of weights")
-        check_headroom(n, bound=self.max_samples, modulus_bits=bits, what="sum of samples")
+        check_headroom(n, bound=self.max_count, modulus_bits=bits, what="sum of count words")
 
     def fingerprint(self) -> bytes:
         """SHA-256 of a canonical encoding; bound into every key derivation."""
         text = (
             f"t={self.threshold};bits={self.modulus_bits};scale={float(self.scale)!r};"
             f"clip={float(self.clip)!r};wscale={self.effective_weight_scale!r};"
-            f"wmax={float(self.max_weight)!r};smax={self.max_samples};"
+            f"wmax={float(self.max_weight)!r};counts={self.count_words};cmax={self.max_count};"
             f"colluders={self.max_colluders};min_cohort={self.min_cohort}"
         )
         return hashlib.sha256(text.encode()).digest()
+
+
+_CONFIG_INT_FIELDS = (
+    "threshold",
+    "modulus_bits",
+    "count_words",
+    "max_count",
+    "max_colluders",
+    "min_cohort",
+)
+_CONFIG_FLOAT_FIELDS = ("scale", "clip", "weight_scale", "max_weight")
+
+
+def _exact_mapping(data: object, what: str, names: set[str]) -> Mapping[str, Any]:
+    if not isinstance(data, Mapping) or not all(isinstance(k, str) for k in data):
+        raise ConfigError(f"{what} plain form must be a mapping with str keys")
+    if set(data) != names:
+        missing, extra = sorted(names - set(data)), sorted(set(data) - names)
+        raise ConfigError(f"{what} plain form lacks {missing} / has unknown {extra}")
+    return data
+
+
+def _from_hex(value: object, what: str) -> bytes:
+    """Bytes from lowercase hex (the plain form); ConfigError for anything else."""
+    if (
+        not isinstance(value, str)
+        or len(value) % 2
+        or any(c not in "0123456789abcdef" for c in value)
+    ):
+        raise ConfigError(f"{what} must be lowercase hex of whole bytes")
+    return bytes.fromhex(value)
 
 
 def threshold_floor(n: int, *, max_colluders: int) -> int:
@@ -204,7 +286,8 @@ class SecAggSession:
     round_index: the coordinator's round / model version this fill belongs to.
     cohort: the devices fixed at dispatch (stored in canonical order).
     vector_length: number of model coordinates every device masks (the shared
-        index set; the two extra coordinates are added on top).
+        index set; the weight and count words are added on top, see
+        :meth:`total_words`).
     index_set_digest: the 32-byte :func:`digest_index_set` of the shared index
         set, mandatory: it is bound into every key, so a device that masks
         another subset (which would leak its sparse coordinates, or mis-sum)
@@ -244,10 +327,48 @@ class SecAggSession:
     def n(self) -> int:
         return len(self.cohort)
 
-    @property
-    def total_words(self) -> int:
-        """Masked words per device: the model coordinates plus weight and sample count."""
-        return self.vector_length + EXTRA_WORDS
+    def total_words(self, config: SecAggConfig) -> int:
+        """Masked words per device: vector_length + 1 (weight) + config.count_words.
+
+        A method taking the config (not a property) because the number of count
+        words is a config parameter (bound into every key by its fingerprint),
+        while the session names the instance and its index set.
+        """
+        return self.vector_length + config.extra_words
+
+    def to_plain(self) -> dict[str, Any]:
+        """JSON-ready form for the wire: bytes as lowercase hex, the cohort as a list."""
+        return {
+            "session_id": self.session_id.hex(),
+            "round_index": self.round_index,
+            "cohort": list(self.cohort),
+            "vector_length": self.vector_length,
+            "index_set_digest": self.index_set_digest.hex(),
+        }
+
+    @classmethod
+    def from_plain(cls, data: object) -> SecAggSession:
+        """Rebuild from :meth:`to_plain` output; ConfigError on any other shape.
+
+        Exactly the five keys; hex strings lowercase; the cohort a list of str
+        already in canonical order without repeats (what to_plain writes).
+        """
+        plain = _exact_mapping(data, "SecAggSession", {f.name for f in fields(cls)})
+        cohort = plain["cohort"]
+        if not isinstance(cohort, list | tuple) or not all(isinstance(d, str) for d in cohort):
+            raise ConfigError("SecAggSession.cohort must be a list of device ids")
+        if tuple(cohort) != canonical_order(cohort):
+            raise ConfigError("SecAggSession.cohort must be in canonical order")
+        for name in ("round_index", "vector_length"):
+            if not _is_int(plain[name]):
+                raise ConfigError(f"SecAggSession.{name} must be an int, got {plain[name]!r}")
+        return cls(
+            session_id=_from_hex(plain["session_id"], "SecAggSession.session_id"),
+            round_index=plain["round_index"],
+            cohort=tuple(cohort),
+            vector_length=plain["vector_length"],
+            index_set_digest=_from_hex(plain["index_set_digest"], "SecAggSession.index_set_digest"),
+        )
 
     @cached_property
     def _positions(self) -> dict[str, int]:

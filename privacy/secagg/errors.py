@@ -15,7 +15,7 @@ Hierarchy (every error derives from ``SecAggError``, itself a
     │                       can produce (a device masked a malformed input); nothing released
     ├── TooFewSurvivors     fewer than ``threshold`` devices (or shares) remain, so the
     │                       round cannot continue; nothing is revealed
-    ├── OverflowRisk        n clipped, scaled inputs (or weights, sample counts) could wrap
+    ├── OverflowRisk        n clipped, scaled inputs (or weights, count words) could wrap
     │                       around the modulus, or an input exceeds its declared bound
     └── StateError          a method called in the wrong stage, or a state_dict that does
                             not match this object (kind, format version, session, stage,

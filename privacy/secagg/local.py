@@ -32,9 +32,11 @@ class DropPoint(enum.Enum):
 
 @dataclass(frozen=True, kw_only=True)
 class ClientInput:
+    """One device's input: its update, weight and ``count_words`` count words."""
+
     update: np.ndarray
     weight: float = 1.0
-    num_samples: int = 1
+    counts: tuple[int, ...] = (1,)
 
 
 @dataclass(kw_only=True)
@@ -86,7 +88,7 @@ class LocalRunner:
             x = inputs[d]
             self.server.receive_masked_input(
                 self.clients[d].mask_input(
-                    deliveries[d], update=x.update, weight=x.weight, num_samples=x.num_samples
+                    deliveries[d], update=x.update, weight=x.weight, counts=x.counts
                 )
             )
         return self.server.close_masked_inputs()

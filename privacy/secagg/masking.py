@@ -1,7 +1,9 @@
 """Input encoding, mask streams and the checks shared by client and server.
 
-A device's plain input is ``encode(clip(w_i * Delta_i)) || encode(w_i) || n_i``
-(``vector_length + 2`` words of Z_{2^k}). Its masked input adds
+A device's plain input is ``encode(clip(w_i * Delta_i)) || encode(w_i) || c_i``
+(``session.total_words(config)`` = vector_length + 1 + count_words words of
+Z_{2^k}; ``c_i`` the device's count words, each in [0, max_count]). Its masked
+input adds
 
 * its self mask ``PRG(KDF(b_i))``, and
 * for every other device j of U2, ``+PRG(KDF(s_ij))`` if i < j in canonical
@@ -18,7 +20,7 @@ from collections.abc import Collection, Mapping, Sequence
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from .config import EXTRA_WORDS, SecAggConfig, SecAggSession, canonical_order
+from .config import SecAggConfig, SecAggSession, canonical_order
 from .crypto import advertisement_payload, verify
 from .errors import OverflowRisk, ProtocolViolation, RangeViolation, TooFewSurvivors
 from .messages import KeyAdvertisement, UnmaskRequest
@@ -40,20 +42,20 @@ def encode_contribution(
     update: np.ndarray,
     *,
     weight: float,
-    num_samples: int,
+    counts: Sequence[int],
     config: SecAggConfig,
     session: SecAggSession,
 ) -> np.ndarray:
-    """Reference words of ``clip(weight * update) || weight || num_samples``, rounded to nearest.
+    """Reference words of ``clip(weight * update) || weight || counts``, rounded to nearest.
 
     Devices use :func:`masked_contribution` (stochastic rounding, streamed);
     this deterministic form is what the round trip and bound tests compare to.
     """
-    arr = _checked_update(
-        update, weight=weight, num_samples=num_samples, config=config, session=session
+    arr, checked = _checked_update(
+        update, weight=weight, counts=counts, config=config, session=session
     )
     bits = config.modulus_bits
-    words = np.empty(session.total_words, dtype=config.dtype)
+    words = np.empty(session.total_words(config), dtype=config.dtype)
     words[: session.vector_length] = encode_fixed_point(
         arr * float(weight), scale=config.scale, clip=config.clip, modulus_bits=bits
     )
@@ -63,18 +65,35 @@ def encode_contribution(
         clip=config.max_weight,
         modulus_bits=bits,
     )[0]
-    words[session.vector_length + 1] = int(num_samples)
+    words[session.vector_length + 1 :] = checked
     return words
+
+
+def check_counts(counts: object, *, config: SecAggConfig) -> tuple[int, ...]:
+    """``counts`` as a tuple of exactly ``config.count_words`` ints in [0, max_count]."""
+    if isinstance(counts, str | bytes) or not isinstance(counts, Sequence | np.ndarray):
+        raise ProtocolViolation(f"counts must be a sequence of ints, got {counts!r}")
+    values = list(counts)
+    if len(values) != config.count_words:
+        raise ProtocolViolation(
+            f"counts must hold exactly count_words = {config.count_words} ints, got {len(values)}"
+        )
+    if any(isinstance(c, bool | np.bool_) or not isinstance(c, int | np.integer) for c in values):
+        raise ProtocolViolation("every count word must be an int")
+    checked = tuple(int(c) for c in values)
+    if any(not 0 <= c <= config.max_count for c in checked):
+        raise OverflowRisk(f"a count word lies outside [0, max_count={config.max_count}]")
+    return checked
 
 
 def _checked_update(
     update: np.ndarray,
     *,
     weight: float,
-    num_samples: int,
+    counts: Sequence[int],
     config: SecAggConfig,
     session: SecAggSession,
-) -> np.ndarray:
+) -> tuple[np.ndarray, tuple[int, ...]]:
     arr = np.asarray(update, dtype=np.float64)
     if arr.ndim != 1 or arr.shape[0] != session.vector_length:
         raise ProtocolViolation(
@@ -87,18 +106,14 @@ def _checked_update(
         raise ProtocolViolation(f"weight must be a finite number, got {weight!r}")
     if weight < 0 or weight > config.max_weight:
         raise OverflowRisk(f"weight {weight} outside [0, max_weight={config.max_weight}]")
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int | np.integer):
-        raise ProtocolViolation(f"num_samples must be an int, got {num_samples!r}")
-    if not 0 <= num_samples <= config.max_samples:
-        raise OverflowRisk(f"num_samples {num_samples} outside [0, {config.max_samples}]")
-    return arr
+    return arr, check_counts(counts, config=config)
 
 
 def masked_contribution(
     update: np.ndarray,
     *,
     weight: float,
-    num_samples: int,
+    counts: Sequence[int],
     self_key: bytes,
     pair_keys: Sequence[tuple[bytes, bool]],
     rounding_key: bytes,
@@ -114,19 +129,19 @@ def masked_contribution(
     are added chunk by chunk, so masking holds the output plus O(CHUNK_WORDS)
     words whatever the number of peers, never one full stream per peer.
     """
-    arr = _checked_update(
-        update, weight=weight, num_samples=num_samples, config=config, session=session
+    arr, checked = _checked_update(
+        update, weight=weight, counts=counts, config=config, session=session
     )
-    bits, d, total = config.modulus_bits, session.vector_length, session.total_words
+    bits, d, total = config.modulus_bits, session.vector_length, session.total_words(config)
     per_block = BLOCK_BYTES // wire_dtype(bits).itemsize
-    extras = np.empty(EXTRA_WORDS, dtype=config.dtype)
+    extras = np.empty(config.extra_words, dtype=config.dtype)
     extras[0] = encode_fixed_point(
         np.array([float(weight)]),
         scale=config.effective_weight_scale,
         clip=config.max_weight,
         modulus_bits=bits,
     )[0]
-    extras[1] = int(num_samples)
+    extras[1:] = checked
     out = np.empty(total, dtype=wire_dtype(bits))
     for start in range(0, total, CHUNK_WORDS):
         stop = min(start + CHUNK_WORDS, total)
@@ -163,8 +178,8 @@ def masked_contribution(
 
 def decode_sum(
     words: np.ndarray, *, config: SecAggConfig, session: SecAggSession
-) -> tuple[np.ndarray, float, int]:
-    """(sum of w_i * Delta_i, sum of w_i, sum of n_i) from the unmasked modular sum."""
+) -> tuple[np.ndarray, float, tuple[int, ...]]:
+    """(sum of w_i * Delta_i, sum of w_i, sum of each count word) from the unmasked sum."""
     bits = config.modulus_bits
     d = session.vector_length
     weighted = decode_fixed_point(words[:d], scale=config.scale, modulus_bits=bits)
@@ -173,8 +188,8 @@ def decode_sum(
             words[d : d + 1], scale=config.effective_weight_scale, modulus_bits=bits
         )[0]
     )
-    samples = int(to_signed(words[d + 1 : d + 2], modulus_bits=bits)[0])
-    return weighted, weight, samples
+    counts = tuple(int(c) for c in to_signed(words[d + 1 :], modulus_bits=bits))
+    return weighted, weight, counts
 
 
 def check_sum_range(
@@ -183,23 +198,25 @@ def check_sum_range(
     """Refuse a decoded sum that no ``n_summands`` well-formed inputs can produce.
 
     An honest input has every coordinate in [-value_bound, value_bound], its
-    weight word in [0, weight_bound] and its sample count in [0, max_samples];
+    weight word in [0, weight_bound] and every count word in [0, max_count];
     a device that masks any other word (e.g. a huge negative weight) is not
     stopped by the masking, so the server checks the sum. Within the range a
     device can still bias the sum (no per-device range proofs): documented.
     Raises RangeViolation, naming which part is out of range, never values.
     """
     d = session.vector_length
+    if len(words) != session.total_words(config):
+        raise ProtocolViolation("decoded sum has the wrong number of words")
     signed = to_signed(words, modulus_bits=config.modulus_bits)
     checks = (
         ("model coordinates", signed[:d], -n_summands * config.value_bound),
         ("weight sum", signed[d : d + 1], 0),
-        ("sample count sum", signed[d + 1 : d + 2], 0),
+        ("count word sum", signed[d + 1 :], 0),
     )
     highs = (
         n_summands * config.value_bound,
         n_summands * config.weight_bound,
-        n_summands * config.max_samples,
+        n_summands * config.max_count,
     )
     for (what, part, low), high in zip(checks, highs, strict=True):
         bad = int(np.count_nonzero((part < low) | (part > high)))
@@ -212,7 +229,9 @@ def check_sum_range(
 
 
 def mask_stream(key: bytes, *, config: SecAggConfig, session: SecAggSession) -> np.ndarray:
-    return chacha20_stream(key, MASK_NONCE, session.total_words, modulus_bits=config.modulus_bits)
+    return chacha20_stream(
+        key, MASK_NONCE, session.total_words(config), modulus_bits=config.modulus_bits
+    )
 
 
 def adds_pairwise_mask(me: str, peer: str) -> bool:

@@ -66,15 +66,17 @@ class AggregateResult:
 
     weighted_sum: sum_i clip(w_i * Delta_i), float64 of length vector_length
         (exact up to fixed-point rounding: |error| <= len(survivors) * 0.5 / scale).
-    weight_sum: sum_i w_i.   sample_count: sum_i n_i.
+    weight_sum: sum_i w_i.
+    count_sums: the sum over the survivors of each count word (``count_words`` ints,
+        each range-checked to [0, survivors * max_count]).
     encoded_sum: the exact modular sum of the encoded plain inputs (uint words,
-        vector_length + 2 of them).
+        ``session.total_words(config)`` of them).
     survivors: devices whose input is in the sum; dropouts: the rest of the cohort.
     """
 
     weighted_sum: np.ndarray
     weight_sum: float
-    sample_count: int
+    count_sums: tuple[int, ...]
     encoded_sum: np.ndarray
     survivors: tuple[str, ...]
     dropouts: tuple[str, ...]
@@ -218,7 +220,9 @@ class SecAggServer:
         if not isinstance(device, str) or device not in self._st.bundles:
             raise ProtocolViolation(f"masked input from {device!r}, who did not share keys")
         words_from_bytes(
-            msg.data, modulus_bits=self.config.modulus_bits, n_words=self.session.total_words
+            msg.data,
+            modulus_bits=self.config.modulus_bits,
+            n_words=self.session.total_words(self.config),
         )
         if self._duplicate(self._st.masked.get(device), msg.data, device):
             return
@@ -315,7 +319,7 @@ class SecAggServer:
         def recover(shares: dict[int, Share]) -> bytes:
             return interp.recover_bytes(shares, length=_SECRET)
 
-        n_words, bits = ses.total_words, cfg.modulus_bits
+        n_words, bits = ses.total_words(cfg), cfg.modulus_bits
         total = np.zeros(n_words, dtype=cfg.dtype)
         for device in st.survivors:
             total = mod_add(
@@ -356,14 +360,14 @@ class SecAggServer:
         self._require(ServerStage.DONE, "read the result")
         cfg, ses = self.config, self.session
         words = words_from_bytes(
-            self._st.result, modulus_bits=cfg.modulus_bits, n_words=ses.total_words
+            self._st.result, modulus_bits=cfg.modulus_bits, n_words=ses.total_words(cfg)
         )
-        weighted, weight, samples = masking.decode_sum(words, config=cfg, session=ses)
+        weighted, weight, counts = masking.decode_sum(words, config=cfg, session=ses)
         survivors = self._st.survivors
         return AggregateResult(
             weighted_sum=weighted,
             weight_sum=weight,
-            sample_count=samples,
+            count_sums=counts,
             encoded_sum=words,
             survivors=survivors,
             dropouts=tuple(d for d in ses.cohort if d not in survivors),
@@ -490,7 +494,9 @@ def _load_done(fresh: SecAggServer, saved: Mapping[str, Any]) -> SecAggServer:
         raise StateError("a DONE state with fewer survivors than the threshold")
     result = saved.get("result")
     words = words_from_bytes(
-        result, modulus_bits=fresh.config.modulus_bits, n_words=fresh.session.total_words
+        result,
+        modulus_bits=fresh.config.modulus_bits,
+        n_words=fresh.session.total_words(fresh.config),
     )
     masking.check_sum_range(
         words, config=fresh.config, session=fresh.session, n_summands=len(survivors)

@@ -42,7 +42,7 @@ def masked_cohort(config: SecAggConfig):
     )
     rng = np.random.default_rng(9)  # test data only
     inputs = {
-        d: ClientInput(update=rng.uniform(-0.9, 0.9, 32), weight=1.0, num_samples=5)
+        d: ClientInput(update=rng.uniform(-0.9, 0.9, 32), weight=1.0, counts=(1,))
         for d in session.cohort
     }
     runner = LocalRunner(config=config, session=session)
@@ -77,7 +77,9 @@ def split_attack(config: SecAggConfig, session, runner) -> np.ndarray:
     roster = {a["device_id"]: a["mask_public_key"] for a in payload["advertisements"]}
     context = crypto.session_context(session, config)
     words = words_from_bytes(
-        payload["masked"][VICTIM], modulus_bits=config.modulus_bits, n_words=session.total_words
+        payload["masked"][VICTIM],
+        modulus_bits=config.modulus_bits,
+        n_words=session.total_words(config),
     )
     own = crypto.self_mask_key(seed, context=context, device_id=VICTIM)
     words = mod_sub(words, masking.mask_stream(own, config=config, session=session))
@@ -101,9 +103,9 @@ def test_the_split_attack_unmasks_a_victim_when_2t_le_n_plus_c() -> None:
     words = split_attack(config, session, runner)
 
     # Assert: the victim's individual update, to within the fixed-point step
-    weighted, weight, samples = masking.decode_sum(words, config=config, session=session)
+    weighted, weight, counts = masking.decode_sum(words, config=config, session=session)
     assert np.max(np.abs(weighted - inputs[VICTIM].update)) <= 1.0 / config.scale  # one step
-    assert (weight, samples) == (1.0, 5)
+    assert (weight, counts) == (1.0, (1,))
 
 
 def test_the_config_refuses_every_n_t_c_with_2t_le_n_plus_c() -> None:

@@ -56,6 +56,14 @@ def det_random(seed: bytes) -> Callable[[int], bytes]:
     return lambda n: hashlib.shake_256(seed + next(counter).to_bytes(8, "big")).digest(n)
 
 
+#: count words per input: a one-hot coarse histogram, as the energy statistic uses
+BINS = 3
+
+
+def one_hot(index: int) -> tuple[int, ...]:
+    return tuple(int(b == index) for b in range(BINS))
+
+
 def setup(
     n: int, t: int, d: int, *, bits: int = 32, seed: int = 0, sid: bytes = b"buffer-fill-0001"
 ) -> tuple[SecAggConfig, SecAggSession, dict[str, ClientInput]]:
@@ -63,7 +71,12 @@ def setup(
     # the dropout paths; the collusion bound itself is tested in test_secagg_collusion.py
     colluders = max(0, min(t - 2, 2 * t - n - 1))
     config = SecAggConfig(
-        threshold=t, scale=2.0**16, clip=2.0, modulus_bits=bits, max_colluders=colluders
+        threshold=t,
+        scale=2.0**16,
+        clip=2.0,
+        modulus_bits=bits,
+        max_colluders=colluders,
+        count_words=BINS,
     )
     cohort = tuple(f"dev-{i:02d}" for i in range(n))
     session = SecAggSession(
@@ -78,7 +91,7 @@ def setup(
         dev: ClientInput(
             update=rng.normal(0.0, 0.5, d),
             weight=float(rng.uniform(0.05, 1.0)),
-            num_samples=int(rng.integers(1, 500)),
+            counts=one_hot(int(rng.integers(0, BINS))),
         )
         for dev in cohort
     }
@@ -90,13 +103,13 @@ def plain_encoded_sum(config, session, inputs, survivors) -> np.ndarray:
         encode_contribution(
             inputs[d].update,
             weight=inputs[d].weight,
-            num_samples=inputs[d].num_samples,
+            counts=inputs[d].counts,
             config=config,
             session=session,
         )
         for d in survivors
     ]
-    return mod_sum(words, modulus_bits=config.modulus_bits, n_words=session.total_words)
+    return mod_sum(words, modulus_bits=config.modulus_bits, n_words=session.total_words(config))
 
 
 def assert_sums(result: AggregateResult, config, session, inputs, survivors) -> None:
@@ -117,7 +130,9 @@ def assert_sums(result: AggregateResult, config, session, inputs, survivors) -> 
     assert np.max(np.abs(result.weighted_sum - expected)) <= tol
     weight_tol = len(survivors) * 0.5 / config.effective_weight_scale + 1e-9
     assert abs(result.weight_sum - sum(inputs[d].weight for d in survivors)) <= weight_tol
-    assert result.sample_count == sum(inputs[d].num_samples for d in survivors)
+    assert result.count_sums == tuple(
+        sum(inputs[d].counts[b] for d in survivors) for b in range(BINS)
+    )
 
 
 # -- (a) exact sum -------------------------------------------------------------------------
@@ -183,7 +198,7 @@ def test_too_few_masked_inputs_refuses_to_unmask() -> None:
         x = inputs[d]
         runner.server.receive_masked_input(
             runner.clients[d].mask_input(
-                deliveries[d], update=x.update, weight=x.weight, num_samples=1
+                deliveries[d], update=x.update, weight=x.weight, counts=one_hot(0)
             )
         )
     # Execute / Assert
@@ -243,7 +258,7 @@ def test_server_output_carries_sums_only() -> None:
     assert fields == {
         "weighted_sum",
         "weight_sum",
-        "sample_count",
+        "count_sums",
         "encoded_sum",
         "survivors",
         "dropouts",
@@ -265,7 +280,7 @@ def test_declared_drop_discards_the_input_whose_key_is_revealed() -> None:
         x = inputs[d]
         runner.server.receive_masked_input(
             runner.clients[d].mask_input(
-                deliveries[d], update=x.update, weight=x.weight, num_samples=x.num_samples
+                deliveries[d], update=x.update, weight=x.weight, counts=x.counts
             )
         )
     # Execute
@@ -274,14 +289,14 @@ def test_declared_drop_discards_the_input_whose_key_is_revealed() -> None:
     assert late in request.dropped
     assert late not in runner.server.state_dict()["payload"]["masked"]
     with pytest.raises(StateError):
-        runner.server.receive_masked_input(zero_masked_input(session, late))
+        runner.server.receive_masked_input(zero_masked_input(config, session, late))
     result = runner.unmask(request.survivors, request)
     assert_sums(result, config, session, inputs, session.cohort[1:])
 
 
-def zero_masked_input(session: SecAggSession, device: str) -> MaskedInput:
+def zero_masked_input(config: SecAggConfig, session: SecAggSession, device: str) -> MaskedInput:
     return MaskedInput(
-        session.session_id, session.round_index, device, bytes(4 * session.total_words)
+        session.session_id, session.round_index, device, bytes(4 * session.total_words(config))
     )
 
 
@@ -382,9 +397,7 @@ def test_a_client_missing_a_value_its_stage_holds_raises_state_error() -> None:
     client._seed = None
     # Execute / Assert: a secagg error that says what is missing, and the client is unchanged
     with pytest.raises(StateError, match="self-mask seed is missing in stage SHARED"):
-        client.mask_input(
-            deliveries[device], update=x.update, weight=x.weight, num_samples=x.num_samples
-        )
+        client.mask_input(deliveries[device], update=x.update, weight=x.weight, counts=x.counts)
     assert client.stage is ClientStage.SHARED
 
 
@@ -428,7 +441,9 @@ def test_tampered_share_ciphertext_is_rejected() -> None:
     x = inputs[dev]
     # Execute / Assert
     with pytest.raises(ProtocolViolation, match="authentication"):
-        runner.clients[dev].mask_input(tampered, update=x.update, weight=x.weight, num_samples=1)
+        runner.clients[dev].mask_input(
+            tampered, update=x.update, weight=x.weight, counts=one_hot(0)
+        )
     assert runner.clients[dev].stage is ClientStage.SHARED  # nothing was masked or sent
 
 
@@ -443,7 +458,7 @@ def test_share_relabelled_for_another_recipient_is_rejected() -> None:
             dataclasses.replace(deliveries[a], shares=(*others, relabelled)),
             update=inputs[a].update,
             weight=1.0,
-            num_samples=1,
+            counts=one_hot(0),
         )
 
 
@@ -452,10 +467,13 @@ def test_wrong_vector_length_is_a_protocol_error_on_both_sides() -> None:
     dev = session.cohort[0]
     with pytest.raises(ProtocolViolation, match="index set"):
         runner.clients[dev].mask_input(
-            deliveries[dev], update=np.zeros(31), weight=1.0, num_samples=1
+            deliveries[dev], update=np.zeros(31), weight=1.0, counts=one_hot(0)
         )
     short = MaskedInput(
-        session.session_id, session.round_index, dev, bytes(4 * (session.total_words - 1))
+        session.session_id,
+        session.round_index,
+        dev,
+        bytes(4 * (session.total_words(runner.server.config) - 1)),
     )
     with pytest.raises(ProtocolViolation, match="wrong size"):
         runner.server.receive_masked_input(short)
@@ -500,7 +518,7 @@ def test_signed_advertisements_verified_and_forgeries_rejected() -> None:
     for d, c in clients.items():
         x = inputs[d]
         server.receive_masked_input(
-            c.mask_input(deliveries[d], update=x.update, weight=x.weight, num_samples=x.num_samples)
+            c.mask_input(deliveries[d], update=x.update, weight=x.weight, counts=x.counts)
         )
     request = server.close_masked_inputs()
     for c in clients.values():
@@ -541,13 +559,13 @@ def test_masked_input_is_plain_plus_chacha20_masks() -> None:
     before = len(draws)
     # Execute
     masked = runner.clients[me].mask_input(
-        deliveries[me], update=x.update, weight=x.weight, num_samples=x.num_samples
+        deliveries[me], update=x.update, weight=x.weight, counts=x.counts
     )
     # Assert: its one draw is the rounding key; recompute everything from the secrets with
     # chacha20_stream directly (whole streams, where the device streamed in chunks)
     assert len(draws) == before + 1
     ctx = session_context(session, config)
-    n, d = session.total_words, session.vector_length
+    n, d = session.total_words(config), session.vector_length
     want = plain_encoded_sum(config, session, inputs, [me])
     want[:d] = stochastic_encode(
         x.weight * x.update,
@@ -634,5 +652,5 @@ def test_device_with_another_index_set_fails_loudly_instead_of_mis_summing() -> 
         x = inputs[dev]
         with pytest.raises(ProtocolViolation, match="authentication"):
             runner.clients[dev].mask_input(
-                deliveries[dev], update=x.update, weight=1.0, num_samples=1
+                deliveries[dev], update=x.update, weight=1.0, counts=one_hot(0)
             )

@@ -91,7 +91,9 @@ def test_config_refuses_a_cohort_whose_sum_could_wrap() -> None:
         {"threshold": 3, "scale": float("nan"), "clip": 1.0},
         {"threshold": 3, "scale": 1e4, "clip": -1.0},
         {"threshold": 3, "scale": 1e-3, "clip": 1.0},
-        {"threshold": 3, "scale": 1e4, "clip": 1.0, "max_samples": 0},
+        {"threshold": 3, "scale": 1e4, "clip": 1.0, "max_count": 0},
+        {"threshold": 3, "scale": 1e4, "clip": 1.0, "count_words": -1},
+        {"threshold": 3, "scale": 1e4, "clip": 1.0, "count_words": True},
     ],
 )
 def test_config_rejects_invalid_values(kwargs: dict) -> None:
@@ -121,7 +123,8 @@ def test_session_is_canonical_and_validated() -> None:
         vector_length=4,
         index_set_digest=digest_index_set(range(4), model_size=4),
     )
-    assert ses.cohort == ("a", "b", "c") and ses.x_of("a") == 1 and ses.total_words == 6
+    assert ses.cohort == ("a", "b", "c") and ses.x_of("a") == 1
+    assert ses.total_words(SecAggConfig(threshold=3, scale=1e4, clip=1.0, count_words=3)) == 8
     for bad in (
         {"session_id": b"short"},
         {"cohort": ("a", "a")},

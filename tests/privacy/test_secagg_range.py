@@ -29,7 +29,7 @@ D = 16
 
 
 def cohort():
-    config = SecAggConfig(threshold=4, scale=2.0**12, clip=1.0, max_weight=1.0, max_samples=100)
+    config = SecAggConfig(threshold=4, scale=2.0**12, clip=1.0, max_weight=1.0, count_words=2)
     session = SecAggSession(
         session_id=b"range-check-session",
         round_index=3,
@@ -39,7 +39,7 @@ def cohort():
     )
     rng = np.random.default_rng(2)  # test data only
     inputs = {
-        d: ClientInput(update=rng.uniform(-1, 1, D), weight=0.8, num_samples=50)
+        d: ClientInput(update=rng.uniform(-1, 1, D), weight=0.8, counts=(1, 0))
         for d in session.cohort
     }
     return config, session, inputs
@@ -48,7 +48,7 @@ def cohort():
 def tampered(msg: MaskedInput, *, config, session, word: int, delta: int) -> MaskedInput:
     """What a hostile device sends: its masked words plus ``delta`` at ``word`` (mod 2^k)."""
     bits = config.modulus_bits
-    words = words_from_bytes(msg.data, modulus_bits=bits, n_words=session.total_words)
+    words = words_from_bytes(msg.data, modulus_bits=bits, n_words=session.total_words(config))
     shift = np.zeros_like(words)
     shift[word] = np.uint64(delta % (1 << bits)).astype(words.dtype)
     data = words_to_bytes(mod_add(words, shift), modulus_bits=bits)
@@ -61,8 +61,8 @@ def tampered(msg: MaskedInput, *, config, session, word: int, delta: int) -> Mas
         ("weight sum", D, -int(32765.8 * 2.0**12)),  # the measured attack
         ("model coordinates", 3, 10 * 2**12 * 5),  # one coordinate far beyond 5 clipped inputs
         ("model coordinates", 0, -(2**30)),
-        ("sample count sum", D + 1, -(5 * 50 + 1)),  # the honest 250 driven to -1
-        ("sample count sum", D + 1, 5 * 100 - 250 + 1),  # 501 > 5 * max_samples
+        ("count word sum", D + 1, -(5 + 1)),  # the honest 5 driven to -1
+        ("count word sum", D + 2, 5 * 1 + 1),  # the honest 0 driven to 6 > 5 * max_count
     ],
 )
 def test_a_malformed_masked_input_is_refused_after_unmasking(what: str, word: int, delta) -> None:
@@ -73,7 +73,7 @@ def test_a_malformed_masked_input_is_refused_after_unmasking(what: str, word: in
     for dev in session.cohort:
         x = inputs[dev]
         msg = runner.clients[dev].mask_input(
-            deliveries[dev], update=x.update, weight=x.weight, num_samples=x.num_samples
+            deliveries[dev], update=x.update, weight=x.weight, counts=x.counts
         )
         if dev == "d2":
             msg = tampered(msg, config=config, session=session, word=word, delta=delta)
@@ -92,7 +92,7 @@ def test_inputs_at_the_clip_bound_pass_the_range_check() -> None:
     # Prepare: every device at the extremes it may legitimately reach
     config, session, _ = cohort()
     inputs = {
-        d: ClientInput(update=np.full(D, 5.0), weight=1.0, num_samples=100) for d in session.cohort
+        d: ClientInput(update=np.full(D, 5.0), weight=1.0, counts=(1, 1)) for d in session.cohort
     }
 
     # Execute
@@ -100,7 +100,7 @@ def test_inputs_at_the_clip_bound_pass_the_range_check() -> None:
 
     # Assert: clipped to +clip per device, the sums at their maximum, and accepted
     assert np.allclose(out.result.weighted_sum, 5 * config.clip)
-    assert out.result.weight_sum == 5.0 and out.result.sample_count == 500
+    assert out.result.weight_sum == 5.0 and out.result.count_sums == (5, 5)
 
 
 def test_a_saved_result_out_of_range_does_not_load() -> None:
@@ -109,7 +109,7 @@ def test_a_saved_result_out_of_range_does_not_load() -> None:
     out = run_local_round(config=config, session=session, inputs=inputs)
     saved = out.server.state_dict()
     words = words_from_bytes(
-        saved["payload"]["result"], modulus_bits=32, n_words=session.total_words
+        saved["payload"]["result"], modulus_bits=32, n_words=session.total_words(config)
     )
     words[D] = np.uint32((1 << 32) - 5)  # a negative weight sum
     saved["payload"]["result"] = words_to_bytes(words, modulus_bits=32)

@@ -59,7 +59,7 @@ def cohort(n: int = 5, t: int = 4, d: int = 64, sid: bytes = b"restore-attack-01
     )
     rng = np.random.default_rng(5)  # test data only
     inputs = {
-        dev: ClientInput(update=rng.uniform(-1, 1, d), weight=0.5, num_samples=8)
+        dev: ClientInput(update=rng.uniform(-1, 1, d), weight=0.5, counts=(1,))
         for dev in session.cohort
     }
     disks = {dev: Disk() for dev in session.cohort}
@@ -162,7 +162,7 @@ def test_an_older_state_cannot_mask_a_second_input() -> None:
     shared_state = copy.deepcopy(disks["d1"].state)
     x = inputs["d1"]
     first = runner.clients["d1"].mask_input(
-        deliveries["d1"], update=x.update, weight=x.weight, num_samples=x.num_samples
+        deliveries["d1"], update=x.update, weight=x.weight, counts=x.counts
     )
 
     # Execute / Assert: the SHARED state (which could mask again) is refused
@@ -171,7 +171,7 @@ def test_an_older_state_cannot_mask_a_second_input() -> None:
     # the last state re-sends the first masked input for the same delivery, whatever the update
     restored = reboot(config, session, "d1", disks["d1"])
     again = restored.mask_input(
-        deliveries["d1"], update=-x.update, weight=x.weight, num_samples=x.num_samples
+        deliveries["d1"], update=-x.update, weight=x.weight, counts=x.counts
     )
     assert again.data == first.data
     # a different delivery is a different request: refused
@@ -182,7 +182,7 @@ def test_an_older_state_cannot_mask_a_second_input() -> None:
         deliveries["d1"].shares[:-1],
     )
     with pytest.raises(ProtocolViolation, match="already answered a different request"):
-        restored.mask_input(other, update=x.update, weight=x.weight, num_samples=x.num_samples)
+        restored.mask_input(other, update=x.update, weight=x.weight, counts=x.counts)
 
 
 def test_a_replayed_session_id_is_refused() -> None:

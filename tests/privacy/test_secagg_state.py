@@ -41,7 +41,7 @@ def setup(n: int = 5, t: int = 3, d: int = 200, sid: bytes = b"restart-session-0
     )
     rng = np.random.default_rng(11)  # test data only
     inputs = {
-        dev: ClientInput(update=rng.uniform(-1, 1, d), weight=0.5, num_samples=10 + i)
+        dev: ClientInput(update=rng.uniform(-1, 1, d), weight=0.5, counts=(1,))
         for i, dev in enumerate(session.cohort)
     }
     return config, session, inputs
@@ -52,13 +52,13 @@ def expected(config, session, inputs, survivors) -> np.ndarray:
         encode_contribution(
             inputs[d].update,
             weight=inputs[d].weight,
-            num_samples=inputs[d].num_samples,
+            counts=inputs[d].counts,
             config=config,
             session=session,
         )
         for d in survivors
     ]
-    return mod_sum(words, modulus_bits=config.modulus_bits, n_words=session.total_words)
+    return mod_sum(words, modulus_bits=config.modulus_bits, n_words=session.total_words(config))
 
 
 def matches(encoded_sum, config, session, inputs, survivors) -> bool:
@@ -128,9 +128,7 @@ def test_restart_while_collecting_each_kind_of_message() -> None:
     deliveries = runner.share_keys(session.cohort, roster)
     x = inputs["d0"]
     runner.server.receive_masked_input(
-        runner.clients["d0"].mask_input(
-            deliveries["d0"], update=x.update, weight=0.5, num_samples=10
-        )
+        runner.clients["d0"].mask_input(deliveries["d0"], update=x.update, weight=0.5, counts=(1,))
     )
     restart_everyone(runner, config, session)
     request = runner.mask(session.cohort[1:], deliveries, inputs)
@@ -334,7 +332,7 @@ def test_a_masked_client_restored_from_its_state_cannot_mask_again() -> None:
     deliveries = runner.share_keys(session.cohort, runner.advertise(session.cohort))
     x = inputs["d1"]
     runner.clients["d1"].mask_input(
-        deliveries["d1"], update=x.update, weight=x.weight, num_samples=x.num_samples
+        deliveries["d1"], update=x.update, weight=x.weight, counts=x.counts
     )
     saved = copy.deepcopy(runner.clients["d1"].state_dict())
     first = saved["payload"]["released"]["data"]
@@ -345,7 +343,7 @@ def test_a_masked_client_restored_from_its_state_cannot_mask_again() -> None:
     )
     restored.load_state_dict(saved)
     again = restored.mask_input(
-        deliveries["d1"], update=x.update * 3.0, weight=x.weight, num_samples=x.num_samples
+        deliveries["d1"], update=x.update * 3.0, weight=x.weight, counts=x.counts
     )
 
     # Assert: it re-sends the exact bytes it released; the secrets behind the masks are gone

@@ -117,7 +117,7 @@ def test_chunked_masks_cancel_exactly_across_several_chunks(bits: int) -> None:
     session = cohort_session(5, d)
     rng = np.random.default_rng(8)  # test data only
     inputs = {
-        dev: ClientInput(update=rng.uniform(-1, 1, d), weight=0.5, num_samples=3)
+        dev: ClientInput(update=rng.uniform(-1, 1, d), weight=0.5, counts=(1,))
         for dev in session.cohort
     }
 
@@ -127,7 +127,7 @@ def test_chunked_masks_cancel_exactly_across_several_chunks(bits: int) -> None:
     # Assert: the streamed masks equal the server's whole streams (else the sum is noise)
     truth = sum(0.5 * inputs[dev].update for dev in session.cohort)
     assert np.max(np.abs(out.result.weighted_sum - truth)) <= 5 / SCALE
-    assert out.result.sample_count == 15
+    assert out.result.count_sums == (5,)
 
 
 def cohort_session(n: int, d: int) -> SecAggSession:
@@ -152,7 +152,7 @@ def masking_peak(n: int, d: int) -> tuple[int, int]:
     tracemalloc.start()
     try:
         base = tracemalloc.get_traced_memory()[0]
-        client.mask_input(deliveries[session.cohort[0]], update=update, weight=0.5, num_samples=3)
+        client.mask_input(deliveries[session.cohort[0]], update=update, weight=0.5, counts=(1,))
         peak = tracemalloc.get_traced_memory()[1] - base
     finally:
         tracemalloc.stop()
