@@ -338,7 +338,7 @@ class SecAggParticipant:
                 "device_id": self.device_id,
                 "subset_names": list(self.subset_names),
                 "dp_task": self.dp_task,
-                "params": self.params.model_dump(mode="json"),
+                "params": self.params.model_dump_json(),
                 "client": dict(client_state),
                 "delivery": delivery,
             },
@@ -381,7 +381,7 @@ class SecAggParticipant:
         if set(payload) != keys:
             raise StateError("a participant state with unknown or missing keys")
         try:
-            params = SecAggParams.model_validate(payload["params"])
+            params = SecAggParams.model_validate_json(payload["params"])
         except ValueError as exc:
             raise StateError(f"stored fill parameters do not validate: {exc}") from None
         me = cls(
@@ -426,7 +426,7 @@ class SecAggParticipant:
                 format_version=PARTICIPANT_STATE_VERSION,
                 error=StateError,
             )
-            params = SecAggParams.model_validate(payload["params"])
+            params = SecAggParams.model_validate_json(payload["params"])
             me = cls(
                 params=params,
                 task_id=payload["task_id"],
@@ -479,10 +479,11 @@ class SecAggParticipant:
         ``delta`` holds the task's subset tensors; ``energy`` is its update energy
         (mean squared value per coordinate, as ``LocalOutcome.update_energy``).
         """
-        if self.client.stage is ClientStage.MASKED and self._delivery is not None:
-            return self.on_delivery(self._delivery)
         if self.client.stage not in (ClientStage.ADVERTISED, ClientStage.SHARED):
-            raise StateError(f"cannot take a trained update in stage {self.client.stage.name}")
+            raise StateError(
+                f"cannot take a trained update in stage {self.client.stage.name} (one input per "
+                "session; after masking, last_released() holds the masked input to re-send)"
+            )
         if self._prepared is not None:
             raise StateError("this fill already has its trained update")
         self._prepared = self._prepare(delta, energy=energy)
