@@ -119,6 +119,84 @@ def refuse_renamed_keys(data: object, *, what: str) -> None:
 
 BUFFERED_STRATEGIES = frozenset({StrategyName.FEDBUFF, StrategyName.FTTE, StrategyName.FEDASYNC})
 BUFFERED_NORM_BOUND_TOLERANCE = 10.0
+SECAGG_STRATEGIES = frozenset({StrategyName.FEDBUFF, StrategyName.FTTE})
+"""Strategies whose merge is one buffer of updates: one secure-aggregation fill each."""
+
+
+class DistributedDpSettings(BaseModel):
+    """Distributed DP of a secure-aggregation study (``fedward.privacy.secagg.ddp``):
+    each device clips its update to ``l2_clip`` and adds its Skellam share, so the
+    survivors' sum carries noise ``noise_multiplier * l2_clip``; ``bits`` per coordinate."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    l2_clip: float = Field(gt=0, le=1e6, allow_inf_nan=False)
+    noise_multiplier: float = Field(gt=0, le=1e3, allow_inf_nan=False)
+    bits: int = Field(default=20, ge=8, le=32)
+
+    def mechanism(self) -> Any:
+        """The ``DistributedDp`` the policy and the devices use."""
+        from fedward.privacy.secagg.ddp import DistributedDp  # only a DDP study needs it
+
+        return DistributedDp(
+            l2_clip=self.l2_clip, noise_multiplier=self.noise_multiplier, bits=self.bits
+        )
+
+
+class SecAggSettings(BaseModel):
+    """Secure aggregation of every merge (``fedward.coordinator.secagg.SecAggPolicy``).
+
+    One fill = one SecAgg instance: a cohort fixed at dispatch, sized from the
+    buffer (``buffer_size``, default the study's) plus ``expected_dropout`` (a
+    fraction), threshold ``floor((m + max_colluders)/2) + 1`` and at least the
+    buffer; the coordinator learns only the survivors' weighted sum.
+    ``enabled: false`` keeps the settings in a study file but runs in the clear.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    buffer_size: int | None = Field(default=None, ge=1, le=10_000)
+    expected_dropout: float = Field(default=0.2, ge=0, lt=1, allow_inf_nan=False)
+    max_colluders: int = Field(default=1, ge=0, le=1000)
+    min_cohort: int = Field(default=3, ge=2, le=10_000)
+    modulus_bits: int = Field(default=32)
+    scale: float = Field(default=float(1 << 16), gt=0, allow_inf_nan=False)
+    clip: float = Field(default=1.0, gt=0, allow_inf_nan=False)
+    phase_timeout_s: float = Field(default=60.0, gt=0, le=86_400, allow_inf_nan=False)
+    energy_bins: tuple[float, ...] = Field(default=(), max_length=64)
+    fills_in_flight: int = Field(default=1, ge=1, le=1000)
+    norm_bound: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    ddp: DistributedDpSettings | None = None
+
+    @model_validator(mode="after")
+    def _valid_numbers(self) -> SecAggSettings:
+        if self.modulus_bits not in (32, 64):
+            raise ValueError("secagg.modulus_bits must be 32 or 64")
+        if any(b <= a for a, b in zip(self.energy_bins, self.energy_bins[1:], strict=False)):
+            raise ValueError("secagg.energy_bins must be strictly increasing")
+        if self.min_cohort < self.max_colluders + 2:
+            raise ValueError("secagg.min_cohort must be at least max_colluders + 2")
+        return self
+
+    def policy(self, *, buffer_size: int) -> Any:
+        """The engine's ``SecAggPolicy`` (``buffer_size``: the study's, unless set here)."""
+        from .secagg import SecAggPolicy  # a study without secure aggregation never loads it
+
+        return SecAggPolicy(
+            buffer_size=self.buffer_size or buffer_size,
+            expected_dropout=self.expected_dropout,
+            max_colluders=self.max_colluders,
+            min_cohort=self.min_cohort,
+            modulus_bits=self.modulus_bits,
+            scale=self.scale,
+            clip=self.clip,
+            phase_timeout_s=self.phase_timeout_s,
+            energy_bins=tuple(self.energy_bins),
+            ddp=self.ddp.mechanism() if self.ddp is not None else None,
+            fills_in_flight=self.fills_in_flight,
+            norm_bound=self.norm_bound,
+        )
 
 
 class StudySpec(BaseModel):
@@ -171,6 +249,8 @@ class StudySpec(BaseModel):
     privacy: StudyPrivacy | None = None
     # when the study ends by itself (update budget, target, every device exhausted)
     stop: StopRule = StopRule()
+    # secure aggregation of every merge (issue 11): None = merges see each update
+    secagg: SecAggSettings | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -206,6 +286,29 @@ class StudySpec(BaseModel):
                 "client_dp settings are required by, and only allowed with, strategy client_dp"
             )
         return self
+
+    @model_validator(mode="after")
+    def _secagg_needs_a_buffer(self) -> StudySpec:
+        # Why: a fill is one buffer's worth of updates merged as one sum; FedAvg's rounds,
+        # FedAsync's one-at-a-time merges and client-level DP (the server clips and noises
+        # each update) all need to see single updates.
+        if self.secagg_on and self.strategy not in SECAGG_STRATEGIES:
+            raise ValueError(
+                "secure aggregation needs a buffered strategy (ftte or fedbuff), "
+                f"not {self.strategy.value}"
+            )
+        return self
+
+    @property
+    def secagg_on(self) -> bool:
+        """Whether every merge of the study is securely aggregated."""
+        return self.secagg is not None and self.secagg.enabled
+
+    def secagg_policy(self) -> Any:
+        """The engine's ``SecAggPolicy``, or None for a study in the clear."""
+        if self.secagg is None or not self.secagg.enabled:
+            return None
+        return self.secagg.policy(buffer_size=self.buffer_size)
 
     def model_settings(self) -> ModelConfig:
         return ModelConfig(
@@ -339,6 +442,7 @@ def build_engine(
     shapes = param_shapes(build_model(spec.model_settings(), seed=spec.model_seed))
     if {n: tuple(v.shape) for n, v in params.items()} != shapes:
         raise ValueError("initial parameters do not match the study's model")
+    secagg = spec.secagg_policy()
     return Engine(
         params=params,
         strategy=build_strategy(spec, shapes),
@@ -347,6 +451,7 @@ def build_engine(
         rng=rng,
         listeners=listeners,
         guards=_privacy_guards(spec, privacy_listeners),
+        **({"secagg": secagg} if secagg is not None else {}),
     )
 
 

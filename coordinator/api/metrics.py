@@ -91,11 +91,34 @@ class ServiceCollector(Collector):
             "route, malformed, ...).",
             labels=["study", "reason"],
         )
+        fills = CounterMetricFamily(
+            "fedward_secagg_fills",
+            "Secure-aggregation fills (one SecAgg instance per merge) since start, by "
+            "outcome: opened, merged, aborted.",
+            labels=["study", "outcome"],
+        )
+        dropouts = CounterMetricFamily(
+            "fedward_secagg_dropouts",
+            "Fill members declared dropped since start, by the phase they missed.",
+            labels=["study", "phase"],
+        )
+        secagg_bytes = CounterMetricFamily(
+            "fedward_secagg_bytes",
+            "Secure-aggregation frame bytes since start (in: from members, out: to them).",
+            labels=["study", "direction"],
+        )
         service = self._source()
         for study_id, st in self._statuses():
             if service is not None:
                 for reason, n in sorted(service.wire_refusals(study_id).items()):
                     wire.add_metric([study_id, reason], n)
+                secagg = service.secagg_stats(study_id)
+                for outcome in ("opened", "merged", "aborted"):
+                    fills.add_metric([study_id, outcome], secagg["fills"].get(outcome, 0))
+                for phase, n in sorted(secagg["dropouts"].items()):
+                    dropouts.add_metric([study_id, phase], n)
+                secagg_bytes.add_metric([study_id, "in"], secagg["bytes_in"])
+                secagg_bytes.add_metric([study_id, "out"], secagg["bytes_out"])
             accepted.add_metric([study_id], st.updates_accepted)
             for reason, n in sorted(st.rejections.items()):
                 rejected.add_metric([study_id, reason.value], n)
@@ -110,7 +133,7 @@ class ServiceCollector(Collector):
                 devices.add_metric([study_id, state.value], n)
         yield from (
             accepted, rejected, duplicates, merges, dispatched, failed, in_flight, buffered,
-            version, devices, wire,
+            version, devices, wire, fills, dropouts, secagg_bytes,
         )  # fmt: skip
 
 

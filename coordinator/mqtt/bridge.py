@@ -9,6 +9,8 @@ broker of the tests. Per study it subscribes to the uplink filters::
     fedward/v1/{study}/heartbeat/+  Heartbeat  -> service.heartbeat
                                     ErrorMessage -> service.device_error (a device
                                     declines a task: its own budget is spent)
+    fedward/v1/{study}/secagg/+     SecAggMessage -> service.secagg_receive
+                                    -> SecAggMessage on fill/{device} for each member
 
 and publishes every task the service hands out as its model frame on
 ``model/{version}/{subset}`` followed by the Task on ``task/{device}``
@@ -26,7 +28,10 @@ calls are then serialised without the bridge needing locks of its own. The
 worker also runs ``service.dispatch`` after enrolments and updates (once per
 burst of queued messages, at most ``dispatch_batch`` apart: each dispatch is a
 service transaction) and on a timer, and ``service.task_timeouts`` on a slower
-timer.
+timer. A secure-aggregation study's phase timers (``service.secagg_tick``) run on
+the dispatch timer; whatever a fill sends (roster, deliveries, unmask requests,
+aborts) goes to each member's own ``fill/{device}`` topic, signed like every
+downlink message.
 
 Trust: with ``security`` (a :class:`~fedward.coordinator.mqtt.security.WireSecurity`;
 every shipped entry point passes one) every uplink message must come in a
@@ -85,6 +90,7 @@ from fedward.protocol.messages import (
     ErrorCode,
     ErrorMessage,
     Heartbeat,
+    SecAggMessage,
     Task,
     Update,
     decode_frame,
@@ -106,7 +112,15 @@ from .security import WireSecurity
 
 log = logging.getLogger(__name__)
 
-UPLINK_KINDS = (TopicKind.ENROL, TopicKind.UPDATE, TopicKind.HEARTBEAT)
+UPLINK_KINDS = (TopicKind.ENROL, TopicKind.UPDATE, TopicKind.HEARTBEAT, TopicKind.SECAGG)
+
+
+class FillOutboundLike(Protocol):
+    # service.secagg.OutboundSecAgg: one framed SecAgg step for one member
+    @property
+    def device_id(self) -> str: ...
+    @property
+    def frame(self) -> bytes: ...
 
 
 class OutboundLike(Protocol):
@@ -134,6 +148,9 @@ class StudyServiceLike(Protocol):
     def device_error(self, study_id: str, device_id: str, message: ErrorMessage) -> bool: ...
     def dispatch(self, study_id: str) -> Sequence[OutboundLike]: ...
     def task_timeouts(self) -> Any: ...
+    # a service without secure aggregation (a test's fake) may lack these two:
+    # def secagg_receive(study_id, message, tensors, *, sender, size) -> Sequence[FillOutboundLike]
+    # def secagg_tick(study_id) -> Sequence[FillOutboundLike]
     # used only with WireSecurity:
     def enrol_authenticated(self, study_id: str, msg: Enrol) -> tuple[EnrolAck, bytes | None]: ...
     def device_public_key(self, study_id: str, device_id: str) -> bytes: ...
@@ -208,11 +225,14 @@ class BridgeStats:
     model_bytes_sent: int = 0
     timeouts_checked: int = 0
     publish_failures: int = 0
+    secagg_frames_sent: int = 0
+    secagg_bytes_sent: int = 0
 
 
 class _Tick(StrEnum):
     DISPATCH = "dispatch"
     TIMEOUTS = "timeouts"
+    SECAGG = "secagg"
 
 
 _Item = tuple[str, bytes] | _Tick
@@ -277,6 +297,8 @@ class StudyBridge:
         self._threads: list[threading.Thread] = []
         self._idle = threading.Condition()
         self._busy = 0
+        self._secagg_receive = getattr(service, "secagg_receive", None)
+        self._secagg_tick = getattr(service, "secagg_tick", None)
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -327,6 +349,8 @@ class StudyBridge:
     def _tick(self) -> None:
         last_timeouts = self.clock()
         while not self._stop.wait(self.dispatch_interval_s):
+            if self._secagg_tick is not None:
+                self._inbox.put(_Tick.SECAGG)
             self._inbox.put(_Tick.DISPATCH)
             if self.clock() - last_timeouts >= self.timeout_interval_s:
                 last_timeouts = self.clock()
@@ -384,6 +408,11 @@ class StudyBridge:
         self._maybe_dispatch()
 
     def _tick_item(self, item: _Tick) -> None:
+        if item is _Tick.SECAGG:
+            if self._secagg_tick is not None:
+                self._send_fill(self._secagg_tick(self.study_id))
+            self._dispatch_due += 1  # an aborted or merged fill frees its members
+            return
         if item is _Tick.TIMEOUTS:
             self.stats.timeouts_checked += 1
             self.service.task_timeouts()
@@ -549,7 +578,7 @@ class StudyBridge:
                 self._wire_refuse(info, _reject_kind(exc), str(exc), sender=None)
                 return False
         try:
-            message, _ = decode_frame(payload, max_bytes=self.max_message_bytes)
+            message, tensors = decode_frame(payload, max_bytes=self.max_message_bytes)
             check_route(info, message)
         except ProtocolError as exc:
             kind = _reject_kind(exc)
@@ -570,6 +599,8 @@ class StudyBridge:
                 return True
             if isinstance(message, Update):
                 return _PendingUpdate(info=info, payload=payload, rejected=None, sender=sender)
+            if isinstance(message, SecAggMessage):
+                return self._secagg(info, message, tensors, sender, size=len(payload))
             if isinstance(message, Heartbeat):
                 if self.service.heartbeat(self.study_id, message) is False:
                     # Unknown (or revoked) here: tell the device, which re-enrols (and
@@ -659,7 +690,35 @@ class StudyBridge:
         ack = ack.model_copy(update={"coordinator_key": security.public_key, "proof": proof})
         self._reply(info, ack)
 
+    def _secagg(
+        self,
+        info: TopicInfo,
+        message: SecAggMessage,
+        tensors: dict[str, Any],
+        sender: str | None,
+        *,
+        size: int,
+    ) -> bool:
+        """One step of a fill: the service judges it (refusals audited there); answers out."""
+        if self._secagg_receive is None:
+            self._reject(
+                info, RejectKind.WRONG_TOPIC, "this coordinator runs no secure aggregation"
+            )
+            return False
+        # Without WireSecurity (in-process tests) the topic is the identity.
+        who = sender if self.security is not None else info.device_id
+        out = self._secagg_receive(self.study_id, message, tensors, sender=who, size=size)
+        self._send_fill(out)
+        return True  # a merge or an abort frees members for the next fill
+
     # -- downlink ---------------------------------------------------------------
+
+    def _send_fill(self, outbound: Sequence[FillOutboundLike]) -> None:
+        for out in outbound:
+            topic = device_topic(TopicKind.FILL, self.study_id, out.device_id)
+            if self._send(topic, out.frame, device_id=out.device_id):
+                self.stats.secagg_frames_sent += 1
+                self.stats.secagg_bytes_sent += len(out.frame)
 
     def _send_error(self, device_id: str, code: ErrorCode, detail: str) -> None:
         self._send(

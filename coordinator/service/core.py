@@ -13,10 +13,11 @@ import hashlib
 import logging
 import threading
 import time
+import weakref
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Self
+from typing import TYPE_CHECKING, Any, Self
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -39,6 +40,9 @@ from .deadlines import TaskTimes
 from .errors import StudyNotFound, StudyRestoreFailed
 from .holdout import Holdout
 from .views import StudyInfo, study_info
+
+if TYPE_CHECKING:
+    from .secagg import SecAggCounters
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +76,9 @@ class ServiceCore:
     ) -> None:
         self._enrolment_key = enrolment_key  # None: enrolment secrets are not available
         self._wire_refusals: dict[str, Counter[str]] = {}  # per study, since start (/metrics)
+        # secure aggregation, per study, since start (/metrics; see .secagg)
+        self._secagg_counters: dict[str, SecAggCounters] = {}
+        self._secagg_watched: weakref.WeakSet[Any] = weakref.WeakSet()
         self._task_times = TaskTimes()  # deadlines sized from observed task durations
         self._repo = repository
         self._trail = AuditTrail(audit)

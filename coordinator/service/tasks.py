@@ -13,6 +13,7 @@ from fedward.coordinator.store.runtime import StudyRuntime
 from fedward.protocol.messages import DpParams, ModelDownload, Task, encode_frame
 
 from .core import ServiceCore
+from .secagg import task_secagg, watch_fills
 from .views import OutboundTask
 
 
@@ -23,6 +24,8 @@ class TaskCalls(ServiceCore):
             study = self._require(study_id)
             if study.state is not StudyState.RUNNING:
                 return []
+            if study.spec.secagg_on:  # fills opened now are counted for /metrics
+                watch_fills(self._secagg_counters, self._secagg_watched, study)
             with self._change(study) as changes:
                 orders = study.engine.dispatch(now=changes.at)
                 return [self._outbound(study, o) for o in orders]
@@ -91,6 +94,7 @@ class TaskCalls(ServiceCore):
             lr=spec.lr,
             deadline_s=self._deadline(study, order),
             dp=_task_dp(study.engine, order),
+            secagg=task_secagg(study, order),
         )
         base = study.engine.base_params(order.model_version)
         header = ModelDownload(
