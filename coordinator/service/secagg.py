@@ -32,7 +32,7 @@ import json
 import logging
 import weakref
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, is_dataclass
 from typing import Any
 
@@ -123,13 +123,23 @@ _FILL_EVENTS = {
 }
 
 
+RefusedHook = Callable[[StudyRuntime, Mapping[str, Any]], None]
+"""(study, a FILL_REFUSED event's details): count and audit it under the sender."""
+
+
 def watch_fills(
     counters_by_study: dict[str, SecAggCounters],
     watched: weakref.WeakSet[Any],
     study: StudyRuntime,
+    on_refused: RefusedHook | None = None,
 ) -> SecAggCounters:
     """The study's counters, fed by its engine's FILL_* events (a listener attached once
-    per engine: a reload after a failed call builds a new engine)."""
+    per engine: a reload after a failed call builds a new engine).
+
+    Counts only numbers: fills by outcome and, per phase, the members a phase closed
+    without (``missing`` of FILL_PHASE / FILL_ABORTED). A FILL_REFUSED event (late,
+    out of phase, not a member, malformed) goes to ``on_refused``.
+    """
     counters = counters_by_study.setdefault(study.id, SecAggCounters())
     engine = study.engine
     if engine in watched:
@@ -140,10 +150,12 @@ def watch_fills(
         details = event.details if isinstance(event.details, Mapping) else {}
         if kind in _FILL_EVENTS:
             counters.fills[_FILL_EVENTS[kind]] += 1
-        dropouts = details.get("dropouts")
-        if kind in ("fill_phase", "fill_aborted") and dropouts:
-            n = dropouts if isinstance(dropouts, int) else len(dropouts)
-            counters.dropouts[str(details.get("phase", "unknown"))] += n
+        if kind in ("fill_phase", "fill_aborted"):
+            missing = details.get("missing") or ()
+            if missing:
+                counters.dropouts[str(details.get("phase", "unknown"))] += len(missing)
+        if kind == "fill_refused" and on_refused is not None:
+            on_refused(study, details)
 
     engine.listeners.append(on_event)
     watched.add(engine)
@@ -186,7 +198,23 @@ class SecAggCalls(ServiceCore):
             return counters.snapshot() if counters is not None else SecAggCounters().snapshot()
 
     def _watch_fills(self, study: StudyRuntime) -> SecAggCounters:
-        return watch_fills(self._secagg_counters, self._secagg_watched, study)
+        return watch_fills(self._secagg_counters, self._secagg_watched, study, self._fill_refused)
+
+    def _fill_refused(self, study: StudyRuntime, details: Mapping[str, Any]) -> None:
+        """The engine refused a member's step: counted and audited under that member
+        (the bridge authenticated it), inside the call's change."""
+        device = str(details.get("device_id", "")) or None
+        reason = str(details.get("reason", "refused"))[:40]
+        note = f" (dropped in {details['dropped_in']})" if "dropped_in" in details else ""
+        self.wire_refused(  # type: ignore[attr-defined]  # DeviceCalls, in the facade
+            study.id,
+            sender=device,
+            reason=f"secagg_{reason}",
+            detail=f"{details.get('phase')} fill {details.get('fill_id')} task "
+            f"{details.get('task_id')}: {reason}{note} while {details.get('open_phase')} is open",
+            claimed_device_id=device,
+            topic_kind="secagg",
+        )
 
     # -- uplink ---------------------------------------------------------------------
     def secagg_receive(

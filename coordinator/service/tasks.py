@@ -13,7 +13,7 @@ from fedward.coordinator.store.runtime import StudyRuntime
 from fedward.protocol.messages import DpParams, ModelDownload, Task, encode_frame
 
 from .core import ServiceCore
-from .secagg import task_secagg, watch_fills
+from .secagg import task_secagg
 from .views import OutboundTask
 
 
@@ -25,7 +25,7 @@ class TaskCalls(ServiceCore):
             if study.state is not StudyState.RUNNING:
                 return []
             if study.spec.secagg_on:  # fills opened now are counted for /metrics
-                watch_fills(self._secagg_counters, self._secagg_watched, study)
+                self._watch_fills(study)  # type: ignore[attr-defined]  # SecAggCalls
             with self._change(study) as changes:
                 orders = study.engine.dispatch(now=changes.at)
                 return [self._outbound(study, o) for o in orders]
