@@ -26,6 +26,11 @@ Engine events and their actions::
     UPDATE_ACCEPTED  -> UPDATE_ACCEPTED (with the update frame's SHA-256)
     UPDATE_REJECTED  -> UPDATE_REJECTED (reason, detail, SHA-256)
     MODEL_MERGED     -> MODEL_MERGED (the lineage record's details)
+    FILL_OPENED / FILL_PHASE / FILL_MERGED / FILL_ABORTED / FILL_REFUSED
+                     -> SECAGG_ROUND, ``step`` opened / phase / merged / aborted / refused
+                        (fill id, cohort, threshold, phase, arrived / missing / survivors /
+                        dropouts, reason; a refusal's actor is the device refused). Never a
+                        share, a key, a masked word or any sum: the events carry none.
 
 Privacy events: SPENT -> PRIVACY_SPENT, EXHAUSTED -> BUDGET_EXHAUSTED,
 REJECTED -> UPDATE_REJECTED, REFUSED -> TASK_REFUSED (the device's act),
@@ -39,6 +44,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fedward.compliance import ActorKind, AuditAction, Outcome, privacy_details
+from fedward.compliance.events import MAX_LIST_LEN
 
 from .engine import EngineEvent, EventKind
 from .privacy.events import PrivacyEvent, PrivacyEventKind
@@ -51,6 +57,7 @@ __all__ = [
     "device_revoked",
     "engine_entry",
     "evaluation_reported",
+    "fill_entry",
     "model_downloaded",
     "privacy_entry",
     "study_created",
@@ -110,7 +117,63 @@ def engine_entry(
     if kind is EventKind.MODEL_MERGED:
         details = {**(merge_details or {}), "staleness_max": d["staleness_max"]}
         return _coordinator(AuditAction.MODEL_MERGED, Outcome.SUCCESS, details)
+    if kind in _FILL_STEPS:
+        return fill_entry(event)
     return None  # enrolment is audited by the service; device states are saved by diff
+
+
+_FILL_STEPS = {
+    EventKind.FILL_OPENED: ("opened", Outcome.SUCCESS),
+    EventKind.FILL_PHASE: ("phase", Outcome.SUCCESS),
+    EventKind.FILL_MERGED: ("merged", Outcome.SUCCESS),
+    EventKind.FILL_ABORTED: ("aborted", Outcome.FAILURE),
+    EventKind.FILL_REFUSED: ("refused", Outcome.DENIED),
+}
+_FILL_ID_LISTS = ("cohort", "arrived", "missing", "survivors", "dropouts")
+_FILL_FACTS = (
+    "fill_id",
+    "threshold",
+    "cohort_size",
+    "model_version",
+    "subset_id",
+    "phase",
+    "next_phase",
+    "open_phase",
+    "live",
+    "timed_out",
+    "version",
+    "parent",
+    "base_version",
+    "staleness",
+    "reason",
+    "detail",
+    "device_id",
+    "task_id",
+    "dropped_in",
+)
+
+
+def fill_entry(event: EngineEvent) -> AuditRecord:
+    """The SECAGG_ROUND entry of a fill event (who, which phase, who dropped, why).
+
+    Lists of device ids longer than the log allows are cut to their first
+    ``MAX_LIST_LEN`` with the full count beside them (``<list>_count``).
+    """
+    step, outcome = _FILL_STEPS[event.kind]
+    d = event.details
+    details: dict[str, Any] = {"step": step}
+    details.update({k: d[k] for k in _FILL_FACTS if k in d})
+    for key in _FILL_ID_LISTS:
+        if key in d:
+            ids = [str(i) for i in d[key]]
+            details[key] = ids[:MAX_LIST_LEN]
+            if len(ids) > MAX_LIST_LEN:
+                details[f"{key}_count"] = len(ids)
+    if "detail" in details:
+        details["detail"] = str(details["detail"])[:200]
+    if event.kind is EventKind.FILL_REFUSED and d.get("device_id"):
+        return _device(AuditAction.SECAGG_ROUND, outcome, str(d["device_id"]), details)
+    return _coordinator(AuditAction.SECAGG_ROUND, outcome, details)
 
 
 def privacy_entry(event: PrivacyEvent) -> AuditRecord:

@@ -13,11 +13,19 @@ round closes are the strategy's schedule hooks (``Strategy.dispatch_room``,
 ``tasks_dispatched``, ``task_failed``). Guards (``engine.guards``) decide about
 devices and updates; the engine applies each ``GuardDecision``, so every
 change of a study's state happens here.
+
+Secure aggregation (``secagg=SecAggPolicy(...)``): dispatch forms whole
+cohorts, one fill (one SecAgg instance) each, and the fill's sum is the only
+thing merged (through ``SecureAggregated``, which wraps the strategy). The
+logic lives in ``fedward.coordinator.secagg``; the engine keeps thin hooks:
+``secagg_receive`` / ``secagg_tick`` drive the fills, ``secagg_params`` is what
+a member's Task carries, and the fill book is part of ``state_dict``.
 """
 
 from __future__ import annotations
 
 import enum
+import os
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -32,11 +40,15 @@ from fedward.tinytrain.models import Params
 from fedward.tinytrain.subsets import SubsetSpec
 
 from ..errors import CoordinatorError, RejectReason, StateLoadError, UpdateRejected
+from ..secagg import FillBook, FillEffects, FillStep, FillWeighting, SecAggPolicy, form_cohorts
+from ..secagg.fill import FinishedFill, IdentityKeys
 from ..strategies import ClientUpdate, MergeResult, Strategy
+from ..strategies.secure import FillMergeError, SecureAggregated
 from .guards import EngineGuard, GuardDecision, StatefulGuard
 from .planning import SubsetPlanner
 from .records import (
     ENGINE_STATE_FORMAT,
+    ENGINE_STATE_FORMAT_BEFORE_FILLS,
     ENGINE_STATE_KIND,
     Device,
     DeviceState,
@@ -71,6 +83,14 @@ class EventKind(enum.StrEnum):
     MODEL_MERGED = "model_merged"
     DEVICE_ENROLLED = "device_enrolled"
     DEVICE_STATE = "device_state"
+    # secure aggregation (values as fedward.coordinator.secagg.FillEvent): ids, cohort,
+    # threshold, phase, arrived / missing / survivors / dropouts, reason; never a
+    # share, a key, a masked word or any sum
+    FILL_OPENED = "fill_opened"
+    FILL_PHASE = "fill_phase"
+    FILL_MERGED = "fill_merged"
+    FILL_ABORTED = "fill_aborted"
+    FILL_REFUSED = "fill_refused"  # a fill message refused (late member, wrong phase, bad)
 
 
 @dataclass(frozen=True)
@@ -105,12 +125,29 @@ class Engine:
         rng: random.Random,
         listeners: tuple[Callable[[EngineEvent], None], ...] = (),
         guards: tuple[EngineGuard, ...] = (),
+        secagg: SecAggPolicy | None = None,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+        secagg_identity_keys: IdentityKeys | None = None,
     ) -> None:
+        """``secagg``: merge only secure-aggregation fills (the strategy is wrapped in
+        ``SecureAggregated`` unless it already is); ``random_bytes``: the source of
+        session ids; ``secagg_identity_keys``: device id -> Ed25519 public key, which
+        makes signed key advertisements mandatory."""
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
         self.params: Params = {n: v.astype(np.float32, copy=True) for n, v in params.items()}
         self.version = 0
+        if secagg is not None and not isinstance(strategy, SecureAggregated):
+            strategy = SecureAggregated(strategy)
         self.strategy = strategy
+        self.fills: FillBook | None = None
+        if secagg is not None:
+            self.fills = FillBook(
+                policy=secagg,
+                model_shapes=strategy.shapes,
+                random_bytes=random_bytes,
+                identity_keys=secagg_identity_keys,
+            )
         self.planner = planner
         self.concurrency = concurrency
         self.rng = rng
@@ -167,12 +204,19 @@ class Engine:
             for d in self.devices.values()
             if d.state is DeviceState.IDLE and eligible(d) and self._may_dispatch(d, now=now)
         ]
-        room = self.strategy.dispatch_room(in_flight=self.in_flight(), concurrency=self.concurrency)
-        if room <= 0 or not idle:
+        if self.fills is not None:
+            orders = self._dispatch_fills(idle, now=now)
+        else:
+            room = self.strategy.dispatch_room(
+                in_flight=self.in_flight(), concurrency=self.concurrency
+            )
+            if room <= 0 or not idle:
+                return []
+            chosen = self.rng.sample(idle, min(room, len(idle)))
+            round_id = self.strategy.next_round_id()
+            orders = [self._make_task(d, now=now, round_id=round_id) for d in chosen]
+        if not orders:
             return []
-        chosen = self.rng.sample(idle, min(room, len(idle)))
-        round_id = self.strategy.next_round_id()
-        orders = [self._make_task(d, now=now, round_id=round_id) for d in chosen]
         self.strategy.tasks_dispatched(tuple(o.task_id for o in orders))
         for order in orders:  # e.g. the privacy guard charges the task's mechanism now
             for guard in self.guards:
@@ -196,7 +240,52 @@ class Engine:
                 device_id, decision.device_state, now=now, reason=decision.state_reason
             )
 
-    def _make_task(self, device: Device, *, now: float, round_id: int | None) -> TaskOrder:
+    def _dispatch_fills(self, idle: list[Device], *, now: float) -> list[TaskOrder]:
+        """Whole cohorts (``concurrency`` does not apply): one fill each, at most
+        ``fills_in_flight`` open, a device in one fill at a time (it is BUSY)."""
+        book = self._book()
+        cohorts = form_cohorts(
+            idle,
+            subset_of=self.subset_for,
+            size=book.policy.cohort_size,
+            room=book.room(),
+            rng=self.rng,
+        )
+        orders: list[TaskOrder] = []
+        for subset, members in cohorts:
+            fill_id = book.next_fill_id()
+            cohort = [self._make_task(d, now=now, round_id=None, fill_id=fill_id) for d in members]
+            weighting = self._fill_weighting()
+            effects = book.open(
+                fill_id=fill_id,
+                members={o.device_id: o.task_id for o in cohort},
+                subset=subset,
+                base_version=self.version,
+                weighting=weighting,
+                now=now,
+            )
+            self._carry_out(effects, now=now)
+            orders.extend(cohort)
+        return orders
+
+    def _fill_weighting(self) -> FillWeighting:
+        strategy, policy = self.strategy, self._book().policy
+        if not isinstance(strategy, SecureAggregated):
+            raise CoordinatorError("secure aggregation merges through SecureAggregated")
+        if policy.ddp is not None:  # every weight is 1: the sensitivity is one clipped update
+            return FillWeighting(
+                energy_reference=None, energy_tolerance=1.0, energy_beta=0.0, norm_bound=None
+            )
+        return FillWeighting(
+            energy_reference=strategy.energy_reference,
+            energy_tolerance=max(1.0, strategy.energy_tolerance),
+            energy_beta=strategy.energy_beta,
+            norm_bound=policy.norm_bound,
+        )
+
+    def _make_task(
+        self, device: Device, *, now: float, round_id: int | None, fill_id: str | None = None
+    ) -> TaskOrder:
         self._task_counter += 1
         subset = self.subset_for(device)
         download = tuple(n for n, v in self._changed_at.items() if v > device.held_version)
@@ -208,6 +297,7 @@ class Engine:
             download=download,
             issued_at=now,
             round_id=round_id,
+            fill_id=fill_id,
         )
         self.tasks[order.task_id] = order
         device.state = DeviceState.BUSY
@@ -243,6 +333,12 @@ class Engine:
         self._emit(
             EventKind.TASK_FAILED, now, task_id=task_id, device_id=order.device_id, reason=reason
         )
+        if order.fill_id is not None and self.fills is not None:
+            # out of its fill (which may abort); the ABORT goes out with the next fill step
+            effects = self.fills.member_failed(
+                task_id=task_id, device_id=order.device_id, reason=reason
+            )
+            self._carry_out(effects, now=now)
         self._prune_versions()
 
     def task_refused(self, task_id: str, *, now: float, reason: str) -> bool:
@@ -287,6 +383,11 @@ class Engine:
                 raise UpdateRejected(RejectReason.UNKNOWN_TASK, update.task_id)
             if order.device_id != update.device_id:
                 raise UpdateRejected(RejectReason.UNKNOWN_TASK, "task belongs to another device")
+            if order.fill_id is not None:
+                raise UpdateRejected(
+                    RejectReason.MALFORMED,
+                    "a secure-aggregation task answers through its fill, never in plaintext",
+                )
             if update.subset_id != order.subset.subset_id or set(update.delta) != set(
                 order.subset.names
             ):
@@ -345,6 +446,11 @@ class Engine:
     def _merge(self, now: float) -> MergeResult:
         parent = self.version
         result = self.strategy.aggregate(self.params, server_version=self.version)
+        self._install(result, parent=parent, now=now)
+        return result
+
+    def _install(self, result: MergeResult, *, parent: int, now: float, **more: Any) -> None:
+        """Make a merge's params the next version and emit MODEL_MERGED."""
         self.version += 1
         for name in result.coverage:
             self._changed_at[name] = self.version
@@ -360,6 +466,107 @@ class Engine:
             strategy=self.strategy.name.value,
             task_ids=list(result.task_ids),
             staleness_max=max(result.staleness, default=0),
+            **more,
+        )
+
+    # -- secure aggregation ----------------------------------------------------------
+    def _book(self) -> FillBook:
+        if self.fills is None:
+            raise CoordinatorError("this engine runs without secure aggregation")
+        return self.fills
+
+    def secagg_params(self, order: TaskOrder) -> Any:
+        """The ``fedward.protocol.messages.SecAggParams`` of a fill member's Task."""
+        if order.fill_id is None:
+            raise CoordinatorError(f"task {order.task_id} is not in a fill")
+        return self._book().task_params(fill_id=order.fill_id)
+
+    def secagg_receive(
+        self, *, device_id: str, task_id: str, phase: Any, message: object, now: float
+    ) -> FillStep:
+        """One device message of a fill (``phase``: a ``SecAggPhase``; ``message``: the
+        privacy.secagg dataclass). Refusals (late, out of phase, malformed) are events;
+        a phase that every live member has answered closes at once."""
+        effects = self._book().receive(
+            device_id=device_id, task_id=task_id, phase=phase, message=message, now=now
+        )
+        return self._carry_out(effects, now=now)
+
+    def secagg_tick(self, *, now: float) -> FillStep:
+        """Run the phase timers: a phase past its deadline closes without its silent
+        members (dropped, their tasks failed), or aborts the fill below the threshold."""
+        return self._carry_out(self._book().tick(now=now), now=now)
+
+    def _carry_out(self, effects: FillEffects, *, now: float) -> FillStep:
+        for kind, details in effects.events:
+            self._emit(EventKind(kind.value), now, **details)
+        for task_id, reason in effects.failed:
+            self.task_failed(task_id, now=now, reason=reason)
+        merges = []
+        aborted = list(effects.aborted)
+        for finished in effects.finished:
+            merge = self._merge_fill(finished, now=now)
+            if merge is None:
+                aborted.append(finished.fill.fill_id)
+            else:
+                merges.append(merge)
+        return FillStep(
+            outbound=tuple(effects.outbound),
+            merge=merges[-1] if merges else None,
+            aborted=tuple(aborted),
+            merges=tuple(merges),
+        )
+
+    def _merge_fill(self, finished: FinishedFill, *, now: float) -> MergeResult | None:
+        """Merge a finished fill's sum (None: it could not be merged, its tasks fail)."""
+        fill, book = finished.fill, self._book()
+        strategy = self.strategy
+        if not isinstance(strategy, SecureAggregated):
+            raise CoordinatorError("secure aggregation merges through SecureAggregated")
+        survivors = tuple(finished.result.survivors)
+        try:
+            aggregate = book.aggregate_of(fill, finished.result)
+            result = strategy.merge_fill(
+                self.params, aggregate=aggregate, server_version=self.version
+            )
+        except (FillMergeError, CoordinatorError, ValueError) as exc:
+            self._emit(
+                EventKind.FILL_ABORTED,
+                now,
+                fill_id=fill.fill_id,
+                threshold=fill.threshold,
+                phase="finalized",
+                reason="merge_failed",
+                detail=str(exc)[:200],
+                survivors=list(survivors),
+                dropouts=sorted(fill.dropped),
+            )
+            for device in survivors:
+                self.task_failed(fill.members[device], now=now, reason="secagg_aborted:merge")
+            return None
+        for task_id in result.task_ids:  # every survivor's input is in the merge
+            order = self.tasks.pop(task_id, None)
+            if order is None:
+                continue  # failed from outside after its input was in (deadline): still merged
+            device = self.devices[order.device_id]
+            device.completed += 1
+            if device.state is DeviceState.BUSY:
+                device.state = DeviceState.IDLE
+            self.stats.accepted += 1
+        parent = self.version
+        self._install(result, parent=parent, now=now, fill_id=fill.fill_id)
+        self._emit(
+            EventKind.FILL_MERGED,
+            now,
+            fill_id=fill.fill_id,
+            threshold=fill.threshold,
+            version=self.version,
+            parent=parent,
+            base_version=fill.base_version,
+            staleness=parent - fill.base_version,
+            survivors=list(survivors),
+            dropouts=list(finished.result.dropouts),
+            task_ids=list(result.task_ids),
         )
         return result
 
@@ -400,6 +607,7 @@ class Engine:
                 "guards": [
                     g.state_dict() if isinstance(g, StatefulGuard) else None for g in self.guards
                 ],
+                "fills": self.fills.state_dict() if self.fills is not None else None,
             },
         )
 
@@ -413,9 +621,18 @@ class Engine:
         as it was and ``StateLoadError`` is raised (a guard's or the strategy's
         own saved-state error is its cause).
         """
+        found = state.get("format_version") if isinstance(state, Mapping) else None
+        before_fills = type(found) is int and found == ENGINE_STATE_FORMAT_BEFORE_FILLS
         payload = open_envelope(
-            state, kind=ENGINE_STATE_KIND, format_version=ENGINE_STATE_FORMAT, error=StateLoadError
+            state,
+            kind=ENGINE_STATE_KIND,
+            format_version=ENGINE_STATE_FORMAT_BEFORE_FILLS
+            if before_fills
+            else ENGINE_STATE_FORMAT,
+            error=StateLoadError,
         )
+        if before_fills:  # saved before secure aggregation: a state without fills
+            payload = {**payload, "fills": None}
         before, before_versions = self.state_dict()["payload"], dict(self._versions)
         try:
             self._load(payload, versions)
@@ -446,6 +663,15 @@ class Engine:
             raise StateLoadError(
                 f"state has {len(guard_states)} guard states, the engine {len(self.guards)} guards"
             )
+        saved_fills = state["fills"]
+        if self.fills is None:
+            if saved_fills is not None or any(t.fill_id is not None for t in tasks.values()):
+                raise StateLoadError(
+                    "the state holds secure-aggregation fills; this engine has none"
+                )
+            fills = None
+        else:
+            fills = self.fills.restored(saved_fills, tasks=tasks)
         self.strategy.load_state_dict(state["strategy"])
         self.strategy.check_in_flight(frozenset(tasks))
         for guard, guard_state in zip(self.guards, guard_states, strict=True):
@@ -462,6 +688,7 @@ class Engine:
         self.stats = stats
         self.devices = devices
         self.tasks = tasks
+        self.fills = fills
 
     def _emit(self, kind: EventKind, at: float, **details: Any) -> None:
         event = EngineEvent(kind=kind, at=at, details=details)

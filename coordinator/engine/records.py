@@ -28,10 +28,13 @@ from fedward.tinytrain.subsets import SubsetSpec
 from ..errors import RejectReason, StateLoadError
 
 ENGINE_STATE_KIND = "fedward.coordinator.engine"
-ENGINE_STATE_FORMAT = 3
+ENGINE_STATE_FORMAT = 4
 """Version of ``Engine.state_dict``'s envelope. 1 was the store's own snapshot
 layout, 2 a flat dict with the synchronous round beside the strategy; 3 the
-saved-state envelope, rounds inside the strategy. Older ones are refused."""
+saved-state envelope, rounds inside the strategy; 4 adds the secure-aggregation
+fill book (``fills``, None without secure aggregation) and each task's
+``fill_id``. A format-3 state loads as one without fills; older ones are refused."""
+ENGINE_STATE_FORMAT_BEFORE_FILLS = 3
 
 
 class DeviceState(enum.StrEnum):
@@ -66,6 +69,7 @@ class TaskOrder:
     download: tuple[str, ...]  # tensor names the device must receive
     issued_at: float
     round_id: int | None = None
+    fill_id: str | None = None  # the secure-aggregation fill this task is a member of
 
 
 @dataclass(kw_only=True)
@@ -111,6 +115,7 @@ def task_state(t: TaskOrder) -> dict[str, Any]:
         "download": list(t.download),
         "issued_at": t.issued_at,
         "round_id": t.round_id,
+        "fill_id": t.fill_id,
     }
 
 
@@ -127,6 +132,8 @@ def task_from_state(t: Mapping[str, Any]) -> TaskOrder:
         download=tuple(str(n) for n in t["download"]),
         issued_at=float(t["issued_at"]),
         round_id=None if t["round_id"] is None else int(t["round_id"]),
+        # absent in format 3 (before fills)
+        fill_id=None if t.get("fill_id") is None else str(t["fill_id"]),
     )
 
 

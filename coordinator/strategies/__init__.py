@@ -2,7 +2,7 @@
 
 ``Strategy`` is the interface; ``StrategyBase`` and ``BufferedStrategy`` implement
 it with a buffer; ``StrategyWrapper`` implements it around any strategy
-(``NormBounded``).
+(``NormBounded``; ``SecureAggregated``, which merges secure-aggregation fills).
 """
 
 from .base import (
@@ -20,6 +20,7 @@ from .fedavg import FedAvg
 from .fedbuff import FedBuff
 from .ftte import FTTE
 from .norm_bound import NormBounded
+from .secure import FillAggregate, FillMergeError, SecureAggregated
 from .wrapper import StrategyWrapper
 
 __all__ = [
@@ -30,9 +31,12 @@ __all__ = [
     "FedAsync",
     "FedAvg",
     "FedBuff",
+    "FillAggregate",
+    "FillMergeError",
     "MergeResult",
     "NormBounded",
     "Schedule",
+    "SecureAggregated",
     "StalenessFunction",
     "Strategy",
     "StrategyBase",

@@ -1,0 +1,156 @@
+"""A study's secure-aggregation policy: how big a fill's cohort is, its threshold,
+the fixed-point encoding, the phase timer, the energy histogram and distributed DP.
+
+One fill is one SecAgg instance (``fedward.privacy.secagg``) whose survivors'
+sum is one buffered merge. The policy turns the strategy's buffer size ``K``
+into a cohort size and a threshold:
+
+    m = max(ceil(K / (1 - expected_dropout)), min_cohort, max_colluders + 2)
+    t = max(threshold_floor(m, max_colluders), K)      (threshold_floor: floor((m + c)/2) + 1)
+
+so the fill merges at least ``K`` updates (what the buffer needs) and a server
+helped by ``max_colluders`` Sybil devices that asks different devices different
+questions still falls short of one device's update (``2t > m + c``). A fill
+whose survivors fall below ``t`` at any phase aborts and nothing is released.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from fedward.privacy.secagg import SecAggConfig, threshold_floor
+from fedward.privacy.secagg.errors import SecAggError
+
+from ..errors import CoordinatorError
+
+__all__ = ["SecAggPolicy", "SecAggPolicyError"]
+
+MAX_ENERGY_BINS = 64  # mirrors fedward.protocol.messages.MAX_ENERGY_BINS (edges per task)
+
+
+class SecAggPolicyError(CoordinatorError, ValueError):
+    """A secure-aggregation policy that cannot run (the message says which field and why)."""
+
+
+def _number(name: str, value: object, *, positive: bool = True) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise SecAggPolicyError(f"{name} must be a finite number, got {value!r}")
+    if positive and value <= 0:
+        raise SecAggPolicyError(f"{name} must be > 0, got {value!r}")
+    return float(value)
+
+
+def _int(name: str, value: object, *, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise SecAggPolicyError(f"{name} must be an int >= {low}, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True, kw_only=True)
+class SecAggPolicy:
+    """Secure aggregation of every merge of a study (frozen, keyword-only, validated).
+
+    buffer_size: K, the updates one merge needs (the fill's survivors floor).
+    expected_dropout: the fraction of a cohort expected to drop, in [0, 1): the
+        cohort is sized ``ceil(K / (1 - expected_dropout))``.
+    max_colluders: c, cohort members that may be the server's Sybils (default 1).
+    min_cohort: the smallest cohort ever formed (devices refuse smaller ones).
+    modulus_bits, scale, clip: the fixed-point encoding (32 or 64 bits; each
+        coordinate of ``w_i * Delta_i`` clipped to [-clip, clip], times scale).
+    phase_timeout_s: how long each phase waits for the cohort's live members.
+    energy_bins: strictly increasing log10-energy edges of the masked energy
+        histogram (``len + 1`` bins); empty: no histogram, FTTE's energy term off.
+        Ignored (no histogram) under distributed DP, where every weight is 1.
+    ddp: a ``fedward.privacy.secagg.ddp.DistributedDp`` (devices add Skellam
+        shares, every weight is 1), or None.
+    fills_in_flight: how many fills may be open at once (a device is in one at a time).
+    norm_bound: L2 bound each device clips its own update to (None: no bound).
+    """
+
+    buffer_size: int
+    expected_dropout: float = 0.2
+    max_colluders: int = 1
+    min_cohort: int = 3
+    modulus_bits: int = 32
+    scale: float = float(1 << 16)
+    clip: float = 1.0
+    phase_timeout_s: float = 60.0
+    energy_bins: tuple[float, ...] = ()
+    ddp: Any = None
+    fills_in_flight: int = 1
+    norm_bound: float | None = None
+
+    def __post_init__(self) -> None:
+        _int("buffer_size", self.buffer_size, low=1)
+        dropout = _number("expected_dropout", self.expected_dropout, positive=False)
+        if not 0 <= dropout < 1:
+            raise SecAggPolicyError(f"expected_dropout must lie in [0, 1), got {dropout!r}")
+        _int("max_colluders", self.max_colluders, low=0)
+        _int("min_cohort", self.min_cohort, low=self.max_colluders + 2)
+        if self.modulus_bits not in (32, 64) or isinstance(self.modulus_bits, bool):
+            raise SecAggPolicyError(f"modulus_bits must be 32 or 64, got {self.modulus_bits!r}")
+        _number("scale", self.scale)
+        _number("clip", self.clip)
+        _number("phase_timeout_s", self.phase_timeout_s)
+        _int("fills_in_flight", self.fills_in_flight, low=1)
+        if self.norm_bound is not None:
+            _number("norm_bound", self.norm_bound)
+        bins = self.energy_bins
+        if not isinstance(bins, tuple) or len(bins) > MAX_ENERGY_BINS:
+            raise SecAggPolicyError(f"energy_bins must be a tuple of at most {MAX_ENERGY_BINS}")
+        edges = [_number("energy_bins", e, positive=False) for e in bins]
+        if any(b <= a for a, b in zip(edges, edges[1:], strict=False)):
+            raise SecAggPolicyError(f"energy_bins must be strictly increasing, got {bins!r}")
+        object.__setattr__(self, "energy_bins", tuple(edges))
+        if self.ddp is not None and not hasattr(self.ddp, "l2_clip"):
+            raise SecAggPolicyError(
+                "ddp must be a fedward.privacy.secagg.ddp.DistributedDp or None, "
+                f"got {type(self.ddp).__name__}"
+            )
+        # fails here, not at the first dispatch: the encoding must hold a cohort's sum
+        self.config(threshold=self.threshold)
+
+    # -- the numbers every fill of the study uses ------------------------------------
+    @property
+    def cohort_size(self) -> int:
+        """m: the buffer plus the expected dropouts, at least the cohort floors."""
+        sized = math.ceil(self.buffer_size / (1.0 - self.expected_dropout) - 1e-9)
+        return max(sized, self.min_cohort, self.max_colluders + 2, self.buffer_size)
+
+    @property
+    def threshold(self) -> int:
+        """t: what the buffer needs, never below the colluder-safe floor of the cohort."""
+        m = self.cohort_size
+        t = max(threshold_floor(m, max_colluders=self.max_colluders), self.buffer_size)
+        return min(t, m)
+
+    @property
+    def histogram(self) -> bool:
+        """Whether devices add the masked energy histogram (not under distributed DP)."""
+        return self.ddp is None and bool(self.energy_bins)
+
+    @property
+    def count_words(self) -> int:
+        """Masked count words: a constant 1 (the survivors), then one per histogram bin."""
+        return 1 + (len(self.energy_bins) + 1 if self.histogram else 0)
+
+    def config(self, *, threshold: int) -> SecAggConfig:
+        """The SecAggConfig of a fill with threshold ``threshold`` (checked for the cohort)."""
+        try:
+            config = SecAggConfig(
+                threshold=threshold,
+                scale=self.scale,
+                clip=self.clip,
+                modulus_bits=self.modulus_bits,
+                max_weight=1.0,
+                count_words=self.count_words,
+                max_count=1,
+                max_colluders=self.max_colluders,
+                min_cohort=self.min_cohort,
+            )
+            config.check_cohort(self.cohort_size)
+        except SecAggError as exc:
+            raise SecAggPolicyError(f"the secure-aggregation policy cannot run: {exc}") from exc
+        return config
