@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,13 @@ from fedward.coordinator.engine.planning import SubsetMode
 from fedward.coordinator.privacy.settings import StudyPrivacy
 from fedward.coordinator.strategies import StrategyName
 from fedward.coordinator.strategies.ftte import EnergyRule
-from fedward.coordinator.study_spec import ClientDPSettings, StudySpec, refuse_renamed_keys
+from fedward.coordinator.study_spec import (
+    ClientDPSettings,
+    DistributedDpSettings,
+    SecAggSettings,
+    StudySpec,
+    refuse_renamed_keys,
+)
 from fedward.privacy.accounting import Accountant
 from fedward.protocol.messages import DeviceClass
 from fedward.tinytrain.models import ModelKind
@@ -47,10 +54,19 @@ class StrategyRun(enum.StrEnum):
     # step fits (at the largest micro-batch that does), else it sits out
     FEDAVG_FEASIBLE = "fedavg_feasible"
     FEDBUFF_FEASIBLE = "fedbuff_feasible"
+    # FTTE's global subset, every buffer fill one real secure-aggregation instance
+    # (fedward.simulation.secagg); +ddp: devices add Skellam noise shares under the masks
+    FTTE_SECAGG = "ftte+secagg"
+    FTTE_SECAGG_DDP = "ftte+secagg+ddp"
 
     @property
     def strategy(self) -> StrategyName:
-        if self in (StrategyRun.FTTE_NESTED, StrategyRun.FTTE_DP):
+        if self in (
+            StrategyRun.FTTE_NESTED,
+            StrategyRun.FTTE_DP,
+            StrategyRun.FTTE_SECAGG,
+            StrategyRun.FTTE_SECAGG_DDP,
+        ):
             return StrategyName.FTTE
         if self in (StrategyRun.FEDBUFF_NORM_BOUNDED, StrategyRun.FEDBUFF_FEASIBLE):
             return StrategyName.FEDBUFF
@@ -73,13 +89,29 @@ class StrategyRun(enum.StrEnum):
         return self is StrategyRun.FTTE_DP
 
     @property
+    def secagg(self) -> bool:
+        """Every buffer fill is one secure-aggregation instance."""
+        return self in (StrategyRun.FTTE_SECAGG, StrategyRun.FTTE_SECAGG_DDP)
+
+    @property
+    def distributed_dp(self) -> bool:
+        """Devices add distributed-DP noise shares under the masks (no DP-SGD)."""
+        return self is StrategyRun.FTTE_SECAGG_DDP
+
+    @property
     def norm_bounded(self) -> bool:
         """Wrapped in ``NormBounded`` with FTTE's tolerance and window (a robust baseline)."""
         return self is StrategyRun.FEDBUFF_NORM_BOUNDED
 
     @property
     def subset_mode(self) -> SubsetMode:
-        if self in (StrategyRun.FTTE, StrategyRun.FTTE_DP, StrategyRun.CLIENT_DP):
+        if self in (
+            StrategyRun.FTTE,
+            StrategyRun.FTTE_DP,
+            StrategyRun.CLIENT_DP,
+            StrategyRun.FTTE_SECAGG,
+            StrategyRun.FTTE_SECAGG_DDP,
+        ):
             return SubsetMode.GLOBAL
         if self is StrategyRun.FTTE_NESTED:
             return SubsetMode.NESTED
@@ -225,6 +257,30 @@ class Scenario(BaseModel):
     # the client_dp row (patient-level DP): each update clipped to dp_clip_norm, each
     # merge noised with dp_noise_multiplier, each patient's epsilon within dp_epsilon
     dp_clip_norm: float = Field(default=0.5, gt=0)
+    # secure aggregation (rows ftte+secagg, ftte+secagg+ddp; fedward.simulation.secagg):
+    # one instance per buffer fill, a cohort of ceil(buffer_size / (1 - expected dropout))
+    # devices fixed at dispatch (1/6: 12 for a buffer of 10), threshold at least the buffer
+    # and floor((m + c)/2) + 1 for c = secagg_max_colluders; each phase closes when every
+    # member answered or after secagg_phase_timeout_s virtual seconds (the masked-input
+    # phase waits for training, so the timeout bounds a fill's slowest member)
+    secagg_expected_dropout: float = Field(default=1 / 6, ge=0, lt=1)
+    secagg_max_colluders: int = Field(default=1, ge=0)
+    secagg_min_cohort: int = Field(default=3, ge=2)
+    secagg_phase_timeout_s: float = Field(default=600.0, gt=0)
+    secagg_modulus_bits: int = Field(default=32)
+    secagg_scale: float = Field(default=float(1 << 16), gt=0)  # fixed point per coordinate
+    secagg_clip: float = Field(default=4.0, gt=0)  # per-coordinate clip of w_i * Delta_i
+    secagg_fills_in_flight: int | None = Field(default=None, ge=1)  # None: concurrency / cohort
+    # log10-energy histogram edges (energy: mean squared update value) the devices report
+    # as masked one-hot count words, from which the server sets FTTE's energy reference;
+    # () sends none (the energy term is then off: every weight 1)
+    secagg_energy_bins: tuple[float, ...] = tuple(float(e) for e in range(-9, 1))
+    # distributed DP (ftte+secagg+ddp): each device clips its update to ddp_l2_clip and
+    # adds its Skellam share so the sum over >= t survivors carries noise
+    # ddp_noise_multiplier * ddp_l2_clip; ddp_bits per coordinate
+    ddp_l2_clip: float = Field(default=0.5, gt=0)
+    ddp_noise_multiplier: float = Field(default=1.0, gt=0)
+    ddp_bits: int = Field(default=20, ge=8, le=32)
 
     @model_validator(mode="before")
     @classmethod
@@ -298,6 +354,39 @@ class Scenario(BaseModel):
             fedavg_over_selection=self.fedavg_over_selection,
             privacy=self.study_privacy() if run.dp else None,
             client_dp=self.client_dp() if run is StrategyRun.CLIENT_DP else None,
+            secagg=self.secagg_settings(run) if run.secagg else None,
+        )
+
+    def secagg_cohort(self) -> int:
+        """The cohort of one fill (``SecAggPolicy.cohort_size`` for this scenario)."""
+        return (
+            self.secagg_settings(StrategyRun.FTTE_SECAGG)
+            .policy(buffer_size=self.buffer_size)
+            .cohort_size
+        )
+
+    def secagg_settings(self, run: StrategyRun) -> SecAggSettings:
+        """The secure-aggregation settings of the secagg rows (one fill per merge)."""
+        m = math.ceil(self.buffer_size / (1 - self.secagg_expected_dropout) - 1e-9)
+        return SecAggSettings(
+            expected_dropout=self.secagg_expected_dropout,
+            max_colluders=self.secagg_max_colluders,
+            min_cohort=self.secagg_min_cohort,
+            modulus_bits=self.secagg_modulus_bits,
+            scale=self.secagg_scale,
+            clip=self.secagg_clip,
+            phase_timeout_s=self.secagg_phase_timeout_s,
+            energy_bins=() if run.distributed_dp else self.secagg_energy_bins,
+            fills_in_flight=self.secagg_fills_in_flight or max(1, self.concurrency // max(m, 1)),
+            ddp=(
+                DistributedDpSettings(
+                    l2_clip=self.ddp_l2_clip,
+                    noise_multiplier=self.ddp_noise_multiplier,
+                    bits=self.ddp_bits,
+                )
+                if run.distributed_dp
+                else None
+            ),
         )
 
     def client_dp(self) -> ClientDPSettings:

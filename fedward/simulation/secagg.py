@@ -614,12 +614,13 @@ class FillSimulator:
             phases.add((out.fill_id, phase))
         if any(phase is not SecAggPhase.ABORT for _fill, phase in phases):
             self._tick_at(now + self.phase_timeout_s)  # the next phase's timer
-        merged = []
-        if step.merge is not None:
-            merged.append(self._merged(step.merge))
-        if step.aborted:
-            self.costs.fills_aborted += 1
-        return merged
+        merges = tuple(getattr(step, "merges", ()) or ((step.merge,) if step.merge else ()))
+        self.costs.fills_aborted += len(set(step.aborted))  # the fill ids aborted
+        return [self._merged(merge) for merge in merges]
+
+    def flush(self, now: float) -> list[Any]:
+        """The engine's pending fill step (e.g. the ABORT after a member's task failed)."""
+        return self._apply(self.engine.secagg_tick(now=now), now)
 
     def _merged(self, merge: Any) -> Any:
         self.merges.append(merge)

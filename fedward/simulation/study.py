@@ -54,6 +54,8 @@ from fedward.protocol.messages import (
     DEFAULT_MAX_MESSAGE_BYTES,
     ModelDownload,
     PrivacyReport,
+    SecAggParams,
+    Task,
     Update,
     frame_size,
 )
@@ -67,6 +69,7 @@ from .executor import Executor, TrainJob
 from .feasibility import fitting_micro_batch
 from .profiles import SimDevice, draw_fleet
 from .scenario import Scenario, StrategyRun
+from .secagg import FillSimulator, PrgCalibration
 from .sensordata import load_study_data
 from .warmstart import scenario_start
 
@@ -99,6 +102,8 @@ class StudyResult:
     # DP rows: every charge, (virtual time, device class, device's cumulative epsilon)
     epsilon_series: list[dict[str, Any]] = field(default_factory=list)
     setup_s: float = 0.0  # wall seconds building the study (data, warm start, engine)
+    # secagg rows: bytes and messages per phase, dropouts per phase, PRG time, fills
+    secagg: dict[str, Any] = field(default_factory=dict)
 
     @property
     def upload_bytes_per_update(self) -> float:
@@ -126,6 +131,7 @@ class StudyResult:
             "by_class": self.by_class,
             "epsilon_series": self.epsilon_series,
             "setup_s": self.setup_s,
+            "secagg": self.secagg,
             "series": self.series,
         }
 
@@ -136,6 +142,7 @@ class _Event:
     seq: int
     kind: str = field(compare=False)
     task_id: str = field(compare=False, default="")
+    payload: Any = field(compare=False, default=None)  # secagg events' content
 
 
 class Study:
@@ -150,6 +157,7 @@ class Study:
         listeners: tuple[Callable[[EngineEvent], None], ...] = (),
         progress: Progress | None = None,
         privacy_listeners: tuple[PrivacyListener, ...] = (),
+        calibration: PrgCalibration | None = None,
     ) -> None:
         self._built = time.perf_counter()
         self.scenario, self.run_kind, self.executor, self.progress = (
@@ -223,6 +231,19 @@ class Study:
         self._seq = 0
         self._jobs: dict[str, Any] = {}
         self._upload_s: dict[str, float] = {}
+        # secagg rows: the engine's fills and the members' real SecAgg participants
+        self.fills: FillSimulator | None = None
+        if run.secagg:
+            self.calibration = calibration or PrgCalibration.measure()
+            self.fills = FillSimulator(
+                engine=self.engine,
+                study_id=self.spec.name,
+                shapes=self.shapes,
+                by_id=self.by_id,
+                calibration=self.calibration,
+                push=lambda at, kind, payload: self._push(at, kind, payload=payload),
+                phase_timeout_s=scenario.secagg_phase_timeout_s,
+            )
 
     # -- what the report shows per device class ---------------------------------
     def _class_of(self, device_id: str) -> str:
@@ -276,9 +297,9 @@ class Study:
         return out
 
     # -- virtual time --------------------------------------------------------
-    def _push(self, at: float, kind: str, task_id: str = "") -> None:
+    def _push(self, at: float, kind: str, task_id: str = "", *, payload: Any = None) -> None:
         self._seq += 1
-        heapq.heappush(self._events, _Event(at, self._seq, kind, task_id))
+        heapq.heappush(self._events, _Event(at, self._seq, kind, task_id, payload))
 
     def _online(self, device: Device) -> bool:
         if self.run_kind.feasible and self.micro_batch_by_class[device.device_class] is None:
@@ -312,6 +333,9 @@ class Study:
         device = self.by_id[order.device_id]
         if self._refuses(order, now):
             return  # the device's own budget cannot afford the task
+        if self.fills is not None:
+            self._start_member(order, now, result)
+            return
         samples = self.num_samples[device.index]
         down = self._download_bytes(order)
         result.download_bytes += down
@@ -326,6 +350,9 @@ class Study:
         duration = device.download_s(down) + device.compute_s(flops) + up_s
         if self.chance.random() < device.profile.dropout:
             silent_at = now + self.chance.uniform(0, duration)
+            # the coordinator notices the silence a heartbeat timeout later, as in the
+            # plaintext rows; the fill's phase timer would drop it anyway
+            self._push(silent_at + self.scenario.heartbeat_timeout_s, "dropped", order.task_id)
             self._push(silent_at + self.scenario.heartbeat_timeout_s, "dropped", order.task_id)
             return
         task = LocalTask(
@@ -342,6 +369,69 @@ class Study:
             TrainJob(device_index=device.index, base=base, task=task, accountant_state=state)
         )
         self._push(now + duration, "arrived", order.task_id)
+
+    def _start_member(self, order: TaskOrder, now: float, result: StudyResult) -> None:
+        """A secagg row's task: one member of a fill; its phases run in ``self.fills``."""
+        fills = self.fills
+        if fills is None:
+            raise SimulationError("not a secagg row")
+        device = self.by_id[order.device_id]
+        task = self._fill_task(order)
+        down = self._download_bytes(order) + frame_size(task)  # the task carries the fill
+        result.download_bytes += down
+        flops = task_flops(
+            self.model_config,
+            order.subset.names,
+            samples=self.num_samples[device.index],
+            epochs=self.scenario.epochs,
+            batch_size=self.scenario.batch_size,
+        )
+        compute = device.compute_s(flops)
+        silent_at = None
+        if self.chance.random() < device.profile.dropout:  # as the plaintext rows draw it
+            duration = (
+                device.download_s(down) + compute + device.upload_s(self._update_bytes(order))
+            )
+            silent_at = now + self.chance.uniform(0, duration)
+            # the coordinator notices the silence a heartbeat timeout later, as in the
+            # plaintext rows; the fill's phase timer would drop it anyway
+            self._push(silent_at + self.scenario.heartbeat_timeout_s, "dropped", order.task_id)
+        local = LocalTask(
+            task_id=order.task_id,
+            model_version=order.model_version,
+            subset_names=order.subset.names,
+            train=self._train_for(device),
+            seed=self.scenario.seed * 1_000_003 + int(order.task_id[1:]),
+        )
+        base = self.engine.base_params(order.model_version)
+        fills.start(
+            task,
+            now=now,
+            download_s=device.download_s(down),
+            compute_s=compute,
+            silent_at=silent_at,
+            submit=lambda: self.executor.submit(
+                TrainJob(device_index=device.index, base=base, task=local)
+            ),
+        )
+
+    def _fill_task(self, order: TaskOrder) -> Task:
+        """The Task a fill member receives (its SecAggParams from the engine)."""
+        pieces = self.engine.secagg_params(order)
+        params = pieces if isinstance(pieces, SecAggParams) else SecAggParams.model_validate(pieces)
+        return Task(
+            task_id=order.task_id,
+            study_id=self.spec.name,
+            device_id=order.device_id,
+            model_version=order.model_version,
+            subset_id=order.subset.subset_id,
+            subset_names=order.subset.names,
+            local_epochs=self.scenario.epochs,
+            batch_size=self.scenario.batch_size,
+            lr=self.scenario.lr,
+            deadline_s=self.scenario.secagg_phase_timeout_s * 4,
+            secagg=params,
+        )
 
     def _train_for(self, device: SimDevice) -> LocalTrainConfig:
         """The study's local work; a feasible row's device accumulates over its micro-batch."""
@@ -397,6 +487,8 @@ class Study:
             now = event.at
             if event.kind == "dropped":
                 self.engine.task_failed(event.task_id, now=now, reason="device went silent")
+                if self.fills is not None and self._fill_merged(self.fills.flush(now), classes):
+                    self._evaluate_if_due(now, result)
             elif event.kind == "deadline":  # a synchronous round's deadline: drop who is late
                 for order in [
                     o for o in self.engine.tasks.values() if str(o.round_id) == event.task_id
@@ -404,8 +496,13 @@ class Study:
                     self.engine.task_failed(
                         order.task_id, now=now, reason="missed the round deadline"
                     )
-            elif event.kind == "arrived":
-                merged = self._arrive(event.task_id, now, result, classes)
+            elif event.kind == "arrived" or (
+                self.fills is not None and event.kind in FillSimulator.KINDS
+            ):
+                if event.kind == "arrived":
+                    merged = self._arrive(event.task_id, now, result, classes)
+                else:
+                    merged = self._fill_event(event, now, classes)
                 due = result.series[-1]["updates"] + self.scenario.eval_every_updates
                 if merged and self.engine.stats.accepted >= due:
                     self._evaluate(now, result)
@@ -440,7 +537,36 @@ class Study:
         result.epsilon_series = list(self._epsilons)
         for handle in self._jobs.values():  # tasks still in flight at the end
             handle.result()
+        if self.fills is not None:
+            self.fills.drain()
+            result.upload_bytes += self.fills.upload_bytes
+            result.download_bytes += self.fills.download_bytes
+            result.secagg = {
+                **self.fills.costs.as_dict(),
+                "calibration": self.calibration.as_dict(),
+                "cohort": self.spec.secagg_policy().cohort_size,
+                "threshold": self.spec.secagg_policy().threshold,
+            }
         return result
+
+    def _fill_event(self, event: _Event, now: float, classes: Counter[str]) -> bool:
+        """A secagg event; True if a fill merged (its survivors counted per class)."""
+        if self.fills is None:
+            return False
+        return self._fill_merged(self.fills.handle(event.kind, event.payload, now), classes)
+
+    def _fill_merged(self, merges: list[Any], classes: Counter[str]) -> bool:
+        for merge in merges:
+            for device_id in merge.device_ids:
+                classes[self._class_of(device_id)] += 1
+        return bool(merges)
+
+    def _evaluate_if_due(self, now: float, result: StudyResult) -> None:
+        if (
+            self.engine.stats.accepted
+            >= result.series[-1]["updates"] + self.scenario.eval_every_updates
+        ):
+            self._evaluate(now, result)
 
     def _arrive(self, task_id: str, now: float, result: StudyResult, classes: Counter[str]) -> bool:
         order = self.engine.tasks.get(task_id)
