@@ -53,6 +53,8 @@ class FillBook:
         self._queued: list[FillOutbound] = []  # ABORTs decided outside a fill step
         # task id -> (fill id, the phase its member was dropped in, or "closed"); not saved
         self._closed: dict[str, tuple[str, str]] = {}
+        # the largest fill masks the whole model: fail now, not at the first dispatch
+        policy.check_vector(sum(_size(s) for s in self.model_shapes.values()))
 
     # -- opening -------------------------------------------------------------------
     def room(self) -> int:
@@ -202,11 +204,11 @@ class FillBook:
         if self.policy.histogram:
             counts = tuple(result.count_sums)
             edges = self.policy.energy_bins
-            if len(counts) != len(edges) + 2:
+            if len(counts) != len(edges) + 1:
                 raise CoordinatorError(
-                    f"fill {fill.fill_id}: {len(counts)} count words, expected {len(edges) + 2}"
+                    f"fill {fill.fill_id}: {len(counts)} count words, expected {len(edges) + 1}"
                 )
-            reference = reference_from_histogram(counts[1:], edges)
+            reference = reference_from_histogram(counts, edges)
         return FillAggregate(
             fill_id=fill.fill_id,
             result=result,
@@ -293,6 +295,13 @@ def _check_tasks(book: FillBook, tasks: Mapping[str, Any]) -> None:
         fill_id = getattr(order, "fill_id", None)
         if fill_id is not None and owners.get(task_id) != fill_id:
             raise StateLoadError(f"task {task_id} names fill {fill_id}, which does not hold it")
+
+
+def _size(shape: tuple[int, ...]) -> int:
+    out = 1
+    for s in shape:
+        out *= int(s)
+    return out
 
 
 def _ddp_plain(ddp: Any) -> dict[str, Any] | None:

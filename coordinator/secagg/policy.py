@@ -59,12 +59,16 @@ class SecAggPolicy:
     min_cohort: the smallest cohort ever formed (devices refuse smaller ones).
     modulus_bits, scale, clip: the fixed-point encoding (32 or 64 bits; each
         coordinate of ``w_i * Delta_i`` clipped to [-clip, clip], times scale).
+        Under distributed DP the encoding is the DDP's: its power-of-two scale and
+        ``coordinate_bound`` as the clip (so prepared values are encoded exactly).
     phase_timeout_s: how long each phase waits for the cohort's live members.
-    energy_bins: strictly increasing log10-energy edges of the masked energy
-        histogram (``len + 1`` bins); empty: no histogram, FTTE's energy term off.
+    energy_bins: strictly increasing natural-log energy edges of the masked energy
+        histogram (``len + 1`` bins, ``fedward.coordinator.secagg.energy``); empty: no
+        histogram, and FTTE's energy reference stays unset (every weight 1).
         Ignored (no histogram) under distributed DP, where every weight is 1.
     ddp: a ``fedward.privacy.secagg.ddp.DistributedDp`` (devices add Skellam
-        shares, every weight is 1), or None.
+        shares, every weight is 1), or None. Its ``min_survivors`` may not exceed
+        ``threshold - max_colluders``: colluders know their own noise shares.
     fills_in_flight: how many fills may be open at once (a device is in one at a time).
     norm_bound: L2 bound each device clips its own update to (None: no bound).
     """
@@ -104,11 +108,20 @@ class SecAggPolicy:
         if any(b <= a for a, b in zip(edges, edges[1:], strict=False)):
             raise SecAggPolicyError(f"energy_bins must be strictly increasing, got {bins!r}")
         object.__setattr__(self, "energy_bins", tuple(edges))
-        if self.ddp is not None and not hasattr(self.ddp, "l2_clip"):
-            raise SecAggPolicyError(
-                "ddp must be a fedward.privacy.secagg.ddp.DistributedDp or None, "
-                f"got {type(self.ddp).__name__}"
-            )
+        if self.ddp is not None:
+            from fedward.privacy.secagg.ddp import DistributedDp
+
+            if not isinstance(self.ddp, DistributedDp):
+                raise SecAggPolicyError(
+                    "ddp must be a fedward.privacy.secagg.ddp.DistributedDp or None, "
+                    f"got {type(self.ddp).__name__}"
+                )
+            honest = self.threshold - self.max_colluders
+            if self.ddp.min_survivors > honest:
+                raise SecAggPolicyError(
+                    f"ddp.min_survivors = {self.ddp.min_survivors} > threshold - max_colluders "
+                    f"= {honest}: a released sum may hold fewer honest noise shares"
+                )
         # fails here, not at the first dispatch: the encoding must hold a cohort's sum
         self.config(threshold=self.threshold)
 
@@ -133,16 +146,27 @@ class SecAggPolicy:
 
     @property
     def count_words(self) -> int:
-        """Masked count words: a constant 1 (the survivors), then one per histogram bin."""
-        return 1 + (len(self.energy_bins) + 1 if self.histogram else 0)
+        """Masked count words: one per histogram bin, or a constant 1 without one."""
+        return len(self.energy_bins) + 1 if self.histogram else 1
+
+    def check_vector(self, length: int) -> None:
+        """Refuse a masked vector of ``length`` model coordinates this policy cannot sum
+        (under DDP: the summed words could leave the DDP's bits for a full cohort)."""
+        if self.ddp is None:
+            return
+        try:
+            self.ddp.check_cohort(cohort_size=self.cohort_size, d=length)
+        except SecAggError as exc:
+            raise SecAggPolicyError(f"distributed DP cannot run this fill: {exc}") from exc
 
     def config(self, *, threshold: int) -> SecAggConfig:
         """The SecAggConfig of a fill with threshold ``threshold`` (checked for the cohort)."""
         try:
+            ddp = self.ddp
             config = SecAggConfig(
                 threshold=threshold,
-                scale=self.scale,
-                clip=self.clip,
+                scale=self.scale if ddp is None else ddp.scale,
+                clip=self.clip if ddp is None else ddp.coordinate_bound,
                 modulus_bits=self.modulus_bits,
                 max_weight=1.0,
                 count_words=self.count_words,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import os
 import random
 from collections.abc import Mapping
@@ -23,6 +24,8 @@ from fedward.coordinator.engine.planning import SubsetMode, SubsetPlanner
 from fedward.coordinator.secagg import FillStep, SecAggPolicy, energy_counts
 from fedward.coordinator.strategies import FTTE, FedBuff, SecureAggregated
 from fedward.privacy.secagg import SecAggClient, SecAggConfig, SecAggSession
+from fedward.privacy.secagg import ddp as distributed
+from fedward.privacy.secagg.ddp import DistributedDp
 from fedward.privacy.secagg.layout import VectorLayout
 from fedward.protocol.messages import SecAggPhase
 from fedward.tinytrain.subsets import SubsetLadder
@@ -49,6 +52,7 @@ def make_engine(
     strategy: str = "fedbuff",
     events: list[EngineEvent] | None = None,
     seed: int = 0,
+    ddp: DistributedDp | None = None,
 ) -> Engine:
     params = {n: np.zeros(s, np.float32) for n, s in SHAPES.items()}
     ladder = SubsetLadder({"layer": list(SHAPES)})
@@ -66,6 +70,7 @@ def make_engine(
         phase_timeout_s=TIMEOUT,
         energy_bins=energy_bins,
         fills_in_flight=fills_in_flight,
+        ddp=ddp,
     )
     engine = Engine(
         params=params,
@@ -89,9 +94,10 @@ def enrol(engine: Engine, count: int, *, device_class: str = "phone", start: int
 class Member:
     order: TaskOrder
     client: SecAggClient
-    update: np.ndarray
+    update: np.ndarray  # what it masks (under DDP: the prepared, rotated, noised vector)
     weight: float
     counts: tuple[int, ...]
+    raw: np.ndarray | None = None  # its trained update before DDP
     last: dict[SecAggPhase, object] = field(default_factory=dict)  # downlink by phase
     sent: dict[SecAggPhase, object] = field(default_factory=dict)  # uplink by phase
 
@@ -124,11 +130,17 @@ class Fleet:
             session = SecAggSession.from_plain(params.session)
             client = SecAggClient(config=config, session=session, device_id=order.device_id)
             std = (spread or {}).get(order.device_id, 0.3)
-            update = self._rng.normal(0.0, std, session.vector_length)
-            energy = float(np.mean(update**2))
-            counts = energy_counts(energy, params.energy_bins)
+            d = VectorLayout.for_subset(SHAPES, order.subset.names).vector_length
+            raw = self._rng.normal(0.0, std, d)
+            counts = energy_counts(float(np.mean(raw**2)), params.energy_bins)
             weight = (weights or {}).get(order.device_id, 1.0)
-            self.members[order.task_id] = Member(order, client, update, weight, counts)
+            update = raw
+            if params.ddp is not None:  # the device's own DDP step, as the edge runs it
+                ddp = DistributedDp.from_plain(params.ddp)
+                update = distributed.prepare(
+                    raw, ddp=ddp, session_seed=session.session_id, random_bytes=os.urandom
+                )
+            self.members[order.task_id] = Member(order, client, update, weight, counts, raw=raw)
 
     def speaks(self, member: Member, phase: SecAggPhase) -> bool:
         stop = self.silent.get(member.order.device_id)
@@ -360,9 +372,9 @@ def test_cohorts_share_a_device_class_and_a_device_is_in_one_fill_at_a_time() ->
 
 
 def test_the_energy_reference_comes_from_the_fills_masked_histogram() -> None:
-    # Prepare: FTTE, log10 edges (-4, -2, 0, 2); three quiet members (energy ~4e-4, bin 1),
-    # four loud ones (~0.25, bin 2): the median survivor is in bin 2, [-2, 0)
-    edges = (-4.0, -2.0, 0.0, 2.0)
+    # Prepare: FTTE, ln edges (-10, -5, 0, 5); three quiet members (energy ~4e-4, ln ~ -7.8:
+    # bin 1), four loud ones (~0.25, ln ~ -1.4: bin 2): the median survivor is in bin 2
+    edges = (-10.0, -5.0, 0.0, 5.0)
     engine = make_engine(energy_bins=edges, strategy="ftte")
     enrol(engine, COHORT)
     fleet = Fleet(engine)
@@ -372,16 +384,18 @@ def test_the_energy_reference_comes_from_the_fills_masked_histogram() -> None:
     first_params = engine.secagg_params(orders[0])
     # Execute
     fleet.run()
-    # Assert: reference = the bin's geometric midpoint, 10^-1; later tasks carry it
+    # Assert: reference = the bin's geometric midpoint, e^-2.5; later tasks carry it
     strategy = engine.strategy
     assert isinstance(strategy, SecureAggregated)
-    bins = sorted(m.counts.index(1, 1) - 1 for m in fleet.members.values())
+    bins = sorted(m.counts.index(1) for m in fleet.members.values())
     assert bins == [1, 1, 1, 2, 2, 2, 2]
     assert first_params.weighting.energy_reference is None
-    assert first_params.energy_bins == edges and first_params.config["count_words"] == 6
-    assert strategy.energy_reference == pytest.approx(10**-1.0)
+    assert first_params.energy_bins == edges and first_params.config["count_words"] == 5
+    assert strategy.energy_reference == pytest.approx(math.exp(-2.5))
     later = engine.dispatch(now=fleet.now + 1)
-    assert engine.secagg_params(later[0]).weighting.energy_reference == pytest.approx(0.1)
+    assert engine.secagg_params(later[0]).weighting.energy_reference == pytest.approx(
+        math.exp(-2.5)
+    )
     assert engine.secagg_params(later[0]).weighting.energy_beta == 1.0
 
 
@@ -516,3 +530,39 @@ def test_a_state_saved_before_fills_loads_into_an_engine_without_secagg() -> Non
     # Assert
     assert plain.fills is None and len(plain.tasks) == 2
     assert all(t.fill_id is None for t in plain.tasks.values())
+
+
+def test_under_distributed_dp_the_merge_is_the_recovered_noisy_mean_of_clipped_updates() -> None:
+    # Prepare: Skellam shares on every device, min_survivors = t - c = 4
+    ddp = DistributedDp.largest_scale(
+        l2_clip=1.0, noise_multiplier=0.05, bits=20, min_survivors=4, cohort_size=COHORT, d=15
+    )
+    engine = make_engine(ddp=ddp)
+    enrol(engine, COHORT)
+    fleet = Fleet(engine)
+    orders = open_fill(engine, fleet)
+    params = engine.secagg_params(orders[0])
+    fleet.silent = {sorted(o.device_id for o in orders)[0]: SecAggPhase.MASKED_INPUT}
+    base = {n: v.astype(np.float64) for n, v in engine.params.items()}
+    # Execute
+    fleet.run()
+    # Assert: exactly recover(sum of the survivors' prepared vectors) / survivors, and
+    # within 6 sigma of the noise from the plaintext mean of the clipped updates
+    survivors = [m for m in fleet.members.values() if m.order.device_id not in fleet.silent]
+    session = SecAggSession.from_plain(params.session)
+    layout = VectorLayout.for_subset(SHAPES, SHAPES)
+    summed = distributed.recover(
+        sum(m.update for m in survivors), ddp=ddp, session_seed=session.session_id, d=15
+    )
+    exact = layout.unflatten(summed / len(survivors))
+    clipped = [m.raw * min(1.0, 1.0 / float(np.linalg.norm(m.raw))) for m in survivors]
+    plain_mean = layout.unflatten(sum(clipped) / len(survivors))
+    sigma = 0.05 * 1.0 * math.sqrt(len(survivors) / 4) / len(survivors)
+    assert params.ddp == ddp.to_plain() and params.energy_bins == ()
+    assert params.weighting.energy_reference is None and session.vector_length == 16
+    assert len(fleet.merges) == 1 and len(fleet.merges[0].device_ids) == COHORT - 1
+    for name in SHAPES:
+        np.testing.assert_allclose(engine.params[name], base[name] + exact[name], atol=1e-6)
+        np.testing.assert_allclose(
+            engine.params[name], base[name] + plain_mean[name], atol=6 * sigma + 1e-3
+        )
