@@ -40,7 +40,7 @@ import os
 import threading
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from fedward.privacy.secagg import SessionJournal, StateError
 from fedward.privacy.secagg.journal import JOURNAL_KIND, JOURNAL_VERSION, STAGE_ORDER
@@ -54,6 +54,7 @@ _STATE_SUFFIX = ".json"
 _TMP_SUFFIX = ".tmp"
 _BYTES_TAG = "__bytes__"
 _LINE_FORMAT = 1
+_WRITE_CHUNK = 1 << 14
 
 
 def encode_plain(value: object) -> object:
@@ -93,6 +94,39 @@ def decode_plain(value: object) -> object:
     if isinstance(value, list):
         return [decode_plain(v) for v in value]
     return value
+
+
+def _dump(value: object, out: BinaryIO) -> None:
+    """Write ``encode_plain(value)`` as JSON to ``out``, piece by piece.
+
+    Streamed because a masked input is the largest thing a wearable holds:
+    ``json.dumps`` of its hex would hold three more copies of it at once (hex
+    string, JSON string, encoded bytes); here bytes go out as hex in chunks.
+    """
+    if isinstance(value, bytes):
+        out.write(b'{"' + _BYTES_TAG.encode() + b'":"')
+        for at in range(0, len(value), _WRITE_CHUNK // 2):
+            out.write(value[at : at + _WRITE_CHUNK // 2].hex().encode("ascii"))
+        out.write(b'"}')
+    elif isinstance(value, Mapping):
+        out.write(b"{")
+        for i, key in enumerate(sorted(value)):
+            if not isinstance(key, str) or key == _BYTES_TAG:
+                raise StateError(f"cannot store the key {key!r} in a SecAgg state file")
+            out.write((b"," if i else b"") + json.dumps(key).encode("ascii") + b":")
+            _dump(value[key], out)
+        out.write(b"}")
+    elif isinstance(value, list | tuple):
+        out.write(b"[")
+        for i, item in enumerate(value):
+            if i:
+                out.write(b",")
+            _dump(item, out)
+        out.write(b"]")
+    elif value is None or isinstance(value, str | int | float | bool):
+        out.write(json.dumps(value, allow_nan=False).encode("ascii"))
+    else:
+        raise StateError(f"cannot store a {type(value).__name__} in a SecAgg state file")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -287,16 +321,14 @@ class SecAggStore:
         if stage not in STAGE_ORDER:
             raise StateError(f"unknown stage {stage!r}")
         path = self._state_path(session_id)
-        record = {"stage": stage, "state": encode_plain(state)}
-        data = json.dumps(record, sort_keys=True, separators=(",", ":")).encode()
+        record = {"stage": stage, "state": state}
         tmp = path.with_name(path.name + _TMP_SUFFIX)
         with self._lock:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            try:
-                _write_all(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            with os.fdopen(fd, "wb", buffering=_WRITE_CHUNK) as f:
+                _dump(record, f)
+                f.flush()
+                os.fsync(f.fileno())
             os.replace(tmp, path)
             _fsync_dir(self.sessions_dir)
 

@@ -66,6 +66,8 @@ class Fill:
     server: SecAggServer
     stores: dict[str, SecAggStore] = field(default_factory=dict)
     members: dict[str, SecAggParticipant] = field(default_factory=dict)
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=lambda: dict(SHAPES))
+    subset: tuple[str, ...] = SUBSET
 
     @property
     def cohort(self) -> tuple[str, ...]:
@@ -76,8 +78,8 @@ class Fill:
             params=self.params,
             task_id=f"task-{device}",
             device_id=device,
-            subset_names=SUBSET,
-            model_shapes=SHAPES,
+            subset_names=self.subset,
+            model_shapes=self.shapes,
             store=self.stores[device],
         )
 
@@ -85,20 +87,29 @@ class Fill:
         """The device after a restart: its store from disk, its participant restored."""
         self.stores[device] = SecAggStore(self.root / device, device_id=device)
         restored = SecAggParticipant.restore(
-            self.stores[device], self.server.session.session_id, model_shapes=SHAPES
+            self.stores[device], self.server.session.session_id, model_shapes=self.shapes
         )
         self.members[device] = restored
         return restored
 
 
-def make_fill(root: Path, *, n: int = 5, threshold: int = 4, **kw) -> Fill:
+def make_fill(
+    root: Path,
+    *,
+    n: int = 5,
+    threshold: int = 4,
+    shapes: dict[str, tuple[int, ...]] | None = None,
+    subset: tuple[str, ...] = SUBSET,
+    **kw,
+) -> Fill:
     cohort = tuple(f"dev-{i}" for i in range(n))
-    params = make_params(cohort, threshold=threshold, **kw)
+    shapes = dict(shapes or SHAPES)
+    params = make_params(cohort, threshold=threshold, shapes=shapes, subset=subset, **kw)
     server = SecAggServer(
         config=SecAggConfig.from_plain(params.config),
         session=SecAggSession.from_plain(params.session),
     )
-    fill = Fill(params=params, root=root, server=server)
+    fill = Fill(params=params, root=root, server=server, shapes=shapes, subset=subset)
     for dev in cohort:
         fill.stores[dev] = SecAggStore(root / dev, device_id=dev)
         fill.members[dev] = fill.participant(dev)
