@@ -12,6 +12,11 @@ added) in order of first appearance. That makes the epsilon of 100 composed
 tasks identical to one accountant run over the same steps, and keeps the PRV
 accountant fast (its cost grows with the number of distinct entries).
 
+A history may also hold :class:`~fedward.privacy.skellam.SkellamStep` entries
+(distributed-DP fills): those are accounted by RDP only (the Skellam bound of
+:mod:`fedward.privacy.skellam`, summed with Opacus' Gaussian curves at the
+same orders); a PRV or GDP policy refuses them (``PolicyError``).
+
 This is the only module of ``fedward.privacy`` that imports Opacus. It does no I/O.
 """
 
@@ -21,7 +26,7 @@ import math
 import numbers
 import warnings
 from collections.abc import Hashable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -31,6 +36,7 @@ from opacus.accountants.analysis import rdp as rdp_analysis
 from fedward.vocabulary import Accountant as Accountant  # re-exported: this module's API takes it
 
 from .errors import PolicyError
+from .skellam import SkellamStep
 
 GDP_WARNING = (
     "the GDP accountant is an asymptotic approximation and can underestimate "
@@ -74,19 +80,30 @@ class MechanismStep:
         return (self.noise_multiplier, self.sample_rate, self.steps)
 
 
-History = Sequence[MechanismStep]
+Step = MechanismStep | SkellamStep
+"""One history entry: DP-SGD / central Gaussian steps, or distributed-DP Skellam releases."""
+
+History = Sequence[Step]
 
 
-def canonical_history(history: Iterable[MechanismStep]) -> tuple[MechanismStep, ...]:
-    """Merge entries with equal ``(sigma, q)``, keeping first-appearance order."""
-    merged: dict[tuple[float, float], int] = {}
+def merge_step(merged: dict[Hashable, Step], step: Step) -> None:
+    """Add ``step`` into ``merged`` (key -> merged entry), summing the steps of equal keys."""
+    if not isinstance(step, MechanismStep | SkellamStep):
+        raise TypeError(f"history entries must be MechanismStep or SkellamStep, got {type(step)!r}")
+    known = merged.get(step.key)
+    merged[step.key] = step if known is None else replace(known, steps=known.steps + step.steps)
+
+
+def canonical_history(history: Iterable[Step]) -> tuple[Step, ...]:
+    """Merge entries with equal key (``(sigma, q)``, or a Skellam release's), first-appearance order."""
+    merged: dict[Hashable, Step] = {}
     for step in history:
-        if not isinstance(step, MechanismStep):
-            raise TypeError(f"history entries must be MechanismStep, got {type(step)!r}")
-        merged[step.key] = merged.get(step.key, 0) + step.steps
-    return tuple(
-        MechanismStep(noise_multiplier=s, sample_rate=q, steps=n) for (s, q), n in merged.items()
-    )
+        merge_step(merged, step)
+    return tuple(merged.values())
+
+
+def _has_skellam(canonical: Sequence[Step]) -> bool:
+    return any(isinstance(step, SkellamStep) for step in canonical)
 
 
 def _check_delta(delta: float) -> None:
@@ -110,7 +127,7 @@ def _opacus_accountant(
         return GaussianAccountant()
 
 
-def epsilon_for(history: Iterable[MechanismStep], *, delta: float, accountant: Accountant) -> float:
+def epsilon_for(history: Iterable[Step], *, delta: float, accountant: Accountant) -> float:
     """Epsilon at ``delta`` of ``history``, from a fresh Opacus accountant.
 
     The reference computation: the canonical history is written into
@@ -120,6 +137,11 @@ def epsilon_for(history: Iterable[MechanismStep], *, delta: float, accountant: A
     """
     _check_delta(delta)
     canonical = canonical_history(history)
+    if _has_skellam(canonical):
+        _require_rdp_for_skellam(accountant)
+        return EpsilonCalculator(max_cached_results=0).epsilon(
+            canonical, delta=delta, accountant=accountant
+        )
     opacus_accountant = _opacus_accountant(accountant)
     if not canonical:
         return 0.0
@@ -128,8 +150,18 @@ def epsilon_for(history: Iterable[MechanismStep], *, delta: float, accountant: A
             "the GDP accountant needs one constant (noise_multiplier, sample_rate); "
             f"history has {len(canonical)} distinct pairs"
         )
-    opacus_accountant.history = [step.as_tuple() for step in canonical]
+    opacus_accountant.history = [
+        step.as_tuple() for step in canonical if isinstance(step, MechanismStep)
+    ]
     return float(opacus_accountant.get_epsilon(delta))
+
+
+def _require_rdp_for_skellam(accountant: Accountant) -> None:
+    if accountant is not Accountant.RDP:
+        raise PolicyError(
+            "a distributed-DP (Skellam) release is accounted by RDP only; the policy's "
+            f"accountant is {Accountant(accountant).value!r}"
+        )
 
 
 class EpsilonCalculator:
@@ -151,22 +183,26 @@ class EpsilonCalculator:
         if max_cached_results < 0:
             raise ValueError("max_cached_results must be >= 0")
         self._orders = list(RDPAccountant.DEFAULT_ALPHAS)
-        self._unit_rdp: dict[tuple[float, float], np.ndarray] = {}
+        self._unit_rdp: dict[Hashable, np.ndarray] = {}
         self._results: dict[Hashable, float] = {}
         self._max_cached = max_cached_results
 
-    def epsilon(
-        self, history: Iterable[MechanismStep], *, delta: float, accountant: Accountant
-    ) -> float:
+    def epsilon(self, history: Iterable[Step], *, delta: float, accountant: Accountant) -> float:
         _check_delta(delta)
         if not isinstance(accountant, Accountant):
             raise TypeError(f"accountant must be an Accountant, got {accountant!r}")
         canonical = canonical_history(history)
         if not canonical:
             return 0.0
+        if _has_skellam(canonical):
+            _require_rdp_for_skellam(accountant)
         if accountant is Accountant.RDP:
             return self._rdp_epsilon(canonical, delta)
-        key = (accountant, delta, tuple(s.as_tuple() for s in canonical))
+        key = (
+            accountant,
+            delta,
+            tuple(s.as_tuple() for s in canonical if isinstance(s, MechanismStep)),
+        )
         cached = self._results.get(key)
         if cached is None:
             cached = epsilon_for(canonical, delta=delta, accountant=accountant)
@@ -177,11 +213,15 @@ class EpsilonCalculator:
             warnings.warn(GDP_WARNING, UserWarning, stacklevel=2)
         return cached
 
-    def _rdp_epsilon(self, canonical: Sequence[MechanismStep], delta: float) -> float:
+    def _rdp_epsilon(self, canonical: Sequence[Step], delta: float) -> float:
         curves = []
         for step in canonical:
             unit = self._unit_rdp.get(step.key)
-            if unit is None:
+            if unit is None and isinstance(step, SkellamStep):
+                # Skellam's bound at each order (ceil for fractional orders), same order grid
+                unit = step.with_steps(1).rdp(self._orders)
+                self._unit_rdp[step.key] = unit
+            elif unit is None:
                 unit = rdp_analysis.compute_rdp(
                     q=step.sample_rate,
                     noise_multiplier=step.noise_multiplier,

@@ -36,18 +36,28 @@ recorded in. A state saved before the envelope (format version 1) is refused;
 
 The same class serves a device: a ledger holding only itself tells it whether
 to refuse a task (``can_afford``) before it trains.
+
+Distributed DP (secure-aggregation fills with Skellam noise,
+:mod:`fedward.privacy.secagg.ddp`): a task's mechanism may be a
+:class:`~fedward.privacy.skellam.SkellamStep` (one release of the device's
+whole clipped update, client level, no sampling amplification, as the
+patient-level Gaussian step). The coordinator ``reserve``-s it for every cohort
+member when it dispatches the fill and calls :meth:`PrivacyLedger.settle_fill`
+once the fill's sum is released: survivors (whose input is in the sum) are
+confirmed, the others' reservations released (their input was never in any
+sum). Skellam records need the RDP accountant (``PolicyError`` otherwise).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Hashable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from fedward.saved_state import content_sha256, open_checked, seal_checked
 
-from .accounting import EpsilonCalculator, MechanismStep
+from .accounting import EpsilonCalculator, MechanismStep, Step, merge_step
 from .budget import BudgetPolicy
 from .errors import (
     BudgetExceeded,
@@ -57,6 +67,7 @@ from .errors import (
     PolicyError,
     PrivacyError,
 )
+from .skellam import SkellamStep
 
 STATE_KIND = "fedward.privacy.ledger"
 # 1: a flat {format, version, policy, devices, sha256}; 2: the saved-state envelope
@@ -83,6 +94,12 @@ class SpendRecord:
     # False from dispatch (``reserve``) until the task's update arrives (``confirm``);
     # records saved before reservations existed were charged on arrival: True.
     confirmed: bool = True
+    # A Skellam (distributed-DP) release: its sensitivities and variance (integer units).
+    # None for Gaussian records; then noise_multiplier/sample_rate describe it, otherwise
+    # they hold the Skellam step's Gaussian-equivalent figures (for reports).
+    l1_sensitivity: float | None = None
+    l2_sensitivity: float | None = None
+    skellam_variance: float | None = None
 
     def __post_init__(self) -> None:
         _check_name("device", self.device)
@@ -98,10 +115,24 @@ class SpendRecord:
             raise ValueError("epsilon_after must be >= epsilon_before")
         if self.claimed_epsilon is not None:
             _finite("claimed_epsilon", self.claimed_epsilon)
+        skellam = (self.l1_sensitivity, self.l2_sensitivity, self.skellam_variance)
+        if any(v is not None for v in skellam) and any(v is None for v in skellam):
+            raise ValueError("a Skellam record needs l1/l2 sensitivity and variance, all three")
         self.step  # noqa: B018 - validates the mechanism fields
 
     @property
-    def step(self) -> MechanismStep:
+    def step(self) -> Step:
+        if (
+            self.l1_sensitivity is not None
+            and self.l2_sensitivity is not None
+            and self.skellam_variance is not None
+        ):
+            return SkellamStep(
+                l1_sensitivity=self.l1_sensitivity,
+                l2_sensitivity=self.l2_sensitivity,
+                variance=self.skellam_variance,
+                steps=self.steps,
+            )
         return MechanismStep(
             noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate, steps=self.steps
         )
@@ -120,8 +151,8 @@ class SpendRecord:
 class _Account:
     records: list[SpendRecord] = field(default_factory=list)
     task_ids: set[str] = field(default_factory=set)
-    # canonical history, maintained incrementally: (sigma, q) -> steps
-    merged: dict[tuple[float, float], int] = field(default_factory=dict)
+    # canonical history, maintained incrementally: step key -> merged step
+    merged: dict[Hashable, Step] = field(default_factory=dict)
     epsilon: float = 0.0
 
     def record_of(self, task_id: str) -> tuple[int, SpendRecord] | None:
@@ -130,17 +161,14 @@ class _Account:
                 return index, record
         return None
 
-    def confirmed_history(self) -> list[MechanismStep]:
+    def confirmed_history(self) -> list[Step]:
         return [r.step for r in self.records if r.confirmed]
 
-    def history_with(self, step: MechanismStep | None) -> list[MechanismStep]:
+    def history_with(self, step: Step | None) -> list[Step]:
         merged = dict(self.merged)
         if step is not None:
-            merged[step.key] = merged.get(step.key, 0) + step.steps
-        return [
-            MechanismStep(noise_multiplier=s, sample_rate=q, steps=n)
-            for (s, q), n in merged.items()
-        ]
+            merge_step(merged, step)
+        return list(merged.values())
 
 
 def _check_name(kind: str, value: str) -> None:
@@ -182,7 +210,7 @@ class PrivacyLedger:
     def devices(self) -> list[str]:
         return sorted(self._accounts)
 
-    def history(self, device: str) -> list[MechanismStep]:
+    def history(self, device: str) -> list[Step]:
         return [r.step for r in self._records(device)]
 
     def records(self, device: str) -> list[SpendRecord]:
@@ -208,14 +236,14 @@ class PrivacyLedger:
         """Cumulative epsilon recomputed from the device's recorded history."""
         return self._epsilon(self.history(device))
 
-    def epsilon_with(self, device: str, step: MechanismStep) -> float:
+    def epsilon_with(self, device: str, step: Step) -> float:
         """Cumulative epsilon the device would reach after ``step``."""
-        if not isinstance(step, MechanismStep):
-            raise TypeError("step must be a MechanismStep")
+        if not isinstance(step, MechanismStep | SkellamStep):
+            raise TypeError("step must be a MechanismStep or a SkellamStep")
         account = self._accounts.get(device, _Account())
         return self._epsilon(account.history_with(step))
 
-    def can_afford(self, device: str, step: MechanismStep) -> bool:
+    def can_afford(self, device: str, step: Step) -> bool:
         return self.epsilon_with(device, step) <= self._policy.epsilon
 
     def check_claim(self, device: str, claimed_epsilon: float, *, tolerance: float) -> float:
@@ -236,7 +264,7 @@ class PrivacyLedger:
         self,
         device: str,
         task_id: str,
-        step: MechanismStep,
+        step: Step,
         *,
         at: float,
         max_grad_norm: float,
@@ -262,7 +290,7 @@ class PrivacyLedger:
         self,
         device: str,
         task_id: str,
-        step: MechanismStep,
+        step: Step,
         *,
         at: float,
         max_grad_norm: float,
@@ -287,7 +315,7 @@ class PrivacyLedger:
         self,
         device: str,
         task_id: str,
-        step: MechanismStep,
+        step: Step,
         *,
         at: float,
         max_grad_norm: float,
@@ -300,8 +328,8 @@ class PrivacyLedger:
         """
         _check_name("device", device)
         _check_name("task_id", task_id)
-        if not isinstance(step, MechanismStep):
-            raise TypeError("step must be a MechanismStep")
+        if not isinstance(step, MechanismStep | SkellamStep):
+            raise TypeError("step must be a MechanismStep or a SkellamStep")
         _finite("at", at)
         clip = _positive_finite("max_grad_norm", max_grad_norm)
         account = self._accounts.get(device, _Account())
@@ -327,9 +355,38 @@ class PrivacyLedger:
             epsilon_after=after,
             claimed_epsilon=None if claimed_epsilon is None else float(claimed_epsilon),
             confirmed=confirmed,
+            **_skellam_fields(step),
         )
         self._append(device, account, record)
         return record
+
+    def settle_fill(
+        self, tasks: Mapping[str, str], *, survivors: Collection[str]
+    ) -> FillSettlement:
+        """Settle one released SecAgg fill: the call the coordinator makes per fill.
+
+        ``tasks`` maps every cohort member to its task id in the fill (each
+        reserved at dispatch, with the fill's :class:`SkellamStep` or any other
+        step); ``survivors`` are the devices whose input is in the released sum
+        (``AggregateResult.survivors``). Survivors' reservations are confirmed;
+        the others' released (their input is in no sum). All or nothing: a
+        survivor outside ``tasks``, or a member without a pending reservation,
+        raises ``PrivacyError`` and changes nothing.
+        """
+        if not isinstance(tasks, Mapping):
+            raise TypeError("tasks must map device ids to task ids")
+        kept = set(survivors)
+        if not kept <= set(tasks):
+            raise PrivacyError("a survivor of the fill is not one of its cohort's tasks")
+        for device, task_id in tasks.items():
+            if not self.is_reserved(device, task_id):
+                raise PrivacyError(
+                    f"task {task_id!r} of {device!r} holds no pending reservation: reserve every "
+                    "member when the fill is dispatched, settle the fill once"
+                )
+        confirmed = {d: self.confirm(d, t) for d, t in tasks.items() if d in kept}
+        released = {d: self.release(d, t) for d, t in tasks.items() if d not in kept}
+        return FillSettlement(confirmed=confirmed, released=released)
 
     def is_reserved(self, device: str, task_id: str) -> bool:
         """True if ``task_id`` was charged to ``device`` and its update has not arrived."""
@@ -447,8 +504,7 @@ class PrivacyLedger:
                     )
                 account.records.append(record)
                 account.task_ids.add(record.task_id)
-                step = record.step
-                account.merged[step.key] = account.merged.get(step.key, 0) + step.steps
+                merge_step(account.merged, record.step)
                 account.epsilon = record.epsilon_after
             recomputed = self._epsilon(account.history_with(None))
             if not math.isclose(recomputed, account.epsilon, rel_tol=1e-9, abs_tol=1e-12):
@@ -480,16 +536,15 @@ class PrivacyLedger:
         account = self._accounts.get(device)
         return account.records if account else []
 
-    def _epsilon(self, history: list[MechanismStep]) -> float:
+    def _epsilon(self, history: list[Step]) -> float:
         return self._calc.epsilon(
             history, delta=self._policy.delta, accountant=self._policy.accountant
         )
 
     def _append(self, device: str, account: _Account, record: SpendRecord) -> None:
-        step = record.step
         account.records.append(record)
         account.task_ids.add(record.task_id)
-        account.merged[step.key] = account.merged.get(step.key, 0) + step.steps
+        merge_step(account.merged, record.step)
         account.epsilon = record.epsilon_after
         self._accounts[device] = account
 
@@ -523,6 +578,24 @@ class PrivacyLedger:
         ):
             raise ForgedClaim(device=device, claimed=claimed, recomputed=recomputed)
         return recomputed
+
+
+@dataclass(frozen=True, kw_only=True)
+class FillSettlement:
+    """What :meth:`PrivacyLedger.settle_fill` did: records confirmed and released, by device."""
+
+    confirmed: dict[str, SpendRecord]
+    released: dict[str, SpendRecord]
+
+
+def _skellam_fields(step: Step) -> dict[str, float | None]:
+    if isinstance(step, SkellamStep):
+        return {
+            "l1_sensitivity": step.l1_sensitivity,
+            "l2_sensitivity": step.l2_sensitivity,
+            "skellam_variance": step.variance,
+        }
+    return {}
 
 
 def _verified_content(state: object) -> dict[str, Any]:

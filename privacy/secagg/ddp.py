@@ -56,6 +56,8 @@ from typing import Any
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
+from ..skellam import SkellamStep
+from ..skellam import epsilon as skellam_epsilon
 from .errors import ConfigError, OverflowRisk, ProtocolViolation
 
 __all__ = [
@@ -206,6 +208,24 @@ class DistributedDp:
         """
         delta_2 = self.rounded_l2_bound(d)
         return delta_2 * min(math.sqrt(padded_length(d)), delta_2), delta_2
+
+    def release_step(self, d: int, *, fills: int = 1) -> SkellamStep:
+        """The ledger entry of ``fills`` releases of one device's update of length ``d``.
+
+        Sensitivities from :meth:`sensitivities`, variance the guaranteed
+        :attr:`central_variance` (the noise of min_survivors honest devices).
+        """
+        delta_1, delta_2 = self.sensitivities(d)
+        return SkellamStep(
+            l1_sensitivity=delta_1,
+            l2_sensitivity=delta_2,
+            variance=self.central_variance,
+            steps=fills,
+        )
+
+    def epsilon(self, d: int, *, fills: int, delta: float) -> float:
+        """A device's epsilon at ``delta`` after ``fills`` fills of this configuration."""
+        return skellam_epsilon([self.release_step(d, fills=fills)], delta=delta)
 
     def overflow_probability(self, *, cohort_size: int, d: int) -> float:
         """Upper bound on P(some summed coordinate leaves [-value_bound, value_bound]).
@@ -469,7 +489,10 @@ def poisson(lam: float, count: int, *, uniforms: _Uniforms) -> np.ndarray:
 def skellam(variance: float, count: int, *, uniforms: _Uniforms) -> np.ndarray:
     """``count`` Skellam draws with the given variance: Poisson(v/2) - Poisson(v/2)."""
     half = float(variance) / 2.0
-    return poisson(half, count, uniforms=uniforms) - poisson(half, count, uniforms=uniforms)
+    plus = poisson(half, count, uniforms=uniforms)
+    minus = poisson(half, count, uniforms=uniforms)
+    difference: np.ndarray = plus - minus
+    return difference
 
 
 def noise_uniforms(random_bytes: RandomBytes) -> _Uniforms:
@@ -549,4 +572,5 @@ def recover(summed: np.ndarray, *, ddp: DistributedDp, session_seed: bytes, d: i
     if not np.all(np.isfinite(arr)):
         raise ProtocolViolation("the sum contains non-finite values")
     integers = np.rint(arr * ddp.scale)  # exact already; rint removes any float residue
-    return unrotate(integers, session_seed=session_seed, d=d) / ddp.scale
+    total: np.ndarray = unrotate(integers, session_seed=session_seed, d=d) / ddp.scale
+    return total
