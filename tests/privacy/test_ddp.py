@@ -335,3 +335,30 @@ def test_no_numpy_or_stdlib_rng_in_secagg_or_skellam_sources() -> None:
     offenders = [p.name for p in sources if pattern.search(p.read_text())]
     # Assert
     assert len(sources) > 10 and offenders == []
+
+
+def test_secagg_sums_prepared_vectors_exactly() -> None:
+    # Prepare: three devices' prepared vectors and the SecAgg config the ddp implies
+    ddp = a_ddp(min_survivors=2)
+    rng = np.random.default_rng(3)  # test data only
+    prepared = {
+        f"d{i}": prepare(
+            rng.normal(size=100), ddp=ddp, session_seed=SEED, random_bytes=det_random(bytes([i]))
+        )
+        for i in range(3)
+    }
+    config = SecAggConfig(threshold=3, scale=ddp.scale, clip=ddp.coordinate_bound, max_colluders=0)
+    session = SecAggSession(
+        session_id=SEED,
+        round_index=0,
+        cohort=tuple(prepared),
+        vector_length=padded_length(100),
+        index_set_digest=digest_index_set(range(100), model_size=100),
+    )
+    inputs = {d: ClientInput(update=v, weight=1.0, counts=(1,)) for d, v in prepared.items()}
+    # Execute
+    out = run_local_round(config=config, session=session, inputs=inputs)
+    # Assert: SecAgg's stochastic rounding has nothing to round: the sum is exact
+    exact = np.sum([v * ddp.scale for v in prepared.values()], axis=0)
+    assert np.array_equal(out.result.weighted_sum * ddp.scale, exact)
+    assert out.result.weight_sum == 3.0
