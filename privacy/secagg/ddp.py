@@ -311,6 +311,34 @@ class DistributedDp:
             hi += 1
         return build(hi)
 
+    @classmethod
+    def for_fill(
+        cls,
+        *,
+        l2_clip: float,
+        noise_multiplier: float,
+        bits: int,
+        threshold: int,
+        max_colluders: int,
+        cohort_size: int,
+        d: int,
+    ) -> DistributedDp:
+        """The configuration of one fill: honest survivors t - c, the largest scale that fits.
+
+        ``threshold`` and ``max_colluders`` are the fill's SecAggConfig's; ``d``
+        the shared index set's length (before padding).
+        """
+        if not _is_int(threshold) or not _is_int(max_colluders) or threshold - max_colluders < 1:
+            raise ConfigError("threshold - max_colluders must be an int >= 1")
+        return cls.largest_scale(
+            l2_clip=l2_clip,
+            noise_multiplier=noise_multiplier,
+            bits=bits,
+            min_survivors=threshold - max_colluders,
+            cohort_size=cohort_size,
+            d=d,
+        )
+
     # -- plain form for the wire ------------------------------------------------------
 
     def to_plain(self) -> dict[str, Any]:

@@ -362,3 +362,20 @@ def test_secagg_sums_prepared_vectors_exactly() -> None:
     exact = np.sum([v * ddp.scale for v in prepared.values()], axis=0)
     assert np.array_equal(out.result.weighted_sum * ddp.scale, exact)
     assert out.result.weight_sum == 3.0
+
+
+def test_for_fill_counts_honest_survivors_only() -> None:
+    # Execute: t = 7 of 12 with one colluder
+    ddp = DistributedDp.for_fill(
+        l2_clip=0.5,
+        noise_multiplier=1.1,
+        bits=17,
+        threshold=7,
+        max_colluders=1,
+        cohort_size=12,
+        d=5000,
+    )
+    # Assert: the noise of 6 honest devices carries the whole target variance
+    assert ddp.min_survivors == 6
+    assert ddp.local_variance * 6 == pytest.approx((1.1 * 0.5 * ddp.scale) ** 2)
+    ddp.check_cohort(cohort_size=12, d=5000)
