@@ -53,6 +53,7 @@ def make_engine(
     events: list[EngineEvent] | None = None,
     seed: int = 0,
     ddp: DistributedDp | None = None,
+    identity_keys=None,
 ) -> Engine:
     params = {n: np.zeros(s, np.float32) for n, s in SHAPES.items()}
     ladder = SubsetLadder({"layer": list(SHAPES)})
@@ -81,6 +82,7 @@ def make_engine(
         listeners=(events.append,) if events is not None else (),
         secagg=policy,
         random_bytes=os.urandom,
+        secagg_identity_keys=identity_keys,
     )
     return engine
 
@@ -566,3 +568,59 @@ def test_under_distributed_dp_the_merge_is_the_recovered_noisy_mean_of_clipped_u
         np.testing.assert_allclose(
             engine.params[name], base[name] + plain_mean[name], atol=6 * sigma + 1e-3
         )
+
+
+def test_with_identity_keys_an_unsigned_advertisement_is_refused_and_its_member_dropped() -> None:
+    # Prepare: every device has an Ed25519 identity the engine knows; one advertises unsigned
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    keys = {f"dev-{i:02d}": Ed25519PrivateKey.generate() for i in range(COHORT)}
+    events: list[EngineEvent] = []
+    engine = make_engine(events=events, identity_keys=lambda d: keys[d].public_key())
+    enrol(engine, COHORT)
+    fleet = Fleet(engine)
+    orders = open_fill(engine, fleet)
+    unsigned = sorted(o.device_id for o in orders)[0]
+    for member in fleet.members.values():
+        device = member.order.device_id
+        member.client = SecAggClient(
+            config=member.client.config,
+            session=member.client.session,
+            device_id=device,
+            signing_key=None if device == unsigned else keys[device],
+        )
+    # Execute
+    fleet.run()
+    # Assert: refused as a protocol violation, then dropped at the timer; the rest merge
+    refused = [e for e in events if e.kind is EventKind.FILL_REFUSED]
+    assert [(e.details["device_id"], e.details["reason"]) for e in refused] == [
+        (unsigned, "protocol_violation")
+    ]
+    assert len(fleet.merges) == 1 and unsigned not in fleet.merges[0].device_ids
+    assert len(fleet.merges[0].device_ids) == COHORT - 1
+
+
+def test_a_plaintext_update_for_a_fill_task_is_refused_and_its_member_leaves_the_fill() -> None:
+    # Prepare
+    from fedward.coordinator.strategies import ClientUpdate
+
+    engine = make_engine()
+    enrol(engine, COHORT)
+    orders = engine.dispatch(now=1.0)
+    order = orders[0]
+    update = ClientUpdate(
+        device_id=order.device_id,
+        task_id=order.task_id,
+        base_version=0,
+        subset_id=order.subset.subset_id,
+        delta={n: np.zeros(s, np.float32) for n, s in SHAPES.items()},
+        num_samples=1,
+    )
+    # Execute
+    outcome = engine.submit(update, now=2.0)
+    step = engine.secagg_tick(now=3.0)
+    # Assert: refused; the member is out of its fill and told ABORT with the next step
+    (fill,) = engine.fills.fills.values()
+    assert not outcome.accepted and order.task_id not in engine.tasks
+    assert order.device_id not in fill.live and order.device_id in fill.dropped
+    assert [(o.device_id, o.phase) for o in step.outbound] == [(order.device_id, SecAggPhase.ABORT)]
