@@ -58,6 +58,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
 from ..skellam import SkellamStep
 from ..skellam import epsilon as skellam_epsilon
+from .config import SecAggConfig, SecAggSession
 from .errors import ConfigError, OverflowRisk, ProtocolViolation
 
 __all__ = [
@@ -266,6 +267,35 @@ class DistributedDp:
                 f"(overflow probability bound {p:.3g} > {MAX_OVERFLOW_PROBABILITY:.3g}); lower "
                 "scale, or raise bits (see DistributedDp.largest_scale)"
             )
+
+    def check_secagg(self, config: SecAggConfig, *, session: SecAggSession, d: int) -> None:
+        """Refuse a fill whose SecAgg parameters would break this DDP (both sides call it).
+
+        ConfigError unless: the session masks padded_length(d) words; SecAgg
+        uses this scale and a clip that holds every prepared value (so it never
+        clips one); weight 1 fits; min_survivors <= threshold - max_colluders
+        (any released sum holds that many honest shares). Then check_cohort.
+        """
+        if session.vector_length != padded_length(d):
+            raise ConfigError(
+                f"a DDP fill masks padded_length(d) = {padded_length(d)} words, the session "
+                f"has vector_length {session.vector_length}"
+            )
+        if float(config.scale) != self.scale:
+            raise ConfigError(f"SecAgg scale {config.scale!r} != the DDP scale {self.scale!r}")
+        if config.value_bound < self.value_bound:
+            raise ConfigError(
+                "SecAgg's clip would clip prepared values: use clip = ddp.coordinate_bound"
+            )
+        if config.max_weight < 1.0:
+            raise ConfigError("a DDP input has weight 1: SecAgg's max_weight must be >= 1")
+        honest = config.threshold - config.max_colluders
+        if self.min_survivors > honest:
+            raise ConfigError(
+                f"min_survivors {self.min_survivors} > threshold - max_colluders = {honest}: a "
+                "released sum could hold fewer honest noise shares than calibrated"
+            )
+        self.check_cohort(cohort_size=session.n, d=d)
 
     @classmethod
     def largest_scale(

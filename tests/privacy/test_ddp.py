@@ -139,7 +139,7 @@ def secagg_round(
         vector_length=big_d,
         index_set_digest=digest_index_set(range(d), model_size=d),
     )
-    ddp.check_cohort(cohort_size=session.n, d=d)
+    ddp.check_secagg(config, session=session, d=d)
     inputs = {
         dev: ClientInput(
             update=prepare(
@@ -379,3 +379,42 @@ def test_for_fill_counts_honest_survivors_only() -> None:
     assert ddp.min_survivors == 6
     assert ddp.local_variance * 6 == pytest.approx((1.1 * 0.5 * ddp.scale) ** 2)
     ddp.check_cohort(cohort_size=12, d=5000)
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        ({"scale": 2.0**11}, "scale"),
+        ({"clip": 1.0}, "clip"),
+        ({"threshold": 3}, "honest"),
+        ({"max_weight": 0.5}, "max_weight"),
+    ],
+)
+def test_a_secagg_config_that_breaks_the_ddp_is_refused(
+    edit: dict[str, object], match: str
+) -> None:
+    # Prepare: 5 devices, t = 4, c = 1: at most 3 honest shares are guaranteed
+    ddp = a_ddp(min_survivors=3)
+    base: dict[str, object] = {
+        "threshold": 4,
+        "scale": ddp.scale,
+        "clip": ddp.coordinate_bound,
+        "max_colluders": 1,
+    }
+    session = SecAggSession(
+        session_id=SEED,
+        round_index=0,
+        cohort=tuple(f"d{i}" for i in range(5)),
+        vector_length=padded_length(100),
+        index_set_digest=digest_index_set(range(100), model_size=100),
+    )
+    good = SecAggConfig(**base)  # type: ignore[arg-type]
+    ddp.check_secagg(good, session=session, d=100)
+    if "threshold" in edit:
+        edit = {**edit, "max_colluders": 1, "min_cohort": 3}
+    bad = SecAggConfig(**{**base, **edit})  # type: ignore[arg-type]
+    # Execute / Assert
+    with pytest.raises(ConfigError, match=match):
+        ddp.check_secagg(bad, session=session, d=100)
+    with pytest.raises(ConfigError, match="padded_length"):
+        ddp.check_secagg(good, session=session, d=1000)
