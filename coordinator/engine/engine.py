@@ -35,12 +35,13 @@ import numpy as np
 
 from fedward.errors import SavedStateError
 from fedward.privacy.ledger import SpendRecord
+from fedward.protocol.messages import SecAggParams, SecAggPhase
 from fedward.saved_state import open_envelope, seal
 from fedward.tinytrain.models import Params
 from fedward.tinytrain.subsets import SubsetSpec
 
 from ..errors import CoordinatorError, RejectReason, StateLoadError, UpdateRejected
-from ..secagg import FillBook, FillEffects, FillStep, FillWeighting, SecAggPolicy, form_cohorts
+from ..secagg import FillBook, FillEffects, FillStep, SecAggPolicy, form_cohorts
 from ..secagg.fill import FinishedFill, IdentityKeys
 from ..strategies import ClientUpdate, MergeResult, Strategy
 from ..strategies.secure import FillMergeError, SecureAggregated
@@ -255,7 +256,7 @@ class Engine:
         for subset, members in cohorts:
             fill_id = book.next_fill_id()
             cohort = [self._make_task(d, now=now, round_id=None, fill_id=fill_id) for d in members]
-            weighting = self._fill_weighting()
+            weighting = book.weighting_for(self.strategy)
             effects = book.open(
                 fill_id=fill_id,
                 members={o.device_id: o.task_id for o in cohort},
@@ -267,21 +268,6 @@ class Engine:
             self._carry_out(effects, now=now)
             orders.extend(cohort)
         return orders
-
-    def _fill_weighting(self) -> FillWeighting:
-        strategy, policy = self.strategy, self._book().policy
-        if not isinstance(strategy, SecureAggregated):
-            raise CoordinatorError("secure aggregation merges through SecureAggregated")
-        if policy.ddp is not None:  # every weight is 1: the sensitivity is one clipped update
-            return FillWeighting(
-                energy_reference=None, energy_tolerance=1.0, energy_beta=0.0, norm_bound=None
-            )
-        return FillWeighting(
-            energy_reference=strategy.energy_reference,
-            energy_tolerance=max(1.0, strategy.energy_tolerance),
-            energy_beta=strategy.energy_beta,
-            norm_bound=policy.norm_bound,
-        )
 
     def _make_task(
         self, device: Device, *, now: float, round_id: int | None, fill_id: str | None = None
@@ -475,14 +461,20 @@ class Engine:
             raise CoordinatorError("this engine runs without secure aggregation")
         return self.fills
 
-    def secagg_params(self, order: TaskOrder) -> Any:
+    def secagg_params(self, order: TaskOrder) -> SecAggParams:
         """The ``fedward.protocol.messages.SecAggParams`` of a fill member's Task."""
         if order.fill_id is None:
             raise CoordinatorError(f"task {order.task_id} is not in a fill")
         return self._book().task_params(fill_id=order.fill_id)
 
     def secagg_receive(
-        self, *, device_id: str, task_id: str, phase: Any, message: object, now: float
+        self,
+        *,
+        device_id: str,
+        task_id: str,
+        phase: SecAggPhase | str,
+        message: object,
+        now: float,
     ) -> FillStep:
         """One device message of a fill (``phase``: a ``SecAggPhase``; ``message``: the
         privacy.secagg dataclass). Refusals (late, out of phase, malformed) are events;

@@ -22,7 +22,7 @@ from fedward.protocol.messages import SecAggParams, SecAggPhase, SecAggWeighting
 from fedward.tinytrain.subsets import SubsetSpec
 
 from ..errors import CoordinatorError, StateLoadError
-from ..strategies.secure import FillAggregate
+from ..strategies.secure import FillAggregate, SecureAggregated
 from .energy import reference_from_histogram
 from .fill import Fill, FillEffects, FillEvent, FillOutbound, FillWeighting, IdentityKeys, _keys_for
 from .policy import SecAggPolicy
@@ -63,6 +63,23 @@ class FillBook:
     def next_fill_id(self) -> str:
         self.counter += 1
         return f"fill-{self.counter:07d}"
+
+    def weighting_for(self, strategy: object) -> FillWeighting:
+        """The public weighting numbers of a new fill (fixed for its whole cohort):
+        FTTE's energy damping from ``SecureAggregated``'s current reference; under
+        distributed DP every weight is 1 (the noise is calibrated to one clipped update)."""
+        if not isinstance(strategy, SecureAggregated):
+            raise CoordinatorError("secure aggregation merges through SecureAggregated")
+        if self.policy.ddp is not None:
+            return FillWeighting(
+                energy_reference=None, energy_tolerance=1.0, energy_beta=0.0, norm_bound=None
+            )
+        return FillWeighting(
+            energy_reference=strategy.energy_reference,
+            energy_tolerance=max(1.0, strategy.energy_tolerance),
+            energy_beta=strategy.energy_beta,
+            norm_bound=self.policy.norm_bound,
+        )
 
     def layout_for(self, subset: SubsetSpec) -> VectorLayout:
         return VectorLayout.for_subset(self.model_shapes, subset.names)
