@@ -35,8 +35,21 @@ Why each piece:
   is counted in :attr:`AgentStats.rejected` and dropped. An enrolment the
   coordinator refuses (revoked, unknown, no valid secret) stops the agent with
   the coordinator's reason (:attr:`EdgeAgent.refused`), instead of retrying.
-* Heartbeats list the tasks the agent holds (queued, training, in the outbox),
-  so the coordinator frees a task this agent lost (a restart) at once.
+* Heartbeats list the tasks the agent holds (queued, training, in the outbox,
+  or in a secure-aggregation fill), so the coordinator frees a task this agent
+  lost (a restart) at once.
+* Secure aggregation (:mod:`fedward.edge.secagg`): a task with ``secagg`` makes
+  the device one member of one fill. It advertises at once (in the transport
+  thread, before training: the coordinator closes ADVERTISE on a timer) and
+  trains in parallel on the worker; ROSTER, DELIVERY, UNMASK_REQUEST and ABORT
+  arrive on its ``fill`` topic and are answered on its ``secagg`` topic; the
+  trained update leaves only as masked words, once trained and delivered. The
+  plain Update of a secagg task is never published, and a DP task's
+  accountant is charged and saved before the masked input leaves. Every step
+  is durable before it is published (:mod:`fedward.edge.secagg_store`); after
+  a restart the agent restores its fills from disk and re-sends the exact
+  bytes of each one's last step (a fill whose task was lost in the restart
+  cannot train again and is dropped by the coordinator's phase timer).
 """
 
 from __future__ import annotations
@@ -55,6 +68,17 @@ from pathlib import Path
 import numpy as np
 
 from fedward.errors import EdgeError
+from fedward.privacy.secagg import (
+    KeyAdvertisement,
+    KeyRoster,
+    MaskedInput,
+    SecAggError,
+    ShareBundle,
+    ShareDelivery,
+    UnmaskRequest,
+    UnmaskResponse,
+)
+from fedward.privacy.secagg import wire as secagg_wire
 from fedward.protocol.errors import ProtocolError
 from fedward.protocol.messages import (
     MAX_HELD_TASKS,
@@ -66,9 +90,13 @@ from fedward.protocol.messages import (
     ErrorMessage,
     Heartbeat,
     ModelDownload,
+    SecAggMessage,
+    SecAggPhase,
     Task,
     decode_frame,
     encode_frame,
+    secagg_body,
+    secagg_frame_tensors,
 )
 from fedward.protocol.topics import TopicKind, check_route, device_topic, model_filter, parse_topic
 from fedward.protocol.transport import Transport
@@ -80,6 +108,8 @@ from .dataset import LocalDataset
 from .identity import DeviceIdentity
 from .local import LocalOutcome, LocalTask, run_local_task
 from .outbox import Outbox
+from .secagg import SecAggFloors, SecAggParticipant, SecAggRefused
+from .secagg_store import SecAggStore
 from .settings import AgentSettings
 from .trust import AgentTrust
 from .updates import encode_update, update_header
@@ -87,6 +117,20 @@ from .updates import encode_update, update_header
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.npz"
+SECAGG_DIR = "secagg"
+#: Finished fills kept in memory (and on disk) to answer a repeated request.
+KEEP_FINISHED_FILLS = 8
+_PHASE_OF: dict[type, SecAggPhase] = {
+    KeyAdvertisement: SecAggPhase.ADVERTISE,
+    ShareBundle: SecAggPhase.SHARES,
+    MaskedInput: SecAggPhase.MASKED_INPUT,
+    UnmaskResponse: SecAggPhase.UNMASK_RESPONSE,
+}
+_DOWNLINK_BODY: dict[SecAggPhase, type] = {
+    SecAggPhase.ROSTER: KeyRoster,
+    SecAggPhase.DELIVERY: ShareDelivery,
+    SecAggPhase.UNMASK_REQUEST: UnmaskRequest,
+}
 _VERSION_KEY = "__version__"
 
 
@@ -110,6 +154,26 @@ class AgentStats:
     acks: Counter = field(default_factory=Counter)
     rejected: Counter = field(default_factory=Counter)
     errors_received: Counter = field(default_factory=Counter)
+    secagg_sent: Counter = field(default_factory=Counter)  # by phase value
+    fills_refused: int = 0
+    fills_aborted: int = 0
+
+
+@dataclass
+class _FillMember:
+    """This device in one fill: the participant and the task it trains (None if restored)."""
+
+    participant: SecAggParticipant
+    task: Task | None
+    finished: bool = False  # answered the unmask request, or aborted
+
+    @property
+    def fill_id(self) -> str:
+        return self.participant.fill_id
+
+    @property
+    def task_id(self) -> str:
+        return self.participant.task_id
 
 
 class _HeldModel:
@@ -216,6 +280,8 @@ class EdgeAgent:
         rng: random.Random,
         clock: Callable[[], float] = time.monotonic,
         pace: Callable[[Task, int], float] | None = None,
+        secagg_floors: SecAggFloors | None = None,
+        random_bytes: Callable[[int], bytes] = os.urandom,
     ) -> None:
         if identity.device_id != settings.device_id:
             raise AgentError("identity belongs to another device id")
@@ -262,6 +328,12 @@ class EdgeAgent:
         self._last_heartbeat = -float("inf")
         self._conn_epoch: tuple[bool, int | None] | None = None
         self._publish_failed = False
+        # Secure-aggregation fills: the device's floors, its CSPRNG, its durable store.
+        self.secagg_floors = secagg_floors if secagg_floors is not None else SecAggFloors()
+        self._random_bytes = random_bytes
+        self._secagg_store: SecAggStore | None = None
+        self._fills: OrderedDict[str, _FillMember] = OrderedDict()
+        self._fill_lock = threading.RLock()
 
     # -- topics -------------------------------------------------------------
 
@@ -273,7 +345,8 @@ class EdgeAgent:
     def start(self, *, wait_enrolled_s: float | None = None) -> None:
         """Subscribe, connect, enrol, start worker and maintenance threads."""
         s = self.settings
-        for kind in (TopicKind.TASK, TopicKind.ACK, TopicKind.ERROR):
+        self._restore_fills()
+        for kind in (TopicKind.TASK, TopicKind.ACK, TopicKind.ERROR, TopicKind.FILL):
             self.transport.subscribe(self._topic(kind), self._on_message, qos=1)
         self.transport.subscribe(model_filter(s.study_id), self._on_message, qos=1)
         self.transport.connect()
@@ -283,6 +356,7 @@ class EdgeAgent:
             thread.start()
             self._threads.append(thread)
         self._enrol()
+        self.resend_fills()  # a restarted device re-sends each fill's last step, byte for byte
         if wait_enrolled_s is not None:
             self.wait_enrolled(wait_enrolled_s)
 
@@ -336,8 +410,10 @@ class EdgeAgent:
 
     def _heartbeat(self) -> None:
         self._last_heartbeat = self.clock()
+        with self._fill_lock:
+            in_fills = {m.task_id for m in self._fills.values() if not m.finished}
         with self._lock:
-            held = sorted(self._held | set(self.outbox.task_ids()))[:MAX_HELD_TASKS]
+            held = sorted(self._held | set(self.outbox.task_ids()) | in_fills)[:MAX_HELD_TASKS]
         message = Heartbeat(
             device_id=self.settings.device_id, status=self.status, tasks=tuple(held)
         )
@@ -396,6 +472,8 @@ class EdgeAgent:
             self.held.add_frame(message.model_version, tensors)
         elif isinstance(message, Task):
             self._on_task(message)
+        elif isinstance(message, SecAggMessage):
+            self._on_fill_frame(message, tensors)
         elif isinstance(message, Ack):
             self.stats.acks[message.status.value] += 1
             self.outbox.remove(message.task_id)
@@ -433,7 +511,10 @@ class EdgeAgent:
         if self.trust is not None:
             self.trust.remember_downlink()  # a replayed task is refused after a restart too
         self.stats.tasks_received += 1
-        if task.task_id in self.outbox:  # trained before a restart: deliver, not retrain
+        if task.secagg is not None:
+            if not self._join_fill(task):
+                return
+        elif task.task_id in self.outbox:  # trained before a restart: deliver, not retrain
             self.resend_outbox()
             return
         with self._lock:
@@ -452,6 +533,8 @@ class EdgeAgent:
             except Exception:  # keep serving later tasks; the coordinator times this one out
                 log.exception("%s: task %s failed", self.settings.device_id, task.task_id)
                 self.stats.tasks_abandoned += 1
+                if task.secagg is not None:
+                    self._leave_fill(task.secagg.fill_id, task_id=task.task_id)
             finally:
                 with self._lock:
                     self._held.discard(task.task_id)
@@ -482,6 +565,8 @@ class EdgeAgent:
         if base is None:
             log.warning("%s: no model for task %s", s.device_id, task.task_id)
             self.stats.tasks_abandoned += 1
+            if task.secagg is not None:
+                self._leave_fill(task.secagg.fill_id, task_id=task.task_id)
             return
         self.held.hold(task.model_version, base)
         self.status = DeviceStatus.TRAINING
@@ -504,6 +589,9 @@ class EdgeAgent:
             self.budget.save(self.budget_path)  # durable before the update can leave
         else:
             outcome, report = self._train(task, base), None
+        if task.secagg is not None:  # never the plain Update: only masked words leave
+            self._deliver_to_fill(task, outcome)
+            return
         header = update_header(
             outcome,
             device_id=s.device_id,
@@ -541,13 +629,262 @@ class EdgeAgent:
     def _refuse(self, task: Task, refusal: TaskRefused) -> None:
         """Decline ``task`` on the heartbeat topic: nothing trained, nothing spent.
 
+        A fill member that declines also leaves its fill (its secrets forgotten).
+
         The detail starts with the task id (the coordinator frees that task and
         stops scheduling this device); the reason after it is for humans.
         """
         log.info("%s: refusing task %s: %s", self.settings.device_id, task.task_id, refusal)
         self.stats.tasks_refused += 1
+        if task.secagg is not None:
+            self._leave_fill(task.secagg.fill_id, task_id=task.task_id)
         message = ErrorMessage(code=refusal.code, detail=f"{task.task_id} {refusal}"[:1000])
         self._publish(TopicKind.HEARTBEAT, encode_frame(message))
+
+    # -- secure-aggregation fills ------------------------------------------------
+
+    def secagg_store(self) -> SecAggStore:
+        """The device's durable SecAgg store (created on first use)."""
+        with self._fill_lock:
+            if self._secagg_store is None:
+                self._secagg_store = SecAggStore(
+                    self.settings.state_dir / SECAGG_DIR, device_id=self.settings.device_id
+                )
+            return self._secagg_store
+
+    def fill(self, fill_id: str) -> SecAggParticipant | None:
+        """This device's participant in ``fill_id``, if it is (or was recently) a member."""
+        with self._fill_lock:
+            member = self._fills.get(fill_id)
+            return member.participant if member is not None else None
+
+    def _restore_fills(self) -> None:
+        """Load every fill left on disk by an earlier run (a state that cannot resume is burnt)."""
+        if not (self.settings.state_dir / SECAGG_DIR).exists():
+            return
+        store = self.secagg_store()
+        for session_id in store.session_ids():
+            stage = store.stored_stage(session_id)
+            if stage == "ABORTED":
+                store.discard_state(session_id)
+                continue
+            try:
+                participant = SecAggParticipant.restore(
+                    store,
+                    session_id,
+                    model_shapes=self.shapes,
+                    signing_key=self.identity.key,
+                    floors=self.secagg_floors,
+                    random_bytes=self._random_bytes,
+                )
+            except (SecAggError, SecAggRefused) as exc:
+                # E.g. killed between the journal and the state write: nothing of that
+                # step left the device; the session is burnt, never answered anew.
+                log.warning(
+                    "%s: fill state %s cannot resume (%s); aborting it",
+                    self.settings.device_id,
+                    session_id.hex()[:16],
+                    exc,
+                )
+                SecAggParticipant.abort_stored(store, session_id, model_shapes=self.shapes)
+                if store.journal.get(session_id) is not None:
+                    store.discard_state(session_id)
+                continue
+            finished = stage == "DONE"
+            self._fills[participant.fill_id] = _FillMember(participant, None, finished=finished)
+
+    def resend_fills(self) -> int:
+        """Publish each fill's last released step again (the exact bytes); returns how many."""
+        sent = 0
+        with self._fill_lock:
+            members = list(self._fills.values())
+        for member in members:
+            with self._fill_lock:
+                released = member.participant.last_released()
+            if released is not None and self._send_fill(member, released):
+                sent += 1
+        return sent
+
+    def _join_fill(self, task: Task) -> bool:
+        """Advertise in ``task``'s fill; True if the task should now be trained."""
+        params = task.secagg
+        if params is None:
+            return False
+        with self._fill_lock:
+            member = self._fills.get(params.fill_id)
+            if member is not None:  # a repeated task, or one restored from disk
+                if member.task_id != task.task_id:
+                    self.stats.fills_refused += 1
+                    log.warning(
+                        "%s: fill %s already holds another task",
+                        self.settings.device_id,
+                        params.fill_id,
+                    )
+                    return False
+                member.task = task
+                released = member.participant.last_released()
+                if released is not None:
+                    self._send_fill(member, released)
+                return member.participant.awaiting_update and not self._is_held(task.task_id)
+        try:  # the device's own DP rules first: a refusal costs nothing and reveals nothing
+            check_plain_task(
+                task,
+                has_budget=self.budget is not None,
+                allow_plain=self.settings.allow_plain_tasks,
+            )
+            if task.dp is not None and self.budget is not None:
+                self.budget.check(task.dp)
+        except TaskRefused as refusal:
+            self._refuse(task, refusal)
+            return False
+        try:
+            with self._fill_lock:
+                participant = SecAggParticipant.for_task(
+                    task,
+                    model_shapes=self.shapes,
+                    store=self.secagg_store(),
+                    signing_key=self.identity.key,
+                    floors=self.secagg_floors,
+                    random_bytes=self._random_bytes,
+                )
+                advertisement = participant.advertise()
+                member = _FillMember(participant, task)
+                self._fills[params.fill_id] = member
+                self._forget_finished_fills()
+        except (SecAggRefused, SecAggError) as exc:
+            # The coordinator's ADVERTISE timer drops this member; nothing was released.
+            self.stats.fills_refused += 1
+            log.warning(
+                "%s: not joining fill %s (task %s): %s",
+                self.settings.device_id,
+                params.fill_id,
+                task.task_id,
+                exc,
+            )
+            return False
+        self._send_fill(member, advertisement)
+        return True
+
+    def _is_held(self, task_id: str) -> bool:
+        with self._lock:
+            return task_id in self._held
+
+    def _forget_finished_fills(self) -> None:
+        finished = [f for f, m in self._fills.items() if m.finished]
+        for fill_id in finished[: max(0, len(finished) - KEEP_FINISHED_FILLS)]:
+            member = self._fills.pop(fill_id)
+            self.secagg_store().discard_state(member.participant.session_id)
+
+    def _deliver_to_fill(self, task: Task, outcome: LocalOutcome) -> None:
+        """Hand the trained update to its fill: masked now if delivered, else on DELIVERY."""
+        params = task.secagg
+        if params is None:
+            raise AgentError("not a secure-aggregation task")
+        with self._fill_lock:
+            member = self._fills.get(params.fill_id)
+            if member is None or member.task_id != task.task_id or member.finished:
+                log.info(
+                    "%s: fill %s ended before task %s trained",
+                    self.settings.device_id,
+                    params.fill_id,
+                    task.task_id,
+                )
+                self.stats.tasks_abandoned += 1
+                return
+            size = 4 * member.participant.session.vector_length
+            delay = self.pace(task, size) if self.pace is not None else 0.0
+        if delay > 0 and self._stop.wait(delay):
+            return  # stopped while emulating a slow device
+        with self._fill_lock:
+            if member.finished:
+                self.stats.tasks_abandoned += 1
+                return
+            try:
+                masked = member.participant.mask(outcome.delta, energy=outcome.update_energy)
+            except SecAggError as exc:
+                log.warning(
+                    "%s: fill %s cannot take the update: %s",
+                    self.settings.device_id,
+                    params.fill_id,
+                    exc,
+                )
+                self.stats.tasks_abandoned += 1
+                return
+        self.status = DeviceStatus.UPLOADING
+        if masked is not None:
+            self._send_fill(member, masked)
+        self.stats.tasks_completed += 1
+
+    def _on_fill_frame(self, message: SecAggMessage, tensors: Params) -> None:
+        """One downlink step of a fill (transport thread): answer it, durably, then publish."""
+        with self._fill_lock:
+            member = self._fills.get(message.fill_id)
+            if member is None or member.task_id != message.task_id:
+                raise ProtocolError(f"no fill {message.fill_id!r} with task {message.task_id!r}")
+            participant = member.participant
+            answer: object | None
+            try:
+                if message.phase is SecAggPhase.ABORT:
+                    if not member.finished:
+                        participant.on_abort()
+                        self.stats.fills_aborted += 1
+                    member.finished = True
+                    return
+                kind = _DOWNLINK_BODY.get(message.phase)
+                if kind is None:
+                    raise ProtocolError(f"SecAgg {message.phase.value} is not a downlink step")
+                body = secagg_wire.decode_message(secagg_body(tensors), kind)
+                if message.phase is SecAggPhase.ROSTER:
+                    answer = participant.on_roster(body)
+                elif message.phase is SecAggPhase.DELIVERY:
+                    answer = participant.on_delivery(body)
+                else:
+                    answer = participant.on_unmask(body)
+                    member.finished = True
+            except SecAggError as exc:
+                raise ProtocolError(
+                    f"fill {message.fill_id}: {type(exc).__name__}: {exc}"
+                ) from None
+        if answer is not None:
+            self._send_fill(member, answer)
+
+    def _leave_fill(self, fill_id: str, *, task_id: str) -> None:
+        """Drop out of a fill this device cannot finish (secrets forgotten, id burnt)."""
+        with self._fill_lock:
+            member = self._fills.get(fill_id)
+            if member is None or member.task_id != task_id or member.finished:
+                return
+            try:
+                member.participant.on_abort()
+            except SecAggError as exc:
+                log.warning(
+                    "%s: abort of fill %s failed: %s", self.settings.device_id, fill_id, exc
+                )
+            member.finished = True
+
+    def _send_fill(self, member: _FillMember, msg: object) -> bool:
+        """Publish one uplink step of ``member``'s fill on the ``secagg`` topic."""
+        phase = _PHASE_OF.get(type(msg))
+        if phase is None:
+            raise AgentError(f"not an uplink SecAgg message: {type(msg).__name__}")
+        s = self.settings
+        header = SecAggMessage(
+            study_id=s.study_id,
+            device_id=s.device_id,
+            task_id=member.task_id,
+            fill_id=member.fill_id,
+            phase=phase,
+        )
+        if isinstance(msg, MaskedInput):  # binary words, chunked by the transport
+            dtype = "<u4" if member.participant.config.modulus_bits == 32 else "<u8"
+            tensors = secagg_frame_tensors(phase, words=np.frombuffer(msg.data, dtype=dtype))
+        else:
+            tensors = secagg_frame_tensors(phase, body=secagg_wire.encode_message(msg))
+        frame = encode_frame(header, tensors, max_bytes=s.max_message_bytes)
+        if self._publish(TopicKind.SECAGG, frame):
+            self.stats.secagg_sent[phase.value] += 1
+            return True
+        return False
 
     # -- maintenance thread -----------------------------------------------------
 
@@ -569,9 +906,11 @@ class EdgeAgent:
                     if epoch[0]:  # back online: deliver everything still pending
                         self._publish_failed = False
                         self.resend_outbox()
+                        self.resend_fills()
                 elif self._publish_failed and epoch[0]:
                     self._publish_failed = False
                     self.resend_outbox()
+                    self.resend_fills()
                 if self.refused is not None:
                     continue  # refused for good: no more enrolments, heartbeats or resends
                 if not self.enrolled.is_set() and now - self._last_enrol >= s.enrol_retry_s:
