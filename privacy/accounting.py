@@ -278,12 +278,18 @@ def max_steps_within(
     return lo
 
 
-def history_to_state(history: Iterable[MechanismStep], *, accountant: Accountant) -> dict[str, Any]:
-    """A JSON-serialisable Opacus accountant state (``{"history", "mechanism"}``)."""
-    return {
-        "mechanism": Accountant(accountant).value,
-        "history": [list(step.as_tuple()) for step in history],
-    }
+def history_to_state(history: Iterable[Step], *, accountant: Accountant) -> dict[str, Any]:
+    """A JSON-serialisable Opacus accountant state (``{"history", "mechanism"}``).
+
+    Gaussian steps only: an Opacus accountant cannot hold a Skellam release
+    (``PolicyError``); the ledger's own state keeps those.
+    """
+    entries = []
+    for step in history:
+        if not isinstance(step, MechanismStep):
+            raise PolicyError("an Opacus accountant state cannot hold a Skellam release")
+        entries.append(list(step.as_tuple()))
+    return {"mechanism": Accountant(accountant).value, "history": entries}
 
 
 def history_from_state(
