@@ -155,7 +155,7 @@ class FillBook:
         return None
 
     def receive(
-        self, *, device_id: str, task_id: str, phase: SecAggPhase, message: object, now: float
+        self, *, device_id: str, task_id: str, phase: SecAggPhase | str, message: object, now: float
     ) -> FillEffects:
         fill = self.fill_of(task_id)
         if fill is None or fill.members.get(device_id) != task_id:

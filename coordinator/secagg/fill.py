@@ -243,10 +243,10 @@ class Fill:
 
     # -- messages in -------------------------------------------------------------------
     def receive(
-        self, *, device_id: str, phase: SecAggPhase, message: object, now: float
+        self, *, device_id: str, phase: SecAggPhase | str, message: object, now: float
     ) -> FillEffects:
         effects = FillEffects()
-        phase = SecAggPhase(phase)
+        phase = SecAggPhase(phase)  # a plain str of a phase's value is accepted too
         if device_id in self.dropped:
             self._refuse(effects, device_id, phase, "declared_dropped", now=now)
             return effects
