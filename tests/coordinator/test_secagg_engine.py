@@ -624,3 +624,32 @@ def test_a_plaintext_update_for_a_fill_task_is_refused_and_its_member_leaves_the
     assert not outcome.accepted and order.task_id not in engine.tasks
     assert order.device_id not in fill.live and order.device_id in fill.dropped
     assert [(o.device_id, o.phase) for o in step.outbound] == [(order.device_id, SecAggPhase.ABORT)]
+
+
+@pytest.mark.parametrize("phase", UPLINK)
+def test_a_restored_fill_resumes_from_every_phase_and_merges_everyone(phase: SecAggPhase) -> None:
+    # Prepare: two members hold the phase open; the state goes through JSON into a new engine
+    engine = make_engine()
+    enrol(engine, COHORT)
+    fleet = Fleet(engine)
+    orders = open_fill(engine, fleet)
+    holding = sorted(o.device_id for o in orders)[:2]
+    fleet.silent = dict.fromkeys(holding, phase)
+    fleet.advertise()
+    base = {n: v.astype(np.float64) for n, v in engine.params.items()}
+    state = json.loads(json.dumps(engine.state_dict()))
+    twin = make_engine(seed=9)
+    twin.load_state_dict(state, versions=versions_of(engine))
+    fleet.engine, fleet.silent = twin, {}
+    # Execute: the restarted coordinator re-asks; the two answer now (a device advertises
+    # on its own task, unasked)
+    if phase is SecAggPhase.ADVERTISE:
+        for member in [m for m in fleet.members.values() if m.order.device_id in holding]:
+            fleet.send(member, SecAggPhase.ADVERTISE, member.client.advertise())
+    fleet.tick(1.0)
+    # Assert: one merge of all seven, as in the clear
+    survivors = list(fleet.members.values())
+    assert len(fleet.merges) == 1 and len(fleet.merges[0].device_ids) == COHORT
+    expected = plaintext_merge(base, survivors)
+    for name in SHAPES:
+        np.testing.assert_allclose(twin.params[name], expected[name], atol=tolerance(survivors))
