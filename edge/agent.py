@@ -126,11 +126,6 @@ _PHASE_OF: dict[type, SecAggPhase] = {
     MaskedInput: SecAggPhase.MASKED_INPUT,
     UnmaskResponse: SecAggPhase.UNMASK_RESPONSE,
 }
-_DOWNLINK_BODY: dict[SecAggPhase, type] = {
-    SecAggPhase.ROSTER: KeyRoster,
-    SecAggPhase.DELIVERY: ShareDelivery,
-    SecAggPhase.UNMASK_REQUEST: UnmaskRequest,
-}
 _VERSION_KEY = "__version__"
 
 
@@ -830,17 +825,18 @@ class EdgeAgent:
                         self.stats.fills_aborted += 1
                     member.finished = True
                     return
-                kind = _DOWNLINK_BODY.get(message.phase)
-                if kind is None:
-                    raise ProtocolError(f"SecAgg {message.phase.value} is not a downlink step")
-                body = secagg_wire.decode_message(secagg_body(tensors), kind)
+                raw = secagg_body(tensors)
                 if message.phase is SecAggPhase.ROSTER:
-                    answer = participant.on_roster(body)
+                    answer = participant.on_roster(secagg_wire.decode_message(raw, KeyRoster))
                 elif message.phase is SecAggPhase.DELIVERY:
-                    answer = participant.on_delivery(body)
-                else:
-                    answer = participant.on_unmask(body)
+                    delivery = secagg_wire.decode_message(raw, ShareDelivery)
+                    answer = participant.on_delivery(delivery)
+                elif message.phase is SecAggPhase.UNMASK_REQUEST:
+                    request = secagg_wire.decode_message(raw, UnmaskRequest)
+                    answer = participant.on_unmask(request)
                     member.finished = True
+                else:
+                    raise ProtocolError(f"SecAgg {message.phase.value} is not a downlink step")
             except SecAggError as exc:
                 raise ProtocolError(
                     f"fill {message.fill_id}: {type(exc).__name__}: {exc}"
