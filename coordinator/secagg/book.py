@@ -124,8 +124,8 @@ class FillBook:
             base_version=base_version,
             weighting=weighting,
             opened_at=now,
-            deadline=now + policy.phase_timeout_s,
-            phase_timeout_s=policy.phase_timeout_s,
+            deadline=now + policy.timeout_for(SecAggPhase.ADVERTISE.value),
+            timeout_for=policy.timeout_for,
             identity_keys=_keys_for(session.cohort, self.identity_keys),
         )
         self.fills[fill_id] = fill

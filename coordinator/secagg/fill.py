@@ -191,7 +191,7 @@ class Fill:
         weighting: FillWeighting,
         opened_at: float,
         deadline: float,
-        phase_timeout_s: float,
+        timeout_for: Callable[[str], float],
         identity_keys: Mapping[str, Any] | None = None,
     ) -> None:
         if set(members) != set(session.cohort):
@@ -206,7 +206,7 @@ class Fill:
         self.weighting = weighting
         self.opened_at = opened_at
         self.deadline = deadline
-        self.phase_timeout_s = phase_timeout_s
+        self.timeout_for = timeout_for  # uplink phase value -> seconds it waits
         self.server = SecAggServer(config=config, session=session, identity_keys=identity_keys)
         self.live: set[str] = set(members)
         self.dropped: dict[str, SecAggPhase] = {}  # device -> the phase it was dropped in
@@ -388,8 +388,9 @@ class Fill:
         )
         effects.outbound.extend(outbound)
         self.answered = set()
-        self.deadline = now + self.phase_timeout_s
-        if finished is not None:
+        if finished is None:
+            self.deadline = now + self.timeout_for(self.phase.value)
+        else:
             self.closed = True
             effects.finished.append(FinishedFill(fill=self, result=finished))
 
@@ -563,7 +564,7 @@ class Fill:
                 weighting=FillWeighting.from_plain(saved["weighting"]),
                 opened_at=float(saved["opened_at"]),
                 deadline=float(saved["deadline"]),
-                phase_timeout_s=policy.phase_timeout_s,
+                timeout_for=policy.timeout_for,
                 identity_keys=_keys_for(session.cohort, identity_keys),
             )
             fill.server.load_state_dict(plain.from_json(saved["server"]))

@@ -62,6 +62,8 @@ class SecAggPolicy:
         Under distributed DP the encoding is the DDP's: its power-of-two scale and
         ``coordinate_bound`` as the clip (so prepared values are encoded exactly).
     phase_timeout_s: how long each phase waits for the cohort's live members.
+    masked_input_timeout_s: how long the MASKED_INPUT phase waits (members train
+        while keys are exchanged, and mask once trained); None: ``phase_timeout_s``.
     energy_bins: strictly increasing natural-log energy edges of the masked energy
         histogram (``len + 1`` bins, ``fedward.coordinator.secagg.energy``); empty: no
         histogram, and FTTE's energy reference stays unset (every weight 1).
@@ -85,6 +87,7 @@ class SecAggPolicy:
     ddp: Any = None
     fills_in_flight: int = 1
     norm_bound: float | None = None
+    masked_input_timeout_s: float | None = None
 
     def __post_init__(self) -> None:
         _int("buffer_size", self.buffer_size, low=1)
@@ -98,6 +101,8 @@ class SecAggPolicy:
         _number("scale", self.scale)
         _number("clip", self.clip)
         _number("phase_timeout_s", self.phase_timeout_s)
+        if self.masked_input_timeout_s is not None:
+            _number("masked_input_timeout_s", self.masked_input_timeout_s)
         _int("fills_in_flight", self.fills_in_flight, low=1)
         if self.norm_bound is not None:
             _number("norm_bound", self.norm_bound)
@@ -138,6 +143,12 @@ class SecAggPolicy:
         m = self.cohort_size
         t = max(threshold_floor(m, max_colluders=self.max_colluders), self.buffer_size)
         return min(t, m)
+
+    def timeout_for(self, phase: str) -> float:
+        """Seconds the uplink ``phase`` (a SecAggPhase value) waits before it closes."""
+        if phase == "masked_input" and self.masked_input_timeout_s is not None:
+            return float(self.masked_input_timeout_s)
+        return float(self.phase_timeout_s)
 
     @property
     def histogram(self) -> bool:

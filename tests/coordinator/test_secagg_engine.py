@@ -54,6 +54,7 @@ def make_engine(
     seed: int = 0,
     ddp: DistributedDp | None = None,
     identity_keys=None,
+    masked_input_timeout_s: float | None = None,
 ) -> Engine:
     params = {n: np.zeros(s, np.float32) for n, s in SHAPES.items()}
     ladder = SubsetLadder({"layer": list(SHAPES)})
@@ -72,6 +73,7 @@ def make_engine(
         energy_bins=energy_bins,
         fills_in_flight=fills_in_flight,
         ddp=ddp,
+        masked_input_timeout_s=masked_input_timeout_s,
     )
     engine = Engine(
         params=params,
@@ -653,3 +655,22 @@ def test_a_restored_fill_resumes_from_every_phase_and_merges_everyone(phase: Sec
     expected = plaintext_merge(base, survivors)
     for name in SHAPES:
         np.testing.assert_allclose(twin.params[name], expected[name], atol=tolerance(survivors))
+
+
+def test_the_masked_input_phase_waits_its_own_longer_timer_for_training() -> None:
+    # Prepare: key phases wait 30 s, the masked phase 100 s; one member still trains
+    engine = make_engine(masked_input_timeout_s=100.0)
+    enrol(engine, COHORT)
+    fleet = Fleet(engine)
+    orders = open_fill(engine, fleet)
+    trainee = sorted(o.device_id for o in orders)[0]
+    fleet.silent = {trainee: SecAggPhase.MASKED_INPUT}
+    fleet.advertise()
+    (fill,) = engine.fills.fills.values()
+    # Execute: past the key phases' timer, then past the masked phase's own
+    fleet.tick(TIMEOUT + 1.0)
+    still_open = fill.phase is SecAggPhase.MASKED_INPUT and trainee in fill.live
+    fleet.tick(100.0 - TIMEOUT)
+    # Assert
+    assert still_open
+    assert len(fleet.merges) == 1 and trainee not in fleet.merges[0].device_ids
