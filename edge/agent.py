@@ -796,7 +796,8 @@ class EdgeAgent:
                 return
             try:
                 masked = member.participant.mask(outcome.delta, energy=outcome.update_energy)
-            except SecAggError as exc:
+            except SecAggError as exc:  # e.g. DDP's rare OverflowRisk: sit this fill out
+                self._leave_fill(params.fill_id, task_id=task.task_id)
                 log.warning(
                     "%s: fill %s cannot take the update: %s",
                     self.settings.device_id,

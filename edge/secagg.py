@@ -170,9 +170,7 @@ def l2_clip(vector: np.ndarray, *, bound: float) -> float:
 def _load_ddp(plain: Mapping[str, Any]) -> Any:
     from fedward.privacy.secagg import ddp as ddp_module  # only a DP fill needs it
 
-    cls = ddp_module.DistributedDp
-    from_plain = getattr(cls, "from_plain", None)
-    return from_plain(dict(plain)) if from_plain is not None else cls(**dict(plain))
+    return ddp_module.DistributedDp.from_plain(dict(plain))
 
 
 class SecAggParticipant:
@@ -293,15 +291,21 @@ class SecAggParticipant:
                 "the fill's index-set digest is not that of this task's subset: the device "
                 "masks exactly the tensors it trains, as every member must"
             )
-        expected_length = self.layout.vector_length
         if self.ddp is not None:
-            from fedward.privacy.secagg import ddp as ddp_module
-
-            expected_length = ddp_module.padded_length(expected_length)
-        if ses.vector_length != expected_length:
+            try:  # padded length, the DDP scale, a clip that never clips, weight 1
+                self.ddp.check_secagg(cfg, session=ses, d=self.layout.vector_length)
+            except ConfigError as exc:
+                raise SecAggRefused(f"the fill does not fit its distributed DP: {exc}") from None
+            if cfg.threshold - colluders < self.ddp.min_survivors:
+                raise SecAggRefused(
+                    f"threshold {cfg.threshold} - c = {colluders} honest survivors < the DP "
+                    f"noise's min_survivors {self.ddp.min_survivors}: the sum could carry less "
+                    "noise than promised"
+                )
+        elif ses.vector_length != self.layout.vector_length:
             raise SecAggRefused(
                 f"the fill masks {ses.vector_length} coordinates; this task's subset has "
-                f"{expected_length}"
+                f"{self.layout.vector_length}"
             )
         bins = self.params.energy_bins
         words = len(bins) + 1 if bins else 1

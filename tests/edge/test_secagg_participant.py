@@ -210,3 +210,93 @@ def test_a_repeated_delivery_gets_the_same_masked_input_and_another_is_refused(t
         p.on_delivery(other)
     with pytest.raises(StateError, match="one input per session"):
         p.mask(deltas(10, (dev,))[dev], energy=0.1)
+
+
+def ddp_fill(tmp_path, *, n: int = 5, threshold: int = 4, noise_multiplier: float = 0.5):
+    from fedward.privacy.secagg import ddp as ddp_module
+
+    layout = VectorLayout.for_subset(SHAPES, SUBSET)
+    d = layout.vector_length
+    ddp = ddp_module.DistributedDp.for_fill(
+        l2_clip=1.0,
+        noise_multiplier=noise_multiplier,
+        bits=20,
+        threshold=threshold,
+        max_colluders=1,
+        cohort_size=n,
+        d=d,
+    )
+    config = SecAggConfig(
+        threshold=threshold, scale=ddp.scale, clip=ddp.coordinate_bound, max_colluders=1
+    )
+    cohort = tuple(f"dev-{i}" for i in range(n))
+    session = SecAggSession(
+        session_id=bytes(range(32)),
+        round_index=1,
+        cohort=cohort,
+        vector_length=ddp_module.padded_length(d),
+        index_set_digest=layout.digest,
+    )
+    params = make_params(cohort, threshold=threshold).model_copy(
+        update={"config": config.to_plain(), "session": session.to_plain(), "ddp": ddp.to_plain()}
+    )
+    return params, ddp, config, session, layout
+
+
+def test_under_distributed_dp_the_device_masks_its_prepared_update_at_weight_one(tmp_path) -> None:
+    # Prepare: a DDP fill; updates far above the L2 clip
+    from fedward.privacy.secagg import ddp as ddp_module
+
+    params, ddp, config, session, layout = ddp_fill(tmp_path)
+    server = SecAggServer(config=config, session=session)
+    members = {d: participant(tmp_path, params, device=d) for d in session.cohort}
+    updates = deltas(5, session.cohort)
+    for p in members.values():
+        server.receive_advertisement(p.advertise())
+    roster = server.close_advertisements()
+    for p in members.values():
+        server.receive_share_bundle(p.on_roster(roster))
+    deliveries = server.close_shares()
+    # Execute
+    for dev, p in members.items():
+        p.on_delivery(deliveries[dev])
+        server.receive_masked_input(p.mask(updates[dev], energy=0.1))
+    request = server.close_masked_inputs()
+    for p in members.values():
+        server.receive_unmask_response(p.on_unmask(request))
+    result = server.finalize()
+    recovered = ddp_module.recover(
+        result.weighted_sum, ddp=ddp, session_seed=session.session_id, d=layout.vector_length
+    )
+    # Assert: weight 1 each, one constant count word each; the sum is the sum of the
+    # L2-clipped updates plus noise of stddev about z * clip = 0.5 per coordinate
+    assert result.weight_sum == pytest.approx(5.0)
+    assert result.count_sums == (5,)
+    clipped = []
+    for dev in session.cohort:
+        v = layout.flatten(updates[dev])
+        clipped.append(v * min(1.0, 1.0 / np.linalg.norm(v)))
+    error = recovered - np.sum(clipped, axis=0)
+    assert 0.2 < float(np.std(error)) < 1.0
+    assert abs(float(np.mean(error))) < 0.5
+
+
+def test_a_ddp_fill_whose_threshold_leaves_too_few_honest_survivors_is_refused(tmp_path) -> None:
+    # Prepare: the DDP noise is calibrated for 3 honest survivors (t = 4, c = 1) but this
+    # device assumes two colluders: only 2 honest shares could be in a released sum
+    params, *_ = ddp_fill(tmp_path)
+    # Execute / Assert
+    with pytest.raises(SecAggRefused, match="min_survivors"):
+        participant(tmp_path, params, floors=SecAggFloors(min_cohort=4, max_colluders=2))
+
+
+def test_an_energy_histogram_under_distributed_dp_is_refused(tmp_path) -> None:
+    # Prepare: a DDP fill that also asks for a masked energy histogram (three count words)
+    params, ddp, config, session, layout = ddp_fill(tmp_path)
+    histogram_config = SecAggConfig(**{**config.to_plain(), "count_words": 3})
+    params = params.model_copy(
+        update={"config": histogram_config.to_plain(), "energy_bins": (-4.0, -1.0)}
+    )
+    # Execute / Assert: outside the DDP noise, so the device will not send it
+    with pytest.raises(SecAggRefused, match="outside the DP noise"):
+        participant(tmp_path, params)
