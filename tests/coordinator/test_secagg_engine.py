@@ -674,3 +674,28 @@ def test_the_masked_input_phase_waits_its_own_longer_timer_for_training() -> Non
     # Assert
     assert still_open
     assert len(fleet.merges) == 1 and trainee not in fleet.merges[0].device_ids
+
+
+def test_a_sum_the_server_refuses_to_release_aborts_the_fill_and_merges_nothing() -> None:
+    # Prepare: the block's range check refuses the decoded sum (a device masked a
+    # malformed input; simulated at the server, which raises before releasing anything)
+    from fedward.privacy.secagg import RangeViolation
+
+    events: list[EngineEvent] = []
+    engine = make_engine(events=events)
+    enrol(engine, COHORT)
+    fleet = Fleet(engine)
+    open_fill(engine, fleet)
+    (fill,) = engine.fills.fills.values()
+
+    def refuse() -> None:
+        raise RangeViolation("decoded weight sum: 1 value(s) outside the range")
+
+    fill.server.finalize = refuse  # type: ignore[method-assign]
+    # Execute
+    fleet.advertise()
+    # Assert
+    aborted = [e for e in events if e.kind is EventKind.FILL_ABORTED]
+    assert [e.details["reason"] for e in aborted] == ["RangeViolation:unmask_response"]
+    assert not fleet.merges and engine.version == 0 and not engine.tasks
+    assert all(d.state is DeviceState.IDLE for d in engine.devices.values())
