@@ -56,6 +56,17 @@ QUICK_RUNS = (
     StrategyRun.FTTE,
 )
 DEFAULT_RUNS = (*QUICK_RUNS, StrategyRun.FTTE_DP)
+# secure aggregation beside its references (issue 11): one ``--run`` each, in one run
+SECAGG_RUNS = (
+    StrategyRun.FTTE,
+    StrategyRun.FTTE_DP,
+    StrategyRun.FTTE_SECAGG,
+    StrategyRun.FTTE_SECAGG_DDP,
+)
+# issue 11's targets for the secagg rows
+SECAGG_TIME_RATIO = 1.15  # time to target within 15% of ftte
+SECAGG_UPLOAD_RATIO = 1.2  # upload per update at most 1.2x ftte's
+SECAGG_ACCURACY_POINTS = 0.5  # final accuracy within 0.5 points (ftte; ftte+dp for ddp)
 GAP_FRACTIONS = (0.5, 0.8, 0.95)
 
 ProgressFactory = Callable[[str, int], Callable[[int, int, float | None], None]]
@@ -206,9 +217,10 @@ def row(study: Study, result: StudyResult, *, device_class: str) -> dict[str, An
         "series": result.series,
         **(
             {"exhausted_devices": result.exhausted_devices, "privacy": result.privacy}
-            if study.run_kind.dp
+            if study.run_kind.dp or study.run_kind.distributed_dp
             else {}
         ),
+        **({"secagg": result.secagg} if study.run_kind.secagg else {}),
     }
 
 
@@ -328,5 +340,76 @@ def verdict_table(report: dict[str, Any]) -> str:
             f"{_cell(fedavg and mem / fedavg['peak_train_memory_micro_batch_bytes'], '.3f')} "
             f"| {fits} "
             f"| {_cell(fedavg and r['upload_bytes_per_update'] / fedavg['upload_bytes_per_update'], '.3f')} |"
+        )
+    return "\n".join(lines) + "\n" + secagg_table(report)
+
+
+def secagg_verdict(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each secagg row against issue 11's targets (None: the reference row is missing)."""
+    rows = report["strategies"]
+    ftte, dp = rows.get("ftte"), rows.get("ftte+dp")
+    out: dict[str, dict[str, Any]] = {}
+    for name in ("ftte+secagg", "ftte+secagg+ddp"):
+        r = rows.get(name)
+        if r is None or ftte is None:
+            continue
+        accuracy_ref = dp if name.endswith("+ddp") else ftte
+        t, t_ref = r["time_to_target_s"], ftte["time_to_target_s"]
+        time_ratio = t / t_ref if t is not None and t_ref else None
+        upload = r["upload_bytes_per_update"] / ftte["upload_bytes_per_update"]
+        points = (
+            100 * (r["final_accuracy"] - accuracy_ref["final_accuracy"])
+            if accuracy_ref is not None
+            else None
+        )
+        out[name] = {
+            "time_to_target_ratio": time_ratio,
+            "time_met": time_ratio is not None and time_ratio <= SECAGG_TIME_RATIO,
+            "upload_ratio": upload,
+            "upload_met": upload <= SECAGG_UPLOAD_RATIO,
+            "accuracy_points": points,
+            "accuracy_reference": "ftte+dp" if name.endswith("+ddp") else "ftte",
+            "accuracy_met": points is not None and points >= -SECAGG_ACCURACY_POINTS,
+            "cohort": r.get("secagg", {}).get("cohort"),
+            "epsilon_max": r.get("privacy", {}).get("epsilon_max"),
+            "reference_epsilon_max": (dp or {}).get("privacy", {}).get("epsilon_max"),
+        }
+    return out
+
+
+def secagg_table(report: dict[str, Any]) -> str:
+    """The secagg rows' targets (issue 11) as markdown; empty without secagg rows."""
+    verdict = secagg_verdict(report)
+    if not verdict:
+        return ""
+    rows = report["strategies"]
+    lines = [
+        "",
+        "Secure aggregation against issue 11's targets (time to target vs ftte <= "
+        f"{SECAGG_TIME_RATIO:g}x, upload per update <= {SECAGG_UPLOAD_RATIO:g}x ftte's, final "
+        f"accuracy within {SECAGG_ACCURACY_POINTS:g} points of ftte, of ftte+dp for ddp):",
+        "",
+        "| row | cohort | time to target (s) | vs ftte | upload / update (B) | vs ftte "
+        "| final acc | vs reference (pts) | epsilon max (reference) | fills merged / aborted |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for name, v in verdict.items():
+        r = rows[name]
+        sa = r.get("secagg", {})
+
+        def mark(ok: bool) -> str:
+            return "" if ok else " (miss)"
+
+        eps = v["epsilon_max"]
+        ref_eps = v["reference_epsilon_max"]
+        lines.append(
+            f"| {name} | {v['cohort']} | {_cell(r['time_to_target_s'], '.0f')} "
+            f"| {_cell(v['time_to_target_ratio'], '.3f')}{mark(v['time_met'])} "
+            f"| {r['upload_bytes_per_update']:,.0f} | {v['upload_ratio']:.3f}{mark(v['upload_met'])} "
+            f"| {r['final_accuracy']:.4f} "
+            f"| {_cell(v['accuracy_points'], '+.2f')} vs {v['accuracy_reference']}"
+            f"{mark(v['accuracy_met'])} "
+            f"| {_cell(eps, '.2f')} ({_cell(ref_eps, '.2f')}) "
+            f"| {sa.get('fills_merged', '-')} / {sa.get('fills_aborted', '-')} |"
         )
     return "\n".join(lines) + "\n"

@@ -19,16 +19,17 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fedward.coordinator.engine.planning import SubsetMode
 from fedward.coordinator.privacy.settings import StudyPrivacy
+from fedward.coordinator.secagg import SecAggPolicy
 from fedward.coordinator.strategies import StrategyName
 from fedward.coordinator.strategies.ftte import EnergyRule
 from fedward.coordinator.study_spec import (
     ClientDPSettings,
-    DistributedDpSettings,
     SecAggSettings,
     StudySpec,
     refuse_renamed_keys,
 )
 from fedward.privacy.accounting import Accountant
+from fedward.privacy.secagg.ddp import DistributedDp
 from fedward.protocol.messages import DeviceClass
 from fedward.tinytrain.models import ModelKind
 
@@ -271,15 +272,18 @@ class Scenario(BaseModel):
     secagg_scale: float = Field(default=float(1 << 16), gt=0)  # fixed point per coordinate
     secagg_clip: float = Field(default=4.0, gt=0)  # per-coordinate clip of w_i * Delta_i
     secagg_fills_in_flight: int | None = Field(default=None, ge=1)  # None: concurrency / cohort
-    # log10-energy histogram edges (energy: mean squared update value) the devices report
-    # as masked one-hot count words, from which the server sets FTTE's energy reference;
-    # () sends none (the energy term is then off: every weight 1)
-    secagg_energy_bins: tuple[float, ...] = tuple(float(e) for e in range(-9, 1))
+    # natural-log energy histogram edges (energy: mean squared update value) the devices
+    # report as masked one-hot count words, from which the server sets FTTE's energy
+    # reference; () sends none (the energy term is then off: every weight 1)
+    secagg_energy_bins: tuple[float, ...] = tuple(float(e) for e in range(-20, 1, 2))
     # distributed DP (ftte+secagg+ddp): each device clips its update to ddp_l2_clip and
-    # adds its Skellam share so the sum over >= t survivors carries noise
-    # ddp_noise_multiplier * ddp_l2_clip; ddp_bits per coordinate
+    # adds its Skellam share so the sum over >= t - c honest survivors carries noise
+    # ddp_noise_multiplier * ddp_l2_clip; ddp_bits per summed coordinate. Each device's
+    # epsilon (client level: its whole update, per fill it survives) stays within
+    # dp_epsilon at dp_delta, the ftte+dp row's budget: a device joins no fill that
+    # could take it past the budget.
     ddp_l2_clip: float = Field(default=0.5, gt=0)
-    ddp_noise_multiplier: float = Field(default=1.0, gt=0)
+    ddp_noise_multiplier: float = Field(default=3.0, gt=0)
     ddp_bits: int = Field(default=20, ge=8, le=32)
 
     @model_validator(mode="before")
@@ -378,16 +382,26 @@ class Scenario(BaseModel):
             phase_timeout_s=self.secagg_phase_timeout_s,
             energy_bins=() if run.distributed_dp else self.secagg_energy_bins,
             fills_in_flight=self.secagg_fills_in_flight or max(1, self.concurrency // max(m, 1)),
-            ddp=(
-                DistributedDpSettings(
-                    l2_clip=self.ddp_l2_clip,
-                    noise_multiplier=self.ddp_noise_multiplier,
-                    bits=self.ddp_bits,
-                )
-                if run.distributed_dp
-                else None
-            ),
+            # the DDP mechanism is built by secagg_policy (DistributedDpSettings cannot
+            # give DistributedDp its scale and min_survivors yet)
+            ddp=None,
         )
+
+    def secagg_policy(self, run: StrategyRun, *, model_size: int) -> SecAggPolicy:
+        """The engine's policy of a secagg row; under DDP with the largest power-of-two
+        scale whose sum of a full cohort fits ``ddp_bits`` for the whole model."""
+        policy = self.secagg_settings(run).policy(buffer_size=self.buffer_size)
+        if not run.distributed_dp:
+            return policy
+        ddp = DistributedDp.largest_scale(
+            l2_clip=self.ddp_l2_clip,
+            noise_multiplier=self.ddp_noise_multiplier,
+            bits=self.ddp_bits,
+            min_survivors=policy.threshold - policy.max_colluders,
+            cohort_size=policy.cohort_size,
+            d=model_size,
+        )
+        return dataclasses.replace(policy, ddp=ddp, energy_bins=())
 
     def client_dp(self) -> ClientDPSettings:
         """The client_dp row's patient-level DP (clip, merge noise, per-patient budget)."""

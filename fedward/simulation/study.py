@@ -38,13 +38,25 @@ from typing import Any
 
 import numpy as np
 
-from fedward.coordinator.engine import Device, DeviceState, EngineEvent, EventKind, TaskOrder
+from fedward.coordinator.engine import (
+    Device,
+    DeviceState,
+    Engine,
+    EngineEvent,
+    EventKind,
+    TaskOrder,
+)
 from fedward.coordinator.engine.ingest import decode_update
 from fedward.coordinator.privacy.events import PrivacyEvent, PrivacyEventKind
 from fedward.coordinator.privacy.guard import PrivacyListener, privacy_guard_of
 from fedward.coordinator.privacy.ledger_store import ledger_file, save_guard_state
 from fedward.coordinator.privacy.settings import StudyPrivacy
-from fedward.coordinator.study_spec import build_engine, footprint_bytes
+from fedward.coordinator.study_spec import (
+    build_engine,
+    build_planner,
+    build_strategy,
+    footprint_bytes,
+)
 from fedward.edge.budget import DeviceBudget, TaskRefused
 from fedward.edge.dp_training import DPTrainConfig
 from fedward.edge.local import LocalOutcome, LocalTask
@@ -194,13 +206,26 @@ class Study:
         )
         self.by_id = {d.device_id: d for d in self.fleet}
         start = scenario_start(scenario, self.model_config)
-        self.engine = build_engine(
-            self.spec,
-            rng=random.Random(scenario.seed + 2),
-            params=start,
-            listeners=(*listeners, self._count),
-            privacy_listeners=(*privacy_listeners, self._charged),
-        )
+        if run.secagg:  # the scenario's policy (under DDP with its mechanism's scale)
+            self.engine = Engine(
+                params=start,
+                strategy=build_strategy(self.spec, self.shapes),
+                planner=build_planner(self.spec),
+                concurrency=self.spec.concurrency,
+                rng=random.Random(scenario.seed + 2),
+                listeners=(*listeners, self._count),
+                secagg=scenario.secagg_policy(
+                    run, model_size=sum(int(np.prod(s)) for s in self.shapes.values())
+                ),
+            )
+        else:
+            self.engine = build_engine(
+                self.spec,
+                rng=random.Random(scenario.seed + 2),
+                params=start,
+                listeners=(*listeners, self._count),
+                privacy_listeners=(*privacy_listeners, self._charged),
+            )
         self.guard = privacy_guard_of(self.engine)  # None unless a DP row
         self.budgets: dict[str, DeviceBudget] = {}  # each device's own accountant
         self.refused_tasks = 0
@@ -233,6 +258,11 @@ class Study:
         self._upload_s: dict[str, float] = {}
         # secagg rows: the engine's fills and the members' real SecAgg participants
         self.fills: FillSimulator | None = None
+        # ftte+secagg+ddp: each device's own client-level budget (fills it may join)
+        self.fills_joined: Counter[str] = Counter()
+        self.ddp_fill_cap: int | None = None
+        if run.distributed_dp:
+            self.ddp_fill_cap = self._ddp_fill_cap()
         if run.secagg:
             self.calibration = calibration or PrgCalibration.measure()
             self.fills = FillSimulator(
@@ -304,6 +334,8 @@ class Study:
     def _online(self, device: Device) -> bool:
         if self.run_kind.feasible and self.micro_batch_by_class[device.device_class] is None:
             return False  # its measured full-model step does not fit: it sits out
+        if self._over_ddp_budget(device.device_id):
+            return False  # another fill could take it past its epsilon: it declines
         return self.chance.random() < self.by_id[device.device_id].profile.availability
 
     def _download_bytes(self, order: TaskOrder) -> int:
@@ -376,6 +408,7 @@ class Study:
         if fills is None:
             raise SimulationError("not a secagg row")
         device = self.by_id[order.device_id]
+        self.fills_joined[order.device_id] += 1
         task = self._fill_task(order)
         down = self._download_bytes(order) + frame_size(task)  # the task carries the fill
         result.download_bytes += down
@@ -544,9 +577,11 @@ class Study:
             result.secagg = {
                 **self.fills.costs.as_dict(),
                 "calibration": self.calibration.as_dict(),
-                "cohort": self.spec.secagg_policy().cohort_size,
-                "threshold": self.spec.secagg_policy().threshold,
+                "cohort": self.engine.fills.policy.cohort_size if self.engine.fills else None,
+                "threshold": self.engine.fills.policy.threshold if self.engine.fills else None,
             }
+            if self.run_kind.distributed_dp:
+                self._ddp_figures(result)
         return result
 
     def _fill_event(self, event: _Event, now: float, classes: Counter[str]) -> bool:
@@ -641,8 +676,79 @@ class Study:
 
     def _anyone_can_work(self) -> bool:
         return any(
-            d.state in (DeviceState.IDLE, DeviceState.BUSY) for d in self.engine.devices.values()
+            d.state in (DeviceState.IDLE, DeviceState.BUSY)
+            and not (d.state is DeviceState.IDLE and self._over_ddp_budget(d.device_id))
+            for d in self.engine.devices.values()
         )
+
+    # -- distributed DP (ftte+secagg+ddp) ---------------------------------------------
+    def _ddp(self) -> Any:
+        fills = self.engine.fills
+        return fills.policy.ddp if fills is not None else None
+
+    def _fill_length(self) -> int:
+        """Coordinates of the fills' vector: FTTE's global subset (the same for every class)."""
+        subset = self.engine.subset_for(self.engine.devices[self.fleet[0].device_id])
+        return sum(int(np.prod(self.shapes[n])) for n in subset.names)
+
+    def _ddp_fill_cap(self) -> int:
+        """The most fills a device may join with its epsilon within ``dp_epsilon`` at ``dp_delta``.
+
+        Counted per fill joined, not survived: the device cannot know it survived until
+        the unmask request, so it budgets as the ledger reserves (every member).
+        """
+        ddp, d = self._ddp(), self._fill_length()
+        eps, delta = self.scenario.dp_epsilon, self.scenario.dp_delta
+        if ddp.epsilon(d, fills=1, delta=delta) > eps:
+            return 0
+        low, high = 1, 2
+        while ddp.epsilon(d, fills=high, delta=delta) <= eps and high < 1 << 20:
+            low, high = high, high * 2
+        while high - low > 1:  # epsilon grows with fills: the last k within the budget
+            mid = (low + high) // 2
+            low, high = (mid, high) if ddp.epsilon(d, fills=mid, delta=delta) <= eps else (low, mid)
+        return low
+
+    def _over_ddp_budget(self, device_id: str) -> bool:
+        cap = self.ddp_fill_cap
+        return cap is not None and self.fills_joined[device_id] >= cap
+
+    def _ddp_figures(self, result: StudyResult) -> None:
+        """Each device's client-level epsilon over the fills it survived (its update released)."""
+        if self.fills is None:
+            return
+        ddp, d, delta = self._ddp(), self._fill_length(), self.scenario.dp_delta
+        survived: Counter[str] = Counter()
+        for merge in self.fills.merges:
+            survived.update(merge.device_ids)
+        eps_of = {k: ddp.epsilon(d, fills=k, delta=delta) for k in set(survived.values())}
+        by_class: dict[str, list[float]] = defaultdict(list)
+        for device in self.fleet:
+            k = survived[device.device_id]
+            by_class[device.profile.device_class.value].append(eps_of[k] if k else 0.0)
+        everyone = [e for values in by_class.values() for e in values]
+        capped = [d_ for d_ in self.fleet if self._over_ddp_budget(d_.device_id)]
+        result.exhausted_devices = len(capped)
+        result.privacy = {
+            "mechanism": "distributed Skellam under secure aggregation",
+            "unit": "device update per fill (client level)",
+            "epsilon_budget": self.scenario.dp_epsilon,
+            "delta": delta,
+            "accountant": "rdp (Skellam, Agarwal et al. 2021)",
+            "noise_multiplier": ddp.noise_multiplier,
+            "l2_clip": ddp.l2_clip,
+            "bits": ddp.bits,
+            "scale": ddp.scale,
+            "min_survivors": ddp.min_survivors,
+            "fills_cap_per_device": self.ddp_fill_cap,
+            "fills_survived_max": max(survived.values(), default=0),
+            "epsilon_max": max(everyone, default=0.0),
+            "epsilon_mean": float(np.mean(everyone)) if everyone else 0.0,
+            "epsilon_by_class": {
+                c: {"mean": float(np.mean(v)), "max": max(v)} for c, v in sorted(by_class.items())
+            },
+            "exhausted_by_class": dict(Counter(d_.profile.device_class.value for d_ in capped)),
+        }
 
     def _privacy_figures(self, result: StudyResult) -> None:
         guard = self.guard
