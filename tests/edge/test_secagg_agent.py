@@ -7,14 +7,51 @@ shares, masked words, unmask response) on its ``secagg`` topic; no plain Update.
 
 from __future__ import annotations
 
+import random
+import threading
+from pathlib import Path
+
+import numpy as np
 import pytest
 
 from fedward.coordinator.mqtt.bridge import StudyBridge
 from fedward.coordinator.service import StudyService
 from fedward.coordinator.settings import CoordinatorSettings
-from fedward.protocol.messages import SecAggMessage, SecAggPhase, decode_frame
-from fedward.protocol.topics import TopicKind, device_filter
+from fedward.edge.agent import EdgeAgent
+from fedward.edge.dataset import LocalDataset
+from fedward.edge.identity import load_or_create_identity
+from fedward.edge.secagg import SecAggParticipant
+from fedward.edge.secagg_store import SecAggStore
+from fedward.edge.settings import AgentSettings
+from fedward.privacy.secagg import (
+    KeyAdvertisement,
+    MaskedInput,
+    SecAggConfig,
+    SecAggServer,
+    SecAggSession,
+    ShareBundle,
+    UnmaskRequest,
+    UnmaskResponse,
+    wire,
+)
+from fedward.protocol.messages import (
+    SECAGG_WORDS,
+    DeviceClass,
+    EnrolAck,
+    ModelDownload,
+    SecAggMessage,
+    SecAggPhase,
+    Task,
+    Update,
+    decode_frame,
+    encode_frame,
+    secagg_body,
+    secagg_frame_tensors,
+)
+from fedward.protocol.topics import TopicKind, device_filter, device_topic, model_topic
 from fedward.protocol.transport import ErrorPolicy, InMemoryBroker, InMemoryTransport
+from fedward.tinytrain.models import ModelConfig, build_model, get_params
+from tests.edge.secagg_helpers import make_params
 from tests.live.live_helpers import make_agent, random_dataset, wait_until
 from tests.live.secagg_helpers import SECAGG_SPEC
 
@@ -107,3 +144,192 @@ def test_agents_complete_fills_and_never_publish_a_plain_update(live) -> None:
     assert sum(a.stats.secagg_sent["masked_input"] for a in agents) >= 2 * 3
     assert all(sum(a.stats.rejected.values()) == 0 for a in agents), [a.stats for a in agents]
     assert bridge.stats.rejected == {}
+
+
+# -- one agent in a hand-driven fill: restart mid-fill ------------------------------------
+
+HAND_STUDY = "s1"
+AGENT = "d1"
+PEERS = ("p1", "p2", "p3")
+HAND_MODEL = ModelConfig(window=128, width=4)
+HAND_SUBSET = ("head.bias", "head.weight")
+
+
+class HandCoordinator:
+    """Records the agent's uplink frames; the test relays SecAgg steps by hand."""
+
+    def __init__(self, broker: InMemoryBroker) -> None:
+        self.transport = InMemoryTransport(broker, client_id="coord", error_policy=ErrorPolicy.LOG)
+        self.received: list[tuple[object, dict]] = []
+        self._cv = threading.Condition()
+        for kind in (TopicKind.ENROL, TopicKind.UPDATE, TopicKind.HEARTBEAT, TopicKind.SECAGG):
+            self.transport.subscribe(device_filter(kind, HAND_STUDY), self._on)
+        self.transport.connect()
+
+    def _on(self, topic, payload) -> None:
+        message, tensors = decode_frame(payload, max_bytes=1 << 24)
+        with self._cv:
+            self.received.append((message, tensors))
+            self._cv.notify_all()
+
+    def steps(self, phase: SecAggPhase) -> list[tuple[SecAggMessage, dict]]:
+        with self._cv:
+            return [
+                (m, t)
+                for m, t in self.received
+                if isinstance(m, SecAggMessage) and m.phase is phase
+            ]
+
+    def wait_step(self, phase: SecAggPhase, n: int = 1, timeout: float = 30.0):
+        with self._cv:
+            self._cv.wait_for(lambda: len(self.steps(phase)) >= n, timeout)
+        found = self.steps(phase)
+        assert len(found) >= n, f"no {phase.value} from the agent: {self.received}"
+        return found[n - 1]
+
+    def send(self, kind: TopicKind, frame: bytes) -> None:
+        self.transport.publish(device_topic(kind, HAND_STUDY, AGENT), frame)
+
+    def send_step(self, task: Task, phase: SecAggPhase, msg: object) -> None:
+        header = SecAggMessage(
+            study_id=HAND_STUDY,
+            device_id=AGENT,
+            task_id=task.task_id,
+            fill_id=task.secagg.fill_id,
+            phase=phase,
+        )
+        tensors = secagg_frame_tensors(phase, body=wire.encode_message(msg))
+        self.send(TopicKind.FILL, encode_frame(header, tensors))
+
+
+def hand_agent(broker: InMemoryBroker, tmp_path: Path) -> EdgeAgent:
+    settings = AgentSettings(
+        device_id=AGENT,
+        study_id=HAND_STUDY,
+        device_class=DeviceClass.WEARABLE,
+        memory_bytes=1 << 20,
+        data_path=tmp_path / "data.npz",
+        state_dir=tmp_path / "state",
+        window=HAND_MODEL.window,
+        width=HAND_MODEL.width,
+        heartbeat_interval_s=0.2,
+        poll_interval_s=0.02,
+        resend_after_s=60.0,
+        model_wait_s=5.0,
+    )
+    rng = np.random.default_rng(1)  # test data only
+    dataset = LocalDataset(
+        x=rng.standard_normal((16, 3, HAND_MODEL.window)).astype(np.float32),
+        y=rng.integers(0, 4, 16).astype(np.int64),
+    )
+    return EdgeAgent(
+        settings,
+        transport=InMemoryTransport(broker, client_id=AGENT, error_policy=ErrorPolicy.LOG),
+        identity=load_or_create_identity(settings.state_dir, device_id=AGENT),
+        dataset=dataset,
+        rng=random.Random(0),
+    )
+
+
+def test_an_agent_restarted_mid_fill_resends_its_masked_words_and_answers_once(tmp_path) -> None:
+    # Prepare: a fill of the agent and three in-process peers; the agent trains the head
+    broker = InMemoryBroker()
+    coordinator = HandCoordinator(broker)
+    model_params = get_params(build_model(HAND_MODEL, seed=0))
+    shapes = {n: tuple(v.shape) for n, v in model_params.items()}
+    params = make_params((AGENT, *PEERS), threshold=3, shapes=shapes, subset=HAND_SUBSET)
+    server = SecAggServer(
+        config=SecAggConfig.from_plain(params.config),
+        session=SecAggSession.from_plain(params.session),
+    )
+    peers = {
+        d: SecAggParticipant(
+            params=params,
+            task_id=f"task-{d}",
+            device_id=d,
+            subset_names=HAND_SUBSET,
+            model_shapes=shapes,
+            store=SecAggStore(tmp_path / d, device_id=d),
+        )
+        for d in PEERS
+    }
+    task = Task(
+        task_id="t1",
+        study_id=HAND_STUDY,
+        device_id=AGENT,
+        model_version=0,
+        subset_id="sub",
+        subset_names=HAND_SUBSET,
+        local_epochs=1,
+        batch_size=8,
+        lr=0.05,
+        deadline_s=30.0,
+        secagg=params,
+    )
+    agent = hand_agent(broker, tmp_path)
+    agent.start()
+    coordinator.send(TopicKind.ACK, encode_frame(EnrolAck(accepted=True)))
+    agent.wait_enrolled(5)
+    coordinator.transport.publish(
+        model_topic(HAND_STUDY, 0, "sub"),
+        encode_frame(
+            ModelDownload(model_version=0, subset_id="sub", names=tuple(model_params)),
+            model_params,
+        ),
+    )
+    coordinator.send(TopicKind.TASK, encode_frame(task))
+
+    def body(phase, kind, n=1):
+        _, tensors = coordinator.wait_step(phase, n)
+        return wire.decode_message(secagg_body(tensors), kind)
+
+    server.receive_advertisement(body(SecAggPhase.ADVERTISE, KeyAdvertisement))
+    for p in peers.values():
+        server.receive_advertisement(p.advertise())
+    roster = server.close_advertisements()
+    coordinator.send_step(task, SecAggPhase.ROSTER, roster)
+    server.receive_share_bundle(body(SecAggPhase.SHARES, ShareBundle))
+    for p in peers.values():
+        server.receive_share_bundle(p.on_roster(roster))
+    deliveries = server.close_shares()
+    coordinator.send_step(task, SecAggPhase.DELIVERY, deliveries[AGENT])
+    header, tensors = coordinator.wait_step(SecAggPhase.MASKED_INPUT)
+    first_words = np.asarray(tensors[SECAGG_WORDS]).copy()
+    # Execute: the agent stops after masking and a new one starts on the same state dir
+    agent.stop()
+    agent = hand_agent(broker, tmp_path)
+    agent.start()
+    _, again = coordinator.wait_step(SecAggPhase.MASKED_INPUT, 2)
+    # Assert: the same words re-sent from disk, never a second masking
+    np.testing.assert_array_equal(np.asarray(again[SECAGG_WORDS]), first_words)
+    server.receive_masked_input(
+        MaskedInput(
+            session_id=server.session.session_id,
+            round_index=server.session.round_index,
+            device_id=AGENT,
+            data=first_words.astype("<u4").tobytes(),
+        )
+    )
+    rng = np.random.default_rng(2)  # test data only
+    for d, p in peers.items():
+        p.on_delivery(deliveries[d])
+        delta = {n: rng.uniform(-0.1, 0.1, shapes[n]).astype(np.float32) for n in HAND_SUBSET}
+        server.receive_masked_input(p.mask(delta, energy=0.01))
+    request = server.close_masked_inputs()
+    coordinator.send_step(task, SecAggPhase.UNMASK_REQUEST, request)
+    server.receive_unmask_response(body(SecAggPhase.UNMASK_RESPONSE, UnmaskResponse))
+    for p in peers.values():
+        server.receive_unmask_response(p.on_unmask(request))
+    result = server.finalize()
+    assert result.survivors == (AGENT, *PEERS)
+    assert result.weight_sum == pytest.approx(4.0, abs=1e-3)  # weight 1: no reference yet
+    assert result.count_sums == (4,)
+    # a second, different request (the agent named as dropped) is refused, nothing sent
+    other = UnmaskRequest(
+        request.session_id, request.round_index, survivors=PEERS, dropped=(AGENT,)
+    )
+    coordinator.send_step(task, SecAggPhase.UNMASK_REQUEST, other)
+    assert wait_until(lambda: sum(agent.stats.rejected.values()) == 1)
+    assert len(coordinator.steps(SecAggPhase.UNMASK_RESPONSE)) == 1
+    assert not any(isinstance(m, Update) for m, _ in coordinator.received)
+    agent.stop()
