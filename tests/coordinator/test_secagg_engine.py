@@ -21,6 +21,7 @@ import pytest
 
 from fedward.coordinator.engine import DeviceState, Engine, EngineEvent, EventKind, TaskOrder
 from fedward.coordinator.engine.planning import SubsetMode, SubsetPlanner
+from fedward.coordinator.errors import StateLoadError
 from fedward.coordinator.secagg import FillStep, SecAggPolicy, energy_counts
 from fedward.coordinator.strategies import FTTE, FedBuff, SecureAggregated
 from fedward.privacy.secagg import SecAggClient, SecAggConfig, SecAggSession
@@ -699,3 +700,31 @@ def test_a_sum_the_server_refuses_to_release_aborts_the_fill_and_merges_nothing(
     assert [e.details["reason"] for e in aborted] == ["RangeViolation:unmask_response"]
     assert not fleet.merges and engine.version == 0 and not engine.tasks
     assert all(d.state is DeviceState.IDLE for d in engine.devices.values())
+
+
+@pytest.mark.parametrize("case", ["live_outsider", "task_of_no_fill", "server_of_another_session"])
+def test_a_broken_fill_book_is_refused_and_the_engine_left_as_it_was(case: str) -> None:
+    # Prepare: a fill in the masked phase, its state broken one way
+    engine, fleet, state, versions = _snapshot_in_masked_phase()
+    fill_state = state["payload"]["fills"]["fills"][0]
+    if case == "live_outsider":
+        fill_state["live"].append("dev-99")
+    elif case == "task_of_no_fill":
+        state["payload"]["fills"]["fills"] = []
+    else:
+        other = json.loads(json.dumps(make_engine_with_open_fill().state_dict()))
+        fill_state["server"] = other["payload"]["fills"]["fills"][0]["server"]
+    twin = make_engine(seed=5)
+    enrol(twin, COHORT)
+    before = twin.state_dict()
+    # Execute / Assert
+    with pytest.raises(StateLoadError):
+        twin.load_state_dict(state, versions=versions)
+    assert json.dumps(twin.state_dict()) == json.dumps(before)
+
+
+def make_engine_with_open_fill() -> Engine:
+    engine = make_engine()
+    enrol(engine, COHORT)
+    engine.dispatch(now=1.0)
+    return engine
