@@ -280,7 +280,8 @@ class SecAggCalls(ServiceCore):
             or getattr(order, "fill_id", None) != message.fill_id
         ):
             raise SecAggRefusal(
-                "secagg_not_member", f"no task {message.task_id} of this device in fill"
+                "secagg_not_member",
+                f"no task {message.task_id} of this device in fill {message.fill_id}",
             )
         if message.phase is SecAggPhase.MASKED_INPUT:
             return self._masked_input(study, order, message, tensors)
@@ -327,11 +328,12 @@ class SecAggCalls(ServiceCore):
         detail: str,
     ) -> None:
         log.info(
-            "study %s: refused SecAgg %s from %s: %s",
+            "study %s: refused SecAgg %s from %s: %s (%s)",
             study.id,
             message.phase.value,
             sender or message.device_id,
             reason,
+            detail[:200],
         )
         self.wire_refused(  # type: ignore[attr-defined]  # DeviceCalls, in the facade
             study.id,
