@@ -10,7 +10,7 @@ Flow (server = coordinator, which only relays ciphertexts)::
     server.close_advertisements() -> KeyRoster          -> every client
     client.share_keys(roster)     -> ShareBundle        -> server
     server.close_shares()         -> ShareDelivery      -> each client
-    client.mask_input(delivery, update=..., weight=..., num_samples=...)
+    client.mask_input(delivery, update=..., weight=..., counts=...)
                                   -> MaskedInput        -> server
     server.close_masked_inputs()  -> UnmaskRequest      -> every survivor
     client.unmask(request)        -> UnmaskResponse     -> server

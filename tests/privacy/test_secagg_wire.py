@@ -49,7 +49,7 @@ def real_round_messages() -> list[object]:
     deliveries = server.close_shares()
     masked = [
         clients[d].mask_input(
-            deliveries[d], update=np.full(5, 0.1 * i, np.float32), weight=1.0, num_samples=1
+            deliveries[d], update=np.full(5, 0.1 * i, np.float32), weight=1.0, counts=(1,)
         )
         for i, d in enumerate(cohort[:3])  # d drops before its input
     ]
