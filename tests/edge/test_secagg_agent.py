@@ -18,6 +18,7 @@ from fedward.coordinator.mqtt.bridge import StudyBridge
 from fedward.coordinator.service import StudyService
 from fedward.coordinator.settings import CoordinatorSettings
 from fedward.edge.agent import EdgeAgent
+from fedward.edge.budget import DeviceBudget
 from fedward.edge.dataset import LocalDataset
 from fedward.edge.identity import load_or_create_identity
 from fedward.edge.secagg import SecAggParticipant
@@ -37,7 +38,10 @@ from fedward.privacy.secagg import (
 from fedward.protocol.messages import (
     SECAGG_WORDS,
     DeviceClass,
+    DpParams,
     EnrolAck,
+    ErrorCode,
+    ErrorMessage,
     ModelDownload,
     SecAggMessage,
     SecAggPhase,
@@ -184,7 +188,8 @@ class HandCoordinator:
         with self._cv:
             self._cv.wait_for(lambda: len(self.steps(phase)) >= n, timeout)
         found = self.steps(phase)
-        assert len(found) >= n, f"no {phase.value} from the agent: {self.received}"
+        kinds = [getattr(m, "phase", m.kind) for m, _ in self.received]
+        assert len(found) >= n, f"no {phase.value} from the agent; it sent {kinds[:20]}"
         return found[n - 1]
 
     def send(self, kind: TopicKind, frame: bytes) -> None:
@@ -202,8 +207,9 @@ class HandCoordinator:
         self.send(TopicKind.FILL, encode_frame(header, tensors))
 
 
-def hand_agent(broker: InMemoryBroker, tmp_path: Path) -> EdgeAgent:
+def hand_agent(broker: InMemoryBroker, tmp_path: Path, **overrides) -> EdgeAgent:
     settings = AgentSettings(
+        **overrides,
         device_id=AGENT,
         study_id=HAND_STUDY,
         device_class=DeviceClass.WEARABLE,
@@ -333,3 +339,81 @@ def test_an_agent_restarted_mid_fill_resends_its_masked_words_and_answers_once(t
     assert len(coordinator.steps(SecAggPhase.UNMASK_RESPONSE)) == 1
     assert not any(isinstance(m, Update) for m, _ in coordinator.received)
     agent.stop()
+
+
+def start_hand_fill(tmp_path: Path, *, dp: DpParams | None = None, **agent_settings):
+    """A running agent holding model v0, its fill's server and peers, and the sent task."""
+    broker = InMemoryBroker()
+    coordinator = HandCoordinator(broker)
+    model_params = get_params(build_model(HAND_MODEL, seed=0))
+    shapes = {n: tuple(v.shape) for n, v in model_params.items()}
+    params = make_params((AGENT, *PEERS), threshold=3, shapes=shapes, subset=HAND_SUBSET)
+    server = SecAggServer(
+        config=SecAggConfig.from_plain(params.config),
+        session=SecAggSession.from_plain(params.session),
+    )
+    task = Task(
+        task_id="t1",
+        study_id=HAND_STUDY,
+        device_id=AGENT,
+        model_version=0,
+        subset_id="sub",
+        subset_names=HAND_SUBSET,
+        local_epochs=1,
+        batch_size=8,
+        lr=0.05,
+        deadline_s=30.0,
+        dp=dp,
+        secagg=params,
+    )
+    agent = hand_agent(broker, tmp_path, **agent_settings)
+    agent.start()
+    coordinator.send(TopicKind.ACK, encode_frame(EnrolAck(accepted=True)))
+    agent.wait_enrolled(5)
+    coordinator.transport.publish(
+        model_topic(HAND_STUDY, 0, "sub"),
+        encode_frame(
+            ModelDownload(model_version=0, subset_id="sub", names=tuple(model_params)),
+            model_params,
+        ),
+    )
+    coordinator.send(TopicKind.TASK, encode_frame(task))
+    return agent, coordinator, server, task
+
+
+DP = DpParams(noise_multiplier=1.0, max_grad_norm=1.0, sample_rate=0.5, delta=1e-5, max_steps=4)
+
+
+def test_a_dp_task_in_a_fill_is_charged_to_the_devices_accountant_before_it_masks(
+    tmp_path,
+) -> None:
+    # Prepare: a device with its own budget; the fill's task trains with DP-SGD
+    agent, coordinator, server, task = start_hand_fill(tmp_path, dp=DP, dp_epsilon=50.0)
+    try:
+        _, tensors = coordinator.wait_step(SecAggPhase.ADVERTISE)
+        server.receive_advertisement(wire.decode_message(secagg_body(tensors), KeyAdvertisement))
+        # Execute: the agent trains while the fill waits (no roster yet: nothing masked)
+        assert wait_until(lambda: agent.stats.tasks_completed == 1, timeout=60)
+        # Assert: charged and saved to disk, though nothing but the advertisement left
+        assert agent.budget is not None and agent.budget.spent() > 0
+        saved = DeviceBudget.load(agent.budget_path, policy=agent.settings.budget_policy())
+        assert saved.spent() == pytest.approx(agent.budget.spent())
+        assert coordinator.steps(SecAggPhase.MASKED_INPUT) == []
+        assert not any(isinstance(m, Update) for m, _ in coordinator.received)
+    finally:
+        agent.stop()
+
+
+def test_a_fill_task_the_devices_dp_rules_refuse_is_declined_before_advertising(tmp_path) -> None:
+    # Prepare / Execute: a device with a DP budget gets a fill task without DP
+    agent, coordinator, _, task = start_hand_fill(tmp_path, dp=None, dp_epsilon=50.0)
+    try:
+        assert wait_until(lambda: agent.stats.tasks_refused == 1)
+        # Assert: declined with DP_REQUIRED on the heartbeat topic; no SecAgg step sent
+        refusals = [m for m, _ in coordinator.received if isinstance(m, ErrorMessage)]
+        assert refusals and refusals[0].code is ErrorCode.DP_REQUIRED
+        assert refusals[0].detail.startswith(task.task_id)
+        assert coordinator.steps(SecAggPhase.ADVERTISE) == []
+        assert agent.fill(task.secagg.fill_id) is None
+    finally:
+        agent.stop()
