@@ -38,6 +38,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -104,6 +105,7 @@ def _int_at_least(name: str, value: object, low: int) -> int:
     return value
 
 
+@dataclass(frozen=True, kw_only=True)
 class SecAggFloors:
     """The device's own lower bounds on a fill, whatever the coordinator sends.
 
@@ -113,14 +115,12 @@ class SecAggFloors:
     and the config's ``max_colluders``.
     """
 
-    __slots__ = ("max_colluders", "min_cohort")
+    min_cohort: int = 3
+    max_colluders: int = 1
 
-    def __init__(self, *, min_cohort: int = 3, max_colluders: int = 1) -> None:
-        self.max_colluders = _int_at_least("max_colluders", max_colluders, 0)
-        self.min_cohort = _int_at_least("min_cohort", min_cohort, self.max_colluders + 2)
-
-    def __repr__(self) -> str:
-        return f"SecAggFloors(min_cohort={self.min_cohort}, max_colluders={self.max_colluders})"
+    def __post_init__(self) -> None:
+        _int_at_least("max_colluders", self.max_colluders, 0)
+        _int_at_least("min_cohort", self.min_cohort, self.max_colluders + 2)
 
 
 def device_weight(
@@ -331,6 +331,12 @@ class SecAggParticipant:
     @property
     def stage(self) -> ClientStage:
         return self.client.stage
+
+    @property
+    def config_digest(self) -> bytes:
+        """``SecAggConfig.fingerprint()`` of this fill: bound into every key and signature,
+        so a member handed another config than its peers fails at the first share."""
+        return self.config.fingerprint()
 
     def _state(self, client_state: Mapping[str, Any]) -> dict[str, Any]:
         delivery = encode_message(self._delivery) if self._delivery is not None else None
