@@ -356,6 +356,10 @@ def secagg_verdict(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
         accuracy_ref = dp if name.endswith("+ddp") else ftte
         t, t_ref = r["time_to_target_s"], ftte["time_to_target_s"]
         time_ratio = t / t_ref if t is not None and t_ref else None
+        # where neither reaches the target: the time to the accuracy ftte converges to
+        level = ftte["final_accuracy"]
+        reached = time_to_levels(r["series"], (level,))[f"{level:g}"]
+        reached_ref = time_to_levels(ftte["series"], (level,))[f"{level:g}"]
         upload = r["upload_bytes_per_update"] / ftte["upload_bytes_per_update"]
         points = (
             100 * (r["final_accuracy"] - accuracy_ref["final_accuracy"])
@@ -365,6 +369,12 @@ def secagg_verdict(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
         out[name] = {
             "time_to_target_ratio": time_ratio,
             "time_met": time_ratio is not None and time_ratio <= SECAGG_TIME_RATIO,
+            "target_reached": (t is not None, t_ref is not None),
+            "reference_level": level,
+            "time_to_reference_level_s": reached,
+            "time_to_reference_level_ratio": (
+                reached / reached_ref if reached is not None and reached_ref else None
+            ),
             "upload_ratio": upload,
             "upload_met": upload <= SECAGG_UPLOAD_RATIO,
             "accuracy_points": points,
@@ -389,9 +399,10 @@ def secagg_table(report: dict[str, Any]) -> str:
         f"{SECAGG_TIME_RATIO:g}x, upload per update <= {SECAGG_UPLOAD_RATIO:g}x ftte's, final "
         f"accuracy within {SECAGG_ACCURACY_POINTS:g} points of ftte, of ftte+dp for ddp):",
         "",
-        "| row | cohort | time to target (s) | vs ftte | upload / update (B) | vs ftte "
-        "| final acc | vs reference (pts) | epsilon max (reference) | fills merged / aborted |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
+        "| row | cohort | time to target (s) | vs ftte | time to ftte's final acc (s) | vs ftte "
+        "| upload / update (B) | vs ftte | final acc | vs reference (pts) "
+        "| epsilon max (reference) | fills merged / aborted |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for name, v in verdict.items():
         r = rows[name]
@@ -402,9 +413,12 @@ def secagg_table(report: dict[str, Any]) -> str:
 
         eps = v["epsilon_max"]
         ref_eps = v["reference_epsilon_max"]
+        time_mark = mark(v["time_met"]) if any(v["target_reached"]) else " (neither reached)"
         lines.append(
             f"| {name} | {v['cohort']} | {_cell(r['time_to_target_s'], '.0f')} "
-            f"| {_cell(v['time_to_target_ratio'], '.3f')}{mark(v['time_met'])} "
+            f"| {_cell(v['time_to_target_ratio'], '.3f')}{time_mark} "
+            f"| {_cell(v['time_to_reference_level_s'], '.0f')} "
+            f"| {_cell(v['time_to_reference_level_ratio'], '.3f')} "
             f"| {r['upload_bytes_per_update']:,.0f} | {v['upload_ratio']:.3f}{mark(v['upload_met'])} "
             f"| {r['final_accuracy']:.4f} "
             f"| {_cell(v['accuracy_points'], '+.2f')} vs {v['accuracy_reference']}"
