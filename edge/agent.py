@@ -682,9 +682,10 @@ class EdgeAgent:
                     exc,
                 )
                 SecAggParticipant.abort_stored(store, session_id, model_shapes=self.shapes)
-                if store.journal.get(session_id) is not None:
+                entry = store.journal.get(session_id)
+                if entry is not None and entry.stage in ("DONE", "ABORTED"):
                     store.discard_state(session_id)
-                continue
+                continue  # else unreadable: kept for inspection; its id is burnt anyway
             finished = stage == "DONE"
             self._fills[participant.fill_id] = _FillMember(participant, None, finished=finished)
 

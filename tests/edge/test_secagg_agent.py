@@ -417,3 +417,61 @@ def test_a_fill_task_the_devices_dp_rules_refuse_is_declined_before_advertising(
         assert agent.fill(task.secagg.fill_id) is None
     finally:
         agent.stop()
+
+
+def test_an_agent_restarted_after_a_torn_step_burns_that_fill_and_starts(tmp_path) -> None:
+    # Prepare: on the agent's disk, a fill whose MASKED step reached the journal but not
+    # the state file (killed in between): nothing of that step was ever released
+    model_params = get_params(build_model(HAND_MODEL, seed=0))
+    shapes = {n: tuple(v.shape) for n, v in model_params.items()}
+    params = make_params((AGENT, *PEERS), threshold=3, shapes=shapes, subset=HAND_SUBSET)
+    server = SecAggServer(
+        config=SecAggConfig.from_plain(params.config),
+        session=SecAggSession.from_plain(params.session),
+    )
+    stores = {AGENT: SecAggStore(tmp_path / "state" / "secagg", device_id=AGENT)}
+    stores.update({d: SecAggStore(tmp_path / d, device_id=d) for d in PEERS})
+    members = {
+        d: SecAggParticipant(
+            params=params,
+            task_id=f"task-{d}",
+            device_id=d,
+            subset_names=HAND_SUBSET,
+            model_shapes=shapes,
+            store=stores[d],
+        )
+        for d in (AGENT, *PEERS)
+    }
+    for p in members.values():
+        server.receive_advertisement(p.advertise())
+    roster = server.close_advertisements()
+    for p in members.values():
+        server.receive_share_bundle(p.on_roster(roster))
+    deliveries = server.close_shares()
+    real_save = stores[AGENT].save_state
+
+    def torn(session_id, state, *, stage):
+        if stage == "MASKED":
+            raise OSError("killed")
+        real_save(session_id, state, stage=stage)
+
+    stores[AGENT].save_state = torn  # type: ignore[method-assign]
+    members[AGENT].on_delivery(deliveries[AGENT])
+    delta = {n: np.zeros(shapes[n], dtype=np.float32) for n in HAND_SUBSET}
+    with pytest.raises(OSError):
+        members[AGENT].mask(delta, energy=0.0)
+    broker = InMemoryBroker()
+    coordinator = HandCoordinator(broker)
+    # Execute: the agent starts on that disk
+    agent = hand_agent(broker, tmp_path)
+    try:
+        agent.start()
+        coordinator.send(TopicKind.ACK, encode_frame(EnrolAck(accepted=True)))
+        agent.wait_enrolled(5)
+        # Assert: the fill is burnt (journal ABORTED, secrets gone), nothing re-sent
+        journal = SecAggStore(tmp_path / "state" / "secagg", device_id=AGENT).journal
+        assert journal.get(server.session.session_id).stage == "ABORTED"
+        assert agent.fill(params.fill_id) is None
+        assert not [m for m, _ in coordinator.received if isinstance(m, SecAggMessage)]
+    finally:
+        agent.stop()
