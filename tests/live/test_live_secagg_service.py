@@ -142,3 +142,48 @@ def test_a_member_silent_through_masked_input_is_dropped_and_refused_afterwards(
     assert sum(refused.values()) == sum(refused_before.values()) + 1
     assert any(k.startswith("secagg_") for k in refused)
     assert service.secagg_stats(study)["dropouts"].get("masked_input") == 1
+
+
+def test_a_restart_mid_fill_resumes_it_and_the_fill_merges(tmp_path, clock):
+    # Prepare: a fill that reached MASKED_INPUT (members hold their masked inputs back)
+    settings = CoordinatorSettings(
+        database_url=f"sqlite:///{tmp_path / 'c.db'}",
+        data_dir=tmp_path / "data",
+        operator_token=TOKEN,
+    )
+    service = StudyService.open(settings, clock=clock, seed=3)
+    study = _study(service, devices=4)
+    shapes = model_shapes(SECAGG_SPEC)
+    tasks = service.dispatch(study)
+    members = {
+        t.device_id: Member.for_task(
+            t.task, root=tmp_path, spec=SECAGG_SPEC, delta=delta_for(t.task, shapes, seed=i)
+        )
+        for i, t in enumerate(tasks)
+    }
+    for member in members.values():
+        member.silent_from = SecAggPhase.MASKED_INPUT
+    _pump(service, study, members, [(d, raw) for d, m in members.items() for raw in m.start()])
+    assert all(m.withheld for m in members.values()) and service.status(study).merges == 0
+    # Execute: the coordinator restarts; its phase timer asks the live members again
+    service.close()
+    service = StudyService.open(settings, clock=clock, seed=3)
+    try:
+        assert service.failed_studies() == {}
+        for member in members.values():
+            member.silent_from = None
+        frames = []
+        asked = service.secagg_tick(study)
+        for out in asked:
+            frames.extend((out.device_id, r) for r in members[out.device_id].on_frame(out.frame))
+        resent = list(frames)
+        _pump(service, study, members, frames)
+        status = service.status(study)
+    finally:
+        service.close()
+    # Assert: the same bytes were re-sent, and the fill merged once
+    assert {o.phase for o in asked} == {SecAggPhase.DELIVERY} and len(asked) == len(members)
+    assert len(resent) == len(members)
+    assert all(raw in members[d].withheld for d, raw in resent)
+    assert status.merges == 1 and status.model_version == 1
+    assert not any(m.aborted for m in members.values())
