@@ -39,6 +39,11 @@ class EventRecorder:
             EventKind.UPDATE_ACCEPTED: self._accepted,
             EventKind.UPDATE_REJECTED: self._rejected,
             EventKind.MODEL_MERGED: self._merged,
+            # A fill's steps (FILL_REFUSED is audited by the service under the sender).
+            EventKind.FILL_OPENED: self._fill_step,
+            EventKind.FILL_PHASE: self._fill_step,
+            EventKind.FILL_ABORTED: self._fill_step,
+            EventKind.FILL_MERGED: self._fill_merged,
         }.get(event.kind)
         if handler is not None:
             handler(study, event)
@@ -102,3 +107,14 @@ class EventRecorder:
         for task_id in d["task_ids"]:
             changes.receipt_status[task_id] = AckStatus.MERGED
         self._write(study, engine_entry(event, merge_details=record.audit_details()))
+
+    def _fill_step(self, study: StudyRuntime, event: EngineEvent) -> None:
+        self._write(study, engine_entry(event))
+
+    def _fill_merged(self, study: StudyRuntime, event: EngineEvent) -> None:
+        # A survivor's task ends in the fill's merge: no UPDATE_ACCEPTED is emitted
+        # for it (the coordinator never sees its update), so its row is closed here.
+        changes = study.pending_changes()
+        for task_id in event.details["task_ids"]:
+            changes.task(task_id, status=TaskStatus.ACCEPTED, finished_at=event.at)
+        self._write(study, engine_entry(event))

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from fedward.coordinator.engine import ENGINE_STATE_FORMAT, Engine
-from fedward.coordinator.engine.records import ENGINE_STATE_KIND
+from fedward.coordinator.engine.records import ENGINE_STATE_FORMAT_BEFORE_FILLS, ENGINE_STATE_KIND
 from fedward.coordinator.errors import StateLoadError
 from fedward.coordinator.strategies.base import SavedUpdates, map_saved_buffers
 from fedward.saved_state import open_envelope
@@ -68,10 +68,18 @@ def restore_engine(
     load_delta: DeltaLoad,
 ) -> None:
     """Put a stored snapshot into a freshly built ``engine`` (same spec)."""
+    # A snapshot written before secure aggregation (format 3) has no fills; the
+    # engine reads it as a state without any, so it is opened at its own format.
+    found = state.get("format_version") if isinstance(state, Mapping) else None
+    opened_at = (
+        ENGINE_STATE_FORMAT_BEFORE_FILLS
+        if type(found) is int and found == ENGINE_STATE_FORMAT_BEFORE_FILLS
+        else SNAPSHOT_FORMAT
+    )
     payload = open_envelope(
         state,
         kind=ENGINE_STATE_KIND,
-        format_version=SNAPSHOT_FORMAT,
+        format_version=opened_at,
         error=StateLoadError,
         before_envelope="It was written by an older fedward: start the study again "
         "(no upgrade path exists before 0.2)",

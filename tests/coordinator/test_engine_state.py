@@ -242,3 +242,32 @@ def test_a_norm_bounded_engine_saves_its_window_with_the_inner_buffer(spec) -> N
     assert buffered(state)[0]["task_id"] == first.task_id
     assert "delta" not in buffered(state)[0] and buffered(state)[0]["delta_sha256"]
     assert twin.strategy.pending == 1
+
+
+def test_a_stored_snapshot_from_before_fills_restores_through_the_store(spec) -> None:
+    # Prepare: a FedBuff snapshot written as format 3 (no fills, no task fill ids)
+    buffered_spec = spec.model_copy(update={"strategy": StrategyName.FEDBUFF, "buffer_size": 4})
+    engine = build_engine(buffered_spec, rng=random.Random(3))
+    for i in range(2):
+        engine.enrol(f"dev-{i}", device_class="phone", memory_bytes=1 << 22, now=0.0)
+    first, _ = engine.dispatch(now=1.0)
+    assert engine.submit(update_for(engine, first), now=2.0).accepted
+    deltas: dict[str, dict] = {}
+
+    def delta_ref(task_id: str, delta: dict) -> str:
+        deltas[task_id] = delta
+        return task_id
+
+    state = json.loads(json.dumps(engine_snapshot(engine, delta_ref=delta_ref)))
+    state["format_version"] = 3
+    del state["payload"]["fills"]
+    for task in state["payload"]["tasks"]:
+        del task["fill_id"]
+    twin = build_engine(buffered_spec, rng=random.Random(4))
+    # Execute
+    restore_engine(
+        twin, state, load_params=versions_of(engine).__getitem__, load_delta=deltas.__getitem__
+    )
+    # Assert
+    assert twin.strategy.pending == 1 and set(twin.tasks) == set(engine.tasks)
+    assert all(t.fill_id is None for t in twin.tasks.values())
