@@ -267,6 +267,9 @@ class LiveResult:
     """A DP study: each class's highest cumulative epsilon over wall seconds since start."""
     privacy: dict[str, Any] = field(default_factory=dict)
     """A DP study: the budget and what its epsilon protects (window or patient)."""
+    secagg: dict[str, Any] = field(default_factory=dict)
+    """A secure-aggregation study: fills opened/merged/aborted, dropouts per phase,
+    SecAgg bytes in and out (the coordinator's counts; never any content)."""
 
 
 class LiveStudy:
@@ -651,6 +654,7 @@ class LiveStudy:
             by_class=self._by_class(),
             epsilon_series=epsilon_series,
             privacy=privacy,
+            secagg=self.service.secagg_stats(self.study_id) if self.spec.secagg_on else {},
             agent_republished=sum(a.stats.republished for a in self.agents),
             series=list(self.series),
         )

@@ -72,6 +72,15 @@ def command(
     password: Annotated[
         str | None, typer.Option(envvar="FEDWARD_MQTT_PASSWORD", hidden=True)
     ] = None,
+    secagg: Annotated[
+        bool,
+        typer.Option(
+            "--secagg",
+            help="Secure aggregation: every merge is one SecAgg fill (the ftte+secagg row; "
+            "with --strategy ftte+secagg+ddp, distributed DP too). The coordinator sees "
+            "only each fill's sum.",
+        ),
+    ] = False,
     verbose: Annotated[bool, typer.Option(help="Log transport warnings.")] = False,
 ) -> None:
     """Run a live study: broker, coordinator, bridge and N agents, until the update budget."""
@@ -80,6 +89,14 @@ def command(
     sc, strategy = or_exit(
         console, lambda: resolve_study(study, None, None if study else scenario or "tiny", strategy)
     )
+    if secagg and not strategy.secagg:
+        if strategy is not StrategyRun.FTTE:
+            console.print(
+                f"[red]--secagg runs FTTE's secure-aggregation rows, not {strategy.value}:[/] "
+                "use --strategy ftte+secagg or ftte+secagg+ddp"
+            )
+            raise typer.Exit(2)
+        strategy = StrategyRun.FTTE_SECAGG
     if sc.data is None:
         sc = type(sc).model_validate({**sc.model_dump(), "devices": devices})
     budget = updates or sc.update_budget
@@ -114,6 +131,15 @@ def command(
         f"deliveries absorbed, wall {result.wall_s:.1f} s"
     )
     d = result.data_dir
+    if result.secagg:
+        fills, dropouts = result.secagg["fills"], result.secagg["dropouts"]
+        console.print(
+            f"secure aggregation: {fills.get('opened', 0)} fills opened, "
+            f"{fills.get('merged', 0)} merged, {fills.get('aborted', 0)} aborted; dropouts "
+            f"{dict(dropouts) or 'none'}; {result.secagg['bytes_in']} bytes in, "
+            f"{result.secagg['bytes_out']} out",
+            highlight=False,
+        )
     if result.stop_reason is not None:
         console.print(f"the coordinator ended the study: {result.stop_reason}", highlight=False)
     metrics = {
@@ -132,6 +158,7 @@ def command(
             "series": result.series,
             "epsilon_series": result.epsilon_series,
             "privacy": result.privacy,
+            "secagg": result.secagg,
         },
     }
     (d / "metrics.json").write_text(json.dumps(metrics, indent=2))
