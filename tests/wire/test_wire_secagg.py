@@ -446,6 +446,9 @@ def test_a_secagg_study_merges_live_and_the_coordinator_holds_no_individual_upda
     assert status.merges >= 2 and stats["fills"]["merged"] >= 2
     assert len(contributed) >= 6 and canary_members
     assert not [e for d in devices for e in d.errors]
+    metrics = coordinator["/metrics"].decode()
+    assert f'fedward_secagg_fills_total{{outcome="merged",study="{study_id}"}}' in metrics
+    assert 'fedward_secagg_bytes_total{direction="in"' in metrics
     # positive controls: the search finds each pattern where it really is
     assert _found(_canary_patterns(), plain_forms)
     assert len(_found(plain_patterns, plain_forms)) >= len(contributed)
