@@ -684,6 +684,10 @@ class Engine:
 
     def _emit(self, kind: EventKind, at: float, **details: Any) -> None:
         event = EngineEvent(kind=kind, at=at, details=details)
+        for guard in self.guards:  # e.g. the privacy guard settles a fill's charges
+            hook = getattr(guard, "engine_event", None)
+            if callable(hook):
+                hook(event)
         for listener in self.listeners:
             listener(event)
 

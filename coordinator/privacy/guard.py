@@ -32,6 +32,17 @@ subject (a task the device never trained still counts), and reconciling the
 claim by task id keeps an honest device whose updates were lost in the study.
 A task in flight from a state saved before reservations is charged when its
 update arrives, with the task's mechanism.
+
+Secure-aggregation fills (issue 11): a fill member's task is reserved at
+dispatch like any other, and the guard remembers which fill it belongs to.
+No member's update ever reaches the coordinator, so nothing is confirmed at
+admission: when the engine releases the fill's sum (``FILL_MERGED``) the
+survivors' reservations are confirmed and the dropped members' released
+(their input is in no sum: ``PrivacyLedger.settle_fill``); an aborted fill
+(``FILL_ABORTED``: nothing was unmasked) releases every member's. Under
+distributed DP (``DistributedPrivacy``) this is the per-fill ledger of the
+Skellam release; under sample-level DP-SGD the device's own accountant has
+already charged its steps, and the reservations simply stay conservative.
 """
 
 from __future__ import annotations
@@ -51,14 +62,30 @@ from fedward.privacy.errors import (
     PrivacyError,
 )
 from fedward.privacy.ledger import PrivacyLedger, SpendRecord
+from fedward.privacy.skellam import SkellamStep
 from fedward.protocol.messages import DpParams, PrivacyReport
 from fedward.saved_state import open_envelope, seal
 
-from ..engine import ALLOW, Device, DeviceState, Engine, GuardDecision, TaskOrder
+from ..engine import (
+    ALLOW,
+    Device,
+    DeviceState,
+    Engine,
+    EngineEvent,
+    EventKind,
+    GuardDecision,
+    TaskOrder,
+)
 from ..errors import GuardStateError, RejectReason
 from ..strategies import ClientUpdate
 from .events import PrivacyEvent, PrivacyEventKind, PrivacyListener
-from .settings import GuardSettings, PatientPrivacy, StudyPrivacy, settings_of_unit
+from .settings import (
+    DistributedPrivacy,
+    GuardSettings,
+    PatientPrivacy,
+    StudyPrivacy,
+    settings_of_unit,
+)
 
 STATE_KIND = "fedward.coordinator.privacy_guard"
 STATE_FORMAT = 2  # 1: a flat dict with "format"/"version" keys, before the envelope
@@ -71,6 +98,7 @@ class _Status:
     device_classes: dict[str, str] = field(default_factory=dict)
     exhausted: set[str] = field(default_factory=set)
     revoked: set[str] = field(default_factory=set)
+    fills: dict[str, dict[str, str]] = field(default_factory=dict)  # fill -> device -> task
 
 
 class PrivacyGuard:
@@ -83,8 +111,8 @@ class PrivacyGuard:
         listeners: Iterable[PrivacyListener] = (),
         claim_tolerance: float = 1e-6,
     ) -> None:
-        if not isinstance(settings, StudyPrivacy | PatientPrivacy):
-            raise TypeError("settings must be a StudyPrivacy or a PatientPrivacy")
+        if not isinstance(settings, StudyPrivacy | PatientPrivacy | DistributedPrivacy):
+            raise TypeError("settings must be a StudyPrivacy, PatientPrivacy or DistributedPrivacy")
         self.settings = settings
         self._claim_tolerance = claim_tolerance
         self.ledger = PrivacyLedger(settings.policy(), claim_tolerance=claim_tolerance)
@@ -108,7 +136,7 @@ class PrivacyGuard:
         return self.settings.unit
 
     @property
-    def task_step(self) -> MechanismStep:
+    def task_step(self) -> MechanismStep | SkellamStep:
         return self._step
 
     # -- queries -------------------------------------------------------------------
@@ -159,8 +187,27 @@ class PrivacyGuard:
             max_grad_norm=self.settings.max_grad_norm,
         )
         self._affordable.pop(device_id, None)
+        if order.fill_id is not None:
+            self._status.fills.setdefault(order.fill_id, {})[device_id] = order.task_id
         self._spent(record, now=now)
         return GuardDecision(allowed=True, spend=record)
+
+    def engine_event(self, event: EngineEvent) -> None:
+        """Settle a fill's reservations when its sum is released or it aborts."""
+        if event.kind not in (EventKind.FILL_MERGED, EventKind.FILL_ABORTED):
+            return
+        members = self._status.fills.pop(str(event.details.get("fill_id")), None)
+        if not members:
+            return  # a fill dispatched before this guard tracked fills: stays charged
+        reserved = {d: t for d, t in members.items() if self.ledger.is_reserved(d, t)}
+        if event.kind is EventKind.FILL_MERGED:
+            survivors = [d for d in event.details.get("survivors", ()) if d in reserved]
+            self.ledger.settle_fill(reserved, survivors=survivors)
+        else:  # aborted: no sum was unmasked, no member's input was released
+            for device, task_id in reserved.items():
+                self.ledger.release(device, task_id)
+        for device in members:
+            self._affordable.pop(device, None)
 
     def admit(
         self,
@@ -307,7 +354,11 @@ class PrivacyGuard:
             STATE_FORMAT,
             {
                 "unit": self.unit.value,
+                "distributed": isinstance(self.settings, DistributedPrivacy),
                 "settings": self.settings.model_dump(mode="json"),
+                "fills": {
+                    f: dict(sorted(m.items())) for f, m in sorted(self._status.fills.items())
+                },
                 "ledger": self.ledger.state_dict(),
                 "device_classes": dict(sorted(self._status.device_classes.items())),
                 "exhausted": sorted(self._status.exhausted),
@@ -322,7 +373,10 @@ class PrivacyGuard:
             state, kind=STATE_KIND, format_version=STATE_FORMAT, error=GuardStateError
         )
         try:
-            model = settings_of_unit(payload.get("unit", PrivacyUnit.WINDOW.value))
+            model = settings_of_unit(
+                payload.get("unit", PrivacyUnit.WINDOW.value),
+                distributed=payload.get("distributed", False) is True,
+            )
             stored = model.model_validate_json(json.dumps(payload["settings"]))
         except (KeyError, TypeError, ValueError) as exc:  # pydantic's error is a ValueError
             raise GuardStateError(f"privacy guard state has no valid settings: {exc}") from exc
@@ -346,10 +400,19 @@ class PrivacyGuard:
             isinstance(k, str) and isinstance(v, str) for k, v in classes.items()
         ):
             raise GuardStateError("device_classes must map device ids to class names")
+        fills = payload.get("fills", {})  # absent in states from before fills
+        if not isinstance(fills, Mapping) or not all(
+            isinstance(f, str)
+            and isinstance(m, Mapping)
+            and all(isinstance(d, str) and isinstance(t, str) for d, t in m.items())
+            for f, m in fills.items()
+        ):
+            raise GuardStateError("fills must map fill ids to {device id: task id}")
         status = _Status(
             device_classes=dict(classes),
             exhausted=set(_names(payload.get("exhausted", []))),
             revoked=set(_names(payload.get("revoked", []))),
+            fills={f: dict(m) for f, m in fills.items()},
         )
         self.ledger, self._status = ledger, status
         self._affordable.clear()

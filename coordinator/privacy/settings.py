@@ -38,7 +38,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from fedward.privacy.accounting import Accountant, MechanismStep
 from fedward.privacy.budget import BudgetPolicy, PrivacyUnit
 from fedward.privacy.central import patient_level_step
-from fedward.privacy.errors import PolicyError
+from fedward.privacy.errors import PolicyError, PrivacyError
+from fedward.privacy.secagg.ddp import DistributedDp
+from fedward.privacy.skellam import SkellamStep
 from fedward.protocol.messages import DpParams
 
 from .timed import EpsilonTooSlow, epsilon_within
@@ -169,11 +171,92 @@ class PatientPrivacy(BaseModel):
         return None
 
 
-GuardSettings = StudyPrivacy | PatientPrivacy
+class DistributedPrivacy(BaseModel):
+    """Patient-level DP of a secure-aggregation study with distributed DP (issue 11).
+
+    Every member of a fill clips its whole update to ``l2_clip`` and adds a
+    Skellam share (``fedward.privacy.secagg.ddp``), so the sum the coordinator
+    unmasks carries the noise of at least ``threshold - max_colluders`` honest
+    survivors: a Skellam mechanism against one device's (one patient's) update.
+    One task (one fill membership) costs that release, charged when the fill is
+    dispatched; when the fill's sum is released the survivors' charges are
+    confirmed and the other members' released (their input is in no sum); an
+    aborted fill releases every charge (nothing was unmasked). The fill's
+    geometry (cohort size, threshold, the model size ``d``) fixes the scale and
+    the sensitivities, so the coordinator builds these settings from the study's
+    ``SecAggPolicy``; ``d`` is the whole model's size, an upper bound on any
+    fill's index set (a larger ``d`` has a larger rounded-norm sensitivity), so
+    the charge is never below the release. No sampling amplification is claimed.
+    Devices run no DP-SGD (``task_dp`` is None): the noise is theirs, never the
+    coordinator's.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    epsilon: float = Field(gt=0, le=MAX_EPSILON)
+    delta: float = Field(ge=MIN_DELTA, lt=1)
+    l2_clip: float = Field(gt=0, le=1e6)
+    noise_multiplier: float = Field(ge=MIN_NOISE_MULTIPLIER, le=MAX_NOISE_MULTIPLIER)
+    bits: int = Field(ge=8, le=30)
+    threshold: int = Field(ge=2)
+    max_colluders: int = Field(ge=0)
+    cohort_size: int = Field(ge=2)
+    model_size: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> DistributedPrivacy:
+        for name in ("epsilon", "delta", "l2_clip", "noise_multiplier"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be finite")
+        try:
+            self.policy()
+            self.mechanism()  # the DDP block refuses bits that cannot hold the cohort's sum
+        except PrivacyError as exc:
+            raise ValueError(f"distributed DP cannot run as set: {exc}") from exc
+        return self
+
+    @property
+    def unit(self) -> PrivacyUnit:
+        return PrivacyUnit.PATIENT
+
+    @property
+    def max_grad_norm(self) -> float:
+        """The clip bound (what the guard's events call the clip norm)."""
+        return self.l2_clip
+
+    def policy(self) -> BudgetPolicy:
+        return BudgetPolicy(epsilon=self.epsilon, delta=self.delta, accountant=Accountant.RDP)
+
+    def mechanism(self) -> DistributedDp:
+        """The ``DistributedDp`` every fill runs (the policy's and the devices')."""
+        return DistributedDp.for_fill(
+            l2_clip=self.l2_clip,
+            noise_multiplier=self.noise_multiplier,
+            bits=self.bits,
+            threshold=self.threshold,
+            max_colluders=self.max_colluders,
+            cohort_size=self.cohort_size,
+            d=self.model_size,
+        )
+
+    def task_step(self) -> SkellamStep:
+        """One fill membership: the Skellam release of one device's update."""
+        return self.mechanism().release_step(self.model_size)
+
+    def task_dp(self) -> None:
+        """Devices run no DP-SGD: each adds its Skellam share before masking."""
+        return None
 
 
-def settings_of_unit(unit: PrivacyUnit | str) -> type[StudyPrivacy] | type[PatientPrivacy]:
-    """The settings model of a guard state's unit (saved states name it)."""
+GuardSettings = StudyPrivacy | PatientPrivacy | DistributedPrivacy
+SettingsKind = type[StudyPrivacy] | type[PatientPrivacy] | type[DistributedPrivacy]
+
+
+def settings_of_unit(unit: PrivacyUnit | str, *, distributed: bool = False) -> SettingsKind:
+    """The settings model of a guard state's unit (saved states name it; a state of
+    distributed DP also says ``distributed``)."""
+    if distributed:
+        return DistributedPrivacy
     return PatientPrivacy if PrivacyUnit(unit) is PrivacyUnit.PATIENT else StudyPrivacy
 
 
