@@ -63,8 +63,9 @@ def test_masking_the_wearables_update_stays_within_its_budget_whatever_the_cohor
     _, _, budget = wearable_subset()
     peak10, d = masking_peak(tmp_path / "n10", n=10)
     peak30, _ = masking_peak(tmp_path / "n30", n=30)
-    # Assert: within the wearable's memory budget (measured: 627 / 623 KiB of 640 KiB,
-    # most of it the masking chunk's temporaries, see the report), and flat in n: 20 more
-    # peers add far less than one 4-byte stream of the whole update each (20 * 4 d)
-    assert peak10 <= budget and peak30 <= budget
+    # Assert: masking leaves at least half the wearable's budget for the model it holds
+    # (measured 306 / 302 KiB of 640 KiB with 2,048-word chunks; 627 / 623 KiB with
+    # 8,192), and flat in n: 20 more peers add far less than one 4-byte stream of the
+    # whole update each (20 * 4 d)
+    assert peak10 <= budget // 2 and peak30 <= budget // 2
     assert peak30 - peak10 < 4 * d
