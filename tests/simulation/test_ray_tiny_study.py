@@ -1,0 +1,144 @@
+"""Issue 14 item 8: a tiny study on a Ray cluster joined by address, and mapped worker data.
+
+The Ray test starts a real one-node Ray cluster (``ray start --head`` in its
+own temporary folder, every port chosen free, so it neither joins nor
+disturbs any other Ray on the machine), joins it the way a user joins a
+cluster (``make_executor(..., ray_address="host:port")``, the CLI's
+``RAY_ADDRESS``), and runs the tiny study there: the figures must be the
+serial executor's. The cluster is stopped through the process this test
+started.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from fedward.simulation.executor import ExecutorKind, make_executor, mapped_study_data
+from fedward.simulation.scenario import PRESETS, Scenario, StrategyRun
+from fedward.simulation.sensordata import load_study_data
+from fedward.simulation.study import Study
+
+TINY = PRESETS["tiny"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def study_figures(scenario: Scenario, kind: ExecutorKind, **options: Any) -> dict[str, Any]:
+    run = StrategyRun.FTTE
+    pool = make_executor(
+        kind, scenario.data_config(), scenario.study_spec(run).model_settings(), **options
+    )
+    try:
+        result = Study(scenario, run, executor=pool).run().as_dict()
+    finally:
+        pool.close()
+    return {k: v for k, v in result.items() if k not in {"wall_s", "setup_s"}}
+
+
+def test_mapped_worker_data_is_the_loaded_data_on_an_empty_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare
+    monkeypatch.setenv("FEDWARD_CACHE", str(tmp_path))
+    config = TINY.model_copy(update={"mislabelled_fraction": 0.25}).data_config()
+    # Execute
+    mapped = mapped_study_data(config)  # generates and caches on the empty cache
+    loaded = load_study_data(config)
+    # Assert
+    assert isinstance(mapped.device_x[0], np.memmap)
+    assert len(mapped.device_x) == len(loaded.device_x) == TINY.devices
+    for mx, lx, my, ly in zip(
+        mapped.device_x, loaded.device_x, mapped.device_y, loaded.device_y, strict=True
+    ):
+        assert np.array_equal(mx, lx)
+        assert np.array_equal(my, ly)  # mislabelled devices relabelled the same way
+    assert any(
+        not np.array_equal(a, b)
+        for a, b in zip(mapped.device_y, load_study_data(TINY.data_config()).device_y, strict=True)
+    )
+
+
+@pytest.fixture
+def ray_cluster() -> Iterator[str]:
+    """A one-node Ray cluster of our own; yields its address (host:port)."""
+    ray_cli = shutil.which("ray") or str(Path(sys.executable).with_name("ray"))
+    temp_dir = tempfile.mkdtemp(prefix="fwray", dir="/tmp")  # short: Ray's socket paths
+    port = free_port()
+    ports = {
+        "--port": port,
+        "--dashboard-agent-listen-port": free_port(),
+        "--dashboard-agent-grpc-port": free_port(),
+        "--metrics-export-port": free_port(),
+        "--node-manager-port": free_port(),
+        "--object-manager-port": free_port(),
+        "--runtime-env-agent-port": free_port(),
+    }
+    command = [ray_cli, "start", "--head", "--block", "--num-cpus=2", "--include-dashboard=false"]
+    command += ["--disable-usage-stats", "--node-ip-address=127.0.0.1", f"--temp-dir={temp_dir}"]
+    command += ["--object-store-memory=100000000"]
+    command += [f"{flag}={value}" for flag, value in ports.items()]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    head = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (Path(temp_dir) / "ray_current_cluster").exists():
+            if head.poll() is not None or time.monotonic() > deadline:
+                output = head.stdout.read() if head.stdout else ""
+                pytest.fail(f"ray start did not come up: {output[-2000:]}")
+            time.sleep(0.5)
+        yield f"127.0.0.1:{port}"
+    finally:
+        head.terminate()  # ray start --block stops the processes it started
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            head.kill()
+            head.wait()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed")
+def test_a_tiny_study_on_a_ray_cluster_joined_by_address_matches_serial(
+    ray_cluster: str,
+) -> None:
+    import ray
+
+    # Prepare
+    serial = study_figures(TINY, ExecutorKind.SERIAL)
+    # Execute
+    try:
+        on_cluster = study_figures(TINY, ExecutorKind.RAY, ray_address=ray_cluster)
+        resources = ray.cluster_resources()
+    finally:
+        ray.shutdown()
+    # Assert
+    assert resources.get("CPU") == 2  # the cluster we started, not a new local Ray
+    assert on_cluster == serial
+    assert serial["updates"] == TINY.update_budget
+
+
+def test_a_ray_address_is_refused_for_other_executors() -> None:
+    # Prepare
+    data, model = TINY.data_config(), TINY.study_spec(StrategyRun.FTTE).model_settings()
+    # Execute / Assert
+    with pytest.raises(ValueError, match="ray executor"):
+        make_executor(ExecutorKind.PROCESS, data, model, ray_address="127.0.0.1:6379")
