@@ -387,6 +387,12 @@ def secagg_verdict(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _by_class(r: dict[str, Any]) -> str:
+    """Updates merged from wearables / phones / gateways (who the fills let in)."""
+    counts = r.get("updates_by_class", {})
+    return "/".join(str(counts.get(c, 0)) for c in ("wearable", "phone", "gateway"))
+
+
 def secagg_table(report: dict[str, Any]) -> str:
     """The secagg rows' targets (issue 11) as markdown; empty without secagg rows."""
     verdict = secagg_verdict(report)
@@ -401,8 +407,8 @@ def secagg_table(report: dict[str, Any]) -> str:
         "",
         "| row | cohort | time to target (s) | vs ftte | time to ftte's final acc (s) | vs ftte "
         "| upload / update (B) | vs ftte | final acc | vs reference (pts) "
-        "| epsilon max (reference) | fills merged / aborted |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
+        "| epsilon max (reference) | fills merged / aborted | updates W/P/G (ftte's) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|",
     ]
     for name, v in verdict.items():
         r = rows[name]
@@ -424,6 +430,7 @@ def secagg_table(report: dict[str, Any]) -> str:
             f"| {_cell(v['accuracy_points'], '+.2f')} vs {v['accuracy_reference']}"
             f"{mark(v['accuracy_met'])} "
             f"| {_cell(eps, '.2f')} ({_cell(ref_eps, '.2f')}) "
-            f"| {sa.get('fills_merged', '-')} / {sa.get('fills_aborted', '-')} |"
+            f"| {sa.get('fills_merged', '-')} / {sa.get('fills_aborted', '-')} "
+            f"| {_by_class(r)} ({_by_class(rows['ftte'])}) |"
         )
     return "\n".join(lines) + "\n"

@@ -534,7 +534,8 @@ class FillSimulator:
         if member is None or member.done:
             return
         if member.silent(now):
-            self._went_silent(member, _ANSWERS.get(phase, phase))
+            if phase is not SecAggPhase.ABORT:  # an abort asks for no answer: no drop there
+                self._went_silent(member, _ANSWERS.get(phase, phase))
             return
         _, message = read_frame(frame, session=member.session)
         member.received_bytes += len(frame)
