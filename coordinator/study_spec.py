@@ -9,6 +9,7 @@ very same strategy, planner and scheduling code.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Callable, Mapping
 from functools import lru_cache
@@ -134,12 +135,20 @@ class DistributedDpSettings(BaseModel):
     noise_multiplier: float = Field(gt=0, le=1e3, allow_inf_nan=False)
     bits: int = Field(default=20, ge=8, le=32)
 
-    def mechanism(self) -> Any:
-        """The ``DistributedDp`` the policy and the devices use."""
+    def mechanism(self, *, threshold: int, max_colluders: int, cohort_size: int, d: int) -> Any:
+        """The ``DistributedDp`` every fill runs (the policy's and the devices'): honest
+        survivors ``threshold - max_colluders``, the largest power-of-two scale whose sum
+        over a full cohort of ``d`` coordinates fits ``bits``."""
         from fedward.privacy.secagg.ddp import DistributedDp  # only a DDP study needs it
 
-        return DistributedDp(
-            l2_clip=self.l2_clip, noise_multiplier=self.noise_multiplier, bits=self.bits
+        return DistributedDp.for_fill(
+            l2_clip=self.l2_clip,
+            noise_multiplier=self.noise_multiplier,
+            bits=self.bits,
+            threshold=threshold,
+            max_colluders=max_colluders,
+            cohort_size=cohort_size,
+            d=d,
         )
 
 
@@ -179,11 +188,16 @@ class SecAggSettings(BaseModel):
             raise ValueError("secagg.min_cohort must be at least max_colluders + 2")
         return self
 
-    def policy(self, *, buffer_size: int) -> Any:
-        """The engine's ``SecAggPolicy`` (``buffer_size``: the study's, unless set here)."""
+    def policy(self, *, buffer_size: int, model_size: int | None = None) -> Any:
+        """The engine's ``SecAggPolicy`` (``buffer_size``: the study's, unless set here).
+
+        Under distributed DP the mechanism is sized for the fill (its threshold and
+        cohort) and ``model_size`` coordinates, and there is no energy histogram
+        (every weight is 1); without ``model_size`` a DDP setting is refused.
+        """
         from .secagg import SecAggPolicy  # a study without secure aggregation never loads it
 
-        return SecAggPolicy(
+        policy = SecAggPolicy(
             buffer_size=self.buffer_size or buffer_size,
             expected_dropout=self.expected_dropout,
             max_colluders=self.max_colluders,
@@ -193,10 +207,21 @@ class SecAggSettings(BaseModel):
             clip=self.clip,
             phase_timeout_s=self.phase_timeout_s,
             energy_bins=tuple(self.energy_bins),
-            ddp=self.ddp.mechanism() if self.ddp is not None else None,
+            ddp=None,
             fills_in_flight=self.fills_in_flight,
             norm_bound=self.norm_bound,
         )
+        if self.ddp is None:
+            return policy
+        if model_size is None:
+            raise ValueError("a distributed-DP policy needs the model's size")
+        ddp = self.ddp.mechanism(
+            threshold=policy.threshold,
+            max_colluders=policy.max_colluders,
+            cohort_size=policy.cohort_size,
+            d=model_size,
+        )
+        return dataclasses.replace(policy, ddp=ddp, energy_bins=())
 
 
 class StudySpec(BaseModel):
@@ -308,7 +333,9 @@ class StudySpec(BaseModel):
         """The engine's ``SecAggPolicy``, or None for a study in the clear."""
         if self.secagg is None or not self.secagg.enabled:
             return None
-        return self.secagg.policy(buffer_size=self.buffer_size)
+        return self.secagg.policy(
+            buffer_size=self.buffer_size, model_size=model_bytes(self) // BYTES_PER_PARAMETER
+        )
 
     def model_settings(self) -> ModelConfig:
         return ModelConfig(

@@ -73,7 +73,7 @@ UPLINK_TYPES: dict[SecAggPhase, type] = {
 }
 """The privacy message each uplink phase carries."""
 
-_WORD_DTYPES = {32: np.dtype("<u4"), 64: np.dtype("<u8")}
+_WORD_DTYPES: dict[int, np.dtype[Any]] = {32: np.dtype("<u4"), 64: np.dtype("<u8")}
 
 
 class SecAggRefusal(CoordinatorError):
@@ -266,7 +266,7 @@ class SecAggCalls(ServiceCore):
         *,
         sender: str | None,
     ) -> object:
-        if study.spec.secagg_policy() is None:
+        if not study.spec.secagg_on:
             raise SecAggRefusal("secagg_off", "the study does not run secure aggregation")
         if sender is not None and sender != message.device_id:
             raise SecAggRefusal("secagg_not_member", "frame names another device")
@@ -351,7 +351,7 @@ class SecAggCalls(ServiceCore):
         """Run the study's phase timers now (the bridge's timer); what to publish."""
         with self._lock:
             study = self._studies.get(study_id)
-            if study is None or study.spec.secagg_policy() is None:
+            if study is None or not study.spec.secagg_on:
                 return []
             self._watch_fills(study)
             with self._change(study) as changes:
