@@ -45,7 +45,7 @@ from fedward.coordinator.mqtt.bridge import StudyBridge
 from fedward.coordinator.mqtt.security import WireSecurity
 from fedward.coordinator.service import NoPrivacyPolicy, ServiceError, StudyService
 from fedward.coordinator.settings import CoordinatorSettings
-from fedward.coordinator.study_spec import StopRule, build_planner
+from fedward.coordinator.study_spec import DistributedDpSettings, StopRule, build_planner
 from fedward.edge.agent import EdgeAgent
 from fedward.edge.dataset import load_dataset, save_dataset
 from fedward.edge.identity import load_or_create_identity
@@ -284,6 +284,18 @@ class LiveStudy:
                 "stop": StopRule(max_updates=options.update_budget),
             }
         )
+        secagg = self.spec.secagg
+        if options.run.distributed_dp and secagg is not None and secagg.ddp is None:
+            # the scenario leaves the mechanism to its simulator; live, the engine builds
+            # it from the spec (StudySpec.secagg_policy: sized for the fill and the model)
+            ddp = DistributedDpSettings(
+                l2_clip=scenario.ddp_l2_clip,
+                noise_multiplier=scenario.ddp_noise_multiplier,
+                bits=scenario.ddp_bits,
+            )
+            self.spec = self.spec.model_copy(
+                update={"secagg": secagg.model_copy(update={"ddp": ddp, "energy_bins": ()})}
+            )
         self.model_config = self.spec.model_settings()
         # A temp dir is kept after the run: it holds the audit log the user may verify.
         self.data_dir = options.data_dir or Path(tempfile.mkdtemp(prefix="fedward-up-"))

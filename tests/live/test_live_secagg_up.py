@@ -87,3 +87,23 @@ def test_fedward_up_secagg_runs_fills_over_the_real_broker(tmp_path, mqtt_broker
     assert metrics["result"]["run"] == "ftte+secagg"
     assert metrics["result"]["secagg"]["fills"]["merged"] >= 2
     assert metrics["result"]["merges"] >= 2
+
+
+def test_a_distributed_dp_secagg_study_runs_live_with_skellam_shares(tmp_path, mqtt_broker):
+    # Prepare: the ftte+secagg+ddp row: devices add Skellam shares under the masks
+    options = LiveOptions(
+        scenario=SCENARIO,
+        run=StrategyRun.FTTE_SECAGG_DDP,
+        broker=BrokerAddress(mqtt_broker[0], mqtt_broker[1], MqttProtocol.MQTT5),
+        data_dir=tmp_path,
+        task_deadline_s=120.0,
+    )
+    # Execute
+    with LiveStudy(options) as study:
+        policy = study.spec.secagg_policy()
+        study.wait(updates=6, timeout_s=300)
+        result = study.result()
+    # Assert: the engine ran DDP fills (no histogram: every weight is 1) and merged them
+    assert policy.ddp is not None and policy.ddp.min_survivors == policy.threshold - 1
+    assert policy.count_words == 1
+    assert result.merges >= 2 and result.secagg["fills"]["merged"] >= 2
