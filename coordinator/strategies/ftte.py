@@ -81,7 +81,7 @@ import numpy as np
 
 from fedward.tinytrain.models import Params
 
-from ..errors import StrategyConfigError
+from ..errors import StateLoadError, StrategyConfigError
 from .base import BufferedStrategy, ClientUpdate, StrategyName, apply_step, weighted_mean
 from .energy import DeviceEnergies, EnergyWindow
 
@@ -93,6 +93,14 @@ class EnergyRule(enum.StrEnum):
 
     DAMP = "damp"  # shrink its weight hyperbolically (the default)
     CLIP = "clip"  # scale the update to the bound; its weight stays (tried, not kept)
+
+
+class ServerOptimizer(enum.StrEnum):
+    """What the server does with the merged delta (levers tried in issue 14)."""
+
+    SGD = "sgd"  # w <- w + eta_g * Delta (the default)
+    MOMENTUM = "momentum"  # FedAvgM: m <- mu m + Delta; w <- w + eta_g * m
+    ADAM = "adam"  # FedAdam (Reddi et al. 2021): w <- w + eta_a * m_hat / (sqrt(v) + eps)
 
 
 class FTTE(BufferedStrategy):
@@ -112,6 +120,11 @@ class FTTE(BufferedStrategy):
         max_staleness: int | None = None,
         energy_rule: EnergyRule = EnergyRule.DAMP,
         energy_quantile: float = 0.8,
+        server_optimizer: ServerOptimizer = ServerOptimizer.SGD,
+        server_momentum: float = 0.9,
+        server_adam_lr: float = 0.01,
+        server_adam_beta2: float = 0.99,
+        server_adam_eps: float = 1e-3,
     ) -> None:
         super().__init__(
             shapes=shapes, buffer_size=buffer_size, server_lr=server_lr, max_staleness=max_staleness
@@ -133,6 +146,17 @@ class FTTE(BufferedStrategy):
         self.energy_quantile = energy_quantile
         self._energies = EnergyWindow(energy_window)
         self._devices = DeviceEnergies(energy_window)
+        self.server_optimizer = ServerOptimizer(server_optimizer)
+        if not 0 <= server_momentum < 1 or not 0 < server_adam_beta2 < 1:
+            raise StrategyConfigError("server_momentum and server_adam_beta2 must be in [0, 1)")
+        if not server_adam_lr > 0 or not server_adam_eps > 0:
+            raise StrategyConfigError("server_adam_lr and server_adam_eps must be > 0")
+        self.server_momentum = server_momentum
+        self.server_adam_lr = server_adam_lr
+        self.server_adam_beta2 = server_adam_beta2
+        self.server_adam_eps = server_adam_eps
+        self._moments: dict[str, np.ndarray] = {}  # first moment (MOMENTUM, ADAM)
+        self._second: dict[str, np.ndarray] = {}  # second moment (ADAM)
 
     def reference_energy(self, buffer: list[ClientUpdate]) -> float:
         """Median update energy over the buffer and the recent merged updates."""
@@ -193,7 +217,27 @@ class FTTE(BufferedStrategy):
         mean, coverage = weighted_mean(clipped, weights)
         self._energies.extend(u.energy() for u in buffer)
         self._devices.extend((u.device_id, u.energy()) for u in buffer)
-        return apply_step(params, mean, lr=self.server_lr), weights, coverage
+        return self._server_step(params, mean), weights, coverage
+
+    def _server_step(self, params: Mapping[str, np.ndarray], mean: Params) -> Params:
+        if self.server_optimizer is ServerOptimizer.SGD:
+            return apply_step(params, mean, lr=self.server_lr)
+        step: Params = {}
+        for name, delta in mean.items():
+            d = delta.astype(np.float64)
+            m = self._moments.get(name, np.zeros_like(d))
+            if self.server_optimizer is ServerOptimizer.MOMENTUM:
+                m = self.server_momentum * m + d
+                step[name] = (self.server_lr * m).astype(np.float32)
+            else:
+                m = self.server_momentum * m + (1 - self.server_momentum) * d
+                v = self._second.get(name, np.zeros_like(d))
+                v = self.server_adam_beta2 * v + (1 - self.server_adam_beta2) * d * d
+                self._second[name] = v
+                scale = self.server_lr * self.server_adam_lr
+                step[name] = (scale * m / (np.sqrt(v) + self.server_adam_eps)).astype(np.float32)
+            self._moments[name] = m
+        return apply_step(params, step, lr=1.0)
 
     def config(self) -> dict[str, Any]:
         return {
@@ -211,6 +255,17 @@ class FTTE(BufferedStrategy):
                 else {}
             ),
             **({"energy_quantile": self.energy_quantile} if self.energy_quantile != 0.8 else {}),
+            **(
+                {
+                    "server_optimizer": self.server_optimizer.value,
+                    "server_momentum": self.server_momentum,
+                    "server_adam_lr": self.server_adam_lr,
+                    "server_adam_beta2": self.server_adam_beta2,
+                    "server_adam_eps": self.server_adam_eps,
+                }
+                if self.server_optimizer is not ServerOptimizer.SGD
+                else {}
+            ),
         }
 
     def _state_payload(self) -> dict[str, Any]:
@@ -218,13 +273,52 @@ class FTTE(BufferedStrategy):
             **super()._state_payload(),
             "energies": self._energies.state(),
             "device_energies": self._devices.state(),
+            **(
+                {
+                    "server_moments": {
+                        "first": {n: v.copy() for n, v in self._moments.items()},
+                        "second": {n: v.copy() for n, v in self._second.items()},
+                    }
+                }
+                if self.server_optimizer is not ServerOptimizer.SGD
+                else {}
+            ),
         }
 
     def _load_payload(self, payload: Mapping[str, Any], *, buffer: Sequence[ClientUpdate]) -> None:
         del buffer  # the window is checked on its own
-        self._energies = EnergyWindow.from_state(
+        energies = EnergyWindow.from_state(
             payload.get("energies"), size=self.energy_window, what="FTTE state"
         )
-        self._devices = DeviceEnergies.from_state(
+        devices = DeviceEnergies.from_state(
             payload.get("device_energies"), size=self.energy_window, what="FTTE state"
         )
+        first, second = self._moments_from_state(payload.get("server_moments"))
+        self._energies, self._devices = energies, devices
+        self._moments, self._second = first, second
+
+    def _moments_from_state(
+        self, saved: object
+    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """The server optimiser's moments, each checked against the model's shapes."""
+        if self.server_optimizer is ServerOptimizer.SGD:
+            if saved is not None:
+                raise StateLoadError("FTTE state holds server moments but the optimiser is SGD")
+            return {}, {}
+        if not isinstance(saved, Mapping) or set(saved) != {"first", "second"}:
+            raise StateLoadError("FTTE state needs 'server_moments' with 'first' and 'second'")
+        out: list[dict[str, np.ndarray]] = []
+        for part in ("first", "second"):
+            values = saved[part]
+            if not isinstance(values, Mapping):
+                raise StateLoadError(f"FTTE server moments '{part}' must map tensor names")
+            restored = {}
+            for name, value in values.items():
+                array = np.asarray(value, dtype=np.float64)
+                if name not in self.shapes or array.shape != tuple(self.shapes[name]):
+                    raise StateLoadError(f"FTTE server moment {part}/{name} has no such tensor")
+                if not np.all(np.isfinite(array)) or (part == "second" and np.any(array < 0)):
+                    raise StateLoadError(f"FTTE server moment {part}/{name} is not finite")
+                restored[name] = array
+            out.append(restored)
+        return out[0], out[1]
