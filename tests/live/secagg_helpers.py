@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedward.coordinator.strategies import StrategyName
 from fedward.coordinator.study_spec import SecAggSettings, StudySpec
@@ -87,10 +88,19 @@ class Member:
 
     @classmethod
     def for_task(
-        cls, task: Task, *, root: Path, spec: StudySpec, delta: dict[str, np.ndarray]
+        cls,
+        task: Task,
+        *,
+        root: Path,
+        spec: StudySpec,
+        delta: dict[str, np.ndarray],
+        signing_key: Ed25519PrivateKey | None = None,
     ) -> Member:
+        """``signing_key``: the key the device enrolled with (it signs its advertisement)."""
         store = SecAggStore(root / task.device_id / "secagg", device_id=task.device_id)
-        participant = SecAggParticipant.for_task(task, model_shapes=model_shapes(spec), store=store)
+        participant = SecAggParticipant.for_task(
+            task, model_shapes=model_shapes(spec), store=store, signing_key=signing_key
+        )
         return cls(task=task, participant=participant, delta=delta)
 
     def _out(self, phase: SecAggPhase, msg: object | None) -> bytes | None:

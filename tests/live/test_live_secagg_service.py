@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedward.coordinator.service import StudyService
 from fedward.coordinator.settings import CoordinatorSettings
@@ -23,10 +24,12 @@ class Clock:
         return self.now
 
 
-def _key(i: int) -> bytes:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+def _private(device_id: str) -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.from_private_bytes(bytes([int(device_id.split("-")[1]) + 1]) * 32)
 
-    return Ed25519PrivateKey.from_private_bytes(bytes([i + 1]) * 32).public_key().public_bytes_raw()
+
+def _key(i: int) -> bytes:
+    return _private(f"dev-{i}").public_key().public_bytes_raw()
 
 
 @pytest.fixture
@@ -88,7 +91,11 @@ def test_a_fill_runs_through_the_service_and_merges_once(service, tmp_path):
     tasks = service.dispatch(study)
     members = {
         t.device_id: Member.for_task(
-            t.task, root=tmp_path, spec=SECAGG_SPEC, delta=delta_for(t.task, shapes, seed=i)
+            t.task,
+            root=tmp_path,
+            spec=SECAGG_SPEC,
+            delta=delta_for(t.task, shapes, seed=i),
+            signing_key=_private(t.device_id),
         )
         for i, t in enumerate(tasks)
     }
@@ -115,7 +122,11 @@ def test_a_member_silent_through_masked_input_is_dropped_and_refused_afterwards(
     tasks = service.dispatch(study)
     members = {
         t.device_id: Member.for_task(
-            t.task, root=tmp_path, spec=SECAGG_SPEC, delta=delta_for(t.task, shapes, seed=i)
+            t.task,
+            root=tmp_path,
+            spec=SECAGG_SPEC,
+            delta=delta_for(t.task, shapes, seed=i),
+            signing_key=_private(t.device_id),
         )
         for i, t in enumerate(tasks)
     }
@@ -157,7 +168,11 @@ def test_a_restart_mid_fill_resumes_it_and_the_fill_merges(tmp_path, clock):
     tasks = service.dispatch(study)
     members = {
         t.device_id: Member.for_task(
-            t.task, root=tmp_path, spec=SECAGG_SPEC, delta=delta_for(t.task, shapes, seed=i)
+            t.task,
+            root=tmp_path,
+            spec=SECAGG_SPEC,
+            delta=delta_for(t.task, shapes, seed=i),
+            signing_key=_private(t.device_id),
         )
         for i, t in enumerate(tasks)
     }

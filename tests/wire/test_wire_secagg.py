@@ -202,7 +202,9 @@ class Device:
                     seed=hash(self.device_id) % 1000 + self.seed,
                     canary=self.canary,
                 )
-                member = Member.for_task(message, root=self.root, spec=SPEC, delta=delta)
+                member = Member.for_task(
+                    message, root=self.root, spec=SPEC, delta=delta, signing_key=self.key
+                )
                 if self.silence_next:
                     self.silence_next = False
                     self.silent_task = message.task_id
