@@ -50,6 +50,13 @@ Why each piece:
   a restart the agent restores its fills from disk and re-sends the exact
   bytes of each one's last step (a fill whose task was lost in the restart
   cannot train again and is dropped by the coordinator's phase timer).
+* Peer keys (:mod:`fedward.edge.peer_evidence`): with ``audit_public_key`` set,
+  a ROSTER is answered only if the signed audit log's enrolment records (the
+  roster's evidence) prove every peer's identity key and that key signed the
+  peer's advertisement; otherwise the device leaves the fill
+  (:attr:`AgentStats.rosters_refused`) and the coordinator drops it at its phase
+  timer. Without the key the agent logs at start and for every roster that peer
+  keys are unchecked (:attr:`AgentStats.rosters_unchecked`).
 """
 
 from __future__ import annotations
@@ -108,6 +115,7 @@ from .dataset import LocalDataset
 from .identity import DeviceIdentity
 from .local import LocalOutcome, LocalTask, run_local_task
 from .outbox import Outbox
+from .peer_evidence import PeerCheck, PeerEvidenceRefused, PeerEvidenceVerifier, audit_key_from_hex
 from .secagg import SecAggFloors, SecAggParticipant, SecAggRefused
 from .secagg_store import SecAggStore
 from .settings import AgentSettings
@@ -118,6 +126,8 @@ log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.npz"
 SECAGG_DIR = "secagg"
+AUDIT_HEAD_PREFIX = "audit-head-"
+"""``state_dir/audit-head-<study>.json``: the largest audit tree head seen and peer pins."""
 #: Finished fills kept in memory (and on disk) to answer a repeated request.
 KEEP_FINISHED_FILLS = 8
 _PHASE_OF: dict[type, SecAggPhase] = {
@@ -152,6 +162,8 @@ class AgentStats:
     secagg_sent: Counter = field(default_factory=Counter)  # by phase value
     fills_refused: int = 0
     fills_aborted: int = 0
+    rosters_refused: int = 0  # peer keys the audit log did not prove: the fill was left
+    rosters_unchecked: int = 0  # answered with no audit key pinned (peer keys on trust)
 
 
 @dataclass
@@ -329,6 +341,25 @@ class EdgeAgent:
         self._secagg_store: SecAggStore | None = None
         self._fills: OrderedDict[str, _FillMember] = OrderedDict()
         self._fill_lock = threading.RLock()
+        self.peer_evidence: PeerEvidenceVerifier | None = None
+        if settings.audit_public_key is not None:
+            self.peer_evidence = PeerEvidenceVerifier(
+                audit_key=audit_key_from_hex(settings.audit_public_key),
+                study_id=settings.study_id,
+                memory_path=settings.state_dir / f"{AUDIT_HEAD_PREFIX}{settings.study_id}.json",
+            )
+        else:
+            log.warning(
+                "%s: no audit_public_key: the identity keys of secure-aggregation peers are "
+                "UNCHECKED (the coordinator is the only PKI; a Sybil under a member's id "
+                "would go unnoticed)",
+                settings.device_id,
+            )
+
+    @property
+    def peer_keys_checked(self) -> bool:
+        """True if rosters' peer keys are checked against the signed audit log."""
+        return self.peer_evidence is not None
 
     # -- topics -------------------------------------------------------------
 
@@ -671,6 +702,7 @@ class EdgeAgent:
                     signing_key=self.identity.key,
                     floors=self.secagg_floors,
                     random_bytes=self._random_bytes,
+                    peer_evidence=self.peer_evidence,
                 )
             except (SecAggError, SecAggRefused) as exc:
                 # E.g. killed between the journal and the state write: nothing of that
@@ -742,6 +774,7 @@ class EdgeAgent:
                     signing_key=self.identity.key,
                     floors=self.secagg_floors,
                     random_bytes=self._random_bytes,
+                    peer_evidence=self.peer_evidence,
                 )
                 advertisement = participant.advertise()
                 member = _FillMember(participant, task)
@@ -829,7 +862,7 @@ class EdgeAgent:
                     return
                 raw = secagg_body(tensors)
                 if message.phase is SecAggPhase.ROSTER:
-                    answer = participant.on_roster(secagg_wire.decode_message(raw, KeyRoster))
+                    answer = self._answer_roster(member, secagg_wire.decode_message(raw, KeyRoster))
                 elif message.phase is SecAggPhase.DELIVERY:
                     delivery = secagg_wire.decode_message(raw, ShareDelivery)
                     answer = participant.on_delivery(delivery)
@@ -845,6 +878,32 @@ class EdgeAgent:
                 ) from None
         if answer is not None:
             self._send_fill(member, answer)
+
+    def _answer_roster(self, member: _FillMember, roster: KeyRoster) -> object | None:
+        """SHARES for ``roster``, or None when its peer keys fail (the fill is left)."""
+        participant = member.participant
+        first = participant.peer_check is None
+        try:
+            answer = participant.on_roster(roster)
+        except PeerEvidenceRefused as exc:
+            self.stats.rosters_refused += 1
+            member.finished = True  # aborted by the participant: secrets gone, id burnt
+            log.warning(
+                "%s: leaving fill %s: its roster's peer keys are not proven by the audit log: %s",
+                self.settings.device_id,
+                member.fill_id,
+                exc,
+            )
+            return None
+        if first and participant.peer_check is PeerCheck.UNCHECKED:
+            self.stats.rosters_unchecked += 1
+            log.warning(
+                "%s: fill %s: answering a roster whose peer identity keys are UNCHECKED "
+                "(no audit_public_key)",
+                self.settings.device_id,
+                member.fill_id,
+            )
+        return answer
 
     def _leave_fill(self, fill_id: str, *, task_id: str) -> None:
         """Drop out of a fill this device cannot finish (secrets forgotten, id burnt)."""

@@ -24,6 +24,12 @@ coordinator). The participant wraps the pure state machine
 * **distributed DP**: under ``ddp`` the update goes through
   :func:`fedward.privacy.secagg.ddp.prepare` (clip, rotation, rounding,
   Skellam share) with weight 1 before masking;
+* **its peers' identity keys** (:mod:`.peer_evidence`): with an audit key
+  provisioned, a roster is answered only if every peer's key is proven by the
+  study's enrolment records in the signed audit log (the roster's evidence)
+  and signs that peer's advertisement; otherwise the device leaves the fill.
+  Without one, :attr:`SecAggParticipant.peer_check` says ``UNCHECKED``: the
+  coordinator is then the only PKI, and the agent logs it;
 * **durability** (:mod:`.secagg_store`): the client's journal is the device's
   file-backed journal and every saved state is written atomically before a
   message is returned, so after ``kill -9`` :meth:`restore` re-sends the same
@@ -35,6 +41,7 @@ seeds, Shamir coefficients, AEAD nonces, rounding, DP noise.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -60,14 +67,17 @@ from fedward.privacy.secagg import (
     StateError,
     UnmaskRequest,
     UnmaskResponse,
+    masking,
     threshold_floor,
 )
 from fedward.privacy.secagg import state as secagg_state
+from fedward.privacy.secagg.crypto import session_context
 from fedward.privacy.secagg.layout import VectorLayout
 from fedward.privacy.secagg.wire import decode_message, encode_message
 from fedward.protocol.messages import SecAggParams, Task
 from fedward.saved_state import open_envelope, seal
 
+from .peer_evidence import PeerCheck, PeerEvidenceRefused, PeerEvidenceVerifier
 from .secagg_store import SecAggStore
 
 __all__ = [
@@ -182,6 +192,9 @@ class SecAggParticipant:
 
     ``identity_keys`` (every cohort member's Ed25519 public key, when the device
     knows them) makes a valid signature on each peer's advertisement mandatory.
+    ``peer_evidence`` checks each peer's key against the signed audit log's
+    enrolment records carried in the roster (:mod:`.peer_evidence`); without it
+    :attr:`peer_check` is ``UNCHECKED`` once a roster is answered.
     ``dp_task``: the task also trains with DP-SGD (the energy is then a
     function of the noised update, inside the accountant).
     """
@@ -200,6 +213,7 @@ class SecAggParticipant:
         floors: SecAggFloors | None = None,
         dp_task: bool = False,
         random_bytes: RandomBytes = os.urandom,
+        peer_evidence: PeerEvidenceVerifier | None = None,
     ) -> None:
         if store.device_id != device_id:
             raise SecAggRefused("the SecAgg store belongs to another device")
@@ -212,6 +226,8 @@ class SecAggParticipant:
         self.dp_task = dp_task
         self.store = store
         self._random_bytes = random_bytes
+        self.peer_evidence = peer_evidence
+        self.peer_check: PeerCheck | None = None  # set when this process answers a roster
         try:
             self.config = SecAggConfig.from_plain(params.config)
             self.session = SecAggSession.from_plain(params.session)
@@ -247,6 +263,7 @@ class SecAggParticipant:
         identity_keys: Mapping[str, Ed25519PublicKey] | None = None,
         floors: SecAggFloors | None = None,
         random_bytes: RandomBytes = os.urandom,
+        peer_evidence: PeerEvidenceVerifier | None = None,
     ) -> SecAggParticipant:
         """The participant of ``task``'s fill (SecAggRefused below the device's floors)."""
         if task.secagg is None:
@@ -265,6 +282,7 @@ class SecAggParticipant:
             floors=floors,
             dp_task=task.dp is not None,
             random_bytes=random_bytes,
+            peer_evidence=peer_evidence,
         )
 
     # -- floors ----------------------------------------------------------------------
@@ -371,6 +389,7 @@ class SecAggParticipant:
         identity_keys: Mapping[str, Ed25519PublicKey] | None = None,
         floors: SecAggFloors | None = None,
         random_bytes: RandomBytes = os.urandom,
+        peer_evidence: PeerEvidenceVerifier | None = None,
     ) -> SecAggParticipant:
         """The participant of ``session_id`` as saved on disk, exactly where its journal is.
 
@@ -406,6 +425,7 @@ class SecAggParticipant:
             floors=floors,
             dp_task=bool(payload["dp_task"]),
             random_bytes=random_bytes,
+            peer_evidence=peer_evidence,
         )
         if me.session_id != session_id:
             raise StateError("the saved state belongs to another session")
@@ -460,8 +480,33 @@ class SecAggParticipant:
         return self.client.advertise()
 
     def on_roster(self, roster: KeyRoster) -> ShareBundle:
-        """ROSTER -> SHARES (the same bundle again for the same roster)."""
-        return self.client.share_keys(roster)
+        """ROSTER -> SHARES (the same bundle again for the same roster).
+
+        The first answer checks the peers' identity keys (``peer_evidence``); a roster
+        they fail aborts this device's part of the fill (secrets forgotten, session id
+        burnt) and raises :class:`PeerEvidenceRefused`. The evidence is not part of the
+        request the client answers once: a re-sent roster may carry fresher evidence
+        for the same advertisements and gets the same bundle.
+        """
+        if not isinstance(roster, KeyRoster):
+            raise ProtocolViolation("expected a KeyRoster")
+        if self.client.stage is ClientStage.ADVERTISED:
+            masking.check_header(roster, self.session, "roster")
+            if self.peer_evidence is None:
+                self.peer_check = PeerCheck.UNCHECKED
+            else:
+                try:
+                    self.peer_evidence.check_roster(
+                        roster,
+                        context=session_context(self.session, self.config),
+                        own_device_id=self.device_id,
+                    )
+                except PeerEvidenceRefused:
+                    self.on_abort()
+                    raise
+                self.peer_check = PeerCheck.CHECKED
+        bare = dataclasses.replace(roster, evidence=()) if roster.evidence else roster
+        return self.client.share_keys(bare)
 
     def on_delivery(self, delivery: ShareDelivery) -> MaskedInput | None:
         """DELIVERY: kept durably; the masked input if the update is already trained."""

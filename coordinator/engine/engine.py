@@ -42,7 +42,7 @@ from fedward.tinytrain.subsets import SubsetSpec
 
 from ..errors import CoordinatorError, RejectReason, StateLoadError, UpdateRejected
 from ..secagg import FillBook, FillEffects, FillStep, SecAggPolicy, form_cohorts
-from ..secagg.fill import FinishedFill, IdentityKeys
+from ..secagg.fill import FinishedFill, IdentityEvidence, IdentityKeys
 from ..strategies import ClientUpdate, MergeResult, Strategy
 from ..strategies.secure import FillMergeError, SecureAggregated
 from .guards import EngineGuard, GuardDecision, StatefulGuard
@@ -129,11 +129,15 @@ class Engine:
         secagg: SecAggPolicy | None = None,
         random_bytes: Callable[[int], bytes] = os.urandom,
         secagg_identity_keys: IdentityKeys | None = None,
+        secagg_identity_evidence: IdentityEvidence | None = None,
     ) -> None:
         """``secagg``: merge only secure-aggregation fills (the strategy is wrapped in
         ``SecureAggregated`` unless it already is); ``random_bytes``: the source of
         session ids; ``secagg_identity_keys``: device id -> Ed25519 public key, which
-        makes signed key advertisements mandatory."""
+        makes signed key advertisements mandatory; ``secagg_identity_evidence``: device id
+        -> evidence bytes of its identity key, attached to every roster member so devices
+        check their peers' keys against the signed audit log
+        (``fedward.coordinator.store.enrolment_evidence.EnrolmentEvidence``)."""
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
         self.params: Params = {n: v.astype(np.float32, copy=True) for n, v in params.items()}
@@ -148,6 +152,7 @@ class Engine:
                 model_shapes=strategy.shapes,
                 random_bytes=random_bytes,
                 identity_keys=secagg_identity_keys,
+                identity_evidence=secagg_identity_evidence,
             )
         self.planner = planner
         self.concurrency = concurrency

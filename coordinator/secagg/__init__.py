@@ -16,7 +16,15 @@ into this package; the strategy wrapper that merges a fill's sum is
 from .book import SESSION_ID_BYTES, FillBook
 from .cohort import form_cohorts
 from .energy import energy_bin, energy_counts, reference_from_histogram
-from .fill import Fill, FillEffects, FillEvent, FillOutbound, FillStep, FillWeighting
+from .fill import (
+    Fill,
+    FillEffects,
+    FillEvent,
+    FillOutbound,
+    FillStep,
+    FillWeighting,
+    IdentityEvidence,
+)
 from .policy import SecAggPolicy, SecAggPolicyError
 
 __all__ = [
@@ -28,6 +36,7 @@ __all__ = [
     "FillOutbound",
     "FillStep",
     "FillWeighting",
+    "IdentityEvidence",
     "SecAggPolicy",
     "SecAggPolicyError",
     "energy_bin",

@@ -24,7 +24,16 @@ from fedward.tinytrain.subsets import SubsetSpec
 from ..errors import CoordinatorError, StateLoadError
 from ..strategies.secure import FillAggregate, SecureAggregated
 from .energy import reference_from_histogram
-from .fill import Fill, FillEffects, FillEvent, FillOutbound, FillWeighting, IdentityKeys, _keys_for
+from .fill import (
+    Fill,
+    FillEffects,
+    FillEvent,
+    FillOutbound,
+    FillWeighting,
+    IdentityEvidence,
+    IdentityKeys,
+    _keys_for,
+)
 from .policy import SecAggPolicy
 
 __all__ = ["FillBook", "SESSION_ID_BYTES"]
@@ -42,11 +51,13 @@ class FillBook:
         model_shapes: Mapping[str, tuple[int, ...]],
         random_bytes: RandomBytes,
         identity_keys: IdentityKeys | None = None,
+        identity_evidence: IdentityEvidence | None = None,
     ) -> None:
         self.policy = policy
         self.model_shapes = {n: tuple(s) for n, s in model_shapes.items()}
         self.random_bytes = random_bytes
         self.identity_keys = identity_keys
+        self.identity_evidence = identity_evidence
         self.fills: dict[str, Fill] = {}  # open fills, in the order they opened
         self.counter = 0
         self.refused = 0  # messages refused by fills that have closed since, and unknown ones
@@ -127,6 +138,7 @@ class FillBook:
             deadline=now + policy.timeout_for(SecAggPhase.ADVERTISE.value),
             timeout_for=policy.timeout_for,
             identity_keys=_keys_for(session.cohort, self.identity_keys),
+            identity_evidence=self.identity_evidence,
         )
         self.fills[fill_id] = fill
         effects = FillEffects()
@@ -269,6 +281,7 @@ class FillBook:
             model_shapes=self.model_shapes,
             random_bytes=self.random_bytes,
             identity_keys=self.identity_keys,
+            identity_evidence=self.identity_evidence,
         )
         if saved is not None:
             try:
@@ -283,6 +296,7 @@ class FillBook:
                     policy=self.policy,
                     model_shapes=self.model_shapes,
                     identity_keys=self.identity_keys,
+                    identity_evidence=self.identity_evidence,
                 )
                 if fill.fill_id in book.fills:
                     raise StateLoadError(f"fill {fill.fill_id} appears twice")

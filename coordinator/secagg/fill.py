@@ -31,6 +31,7 @@ book's injected ``random_bytes``.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
@@ -42,6 +43,7 @@ import numpy as np
 from fedward.privacy.secagg import (
     AggregateResult,
     KeyAdvertisement,
+    KeyRoster,
     MaskedInput,
     SecAggConfig,
     SecAggServer,
@@ -62,6 +64,7 @@ from .policy import SecAggPolicy
 
 __all__ = [
     "Fill",
+    "IdentityEvidence",
     "FillEffects",
     "FillEvent",
     "FillOutbound",
@@ -72,6 +75,12 @@ __all__ = [
 
 IdentityKeys = Callable[[str], Any]
 """device id -> its Ed25519 public key (signed advertisements become mandatory)."""
+
+IdentityEvidence = Callable[[str], bytes]
+"""device id -> opaque evidence of its identity key (``b""``: none), attached to each
+roster member (``KeyRoster.evidence``) so devices check peers' keys without trusting
+the coordinator alone (``fedward.coordinator.store.enrolment_evidence`` builds it from
+the signed audit log; ``fedward.edge.peer_evidence`` checks it)."""
 
 
 class FillEvent(enum.StrEnum):
@@ -193,6 +202,7 @@ class Fill:
         deadline: float,
         timeout_for: Callable[[str], float],
         identity_keys: Mapping[str, Any] | None = None,
+        identity_evidence: IdentityEvidence | None = None,
     ) -> None:
         if set(members) != set(session.cohort):
             raise ValueError("a fill's members are exactly its session's cohort")
@@ -208,6 +218,8 @@ class Fill:
         self.deadline = deadline
         self.timeout_for = timeout_for  # uplink phase value -> seconds it waits
         self.server = SecAggServer(config=config, session=session, identity_keys=identity_keys)
+        self.identity_evidence = identity_evidence
+        self._evidence: dict[str, bytes] = {}  # member -> its roster evidence (not saved)
         self.live: set[str] = set(members)
         self.dropped: dict[str, SecAggPhase] = {}  # device -> the phase it was dropped in
         self.answered: set[str] = set()
@@ -397,7 +409,7 @@ class Fill:
     def _advance(self, phase: SecAggPhase) -> tuple[list[FillOutbound], AggregateResult | None]:
         """Close ``phase`` on the server; the next phase's messages (or the sums)."""
         if phase is SecAggPhase.ADVERTISE:
-            roster = self.server.close_advertisements()
+            roster = self._with_evidence(self.server.close_advertisements())
             return [self._out(d, SecAggPhase.ROSTER, roster) for d in self._ordered()], None
         if phase is SecAggPhase.SHARES:
             deliveries = self.server.close_shares()
@@ -411,6 +423,20 @@ class Fill:
                 self._out(d, SecAggPhase.UNMASK_REQUEST, request) for d in request.survivors
             ], None
         return [], self.server.finalize()
+
+    def _with_evidence(self, roster: KeyRoster) -> KeyRoster:
+        """``roster`` with each advertiser's identity evidence (as is without a hook).
+
+        Built once per member and kept for re-sends; a restored fill builds it
+        again (the device ignores evidence when it re-sends an answer it gave)."""
+        if self.identity_evidence is None:
+            return roster
+        evidence = []
+        for adv in roster.advertisements:
+            if adv.device_id not in self._evidence:
+                self._evidence[adv.device_id] = bytes(self.identity_evidence(adv.device_id))
+            evidence.append(self._evidence[adv.device_id])
+        return dataclasses.replace(roster, evidence=tuple(evidence))
 
     def _hand_sum_to_server(self) -> None:
         """The running sum as the first sender's input, zeros as the others': the
@@ -439,7 +465,7 @@ class Fill:
         phase = self.phase
         waiting = [d for d in self._ordered() if d not in self.answered]
         if phase is SecAggPhase.SHARES:
-            roster = self.server.roster()
+            roster = self._with_evidence(self.server.roster())
             effects.outbound.extend(self._out(d, SecAggPhase.ROSTER, roster) for d in waiting)
         elif phase is SecAggPhase.MASKED_INPUT:
             deliveries = self.server.deliveries()
@@ -542,6 +568,7 @@ class Fill:
         policy: SecAggPolicy,
         model_shapes: Mapping[str, tuple[int, ...]],
         identity_keys: IdentityKeys | None,
+        identity_evidence: IdentityEvidence | None = None,
     ) -> Fill:
         """A fill restored from :meth:`state_dict` (StateLoadError for anything else)."""
         try:
@@ -566,6 +593,7 @@ class Fill:
                 deadline=float(saved["deadline"]),
                 timeout_for=policy.timeout_for,
                 identity_keys=_keys_for(session.cohort, identity_keys),
+                identity_evidence=identity_evidence,
             )
             fill.server.load_state_dict(plain.from_json(saved["server"]))
             live = {str(d) for d in saved["live"]}

@@ -36,11 +36,19 @@ class KeyAdvertisement:
 
 @dataclass(frozen=True)
 class KeyRoster:
-    """All advertisements the server accepted (U1), broadcast to every device."""
+    """All advertisements the server accepted (U1), broadcast to every device.
+
+    ``evidence``: empty, or one opaque blob per advertisement (same order) that
+    lets a device check the advertiser's identity key against something the
+    server cannot rewrite alone (fedward attaches each member's enrolment record
+    from the signed audit log, see ``fedward.edge.peer_evidence``). This package
+    only carries the bytes; it never parses them.
+    """
 
     session_id: bytes
     round_index: int
     advertisements: tuple[KeyAdvertisement, ...]
+    evidence: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,12 @@ wrong types and oversized bodies raise :class:`~.errors.ProtocolViolation`
 ``MaskedInput.data`` is the one large field; it is hex in this encoding too, so
 the codec stays one shape. A transport that wants it binary sends the words
 as a tensor and rebuilds the message with :func:`masked_input_from_words`.
+
+``KeyRoster.evidence`` (opaque bytes per advertisement, for the device's check
+of its peers' identity keys) is a list of hex strings, left out of the body
+when empty: a roster without evidence keeps the bytes it had before the field
+existed, and an explicitly empty list is refused (one spelling per message).
+When present it must hold exactly one item per advertisement.
 """
 
 from __future__ import annotations
@@ -34,10 +40,19 @@ from .messages import (
     UnmaskResponse,
 )
 
-__all__ = ["MAX_BODY_BYTES", "MESSAGE_TYPES", "decode_message", "encode_message"]
+__all__ = [
+    "MAX_BODY_BYTES",
+    "MAX_EVIDENCE_BYTES",
+    "MESSAGE_TYPES",
+    "decode_message",
+    "encode_message",
+]
 
 #: Largest body accepted (a roster of 1,000 devices is about 300 KB).
 MAX_BODY_BYTES = 8 << 20
+
+#: Largest single evidence item of a roster (fedward's enrolment evidence is ~3 KB).
+MAX_EVIDENCE_BYTES = 64 << 10
 
 #: Wire name of every message type (the "type" field of a body).
 MESSAGE_TYPES: dict[str, type] = {
@@ -61,6 +76,8 @@ _NESTED: dict[tuple[type, str], type] = {
 }
 # Fields holding a tuple of device ids.
 _ID_TUPLES = frozenset({(UnmaskRequest, "survivors"), (UnmaskRequest, "dropped")})
+# Fields holding a tuple of opaque byte strings, left out of the body when empty.
+_BYTES_TUPLES = frozenset({(KeyRoster, "evidence")})
 
 M = TypeVar("M")
 
@@ -69,7 +86,10 @@ def _plain(msg: object) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for f in fields(msg):  # type: ignore[arg-type]
         value = getattr(msg, f.name)
-        if isinstance(value, bytes):
+        if (type(msg), f.name) in _BYTES_TUPLES:
+            if value:  # absent when empty: the body a roster had before the field existed
+                out[f.name] = [bytes(v).hex() for v in value]
+        elif isinstance(value, bytes):
             out[f.name] = value.hex()
         elif isinstance(value, tuple):
             out[f.name] = [_plain(v) if is_dataclass(v) else v for v in value]
@@ -91,15 +111,20 @@ def _build(cls: type[M], data: object, where: str) -> M:
     if not isinstance(data, dict):
         raise ProtocolViolation(f"{where}: expected an object")
     wanted = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
-    if set(data) != set(wanted):
+    optional = {name for name in wanted if (cls, name) in _BYTES_TUPLES}
+    if not set(wanted) - optional <= set(data) <= set(wanted):
         raise ProtocolViolation(
             f"{where}: fields {sorted(data)} differ from {sorted(wanted)} for {cls.__name__}"
         )
     kwargs: dict[str, Any] = {}
     for name, f in wanted.items():
+        if name not in data:  # an optional tuple of bytes left out: empty
+            continue
         value = data[name]
         item_cls = _NESTED.get((cls, name))
-        if item_cls is not None:
+        if (cls, name) in _BYTES_TUPLES:
+            kwargs[name] = _bytes_tuple(value, f"{where}.{name}")
+        elif item_cls is not None:
             if not isinstance(value, list):
                 raise ProtocolViolation(f"{where}.{name}: expected a list")
             kwargs[name] = tuple(
@@ -128,7 +153,32 @@ def _build(cls: type[M], data: object, where: str) -> M:
             kwargs[name] = value
         else:  # pragma: no cover - a new field type must be added above
             raise ProtocolViolation(f"{where}.{name}: field type {f.type!r} has no wire form")
-    return cls(**kwargs)
+    msg = cls(**kwargs)
+    if isinstance(msg, KeyRoster) and msg.evidence:
+        if len(msg.evidence) != len(msg.advertisements):
+            raise ProtocolViolation(
+                f"{where}: {len(msg.evidence)} evidence items for "
+                f"{len(msg.advertisements)} advertisements (one each, or none)"
+            )
+    return msg
+
+
+def _bytes_tuple(value: object, where: str) -> tuple[bytes, ...]:
+    """A non-empty list of canonical hex strings, each at most MAX_EVIDENCE_BYTES."""
+    if not isinstance(value, list) or not value:
+        raise ProtocolViolation(f"{where}: expected a non-empty list (absent when empty)")
+    out = []
+    for i, item in enumerate(value):
+        if not isinstance(item, str) or len(item) > 2 * MAX_EVIDENCE_BYTES:
+            raise ProtocolViolation(f"{where}[{i}]: expected hex of at most {MAX_EVIDENCE_BYTES} B")
+        try:
+            raw = bytes.fromhex(item)
+        except ValueError:
+            raise ProtocolViolation(f"{where}[{i}]: not hex") from None
+        if item != raw.hex():
+            raise ProtocolViolation(f"{where}[{i}]: hex must be lowercase, no spaces")
+        out.append(raw)
+    return tuple(out)
 
 
 def decode_message(data: bytes, expected: type[M]) -> M:
