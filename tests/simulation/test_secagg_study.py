@@ -212,3 +212,21 @@ def test_counted_bytes_are_the_real_encodings_of_each_phase(clean) -> None:
     assert dict(down) == result.secagg["bytes_down_by_phase"]
     assert result.upload_bytes == sum(up.values())
     assert set(up) == {"advertise", "shares", "masked_input", "unmask_response"}
+
+
+def test_distributed_dp_row_keeps_every_device_within_the_dp_budget() -> None:
+    # Prepare: a budget of about two fills per device, so the cap binds within the study
+    scenario = _scenario(dp_epsilon=2.5, ddp_noise_multiplier=3.0, update_budget=24)
+    # Execute
+    run = _run(scenario, StrategyRun.FTTE_SECAGG_DDP)
+    study, result = run["study"], run["result"]
+    ddp = study.engine.fills.policy.ddp
+    cap = study.ddp_fill_cap
+    # Assert: the cap is the last fill count within the budget, nobody joined more,
+    # and every device's epsilon over the fills it survived is within the budget
+    d = study._fill_length()
+    assert ddp.epsilon(d, fills=cap, delta=scenario.dp_delta) <= scenario.dp_epsilon
+    assert ddp.epsilon(d, fills=cap + 1, delta=scenario.dp_delta) > scenario.dp_epsilon
+    assert max(study.fills_joined.values()) == cap  # it bound, and nobody went past it
+    assert 0 < result.privacy["epsilon_max"] <= scenario.dp_epsilon
+    assert result.merges > 0 and result.secagg["fills_merged"] == result.merges
