@@ -34,9 +34,11 @@ import weakref
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, is_dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from fedward.coordinator.errors import CoordinatorError
 from fedward.coordinator.store.runtime import StudyRuntime
@@ -61,6 +63,7 @@ from fedward.protocol.messages import (
 )
 
 from .core import ServiceCore
+from .errors import ServiceError
 from .studies import finish_if_done
 
 log = logging.getLogger(__name__)
@@ -198,7 +201,22 @@ class SecAggCalls(ServiceCore):
             return counters.snapshot() if counters is not None else SecAggCounters().snapshot()
 
     def _watch_fills(self, study: StudyRuntime) -> SecAggCounters:
+        """Count the study's fills, and make every fill it opens check each member's
+        signed key advertisement against the key the member enrolled with."""
+        book = getattr(study.engine, "fills", None)
+        if book is not None and getattr(book, "identity_keys", None) is None:
+            # Why: the wire signature proves who relayed a step; the advertisement's own
+            # signature (the device signs it with its enrolment key) is what the roster
+            # carries to the other members, so none can be swapped on the way.
+            book.identity_keys = partial(self._enrolled_key, study.id)
         return watch_fills(self._secagg_counters, self._secagg_watched, study, self._fill_refused)
+
+    def _enrolled_key(self, study_id: str, device_id: str) -> Ed25519PublicKey | None:
+        try:
+            raw = self.device_public_key(study_id, device_id)  # type: ignore[attr-defined]
+        except ServiceError:
+            return None
+        return Ed25519PublicKey.from_public_bytes(raw)
 
     def _fill_refused(self, study: StudyRuntime, details: Mapping[str, Any]) -> None:
         """The engine refused a member's step: counted and audited under that member

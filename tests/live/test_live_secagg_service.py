@@ -202,3 +202,29 @@ def test_a_restart_mid_fill_resumes_it_and_the_fill_merges(tmp_path, clock):
     assert all(raw in members[d].withheld for d, raw in resent)
     assert status.merges == 1 and status.model_version == 1
     assert not any(m.aborted for m in members.values())
+
+
+def test_an_advertisement_not_signed_by_the_enrolled_key_is_refused(service, tmp_path):
+    # Prepare: one member signs its advertisement with a key it did not enrol
+    study = _study(service, devices=4)
+    shapes = model_shapes(SECAGG_SPEC)
+    tasks = service.dispatch(study)
+    forger = tasks[0].device_id
+    members = {
+        t.device_id: Member.for_task(
+            t.task,
+            root=tmp_path,
+            spec=SECAGG_SPEC,
+            delta=delta_for(t.task, shapes, seed=i),
+            signing_key=Ed25519PrivateKey.generate() if t.device_id == forger else None,
+        )
+        for i, t in enumerate(tasks)
+    }
+    # Execute: only the forger advertises
+    (advert, *_) = members[forger].start()
+    message, tensors = decoded(advert)
+    answer = service.secagg_receive(study, message, tensors, sender=forger)
+    refused = service.wire_refusals(study)
+    # Assert
+    assert answer == []
+    assert sum(n for k, n in refused.items() if k.startswith("secagg_")) == 1
