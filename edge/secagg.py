@@ -496,6 +496,11 @@ class SecAggParticipant:
                 self.peer_check = PeerCheck.UNCHECKED
             else:
                 try:
+                    if self.last_released() not in roster.advertisements:
+                        raise PeerEvidenceRefused(
+                            "the roster does not carry this device's own advertisement: its "
+                            "id stands for other keys there"
+                        )
                     self.peer_evidence.check_roster(
                         roster,
                         context=session_context(self.session, self.config),

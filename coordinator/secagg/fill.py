@@ -279,11 +279,11 @@ class Fill:
                 if not self._add_masked(device_id, cast(MaskedInput, message)):
                     return effects  # the same input again
             elif phase is SecAggPhase.ADVERTISE:
-                self.server.receive_advertisement(message)
+                self.server.receive_advertisement(cast(KeyAdvertisement, message))
             elif phase is SecAggPhase.SHARES:
-                self.server.receive_share_bundle(message)
+                self.server.receive_share_bundle(cast(ShareBundle, message))
             else:
-                self.server.receive_unmask_response(message)
+                self.server.receive_unmask_response(cast(UnmaskResponse, message))
         except SecAggError as exc:  # the server is unchanged; the member may still answer well
             self._refuse(effects, device_id, phase, "protocol_violation", now=now, detail=str(exc))
             return effects

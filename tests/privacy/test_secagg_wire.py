@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 from collections.abc import Callable
 
 import numpy as np
@@ -142,3 +143,66 @@ def test_the_layout_flattens_and_unflattens_a_subset_in_model_order() -> None:
         layout.flatten({"a.weight": np.zeros((2, 2))})
     with pytest.raises(ProtocolViolation):
         layout.flatten({"a.weight": np.zeros((4,)), "c.weight": np.zeros(4)})
+
+
+# -- KeyRoster.evidence: opaque bytes per advertisement, absent when empty -----------------
+
+
+def _real_roster():
+    from fedward.privacy.secagg import KeyRoster
+
+    return next(m for m in real_round_messages() if isinstance(m, KeyRoster))
+
+
+def test_a_roster_carries_one_evidence_item_per_advertisement_losslessly() -> None:
+    # Prepare
+    from dataclasses import replace
+
+    from fedward.privacy.secagg import KeyRoster
+
+    roster = _real_roster()
+    items = tuple(bytes([i]) * (100 + i) for i in range(len(roster.advertisements)))
+    with_evidence = replace(roster, evidence=items)
+    # Execute
+    body = encode_message(with_evidence)
+    again = decode_message(body, KeyRoster)
+    # Assert: round trip, canonical bytes, and the bare roster's body has no evidence key
+    assert again == with_evidence and encode_message(again) == body
+    assert "evidence" not in json.loads(encode_message(roster))["message"]
+    assert json.loads(body)["message"]["evidence"] == [i.hex() for i in items]
+
+
+@pytest.mark.parametrize(
+    "evidence, message",
+    [
+        ([], "non-empty list"),
+        (["ab"], "evidence items for 4 advertisements"),
+        (["AB"] * 4, "lowercase"),
+        (["zz"] * 4, "not hex"),
+        ([1, 2, 3, 4], "expected hex"),
+        ("abab", "non-empty list"),
+    ],
+)
+def test_malformed_roster_evidence_is_refused(evidence, message: str) -> None:
+    # Prepare
+    from fedward.privacy.secagg import KeyRoster
+
+    body = json.loads(encode_message(_real_roster()))
+    body["message"]["evidence"] = evidence
+    raw = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    # Execute / Assert
+    with pytest.raises(ProtocolViolation, match=message):
+        decode_message(raw, KeyRoster)
+
+
+def test_an_evidence_item_above_the_bound_is_refused() -> None:
+    # Prepare
+    from fedward.privacy.secagg import KeyRoster
+    from fedward.privacy.secagg.wire import MAX_EVIDENCE_BYTES
+
+    body = json.loads(encode_message(_real_roster()))
+    body["message"]["evidence"] = ["00" * (MAX_EVIDENCE_BYTES + 1)] * 4
+    raw = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    # Execute / Assert
+    with pytest.raises(ProtocolViolation, match="at most"):
+        decode_message(raw, KeyRoster)
