@@ -481,6 +481,11 @@ class LiveStudy:
             resend_after_s=o.resend_after_s,
             poll_interval_s=0.1,
         )
+        if self.service is not None and spec.secagg_on:
+            # the device checks its fill peers' keys against the coordinator's signed
+            # audit log (provisioned with the log's key, as a real device would be)
+            audit_key = self.service.audit_public_key.public_bytes_raw().hex()
+            settings = settings.model_copy(update={"audit_public_key": audit_key})
         if self.service is not None and not (settings.state_dir / "coordinator.pub").exists():
             secret = self.service.issue_enrolment_secret(self.study_id, device_id, by="fedward-up")
             settings = settings.model_copy(update={"enrolment_secret": SecretStr(secret)})

@@ -79,6 +79,7 @@ class ServiceCore:
         # secure aggregation, per study, since start (/metrics; see .secagg)
         self._secagg_counters: dict[str, SecAggCounters] = {}
         self._secagg_watched: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._secagg_evidence: dict[str, Any] = {}  # study -> EnrolmentEvidence
         self._task_times = TaskTimes()  # deadlines sized from observed task durations
         self._repo = repository
         self._trail = AuditTrail(audit)

@@ -41,6 +41,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from fedward.coordinator.errors import CoordinatorError
+from fedward.coordinator.store.enrolment_evidence import EnrolmentEvidence
 from fedward.coordinator.store.runtime import StudyRuntime
 from fedward.errors import FedwardError
 from fedward.privacy.secagg import wire as secagg_wire
@@ -209,7 +210,31 @@ class SecAggCalls(ServiceCore):
             # signature (the device signs it with its enrolment key) is what the roster
             # carries to the other members, so none can be swapped on the way.
             book.identity_keys = partial(self._enrolled_key, study.id)
+        if book is not None and getattr(book, "identity_evidence", False) is None:
+            # and each roster member comes with evidence from the signed audit log of
+            # the key it enrolled with, so devices need not take the coordinator's word
+            book.identity_evidence = self._enrolment_evidence(study.id)
         return watch_fills(self._secagg_counters, self._secagg_watched, study, self._fill_refused)
+
+    def _enrolment_evidence(self, study_id: str) -> EnrolmentEvidence:
+        """The study's evidence builder (one per study: it indexes the log once)."""
+        evidence = self._secagg_evidence.get(study_id)
+        if evidence is None:
+            evidence = EnrolmentEvidence(
+                # the trail's log: AuditTrail has no public accessor for it (yet)
+                log=self._trail._log,
+                study_id=study_id,
+                public_key_of=partial(self._enrolled_raw_key, study_id),
+                sign_tree_head=self._trail.sign_tree_head,  # durable first, then signed
+            )
+            self._secagg_evidence[study_id] = evidence
+        return evidence
+
+    def _enrolled_raw_key(self, study_id: str, device_id: str) -> bytes | None:
+        try:
+            return bytes(self.device_public_key(study_id, device_id))  # type: ignore[attr-defined]
+        except ServiceError:
+            return None
 
     def _enrolled_key(self, study_id: str, device_id: str) -> Ed25519PublicKey | None:
         try:

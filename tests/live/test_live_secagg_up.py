@@ -36,6 +36,8 @@ def test_a_secagg_study_runs_live_with_the_edge_agents_to_two_merges(tmp_path, m
     # Execute
     with LiveStudy(options) as study:
         assert study.spec.secagg_on
+        # every device checks its peers' keys against the coordinator's signed audit log
+        assert all(a.peer_evidence is not None for a in study.agents)
         study.wait(updates=6, timeout_s=300)
         result = study.result()
         assert study.service is not None and study.bridge is not None

@@ -508,11 +508,17 @@ def test_outsiders_replays_and_dropped_members_are_refused_and_audited(secagg_st
         fill_id=victim_task.secagg.fill_id,
         phase=SecAggPhase.MASKED_INPUT,
     )
+    victim_topic = device_topic(TopicKind.SECAGG, study_id, victim_id)
+
+    def genuine() -> list[bytes]:  # what the victim itself published so far
+        return [p for t, p in state["sniffer"].seen if t == victim_topic]
+
+    assert wait_until(lambda: len(genuine()) > 0, timeout=15)
+    sent = genuine()
     before = dict(_refused(state))
     outsider = Client(state["broker"], f"outsider-{study_id}")
     try:
         # Execute 1: an outsider without a key publishes a masked input as the victim
-        victim_topic = device_topic(TopicKind.SECAGG, study_id, victim_id)
         outsider.publish(victim_topic, frame(header, _fake_masked(victim_task)))
         # Execute 2: an enrolled device outside the fill signs one for the victim's task
         stranger.publish(
@@ -522,7 +528,6 @@ def test_outsiders_replays_and_dropped_members_are_refused_and_audited(secagg_st
             )
         )
         # Execute 3: a frame the victim really sent, replayed byte for byte
-        sent = [p for t, p in state["sniffer"].seen if t == victim_topic]
         outsider.publish(victim_topic, sent[0])
         # Execute 4: a member re-signs a closed fill's step (its session is over)
         assert earlier is not None and late_members
