@@ -67,6 +67,12 @@ class FillBook:
         # the largest fill masks the whole model: fail now, not at the first dispatch
         policy.check_vector(sum(_size(s) for s in self.model_shapes.values()))
 
+    def _evidence(self, device_id: str) -> bytes | None:
+        """The roster evidence of ``device_id`` from the hook the book holds *now* (None:
+        no hook), so a hook set after fills were opened or restored reaches them too."""
+        hook = self.identity_evidence
+        return None if hook is None else hook(device_id)
+
     # -- opening -------------------------------------------------------------------
     def room(self) -> int:
         return self.policy.fills_in_flight - len(self.fills)
@@ -138,7 +144,7 @@ class FillBook:
             deadline=now + policy.timeout_for(SecAggPhase.ADVERTISE.value),
             timeout_for=policy.timeout_for,
             identity_keys=_keys_for(session.cohort, self.identity_keys),
-            identity_evidence=self.identity_evidence,
+            identity_evidence=self._evidence,
         )
         self.fills[fill_id] = fill
         effects = FillEffects()
@@ -296,7 +302,7 @@ class FillBook:
                     policy=self.policy,
                     model_shapes=self.model_shapes,
                     identity_keys=self.identity_keys,
-                    identity_evidence=self.identity_evidence,
+                    identity_evidence=book._evidence,
                 )
                 if fill.fill_id in book.fills:
                     raise StateLoadError(f"fill {fill.fill_id} appears twice")

@@ -76,8 +76,9 @@ __all__ = [
 IdentityKeys = Callable[[str], Any]
 """device id -> its Ed25519 public key (signed advertisements become mandatory)."""
 
-IdentityEvidence = Callable[[str], bytes]
-"""device id -> opaque evidence of its identity key (``b""``: none), attached to each
+IdentityEvidence = Callable[[str], bytes | None]
+"""device id -> opaque evidence of its identity key (``b""``: none to give; None: no
+source of evidence configured, the roster goes without), attached to each
 roster member (``KeyRoster.evidence``) so devices check peers' keys without trusting
 the coordinator alone (``fedward.coordinator.store.enrolment_evidence`` builds it from
 the signed audit log; ``fedward.edge.peer_evidence`` checks it)."""
@@ -429,12 +430,16 @@ class Fill:
 
         Built once per member and kept for re-sends; a restored fill builds it
         again (the device ignores evidence when it re-sends an answer it gave)."""
-        if self.identity_evidence is None:
+        hook = self.identity_evidence
+        if hook is None:
             return roster
         evidence = []
         for adv in roster.advertisements:
             if adv.device_id not in self._evidence:
-                self._evidence[adv.device_id] = bytes(self.identity_evidence(adv.device_id))
+                item = hook(adv.device_id)
+                if item is None:  # no evidence source (yet): the roster goes without
+                    return roster
+                self._evidence[adv.device_id] = bytes(item)
             evidence.append(self._evidence[adv.device_id])
         return dataclasses.replace(roster, evidence=tuple(evidence))
 

@@ -225,12 +225,25 @@ def devices() -> list[str]:
     return [f"dev-{i:02d}" for i in range(COHORT)]
 
 
-def test_an_honest_roster_with_evidence_passes_and_the_fill_merges(tmp_path) -> None:
-    # Prepare
+@pytest.mark.parametrize("hook_set", ["at construction", "on the book after dispatch"])
+def test_an_honest_roster_with_evidence_passes_and_the_fill_merges(tmp_path, hook_set) -> None:
+    # Prepare (the service sets the hook on the engine's fill book once a study runs)
     coord = Coordinator(tmp_path / "coord", devices())
     fleet = Fleet(coord, tmp_path / "devices")
     base = {n: v.astype(np.float64) for n, v in coord.engine.params.items()}
+    book = coord.engine.fills
+    assert book is not None
+    if hook_set != "at construction":
+        book.identity_evidence = None
     # Execute
+    if hook_set != "at construction":
+        original = fleet.send
+
+        def set_hook_once_dispatched(task_id: str, message: object) -> None:
+            book.identity_evidence = coord.evidence
+            original(task_id, message)
+
+        fleet.send = set_hook_once_dispatched  # type: ignore[method-assign]
     fleet.run()
     # Assert: every roster member carried evidence; every device checked it and answered;
     # one merge of all seven equal to the plaintext mean (FedBuff, staleness 0)
