@@ -44,7 +44,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from fedward.compliance import (
@@ -59,7 +59,7 @@ from fedward.compliance import (
 )
 from fedward.compliance.events import canonical_json
 
-__all__ = ["EVIDENCE_FORMAT", "EnrolmentEvidence", "is_enrolment_of"]
+__all__ = ["EVIDENCE_FORMAT", "EnrolmentEvidence", "enrolment_conflicts", "is_enrolment_of"]
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,25 @@ def is_enrolment_of(entry: AuditEntry, *, study_id: str) -> bool:
         and isinstance(details.get("key_sha256"), str)
         and "step" not in details  # an operator's "secret_issued" record is not an enrolment
     )
+
+
+def enrolment_conflicts(entries: Iterable[AuditEntry]) -> dict[tuple[str, str], list[int]]:
+    """The auditor's check behind the evidence: (study, device id) -> the seqs of its
+    successful enrolments, for every id enrolled with more than one key.
+
+    The service never enrols an id twice with two keys (a second key is refused as
+    impersonation), so any hit is a forged enrolment: the trace a coordinator leaves
+    when it slips a Sybil's key into a roster under a member's id.
+    """
+    keys: dict[tuple[str, str], dict[str, int]] = {}
+    for entry in entries:
+        if entry.study_id is None or not is_enrolment_of(entry, study_id=entry.study_id):
+            continue
+        named = (entry.study_id, str(entry.details["device_id"]))
+        keys.setdefault(named, {}).setdefault(str(entry.details["key_sha256"]), entry.seq)
+    return {
+        named: sorted(by_key.values()) for named, by_key in sorted(keys.items()) if len(by_key) > 1
+    }
 
 
 class EnrolmentEvidence:

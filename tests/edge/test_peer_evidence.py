@@ -18,10 +18,14 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fedward.compliance import AuditLog, public_key_raw
+from fedward.compliance import AuditLog, public_key_raw, verify_log
 from fedward.coordinator import audit
 from fedward.coordinator.store.audit_trail import AuditTrail
-from fedward.coordinator.store.enrolment_evidence import EVIDENCE_FORMAT, EnrolmentEvidence
+from fedward.coordinator.store.enrolment_evidence import (
+    EVIDENCE_FORMAT,
+    EnrolmentEvidence,
+    enrolment_conflicts,
+)
 from fedward.edge import peer_evidence
 from fedward.edge.peer_evidence import (
     PeerCheck,
@@ -382,6 +386,23 @@ def test_a_peer_seen_with_one_key_is_refused_with_another(tmp_path) -> None:
     verifier(forger).check_roster(forged, context=rnd.context, own_device_id=ME)
     with pytest.raises(PeerEvidenceRefused, match="seen with another identity key"):
         verifier(world, memory).check_roster(forged, context=rnd.context, own_device_id=ME)
+
+
+def test_an_auditor_finds_the_forged_enrolment_the_swap_needs(tmp_path) -> None:
+    # Prepare: the coordinator's log, then the forged second enrolment of dev-b it needs
+    # to make a Sybil's key pass every device that never saw dev-b before
+    world = enrolled_world(tmp_path)
+    clean = enrolment_conflicts(world.log.entries_newest_first())
+    world.enrol("dev-b", Ed25519PrivateKey.generate())
+    world.trail.sign_tree_head()
+    # Execute
+    found = enrolment_conflicts(world.log.entries_newest_first())
+    # Assert: nothing in the honest log; the forgery named with both entries; the log
+    # itself still verifies (the forgery is signed, and on the record)
+    assert clean == {}
+    assert list(found) == [(STUDY, "dev-b")] and len(found[(STUDY, "dev-b")]) == 2
+    world.log.close()
+    assert verify_log(tmp_path / "audit.jsonl", world.audit_key.public_key()).ok
 
 
 # -- the participant and the agent ---------------------------------------------------------
