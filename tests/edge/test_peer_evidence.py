@@ -517,3 +517,79 @@ def test_an_agent_without_an_audit_key_logs_that_peer_keys_are_unchecked(tmp_pat
     warnings = [r.getMessage() for r in caplog.records if "UNCHECKED" in r.getMessage()]
     assert len(warnings) == 1 and warnings[0].startswith("dev-u:")
     assert checked.peer_evidence is not None and checked.peer_evidence.study_id == STUDY
+
+
+# -- the whole live path: StudyService + bridge + agents over the in-memory broker ---------
+
+
+@pytest.mark.slow
+def test_agents_provisioned_with_the_audit_key_check_every_roster_and_fills_merge(
+    tmp_path,
+) -> None:
+    # Prepare: the real coordinator (its service binds an EnrolmentEvidence to each
+    # secure-aggregation study) and eight agents holding its audit public key
+    from fedward.coordinator.mqtt.bridge import StudyBridge
+    from fedward.coordinator.service import StudyService
+    from fedward.coordinator.settings import CoordinatorSettings
+    from fedward.edge.agent import AUDIT_HEAD_PREFIX
+    from tests.live.live_helpers import wait_until
+
+    study = "s-evidence"
+    broker = InMemoryBroker()
+    service = StudyService.open(
+        CoordinatorSettings(
+            database_url=f"sqlite:///{tmp_path / 'coordinator.db'}",
+            data_dir=tmp_path / "coordinator",
+            operator_token="peer-evidence-tests-5e4d3c2b1a",
+        ),
+        seed=0,
+    )
+    service.create_study(SECAGG_SPEC, study_id=study)
+    service.start(study)
+    coord = InMemoryTransport(broker, client_id="coordinator", error_policy=ErrorPolicy.LOG)
+    bridge = StudyBridge(
+        service,
+        coord,
+        study_id=study,
+        dispatch_interval_s=0.1,
+        timeout_interval_s=0.5,
+        on_reject=service.transport_rejected,
+    )
+    bridge.start()
+    coord.connect()
+    audit_key = public_key_raw(service.audit_public_key).hex()
+    agents = []
+    try:
+        for i in range(8):
+            device = f"dev{i:02d}"
+            agent = make_agent(
+                transport=InMemoryTransport(broker, client_id=device, error_policy=ErrorPolicy.LOG),
+                study_id=study,
+                device_id=device,
+                state_dir=tmp_path / device,
+                spec=SECAGG_SPEC,
+                dataset=random_dataset(SECAGG_SPEC, seed=i),
+                seed=i,
+                audit_public_key=audit_key,
+            )
+            agent.start()
+            agents.append(agent)
+        for agent in agents:
+            agent.wait_enrolled(10)
+        # Execute
+        merged = wait_until(lambda: service.status(study).merges >= 2, timeout=120)
+        # Assert: fills merged; every roster an agent answered was checked, none refused;
+        # each agent remembers the audit tree head it last accepted
+        assert merged, (service.secagg_stats(study), [a.stats for a in agents])
+        answered = [a for a in agents if a.stats.secagg_sent["shares"] > 0]
+        assert len(answered) >= 4
+        assert all(a.stats.rosters_refused == 0 for a in agents), [a.stats for a in agents]
+        assert all(a.stats.rosters_unchecked == 0 for a in agents)
+        for agent in answered:
+            assert agent.peer_evidence is not None and agent.peer_evidence.tree_head is not None
+            assert (agent.settings.state_dir / f"{AUDIT_HEAD_PREFIX}{study}.json").exists()
+    finally:
+        for agent in agents:
+            agent.stop()
+        bridge.stop()
+        service.close()
