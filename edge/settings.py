@@ -63,8 +63,8 @@ class AgentSettings(BaseModel):
     signed and every message it takes must be signed by the pinned coordinator."""
     audit_public_key: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
     """The coordinator's audit-log Ed25519 public key (64 hex), provisioned by the
-    operator (``fedward audit`` / the coordinator's ``signing_key_path`` public half),
-    never learnt from the coordinator. With it the device checks each secure-aggregation
+    operator (the public half of the coordinator's audit signing key, the same key
+    auditors verify the log with), never learnt from the coordinator at run time. With it the device checks each secure-aggregation
     peer's identity key against the study's enrolment records in the signed audit log
     (:mod:`fedward.edge.peer_evidence`) and leaves a fill whose roster they do not
     prove; without it peer keys are taken on the coordinator's word, and the agent
