@@ -241,6 +241,11 @@ def _one(side: str, index: int, args: argparse.Namespace, task: Path) -> dict[st
     }
 
 
+def _curve(series: list[dict[str, Any]]) -> list[tuple[int, float, float]]:
+    """What a run computed, per round (not when: Flower's points carry their wall time)."""
+    return [(int(p["round"]), float(p["accuracy"]), float(p["loss"])) for p in series]
+
+
 def curves_agree(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> dict[str, Any]:
     """Per-round accuracy of two runs: the largest difference and the final ones."""
     by_round_a = {p["round"]: p["accuracy"] for p in a}
@@ -296,15 +301,33 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
             "flower": [p["accuracy"] for p in theirs[0]["series"]],
         },
         "curves": curves_agree(ours[0]["series"], theirs[0]["series"]),
-        "fedward_runs_identical": all(r["series"] == ours[0]["series"] for r in ours)
+        "fedward_runs_identical": all(
+            _curve(r["series"]) == _curve(ours[0]["series"]) for r in ours
+        )
         and same_schedule,
-        "flower_runs_identical": all(r["series"] == theirs[0]["series"] for r in theirs),
+        "flower_runs_identical": all(
+            _curve(r["series"]) == _curve(theirs[0]["series"]) for r in theirs
+        ),
+        "max_abs_loss_difference": max(
+            abs(a[2] - b[2])
+            for a, b in zip(_curve(ours[0]["series"]), _curve(theirs[0]["series"]), strict=False)
+        ),
         "flwr": theirs[0].get("flwr"),
         "runs": runs,
     }
     (args.out / "side-by-side.json").write_text(json.dumps(summary, indent=2))
     (args.out / "side-by-side.md").write_text(markdown(summary))
     return summary
+
+
+def round_times(run: dict[str, Any]) -> tuple[float, float]:
+    """Seconds from the side's own start to its first merged round, and per later round."""
+    if run["side"] == "fedward":
+        marks = list(run["merge_wall_s"])
+    else:
+        marks = [p["wall_s"] for p in run["series"][1:]]
+    later = (marks[-1] - marks[0]) / (len(marks) - 1) if len(marks) > 1 else float("nan")
+    return marks[0], later
 
 
 def markdown(summary: dict[str, Any]) -> str:
@@ -325,6 +348,14 @@ def markdown(summary: dict[str, Any]) -> str:
         f"fedward / Flower wall time (medians): **{wall['ratio_fedward_to_flower']:.2f}**; "
         f"load average before each run: "
         f"{', '.join(f'{x:.1f}' for x in summary['load_average_before_each'])}.",
+        "",
+        "| run | side | wall (s) | load before | to first round (s) | per later round (s) |",
+        "|---:|---|---:|---:|---:|---:|",
+        *(
+            f"| {r['index']} | {r['side']} | {r['wall_s']:.1f} | {r['load_before']:.1f} "
+            f"| {round_times(r)[0]:.1f} | {round_times(r)[1]:.2f} |"
+            for r in summary["runs"]
+        ),
         "",
         "| round | " + " | ".join(str(r) for r in range(len(acc["fedward"]))) + " |",
         "|---|" + "---:|" * len(acc["fedward"]),
