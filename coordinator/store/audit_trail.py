@@ -95,6 +95,11 @@ class AuditTrail:
         return self._log.public_key
 
     @property
+    def log(self) -> AuditLog:
+        """The log itself, for readers that build proofs (``EnrolmentEvidence``)."""
+        return self._log
+
+    @property
     def latest_tree_head(self) -> SignedTreeHead | None:
         return self._log.latest_tree_head
 

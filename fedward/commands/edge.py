@@ -107,6 +107,14 @@ def run(
     ca_file: Annotated[Path | None, typer.Option(help="Study CA (PEM) for mqtts://.")] = None,
     cert_file: Annotated[Path | None, typer.Option(help="Client certificate (PEM).")] = None,
     key_file: Annotated[Path | None, typer.Option(help="Client key (PEM).")] = None,
+    audit_public_key: Annotated[
+        str | None,
+        typer.Option(
+            help="The coordinator's audit-log public key (64 hex, from the operator, not from "
+            "the coordinator): SecAgg peers' identity keys are then checked against its signed "
+            "enrolment records. Without it the device warns that peer keys are unchecked."
+        ),
+    ] = None,
 ) -> None:
     """Enrol, train on tasks, deliver updates exactly once; Ctrl-C to stop."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -144,6 +152,7 @@ def run(
             dp_delta=dp_delta,
             dp_accountant=dp_accountant,
             dp_max_physical_batch_size=dp_max_physical_batch,
+            audit_public_key=audit_public_key,
         )
         dataset = load_dataset(data, channels=in_channels, window=window, num_classes=num_classes)
         identity = load_or_create_identity(settings.state_dir, device_id=device_id)
