@@ -408,6 +408,16 @@ def test_a_secagg_study_merges_live_and_the_coordinator_holds_no_individual_upda
     state = secagg_study
     service, study_id, devices = state["service"], state["study_id"], state["devices"]
     _run_to_merges(state, 2)
+
+    def canary_merged() -> bool:  # the canary device's update is in a merged fill
+        pending = {o.task.task_id for o in service.pending_tasks(study_id)}
+        return any(
+            m.masked and not m.aborted and m.task.task_id not in pending
+            for m in devices[0].members.values()
+        )
+
+    # cohorts are drawn at random: run on until the canary device was in a merge
+    assert wait_until(canary_merged, timeout=90, step=0.2), service.secagg_stats(study_id)
     service.stop(study_id)
     time.sleep(0.5)  # the last frames reach the sniffer
     status = service.status(study_id)
