@@ -165,7 +165,7 @@ class Device:
     members: dict[str, Member] = field(default_factory=dict)  # task id -> member
     canary: bool = False
     silent_task: str | None = None  # the task it goes silent in (from MASKED_INPUT on)
-    silence_next: bool = False
+    silence: dict | None = None  # shared: the first device to get a task goes silent in it
     errors: list[str] = field(default_factory=list)
     seed: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -199,14 +199,21 @@ class Device:
                 delta = delta_for(
                     message,
                     model_shapes(SPEC),
-                    seed=hash(self.device_id) % 1000 + self.seed,
+                    seed=1000 * int(self.device_id.split("-")[1]) + self.seed,
                     canary=self.canary,
                 )
                 member = Member.for_task(
                     message, root=self.root, spec=SPEC, delta=delta, signing_key=self.key
                 )
-                if self.silence_next:
-                    self.silence_next = False
+                silence = self.silence
+                # setdefault is atomic: of the devices racing for it, exactly one wins
+                if (
+                    silence is not None
+                    and silence.setdefault("device", self.device_id) == (self.device_id)
+                    and self.silent_task is None
+                    and "won" not in silence
+                ):
+                    silence["won"] = True
                     self.silent_task = message.task_id
                     member.silent_from = SecAggPhase.MASKED_INPUT
                 self.members[message.task_id] = member
@@ -492,9 +499,11 @@ def test_outsiders_replays_and_dropped_members_are_refused_and_audited(secagg_st
     # then merges without it (phase timer); a second fill is then in flight
     state = secagg_study
     service, study_id, devices = state["service"], state["study_id"], state["devices"]
-    late = devices[0]
-    late.silence_next = True
+    silence: dict = {}
+    for device in devices:
+        device.silence = silence  # whoever gets the first task: a member of the first fill
     _run_to_merges(state, 1, timeout=60)
+    late = next(d for d in devices if d.device_id == silence["device"])
     assert wait_until(lambda: len(service.pending_tasks(study_id)) > 0, timeout=30)
     in_flight = {o.device_id: o.task for o in service.pending_tasks(study_id)}
     victim_id, victim_task = next(iter(in_flight.items()))
