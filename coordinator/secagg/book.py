@@ -73,6 +73,11 @@ class FillBook:
         hook = self.identity_evidence
         return None if hook is None else hook(device_id)
 
+    def _identity_keys_now(self) -> IdentityKeys | None:
+        """The enrolled-key lookup the book holds *now* (a fill built without one binds
+        it when it appears)."""
+        return self.identity_keys
+
     # -- opening -------------------------------------------------------------------
     def room(self) -> int:
         return self.policy.fills_in_flight - len(self.fills)
@@ -145,6 +150,7 @@ class FillBook:
             timeout_for=policy.timeout_for,
             identity_keys=_keys_for(session.cohort, self.identity_keys),
             identity_evidence=self._evidence,
+            identity_keys_source=self._identity_keys_now,
         )
         self.fills[fill_id] = fill
         effects = FillEffects()
@@ -303,6 +309,7 @@ class FillBook:
                     model_shapes=self.model_shapes,
                     identity_keys=self.identity_keys,
                     identity_evidence=book._evidence,
+                    identity_keys_source=book._identity_keys_now,
                 )
                 if fill.fill_id in book.fills:
                     raise StateLoadError(f"fill {fill.fill_id} appears twice")

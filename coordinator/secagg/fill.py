@@ -204,6 +204,7 @@ class Fill:
         timeout_for: Callable[[str], float],
         identity_keys: Mapping[str, Any] | None = None,
         identity_evidence: IdentityEvidence | None = None,
+        identity_keys_source: Callable[[], IdentityKeys | None] | None = None,
     ) -> None:
         if set(members) != set(session.cohort):
             raise ValueError("a fill's members are exactly its session's cohort")
@@ -220,6 +221,10 @@ class Fill:
         self.timeout_for = timeout_for  # uplink phase value -> seconds it waits
         self.server = SecAggServer(config=config, session=session, identity_keys=identity_keys)
         self.identity_evidence = identity_evidence
+        # Where identity keys come from when none were bound at construction (a fill
+        # restored before the service attached its enrolled-key lookup): bound at the
+        # first advertisement or timer after they appear, see _bind_late_keys.
+        self._keys_source = identity_keys_source
         self._evidence: dict[str, bytes] = {}  # member -> its roster evidence (not saved)
         self.live: set[str] = set(members)
         self.dropped: dict[str, SecAggPhase] = {}  # device -> the phase it was dropped in
@@ -274,6 +279,8 @@ class Fill:
             return effects
         if not isinstance(message, _MESSAGE_TYPE[phase]) or _sender(message) != device_id:
             self._refuse(effects, device_id, phase, "malformed", now=now)
+            return effects
+        if not self._bind_late_keys(effects):
             return effects
         try:
             if phase is SecAggPhase.MASKED_INPUT:
@@ -345,12 +352,39 @@ class Fill:
             self.resend = False
             self._close(effects, now=now, timed_out=True)
             return effects
+        if not self._bind_late_keys(effects):
+            return effects
         if self.resend:
             self.resend = False
             self._resend(effects)
         if self._counted() <= self.answered:
             self._close(effects, now=now, timed_out=False)
         return effects
+
+    def _bind_late_keys(self, effects: FillEffects) -> bool:
+        """Bind identity keys that appeared after this fill was built (False: it aborted).
+
+        A fill restored before the service attached its enrolled-key lookup was
+        built without keys; it must not accept, or close over, an advertisement
+        it has not checked. Keys are bound while advertisements are collected,
+        after checking every one already held; one that fails aborts the fill.
+        """
+        source = self._keys_source
+        if source is None or self.server.checks_identities:
+            return True
+        if self.server.stage is not ServerStage.COLLECTING_ADVERTISEMENTS:
+            return True  # past advertising: every advertisement was checked before saving
+        hook = source()
+        if hook is None:
+            return True
+        try:
+            keys = _keys_for(self.session.cohort, hook)
+            if keys is not None:
+                self.server.bind_identity_keys(keys)
+        except (SecAggError, ValueError) as exc:
+            self._abort(effects, reason="unchecked_advertisement", detail=str(exc))
+            return False
+        return True
 
     def member_failed(self, device_id: str, *, reason: str) -> FillEffects:
         """The member's task failed outside the fill (deadline, refusal, revocation)."""
@@ -574,6 +608,7 @@ class Fill:
         model_shapes: Mapping[str, tuple[int, ...]],
         identity_keys: IdentityKeys | None,
         identity_evidence: IdentityEvidence | None = None,
+        identity_keys_source: Callable[[], IdentityKeys | None] | None = None,
     ) -> Fill:
         """A fill restored from :meth:`state_dict` (StateLoadError for anything else)."""
         try:
@@ -599,6 +634,7 @@ class Fill:
                 timeout_for=policy.timeout_for,
                 identity_keys=_keys_for(session.cohort, identity_keys),
                 identity_evidence=identity_evidence,
+                identity_keys_source=identity_keys_source,
             )
             fill.server.load_state_dict(plain.from_json(saved["server"]))
             live = {str(d) for d in saved["live"]}

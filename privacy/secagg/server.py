@@ -116,6 +116,29 @@ class SecAggServer:
     def stage(self) -> ServerStage:
         return self._st.stage
 
+    @property
+    def checks_identities(self) -> bool:
+        """True once advertisements must carry a signature by the member's identity key."""
+        return self._identity_keys is not None
+
+    def bind_identity_keys(self, identity_keys: Mapping[str, Ed25519PublicKey]) -> None:
+        """Require signed advertisements from now on (a server restored without keys).
+
+        Only while advertisements are still being collected, and only once: keys
+        bound are never replaced, so nothing can weaken the check later. Every
+        advertisement already held is checked against them first
+        (``ProtocolViolation`` if one fails: abort the instance; nothing changes).
+        """
+        if self._identity_keys is not None:
+            raise StateError("identity keys are already bound")
+        self._require(ServerStage.COLLECTING_ADVERTISEMENTS, "bind identity keys")
+        keys = dict(identity_keys)
+        for adv in self._st.adverts.values():
+            masking.check_advertisement(
+                adv, session=self.session, context=self._context, identity_keys=keys
+            )
+        self._identity_keys = keys
+
     def _require(self, stage: ServerStage, action: str) -> None:
         if self._st.stage is not stage:
             raise StateError(f"cannot {action} in stage {self._st.stage.name} (needs {stage.name})")
