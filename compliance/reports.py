@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from fedward.privacy.accounting import MechanismStep
 from fedward.privacy.budget import PrivacyUnit
 from fedward.privacy.ledger import PrivacyLedger, SpendRecord
+from fedward.privacy.skellam import SkellamStep
 
 REPORT_FORMAT = "fedward.privacy.budget_report"
 REPORT_VERSION = 1
@@ -99,7 +100,7 @@ def build_budget_report(
     study_id: str,
     device_classes: Mapping[str, str],
     exhausted: Iterable[str] = (),
-    next_step: MechanismStep | None = None,
+    next_step: MechanismStep | SkellamStep | None = None,
     max_points_per_class: int = 500,
     unit: PrivacyUnit = PrivacyUnit.WINDOW,
 ) -> BudgetReport:

@@ -545,10 +545,10 @@ class Engine:
             order = self.tasks.pop(task_id, None)
             if order is None:
                 continue  # failed from outside after its input was in (deadline): still merged
-            device = self.devices[order.device_id]
-            device.completed += 1
-            if device.state is DeviceState.BUSY:
-                device.state = DeviceState.IDLE
+            member = self.devices[order.device_id]
+            member.completed += 1
+            if member.state is DeviceState.BUSY:
+                member.state = DeviceState.IDLE
             self.stats.accepted += 1
         parent = self.version
         self._install(result, parent=parent, now=now, fill_id=fill.fill_id)

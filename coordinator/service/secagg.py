@@ -222,7 +222,7 @@ class SecAggCalls(ServiceCore):
         if evidence is None:
             evidence = EnrolmentEvidence(
                 # the trail's log: AuditTrail has no public accessor for it (yet)
-                log=self._trail._log,
+                log=self._trail.log,
                 study_id=study_id,
                 public_key_of=partial(self._enrolled_raw_key, study_id),
                 sign_tree_head=self._trail.sign_tree_head,  # durable first, then signed
