@@ -36,7 +36,7 @@ from .engine import Engine, EngineEvent
 from .engine.planning import SubsetMode, SubsetPlanner
 from .errors import CoordinatorError
 from .privacy.guard import PrivacyGuard, PrivacyListener
-from .privacy.settings import PatientPrivacy, StudyPrivacy
+from .privacy.settings import DistributedPrivacy, PatientPrivacy, StudyPrivacy
 from .strategies import (
     FTTE,
     ClientLevelDP,
@@ -134,6 +134,30 @@ class DistributedDpSettings(BaseModel):
     l2_clip: float = Field(gt=0, le=1e6, allow_inf_nan=False)
     noise_multiplier: float = Field(gt=0, le=1e3, allow_inf_nan=False)
     bits: int = Field(default=20, ge=8, le=32)
+    # Each patient's budget over the study (``DistributedPrivacy``): every fill
+    # membership is charged its Skellam release at dispatch and settled by the
+    # fill's outcome; a device that cannot afford one more is never dispatched.
+    # None: the noise is added but no ledger enforces a budget (reported as such).
+    epsilon: float | None = Field(default=None, gt=0, le=100, allow_inf_nan=False)
+    delta: float = Field(default=1e-5, gt=0, lt=1, allow_inf_nan=False)
+
+    def patient_privacy(
+        self, *, threshold: int, max_colluders: int, cohort_size: int, model_size: int
+    ) -> DistributedPrivacy | None:
+        """The guard's settings for this study's fills (None: no budget set)."""
+        if self.epsilon is None:
+            return None
+        return DistributedPrivacy(
+            epsilon=self.epsilon,
+            delta=self.delta,
+            l2_clip=self.l2_clip,
+            noise_multiplier=self.noise_multiplier,
+            bits=self.bits,
+            threshold=threshold,
+            max_colluders=max_colluders,
+            cohort_size=cohort_size,
+            model_size=model_size,
+        )
 
     def mechanism(self, *, threshold: int, max_colluders: int, cohort_size: int, d: int) -> Any:
         """The ``DistributedDp`` every fill runs (the policy's and the devices'): honest
@@ -324,6 +348,18 @@ class StudySpec(BaseModel):
             )
         return self
 
+    @model_validator(mode="after")
+    def _one_privacy_ledger(self) -> StudySpec:
+        # Why: one study, one ledger and one unit per epsilon; distributed DP's patient
+        # budget beside DP-SGD's window budget would report two epsilons for one device.
+        ddp = self.secagg.ddp if self.secagg is not None and self.secagg.enabled else None
+        if ddp is not None and ddp.epsilon is not None and self.privacy is not None:
+            raise ValueError(
+                "secagg.ddp.epsilon and privacy are two budgets for one device: choose "
+                "distributed DP (a patient's epsilon) or DP-SGD on the device (a window's)"
+            )
+        return self
+
     @property
     def secagg_on(self) -> bool:
         """Whether every merge of the study is securely aggregated."""
@@ -470,6 +506,19 @@ def build_engine(
     if {n: tuple(v.shape) for n, v in params.items()} != shapes:
         raise ValueError("initial parameters do not match the study's model")
     secagg = spec.secagg_policy()
+    guards = _privacy_guards(spec, privacy_listeners)
+    if secagg is not None and secagg.ddp is not None and spec.secagg is not None:
+        ddp = spec.secagg.ddp
+        if ddp is not None and ddp.epsilon is not None:
+            settings = ddp.patient_privacy(
+                threshold=secagg.threshold,
+                max_colluders=secagg.max_colluders,
+                cohort_size=secagg.cohort_size,
+                model_size=model_bytes(spec) // BYTES_PER_PARAMETER,  # as the policy sizes it
+            )
+            if settings is None or settings.mechanism() != secagg.ddp:
+                raise ValueError("the ledger's Skellam mechanism is not the one the fills run")
+            guards = (*guards, PrivacyGuard(settings, listeners=privacy_listeners))
     return Engine(
         params=params,
         strategy=build_strategy(spec, shapes),
@@ -477,7 +526,7 @@ def build_engine(
         concurrency=spec.concurrency,
         rng=rng,
         listeners=listeners,
-        guards=_privacy_guards(spec, privacy_listeners),
+        guards=guards,
         **({"secagg": secagg} if secagg is not None else {}),
     )
 
