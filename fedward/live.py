@@ -292,6 +292,9 @@ class LiveStudy:
                 l2_clip=scenario.ddp_l2_clip,
                 noise_multiplier=scenario.ddp_noise_multiplier,
                 bits=scenario.ddp_bits,
+                # the ftte+dp row's budget, now a per-patient ledger of the fills
+                epsilon=scenario.dp_epsilon,
+                delta=scenario.dp_delta,
             )
             self.spec = self.spec.model_copy(
                 update={"secagg": secagg.model_copy(update={"ddp": ddp, "energy_bins": ()})}
@@ -612,7 +615,11 @@ class LiveStudy:
 
     def _privacy(self) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         """A DP study's epsilon per class over elapsed time, from the coordinator's ledger."""
-        if self.service is None or (self.spec.privacy is None and self.spec.client_dp is None):
+        ddp = self.spec.secagg.ddp if self.spec.secagg_on and self.spec.secagg else None
+        budgeted_ddp = ddp is not None and ddp.epsilon is not None
+        if self.service is None or (
+            self.spec.privacy is None and self.spec.client_dp is None and not budgeted_ddp
+        ):
             return [], {}
         try:
             report = self.service.privacy_report(self.study_id)

@@ -109,3 +109,9 @@ def test_a_distributed_dp_secagg_study_runs_live_with_skellam_shares(tmp_path, m
     assert policy.ddp is not None and policy.ddp.min_survivors == policy.threshold - 1
     assert policy.count_words == 1
     assert result.merges >= 2 and result.secagg["fills"]["merged"] >= 2
+    # and every fill membership was charged to the patient's ledger, within the budget
+    assert result.privacy["unit"] == "patient"
+    assert result.privacy["epsilon_budget"] == SCENARIO.dp_epsilon
+    assert result.epsilon_series and all(
+        0 < p["epsilon"] <= SCENARIO.dp_epsilon for p in result.epsilon_series
+    )
