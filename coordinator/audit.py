@@ -323,10 +323,12 @@ def task_not_its_own(device_id: str, task_id: str) -> AuditRecord:
     return _device(AuditAction.DEVICE_AUTH_FAILED, Outcome.DENIED, device_id, details)
 
 
-def task_declined(device_id: str, task_id: str) -> AuditRecord:
-    """A device holding a DP budget declined a task without DP-SGD (``DP_REQUIRED``);
-    the coordinator then stops scheduling it for the study (DECLINED)."""
-    details = {"device_id": device_id, "task_id": task_id, "reason": "dp_required"}
+def task_declined(device_id: str, task_id: str, *, reason: str = "dp_required") -> AuditRecord:
+    """A device declined the study's kind of task: a DP budget holder offered a task
+    without DP-SGD (``dp_required``) or a device whose SecAgg floors refuse the
+    study's fills (``secagg_refused``); the coordinator then stops scheduling it for
+    the study (DECLINED)."""
+    details = {"device_id": device_id, "task_id": task_id, "reason": reason}
     return _device(AuditAction.TASK_REFUSED, Outcome.DENIED, device_id, details)
 
 

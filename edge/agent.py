@@ -781,7 +781,8 @@ class EdgeAgent:
                 self._fills[params.fill_id] = member
                 self._forget_finished_fills()
         except (SecAggRefused, SecAggError) as exc:
-            # The coordinator's ADVERTISE timer drops this member; nothing was released.
+            # Nothing was released. Say so at once (the fill loses this member now, not
+            # at its ADVERTISE timer); the reason after the task id is for humans only.
             self.stats.fills_refused += 1
             log.warning(
                 "%s: not joining fill %s (task %s): %s",
@@ -790,6 +791,10 @@ class EdgeAgent:
                 task.task_id,
                 exc,
             )
+            refusal = ErrorMessage(
+                code=ErrorCode.SECAGG_REFUSED, detail=f"{task.task_id} {exc}"[:1000]
+            )
+            self._publish(TopicKind.HEARTBEAT, encode_frame(refusal))
             return False
         self._send_fill(member, advertisement)
         return True

@@ -16,6 +16,13 @@ A device that holds a DP budget declines a task without DP-SGD with code
 ``DP_REQUIRED`` (same detail rule): the task is failed at once and the device
 goes DECLINED for this study (the study's tasks will never carry what it
 requires), so it is neither held to the deadline nor asked again.
+
+A device whose own SecAgg floors refuse a fill (cohort below its minimum, a
+threshold below floor((n + c)/2) + 1 for its colluder bound, parameters it
+cannot check) says so before it advertises, with ``SECAGG_REFUSED`` (same
+detail rule): its task fails at once, so its fill loses the member now rather
+than at the ADVERTISE timer, and the device goes DECLINED (the study's fills
+are sized by one policy: the next would be refused the same way).
 """
 
 from __future__ import annotations
@@ -37,7 +44,14 @@ from .studies import finish_if_done
 _AUTH_REJECTIONS = frozenset({"route"})
 _MALFORMED_REJECTIONS = frozenset({"malformed", "unsupported_version", "too_large", "wrong_topic"})
 # The codes a device may decline a task with (see the module doc).
-_DECLINE_CODES = frozenset({ErrorCode.BUDGET_EXHAUSTED, ErrorCode.DP_REQUIRED})
+_DECLINE_CODES = frozenset(
+    {ErrorCode.BUDGET_EXHAUSTED, ErrorCode.DP_REQUIRED, ErrorCode.SECAGG_REFUSED}
+)
+# Codes that decline the study's kind of task (DECLINED), with their audit reason.
+_DECLINED_REASONS = {
+    ErrorCode.DP_REQUIRED: "dp_required",
+    ErrorCode.SECAGG_REFUSED: "secagg_refused",
+}
 
 
 class RefusalCalls(ServiceCore):
@@ -99,11 +113,15 @@ class RefusalCalls(ServiceCore):
                 study.failure_status[task_id] = TaskStatus.FAILED
                 study.refused_tasks.add(task_id)
                 try:
-                    if reason is ErrorCode.DP_REQUIRED:
+                    declined = _DECLINED_REASONS.get(reason)
+                    if declined is not None:
                         study.engine.task_declined(
-                            task_id, now=changes.at, reason="declined by the device: DP required"
+                            task_id, now=changes.at, reason=f"declined by the device: {declined}"
                         )
-                        self._audit(audit.task_declined(device_id, task_id), study_id=study.id)
+                        self._audit(
+                            audit.task_declined(device_id, task_id, reason=declined),
+                            study_id=study.id,
+                        )
                     else:
                         study.engine.task_refused(
                             task_id, now=changes.at, reason="refused by the device: privacy budget"
@@ -118,7 +136,8 @@ class RefusalCalls(ServiceCore):
 
         ``detail`` must start with the task id (see the module doc); the rest
         is the device's own text and is dropped. Raises ``UnsupportedRefusal``
-        for a code other than ``BUDGET_EXHAUSTED``/``DP_REQUIRED`` or a detail naming no task.
+        for a code other than ``BUDGET_EXHAUSTED``/``DP_REQUIRED``/``SECAGG_REFUSED`` or a
+        detail naming no task.
         """
         words = message.detail.split(maxsplit=1)
         task_id = words[0] if words else ""

@@ -129,6 +129,9 @@ class ErrorCode(StrEnum):
     STALE = "stale"
     BUDGET_EXHAUSTED = "budget_exhausted"
     DP_REQUIRED = "dp_required"  # a device with a DP budget declines a task without DP
+    # a device will not join the study's fills: its own floors (cohort size, threshold,
+    # colluders) or the fill's parameters refuse them; sent before it advertises
+    SECAGG_REFUSED = "secagg_refused"
     INTERNAL = "internal"
 
 
