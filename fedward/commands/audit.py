@@ -126,6 +126,19 @@ def head(
         out.write_text(text + "\n")
 
 
+@app.command("public-key")
+def public_key_command(data_dir: _DataDirOption = None) -> None:
+    """Print the audit log's public key (64 hex): give it to auditors and to every
+    device (``fedward edge run --audit-public-key``), out of band, never over the wire
+    the coordinator controls."""
+    if data_dir is None:
+        raise typer.BadParameter("give --data-dir (the coordinator's data folder)")
+    key_path = data_dir / "keys" / "audit-signing-key.pem"
+    if not key_path.is_file():
+        raise typer.BadParameter(f"no audit signing key at {key_path}")
+    typer.echo(public_key_hex(load_signing_key(key_path)))
+
+
 def _log_and_key(
     data_dir: Path | None, log: Path | None, public_key: str | None
 ) -> tuple[Path, Path | None, bytes]:
