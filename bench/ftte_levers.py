@@ -20,9 +20,11 @@ FLOPs, memory and bytes are still counted on the real step and frames.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,17 @@ def override_ftte(options: dict[str, Any]) -> None:
         original(self, **{**kwargs, **options})
 
     ftte_module.FTTE.__init__ = patched  # type: ignore[method-assign]
+
+
+@contextlib.contextmanager
+def ftte_options(options: dict[str, Any]) -> Iterator[None]:
+    """``override_ftte`` for the block only (label_groups' rows)."""
+    original = ftte_module.FTTE.__init__
+    override_ftte(options)
+    try:
+        yield
+    finally:
+        ftte_module.FTTE.__init__ = original  # type: ignore[method-assign]
 
 
 def biases_everywhere(micro_batch: int) -> None:

@@ -7,7 +7,7 @@ only standing/walking windows and devices 4-7 only running/badminton (wearers
 who honestly do different things; a fresh shuffle per seed). The study is the
 activity-motion example's (model from scratch, 120 updates, 40 held-out
 windows) with strategy rows FedAvg, FedBuff, FTTE, FTTE with the former energy
-rule and FTTE without the energy term::
+rule, FTTE without the energy term and FTTE with server Adam (0.01, 0.003)::
 
     python -m fedward.bench.label_groups [--seeds 4] [--fixed-data-seed] [--json runs/label-groups.json]
 
@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from fedward.bench.ftte_levers import ftte_options
 from fedward.simulation.executor import ExecutorKind, make_executor
 from fedward.simulation.scenario import Scenario, StrategyRun
 from fedward.simulation.study import Study
@@ -41,6 +42,13 @@ ROWS: dict[str, tuple[StrategyRun, dict[str, Any]]] = {
     "ftte": (StrategyRun.FTTE, {}),
     "ftte, former energy rule": (StrategyRun.FTTE, {"energy_rule": "damp", "energy_quantile": 0.5}),
     "ftte, no energy term": (StrategyRun.FTTE, {"energy_beta": 0.0}),
+    "ftte, server Adam 0.01": (StrategyRun.FTTE, {}),
+    "ftte, server Adam 0.003": (StrategyRun.FTTE, {}),
+}
+# FTTE constructor options (the study spec has no field for them yet: bench.ftte_levers)
+FTTE_OPTIONS: dict[str, dict[str, Any]] = {
+    "ftte, server Adam 0.01": {"server_optimizer": "adam", "server_adam_lr": 0.01},
+    "ftte, server Adam 0.003": {"server_optimizer": "adam", "server_adam_lr": 0.003},
 }
 
 
@@ -93,7 +101,9 @@ def run(seeds: int, *, fixed_data_seed: bool = False) -> dict[str, list[float]]:
             )
             for name, (row, change) in ROWS.items():
                 variant = Scenario.model_validate({**scenario.model_dump(), **change})
-                finals[name].append(Study(variant, row, executor=pool).run().final_accuracy)
+                with ftte_options(FTTE_OPTIONS.get(name, {})):
+                    result = Study(variant, row, executor=pool).run()
+                finals[name].append(result.final_accuracy)
                 print(f"seed {seed} {name}: {finals[name][-1]:.4f}", flush=True)
     return finals
 

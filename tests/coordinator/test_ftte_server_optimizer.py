@@ -16,6 +16,7 @@ import pytest
 from fedward.coordinator.errors import StateLoadError
 from fedward.coordinator.strategies import FTTE, ClientUpdate
 from fedward.coordinator.strategies.ftte import ServerOptimizer
+from tests.coordinator import test_ftte_energy_clip as energy_toy
 
 SHAPES = {"w": (16,)}
 TARGET = 2.0
@@ -115,3 +116,35 @@ def test_sgd_state_does_not_load_into_an_adam_strategy() -> None:
     # Execute / Assert
     with pytest.raises(StateLoadError):
         adam_ftte().load_state_dict(sgd.state_dict())
+
+
+def toy_adam() -> FTTE:
+    """Adam on the energy term's toy federation (one tensor, buffers of four).
+
+    Adam moves a coordinate by about its learning rate per merge at most, and
+    half b must travel 10 units in 60 merges: 0.2 (at 0.05 it gets 4.4 of the
+    way; at 0.5 it overshoots on the honest run)."""
+    return FTTE(
+        shapes=energy_toy.SHAPES,
+        buffer_size=4,
+        staleness_exponent=0.0,
+        server_optimizer=ServerOptimizer.ADAM,
+        server_adam_lr=0.2,
+    )
+
+
+def test_adam_keeps_the_energy_terms_two_properties_on_its_toy_federation() -> None:
+    # Execute: the honest energetic group (a quarter of each buffer), then every tenth
+    # update pulling half a to -50 (a divergent device)
+    honest = energy_toy.federate(toy_adam())
+    poisoned = energy_toy.federate(toy_adam(), poison_every=10)
+
+    fedbuff = energy_toy.federate(
+        energy_toy.FedBuff(shapes=energy_toy.SHAPES, buffer_size=4), poison_every=10
+    )
+
+    # Assert: the group's half is learned; the poisoned half stays near its target
+    # where FedBuff is dragged off
+    assert energy_toy.error(honest, "b") < 0.5 and energy_toy.error(honest, "a") < 0.5
+    assert energy_toy.error(poisoned, "a") < 0.5
+    assert energy_toy.error(fedbuff, "a") > 2.0
