@@ -221,7 +221,14 @@ def _one(side: str, index: int, args: argparse.Namespace, task: Path) -> dict[st
     else:
         command = [args.flower_python, str(HERE / "flower_app.py"), "--task", str(task)]
         command += ["--out", str(out)]
-        env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{HERE}", "RAY_DEDUP_LOGS": "0"}
+        env = {
+            **os.environ,
+            "PYTHONPATH": f"{ROOT}{os.pathsep}{HERE}",
+            "RAY_DEDUP_LOGS": "0",
+            # a loopback-only Ray needs no token; without this, Ray writes ~/.ray/auth_token,
+            # which then switches token authentication on for every later Ray on the machine
+            "RAY_AUTH_MODE": "disabled",
+        }
     load = load_average()
     started = time.perf_counter()
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)

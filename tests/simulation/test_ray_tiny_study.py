@@ -94,7 +94,10 @@ def ray_cluster() -> Iterator[str]:
     command += ["--disable-usage-stats", "--node-ip-address=127.0.0.1", f"--temp-dir={temp_dir}"]
     command += ["--object-store-memory=100000000"]
     command += [f"{flag}={value}" for flag, value in ports.items()]
+    # no token authentication: Ray enables it when ~/.ray/auth_token exists (another
+    # Ray may have written one), and a test cluster on loopback needs none
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["RAY_AUTH_MODE"] = "disabled"
     head = subprocess.Popen(
         command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
@@ -118,9 +121,11 @@ def ray_cluster() -> Iterator[str]:
 
 @pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed")
 def test_a_tiny_study_on_a_ray_cluster_joined_by_address_matches_serial(
-    ray_cluster: str,
+    ray_cluster: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import ray
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # as the cluster was started
 
     # Prepare
     serial = study_figures(TINY, ExecutorKind.SERIAL)
