@@ -6,6 +6,13 @@ slowest live member answers or the timer fires, so members should be about as
 fast as each other: the device class is the speed proxy. Cohorts are drawn
 from one (subset, class) group when one group is large enough, else from one
 subset's classes in order of group size (the fewest classes mixed).
+
+Which group: drawn at random in proportion to its idle devices, among the
+groups large enough. Why not a fixed order: a rule that always took the
+smallest class able to fill a cohort never drew the wearables (60% of the
+simulated fleet) while phones or gateways were idle, so no wearable update was
+ever merged (measured on the secagg benchmark rows); in proportion, every idle
+device has about the same chance of the next fill, whatever its class.
 """
 
 from __future__ import annotations
@@ -53,11 +60,14 @@ def form_cohorts(
         entry = by_subset.setdefault(subset.subset_id, (subset, defaultdict(list)))
         entry[1][device.device_class].append(device)
     cohorts: list[tuple[SubsetSpec, list[D]]] = []
-    # the largest subset groups first (ties by id, so the choice is reproducible)
-    for subset_id in sorted(by_subset, key=lambda s: (-_total(by_subset[s][1]), s)):
-        subset, classes = by_subset[subset_id]
-        while len(cohorts) < room and _total(classes) >= size:
-            cohorts.append((subset, _draw(classes, size=size, rng=rng)))
+    while len(cohorts) < room:
+        # subsets able to fill a cohort, in id order (reproducible for a seeded rng)
+        able = [s for s in sorted(by_subset) if _total(by_subset[s][1]) >= size]
+        if not able:
+            break
+        weights = [_total(by_subset[s][1]) for s in able]
+        subset, classes = by_subset[rng.choices(able, weights=weights)[0]]
+        cohorts.append((subset, _draw(classes, size=size, rng=rng)))
     return cohorts
 
 
@@ -66,11 +76,15 @@ def _total(classes: dict[str, list[D]]) -> int:
 
 
 def _draw(classes: dict[str, list[D]], *, size: int, rng: random.Random) -> list[D]:
-    """``size`` devices, from one class if one is large enough, else the largest first."""
-    order = sorted(classes, key=lambda c: (-len(classes[c]), c))
-    whole = [c for c in order if len(classes[c]) >= size]
+    """``size`` devices: from one class if one is large enough (drawn in proportion to
+    its idle devices), else from the largest classes first."""
+    whole = [c for c in sorted(classes) if len(classes[c]) >= size]
+    if whole:
+        order = [rng.choices(whole, weights=[len(classes[c]) for c in whole])[0]]
+    else:
+        order = sorted(classes, key=lambda c: (-len(classes[c]), c))
     chosen: list[D] = []
-    for device_class in whole[-1:] or order:  # the smallest class that suffices alone
+    for device_class in order:
         pool = classes[device_class]
         take = rng.sample(pool, min(size - len(chosen), len(pool)))
         chosen.extend(take)

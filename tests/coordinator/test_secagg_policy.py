@@ -224,3 +224,24 @@ def test_fill_events_become_secagg_round_audit_entries_the_log_accepts() -> None
     assert len(entries[0].details["cohort"]) == 64 and entries[0].details["cohort_count"] == 70
     for entry in entries:
         check_details(entry.details)
+
+
+def test_every_idle_device_has_about_the_same_chance_of_the_next_fill_whatever_its_class() -> None:
+    # Prepare: 60 wearables, 30 phones, 10 gateways sharing one subset; cohorts of 5.
+    # (The rule before always took the smallest class able to fill a cohort: the
+    # wearables were never drawn while phones or gateways were idle.)
+    idle = (
+        [Dev(f"w{i}", "wearable", 1) for i in range(60)]
+        + [Dev(f"p{i}", "phone", 1) for i in range(30)]
+        + [Dev(f"g{i}", "gateway", 1) for i in range(10)]
+    )
+    rng = random.Random(7)
+    drawn: dict[str, int] = {"wearable": 0, "phone": 0, "gateway": 0}
+    # Execute: the next fill, 2,000 times over the same idle fleet
+    for _ in range(2000):
+        ((_, members),) = form_cohorts(idle, subset_of=lambda d: SMALL, size=5, room=1, rng=rng)
+        drawn[members[0].device_class] += 1
+    # Assert: each class's share of fills within 4 points of its share of idle devices
+    assert abs(drawn["wearable"] / 2000 - 0.6) < 0.04
+    assert abs(drawn["phone"] / 2000 - 0.3) < 0.04
+    assert abs(drawn["gateway"] / 2000 - 0.1) < 0.04
