@@ -37,9 +37,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from fedward.tinytrain.models import ModelConfig, ModelKind, build_model
+from fedward.tinytrain.runtime import limit_threads
 from fedward.tinytrain.training import LocalTrainConfig, evaluate, train_subset
 
 STARTED = time.perf_counter()
@@ -87,7 +87,7 @@ def train_handler(msg: Any, context: Any) -> Any:
     its loaded task in ``_CACHE`` across messages (as a Flower app does).
     """
     app = _flwr("flwr.app")
-    torch.set_num_threads(1)  # as fedward's workers (fixed_threads)
+    limit_threads(1)  # as fedward's workers (fixed_threads)
     config = msg.content["config"]
     local = load_task(str(config["task"]))
     names: list[str] = local["meta"]["param_names"]
@@ -140,7 +140,7 @@ def main() -> None:
 
     def central_evaluate(server_round: int, arrays: Any) -> Any:
         params = {n: arrays[n].numpy() for n in names}
-        torch.set_num_threads(1)
+        limit_threads(1)
         accuracy, loss = evaluate(_CACHE["model"], params, task["test_x"], task["test_y"])
         series.append(
             {

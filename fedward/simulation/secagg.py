@@ -65,7 +65,7 @@ from fedward.protocol.messages import (
     secagg_body,
     secagg_frame_tensors,
 )
-from fedward.tinytrain.runtime import fixed_threads
+from fedward.tinytrain.costs import measure_machine_flops
 
 from .profiles import SimDevice
 
@@ -101,17 +101,10 @@ class PrgCalibration:
             chacha20_stream(key, nonce, words, modulus_bits=32)
             spent += time.perf_counter() - started
             done += 4 * words
-        import torch
-
-        a = torch.ones(256, 256)
-        flops, spent_mm = 0.0, 0.0
-        with fixed_threads():
-            while spent_mm < seconds:
-                started = time.perf_counter()
-                torch.mm(a, a)
-                spent_mm += time.perf_counter() - started
-                flops += 2 * 256**3
-        return cls(chacha_bytes_per_s=done / spent, machine_flops_per_s=flops / spent_mm)
+        return cls(
+            chacha_bytes_per_s=done / spent,
+            machine_flops_per_s=measure_machine_flops(seconds=seconds),
+        )
 
     def device_s(self, device: SimDevice, prg_bytes: int) -> float:
         here = prg_bytes / self.chacha_bytes_per_s

@@ -50,3 +50,24 @@ def task_flops(
     """FLOPs of a local task: per-sample step cost times samples seen."""
     per_sample = step_flops(config, trainable, batch_size=batch_size) / batch_size
     return per_sample * samples * epochs
+
+
+def measure_machine_flops(*, seconds: float = 0.2) -> float:
+    """This machine's single-thread float32 matmul rate (FLOP/s), measured for ``seconds``.
+
+    What the simulator scales a device class's compute against (its profile's
+    FLOP/s over this figure), for work it charges in virtual time but runs here.
+    """
+    import time
+
+    from .runtime import fixed_threads
+
+    a = torch.ones(256, 256)
+    flops, spent = 0.0, 0.0
+    with fixed_threads():
+        while spent < seconds:
+            started = time.perf_counter()
+            torch.mm(a, a)
+            spent += time.perf_counter() - started
+            flops += 2 * 256**3
+    return flops / spent
