@@ -46,6 +46,13 @@ def command(
         ExecutorKind, typer.Option(help="Where device training runs.")
     ] = ExecutorKind.PROCESS,
     workers: Annotated[int | None, typer.Option(min=1)] = None,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            help="Ray cluster to join with --executor ray (ray.init(address=...); "
+            "RAY_ADDRESS is read too)."
+        ),
+    ] = None,
     seed: Annotated[
         int | None,
         typer.Option(min=0, help="Override the scenario's seed (fleet, data split, model)."),
@@ -63,13 +70,20 @@ def command(
         sc = type(sc).model_validate({**sc.model_dump(), "seed": seed})
     rows = tuple(runs or (QUICK_RUNS if quick and not scenario else DEFAULT_RUNS))
     if seeds == 1:
-        _one(sc, json_path, rows=rows, executor=executor, workers=workers)
+        _one(sc, json_path, rows=rows, executor=executor, workers=workers, ray_address=ray_address)
         return
     paths = []
     for offset in range(seeds):
         seeded = type(sc).model_validate({**sc.model_dump(), "seed": sc.seed + offset})
         paths.append(json_path.with_name(f"{json_path.stem}-s{seeded.seed}.json"))
-        _one(seeded, paths[-1], rows=rows, executor=executor, workers=workers)
+        _one(
+            seeded,
+            paths[-1],
+            rows=rows,
+            executor=executor,
+            workers=workers,
+            ray_address=ray_address,
+        )
     summary = summarise(load_reports(paths))
     text = seeds_markdown(summary)
     json_path.write_text(
@@ -87,6 +101,7 @@ def _one(
     rows: tuple[StrategyRun, ...],
     executor: ExecutorKind,
     workers: int | None,
+    ray_address: str | None = None,
 ) -> None:
     console = Console()
     json_path.parent.mkdir(parents=True, exist_ok=True)  # DP rows write their ledger there
@@ -96,6 +111,7 @@ def _one(
             runs=rows,
             executor=executor,
             workers=workers,
+            ray_address=ray_address,
             progress=tracker(progress),
             ledger_dir=json_path.parent,
         )

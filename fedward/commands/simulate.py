@@ -109,6 +109,13 @@ def command(
     workers: Annotated[
         int | None, typer.Option(min=1, help="Worker processes (default: CPU count).")
     ] = None,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            help="Ray cluster to join with --executor ray (ray.init(address=...); "
+            "RAY_ADDRESS is read too)."
+        ),
+    ] = None,
 ) -> None:
     """Run a simulated study in virtual time; write metrics, plots and a report."""
     console = Console()
@@ -127,7 +134,16 @@ def command(
         sc = or_exit(console, lambda: Scenario.model_validate({**base.model_dump(), **overrides}))
     spec = sc.study_spec(run)
     folder = out or new_run_dir(Path("runs/simulate"), f"{sc.name}-{run.slug}")
-    pool = make_executor(executor, sc.data_config(), spec.model_settings(), workers=workers)
+    pool = or_exit(
+        console,
+        lambda: make_executor(
+            executor,
+            sc.data_config(),
+            spec.model_settings(),
+            workers=workers,
+            ray_address=ray_address,
+        ),
+    )
     try:
         with make_progress() as progress:
             bar = tracker(progress)(run.value, sc.update_budget)

@@ -232,12 +232,19 @@ def run_benchmark(
     workers: int | None = None,
     progress: ProgressFactory | None = None,
     ledger_dir: Path | None = None,
+    ray_address: str | None = None,
 ) -> dict[str, Any]:
     """Every row on ``scenario``; DP rows write their privacy ledger into ``ledger_dir``
     (``fedward budget report --study <row's study> --data-dir <ledger_dir>`` reads it)."""
     started = time.perf_counter()
     spec = scenario.study_spec(runs[0])
-    pool = make_executor(executor, scenario.data_config(), spec.model_settings(), workers=workers)
+    pool = make_executor(
+        executor,
+        scenario.data_config(),
+        spec.model_settings(),
+        workers=workers,
+        ray_address=ray_address,
+    )
     device_class = constrained_class(scenario)
     strategies: dict[str, Any] = {}
     try:
