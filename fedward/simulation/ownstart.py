@@ -22,6 +22,7 @@ from fedward.tinytrain.models import ModelConfig, Params, build_model, get_param
 from fedward.tinytrain.subsets import SubsetLadder
 from fedward.tinytrain.training import LocalTrainConfig, train_subset
 
+from .atomic import write_npz
 from .datafile import DataFileError, FileDataConfig, content_hash, load_file_data
 from .sensordata import cache_dir
 
@@ -96,8 +97,5 @@ def own_start(scenario: Scenario, config: ModelConfig) -> Params:
             seed=scenario.seed + epoch,
         ).delta
         params = {n: v + delta[n] for n, v in params.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, allow_pickle=False, **params)
-    tmp.replace(path)
+    write_npz(path, **params)
     return params

@@ -32,6 +32,8 @@ from typing import Protocol
 
 import numpy as np
 
+from .atomic import write_npz
+
 FS = 50  # Hz
 WINDOW_S = 10
 WINDOW = FS * WINDOW_S
@@ -283,15 +285,12 @@ def _load_clean(config: StudyDataConfig) -> StudyData:
                 f["test_y"],
             )
     data = generate_study_data(config)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(
-        tmp,
+    write_npz(
+        path,
         x=np.concatenate(data.device_x),
         y=np.concatenate(data.device_y),
         counts=np.array([len(v) for v in data.device_y]),
         test_x=data.test_x,
         test_y=data.test_y,
     )
-    tmp.replace(path)
     return data

@@ -25,6 +25,7 @@ from fedward.tinytrain.runtime import fixed_threads, numerics_fingerprint
 from fedward.tinytrain.subsets import SubsetLadder
 from fedward.tinytrain.training import LocalTrainConfig, train_subset
 
+from .atomic import write_npz
 from .ownstart import own_start
 from .sensordata import StudyDataConfig, cache_dir, generate_study_data
 
@@ -90,10 +91,7 @@ def pretrained_params(
         for epoch in range(epochs):
             delta = train_subset(model, params, full, x, y, config=train, seed=seed + epoch).delta
             params = {n: v + delta[n] for n, v in params.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, allow_pickle=False, **params)
-    tmp.replace(path)
+    write_npz(path, **params)
     return params
 
 
