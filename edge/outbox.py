@@ -14,27 +14,19 @@ commit. Files are ``0600``: a frame is derived from health data.
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 
 from fedward.errors import EdgeError
 from fedward.protocol.ids import is_valid_id
 
+from .durable import TMP_SUFFIX, fsync_dir, replace_durably
+
 SUFFIX = ".frame"
-_TMP_SUFFIX = ".tmp"
 
 
 class OutboxError(EdgeError):
     """The outbox cannot store or read an entry."""
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Outbox:
@@ -44,7 +36,7 @@ class Outbox:
         self.directory = directory
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        for stale in directory.glob(f"*{_TMP_SUFFIX}"):  # a crash mid-write: never committed
+        for stale in directory.glob(f"*{TMP_SUFFIX}"):  # a crash mid-write: never committed
             stale.unlink(missing_ok=True)
 
     def _path(self, task_id: str) -> Path:
@@ -54,19 +46,8 @@ class Outbox:
 
     def put(self, task_id: str, frame: bytes) -> None:
         """Store ``frame`` durably; returns only after it is on disk."""
-        path = self._path(task_id)
-        tmp = path.with_name(path.name + _TMP_SUFFIX)
         with self._lock:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            try:
-                view = memoryview(frame)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-            _fsync_dir(self.directory)
+            replace_durably(self._path(task_id), frame)
 
     def get(self, task_id: str) -> bytes | None:
         try:
@@ -82,7 +63,7 @@ class Outbox:
                 path.unlink()
             except FileNotFoundError:
                 return False
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
             return True
 
     def pending(self) -> list[tuple[str, bytes]]:

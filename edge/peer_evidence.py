@@ -53,7 +53,6 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
-import os
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -79,6 +78,8 @@ from fedward.privacy.secagg import KeyAdvertisement, KeyRoster
 from fedward.privacy.secagg.crypto import advertisement_payload
 from fedward.saved_state import open_checked, seal_checked
 
+from .durable import replace_durably
+
 __all__ = [
     "EVIDENCE_FORMAT",
     "HEAD_MEMORY_KIND",
@@ -99,6 +100,7 @@ _MEMORY_KEYS = frozenset({"study_id", "audit_key", "tree_size", "root_hash", "pe
 _EVIDENCE_KEYS = frozenset(
     {"format", "identity_key", "entry", "inclusion", "tree_head", "consistency"}
 )
+
 _MAX_CONSISTENCY = 64
 
 
@@ -318,21 +320,7 @@ class PeerEvidenceVerifier:
         }
         data = json.dumps(seal_checked(HEAD_MEMORY_KIND, HEAD_MEMORY_VERSION, content)).encode()
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        replace_durably(path, data)
 
     def _load(self) -> None:
         path = self.memory_path

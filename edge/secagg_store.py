@@ -46,12 +46,13 @@ from fedward.privacy.secagg import SessionJournal, StateError
 from fedward.privacy.secagg.journal import JOURNAL_KIND, JOURNAL_VERSION, STAGE_ORDER
 from fedward.saved_state import open_envelope, seal
 
+from .durable import TMP_SUFFIX, fsync_dir, replace_durably, write_all
+
 __all__ = ["JOURNAL_FILE", "SESSIONS_DIR", "SecAggStore", "decode_plain", "encode_plain"]
 
 JOURNAL_FILE = "journal.log"
 SESSIONS_DIR = "sessions"
 _STATE_SUFFIX = ".json"
-_TMP_SUFFIX = ".tmp"
 _BYTES_TAG = "__bytes__"
 _LINE_FORMAT = 1
 _WRITE_CHUNK = 1 << 14
@@ -129,20 +130,6 @@ def _dump(value: object, out: BinaryIO) -> None:
         raise StateError(f"cannot store a {type(value).__name__} in a SecAgg state file")
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
 def _line_digest(body: Mapping[str, Any]) -> str:
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(b"fedward.edge.secagg.journal-line.v1" + canonical.encode()).hexdigest()
@@ -185,7 +172,7 @@ class SecAggStore:
         self.sessions_dir = root / SESSIONS_DIR
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.sessions_dir.mkdir(mode=0o700, exist_ok=True)
-        for stale in self.sessions_dir.glob(f"*{_TMP_SUFFIX}"):  # a crash mid-write
+        for stale in self.sessions_dir.glob(f"*{TMP_SUFFIX}"):  # a crash mid-write
             stale.unlink(missing_ok=True)
         self._lock = threading.Lock()
         self.journal_path = root / JOURNAL_FILE
@@ -259,16 +246,8 @@ class SecAggStore:
         return sid, (body["stage"], request, released)
 
     def _create_journal(self) -> None:
-        tmp = self.journal_path.with_name(JOURNAL_FILE + _TMP_SUFFIX)
         header = {"format": _LINE_FORMAT, "kind": JOURNAL_KIND, "device_id": self.device_id}
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            _write_all(fd, _line(header))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.journal_path)
-        _fsync_dir(self.root)
+        replace_durably(self.journal_path, _line(header))
 
     def _append(self, sealed: dict[str, Any]) -> None:
         """The journal's sink: append what changed, fsync, then return (or raise)."""
@@ -299,7 +278,7 @@ class SecAggStore:
             )
             fd = os.open(self.journal_path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
             try:
-                _write_all(fd, data)
+                write_all(fd, data)
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -322,15 +301,8 @@ class SecAggStore:
             raise StateError(f"unknown stage {stage!r}")
         path = self._state_path(session_id)
         record = {"stage": stage, "state": state}
-        tmp = path.with_name(path.name + _TMP_SUFFIX)
         with self._lock:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            with os.fdopen(fd, "wb", buffering=_WRITE_CHUNK) as f:
-                _dump(record, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-            _fsync_dir(self.sessions_dir)
+            replace_durably(path, lambda f: _dump(record, f), buffering=_WRITE_CHUNK)
 
     def load_state(self, session_id: bytes) -> dict[str, Any] | None:
         """The last state saved for ``session_id`` (None if none); StateError if unreadable."""
@@ -383,7 +355,7 @@ class SecAggStore:
                 path.unlink()
             except FileNotFoundError:
                 return False
-            _fsync_dir(self.sessions_dir)
+            fsync_dir(self.sessions_dir)
             return True
 
     def _check_states_against_journal(self) -> None:
