@@ -24,6 +24,7 @@ from fedward.simulation.report import levels_table, markdown_table, plot_accurac
 from fedward.simulation.scenario import PRESETS, Scenario, StrategyRun, load_scenario
 
 from ..progress import make_progress, tracker
+from .simulate import RayAddressOption
 
 
 def command(
@@ -46,13 +47,7 @@ def command(
         ExecutorKind, typer.Option(help="Where device training runs.")
     ] = ExecutorKind.PROCESS,
     workers: Annotated[int | None, typer.Option(min=1)] = None,
-    ray_address: Annotated[
-        str | None,
-        typer.Option(
-            help="Ray cluster to join with --executor ray (ray.init(address=...); "
-            "RAY_ADDRESS is read too)."
-        ),
-    ] = None,
+    ray_address: RayAddressOption = None,
     seed: Annotated[
         int | None,
         typer.Option(min=0, help="Override the scenario's seed (fleet, data split, model)."),

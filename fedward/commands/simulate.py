@@ -62,6 +62,15 @@ class UsageError(CliError, ValueError):
     """Options that do not go together."""
 
 
+RayAddressOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Ray cluster to join with --executor ray (ray.init(address=...); "
+        "RAY_ADDRESS is read too)."
+    ),
+]
+
+
 def or_exit(console: Console, load: Callable[[], T]) -> T:
     """``load()``, or end the command plainly (exit 2) on a bad study, data or scenario file."""
     try:
@@ -109,13 +118,7 @@ def command(
     workers: Annotated[
         int | None, typer.Option(min=1, help="Worker processes (default: CPU count).")
     ] = None,
-    ray_address: Annotated[
-        str | None,
-        typer.Option(
-            help="Ray cluster to join with --executor ray (ray.init(address=...); "
-            "RAY_ADDRESS is read too)."
-        ),
-    ] = None,
+    ray_address: RayAddressOption = None,
 ) -> None:
     """Run a simulated study in virtual time; write metrics, plots and a report."""
     console = Console()
