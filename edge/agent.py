@@ -791,10 +791,10 @@ class EdgeAgent:
                 task.task_id,
                 exc,
             )
-            refusal = ErrorMessage(
+            declined = ErrorMessage(
                 code=ErrorCode.SECAGG_REFUSED, detail=f"{task.task_id} {exc}"[:1000]
             )
-            self._publish(TopicKind.HEARTBEAT, encode_frame(refusal))
+            self._publish(TopicKind.HEARTBEAT, encode_frame(declined))
             return False
         self._send_fill(member, advertisement)
         return True
