@@ -193,13 +193,16 @@ class SecAggSettings(BaseModel):
     expected_dropout: float = Field(default=0.2, ge=0, lt=1, allow_inf_nan=False)
     max_colluders: int = Field(default=1, ge=0, le=1000)
     min_cohort: int = Field(default=3, ge=2, le=10_000)
-    modulus_bits: int = Field(default=32)
-    scale: float = Field(default=float(1 << 16), gt=0, allow_inf_nan=False)
-    clip: float = Field(default=1.0, gt=0, allow_inf_nan=False)
+    modulus_bits: int = Field(default=32, ge=32, le=64)  # 32 or 64 (checked below)
+    scale: float = Field(default=float(1 << 16), gt=0, le=float(1 << 40), allow_inf_nan=False)
+    clip: float = Field(default=1.0, gt=0, le=1e6, allow_inf_nan=False)
     phase_timeout_s: float = Field(default=60.0, gt=0, le=86_400, allow_inf_nan=False)
-    energy_bins: tuple[float, ...] = Field(default=(), max_length=64)
+    # natural-log energy edges of the masked histogram (a few dozen at most)
+    energy_bins: tuple[Annotated[float, Field(ge=-1e3, le=1e3, allow_inf_nan=False)], ...] = Field(
+        default=(), max_length=64
+    )
     fills_in_flight: int = Field(default=1, ge=1, le=1000)
-    norm_bound: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    norm_bound: float | None = Field(default=None, gt=0, le=1e9, allow_inf_nan=False)
     ddp: DistributedDpSettings | None = None
 
     @model_validator(mode="after")

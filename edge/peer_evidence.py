@@ -108,7 +108,7 @@ class PeerEvidenceRefused(EdgeError):
     """A roster whose peer keys the audit log does not vouch for: the device leaves the fill."""
 
 
-class _MemoryError(SavedStateError):
+class HeadMemoryUnreadable(SavedStateError):
     """The remembered tree head file is unreadable or of another study or audit key."""
 
 
@@ -332,9 +332,9 @@ class PeerEvidenceVerifier:
                 kind=HEAD_MEMORY_KIND,
                 format_version=HEAD_MEMORY_VERSION,
                 keys=_MEMORY_KEYS,
-                error=_MemoryError,
+                error=HeadMemoryUnreadable,
             )
-        except (ValueError, _MemoryError) as exc:
+        except (ValueError, HeadMemoryUnreadable) as exc:
             # Refuse to start rather than forget: a device that forgot its head would
             # accept a rolled-back log again.
             raise PeerEvidenceRefused(

@@ -179,7 +179,8 @@ class Strategy(BaseModel):
     name: StrategyRun = Field(
         default=StrategyRun.FTTE,
         description="fedavg, fedbuff, fedasync, ftte, ftte_nested, ftte+dp, client_dp, "
-        "fedbuff+normbound",
+        "fedbuff+normbound, fedavg_feasible, fedbuff_feasible; ftte+secagg (every merge a "
+        "secure-aggregation fill), ftte+secagg+ddp (plus the devices' Skellam noise)",
     )
     concurrency: int = Field(default=50, ge=1, description="tasks in flight at once")
     buffer_size: int = Field(default=10, ge=1, description="updates merged together (K)")

@@ -32,8 +32,11 @@ def test_a_merged_fill_is_audited_step_by_step_and_closes_its_task_rows(tmp_path
     service = StudyService.open(settings, clock=lambda: 1_800_000_000.0, seed=3)
     try:
         service.create_study(SECAGG_SPEC, study_id="sa-rec")
+        keys = {
+            f"dev-{i}": Ed25519PrivateKey.from_private_bytes(bytes([i + 7]) * 32) for i in range(4)
+        }
         for i in range(4):
-            key = Ed25519PrivateKey.from_private_bytes(bytes([i + 7]) * 32).public_key()
+            key = keys[f"dev-{i}"].public_key()
             enrol = Enrol(
                 device_id=f"dev-{i}",
                 study_id="sa-rec",
@@ -47,7 +50,11 @@ def test_a_merged_fill_is_audited_step_by_step_and_closes_its_task_rows(tmp_path
         tasks = service.dispatch("sa-rec")
         members = {
             t.device_id: Member.for_task(
-                t.task, root=tmp_path, spec=SECAGG_SPEC, delta=delta_for(t.task, shapes, seed=i)
+                t.task,
+                root=tmp_path,
+                spec=SECAGG_SPEC,
+                delta=delta_for(t.task, shapes, seed=i),
+                signing_key=keys[t.device_id],  # advertisements are checked against enrolment
             )
             for i, t in enumerate(tasks)
         }

@@ -12,6 +12,7 @@ started.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import socket
@@ -38,6 +39,18 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+_JOIN_AND_RUN = """
+import json, sys
+import ray
+from tests.simulation.test_ray_tiny_study import TINY, study_figures
+from fedward.simulation.executor import ExecutorKind
+figures = study_figures(TINY, ExecutorKind.RAY, ray_address=sys.argv[1])
+resources = ray.cluster_resources()
+ray.shutdown()
+print(json.dumps({"figures": figures, "resources": resources}))
+"""
 
 
 def study_figures(scenario: Scenario, kind: ExecutorKind, **options: Any) -> dict[str, Any]:
@@ -123,21 +136,27 @@ def ray_cluster() -> Iterator[str]:
 def test_a_tiny_study_on_a_ray_cluster_joined_by_address_matches_serial(
     ray_cluster: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import ray
-
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # as the cluster was started
-
     # Prepare
     serial = study_figures(TINY, ExecutorKind.SERIAL)
-    # Execute
-    try:
-        on_cluster = study_figures(TINY, ExecutorKind.RAY, ray_address=ray_cluster)
-        resources = ray.cluster_resources()
-    finally:
-        ray.shutdown()
+    # Execute: a fresh driver process joins the cluster, as a user's command does (a
+    # driver that already ran and shut down a local Ray in this test process, as the
+    # executor-equivalence test does, lost its actors when re-initialised by address)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["RAY_AUTH_MODE"] = "disabled"  # as the cluster was started
+    done = subprocess.run(
+        [sys.executable, "-c", _JOIN_AND_RUN, ray_cluster],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    on_cluster, resources = report["figures"], report["resources"]
     # Assert
     assert resources.get("CPU") == 2  # the cluster we started, not a new local Ray
-    assert on_cluster == serial
+    assert on_cluster == json.loads(json.dumps(serial))
     assert serial["updates"] == TINY.update_budget
 
 
