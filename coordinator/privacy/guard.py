@@ -41,8 +41,10 @@ survivors' reservations are confirmed and the dropped members' released
 (their input is in no sum: ``PrivacyLedger.settle_fill``); an aborted fill
 (``FILL_ABORTED``: nothing was unmasked) releases every member's. Under
 distributed DP (``DistributedPrivacy``) this is the per-fill ledger of the
-Skellam release; under sample-level DP-SGD the device's own accountant has
-already charged its steps, and the reservations simply stay conservative.
+Skellam release. Under sample-level DP-SGD the same settlement applies: a
+member whose noised update is in no released sum has released nothing (its
+own accountant, which charged the steps it trained, stays the more
+conservative of the two).
 """
 
 from __future__ import annotations
