@@ -204,6 +204,13 @@ class RayExecutor:
         import ray  # optional dependency
 
         address = address or os.environ.get("RAY_ADDRESS") or None
+        if ray.is_initialized() and address is not None:
+            # Why: the session this process already holds may be a local Ray, not the
+            # cluster asked for; running there silently would report the wrong machine.
+            raise ValueError(
+                f"Ray is already initialised in this process; cannot join {address!r}: "
+                "call ray.shutdown() first or give no address"
+            )
         if not ray.is_initialized():
             if address is None:  # a local Ray on this machine
                 ray.init(include_dashboard=False, log_to_driver=False)

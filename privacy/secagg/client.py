@@ -331,8 +331,7 @@ class SecAggClient:
         *,
         update: np.ndarray,
         weight: float,
-        counts: Sequence[int] | None = None,
-        num_samples: int | None = None,
+        counts: Sequence[int],
     ) -> MaskedInput:
         """Decrypt and check the peers' shares (U2), then mask ``weight * update`` and extras.
 
@@ -340,13 +339,8 @@ class SecAggClient:
         ``session.vector_length``); the device scales it by ``weight`` itself.
         ``counts``: exactly ``config.count_words`` ints in [0, max_count] (a
         one-hot histogram bin, or a constant 1), masked after the weight word.
-        ``num_samples`` is a deprecated alias of ``counts=(num_samples,)`` kept
-        for old callers; never pass a real sample count (it leaks across fills).
+        Never a real sample count: a per-device constant leaks across fills.
         """
-        if counts is None and num_samples is not None:
-            counts = (num_samples,)
-        elif counts is None or num_samples is not None:
-            raise ConfigError("pass counts= (num_samples= is a deprecated alias), exactly one")
         counts = masking.check_counts(counts, config=self.config)
         request = _request_digest(delivery, ShareDelivery)
         again = self._resend(ClientStage.MASKED, request)

@@ -166,3 +166,18 @@ def test_a_ray_address_is_refused_for_other_executors() -> None:
     # Execute / Assert
     with pytest.raises(ValueError, match="ray executor"):
         make_executor(ExecutorKind.PROCESS, data, model, ray_address="127.0.0.1:6379")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed")
+def test_an_address_is_refused_when_this_process_already_holds_a_ray_session() -> None:
+    import ray
+
+    # Prepare: a local Ray in this process
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    data, model = TINY.data_config(), TINY.study_spec(StrategyRun.FTTE).model_settings()
+    try:
+        # Execute / Assert: not silently run on the local session instead of the cluster
+        with pytest.raises(ValueError, match="already initialised"):
+            make_executor(ExecutorKind.RAY, data, model, ray_address="127.0.0.1:6379")
+    finally:
+        ray.shutdown()
