@@ -32,7 +32,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import statistics
@@ -75,11 +74,9 @@ def _session(n: int, d: int) -> SecAggSession:
 
 
 def _mask(client: SecAggClient, delivery: Any, update: np.ndarray) -> Any:
-    """mask_input with the count word(s) as the API of the day takes them."""
-    if "counts" in inspect.signature(client.mask_input).parameters:
-        words = getattr(client.config, "count_words", 1)
-        return client.mask_input(delivery, update=update, weight=1.0, counts=(1,) * words)
-    return client.mask_input(delivery, update=update, weight=1.0, num_samples=1)
+    """mask_input with a constant 1 in every count word (no energy histogram)."""
+    words = client.config.count_words
+    return client.mask_input(delivery, update=update, weight=1.0, counts=(1,) * words)
 
 
 class _Instance:
