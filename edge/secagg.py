@@ -72,6 +72,7 @@ from fedward.privacy.secagg import (
 )
 from fedward.privacy.secagg import state as secagg_state
 from fedward.privacy.secagg.crypto import session_context
+from fedward.privacy.secagg.histogram import energy_counts
 from fedward.privacy.secagg.layout import VectorLayout
 from fedward.privacy.secagg.wire import decode_message, encode_message
 from fedward.protocol.messages import SecAggParams, Task
@@ -153,18 +154,9 @@ def device_weight(
 
 
 def energy_histogram(energy: float, *, edges: Sequence[float]) -> tuple[int, ...]:
-    """One-hot bin of ``log(energy)`` over ``edges``: ``len(edges) + 1`` bins; ``(1,)`` for none.
-
-    Bin ``i`` holds ``edges[i-1] <= log(q) < edges[i]`` (bin 0 everything below
-    the first edge, the last bin everything from the last edge up; q = 0 is in
-    bin 0). Natural log.
-    """
-    if not edges:
-        return (1,)
-    log_q = math.log(energy) if energy > 0 else -math.inf
-    counts = [0] * (len(edges) + 1)
-    counts[int(np.searchsorted(np.asarray(edges, dtype=np.float64), log_q, side="right"))] = 1
-    return tuple(counts)
+    """One-hot bin of ``log(energy)`` over ``edges`` (``len(edges) + 1`` bins; ``(1,)`` for
+    none): the rule the coordinator decodes, ``fedward.privacy.secagg.histogram``."""
+    return energy_counts(energy, edges)
 
 
 def l2_clip(vector: np.ndarray, *, bound: float) -> float:

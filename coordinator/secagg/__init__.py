@@ -15,7 +15,7 @@ into this package; the strategy wrapper that merges a fill's sum is
 
 from .book import SESSION_ID_BYTES, FillBook
 from .cohort import form_cohorts
-from .energy import energy_bin, energy_counts, reference_from_histogram
+from .energy import energy_counts, reference_from_histogram
 from .fill import (
     Fill,
     FillEffects,
@@ -39,7 +39,6 @@ __all__ = [
     "IdentityEvidence",
     "SecAggPolicy",
     "SecAggPolicyError",
-    "energy_bin",
     "energy_counts",
     "form_cohorts",
     "reference_from_histogram",

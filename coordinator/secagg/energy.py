@@ -7,38 +7,18 @@ update's (natural) log energy as masked count words, so the server learns only
 the cohort's histogram (how many survivors fell in each bin) and derives the
 next reference from it: the median bin's representative energy.
 
-The count words of a fill (``SecAggPolicy.count_words``; the same rule as the
-device's ``fedward.edge.secagg.energy_histogram``):
-
-* with ``B`` edges ``energy_bins``: ``B + 1`` words, one-hot; bin ``i`` holds
-  ``edges[i-1] <= ln(q) < edges[i]`` (bin 0 everything below the first edge,
-  bin ``B`` everything from the last edge up; q = 0 is in bin 0);
-* without edges: one word, a constant 1 (its sum is the survivors, public anyway).
+The count words of a fill (``SecAggPolicy.count_words``) follow the one rule
+device and server share, ``fedward.privacy.secagg.histogram.energy_counts``.
 """
 
 from __future__ import annotations
 
-import bisect
 import math
 from collections.abc import Sequence
 
-__all__ = ["energy_bin", "energy_counts", "reference_from_histogram"]
+from fedward.privacy.secagg.histogram import energy_counts
 
-
-def energy_bin(energy: float, edges: Sequence[float]) -> int:
-    """The histogram bin of ``energy`` (its natural log against ``edges``)."""
-    if not (math.isfinite(energy) and energy > 0):
-        return 0
-    return bisect.bisect_right(list(edges), math.log(energy))
-
-
-def energy_counts(energy: float, edges: Sequence[float]) -> tuple[int, ...]:
-    """A device's count words: the one-hot bin, or the constant 1 without edges."""
-    if not edges:
-        return (1,)
-    onehot = [0] * (len(edges) + 1)
-    onehot[energy_bin(energy, edges)] = 1
-    return tuple(onehot)
+__all__ = ["energy_counts", "reference_from_histogram"]
 
 
 def reference_from_histogram(counts: Sequence[int], edges: Sequence[float]) -> float | None:
