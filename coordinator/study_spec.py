@@ -183,6 +183,10 @@ class SecAggSettings(BaseModel):
     buffer (``buffer_size``, default the study's) plus ``expected_dropout`` (a
     fraction), threshold ``floor((m + max_colluders)/2) + 1`` and at least the
     buffer; the coordinator learns only the survivors' weighted sum.
+    ``straggler_grace``: once the threshold's masked inputs are in, a fill waits
+    this fraction of the time they took for members still training, then drops
+    them (null: it waits for all, up to ``phase_timeout_s``); cohorts are grouped
+    by each device's measured task time so most members arrive within it.
     ``enabled: false`` keeps the settings in a study file but runs in the clear.
     """
 
@@ -203,6 +207,7 @@ class SecAggSettings(BaseModel):
     )
     fills_in_flight: int = Field(default=1, ge=1, le=1000)
     norm_bound: float | None = Field(default=None, gt=0, le=1e9, allow_inf_nan=False)
+    straggler_grace: float | None = Field(default=0.5, ge=0, le=100, allow_inf_nan=False)
     ddp: DistributedDpSettings | None = None
 
     @model_validator(mode="after")
@@ -237,6 +242,7 @@ class SecAggSettings(BaseModel):
             ddp=None,
             fills_in_flight=self.fills_in_flight,
             norm_bound=self.norm_bound,
+            straggler_grace=self.straggler_grace,
         )
         if self.ddp is None:
             return policy

@@ -25,6 +25,7 @@ a member's Task carries, and the fill book is part of ``state_dict``.
 from __future__ import annotations
 
 import enum
+import math
 import os
 import random
 from collections.abc import Callable, Mapping
@@ -256,6 +257,7 @@ class Engine:
             size=book.policy.cohort_size,
             room=book.room(),
             rng=self.rng,
+            speed_of=lambda d: d.task_seconds,
         )
         orders: list[TaskOrder] = []
         for subset, members in cohorts:
@@ -416,6 +418,7 @@ class Engine:
         del self.tasks[update.task_id]
         device = self.devices[update.device_id]
         device.completed += 1
+        _observe(device, seconds=now - order.issued_at, lower_bound=False)
         if device.state is DeviceState.BUSY:
             device.state = DeviceState.IDLE
         self.stats.accepted += 1
@@ -494,7 +497,15 @@ class Engine:
         members (dropped, their tasks failed), or aborts the fill below the threshold."""
         return self._carry_out(self._book().tick(now=now), now=now)
 
+    def secagg_next_deadline(self) -> float | None:
+        """When the next fill timer needs ``secagg_tick`` (None: no fill is open)."""
+        return self._book().next_deadline()
+
     def _carry_out(self, effects: FillEffects, *, now: float) -> FillStep:
+        for device_id, seconds, lower_bound in effects.timed:
+            member = self.devices.get(device_id)
+            if member is not None:
+                _observe(member, seconds=seconds, lower_bound=lower_bound)
         for kind, details in effects.events:
             self._emit(EventKind(kind.value), now, **details)
         for task_id, reason in effects.failed:
@@ -695,6 +706,23 @@ class Engine:
                 hook(event)
         for listener in self.listeners:
             listener(event)
+
+
+TASK_SECONDS_WEIGHT = 0.5  # weight of the newest observation in Device.task_seconds
+
+
+def _observe(device: Device, *, seconds: float, lower_bound: bool) -> None:
+    """Fold one task's time into ``device.task_seconds`` (an exponentially weighted
+    mean; a lower bound, from a member dropped while still training, only raises it)."""
+    if not math.isfinite(seconds) or seconds < 0:
+        return
+    old = device.task_seconds
+    if old is None:
+        device.task_seconds = seconds
+    elif lower_bound:
+        device.task_seconds = max(old, seconds)
+    else:
+        device.task_seconds = (1 - TASK_SECONDS_WEIGHT) * old + TASK_SECONDS_WEIGHT * seconds
 
 
 def _with_base(update: ClientUpdate, base: Params) -> ClientUpdate:

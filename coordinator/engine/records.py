@@ -14,6 +14,7 @@ than schedule from a corrupt document.
 from __future__ import annotations
 
 import enum
+import math
 import random
 from collections import Counter
 from collections.abc import Mapping
@@ -56,6 +57,10 @@ class Device:
     state: DeviceState = DeviceState.IDLE
     held_version: int = -1  # last model version the device fully holds
     completed: int = 0
+    # seconds its recent tasks took, dispatch to answer on the engine's clock
+    # (exponentially weighted; None: none answered yet). Secure aggregation groups
+    # cohorts by it, so one slow member does not hold a fill.
+    task_seconds: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,6 +95,7 @@ def device_state(d: Device) -> dict[str, Any]:
         "state": d.state.value,
         "held_version": d.held_version,
         "completed": d.completed,
+        "task_seconds": d.task_seconds,
     }
 
 
@@ -101,7 +107,17 @@ def device_from_state(d: Mapping[str, Any]) -> Device:
         state=DeviceState(d["state"]),
         held_version=int(d["held_version"]),
         completed=int(d["completed"]),
+        task_seconds=_seconds(d.get("task_seconds")),  # absent in states saved before it
     )
+
+
+def _seconds(value: Any) -> float | None:
+    if value is None:
+        return None
+    seconds = float(value)
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"task_seconds must be a finite number >= 0, got {value!r}")
+    return seconds
 
 
 def task_state(t: TaskOrder) -> dict[str, Any]:

@@ -151,6 +151,7 @@ class FillBook:
             identity_keys=_keys_for(session.cohort, self.identity_keys),
             identity_evidence=self._evidence,
             identity_keys_source=self._identity_keys_now,
+            straggler_grace=policy.straggler_grace,
         )
         self.fills[fill_id] = fill
         effects = FillEffects()
@@ -203,6 +204,10 @@ class FillBook:
         return self._settle(
             fill.receive(device_id=device_id, phase=phase, message=message, now=now)
         )
+
+    def next_deadline(self) -> float | None:
+        """The earliest time an open fill's timer needs a tick (None: no fill open)."""
+        return min((f.next_deadline() for f in self.fills.values()), default=None)
 
     def tick(self, *, now: float) -> FillEffects:
         effects = FillEffects()
@@ -361,6 +366,7 @@ def _extend(into: FillEffects, more: FillEffects) -> None:
     into.outbound.extend(more.outbound)
     into.events.extend(more.events)
     into.failed.extend(more.failed)
+    into.timed.extend(more.timed)
     into.finished.extend(more.finished)
     into.aborted.extend(more.aborted)
 

@@ -73,6 +73,11 @@ class SecAggPolicy:
         ``threshold - max_colluders``: colluders know their own noise shares.
     fills_in_flight: how many fills may be open at once (a device is in one at a time).
     norm_bound: L2 bound each device clips its own update to (None: no bound).
+    straggler_grace: once the threshold's masked inputs are in, the masked-input
+        phase waits this fraction of the time they took (since the fill opened)
+        for members still training, then drops them (``Fill``); None: it waits for
+        every live member or its timer. Cohorts are grouped by measured task time
+        (``form_cohorts``), so with grouping most members arrive within the grace.
     """
 
     buffer_size: int
@@ -88,6 +93,7 @@ class SecAggPolicy:
     fills_in_flight: int = 1
     norm_bound: float | None = None
     masked_input_timeout_s: float | None = None
+    straggler_grace: float | None = None
 
     def __post_init__(self) -> None:
         _int("buffer_size", self.buffer_size, low=1)
@@ -106,6 +112,12 @@ class SecAggPolicy:
         _int("fills_in_flight", self.fills_in_flight, low=1)
         if self.norm_bound is not None:
             _number("norm_bound", self.norm_bound)
+        if self.straggler_grace is not None:
+            _number("straggler_grace", self.straggler_grace, positive=False)
+            if self.straggler_grace < 0:
+                raise SecAggPolicyError(
+                    f"straggler_grace must be >= 0 or None, got {self.straggler_grace!r}"
+                )
         bins = self.energy_bins
         if not isinstance(bins, tuple) or len(bins) > MAX_ENERGY_BINS:
             raise SecAggPolicyError(f"energy_bins must be a tuple of at most {MAX_ENERGY_BINS}")

@@ -272,6 +272,10 @@ class Scenario(BaseModel):
     secagg_scale: float = Field(default=float(1 << 16), gt=0)  # fixed point per coordinate
     secagg_clip: float = Field(default=4.0, gt=0)  # per-coordinate clip of w_i * Delta_i
     secagg_fills_in_flight: int | None = Field(default=None, ge=1)  # None: concurrency / cohort
+    # once the threshold's masked inputs are in, a fill waits this fraction of the time
+    # they took for members still training, then drops them (None: waits for all);
+    # cohorts are grouped by each device's measured task time (SecAggSettings)
+    secagg_straggler_grace: float | None = Field(default=0.5, ge=0)
     # natural-log energy histogram edges (energy: mean squared update value) the devices
     # report as masked one-hot count words, from which the server sets FTTE's energy
     # reference; () sends none (the energy term is then off: every weight 1)
@@ -382,6 +386,7 @@ class Scenario(BaseModel):
             phase_timeout_s=self.secagg_phase_timeout_s,
             energy_bins=() if run.distributed_dp else self.secagg_energy_bins,
             fills_in_flight=self.secagg_fills_in_flight or max(1, self.concurrency // max(m, 1)),
+            straggler_grace=self.secagg_straggler_grace,
             # the DDP mechanism is built by secagg_policy (DistributedDpSettings cannot
             # give DistributedDp its scale and min_survivors yet)
             ddp=None,

@@ -608,6 +608,9 @@ class FillSimulator:
             phases.add((out.fill_id, phase))
         if any(phase is not SecAggPhase.ABORT for _fill, phase in phases):
             self._tick_at(now + self.phase_timeout_s)  # the next phase's timer
+        deadline = self.engine.secagg_next_deadline()
+        if deadline is not None and deadline > now:  # e.g. a fill's straggler grace
+            self._tick_at(deadline)
         merges = tuple(getattr(step, "merges", ()) or ((step.merge,) if step.merge else ()))
         self.costs.fills_aborted += len(set(step.aborted))  # the fill ids aborted
         return [self._merged(merge) for merge in merges]

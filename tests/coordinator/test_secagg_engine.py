@@ -56,6 +56,7 @@ def make_engine(
     ddp: DistributedDp | None = None,
     identity_keys=None,
     masked_input_timeout_s: float | None = None,
+    straggler_grace: float | None = None,
 ) -> Engine:
     params = {n: np.zeros(s, np.float32) for n, s in SHAPES.items()}
     ladder = SubsetLadder({"layer": list(SHAPES)})
@@ -75,6 +76,7 @@ def make_engine(
         fills_in_flight=fills_in_flight,
         ddp=ddp,
         masked_input_timeout_s=masked_input_timeout_s,
+        straggler_grace=straggler_grace,
     )
     engine = Engine(
         params=params,
