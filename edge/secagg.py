@@ -61,6 +61,7 @@ from fedward.privacy.secagg import (
     ProtocolViolation,
     SecAggClient,
     SecAggConfig,
+    SecAggError,
     SecAggSession,
     ShareBundle,
     ShareDelivery,
@@ -74,6 +75,7 @@ from fedward.privacy.secagg import state as secagg_state
 from fedward.privacy.secagg.crypto import session_context
 from fedward.privacy.secagg.histogram import energy_counts
 from fedward.privacy.secagg.layout import VectorLayout
+from fedward.privacy.secagg.prg import MAX_MODULUS_BITS, MIN_MODULUS_BITS
 from fedward.privacy.secagg.wire import decode_message, encode_message
 from fedward.protocol.messages import SecAggParams, Task
 from fedward.saved_state import open_envelope, seal
@@ -123,15 +125,25 @@ class SecAggFloors:
     ``min_cohort``: the smallest cohort it joins (>= ``max_colluders + 2``);
     ``max_colluders``: the number of Sybil members it assumes at least, so it
     demands ``threshold >= floor((n + c)/2) + 1`` with ``c`` the larger of this
-    and the config's ``max_colluders``.
+    and the config's ``max_colluders``;
+    ``min_modulus_bits``: the narrowest ring Z_{2^b} it masks in (default and
+    least :data:`MIN_MODULUS_BITS` = 8, at most 64). Whatever b, the device
+    also refuses a config whose cohort's sum could wrap modulo 2^b
+    (``SecAggConfig.check_cohort``), and a ``sum_bound`` outside distributed DP.
     """
 
     min_cohort: int = 3
     max_colluders: int = 1
+    min_modulus_bits: int = MIN_MODULUS_BITS
 
     def __post_init__(self) -> None:
         _int_at_least("max_colluders", self.max_colluders, 0)
         _int_at_least("min_cohort", self.min_cohort, self.max_colluders + 2)
+        _int_at_least("min_modulus_bits", self.min_modulus_bits, MIN_MODULUS_BITS)
+        if self.min_modulus_bits > MAX_MODULUS_BITS:
+            raise ConfigError(
+                f"min_modulus_bits must be at most {MAX_MODULUS_BITS}, got {self.min_modulus_bits}"
+            )
 
 
 def device_weight(
@@ -296,6 +308,21 @@ class SecAggParticipant:
             )
         if cfg.threshold > n:
             raise SecAggRefused(f"threshold {cfg.threshold} exceeds the cohort of {n}")
+        if cfg.modulus_bits < floors.min_modulus_bits:
+            raise SecAggRefused(
+                f"modulus_bits {cfg.modulus_bits} < this device's floor {floors.min_modulus_bits}"
+            )
+        if cfg.sum_bound is not None and self.ddp is None:
+            raise SecAggRefused(
+                "the config claims a sum_bound tighter than n * clip * scale, which only "
+                "distributed DP vouches for, and this fill has none"
+            )
+        try:
+            cfg.check_cohort(n)
+        except SecAggError as exc:  # OverflowRisk: a cohort's sum could wrap modulo 2^b
+            raise SecAggRefused(
+                f"the fill's encoding cannot hold its cohort's sum: {exc}"
+            ) from None
         if ses.index_set_digest != self.layout.digest:
             raise SecAggRefused(
                 "the fill's index-set digest is not that of this task's subset: the device "

@@ -278,9 +278,13 @@ MAX_SECAGG_BODY_BYTES = 8 << 20
 """Largest ``body`` tensor (mirrors ``fedward.privacy.secagg.wire.MAX_BODY_BYTES``)."""
 MAX_SECAGG_WORDS = 1 << 23
 """Most masked words one ``MASKED_INPUT`` may carry (the frame size limit applies too)."""
+MAX_SECAGG_WORD_BYTES = 8 * MAX_SECAGG_WORDS
+"""Most bytes of packed masked words (MAX_SECAGG_WORDS words of up to 64 bits)."""
 SECAGG_BODY = "body"
 SECAGG_WORDS = "words"
-_WORD_DTYPES = frozenset({np.dtype("<u4"), np.dtype("<u8")})
+_PACKED = np.dtype("u1")
+_WIDE_WORDS: dict[int, np.dtype[Any]] = {32: np.dtype("<u4"), 64: np.dtype("<u8")}
+_WORD_DTYPES = frozenset({_PACKED, *_WIDE_WORDS.values()})
 
 
 class SecAggWeighting(WireModel):
@@ -428,8 +432,10 @@ class SecAggMessage(WireMessage):
 
     Frame tensors: exactly one ``"body"`` (1-D uint8: the
     ``fedward.privacy.secagg.wire.encode_message`` bytes) for every phase but
-    MASKED_INPUT and ABORT; exactly one ``"words"`` (1-D ``<u4``/``<u8``: the
-    masked words, binary rather than hex) for MASKED_INPUT; none for ABORT.
+    MASKED_INPUT and ABORT; exactly one ``"words"`` for MASKED_INPUT: the masked
+    words in binary, as :func:`secagg_words_tensor` lays them out (1-D ``<u4`` /
+    ``<u8`` for 32- / 64-bit words, else uint8: the b-bit words packed
+    little-endian); none for ABORT.
     The receiver rebuilds the privacy message (a ``MaskedInput`` from the fill's
     session and the sender's id) and judges its content; this layer only bounds
     the shape. Signed in its envelope like every live frame.
@@ -523,9 +529,47 @@ def _check_secagg_tensors(
             raise error(f"SecAgg body of {array.size} bytes > {MAX_SECAGG_BODY_BYTES}")
     else:
         if array.dtype.newbyteorder("<") not in _WORD_DTYPES:
-            raise error("SecAgg 'words' must be uint32 or uint64")
-        if array.size > MAX_SECAGG_WORDS:
+            raise error("SecAgg 'words' must be uint8 (packed), uint32 or uint64")
+        if array.dtype == _PACKED and array.size > MAX_SECAGG_WORD_BYTES:
+            raise error(f"SecAgg packed words: {array.size} bytes > {MAX_SECAGG_WORD_BYTES}")
+        if array.dtype != _PACKED and array.size > MAX_SECAGG_WORDS:
             raise error(f"SecAgg words: {array.size} > {MAX_SECAGG_WORDS}")
+
+
+def _words_dtype(modulus_bits: object) -> np.dtype[Any]:
+    if isinstance(modulus_bits, bool) or not isinstance(modulus_bits, int):
+        raise ValueError(f"modulus_bits must be an int in [8, 64], got {modulus_bits!r}")
+    if not 8 <= modulus_bits <= 64:
+        raise ValueError(f"modulus_bits must be an int in [8, 64], got {modulus_bits!r}")
+    return _WIDE_WORDS.get(modulus_bits, _PACKED)
+
+
+def secagg_words_tensor(data: bytes, *, modulus_bits: int) -> np.ndarray:
+    """The ``"words"`` tensor of a masked input's wire bytes (``MaskedInput.data``: b-bit
+    words packed little-endian, ``fedward.privacy.secagg.quantize.words_to_bytes``).
+
+    ``<u4`` / ``<u8`` words for b = 32 / 64 (the same bytes, and the frames these
+    widths always had), the bytes themselves (uint8) for any other b. EncodeError
+    if the bytes do not split into those words.
+    """
+    dtype = _words_dtype(modulus_bits)
+    if not isinstance(data, bytes) or len(data) % dtype.itemsize:
+        raise EncodeError(f"masked words of {modulus_bits} bits cannot be {dtype} words")
+    return np.frombuffer(data, dtype=dtype)
+
+
+def secagg_words_data(tensors: Mapping[str, np.ndarray], *, modulus_bits: int) -> bytes:
+    """The masked input's wire bytes from a decoded MASKED_INPUT frame's tensors.
+
+    DecodeError unless the ``"words"`` tensor has the dtype :func:`secagg_words_tensor`
+    gives for ``modulus_bits`` (the fill's, never the sender's say); the privacy
+    layer then checks the length and the padding bits.
+    """
+    words = tensors.get(SECAGG_WORDS)
+    dtype = _words_dtype(modulus_bits)
+    if words is None or words.ndim != 1 or words.dtype.newbyteorder("<") != dtype:
+        raise DecodeError(f"masked words of {modulus_bits} bits must be a 1-D {dtype} tensor")
+    return np.ascontiguousarray(words, dtype=dtype).tobytes()
 
 
 def secagg_frame_tensors(

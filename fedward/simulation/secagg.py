@@ -52,11 +52,10 @@ from fedward.privacy.secagg import (
     ShareDelivery,
     UnmaskRequest,
 )
-from fedward.privacy.secagg.prg import chacha20_stream
+from fedward.privacy.secagg.prg import chacha20_stream, keystream_word_bytes
 from fedward.privacy.secagg.wire import decode_message, encode_message
 from fedward.protocol.messages import (
     DEFAULT_MAX_MESSAGE_BYTES,
-    SECAGG_WORDS,
     SecAggMessage,
     SecAggPhase,
     Task,
@@ -64,6 +63,8 @@ from fedward.protocol.messages import (
     encode_frame,
     secagg_body,
     secagg_frame_tensors,
+    secagg_words_data,
+    secagg_words_tensor,
 )
 from fedward.tinytrain.costs import measure_machine_flops
 
@@ -122,12 +123,18 @@ class PrgCalibration:
 
 
 def masking_prg_bytes(*, peers: int, total_words: int, vector_length: int, word_bytes: int) -> int:
-    """Keystream a device draws to mask: its self mask, one stream per peer, rounding uniforms."""
+    """Keystream a device draws to mask: its self mask, one stream per peer, rounding uniforms.
+
+    ``word_bytes``: keystream bytes per masked word (``prg.keystream_word_bytes``: 4
+    for b <= 32, 8 above; a b-bit word is the low b bits of one keystream word, so
+    the PRG work does not shrink with b, only the bytes on the wire do).
+    """
     return (peers + 1) * total_words * word_bytes + 4 * vector_length
 
 
 def unmasking_prg_bytes(*, survivors: int, dropped: int, total_words: int, word_bytes: int) -> int:
-    """Keystream the server draws: each survivor's self mask, each dropped device's pair masks."""
+    """Keystream the server draws: each survivor's self mask, each dropped device's pair masks
+    (``word_bytes`` as in :func:`masking_prg_bytes`)."""
     return (survivors + dropped * survivors) * total_words * word_bytes
 
 
@@ -159,8 +166,8 @@ def phase_frame(
     if phase is SecAggPhase.MASKED_INPUT:
         if not isinstance(message, MaskedInput):
             raise TypeError("a MASKED_INPUT frame carries a MaskedInput")
-        dtype = np.dtype("<u4") if modulus_bits == 32 else np.dtype("<u8")
-        tensors = secagg_frame_tensors(phase, words=np.frombuffer(message.data, dtype=dtype))
+        words = secagg_words_tensor(message.data, modulus_bits=modulus_bits)
+        tensors = secagg_frame_tensors(phase, words=words)
     elif phase is SecAggPhase.ABORT:
         tensors = {}
     else:
@@ -192,20 +199,22 @@ def _body_types() -> dict[SecAggPhase, type]:
     return _BODY_TYPES
 
 
-def read_frame(frame: bytes, *, session: SecAggSession) -> tuple[SecAggMessage, object | None]:
-    """Decode a phase frame back into its header and privacy message (as the receiver does)."""
+def read_frame(
+    frame: bytes, *, session: SecAggSession, modulus_bits: int = 32
+) -> tuple[SecAggMessage, object | None]:
+    """Decode a phase frame back into its header and privacy message (as the receiver does:
+    the masked words read at the fill's ``modulus_bits``)."""
     header, tensors = decode_frame(frame, max_bytes=DEFAULT_MAX_MESSAGE_BYTES)
     if not isinstance(header, SecAggMessage):
         raise TypeError("not a SecAggMessage frame")
     if header.phase is SecAggPhase.ABORT:
         return header, None
     if header.phase is SecAggPhase.MASKED_INPUT:
-        words = tensors[SECAGG_WORDS]
         return header, MaskedInput(
             session_id=session.session_id,
             round_index=session.round_index,
             device_id=header.device_id,
-            data=np.ascontiguousarray(words).tobytes(),
+            data=secagg_words_data(tensors, modulus_bits=modulus_bits),
         )
     return header, decode_message(secagg_body(tensors), _body_types()[header.phase])
 
@@ -489,7 +498,7 @@ class FillSimulator:
             peers=peers,
             total_words=session.total_words(config),
             vector_length=session.vector_length,
-            word_bytes=config.modulus_bits // 8,
+            word_bytes=keystream_word_bytes(config.modulus_bits),
         )
         cost = self.calibration.device_s(member.device, prg)
         self.costs.device_prg_s.append(cost)
@@ -530,7 +539,9 @@ class FillSimulator:
             if phase is not SecAggPhase.ABORT:  # an abort asks for no answer: no drop there
                 self._went_silent(member, _ANSWERS.get(phase, phase))
             return
-        _, message = read_frame(frame, session=member.session)
+        _, message = read_frame(
+            frame, session=member.session, modulus_bits=member.config.modulus_bits
+        )
         member.received_bytes += len(frame)
         participant = member.participant
         if phase is SecAggPhase.ABORT:
@@ -566,7 +577,9 @@ class FillSimulator:
 
     def _on_up(self, task_id: str, frame: bytes, now: float) -> list[Any]:
         member = self.members[task_id]
-        header, message = read_frame(frame, session=member.session)
+        header, message = read_frame(
+            frame, session=member.session, modulus_bits=member.config.modulus_bits
+        )
         try:
             step = self.engine.secagg_receive(
                 device_id=header.device_id,
@@ -632,7 +645,7 @@ class FillSimulator:
                     survivors=survivors,
                     dropped=max(0, session.n - survivors),
                     total_words=session.total_words(config),
-                    word_bytes=config.modulus_bits // 8,
+                    word_bytes=keystream_word_bytes(config.modulus_bits),
                 )
             )
         for task_id in merge.task_ids:  # finished: the device forgets the session's state

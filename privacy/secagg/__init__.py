@@ -46,6 +46,7 @@ from .config import (
     SecAggSession,
     canonical_order,
     digest_index_set,
+    smallest_modulus_bits,
     threshold_floor,
 )
 from .errors import (
@@ -107,5 +108,6 @@ __all__ = [
     "chacha20_stream",
     "digest_index_set",
     "run_local_round",
+    "smallest_modulus_bits",
     "threshold_floor",
 ]

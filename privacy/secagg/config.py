@@ -8,6 +8,7 @@ length of the shared index set. Both are frozen, keyword-only and validated.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 from collections.abc import Iterable, Mapping
@@ -17,8 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError
-from .quantize import check_headroom, max_abs_encoded, word_dtype
+from .errors import ConfigError, OverflowRisk
+from .prg import MAX_MODULUS_BITS, MIN_MODULUS_BITS, check_modulus_bits
+from .quantize import check_headroom, max_abs_encoded, packed_size, word_dtype
 
 #: Words appended to every input before masking: first the device weight w_i,
 #: then ``SecAggConfig.count_words`` count words (each in [0, max_count]). The
@@ -62,7 +64,10 @@ class SecAggConfig:
         rules out Sybils (e.g. attested hardware), which this block cannot check.
     min_cohort: a device refuses a session whose fixed cohort is smaller (the
         floor on n every device enforces itself; at least max_colluders + 2).
-    modulus_bits: 32 or 64; masked words live in Z_{2^modulus_bits}.
+    modulus_bits: b, an int in [8, 64]; masked words live in Z_{2^b} (held in
+        uint32 for b <= 32, uint64 above) and travel packed, b bits each
+        (``quantize.words_to_bytes``). A cohort's sum must fit b bits
+        (:meth:`check_cohort`); :func:`smallest_modulus_bits` finds the least b.
     scale, clip: fixed point: each coordinate of ``w_i * Delta_i`` is clipped to
         [-clip, clip] and encoded as round(x * scale).
     weight_scale: fixed-point scale of the weight coordinate (default: ``scale``).
@@ -74,6 +79,14 @@ class SecAggConfig:
         a per-device value that stays the same across fills.
     max_count: every count word must lie in [0, max_count]; the decoded sum of
         each is range-checked against survivors * max_count.
+    sum_bound: None, or the largest magnitude (encoded units) a summed model
+        coordinate reaches when the inputs are known to sum to less than
+        n * round(clip * scale): distributed DP, whose rotated, noised sum stays
+        within ``DistributedDp.value_bound`` = 2^(bits-1) - 1 except with
+        probability <= 2^-30 (``DistributedDp.check_cohort``;
+        ``DistributedDp.check_secagg`` requires this field to equal it). The
+        headroom and range checks then use it instead of n * clip * scale, so
+        a DDP fill runs in Z_{2^ddp.bits}. Left out of the plain form when None.
     """
 
     threshold: int
@@ -86,12 +99,12 @@ class SecAggConfig:
     max_count: int = 1
     max_colluders: int = 1
     min_cohort: int = 3
+    sum_bound: int | None = None
 
     def __post_init__(self) -> None:
         if not _is_int(self.threshold) or self.threshold < 2:
             raise ConfigError(f"threshold must be an int >= 2, got {self.threshold!r}")
-        if self.modulus_bits not in (32, 64) or not _is_int(self.modulus_bits):
-            raise ConfigError(f"modulus_bits must be 32 or 64, got {self.modulus_bits!r}")
+        check_modulus_bits(self.modulus_bits)
         _finite_positive("scale", self.scale)
         _finite_positive("clip", self.clip)
         if self.weight_scale is not None:
@@ -120,6 +133,15 @@ class SecAggConfig:
         if self.weight_bound < 1:
             raise ConfigError("max_weight * weight_scale rounds to 0: weights cannot be encoded")
         check_headroom(1, bound=self.value_bound, modulus_bits=self.modulus_bits, what="clip")
+        if self.sum_bound is not None:
+            if not _is_int(self.sum_bound) or self.sum_bound < self.value_bound:
+                raise ConfigError(
+                    f"sum_bound must be None or an int >= round(clip * scale) = "
+                    f"{self.value_bound} (one input alone reaches that), got {self.sum_bound!r}"
+                )
+            check_headroom(
+                1, bound=self.sum_bound, modulus_bits=self.modulus_bits, what="sum_bound"
+            )
 
     @property
     def effective_weight_scale(self) -> float:
@@ -138,25 +160,52 @@ class SecAggConfig:
     def dtype(self) -> np.dtype:
         return word_dtype(self.modulus_bits)
 
+    def coordinate_sum_bound(self, n_summands: int) -> int:
+        """Largest magnitude of a sum of ``n_summands`` model coordinates (encoded units)."""
+        bound = n_summands * self.value_bound
+        return bound if self.sum_bound is None else min(bound, self.sum_bound)
+
+    def packed_bytes(self, n_words: int) -> int:
+        """Wire bytes of ``n_words`` masked words: ceil(n_words * modulus_bits / 8)."""
+        return packed_size(n_words, modulus_bits=self.modulus_bits)
+
     @property
     def extra_words(self) -> int:
         """Words masked after the model coordinates: the weight word, then the count words."""
         return WEIGHT_WORDS + self.count_words
 
     def to_plain(self) -> dict[str, Any]:
-        """JSON-ready form (str keys; int, float or None values) for the wire."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        """JSON-ready form (str keys; int, float or None values) for the wire.
+
+        ``sum_bound`` appears only when set, so a config without it keeps the
+        plain form it had before the field existed.
+        """
+        plain = {f.name: getattr(self, f.name) for f in fields(self)}
+        if plain["sum_bound"] is None:
+            del plain["sum_bound"]
+        return plain
 
     @classmethod
     def from_plain(cls, data: object) -> SecAggConfig:
         """Rebuild from :meth:`to_plain` output; ConfigError on any other shape.
 
-        Exactly the field names; int fields must be ints (not bools or floats),
-        float fields finite ints or floats (converted to float), ``weight_scale``
-        may be None; the result is then validated like any SecAggConfig.
+        Exactly the field names (``sum_bound`` only when set: an int, never
+        null); int fields must be ints (not bools or floats), float fields finite
+        ints or floats (converted to float), ``weight_scale`` may be None; the
+        result is then validated like any SecAggConfig.
         """
-        plain = _exact_mapping(data, "SecAggConfig", {f.name for f in fields(cls)})
+        names = {f.name for f in fields(cls)}
+        if isinstance(data, Mapping) and "sum_bound" not in data:
+            names.discard("sum_bound")
+        plain = _exact_mapping(data, "SecAggConfig", names)
         kwargs: dict[str, Any] = {}
+        if "sum_bound" in plain:
+            if not _is_int(plain["sum_bound"]):
+                raise ConfigError(
+                    f"SecAggConfig.sum_bound must be an int (left out when unset), "
+                    f"got {plain['sum_bound']!r}"
+                )
+            kwargs["sum_bound"] = plain["sum_bound"]
         for name in _CONFIG_INT_FIELDS:
             value = plain[name]
             if not _is_int(value):
@@ -175,7 +224,9 @@ class SecAggConfig:
     def check_cohort(self, n: int) -> None:
         """Validate the threshold and the modular headroom for a cohort of ``n`` devices.
 
-        Raises ConfigError (threshold) or OverflowRisk (n * clip * scale too large).
+        Raises ConfigError (threshold) or OverflowRisk: a sum of n inputs (model
+        coordinates up to n * clip * scale, or ``sum_bound``; weights; count
+        words) could leave [-2^(b-1), 2^(b-1) - 1] for b = modulus_bits.
         """
         if not _is_int(n) or n < max(2, self.min_cohort):
             raise ConfigError(
@@ -191,7 +242,12 @@ class SecAggConfig:
                 "would unmask one device's input"
             )
         bits = self.modulus_bits
-        check_headroom(n, bound=self.value_bound, modulus_bits=bits, what="n * clip * scale")
+        if self.sum_bound is None:
+            check_headroom(n, bound=self.value_bound, modulus_bits=bits, what="n * clip * scale")
+        else:
+            check_headroom(
+                1, bound=self.coordinate_sum_bound(n), modulus_bits=bits, what="sum_bound"
+            )
         check_headroom(n, bound=self.weight_bound, modulus_bits=bits, what="sum of weights")
         check_headroom(n, bound=self.max_count, modulus_bits=bits, what="sum of count words")
 
@@ -203,7 +259,27 @@ class SecAggConfig:
             f"wmax={float(self.max_weight)!r};counts={self.count_words};cmax={self.max_count};"
             f"colluders={self.max_colluders};min_cohort={self.min_cohort}"
         )
+        if self.sum_bound is not None:  # unset: the text (and every derived key) as before
+            text += f";sum_bound={self.sum_bound}"
         return hashlib.sha256(text.encode()).digest()
+
+
+def smallest_modulus_bits(config: SecAggConfig, *, cohort_size: int) -> int:
+    """The least b in [8, 64] for which ``config`` with ``modulus_bits=b`` passes
+    ``check_cohort(cohort_size)``: the cohort's sum (coordinates, weights, counts)
+    fits b bits. ``config``'s own modulus_bits is ignored. Raises what check_cohort
+    raises at b = 64 (OverflowRisk: no ring holds the sum; ConfigError: threshold).
+    """
+    last: Exception | None = None
+    for bits in range(MIN_MODULUS_BITS, MAX_MODULUS_BITS + 1):
+        try:
+            candidate = dataclasses.replace(config, modulus_bits=bits)
+            candidate.check_cohort(cohort_size)
+        except OverflowRisk as exc:
+            last = exc
+            continue
+        return bits
+    raise last if last is not None else OverflowRisk("no modulus holds the sum")
 
 
 _CONFIG_INT_FIELDS = (

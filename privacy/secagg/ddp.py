@@ -40,9 +40,12 @@ signs: P(|y_i| >= a) <= 2 exp(-a^2 D / (2 (n l2_clip scale)^2))), the
 rounding (at most 1 per device, so n), and the noise (Chernoff bound on
 Skellam(n mu): P(|X| >= m) <= 2 exp(-(m asinh(m/mu) - sqrt(mu^2 + m^2) + mu))),
 and refuses (OverflowRisk) a configuration whose bound exceeds
-:data:`MAX_OVERFLOW_PROBABILITY`. The SecAgg block carries the words as 32-bit
-integers today, where such a sum would not even wrap; ``bits`` is the width
-the summed words are guaranteed to fit, i.e. what a packed carrier would send.
+:data:`MAX_OVERFLOW_PROBABILITY`. ``bits`` is the width the summed words are
+guaranteed to fit, so SecAgg runs a DDP fill in Z_{2^bits} (``modulus_bits =
+bits``, ``sum_bound = value_bound``: :meth:`DistributedDp.secagg_config_fields`)
+and each masked word travels as ``bits`` bits. A sum that leaves the range then
+wraps modulo 2^bits (probability <= 2^-30 per fill, the event the bound
+covers): it is a wrong sum, never a disclosure, since the masks are unaffected.
 """
 
 from __future__ import annotations
@@ -274,7 +277,9 @@ class DistributedDp:
         ConfigError unless: the session masks padded_length(d) words; SecAgg
         uses this scale and a clip that holds every prepared value (so it never
         clips one); weight 1 fits; min_survivors <= threshold - max_colluders
-        (any released sum holds that many honest shares). Then check_cohort.
+        (any released sum holds that many honest shares); SecAgg's ``sum_bound``,
+        if set, is this DDP's ``value_bound`` (the bound check_cohort vouches for,
+        never a tighter one). Then check_cohort.
         """
         if session.vector_length != padded_length(d):
             raise ConfigError(
@@ -289,6 +294,11 @@ class DistributedDp:
             )
         if config.max_weight < 1.0:
             raise ConfigError("a DDP input has weight 1: SecAgg's max_weight must be >= 1")
+        if config.sum_bound is not None and config.sum_bound != self.value_bound:
+            raise ConfigError(
+                f"SecAgg's sum_bound {config.sum_bound} is not the DDP's value_bound "
+                f"{self.value_bound} = 2^(bits-1) - 1, the only sum bound this DDP vouches for"
+            )
         honest = config.threshold - config.max_colluders
         if self.min_survivors > honest:
             raise ConfigError(
@@ -296,6 +306,19 @@ class DistributedDp:
                 "released sum could hold fewer honest noise shares than calibrated"
             )
         self.check_cohort(cohort_size=session.n, d=d)
+
+    def secagg_config_fields(self) -> dict[str, Any]:
+        """The SecAggConfig fields a fill of this DDP uses: its scale, ``coordinate_bound``
+        as the clip, weight 1 encoded as the integer 1, and Z_{2^bits} with
+        ``sum_bound = value_bound`` (the sum fits ``bits`` bits; see check_cohort)."""
+        return {
+            "scale": self.scale,
+            "clip": self.coordinate_bound,
+            "weight_scale": 1.0,
+            "max_weight": 1.0,
+            "modulus_bits": self.bits,
+            "sum_bound": self.value_bound,
+        }
 
     @classmethod
     def largest_scale(

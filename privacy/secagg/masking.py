@@ -24,17 +24,24 @@ from .config import SecAggConfig, SecAggSession, canonical_order
 from .crypto import advertisement_payload, verify
 from .errors import OverflowRisk, ProtocolViolation, RangeViolation, TooFewSurvivors
 from .messages import KeyAdvertisement, UnmaskRequest
-from .prg import BLOCK_BYTES, chacha20_stream, wire_dtype
-from .quantize import decode_fixed_point, encode_fixed_point, stochastic_encode, to_signed
+from .prg import BLOCK_BYTES, chacha20_stream, keystream_word_bytes, word_mask
+from .quantize import (
+    decode_fixed_point,
+    encode_fixed_point,
+    stochastic_encode,
+    to_signed,
+    words_to_bytes,
+)
 
 # Every mask key is used for exactly one stream, so a fixed nonce is safe.
 MASK_NONCE = bytes(12)
 # The rounding key is fresh per masked input and used for this one stream only.
 ROUNDING_NONCE = b"fedward-rnd\x00"
 SECRET_BYTES = 32
-#: Words masked per step: a multiple of the words per ChaCha20 block (16 at 32 bits,
-#: 8 at 64), so chunk k's keystream starts at block counter k * CHUNK_WORDS / per-block
-#: and the chunks join into exactly the full stream the server regenerates.
+#: Words masked per step: a multiple of the words per ChaCha20 block (16 up to 32 bits,
+#: 8 above), so chunk k's keystream starts at block counter k * CHUNK_WORDS / per-block
+#: and the chunks join into exactly the full stream the server regenerates; and a
+#: multiple of 8, so chunk k's packed bytes start at byte k * CHUNK_WORDS * b / 8.
 CHUNK_WORDS = 1 << 11  # 2,048: the wearable masks its subset with half its budget free
 
 
@@ -126,14 +133,16 @@ def masked_contribution(
     uniforms from ChaCha20(``rounding_key``) (fresh per input, device-local);
     the weight word is rounded to nearest (public metadata, not DP-protected);
     then the self mask and every pairwise mask ((key, adds) in ``pair_keys``)
-    are added chunk by chunk, so masking holds the output plus O(CHUNK_WORDS)
-    words whatever the number of peers, never one full stream per peer.
+    are added chunk by chunk (mod 2^b), and each chunk is packed into its place
+    in the output (b bits per word), so masking holds the packed output plus
+    O(CHUNK_WORDS) words whatever the number of peers, never one full stream per peer.
     """
     arr, checked = _checked_update(
         update, weight=weight, counts=counts, config=config, session=session
     )
     bits, d, total = config.modulus_bits, session.vector_length, session.total_words(config)
-    per_block = BLOCK_BYTES // wire_dtype(bits).itemsize
+    per_block = BLOCK_BYTES // keystream_word_bytes(bits)
+    reduce = word_mask(bits)
     extras = np.empty(config.extra_words, dtype=config.dtype)
     extras[0] = encode_fixed_point(
         np.array([float(weight)]),
@@ -142,7 +151,7 @@ def masked_contribution(
         modulus_bits=bits,
     )[0]
     extras[1:] = checked
-    out = np.empty(total, dtype=wire_dtype(bits))
+    out = bytearray(config.packed_bytes(total))
     for start in range(0, total, CHUNK_WORDS):
         stop = min(start + CHUNK_WORDS, total)
         chunk = np.empty(stop - start, dtype=config.dtype)
@@ -172,8 +181,11 @@ def masked_contribution(
                 chunk += stream
             else:
                 chunk -= stream
-        out[start:stop] = chunk
-    return out.tobytes()
+        chunk &= reduce
+        out[start * bits // 8 : config.packed_bytes(stop)] = words_to_bytes(
+            chunk, modulus_bits=bits
+        )
+    return bytes(out)
 
 
 def decode_sum(
@@ -197,7 +209,8 @@ def check_sum_range(
 ) -> None:
     """Refuse a decoded sum that no ``n_summands`` well-formed inputs can produce.
 
-    An honest input has every coordinate in [-value_bound, value_bound], its
+    An honest input has every coordinate in [-value_bound, value_bound] (a sum
+    of them within ``config.coordinate_sum_bound``), its
     weight word in [0, weight_bound] and every count word in [0, max_count];
     a device that masks any other word (e.g. a huge negative weight) is not
     stopped by the masking, so the server checks the sum. Within the range a
@@ -208,13 +221,14 @@ def check_sum_range(
     if len(words) != session.total_words(config):
         raise ProtocolViolation("decoded sum has the wrong number of words")
     signed = to_signed(words, modulus_bits=config.modulus_bits)
+    coordinates = config.coordinate_sum_bound(n_summands)
     checks = (
-        ("model coordinates", signed[:d], -n_summands * config.value_bound),
+        ("model coordinates", signed[:d], -coordinates),
         ("weight sum", signed[d : d + 1], 0),
         ("count word sum", signed[d + 1 :], 0),
     )
     highs = (
-        n_summands * config.value_bound,
+        coordinates,
         n_summands * config.weight_bound,
         n_summands * config.max_count,
     )

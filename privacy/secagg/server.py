@@ -346,13 +346,17 @@ class SecAggServer:
         total = np.zeros(n_words, dtype=cfg.dtype)
         for device in st.survivors:
             total = mod_add(
-                total, words_from_bytes(st.masked[device], modulus_bits=bits, n_words=n_words)
+                total,
+                words_from_bytes(st.masked[device], modulus_bits=bits, n_words=n_words),
+                modulus_bits=bits,
             )
         for device in st.survivors:
             key = crypto.self_mask_key(
                 recover(seeds[device]), context=self._context, device_id=device
             )
-            total = mod_sub(total, masking.mask_stream(key, config=cfg, session=ses))
+            total = mod_sub(
+                total, masking.mask_stream(key, config=cfg, session=ses), modulus_bits=bits
+            )
         for gone in st.dropped:
             private = crypto.load_private(recover(keys[gone]))
             if crypto.public_raw(private) != st.adverts[gone].mask_public_key:
@@ -370,9 +374,9 @@ class SecAggServer:
                 stream = masking.mask_stream(key, config=cfg, session=ses)
                 # the survivor added the stream if it precedes `gone`, else subtracted it
                 if masking.adds_pairwise_mask(device, gone):
-                    total = mod_sub(total, stream)
+                    total = mod_sub(total, stream, modulus_bits=bits)
                 else:
-                    total = mod_add(total, stream)
+                    total = mod_add(total, stream, modulus_bits=bits)
         masking.check_sum_range(total, config=cfg, session=ses, n_summands=len(st.survivors))
         st.result = words_to_bytes(total, modulus_bits=bits)
         st.stage = ServerStage.DONE

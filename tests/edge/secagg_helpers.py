@@ -29,6 +29,8 @@ def make_params(
     weighting: SecAggWeighting | None = None,
     shapes: dict[str, tuple[int, ...]] | None = None,
     subset: tuple[str, ...] = SUBSET,
+    modulus_bits: int = 32,
+    sum_bound: int | None = None,
 ) -> SecAggParams:
     layout = VectorLayout.for_subset(shapes or SHAPES, subset)
     config = SecAggConfig(
@@ -38,6 +40,8 @@ def make_params(
         count_words=len(energy_bins) + 1 if energy_bins else 1,
         max_colluders=max_colluders,
         min_cohort=min_cohort,
+        modulus_bits=modulus_bits,
+        sum_bound=sum_bound,
     )
     session = SecAggSession(
         session_id=session_id if session_id is not None else os.urandom(32),

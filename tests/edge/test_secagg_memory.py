@@ -28,10 +28,12 @@ def wearable_subset() -> tuple[dict[str, tuple[int, ...]], tuple[str, ...], int]
     return shapes, tuple(subset.names), budget
 
 
-def masking_peak(tmp_path, *, n: int) -> tuple[int, int]:
+def masking_peak(tmp_path, *, n: int, bits: int = 32) -> tuple[int, int]:
     """(peak bytes of one device's mask call, update length) in a cohort of ``n``."""
     shapes, subset, _ = wearable_subset()
-    fill = make_fill(tmp_path, n=n, threshold=n // 2 + 2, shapes=shapes, subset=subset)
+    fill = make_fill(
+        tmp_path, n=n, threshold=n // 2 + 2, shapes=shapes, subset=subset, modulus_bits=bits
+    )
     for p in fill.members.values():
         fill.server.receive_advertisement(p.advertise())
     roster = fill.server.close_advertisements()
@@ -56,13 +58,14 @@ def masking_peak(tmp_path, *, n: int) -> tuple[int, int]:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("bits", [32, 24])  # 24: the least b holding 30 devices' sum
 def test_masking_the_wearables_update_stays_within_its_budget_whatever_the_cohort(
-    tmp_path,
+    tmp_path, bits: int
 ) -> None:
     # Prepare / Execute: the wearable's subset (the planner's), cohorts of 10 and 30
     _, _, budget = wearable_subset()
-    peak10, d = masking_peak(tmp_path / "n10", n=10)
-    peak30, _ = masking_peak(tmp_path / "n30", n=30)
+    peak10, d = masking_peak(tmp_path / "n10", n=10, bits=bits)
+    peak30, _ = masking_peak(tmp_path / "n30", n=30, bits=bits)
     # Assert: masking leaves at least half the wearable's budget for the model it holds
     # (measured 306 / 302 KiB of 640 KiB with 2,048-word chunks; 627 / 623 KiB with
     # 8,192), and flat in n: 20 more peers add far less than one 4-byte stream of the

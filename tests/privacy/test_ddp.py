@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import math
@@ -125,13 +126,20 @@ def test_prepare_clips_to_l2_and_recover_undoes_rotation_and_scale() -> None:
     assert np.linalg.norm(back - clipped) <= math.sqrt(padded_length(300)) / ddp.scale
 
 
+def ddp_config(ddp: DistributedDp, *, packed: bool, **kw: int) -> SecAggConfig:
+    """The SecAgg config of a DDP fill: in Z_{2^ddp.bits} (packed) or in 32-bit words."""
+    if packed:
+        return SecAggConfig(**{**ddp.secagg_config_fields(), **kw})  # type: ignore[arg-type]
+    return SecAggConfig(scale=ddp.scale, clip=ddp.coordinate_bound, **kw)  # type: ignore[arg-type]
+
+
 def secagg_round(
-    ddp: DistributedDp, updates: dict[str, np.ndarray], *, drop: str | None
+    ddp: DistributedDp, updates: dict[str, np.ndarray], *, drop: str | None, packed: bool = True
 ) -> tuple[np.ndarray, int]:
     """Every device prepares its update, SecAgg sums them, the server recovers the sum."""
     d = len(next(iter(updates.values())))
     big_d = padded_length(d)
-    config = SecAggConfig(threshold=4, scale=ddp.scale, clip=ddp.coordinate_bound, max_colluders=1)
+    config = ddp_config(ddp, packed=packed, threshold=4, max_colluders=1)
     session = SecAggSession(
         session_id=SEED,
         round_index=1,
@@ -158,8 +166,11 @@ def secagg_round(
     return summed, len(out.result.survivors)
 
 
+@pytest.mark.parametrize("packed", [True, False])
 @pytest.mark.parametrize("drop", [None, "d3"])
-def test_round_trip_gives_the_clipped_mean_within_rounding_and_noise(drop: str | None) -> None:
+def test_round_trip_gives_the_clipped_mean_within_rounding_and_noise(
+    drop: str | None, packed: bool
+) -> None:
     # Prepare: 5 devices (t = 4, one colluder allowed, so min_survivors = 3 honest)
     ddp = a_ddp()
     d = 1024  # = padded length: Parseval makes the error's mean square a sum of i.i.d. terms
@@ -167,7 +178,7 @@ def test_round_trip_gives_the_clipped_mean_within_rounding_and_noise(drop: str |
     updates = {f"d{i}": rng.normal(0.0, 0.1, d) * (1 + i) for i in range(5)}
 
     # Execute
-    summed, survivors = secagg_round(ddp, updates, drop=drop)
+    summed, survivors = secagg_round(ddp, updates, drop=drop, packed=packed)
 
     # Assert: error = (noise + rounding) rotated back; its per-coordinate variance is
     # survivors * local_variance / scale^2 plus at most survivors / (4 scale^2) of rounding
@@ -337,7 +348,8 @@ def test_no_numpy_or_stdlib_rng_in_secagg_or_skellam_sources() -> None:
     assert len(sources) > 10 and offenders == []
 
 
-def test_secagg_sums_prepared_vectors_exactly() -> None:
+@pytest.mark.parametrize("packed", [True, False])
+def test_secagg_sums_prepared_vectors_exactly(packed: bool) -> None:
     # Prepare: three devices' prepared vectors and the SecAgg config the ddp implies
     ddp = a_ddp(min_survivors=2)
     rng = np.random.default_rng(3)  # test data only
@@ -347,7 +359,7 @@ def test_secagg_sums_prepared_vectors_exactly() -> None:
         )
         for i in range(3)
     }
-    config = SecAggConfig(threshold=3, scale=ddp.scale, clip=ddp.coordinate_bound, max_colluders=0)
+    config = ddp_config(ddp, packed=packed, threshold=3, max_colluders=0)
     session = SecAggSession(
         session_id=SEED,
         round_index=0,
@@ -358,10 +370,12 @@ def test_secagg_sums_prepared_vectors_exactly() -> None:
     inputs = {d: ClientInput(update=v, weight=1.0, counts=(1,)) for d, v in prepared.items()}
     # Execute
     out = run_local_round(config=config, session=session, inputs=inputs)
-    # Assert: SecAgg's stochastic rounding has nothing to round: the sum is exact
+    # Assert: SecAgg's stochastic rounding has nothing to round: the sum is exact, in
+    # 20-bit words as in 32-bit ones (the DDP's sum fits its bits)
     exact = np.sum([v * ddp.scale for v in prepared.values()], axis=0)
     assert np.array_equal(out.result.weighted_sum * ddp.scale, exact)
     assert out.result.weight_sum == 3.0
+    assert config.modulus_bits == (ddp.bits if packed else 32)
 
 
 def test_for_fill_counts_honest_survivors_only() -> None:
@@ -418,3 +432,26 @@ def test_a_secagg_config_that_breaks_the_ddp_is_refused(
         ddp.check_secagg(bad, session=session, d=100)
     with pytest.raises(ConfigError, match="padded_length"):
         ddp.check_secagg(good, session=session, d=1000)
+
+
+def test_a_ddp_fill_runs_in_its_bits_and_its_sum_bound_is_the_ddps() -> None:
+    # Prepare: the fields a DDP fill's SecAgg config takes from the DDP
+    ddp = a_ddp(min_survivors=3)
+    session = SecAggSession(
+        session_id=SEED,
+        round_index=0,
+        cohort=tuple(f"d{i}" for i in range(5)),
+        vector_length=padded_length(100),
+        index_set_digest=digest_index_set(range(100), model_size=100),
+    )
+    config = ddp_config(ddp, packed=True, threshold=4, max_colluders=1)
+    # Execute / Assert: Z_{2^20}, held by the DDP's own overflow bound (n * clip * scale
+    # would need 23 bits), and the sum bound is the DDP's value_bound, never a tighter one
+    assert (config.modulus_bits, config.sum_bound) == (20, (1 << 19) - 1)
+    config.check_cohort(5)
+    ddp.check_secagg(config, session=session, d=100)
+    with pytest.raises(OverflowRisk):
+        dataclasses.replace(config, sum_bound=None).check_cohort(5)
+    other = dataclasses.replace(config, sum_bound=config.value_bound + 1, modulus_bits=21)
+    with pytest.raises(ConfigError, match="sum_bound"):
+        ddp.check_secagg(other, session=session, d=100)

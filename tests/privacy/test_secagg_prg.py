@@ -65,7 +65,9 @@ def test_stream_words_look_uniform() -> None:
         (b"short", bytes(12), 4, 32),
         (bytes(32), bytes(8), 4, 32),
         (bytes(32), bytes(12), -1, 32),
-        (bytes(32), bytes(12), 4, 16),
+        (bytes(32), bytes(12), 4, 7),
+        (bytes(32), bytes(12), 4, 65),
+        (bytes(32), bytes(12), 4, True),
     ],
 )
 def test_rejects_bad_arguments(key: bytes, nonce: bytes, n_words: int, bits: int) -> None:

@@ -87,7 +87,10 @@ def test_config_refuses_a_cohort_whose_sum_could_wrap() -> None:
     [
         {"threshold": 1, "scale": 1e4, "clip": 1.0},
         {"threshold": True, "scale": 1e4, "clip": 1.0},
-        {"threshold": 3, "scale": 1e4, "clip": 1.0, "modulus_bits": 16},
+        {"threshold": 3, "scale": 1e4, "clip": 1.0, "modulus_bits": 7},
+        {"threshold": 3, "scale": 1e4, "clip": 1.0, "modulus_bits": 65},
+        {"threshold": 3, "scale": 1e4, "clip": 1.0, "modulus_bits": True},
+        {"threshold": 3, "scale": 1e4, "clip": 1.0, "modulus_bits": 32.0},
         {"threshold": 3, "scale": float("nan"), "clip": 1.0},
         {"threshold": 3, "scale": 1e4, "clip": -1.0},
         {"threshold": 3, "scale": 1e-3, "clip": 1.0},
