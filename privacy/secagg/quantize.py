@@ -161,9 +161,7 @@ def _same(a: np.ndarray, b: np.ndarray, what: str) -> None:
         raise ProtocolViolation(f"{what} needs arrays of the same dtype and shape")
 
 
-def _reduced(words: np.ndarray, modulus_bits: int | None) -> np.ndarray:
-    if modulus_bits is None:  # the dtype's own width: b = 32 (uint32) or 64 (uint64)
-        return words
+def _reduced(words: np.ndarray, modulus_bits: int) -> np.ndarray:
     if words.dtype != word_dtype(modulus_bits):
         raise ProtocolViolation(
             f"words of Z_2^{modulus_bits} are {word_dtype(modulus_bits)}, got {words.dtype}"
@@ -173,25 +171,23 @@ def _reduced(words: np.ndarray, modulus_bits: int | None) -> np.ndarray:
     return words
 
 
-def mod_add(a: np.ndarray, b: np.ndarray, *, modulus_bits: int | None = None) -> np.ndarray:
-    """(a + b) mod 2^modulus_bits for two word arrays of the same dtype and shape.
-
-    None: the full width of the dtype (only right for b = 32 or 64).
-    """
+def mod_add(a: np.ndarray, b: np.ndarray, *, modulus_bits: int) -> np.ndarray:
+    """(a + b) mod 2^modulus_bits for two word arrays of the same dtype and shape
+    (``word_dtype(modulus_bits)``; ProtocolViolation otherwise)."""
     _same(a, b, "mod_add")
     total: np.ndarray = np.add(a, b, dtype=a.dtype)  # numpy types ufunc calls as Any
     return _reduced(total, modulus_bits)
 
 
-def mod_sub(a: np.ndarray, b: np.ndarray, *, modulus_bits: int | None = None) -> np.ndarray:
-    """(a - b) mod 2^modulus_bits (None: the dtype's full width, as in :func:`mod_add`)."""
+def mod_sub(a: np.ndarray, b: np.ndarray, *, modulus_bits: int) -> np.ndarray:
+    """(a - b) mod 2^modulus_bits (arrays as in :func:`mod_add`)."""
     _same(a, b, "mod_sub")
     difference: np.ndarray = np.subtract(a, b, dtype=a.dtype)
     return _reduced(difference, modulus_bits)
 
 
-def mod_neg(a: np.ndarray, *, modulus_bits: int | None = None) -> np.ndarray:
-    """(-a) mod 2^modulus_bits (None: the dtype's full width, as in :func:`mod_add`)."""
+def mod_neg(a: np.ndarray, *, modulus_bits: int) -> np.ndarray:
+    """(-a) mod 2^modulus_bits (an array as in :func:`mod_add`)."""
     negated: np.ndarray = np.subtract(np.zeros_like(a), a, dtype=a.dtype)
     return _reduced(negated, modulus_bits)
 

@@ -82,14 +82,22 @@ def split_attack(config: SecAggConfig, session, runner) -> np.ndarray:
         n_words=session.total_words(config),
     )
     own = crypto.self_mask_key(seed, context=context, device_id=VICTIM)
-    words = mod_sub(words, masking.mask_stream(own, config=config, session=session))
+    words = mod_sub(
+        words,
+        masking.mask_stream(own, config=config, session=session),
+        modulus_bits=config.modulus_bits,
+    )
     for peer in session.cohort:
         if peer == VICTIM:
             continue
         key = crypto.pairwise_mask_key(mask_sk, roster[peer], context=context, me=VICTIM, peer=peer)
         stream = masking.mask_stream(key, config=config, session=session)
         add = masking.adds_pairwise_mask(VICTIM, peer)
-        words = mod_sub(words, stream) if add else mod_add(words, stream)
+        words = (
+            mod_sub(words, stream, modulus_bits=config.modulus_bits)
+            if add
+            else mod_add(words, stream, modulus_bits=config.modulus_bits)
+        )
     return words
 
 

@@ -120,7 +120,10 @@ def assert_sums(result: AggregateResult, config, session, inputs, survivors) -> 
     plain = plain_encoded_sum(config, session, inputs, survivors)
     d = session.vector_length
     assert np.array_equal(result.encoded_sum[d:], plain[d:])
-    steps = to_signed(mod_sub(result.encoded_sum, plain), modulus_bits=config.modulus_bits)
+    steps = to_signed(
+        mod_sub(result.encoded_sum, plain, modulus_bits=config.modulus_bits),
+        modulus_bits=config.modulus_bits,
+    )
     assert np.max(np.abs(steps[:d])) <= len(survivors)
     # close, as floats: each encoded value is within 1 / scale of the clipped product
     expected = sum(

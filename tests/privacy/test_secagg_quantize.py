@@ -59,7 +59,7 @@ def test_modular_sum_decodes_to_the_integer_sum(rows: np.ndarray, bits: int) -> 
     ints = np.rint(np.clip(rows, -clip, clip) * scale).astype(np.int64).sum(axis=0)
     assert np.array_equal(to_signed(total, modulus_bits=bits), ints)
     # subtracting one summand again is exact too
-    rest = mod_sub(total, words[0])
+    rest = mod_sub(total, words[0], modulus_bits=bits)
     assert np.array_equal(
         to_signed(rest, modulus_bits=bits), ints - to_signed(words[0], modulus_bits=bits)
     )

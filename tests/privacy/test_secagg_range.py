@@ -51,7 +51,7 @@ def tampered(msg: MaskedInput, *, config, session, word: int, delta: int) -> Mas
     words = words_from_bytes(msg.data, modulus_bits=bits, n_words=session.total_words(config))
     shift = np.zeros_like(words)
     shift[word] = np.uint64(delta % (1 << bits)).astype(words.dtype)
-    data = words_to_bytes(mod_add(words, shift), modulus_bits=bits)
+    data = words_to_bytes(mod_add(words, shift, modulus_bits=bits), modulus_bits=bits)
     return MaskedInput(msg.session_id, msg.round_index, msg.device_id, data)
 
 

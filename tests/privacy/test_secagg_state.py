@@ -65,7 +65,10 @@ def matches(encoded_sum, config, session, inputs, survivors) -> bool:
     """Extras exact; each coordinate within one (stochastic rounding) step per survivor."""
     plain = expected(config, session, inputs, survivors)
     d = session.vector_length
-    steps = to_signed(mod_sub(encoded_sum, plain), modulus_bits=config.modulus_bits)[:d]
+    steps = to_signed(
+        mod_sub(encoded_sum, plain, modulus_bits=config.modulus_bits),
+        modulus_bits=config.modulus_bits,
+    )[:d]
     return bool(np.array_equal(encoded_sum[d:], plain[d:])) and int(np.max(np.abs(steps))) <= len(
         survivors
     )
