@@ -351,7 +351,11 @@ class Fill:
         words = words_from_bytes(
             msg.data, modulus_bits=cfg.modulus_bits, n_words=ses.total_words(cfg)
         )
-        self._masked_sum = words if self._masked_sum is None else mod_add(self._masked_sum, words)
+        self._masked_sum = (
+            words
+            if self._masked_sum is None
+            else mod_add(self._masked_sum, words, modulus_bits=cfg.modulus_bits)
+        )
         self._masked_digests[device_id] = digest
         return True
 

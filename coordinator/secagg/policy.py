@@ -16,11 +16,12 @@ whose survivors fall below ``t`` at any phase aborts and nothing is released.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
 
-from fedward.privacy.secagg import SecAggConfig, threshold_floor
+from fedward.privacy.secagg import SecAggConfig, smallest_modulus_bits, threshold_floor
 from fedward.privacy.secagg.errors import SecAggError
 
 from ..errors import CoordinatorError
@@ -57,10 +58,18 @@ class SecAggPolicy:
         cohort is sized ``ceil(K / (1 - expected_dropout))``.
     max_colluders: c, cohort members that may be the server's Sybils (default 1).
     min_cohort: the smallest cohort ever formed (devices refuse smaller ones).
-    modulus_bits, scale, clip: the fixed-point encoding (32 or 64 bits; each
-        coordinate of ``w_i * Delta_i`` clipped to [-clip, clip], times scale).
+    modulus_bits, scale, clip: the fixed-point encoding (each coordinate of
+        ``w_i * Delta_i`` clipped to [-clip, clip], times scale) in Z_{2^b}, b bits
+        per masked word on the wire. ``modulus_bits`` None (the default) picks b:
+        the smallest b in [8, 64] for which ``SecAggConfig.check_cohort(cohort_size)``
+        passes for this scale, clip, weights and count words
+        (``fedward.privacy.secagg.smallest_modulus_bits``: a full cohort's sum
+        cannot wrap), or, under distributed DP, ``ddp.bits`` (the DDP's own
+        guarantee that the summed words fit those bits, ``sum_bound``); an int in
+        [8, 64] pins b (refused if the cohort's sum could wrap).
         Under distributed DP the encoding is the DDP's: its power-of-two scale and
-        ``coordinate_bound`` as the clip (so prepared values are encoded exactly).
+        ``coordinate_bound`` as the clip (so prepared values are encoded exactly),
+        the weight 1 encoded as the integer 1.
     phase_timeout_s: how long each phase waits for the cohort's live members.
     masked_input_timeout_s: how long the MASKED_INPUT phase waits (members train
         while keys are exchanged, and mask once trained); None: ``phase_timeout_s``.
@@ -84,7 +93,7 @@ class SecAggPolicy:
     expected_dropout: float = 0.2
     max_colluders: int = 1
     min_cohort: int = 3
-    modulus_bits: int = 32
+    modulus_bits: int | None = None
     scale: float = float(1 << 16)
     clip: float = 1.0
     phase_timeout_s: float = 60.0
@@ -102,8 +111,11 @@ class SecAggPolicy:
             raise SecAggPolicyError(f"expected_dropout must lie in [0, 1), got {dropout!r}")
         _int("max_colluders", self.max_colluders, low=0)
         _int("min_cohort", self.min_cohort, low=self.max_colluders + 2)
-        if self.modulus_bits not in (32, 64) or isinstance(self.modulus_bits, bool):
-            raise SecAggPolicyError(f"modulus_bits must be 32 or 64, got {self.modulus_bits!r}")
+        bits = self.modulus_bits
+        if bits is not None and (isinstance(bits, bool) or not isinstance(bits, int)):
+            raise SecAggPolicyError(f"modulus_bits must be None or an int in [8, 64], got {bits!r}")
+        if bits is not None and not 8 <= bits <= 64:
+            raise SecAggPolicyError(f"modulus_bits must be None or an int in [8, 64], got {bits!r}")
         _number("scale", self.scale)
         _number("clip", self.clip)
         _number("phase_timeout_s", self.phase_timeout_s)
@@ -186,17 +198,24 @@ class SecAggPolicy:
         """The SecAggConfig of a fill with threshold ``threshold`` (checked for the cohort)."""
         try:
             ddp = self.ddp
+            encoding: dict[str, Any] = (
+                {"scale": self.scale, "clip": self.clip, "max_weight": 1.0, "modulus_bits": 64}
+                if ddp is None
+                else ddp.secagg_config_fields()  # modulus_bits = ddp.bits, sum_bound
+            )
+            if self.modulus_bits is not None:
+                encoding["modulus_bits"] = self.modulus_bits
             config = SecAggConfig(
                 threshold=threshold,
-                scale=self.scale if ddp is None else ddp.scale,
-                clip=self.clip if ddp is None else ddp.coordinate_bound,
-                modulus_bits=self.modulus_bits,
-                max_weight=1.0,
                 count_words=self.count_words,
                 max_count=1,
                 max_colluders=self.max_colluders,
                 min_cohort=self.min_cohort,
+                **encoding,
             )
+            if self.modulus_bits is None and ddp is None:
+                bits = smallest_modulus_bits(config, cohort_size=self.cohort_size)
+                config = dataclasses.replace(config, modulus_bits=bits)
             config.check_cohort(self.cohort_size)
         except SecAggError as exc:
             raise SecAggPolicyError(f"the secure-aggregation policy cannot run: {exc}") from exc

@@ -62,7 +62,7 @@ def test_the_cohort_holds_the_buffer_plus_dropouts_and_the_threshold_defeats_col
         ({"fills_in_flight": 0}, "fills_in_flight"),
         ({"ddp": {"l2_clip": 1.0}}, "ddp"),
         ({"norm_bound": 0.0}, "norm_bound"),
-        ({"scale": 2.0**40}, "cannot run"),  # the cohort's sum would overflow 32 bits
+        ({"scale": 2.0**40, "modulus_bits": 32}, "cannot run"),  # the sum overflows 32 bits
     ],
 )
 def test_a_policy_that_cannot_run_is_refused_naming_the_field(change: dict, field: str) -> None:
