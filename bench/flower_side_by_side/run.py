@@ -5,6 +5,15 @@ Synchronous FedAvg on both sides, A/B alternated in one run (ours first, then
 or a quieter machine), wall time and held-out accuracy after every round of
 each run reported side by side.
 
+A third side, ``bare`` (``bare_loop.py``; ``--no-bare`` leaves it out), runs
+the same rounds as a hand-written loop with no framework (a two-process
+``multiprocessing`` pool, ``train_subset``, a weighted mean): the floor any
+simulator doing this local work with this training code on these two cores
+must spend. Its ratio to Flower's wall time says whether a target such as
+"1/3 of Flower's time" is reachable by framework machinery at all. With it
+the order rotates: fedward flower bare, flower bare fedward, bare fedward
+flower, ... (``--pairs`` such rounds).
+
 What is the same on both sides:
 
 - **task and split**: the ``quick`` preset's simulated ECG rhythm task with
@@ -218,6 +227,10 @@ def _one(side: str, index: int, args: argparse.Namespace, task: Path) -> dict[st
         command += ["--out", str(out), "--devices", str(args.devices), "--rounds", str(args.rounds)]
         command += ["--seed", str(args.seed)]
         env = dict(os.environ)
+    elif side == "bare":
+        command = [sys.executable, str(HERE / "bare_loop.py"), "--task", str(task)]
+        command += ["--out", str(out)]
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
     else:
         command = [args.flower_python, str(HERE / "flower_app.py"), "--task", str(task)]
         command += ["--out", str(out)]
@@ -271,9 +284,12 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     task = args.out / "task.npz"
     prepare(task, devices=args.devices, rounds=args.rounds, seed=args.seed)
     # A B, B A, A B, ...: fedward first (its first run records the seeds Flower uses)
-    order = [
-        s for k in range(args.pairs) for s in (("fedward", "flower"), ("flower", "fedward"))[k % 2]
-    ]
+    if args.bare:  # rotated, so each side runs first, second and third once in 3 rounds
+        sides = ("fedward", "flower", "bare")
+        order = [s for k in range(args.pairs) for s in sides[k % 3 :] + sides[: k % 3]]
+    else:
+        sides = ("fedward", "flower")
+        order = [s for k in range(args.pairs) for s in (sides, sides[::-1])[k % 2]]
     runs: list[dict[str, Any]] = []
     for index, side in enumerate(order):
         report = _one(side, index, args, task)
@@ -287,6 +303,7 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
         )
     ours = [r for r in runs if r["side"] == "fedward"]
     theirs = [r for r in runs if r["side"] == "flower"]
+    bare = [r for r in runs if r["side"] == "bare"]
     same_schedule = all(r["schedule"] == ours[0]["schedule"] for r in ours)
     ours_wall = statistics.median(r["wall_s"] for r in ours)
     flower_wall = statistics.median(r["wall_s"] for r in theirs)
@@ -301,13 +318,25 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
             "fedward_median": ours_wall,
             "flower_median": flower_wall,
             "ratio_fedward_to_flower": ours_wall / flower_wall,
+            **(
+                {
+                    "bare": [r["wall_s"] for r in bare],
+                    "bare_median": statistics.median(r["wall_s"] for r in bare),
+                    "ratio_bare_to_flower": statistics.median(r["wall_s"] for r in bare)
+                    / flower_wall,
+                }
+                if bare
+                else {}
+            ),
         },
         "load_average_before_each": [r["load_before"] for r in runs],
         "accuracy_by_round": {
             "fedward": [p["accuracy"] for p in ours[0]["series"]],
             "flower": [p["accuracy"] for p in theirs[0]["series"]],
+            **({"bare": [p["accuracy"] for p in bare[0]["series"]]} if bare else {}),
         },
         "curves": curves_agree(ours[0]["series"], theirs[0]["series"]),
+        **({"curves_bare": curves_agree(ours[0]["series"], bare[0]["series"])} if bare else {}),
         "fedward_runs_identical": all(
             _curve(r["series"]) == _curve(ours[0]["series"]) for r in ours
         )
@@ -330,7 +359,7 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
 def round_times(run: dict[str, Any]) -> tuple[float, float]:
     """Seconds from the side's own start to its first merged round, and per later round."""
     if run["side"] == "fedward":
-        marks = list(run["merge_wall_s"])
+        marks = list(run["merge_wall_s"])  # bare and Flower: their evaluations' wall times
     else:
         marks = [p["wall_s"] for p in run["series"][1:]]
     later = (marks[-1] - marks[0]) / (len(marks) - 1) if len(marks) > 1 else float("nan")
@@ -351,6 +380,18 @@ def markdown(summary: dict[str, Any]) -> str:
         f"| {wall['fedward_median']:.1f} |",
         f"| Flower | {' / '.join(f'{w:.1f}' for w in wall['flower'])} "
         f"| {wall['flower_median']:.1f} |",
+        *(
+            [
+                f"| bare loop (the floor) | {' / '.join(f'{w:.1f}' for w in wall['bare'])} "
+                f"| {wall['bare_median']:.1f} |",
+                "",
+                f"bare loop / Flower wall time (medians): {wall['ratio_bare_to_flower']:.2f} "
+                "(no simulator running this local work with this training code on these "
+                "cores can go below it)",
+            ]
+            if "bare" in wall
+            else []
+        ),
         "",
         f"fedward / Flower wall time (medians): **{wall['ratio_fedward_to_flower']:.2f}**; "
         f"load average before each run: "
@@ -368,11 +409,24 @@ def markdown(summary: dict[str, Any]) -> str:
         "|---|" + "---:|" * len(acc["fedward"]),
         "| fedward | " + " | ".join(f"{a:.4f}" for a in acc["fedward"]) + " |",
         "| Flower | " + " | ".join(f"{a:.4f}" for a in acc["flower"]) + " |",
+        *(
+            ["| bare | " + " | ".join(f"{a:.4f}" for a in acc["bare"]) + " |"]
+            if "bare" in acc
+            else []
+        ),
         "",
         f"Largest per-round accuracy difference: "
         f"{summary['curves']['max_abs_accuracy_difference']:.4f}; every fedward run identical: "
         f"{summary['fedward_runs_identical']}; every Flower run identical: "
         f"{summary['flower_runs_identical']}.",
+        *(
+            [
+                f"Largest per-round accuracy difference, bare loop vs fedward: "
+                f"{summary['curves_bare']['max_abs_accuracy_difference']:.4f}."
+            ]
+            if "curves_bare" in summary
+            else []
+        ),
     ]
     return "\n".join(lines) + "\n"
 
@@ -380,11 +434,17 @@ def markdown(summary: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     parser.add_argument("command", nargs="?", default="compare", choices=["compare", "ours"])
-    parser.add_argument("--devices", type=int, default=50)
+    parser.add_argument("--devices", type=int, default=40)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--pairs", type=int, default=3, help="A/B alternations")
     parser.add_argument("--flower-python", default="/tmp/flwr-venv/bin/python")
+    parser.add_argument(
+        "--no-bare",
+        dest="bare",
+        action="store_false",
+        help="leave out the bare loop (the floor: the same rounds with no framework)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "build" / "flower-sbs")
     args = parser.parse_args(argv)
     if args.command == "ours":
