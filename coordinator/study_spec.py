@@ -197,7 +197,11 @@ class SecAggSettings(BaseModel):
     expected_dropout: float = Field(default=0.2, ge=0, lt=1, allow_inf_nan=False)
     max_colluders: int = Field(default=1, ge=0, le=1000)
     min_cohort: int = Field(default=3, ge=2, le=10_000)
-    modulus_bits: int = Field(default=32, ge=32, le=64)  # 32 or 64 (checked below)
+    # the ring Z_{2^b} of the masked words, b bits each on the wire: None picks the least
+    # b whose full cohort's sum cannot wrap (ddp.bits under distributed DP); an int in
+    # [8, 64] pins it. Default 32 while the live agent and service carry only 32/64-bit
+    # word tensors (fedward.protocol.messages.secagg_words_tensor carries any b)
+    modulus_bits: int | None = Field(default=32, ge=8, le=64)
     scale: float = Field(default=float(1 << 16), gt=0, le=float(1 << 40), allow_inf_nan=False)
     clip: float = Field(default=1.0, gt=0, le=1e6, allow_inf_nan=False)
     phase_timeout_s: float = Field(default=60.0, gt=0, le=86_400, allow_inf_nan=False)
@@ -212,8 +216,6 @@ class SecAggSettings(BaseModel):
 
     @model_validator(mode="after")
     def _valid_numbers(self) -> SecAggSettings:
-        if self.modulus_bits not in (32, 64):
-            raise ValueError("secagg.modulus_bits must be 32 or 64")
         if any(b <= a for a, b in zip(self.energy_bins, self.energy_bins[1:], strict=False)):
             raise ValueError("secagg.energy_bins must be strictly increasing")
         if self.min_cohort < self.max_colluders + 2:

@@ -6,10 +6,13 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from pydantic import ValidationError
 
 from fedward.coordinator.secagg import SecAggPolicy, SecAggPolicyError
+from fedward.coordinator.study_spec import SecAggSettings
 from fedward.privacy.secagg import OverflowRisk
 from fedward.privacy.secagg.ddp import DistributedDp
+from fedward.simulation.scenario import PRESETS, Scenario
 
 
 @pytest.mark.parametrize(
@@ -60,3 +63,21 @@ def test_under_distributed_dp_the_ring_is_the_ddps_bits() -> None:
     assert (config.modulus_bits, config.sum_bound) == (20, ddp.value_bound)
     assert (config.scale, config.clip, config.weight_bound) == (ddp.scale, ddp.coordinate_bound, 1)
     policy.check_vector(55_060)
+
+
+def test_study_and_scenario_settings_take_none_or_8_to_64_bits() -> None:
+    # Prepare / Execute: a study's settings (None: auto) and the simulator's scenario
+    auto = SecAggSettings(modulus_bits=None, clip=4.0, expected_dropout=1 / 6)
+    pinned = SecAggSettings(modulus_bits=23, clip=4.0, expected_dropout=1 / 6)
+    policy = auto.policy(buffer_size=5)
+    # Assert: auto gives the least b for a cohort of 6 (6 * 2^18 fits 22 bits)
+    assert policy.modulus_bits is None
+    assert policy.config(threshold=policy.threshold).modulus_bits == 22
+    pinned_policy = pinned.policy(buffer_size=5)
+    assert pinned_policy.config(threshold=pinned_policy.threshold).modulus_bits == 23
+    assert PRESETS["quick"].model_copy(update={"secagg_modulus_bits": None}).secagg_cohort() == 6
+    for bad in (7, 65, True):
+        with pytest.raises(ValidationError):
+            SecAggSettings(modulus_bits=bad)
+        with pytest.raises(ValidationError):
+            Scenario.model_validate({**PRESETS["quick"].model_dump(), "secagg_modulus_bits": bad})
