@@ -15,8 +15,9 @@ Real ``fedward.privacy.secagg`` clients and server, one instance per cohort size
   survivor, the expensive case): close the masked inputs, take the unmask
   responses, finalize; median over repeats;
 * bytes per device per phase (the wire encodings of ``fedward.privacy.secagg.wire``;
-  the masked input as its raw words), and the upload of all four uplink phases
-  as a ratio to the fp32 update (no dropouts).
+  the masked input as its packed words, ``--modulus-bits`` b bits each: by default
+  the least b whose cohort's sum cannot wrap, as ``SecAggPolicy`` picks it), and
+  the upload of all four uplink phases as a ratio to the fp32 update (no dropouts).
 
 Python-level time on x86 with ``cryptography``'s ChaCha20: a wearable's CPU is
 slower (the simulator scales the measured PRG rate by the class's compute, see
@@ -26,12 +27,13 @@ run this module directly.
 Usage::
 
     python -m fedward.bench.secagg_cost [--params 100000] [--repeats 5]
-        [--cohorts 10 50 100] [--json runs/bench/secagg_cost.json]
+        [--cohorts 10 50 100] [--modulus-bits B] [--json runs/bench/secagg_cost.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -47,6 +49,7 @@ from fedward.privacy.secagg import (
     SecAggConfig,
     SecAggServer,
     SecAggSession,
+    smallest_modulus_bits,
     threshold_floor,
 )
 from fedward.privacy.secagg.wire import encode_message
@@ -55,12 +58,15 @@ DROPOUT_FRACTION = 0.1
 SERVER_COHORT = 100
 
 
-def _config(n: int, *, dropped: int = 0) -> SecAggConfig:
-    # the smallest safe threshold for n with one colluder; fits n - dropped survivors
+def _config(n: int, *, dropped: int = 0, modulus_bits: int | None = None) -> SecAggConfig:
+    """The smallest safe threshold for n with one colluder (fits n - dropped survivors),
+    in Z_{2^b}: ``modulus_bits``, or None for the least b that holds n devices' sum."""
     threshold = threshold_floor(n, max_colluders=1)
     if threshold > n - dropped:
         raise ValueError(f"{dropped} dropouts leave fewer than t = {threshold} of {n}")
-    return SecAggConfig(threshold=threshold, scale=float(1 << 16), clip=4.0)
+    config = SecAggConfig(threshold=threshold, scale=float(1 << 16), clip=4.0, modulus_bits=64)
+    bits = smallest_modulus_bits(config, cohort_size=n) if modulus_bits is None else modulus_bits
+    return dataclasses.replace(config, modulus_bits=bits)
 
 
 def _session(n: int, d: int) -> SecAggSession:
@@ -82,8 +88,9 @@ def _mask(client: SecAggClient, delivery: Any, update: np.ndarray) -> Any:
 class _Instance:
     """One SecAgg instance taken up to the point where devices mask."""
 
-    def __init__(self, n: int, d: int, *, dropped: int = 0) -> None:
-        self.config, self.session = _config(n, dropped=dropped), _session(n, d)
+    def __init__(self, n: int, d: int, *, bits: int | None, dropped: int = 0) -> None:
+        self.config = _config(n, dropped=dropped, modulus_bits=bits)
+        self.session = _session(n, d)
         self.server = SecAggServer(config=self.config, session=self.session)
         self.clients = {
             dev: SecAggClient(config=self.config, session=self.session, device_id=dev)
@@ -105,11 +112,14 @@ class _Instance:
         self.bytes["delivery (down)"] = len(encode_message(self.deliveries[first]))
 
 
-def device_masking(n: int, d: int, *, repeats: int, rng: np.random.Generator) -> dict[str, Any]:
+def device_masking(
+    n: int, d: int, *, bits: int | None, repeats: int, rng: np.random.Generator
+) -> dict[str, Any]:
     times, peaks = [], []
     row: dict[str, Any] = {"cohort": n, "params": d}
     for _ in range(repeats):
-        inst = _Instance(n, d)
+        inst = _Instance(n, d, bits=bits)
+        row["modulus_bits"] = inst.config.modulus_bits
         dev = inst.session.cohort[0]
         update = rng.normal(0, 0.01, size=d).astype(np.float32)
         # memory on one fresh client, time on another (tracemalloc slows the call)
@@ -148,11 +158,13 @@ def device_masking(n: int, d: int, *, repeats: int, rng: np.random.Generator) ->
     return row
 
 
-def server_unmasking(n: int, d: int, *, repeats: int, rng: np.random.Generator) -> dict[str, Any]:
+def server_unmasking(
+    n: int, d: int, *, bits: int | None, repeats: int, rng: np.random.Generator
+) -> dict[str, Any]:
     dropped = round(DROPOUT_FRACTION * n)
     times = []
     for _ in range(repeats):
-        inst = _Instance(n, d, dropped=dropped)
+        inst = _Instance(n, d, bits=bits, dropped=dropped)
         survivors = inst.session.cohort[dropped:]
         for dev in survivors:
             update = rng.normal(0, 0.01, size=d).astype(np.float32)
@@ -170,6 +182,7 @@ def server_unmasking(n: int, d: int, *, repeats: int, rng: np.random.Generator) 
     return {
         "cohort": n,
         "params": d,
+        "modulus_bits": _config(n, dropped=dropped, modulus_bits=bits).modulus_bits,
         "dropouts": dropped,
         "unmask_s_median": statistics.median(times),
         "unmask_s_all": times,
@@ -177,16 +190,19 @@ def server_unmasking(n: int, d: int, *, repeats: int, rng: np.random.Generator) 
 
 
 def markdown(report: dict[str, Any]) -> str:
+    bits = report["modulus_bits"]
+    width = "the least b per cohort" if bits == "auto" else f"{bits}-bit words"
     lines = [
-        f"SecAgg cost, d = {report['params']:,} parameters, {report['modulus_bits']}-bit words, "
-        f"median of {report['repeats']} (this machine, Python + cryptography's ChaCha20)",
+        f"SecAgg cost, d = {report['params']:,} parameters, {width}, median of "
+        f"{report['repeats']} (this machine, Python + cryptography's ChaCha20)",
         "",
-        "| cohort | device masking (ms) | masking peak / update bytes | device upload / fp32 update |",
-        "|---:|---:|---:|---:|",
+        "| cohort | bits | device masking (ms) | masking peak / update bytes "
+        "| device upload / fp32 update |",
+        "|---:|---:|---:|---:|---:|",
     ]
     for r in report["device"]:
         lines.append(
-            f"| {r['cohort']} | {1000 * r['masking_s_median']:.1f} "
+            f"| {r['cohort']} | {r['modulus_bits']} | {1000 * r['masking_s_median']:.1f} "
             f"| {r['masking_peak_vs_update']:.2f}x | {r['upload_vs_fp32']:.3f}x |"
         )
     s = report["server"]
@@ -204,19 +220,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--cohorts", type=int, nargs="+", default=[10, 50, 100])
     parser.add_argument("--server-repeats", type=int, default=3)
+    parser.add_argument(
+        "--modulus-bits",
+        type=int,
+        default=None,
+        help="b of Z_{2^b} (8-64); default: the least b that holds each cohort's sum",
+    )
     parser.add_argument("--json", type=Path, default=Path("runs/bench/secagg_cost.json"))
     args = parser.parse_args(argv)
     # synthetic updates only: this generator draws test data, never masks or keys
     rng = np.random.default_rng(0)
+    bits = args.modulus_bits
     report: dict[str, Any] = {
         "params": args.params,
         "repeats": args.repeats,
-        "modulus_bits": _config(10).modulus_bits,
+        "modulus_bits": "auto" if bits is None else bits,
         "device": [
-            device_masking(n, args.params, repeats=args.repeats, rng=rng) for n in args.cohorts
+            device_masking(n, args.params, bits=bits, repeats=args.repeats, rng=rng)
+            for n in args.cohorts
         ],
         "server": server_unmasking(
-            SERVER_COHORT, args.params, repeats=args.server_repeats, rng=rng
+            SERVER_COHORT, args.params, bits=bits, repeats=args.server_repeats, rng=rng
         ),
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
