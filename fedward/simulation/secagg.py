@@ -5,7 +5,7 @@ SecAgg instance: the coordinator's ``Engine`` (with a ``SecAggPolicy``)
 dispatches a cohort, each member is a real ``fedward.privacy.secagg.SecAggClient``
 (one ``SessionJournal`` per device, shared by its sessions), every phase message
 is encoded as the real frame that would travel (``SecAggMessage`` header, the
-``fedward.privacy.secagg.wire`` body, the masked words as binary) and decoded
+``fedward.privacy.secagg.wire`` body, the masked words as binary, b bits each) and decoded
 again before the engine sees it. Only time is simulated:
 
 - each message costs its one-way link time: half the class's round trip plus

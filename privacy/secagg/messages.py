@@ -83,7 +83,8 @@ class ShareDelivery:
 
 @dataclass(frozen=True)
 class MaskedInput:
-    """A device's masked vector: little-endian words of Z_{2^k}, vector_length + 2 of them."""
+    """A device's masked vector: ``session.total_words(config)`` words of Z_{2^b}, packed
+    b = ``config.modulus_bits`` bits each, little-endian (``quantize.words_to_bytes``)."""
 
     session_id: bytes
     round_index: int
