@@ -193,7 +193,8 @@ def test_counted_bytes_are_the_real_encodings_of_each_phase(clean) -> None:
         else:
             continue
         member = study.fills.members[task_id]
-        header, message = read_frame(frame, session=member.session)
+        bits = member.config.modulus_bits
+        header, message = read_frame(frame, session=member.session, modulus_bits=bits)
         again = phase_frame(
             study_id=header.study_id,
             device_id=header.device_id,
@@ -201,11 +202,12 @@ def test_counted_bytes_are_the_real_encodings_of_each_phase(clean) -> None:
             fill_id=header.fill_id,
             phase=header.phase,
             message=message,
+            modulus_bits=bits,
         )
         assert again == frame
-        if header.phase is SecAggPhase.MASKED_INPUT:  # binary words, not hex
-            words = member.session.total_words(member.config)
-            assert 4 * words < len(frame) < 4 * words + 600
+        if header.phase is SecAggPhase.MASKED_INPUT:  # binary words (b bits each), not hex
+            packed = member.config.packed_bytes(member.session.total_words(member.config))
+            assert packed < len(frame) < packed + 600
         (up if header.phase.uplink else down)[header.phase.value] += len(frame)
     # Assert: the study's per-phase bytes are exactly those frames, and its upload all of them
     assert dict(up) == result.secagg["bytes_up_by_phase"]
