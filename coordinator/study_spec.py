@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fedward.privacy.central import RandomNormal, urandom_normal
 from fedward.tinytrain.dp_memory import measure_dp_training_step
-from fedward.tinytrain.memory import measure_training_step
+from fedward.tinytrain.memory import measure_training_step, training_footprint
 from fedward.tinytrain.models import (
     ModelConfig,
     ModelKind,
@@ -484,11 +484,18 @@ def dp_footprint_bytes(config: ModelConfig, names: tuple[str, ...], batch_size: 
 
 
 def build_planner(spec: StudySpec) -> SubsetPlanner:
-    """Tiers sized by measured memory: plain SGD, or DP-SGD when the study has a privacy policy."""
+    """Tiers sized by measured memory: plain SGD, or DP-SGD when the study has a privacy policy.
+
+    Plain SGD figures are memoised in this process and on disk
+    (``fedward.tinytrain.memory.training_footprint``); the planner measures only
+    the tiers its mode can choose (``SubsetPlanner.choosable_tiers``).
+    """
     config = spec.model_settings()
     ladder = SubsetLadder(parameter_groups(build_model(config, seed=spec.model_seed)))
     if spec.privacy is None:
-        measure = lambda s: footprint_bytes(config, s.names, spec.batch_size)  # noqa: E731
+        measure = lambda s: (  # noqa: E731
+            training_footprint(config, s.names, batch_size=spec.batch_size).total
+        )
     else:
         measure = lambda s: dp_footprint_bytes(config, s.names, spec.batch_size)  # noqa: E731
     return SubsetPlanner(ladder, footprint_bytes=measure, mode=spec.subset_mode)

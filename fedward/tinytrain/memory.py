@@ -22,19 +22,45 @@ peak (never below the tensor-level account ``params + grads + optimizer +
 saved``). A subset "fits" a device class only if ``total`` is within its
 budget. The window data itself is not counted (a device reads it from storage
 a micro-batch at a time); every gathered batch is.
+
+A measurement runs a real step under the profiler (seconds in a fresh
+process), so ``training_footprint`` memoises it: in this process, and on disk
+under ``$FEDWARD_CACHE/memory`` (default ``~/.cache/fedward/memory``), one
+JSON file per key. The key is everything that can change the figure (model
+config, trained names, batch and micro-batch sizes, momentum, seed, default
+dtype, torch version and CPU capability, thread count, and a hash of the
+measuring code); each file stores the key's full content beside the figure
+and a load that does not find exactly its own key, or cannot parse the file,
+is ignored (with a warning) and re-measured, never trusted.
+``FEDWARD_MEMORY_CACHE=off`` turns the disk cache off (the in-process memo
+stays).
 """
 
 from __future__ import annotations
 
+import enum
+import hashlib
+import json
+import logging
+import os
+import platform
+import sys
+import tempfile
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch.autograd.profiler_util import FunctionEvent
 
+from . import models, training
 from .models import ModelConfig, build_model
 from .profiler_quiet import quiet_profiler_markers
 from .training import sgd_step, split_for_training
+
+logger = logging.getLogger(__name__)
 
 PREFIX_MICRO_BATCH = 1  # LocalTrainConfig's default: the frozen prefix streams one window at a time
 
@@ -182,4 +208,203 @@ def measure_training_step(
     )
 
 
-__all__ = ["PREFIX_MICRO_BATCH", "Footprint", "measure_training_step", "transient_bytes"]
+CACHE_SCHEMA = 1
+"""Bump when the meaning of a stored figure changes in a way the key does not show."""
+
+DISK_CACHE_ENV = "FEDWARD_MEMORY_CACHE"
+
+
+class DiskCache(enum.StrEnum):
+    ON = "on"
+    OFF = "off"
+
+
+_memo: dict[str, Footprint] = {}
+
+
+def disk_cache_setting() -> DiskCache:
+    """``$FEDWARD_MEMORY_CACHE`` (``on``, the default, or ``off``)."""
+    raw = os.environ.get(DISK_CACHE_ENV, DiskCache.ON.value).strip().lower()
+    try:
+        return DiskCache(raw)
+    except ValueError:
+        raise ValueError(
+            f"{DISK_CACHE_ENV}={raw!r} is not a setting: set it to 'on' or 'off' (or unset it)"
+        ) from None
+
+
+def footprint_cache_dir() -> Path:
+    """Where measured footprints are kept: ``$FEDWARD_CACHE/memory`` (fedward's cache dir)."""
+    root = Path(os.environ.get("FEDWARD_CACHE", Path.home() / ".cache" / "fedward"))
+    return root / "memory"
+
+
+@lru_cache(maxsize=1)
+def _code_digest() -> str:
+    """A hash of the code a measurement runs: a changed step or model re-measures."""
+    digest = hashlib.sha256()
+    for module in (sys.modules[__name__], training, models):
+        source = module.__file__
+        if source is None:  # pragma: no cover - frozen modules have no file
+            raise RuntimeError(f"{module.__name__} has no source file to key the memory cache on")
+        digest.update(Path(source).read_bytes())
+    return digest.hexdigest()
+
+
+def footprint_key(
+    config: ModelConfig,
+    trainable: Sequence[str],
+    *,
+    batch_size: int,
+    micro_batch: int | None = None,
+    momentum: float = 0.9,
+    prefix_micro_batch: int = PREFIX_MICRO_BATCH,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Everything that can change ``measure_training_step``'s figure, as JSON-able values."""
+    return {
+        "schema": CACHE_SCHEMA,
+        "model": {
+            "kind": config.kind.value,
+            "in_channels": config.in_channels,
+            "window": config.window,
+            "num_classes": config.num_classes,
+            "width": config.width,
+            "hidden": list(config.hidden),
+        },
+        "trainable": list(trainable),
+        "batch_size": batch_size,
+        "micro_batch": micro_batch,
+        "momentum": momentum,
+        "prefix_micro_batch": prefix_micro_batch,
+        "seed": seed,
+        "dtype": str(torch.get_default_dtype()),
+        "torch": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "machine": platform.machine(),
+        "threads": torch.get_num_threads(),
+        "code": _code_digest(),
+    }
+
+
+def _canonical(key: dict[str, Any]) -> str:
+    return json.dumps(key, sort_keys=True, separators=(",", ":"))
+
+
+def _entry_path(canonical: str) -> Path:
+    name = hashlib.sha256(canonical.encode()).hexdigest()[:32]
+    return footprint_cache_dir() / f"footprint-{name}.json"
+
+
+def _load(path: Path, key: dict[str, Any]) -> Footprint | None:
+    """The stored figure if ``path`` holds exactly ``key``; None (and a warning) otherwise."""
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        logger.warning("memory cache %s unreadable (%s): measuring again", path, exc)
+        return None
+    try:
+        entry = json.loads(raw)
+        if not isinstance(entry, dict) or set(entry) != {"key", "footprint"}:
+            raise ValueError("not a {key, footprint} entry")
+        if entry["key"] != key:
+            raise ValueError("its stored key is not this measurement's key")
+        stored = entry["footprint"]
+        names = {f.name for f in fields(Footprint)}
+        if not isinstance(stored, dict) or set(stored) != names:
+            raise ValueError(f"footprint fields are not {sorted(names)}")
+        if any(type(v) is not int or v < 0 for v in stored.values()):
+            raise ValueError("footprint figures are not non-negative integers")
+        return Footprint(**stored)
+    except ValueError as exc:  # json.JSONDecodeError is a ValueError
+        logger.warning("memory cache %s ignored (%s): measuring again and replacing it", path, exc)
+        return None
+
+
+def _store(path: Path, key: dict[str, Any], footprint: Footprint) -> None:
+    """Write the entry whole or not at all (a temporary file of this process, renamed)."""
+    body = json.dumps({"key": key, "footprint": asdict(footprint)}, sort_keys=True, indent=1)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:  # a read-only cache costs a re-measurement, not the study
+        logger.warning("memory cache %s not written (%s)", path, exc)
+        return
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(body)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(name, path)
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
+
+
+def training_footprint(
+    config: ModelConfig,
+    trainable: Sequence[str],
+    *,
+    batch_size: int,
+    micro_batch: int | None = None,
+    momentum: float = 0.9,
+    prefix_micro_batch: int = PREFIX_MICRO_BATCH,
+    seed: int = 0,
+) -> Footprint:
+    """``measure_training_step``'s figure, measured once per key (this process, then disk).
+
+    The figure is the same as a fresh measurement's: the key holds everything it
+    depends on, and a cache entry is trusted only if it stores exactly that key.
+    """
+    key = footprint_key(
+        config,
+        trainable,
+        batch_size=batch_size,
+        micro_batch=micro_batch,
+        momentum=momentum,
+        prefix_micro_batch=prefix_micro_batch,
+        seed=seed,
+    )
+    canonical = _canonical(key)
+    found = _memo.get(canonical)
+    if found is not None:
+        return found
+    use_disk = disk_cache_setting() is DiskCache.ON
+    path = _entry_path(canonical)
+    found = _load(path, key) if use_disk else None
+    if found is None:
+        found = measure_training_step(
+            config,
+            trainable,
+            batch_size=batch_size,
+            micro_batch=micro_batch,
+            momentum=momentum,
+            prefix_micro_batch=prefix_micro_batch,
+            seed=seed,
+        )
+        if use_disk:
+            _store(path, key, found)
+    _memo[canonical] = found
+    return found
+
+
+def clear_footprint_memo() -> None:
+    """Forget this process's memoised footprints (the disk cache is left alone)."""
+    _memo.clear()
+
+
+__all__ = [
+    "DISK_CACHE_ENV",
+    "PREFIX_MICRO_BATCH",
+    "DiskCache",
+    "Footprint",
+    "clear_footprint_memo",
+    "disk_cache_setting",
+    "footprint_cache_dir",
+    "footprint_key",
+    "measure_training_step",
+    "training_footprint",
+    "transient_bytes",
+]
