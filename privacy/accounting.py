@@ -17,7 +17,9 @@ A history may also hold :class:`~fedward.privacy.skellam.SkellamStep` entries
 :mod:`fedward.privacy.skellam`, summed with Opacus' Gaussian curves at the
 same orders); a PRV or GDP policy refuses them (``PolicyError``).
 
-This is the only module of ``fedward.privacy`` that imports Opacus. It does no I/O.
+This is the only module of ``fedward.privacy`` that imports Opacus, and only when
+an epsilon is first computed (importing Opacus takes over a second, and most
+studies never account one). It does no I/O.
 """
 
 from __future__ import annotations
@@ -27,16 +29,17 @@ import numbers
 import warnings
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from opacus.accountants import GaussianAccountant, PRVAccountant, RDPAccountant
-from opacus.accountants.analysis import rdp as rdp_analysis
 
 from fedward.vocabulary import Accountant as Accountant  # re-exported: this module's API takes it
 
 from .errors import PolicyError
 from .skellam import SkellamStep
+
+if TYPE_CHECKING:
+    from opacus.accountants import GaussianAccountant, PRVAccountant, RDPAccountant
 
 GDP_WARNING = (
     "the GDP accountant is an asymptotic approximation and can underestimate "
@@ -116,6 +119,8 @@ def _opacus_accountant(
 ) -> RDPAccountant | PRVAccountant | GaussianAccountant:
     if not isinstance(accountant, Accountant):
         raise TypeError(f"accountant must be an Accountant, got {accountant!r}")
+    from opacus.accountants import GaussianAccountant, PRVAccountant, RDPAccountant
+
     if accountant is Accountant.RDP:
         return RDPAccountant()
     if accountant is Accountant.PRV:
@@ -182,6 +187,8 @@ class EpsilonCalculator:
     def __init__(self, *, max_cached_results: int = 65_536) -> None:
         if max_cached_results < 0:
             raise ValueError("max_cached_results must be >= 0")
+        from opacus.accountants import RDPAccountant
+
         self._orders = list(RDPAccountant.DEFAULT_ALPHAS)
         self._unit_rdp: dict[Hashable, np.ndarray] = {}
         self._results: dict[Hashable, float] = {}
@@ -214,6 +221,8 @@ class EpsilonCalculator:
         return cached
 
     def _rdp_epsilon(self, canonical: Sequence[Step], delta: float) -> float:
+        from opacus.accountants.analysis import rdp as rdp_analysis
+
         curves = []
         for step in canonical:
             unit = self._unit_rdp.get(step.key)
