@@ -541,7 +541,11 @@ class Study:
                     self._evaluate(now, result)
                     if self.progress:
                         self.progress(self.engine.stats.accepted, budget, result.final_accuracy)
-            self._dispatch(now, result)
+            if self.engine.stats.accepted < budget:
+                # Why: once the budget is met the loop ends before any event is
+                # handled; a task sent now (a synchronous strategy's whole next
+                # round) would only be trained and thrown away.
+                self._dispatch(now, result)
         if not result.series or result.series[-1]["version"] != self.engine.version:
             self._evaluate(now, result)
         result.final_accuracy = final_accuracy(result.series, tail=self.scenario.final_tail)
