@@ -212,6 +212,7 @@ class SecAggSettings(BaseModel):
     fills_in_flight: int = Field(default=1, ge=1, le=1000)
     norm_bound: float | None = Field(default=None, gt=0, le=1e9, allow_inf_nan=False)
     straggler_grace: float | None = Field(default=0.5, ge=0, le=100, allow_inf_nan=False)
+    group_by_speed: bool = True  # cohorts by measured task time (False: subset and class only)
     ddp: DistributedDpSettings | None = None
 
     @model_validator(mode="after")
@@ -245,6 +246,7 @@ class SecAggSettings(BaseModel):
             fills_in_flight=self.fills_in_flight,
             norm_bound=self.norm_bound,
             straggler_grace=self.straggler_grace,
+            group_by_speed=self.group_by_speed,
         )
         if self.ddp is None:
             return policy

@@ -257,7 +257,7 @@ class Engine:
             size=book.policy.cohort_size,
             room=book.room(),
             rng=self.rng,
-            speed_of=lambda d: d.task_seconds,
+            speed_of=(lambda d: d.task_seconds) if book.policy.group_by_speed else None,
         )
         orders: list[TaskOrder] = []
         for subset, members in cohorts:

@@ -87,6 +87,10 @@ class SecAggPolicy:
         for members still training, then drops them (``Fill``); None: it waits for
         every live member or its timer. Cohorts are grouped by measured task time
         (``form_cohorts``), so with grouping most members arrive within the grace.
+    group_by_speed: draw each cohort around a random seed device from the idle
+        devices nearest it in measured task time (True, the default), or only by
+        subset and class (False: the rule before measured speeds, kept to measure
+        what grouping buys).
     """
 
     buffer_size: int
@@ -103,6 +107,7 @@ class SecAggPolicy:
     norm_bound: float | None = None
     masked_input_timeout_s: float | None = None
     straggler_grace: float | None = None
+    group_by_speed: bool = True
 
     def __post_init__(self) -> None:
         _int("buffer_size", self.buffer_size, low=1)
@@ -124,6 +129,8 @@ class SecAggPolicy:
         _int("fills_in_flight", self.fills_in_flight, low=1)
         if self.norm_bound is not None:
             _number("norm_bound", self.norm_bound)
+        if not isinstance(self.group_by_speed, bool):
+            raise SecAggPolicyError(f"group_by_speed must be a bool, got {self.group_by_speed!r}")
         if self.straggler_grace is not None:
             _number("straggler_grace", self.straggler_grace, positive=False)
             if self.straggler_grace < 0:

@@ -279,6 +279,7 @@ class Scenario(BaseModel):
     # they took for members still training, then drops them (None: waits for all);
     # cohorts are grouped by each device's measured task time (SecAggSettings)
     secagg_straggler_grace: float | None = Field(default=0.5, ge=0)
+    secagg_group_by_speed: bool = True
     # natural-log energy histogram edges (energy: mean squared update value) the devices
     # report as masked one-hot count words, from which the server sets FTTE's energy
     # reference; () sends none (the energy term is then off: every weight 1)
@@ -390,6 +391,7 @@ class Scenario(BaseModel):
             energy_bins=() if run.distributed_dp else self.secagg_energy_bins,
             fills_in_flight=self.secagg_fills_in_flight or max(1, self.concurrency // max(m, 1)),
             straggler_grace=self.secagg_straggler_grace,
+            group_by_speed=self.secagg_group_by_speed,
             # the DDP mechanism is built by secagg_policy (DistributedDpSettings cannot
             # give DistributedDp its scale and min_survivors yet)
             ddp=None,

@@ -9,6 +9,7 @@ as SecAgg dropouts, whose late inputs are then refused.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections import Counter
 from dataclasses import dataclass
@@ -207,3 +208,36 @@ def test_the_grace_and_task_times_survive_a_restore_without_dropping_anyone() ->
 def test_a_negative_grace_is_refused_with_its_name() -> None:
     with pytest.raises(SecAggPolicyError, match="straggler_grace"):
         SecAggPolicy(buffer_size=4, straggler_grace=-0.1)
+
+
+def test_with_grouping_off_cohorts_ignore_measured_speeds() -> None:
+    # Prepare: the same 14 phones as above, grouping switched off in the policy
+    engine = make_engine(fills_in_flight=2)
+    engine.fills.policy = dataclasses.replace(engine.fills.policy, group_by_speed=False)
+    enrol(engine, 2 * COHORT)
+    for i, device in enumerate(engine.devices.values()):
+        device.task_seconds = 5.0 if i % 2 else 500.0
+    # Execute
+    orders = engine.dispatch(now=1.0)
+    # Assert: drawn at random within the class, so the speeds mix
+    speeds: dict[str, set[float]] = {}
+    for order in orders:
+        speeds.setdefault(order.fill_id, set()).add(engine.devices[order.device_id].task_seconds)
+    assert len(speeds) == 2 and any(len(s) == 2 for s in speeds.values())
+
+
+def test_a_lever_is_read_or_refused_with_what_to_write() -> None:
+    from fedward.bench.secagg_levers import LeverError, parse_lever
+
+    assert parse_lever("default") == {}
+    assert parse_lever("grace=none,grouping=off") == {
+        "secagg_straggler_grace": None,
+        "secagg_group_by_speed": False,
+    }
+    assert parse_lever("dropout=0.05,staleness=0") == {
+        "secagg_expected_dropout": 0.05,
+        "staleness_exponent": 0.0,
+    }
+    for bad in ("grace", "speed=1", "grouping=maybe", "grace=fast"):
+        with pytest.raises(LeverError):
+            parse_lever(bad)

@@ -1,0 +1,167 @@
+"""What makes a secure-aggregation fill slow (issue 11: time to target within 15% of ftte).
+
+One run: the ``ftte`` row once, then the ``ftte+secagg`` row once per lever,
+each a set of scenario overrides (the same fleet, split, warm start and local
+work as ``fedward bench``). For each row: virtual seconds to ``ftte``'s final
+accuracy and the ratio to ``ftte``'s, the updates and merges it took to get
+there, the final accuracy, and the members dropped mid-fill::
+
+    python -m fedward.bench.secagg_levers --scenario full --seed 0 \\
+        --lever default --lever grace=none,grouping=off --lever grouping=off \\
+        --lever grace=0 --lever grace=0.25 --lever dropout=0.05 \\
+        --lever staleness=0 --lever staleness=0.25 --json runs/secagg-levers/full-s0.json
+
+A lever is comma-separated ``name=value`` pairs: ``grace`` (a float, or
+``none``: wait for every member), ``grouping`` (``on`` / ``off``: cohorts by
+measured task time, or by subset and class only), ``dropout`` (the expected
+dropout the cohort is sized for), ``staleness`` (the age exponent of every
+row's server step; it changes only the secagg row here: ``ftte`` runs once,
+at the scenario's). ``default`` is the scenario as ``fedward bench`` runs it.
+Virtual time is the simulator's (modelled device time), so load on this
+machine changes only the wall column and, slightly, the PRG cost calibrated
+at the start of each row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from fedward.simulation.bench import run_benchmark
+from fedward.simulation.scenario import Scenario, StrategyRun, load_scenario
+
+_FIELDS = {
+    "grace": "secagg_straggler_grace",
+    "grouping": "secagg_group_by_speed",
+    "dropout": "secagg_expected_dropout",
+    "staleness": "staleness_exponent",
+}
+
+
+class LeverError(ValueError):
+    """A --lever this script cannot read (the message says which part and why)."""
+
+
+def parse_lever(text: str) -> dict[str, Any]:
+    """``"grace=0.25,grouping=off"`` -> scenario overrides (``"default"`` -> none)."""
+    if text.strip() == "default":
+        return {}
+    overrides: dict[str, Any] = {}
+    for part in text.split(","):
+        name, sep, value = part.partition("=")
+        name, value = name.strip(), value.strip()
+        if not sep or name not in _FIELDS:
+            raise LeverError(f"lever part {part!r}: expected one of {sorted(_FIELDS)}=value")
+        if name == "grouping":
+            if value not in ("on", "off"):
+                raise LeverError(f"grouping must be on or off, got {value!r}")
+            overrides[_FIELDS[name]] = value == "on"
+        elif name == "grace" and value == "none":
+            overrides[_FIELDS[name]] = None
+        else:
+            try:
+                overrides[_FIELDS[name]] = float(value)
+            except ValueError as exc:
+                raise LeverError(f"{name} must be a number, got {value!r}") from exc
+    return overrides
+
+
+def first_at(series: list[dict[str, Any]], accuracy: float) -> dict[str, Any] | None:
+    """The first evaluation at or above ``accuracy`` (None: never)."""
+    return next((p for p in series if p["accuracy"] >= accuracy), None)
+
+
+def lever_row(
+    scenario: Scenario, overrides: dict[str, Any], *, reference: dict[str, Any], workers: int
+) -> dict[str, Any]:
+    """The secagg row under ``overrides``, against the ``reference`` (ftte) row."""
+    varied = Scenario.model_validate({**scenario.model_dump(), **overrides})
+    started = time.perf_counter()
+    report = run_benchmark(varied, runs=[StrategyRun.FTTE_SECAGG], workers=workers)
+    row = report["strategies"][StrategyRun.FTTE_SECAGG.value]
+    target = reference["final_accuracy"]
+    hit, ref_hit = first_at(row["series"], target), first_at(reference["series"], target)
+    secagg = row.get("secagg", {})
+    return {
+        "overrides": overrides,
+        "final_accuracy": row["final_accuracy"],
+        "vs_ftte_points": 100 * (row["final_accuracy"] - target),
+        "time_to_ftte_final_s": hit["t"] if hit else None,
+        "vs_ftte": (hit["t"] / ref_hit["t"]) if hit and ref_hit and ref_hit["t"] > 0 else None,
+        "updates_to_ftte_final": hit["updates"] if hit else None,
+        "merges_to_ftte_final": hit["version"] if hit else None,
+        "upload_bytes_per_update": row["upload_bytes_per_update"],
+        "virtual_time_s": row["virtual_time_s"],
+        "dropped_by_phase": secagg.get("dropped_by_phase", {}),
+        "wall_s": time.perf_counter() - started,
+    }
+
+
+def table(reference: dict[str, Any], rows: list[tuple[str, dict[str, Any]]]) -> str:
+    ref_hit = first_at(reference["series"], reference["final_accuracy"])
+    lines = [
+        "| lever | time to ftte's final acc (s) | vs ftte | updates / merges to it | final acc | vs ftte (pts) | dropped at masked input |",
+        "|---|---:|---:|---|---:|---:|---:|",
+        f"| ftte (reference) | {ref_hit['t'] if ref_hit else 0:,.0f} | 1.00 | "
+        f"{ref_hit['updates'] if ref_hit else '-'} / {ref_hit['version'] if ref_hit else '-'} | "
+        f"{reference['final_accuracy']:.4f} | - | - |",
+    ]
+    for name, r in rows:
+        t, ratio = r["time_to_ftte_final_s"], r["vs_ftte"]
+        lines.append(
+            f"| {name} | {'-' if t is None else f'{t:,.0f}'} | "
+            f"{'-' if ratio is None else f'{ratio:.2f}'} | "
+            f"{r['updates_to_ftte_final'] or '-'} / {r['merges_to_ftte_final'] or '-'} | "
+            f"{r['final_accuracy']:.4f} | {r['vs_ftte_points']:+.2f} | "
+            f"{r['dropped_by_phase'].get('masked_input', 0)} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scenario", default="full")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--lever", action="append", default=[])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--json", type=Path, default=Path("runs/secagg-levers/levers.json"))
+    args = parser.parse_args(argv)
+    try:
+        levers = [(text, parse_lever(text)) for text in (args.lever or ["default"])]
+    except LeverError as exc:
+        parser.error(str(exc))
+    scenario = load_scenario(args.scenario)
+    if args.seed is not None:
+        scenario = scenario.model_copy(update={"seed": args.seed})
+    started = time.perf_counter()
+    base = run_benchmark(scenario, runs=[StrategyRun.FTTE], workers=args.workers)
+    reference = base["strategies"][StrategyRun.FTTE.value]
+    rows = []
+    for name, overrides in levers:
+        rows.append(
+            (name, lever_row(scenario, overrides, reference=reference, workers=args.workers))
+        )
+        print(table(reference, rows), flush=True)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(
+        json.dumps(
+            {
+                "scenario": scenario.name,
+                "seed": scenario.seed,
+                "reference": {k: v for k, v in reference.items() if k != "series"},
+                "levers": [{"lever": n, **r} for n, r in rows],
+                "wall_s": time.perf_counter() - started,
+            },
+            indent=1,
+            default=str,
+        )
+    )
+    print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
