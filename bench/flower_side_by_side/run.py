@@ -284,6 +284,7 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     task = args.out / "task.npz"
     prepare(task, devices=args.devices, rounds=args.rounds, seed=args.seed)
     # A B, B A, A B, ...: fedward first (its first run records the seeds Flower uses)
+    sides: tuple[str, ...]
     if args.bare:  # rotated, so each side runs first, second and third once in 3 rounds
         sides = ("fedward", "flower", "bare")
         order = [s for k in range(args.pairs) for s in sides[k % 3 :] + sides[: k % 3]]
