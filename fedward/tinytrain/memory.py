@@ -299,14 +299,14 @@ def _entry_path(canonical: str) -> Path:
 def _load(path: Path, key: dict[str, Any]) -> Footprint | None:
     """The stored figure if ``path`` holds exactly ``key``; None (and a warning) otherwise."""
     try:
-        raw = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except FileNotFoundError:
         return None
     except OSError as exc:
         logger.warning("memory cache %s unreadable (%s): measuring again", path, exc)
         return None
     try:
-        entry = json.loads(raw)
+        entry = json.loads(raw.decode("utf-8"))  # UnicodeDecodeError is a ValueError too
         if not isinstance(entry, dict) or set(entry) != {"key", "footprint"}:
             raise ValueError("not a {key, footprint} entry")
         if entry["key"] != key:
@@ -318,7 +318,7 @@ def _load(path: Path, key: dict[str, Any]) -> Footprint | None:
         if any(type(v) is not int or v < 0 for v in stored.values()):
             raise ValueError("footprint figures are not non-negative integers")
         return Footprint(**stored)
-    except ValueError as exc:  # json.JSONDecodeError is a ValueError
+    except ValueError as exc:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
         logger.warning("memory cache %s ignored (%s): measuring again and replacing it", path, exc)
         return None
 

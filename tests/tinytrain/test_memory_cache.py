@@ -161,20 +161,21 @@ def test_the_cached_figure_equals_a_fresh_measurement(counted: Counter) -> None:
 @pytest.mark.parametrize(
     "content",
     [
-        "{not json",
-        "[]",
-        '{"key": {}, "footprint": {}}',
-        "",
+        b"{not json",
+        b"[]",
+        b'{"key": {}, "footprint": {}}',
+        b"",
+        b"\xff\xfe{}",
     ],
-    ids=["truncated", "not-an-entry", "empty-key", "empty-file"],
+    ids=["truncated", "not-an-entry", "empty-key", "empty-file", "not-utf8"],
 )
 def test_a_corrupt_cache_file_is_ignored_with_a_warning(
-    counted: Counter, caplog: pytest.LogCaptureFixture, content: str
+    counted: Counter, caplog: pytest.LogCaptureFixture, content: bytes
 ) -> None:
     # Prepare
     expected = training_footprint(CONFIG, HEAD, batch_size=8)
     (entry,) = _entries()
-    entry.write_text(content, encoding="utf-8")
+    entry.write_bytes(content)
     clear_footprint_memo()
     # Execute
     with caplog.at_level(logging.WARNING, logger=memory.__name__):
