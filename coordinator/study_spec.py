@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fedward.privacy.central import RandomNormal, urandom_normal
 from fedward.tinytrain.dp_memory import measure_dp_training_step
-from fedward.tinytrain.memory import measure_training_step, training_footprint
+from fedward.tinytrain.memory import training_footprint
 from fedward.tinytrain.models import (
     ModelConfig,
     ModelKind,
@@ -404,8 +404,9 @@ class StudySpec(BaseModel):
 
 @lru_cache(maxsize=128)
 def footprint_bytes(config: ModelConfig, names: tuple[str, ...], batch_size: int) -> int:
-    """Measured training footprint of a subset (cached: it runs a real step)."""
-    return measure_training_step(config, names, batch_size=batch_size).total
+    """Measured training footprint of a subset (memoised in the process and on disk by
+    ``fedward.tinytrain.memory.training_footprint``: it runs a real step)."""
+    return training_footprint(config, names, batch_size=batch_size).total
 
 
 def build_strategy(

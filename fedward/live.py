@@ -593,7 +593,7 @@ class LiveStudy:
                     "staleness_mean": float(np.mean(ages)) if ages else None,
                     "staleness_max": max(ages) if ages else None,
                     "memory_budget_bytes": d.memory_bytes,
-                    "train_memory_bytes": planner.tier_bytes[subset.tier - 1],
+                    "train_memory_bytes": planner.tier_footprint(subset.tier),
                 }
             c = out[cls]
             c["devices"] += 1

@@ -35,7 +35,13 @@ FORMER_ROOTS = {
 
 # library -> path prefixes (relative to the repo) allowed to import it
 CONFINED: dict[str, tuple[str, ...]] = {
-    "torch": ("fedward/tinytrain/", "edge/dp_training.py"),
+    # and the probe that times batched training against the per-client loop (it is
+    # training code: a hand-batched SensorCNN; bench/flower_side_by_side/README.md)
+    "torch": (
+        "fedward/tinytrain/",
+        "edge/dp_training.py",
+        "bench/flower_side_by_side/batched_probe.py",
+    ),
     "opacus": ("edge/dp_training.py", "privacy/accounting.py", "fedward/tinytrain/dp_memory.py"),
     "fastapi": ("coordinator/api/",),
     "starlette": ("coordinator/api/",),
