@@ -47,7 +47,7 @@ from .strategies import (
     Strategy,
     StrategyName,
 )
-from .strategies.ftte import EnergyRule
+from .strategies.ftte import EnergyRule, ServerOptimizer
 
 SAFE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 """Names and ids an operator gives over the API: no leading ``.``, ``-`` or ``_``,
@@ -301,6 +301,14 @@ class StudySpec(BaseModel):
     # FTTE's energy term: damp an update's weight beyond the bound (default) or clip it
     energy_rule: EnergyRule = EnergyRule.DAMP
     energy_quantile: float = Field(default=0.8, ge=0.5, lt=1)
+    # FTTE's server step on the merged update (strategies.ftte.ServerOptimizer): plain SGD
+    # at server_lr (default), heavy-ball momentum, or Adam at server_adam_lr (issue 14's
+    # lever; only the FTTE strategies take it)
+    server_optimizer: ServerOptimizer = ServerOptimizer.SGD
+    server_momentum: float = Field(default=0.9, ge=0, lt=1)
+    server_adam_lr: float = Field(default=0.01, gt=0, le=10)
+    server_adam_beta2: float = Field(default=0.99, gt=0, lt=1)
+    server_adam_eps: float = Field(default=1e-3, gt=0, le=1)
     # FedAvg: over-select each cohort by this fraction, close on the first `concurrency`
     fedavg_over_selection: float = Field(default=0.0, ge=0, le=2)
     task_deadline_s: float = Field(default=3600.0, gt=0)
@@ -346,6 +354,25 @@ class StudySpec(BaseModel):
         if (self.strategy is StrategyName.CLIENT_DP) != (self.client_dp is not None):
             raise ValueError(
                 "client_dp settings are required by, and only allowed with, strategy client_dp"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _server_optimizer_is_ftte_s(self) -> StudySpec:
+        # Why: only FTTE's own merge runs a server optimiser; elsewhere (another strategy,
+        # or a secure-aggregation fill, whose step is the plain staleness-scaled mean) the
+        # setting would be silently ignored.
+        if self.server_optimizer is ServerOptimizer.SGD:
+            return self
+        if self.strategy is not StrategyName.FTTE:
+            raise ValueError(
+                f"server_optimizer {self.server_optimizer.value} runs only with strategy ftte, "
+                f"not {self.strategy.value}: drop it or use strategy ftte"
+            )
+        if self.secagg is not None and self.secagg.enabled:
+            raise ValueError(
+                "server_optimizer other than sgd is not applied to secure-aggregation fills: "
+                "drop it or set secagg.enabled false"
             )
         return self
 
@@ -469,6 +496,11 @@ def _strategy(
         max_staleness=spec.max_staleness,
         energy_rule=spec.energy_rule,
         energy_quantile=spec.energy_quantile,
+        server_optimizer=spec.server_optimizer,
+        server_momentum=spec.server_momentum,
+        server_adam_lr=spec.server_adam_lr,
+        server_adam_beta2=spec.server_adam_beta2,
+        server_adam_eps=spec.server_adam_eps,
     )
 
 

@@ -21,7 +21,7 @@ from fedward.coordinator.engine.planning import SubsetMode
 from fedward.coordinator.privacy.settings import StudyPrivacy
 from fedward.coordinator.secagg import SecAggPolicy
 from fedward.coordinator.strategies import StrategyName
-from fedward.coordinator.strategies.ftte import EnergyRule
+from fedward.coordinator.strategies.ftte import EnergyRule, ServerOptimizer
 from fedward.coordinator.study_spec import (
     ClientDPSettings,
     SecAggSettings,
@@ -218,6 +218,10 @@ class Scenario(BaseModel):
     concurrency: int = Field(default=50, ge=1)
     buffer_size: int = Field(default=10, ge=1)
     server_lr: float = Field(default=1.0, gt=0)
+    # FTTE's server optimiser (StudySpec.server_optimizer; ftte rows only): sgd at
+    # server_lr, momentum, or adam at server_adam_lr (issue 14's lever)
+    server_optimizer: ServerOptimizer = ServerOptimizer.SGD
+    server_adam_lr: float = Field(default=0.01, gt=0, le=10)
     update_budget: int = Field(default=3000, ge=1)
     heartbeat_timeout_s: float = Field(default=30.0, gt=0)
     # FTTE weighting: age term, then the energy term (beta, tolerance rho, look-back window)
@@ -355,6 +359,10 @@ class Scenario(BaseModel):
             concurrency=self.concurrency,
             buffer_size=self.buffer_size,
             server_lr=self.server_lr,
+            server_optimizer=self.server_optimizer
+            if run.strategy is StrategyName.FTTE and not run.secagg
+            else ServerOptimizer.SGD,
+            server_adam_lr=self.server_adam_lr,
             staleness_exponent=self.staleness_exponent,
             energy_beta=self.energy_beta,
             energy_tolerance=self.energy_tolerance,
