@@ -1,7 +1,7 @@
 """FTTE accuracy levers (issue 14, item 6): one FTTE row with a lever switched on.
 
-``fedward bench`` builds FTTE from the study spec, which has no field for the
-server optimiser yet; until it does, this script runs the benchmark's own
+``fedward bench`` builds FTTE from the study spec (which now has
+``server_optimizer``; the other levers have no field), so this script runs the benchmark's own
 ``run_benchmark`` with FTTE's constructor options overridden (the same
 scenario, fleet, split, warm start and local work as ``fedward bench``)::
 
