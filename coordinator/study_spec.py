@@ -199,9 +199,8 @@ class SecAggSettings(BaseModel):
     min_cohort: int = Field(default=3, ge=2, le=10_000)
     # the ring Z_{2^b} of the masked words, b bits each on the wire: None picks the least
     # b whose full cohort's sum cannot wrap (ddp.bits under distributed DP); an int in
-    # [8, 64] pins it. Default 32 while the live agent and service carry only 32/64-bit
-    # word tensors (fedward.protocol.messages.secagg_words_tensor carries any b)
-    modulus_bits: int | None = Field(default=32, ge=8, le=64)
+    # [8, 64] pins it
+    modulus_bits: int | None = Field(default=None, ge=8, le=64)
     scale: float = Field(default=float(1 << 16), gt=0, le=float(1 << 40), allow_inf_nan=False)
     clip: float = Field(default=1.0, gt=0, le=1e6, allow_inf_nan=False)
     phase_timeout_s: float = Field(default=60.0, gt=0, le=86_400, allow_inf_nan=False)

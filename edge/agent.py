@@ -104,6 +104,7 @@ from fedward.protocol.messages import (
     encode_frame,
     secagg_body,
     secagg_frame_tensors,
+    secagg_words_tensor,
 )
 from fedward.protocol.topics import TopicKind, check_route, device_topic, model_filter, parse_topic
 from fedward.protocol.transport import Transport
@@ -825,7 +826,8 @@ class EdgeAgent:
                 )
                 self.stats.tasks_abandoned += 1
                 return
-            size = 4 * member.participant.session.vector_length
+            config = member.participant.config  # the masked input's packed bytes
+            size = config.packed_bytes(member.participant.session.total_words(config))
             delay = self.pace(task, size) if self.pace is not None else 0.0
         if delay > 0 and self._stop.wait(delay):
             return  # stopped while emulating a slow device
@@ -938,8 +940,9 @@ class EdgeAgent:
             phase=phase,
         )
         if isinstance(msg, MaskedInput):  # binary words, chunked by the transport
-            dtype = "<u4" if member.participant.config.modulus_bits == 32 else "<u8"
-            tensors = secagg_frame_tensors(phase, words=np.frombuffer(msg.data, dtype=dtype))
+            bits = member.participant.config.modulus_bits
+            words = secagg_words_tensor(msg.data, modulus_bits=bits)
+            tensors = secagg_frame_tensors(phase, words=words)
         else:
             tensors = secagg_frame_tensors(phase, body=secagg_wire.encode_message(msg))
         frame = encode_frame(header, tensors, max_bytes=s.max_message_bytes)

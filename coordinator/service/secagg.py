@@ -54,13 +54,13 @@ from fedward.privacy.secagg.messages import (
 )
 from fedward.protocol.errors import ProtocolError
 from fedward.protocol.messages import (
-    SECAGG_WORDS,
     SecAggMessage,
     SecAggParams,
     SecAggPhase,
     encode_frame,
     secagg_body,
     secagg_frame_tensors,
+    secagg_words_data,
 )
 
 from .core import ServiceCore
@@ -76,8 +76,6 @@ UPLINK_TYPES: dict[SecAggPhase, type] = {
     SecAggPhase.UNMASK_RESPONSE: UnmaskResponse,
 }
 """The privacy message each uplink phase carries."""
-
-_WORD_DTYPES: dict[int, np.dtype[Any]] = {32: np.dtype("<u4"), 64: np.dtype("<u8")}
 
 
 class SecAggRefusal(CoordinatorError):
@@ -346,10 +344,10 @@ class SecAggCalls(ServiceCore):
         if params is None:  # pragma: no cover - a fill's order always has params
             raise SecAggRefusal("secagg_not_member", "task is in no fill")
         bits = params.config.get("modulus_bits")
-        dtype = _WORD_DTYPES.get(bits) if isinstance(bits, int) else None
-        words = tensors.get(SECAGG_WORDS)
-        if dtype is None or words is None or words.dtype.newbyteorder("<") != dtype:
-            raise SecAggRefusal("secagg_malformed", f"masked words must be {dtype}")
+        try:  # the fill's b decides the tensor's dtype: <u4 / <u8 at 32 / 64, packed uint8 else
+            data = secagg_words_data(tensors, modulus_bits=bits)
+        except (ProtocolError, ValueError) as exc:
+            raise SecAggRefusal("secagg_malformed", str(exc)) from None
         try:
             session_id = bytes.fromhex(str(params.session["session_id"]))
             round_index = int(params.session["round_index"])
@@ -359,7 +357,7 @@ class SecAggCalls(ServiceCore):
             session_id=session_id,
             round_index=round_index,
             device_id=message.device_id,
-            data=np.ascontiguousarray(words, dtype=dtype).tobytes(),
+            data=data,
         )
 
     def _refuse(

@@ -273,9 +273,8 @@ class Scenario(BaseModel):
     secagg_min_cohort: int = Field(default=3, ge=2)
     secagg_phase_timeout_s: float = Field(default=600.0, gt=0)
     # Z_{2^b} of the masked words (b bits each on the wire): None, the least b whose full
-    # cohort's sum cannot wrap (ddp_bits under distributed DP); an int in [8, 64] pins it.
-    # Default 32 while the live agent and service carry only 32/64-bit word tensors
-    secagg_modulus_bits: int | None = Field(default=32, ge=8, le=64)
+    # cohort's sum cannot wrap (ddp_bits under distributed DP); an int in [8, 64] pins it
+    secagg_modulus_bits: int | None = Field(default=None, ge=8, le=64)
     secagg_scale: float = Field(default=float(1 << 16), gt=0)  # fixed point per coordinate
     secagg_clip: float = Field(default=4.0, gt=0)  # per-coordinate clip of w_i * Delta_i
     secagg_fills_in_flight: int | None = Field(default=None, ge=1)  # None: concurrency / cohort

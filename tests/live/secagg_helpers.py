@@ -25,6 +25,7 @@ from fedward.protocol.messages import (
     encode_frame,
     secagg_body,
     secagg_frame_tensors,
+    secagg_words_tensor,
     update_energy,
 )
 from fedward.tinytrain.models import build_model, param_shapes
@@ -56,12 +57,13 @@ def model_shapes(spec: StudySpec) -> dict[str, tuple[int, ...]]:
     return param_shapes(build_model(spec.model_settings(), seed=spec.model_seed))
 
 
-def frame(message: SecAggMessage, msg: object | None) -> bytes:
-    """The frame of one step: words for a masked input, the canonical body otherwise."""
+def frame(message: SecAggMessage, msg: object | None, *, modulus_bits: int = 32) -> bytes:
+    """The frame of one step: words for a masked input (b bits each), the canonical body
+    otherwise."""
     if msg is None:
         return encode_frame(message)
     if isinstance(msg, MaskedInput):
-        words = np.frombuffer(msg.data, dtype="<u4")
+        words = secagg_words_tensor(msg.data, modulus_bits=modulus_bits)
         return encode_frame(message, secagg_frame_tensors(message.phase, words=words))
     return encode_frame(message, secagg_frame_tensors(message.phase, body=wire.encode_message(msg)))
 
@@ -113,7 +115,7 @@ class Member:
             fill_id=self.task.secagg.fill_id if self.task.secagg else "",
             phase=phase,
         )
-        raw = frame(header, msg)
+        raw = frame(header, msg, modulus_bits=self.participant.config.modulus_bits)
         if isinstance(msg, MaskedInput):
             self.masked = msg.data
         if self.silent_from is not None and _after(phase, self.silent_from):
