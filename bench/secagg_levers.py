@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fedward.errors import SimulationError
 from fedward.simulation.bench import run_benchmark
 from fedward.simulation.scenario import Scenario, StrategyRun, load_scenario
 
@@ -41,7 +42,7 @@ _FIELDS = {
 }
 
 
-class LeverError(ValueError):
+class LeverError(SimulationError, ValueError):
     """A --lever this script cannot read (the message says which part and why)."""
 
 
