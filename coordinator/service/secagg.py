@@ -344,6 +344,8 @@ class SecAggCalls(ServiceCore):
         if params is None:  # pragma: no cover - a fill's order always has params
             raise SecAggRefusal("secagg_not_member", "task is in no fill")
         bits = params.config.get("modulus_bits")
+        if isinstance(bits, bool) or not isinstance(bits, int):  # pragma: no cover - own config
+            raise SecAggRefusal("secagg_malformed", "the fill's config names no modulus_bits")
         try:  # the fill's b decides the tensor's dtype: <u4 / <u8 at 32 / 64, packed uint8 else
             data = secagg_words_data(tensors, modulus_bits=bits)
         except (ProtocolError, ValueError) as exc:

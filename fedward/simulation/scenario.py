@@ -278,6 +278,11 @@ class Scenario(BaseModel):
     secagg_scale: float = Field(default=float(1 << 16), gt=0)  # fixed point per coordinate
     secagg_clip: float = Field(default=4.0, gt=0)  # per-coordinate clip of w_i * Delta_i
     secagg_fills_in_flight: int | None = Field(default=None, ge=1)  # None: concurrency / cohort
+    # a device's masking time: its keystream bytes / (this * its FLOP/s) * its slowdown.
+    # Fixed (0.058: this machine's numpy ChaCha20 bytes/s over its FLOP/s, measured
+    # 0.049-0.061 under load) so a seed gives the same study on every run and machine;
+    # None measures it at the start of each secagg row (runs then differ)
+    secagg_prg_bytes_per_flop: float | None = Field(default=0.058, gt=0)
     # once the threshold's masked inputs are in, a fill waits this fraction of the time
     # they took for members still training, then drops them (None: waits for all);
     # cohorts are grouped by each device's measured task time (SecAggSettings)

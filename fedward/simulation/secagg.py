@@ -32,6 +32,7 @@ its Skellam share (``fedward.privacy.secagg.ddp``) with weight 1.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -81,6 +82,9 @@ _ANSWERS = {
 # -- what masking costs a device -------------------------------------------------
 
 
+NOMINAL_FLOPS_PER_S = 5e10  # the server of a fixed calibration (this machine: 3.5-6.7e10)
+
+
 @dataclass(frozen=True, kw_only=True)
 class PrgCalibration:
     """This machine's ChaCha20 keystream rate and single-thread FLOP/s, measured once.
@@ -105,6 +109,21 @@ class PrgCalibration:
         return cls(
             chacha_bytes_per_s=done / spent,
             machine_flops_per_s=measure_machine_flops(seconds=seconds),
+        )
+
+    @classmethod
+    def fixed(cls, *, bytes_per_flop: float) -> PrgCalibration:
+        """A calibration from a fixed keystream cost (bytes of ChaCha20 per FLOP of
+        compute), so a seed gives the same study on every run and machine: a measured
+        one varies by about 10% with load, and a different masking time reorders the
+        simulator's events (measured: the same seed's ``ftte+secagg`` row ended 0.907
+        to 0.930 across runs). The server's time uses a nominal machine of
+        ``NOMINAL_FLOPS_PER_S``."""
+        if not math.isfinite(bytes_per_flop) or bytes_per_flop <= 0:
+            raise ValueError(f"bytes_per_flop must be a finite number > 0, got {bytes_per_flop!r}")
+        return cls(
+            chacha_bytes_per_s=bytes_per_flop * NOMINAL_FLOPS_PER_S,
+            machine_flops_per_s=NOMINAL_FLOPS_PER_S,
         )
 
     def device_s(self, device: SimDevice, prg_bytes: int) -> float:

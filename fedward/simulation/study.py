@@ -264,7 +264,12 @@ class Study:
         if run.distributed_dp:
             self.ddp_fill_cap = self._ddp_fill_cap()
         if run.secagg:
-            self.calibration = calibration or PrgCalibration.measure()
+            rate = scenario.secagg_prg_bytes_per_flop
+            self.calibration = calibration or (
+                PrgCalibration.measure()
+                if rate is None
+                else PrgCalibration.fixed(bytes_per_flop=rate)
+            )
             self.fills = FillSimulator(
                 engine=self.engine,
                 study_id=self.spec.name,
