@@ -103,19 +103,25 @@ def test_unmeasured_devices_keep_to_their_class_and_take_its_measured_median() -
     assert sorted(map(sorted, classes)) == [["phone"], ["watch"]]
 
 
-def test_the_engine_measures_task_times_and_groups_the_next_cohorts_by_them() -> None:
-    # Prepare: 14 phones; 7 measured at 5 s, 7 at 500 s (interleaved ids)
+def _speeds_per_fill(*, group_by_speed: bool) -> list[set[float]]:
+    """The measured speeds in each of two fills drawn from 14 phones, 7 measured at
+    5 s and 7 at 500 s (interleaved ids)."""
     engine = make_engine(fills_in_flight=2)
+    engine.fills.policy = dataclasses.replace(engine.fills.policy, group_by_speed=group_by_speed)
     enrol(engine, 2 * COHORT)
     for i, device in enumerate(engine.devices.values()):
         device.task_seconds = 5.0 if i % 2 else 500.0
-    # Execute
-    orders = engine.dispatch(now=1.0)
-    # Assert: each fill holds one speed only
     speeds: dict[str, set[float]] = {}
-    for order in orders:
+    for order in engine.dispatch(now=1.0):
         speeds.setdefault(order.fill_id, set()).add(engine.devices[order.device_id].task_seconds)
-    assert len(speeds) == 2 and all(len(s) == 1 for s in speeds.values())
+    return list(speeds.values())
+
+
+def test_the_engine_groups_cohorts_by_the_task_times_it_measured() -> None:
+    # Prepare / Execute
+    speeds = _speeds_per_fill(group_by_speed=True)
+    # Assert: each fill holds one speed only
+    assert len(speeds) == 2 and all(len(s) == 1 for s in speeds)
 
 
 def _slow_fill(grace: float | None) -> tuple[object, Fleet, list, dict, list[str]]:
@@ -211,19 +217,10 @@ def test_a_negative_grace_is_refused_with_its_name() -> None:
 
 
 def test_with_grouping_off_cohorts_ignore_measured_speeds() -> None:
-    # Prepare: the same 14 phones as above, grouping switched off in the policy
-    engine = make_engine(fills_in_flight=2)
-    engine.fills.policy = dataclasses.replace(engine.fills.policy, group_by_speed=False)
-    enrol(engine, 2 * COHORT)
-    for i, device in enumerate(engine.devices.values()):
-        device.task_seconds = 5.0 if i % 2 else 500.0
-    # Execute
-    orders = engine.dispatch(now=1.0)
+    # Prepare / Execute: the same phones, grouping switched off in the policy
+    speeds = _speeds_per_fill(group_by_speed=False)
     # Assert: drawn at random within the class, so the speeds mix
-    speeds: dict[str, set[float]] = {}
-    for order in orders:
-        speeds.setdefault(order.fill_id, set()).add(engine.devices[order.device_id].task_seconds)
-    assert len(speeds) == 2 and any(len(s) == 2 for s in speeds.values())
+    assert len(speeds) == 2 and any(len(s) == 2 for s in speeds)
 
 
 def test_a_lever_is_read_or_refused_with_what_to_write() -> None:
