@@ -34,7 +34,7 @@ def _run(scenario: Scenario) -> tuple[Any, list[tuple[float, str, tuple[str, ...
     events: list[EngineEvent] = []
     try:
         study = Study(scenario, run, executor=pool, listeners=(events.append,))
-        result = study.run()
+        study.run()
     finally:
         pool.close()
     timeline = [
