@@ -428,10 +428,10 @@ class StudySpec(BaseModel):
         )
 
 
-@lru_cache(maxsize=128)
 def footprint_bytes(config: ModelConfig, names: tuple[str, ...], batch_size: int) -> int:
     """Measured training footprint of a subset (memoised in the process and on disk by
-    ``fedward.tinytrain.memory.training_footprint``: it runs a real step)."""
+    ``fedward.tinytrain.memory.training_footprint``, so no cache of its own: it runs a
+    real step)."""
     return training_footprint(config, names, batch_size=batch_size).total
 
 
@@ -527,9 +527,7 @@ def build_planner(spec: StudySpec) -> SubsetPlanner:
     config = spec.model_settings()
     ladder = SubsetLadder(parameter_groups(build_model(config, seed=spec.model_seed)))
     if spec.privacy is None:
-        measure = lambda s: (  # noqa: E731
-            training_footprint(config, s.names, batch_size=spec.batch_size).total
-        )
+        measure = lambda s: footprint_bytes(config, s.names, spec.batch_size)  # noqa: E731
     else:
         measure = lambda s: dp_footprint_bytes(config, s.names, spec.batch_size)  # noqa: E731
     return SubsetPlanner(ladder, footprint_bytes=measure, mode=spec.subset_mode)
