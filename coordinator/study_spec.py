@@ -18,6 +18,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fedward.privacy.central import RandomNormal, urandom_normal
+from fedward.protocol.messages import UpdateEncoding
 from fedward.tinytrain.dp_memory import measure_dp_training_step
 from fedward.tinytrain.memory import training_footprint
 from fedward.tinytrain.models import (
@@ -314,6 +315,9 @@ class StudySpec(BaseModel):
     # the largest sample count one update may claim (public: devices and auditors see it);
     # an update claiming more is refused, so no device can buy merge weight with a number
     max_samples_per_update: int = Field(default=10_000, ge=1)
+    # how devices send their deltas (Task.update_encoding): float32, or int8 words with a
+    # float32 scale per tensor, stochastically rounded (about a quarter of the bytes)
+    update_encoding: UpdateEncoding = UpdateEncoding.FLOAT32
     # differential privacy (issue 4): None = no DP; set at creation, immutable
     privacy: StudyPrivacy | None = None
     # when the study ends by itself (update budget, target, every device exhausted)
@@ -372,6 +376,17 @@ class StudySpec(BaseModel):
             raise ValueError(
                 "server_optimizer other than sgd is not applied to secure-aggregation fills: "
                 "drop it or set secagg.enabled false"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _int8_is_not_for_fills(self) -> StudySpec:
+        # Why: a fill's members send masked fixed-point words (secagg.modulus_bits), never
+        # an Update frame, so an int8 setting would be silently ignored there.
+        if self.update_encoding is UpdateEncoding.INT8 and self.secagg_on:
+            raise ValueError(
+                "update_encoding int8 does not apply to secure-aggregation fills (their "
+                "members send masked fixed-point words): drop it or set secagg.enabled false"
             )
         return self
 

@@ -106,6 +106,7 @@ from fedward.protocol.messages import (
     secagg_frame_tensors,
     secagg_words_tensor,
 )
+from fedward.protocol.quantised import ROUNDING_KEY_BYTES
 from fedward.protocol.topics import TopicKind, check_route, device_topic, model_filter, parse_topic
 from fedward.protocol.transport import Transport
 from fedward.tinytrain.models import Params, build_model, param_shapes
@@ -626,7 +627,13 @@ class EdgeAgent:
             base_version=task.model_version,
             privacy=report,
         )
-        frame = encode_update(header, outcome, max_bytes=s.max_message_bytes)
+        frame = encode_update(
+            header,
+            outcome,
+            max_bytes=s.max_message_bytes,
+            encoding=task.update_encoding,
+            rounding_key=os.urandom(ROUNDING_KEY_BYTES),  # stochastic rounding from the OS CSPRNG
+        )
         delay = self.pace(task, len(frame)) if self.pace is not None else 0.0
         if delay > 0 and self._stop.wait(delay):
             return  # stopped while emulating a slow device: the task is simply lost

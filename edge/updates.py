@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from fedward.protocol.messages import Accountant, PrivacyReport, Update, encode_frame
+from fedward.protocol.messages import (
+    Accountant,
+    PrivacyReport,
+    Update,
+    UpdateEncoding,
+    encode_frame,
+    update_energy,
+)
+from fedward.protocol.quantised import dequantise_int8, quantise_int8
 
 from .local import LocalOutcome
 
@@ -54,6 +62,36 @@ def privacy_report(
     )
 
 
-def encode_update(header: Update, outcome: LocalOutcome, *, max_bytes: int) -> bytes:
-    """The bytes on the wire: header plus the delta of the trained tensors only."""
-    return encode_frame(header, outcome.delta, max_bytes=max_bytes)
+def encode_update(
+    header: Update,
+    outcome: LocalOutcome,
+    *,
+    max_bytes: int,
+    encoding: UpdateEncoding = UpdateEncoding.FLOAT32,
+    rounding_key: bytes | None = None,
+) -> bytes:
+    """The bytes on the wire: header plus the delta of the trained tensors only.
+
+    ``encoding`` is the task's: INT8 sends int8 words with per-tensor scales,
+    stochastically rounded under ``rounding_key`` (32 bytes, fresh per update:
+    ``os.urandom`` on a device); the header's energy is then the energy of
+    what the coordinator will decode, which is what it checks.
+    """
+    if encoding is UpdateEncoding.FLOAT32:
+        return encode_frame(header, outcome.delta, max_bytes=max_bytes)
+    if rounding_key is None:
+        raise ValueError("an int8 update needs a rounding key (32 random bytes)")
+    words, scales = quantise_int8(outcome.delta, rounding_key=rounding_key)
+    energy = header.update_energy
+    quantised = Update(
+        task_id=header.task_id,
+        device_id=header.device_id,
+        base_model_version=header.base_model_version,
+        subset_id=header.subset_id,
+        num_samples=header.num_samples,
+        update_energy=None if energy is None else update_energy(dequantise_int8(words, scales)),
+        train_loss=header.train_loss,
+        privacy=header.privacy,
+        scales=scales,
+    )
+    return encode_frame(quantised, words, max_bytes=max_bytes)

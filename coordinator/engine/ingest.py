@@ -24,7 +24,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedward.protocol.errors import ProtocolError
-from fedward.protocol.messages import PrivacyReport, Update, decode_frame, update_energy
+from fedward.protocol.messages import (
+    PrivacyReport,
+    Update,
+    UpdateEncoding,
+    decode_frame,
+    update_energy,
+)
+from fedward.protocol.quantised import dequantise_int8
 
 from ..errors import RejectReason, UpdateRejected
 from ..strategies import ClientUpdate
@@ -47,15 +54,27 @@ TASK_DTYPE = np.dtype(np.float32)
 
 
 def decode_update(
-    frame: bytes, *, max_bytes: int, max_samples: int | None = None
+    frame: bytes,
+    *,
+    max_bytes: int,
+    max_samples: int | None = None,
+    encoding: UpdateEncoding = UpdateEncoding.FLOAT32,
 ) -> IncomingUpdate:
+    """Decode and bound one update frame; ``encoding`` is the one the study's tasks ask for."""
     try:
         header, tensors = decode_frame(frame, max_bytes=max_bytes)
     except ProtocolError as exc:
         raise UpdateRejected(RejectReason.MALFORMED, str(exc)[:200]) from exc
     if not isinstance(header, Update):
         raise UpdateRejected(RejectReason.MALFORMED, f"expected an update, got {header.kind}")
-    refusal = _out_of_bounds(header, tensors, max_samples=max_samples)
+    refusal = _wrong_encoding(header, encoding)
+    if refusal is None and header.scales is not None:
+        try:  # int8 words times their scales: the float32 delta every check below sees
+            tensors = dequantise_int8(tensors, header.scales)
+        except ProtocolError as exc:
+            refusal = UpdateRejected(RejectReason.MALFORMED, str(exc)[:200])
+    if refusal is None:
+        refusal = _out_of_bounds(header, tensors, max_samples=max_samples)
     measured = update_energy(tensors)
     # Same float32 values summed in float64 on both sides: equal up to summation order.
     # A DP header carries no energy (nothing computed from the data): the measured one is used.
@@ -84,6 +103,18 @@ def decode_update(
         privacy=header.privacy,
         wire_bytes=len(frame),
         refusal=refusal,
+    )
+
+
+def _wrong_encoding(header: Update, encoding: UpdateEncoding) -> UpdateRejected | None:
+    # Why refuse, not accept either: the study fixed one encoding for its tasks, and a
+    # device that answers in another is not running the task it was given.
+    sent = UpdateEncoding.FLOAT32 if header.scales is None else UpdateEncoding.INT8
+    if sent is encoding:
+        return None
+    return UpdateRejected(
+        RejectReason.MALFORMED,
+        f"the study's tasks ask for {encoding.value} deltas, this update sent {sent.value}",
     )
 
 

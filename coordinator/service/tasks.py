@@ -95,6 +95,7 @@ class TaskCalls(ServiceCore):
             deadline_s=self._deadline(study, order),
             dp=_task_dp(study.engine, order),
             secagg=task_secagg(study, order),
+            update_encoding=spec.update_encoding,
         )
         base = study.engine.base_params(order.model_version)
         header = ModelDownload(

@@ -128,6 +128,7 @@ class UpdateCalls(ServiceCore):
                         raw,
                         max_bytes=self._max_bytes,
                         max_samples=study.spec.max_samples_per_update,
+                        encoding=study.spec.update_encoding,
                     )
                 )
             except UpdateRejected as exc:

@@ -66,17 +66,24 @@ from pydantic import (
     model_validator,
 )
 
-from fedward.protocol.codec import MAX_NAME_BYTES, decode_tensors, encode_tensors, tensor_bytes
+from fedward.protocol.codec import (
+    MAX_NAME_BYTES,
+    MAX_TENSORS,
+    decode_tensors,
+    encode_tensors,
+    tensor_bytes,
+)
 from fedward.protocol.errors import DecodeError, EncodeError, MessageTooLarge, UnsupportedVersion
 from fedward.protocol.ids import Id
 from fedward.vocabulary import Accountant as Accountant  # re-exported with DpParams
 
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
 # 2: Update.update_energy (mean square) replaced update_sq_norm (sum)
 # 3: Enrol.ticket, EnrolAck.coordinator_key/proof, Heartbeat.tasks; live frames travel
 #    in signed envelopes (fedward.protocol.signing)
 # 4: secure aggregation: Task.secagg (SecAggParams) and SecAggMessage replace the unused
 #    Task/Update.secagg_cohort_id
+# 5: Task.update_encoding and Update.scales (int8 deltas, fedward.protocol.quantised)
 FRAME_VERSION = 1
 FRAME_MAGIC = b"FWFR"
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -328,6 +335,13 @@ class SecAggParams(WireModel):
     ddp: dict[str, Any] | None = None
 
 
+class UpdateEncoding(StrEnum):
+    """How a device puts its delta on the wire (the study fixes it; the Task says it)."""
+
+    FLOAT32 = "float32"  # the tensors as trained
+    INT8 = "int8"  # int8 words and one float32 scale per tensor (fedward.protocol.quantised)
+
+
 class Task(WireMessage):
     kind: Literal[MessageKind.TASK] = MessageKind.TASK
     task_id: Id
@@ -342,6 +356,7 @@ class Task(WireMessage):
     deadline_s: PosFloat
     dp: DpParams | None = None
     secagg: SecAggParams | None = None
+    update_encoding: UpdateEncoding = UpdateEncoding.FLOAT32
     """Set when the task is one member of a secure-aggregation fill (one SecAgg instance)."""
 
 
@@ -381,6 +396,9 @@ class Update(WireMessage):
     update_energy: NonNegFloat | None = None
     train_loss: float | None = None
     privacy: PrivacyReport | None = None
+    # int8 deltas: one float32 scale per tensor, in the payload's order (None: float32
+    # tensors). A function of the (noised, under DP) delta, like the words themselves.
+    scales: Annotated[dict[TensorName, PosFloat], Field(max_length=MAX_TENSORS)] | None = None
 
     @model_validator(mode="after")
     def _dp_side_channels(self) -> Update:
@@ -505,6 +523,12 @@ def _check_tensors_allowed(
         raise error("ModelDownload.names does not match the frame's tensors")
     if isinstance(header, SecAggMessage):
         _check_secagg_tensors(header.phase, tensors, error)
+    if isinstance(header, Update) and header.scales is not None:
+        # an int8 update's header names every tensor it scales, in payload order
+        if tuple(header.scales) != names:
+            raise error("Update.scales must name the frame's tensors, in their order")
+        if any(np.asarray(t).dtype != np.int8 for t in tensors.values()):
+            raise error("an Update with scales carries int8 tensors only")
 
 
 def _check_secagg_tensors(

@@ -30,7 +30,7 @@ from fedward.coordinator.study_spec import (
 )
 from fedward.privacy.accounting import Accountant
 from fedward.privacy.secagg.ddp import DistributedDp
-from fedward.protocol.messages import DeviceClass
+from fedward.protocol.messages import DeviceClass, UpdateEncoding
 from fedward.tinytrain.models import ModelKind
 
 from .datafile import DataFormat, FileDataConfig, Normalisation, Partition, data_format
@@ -222,6 +222,9 @@ class Scenario(BaseModel):
     # server_lr, momentum, or adam at server_adam_lr (issue 14's lever)
     server_optimizer: ServerOptimizer = ServerOptimizer.SGD
     server_adam_lr: float = Field(default=0.01, gt=0, le=10)
+    # how devices send deltas (StudySpec.update_encoding) in every row but the secagg
+    # rows (whose fills send masked words): float32, or int8 with per-tensor scales
+    update_encoding: UpdateEncoding = UpdateEncoding.FLOAT32
     update_budget: int = Field(default=3000, ge=1)
     heartbeat_timeout_s: float = Field(default=30.0, gt=0)
     # FTTE weighting: age term, then the energy term (beta, tolerance rho, look-back window)
@@ -379,6 +382,7 @@ class Scenario(BaseModel):
             privacy=self.study_privacy() if run.dp else None,
             client_dp=self.client_dp() if run is StrategyRun.CLIENT_DP else None,
             secagg=self.secagg_settings(run) if run.secagg else None,
+            update_encoding=UpdateEncoding.FLOAT32 if run.secagg else self.update_encoding,
         )
 
     def secagg_cohort(self) -> int:

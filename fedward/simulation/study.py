@@ -27,6 +27,7 @@ so virtual compute time uses the same counted FLOPs.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import heapq
 import random
 import time
@@ -71,6 +72,7 @@ from fedward.protocol.messages import (
     Update,
     frame_size,
 )
+from fedward.protocol.quantised import ROUNDING_KEY_BYTES
 from fedward.tinytrain.costs import task_flops
 from fedward.tinytrain.models import build_model, param_shapes
 from fedward.tinytrain.runtime import fixed_threads
@@ -624,9 +626,17 @@ class Study:
             base_version=order.model_version,
             privacy=self._record_spend(order, outcome),
         )
-        frame = encode_update(header, outcome, max_bytes=DEFAULT_MAX_MESSAGE_BYTES)
+        frame = encode_update(
+            header,
+            outcome,
+            max_bytes=DEFAULT_MAX_MESSAGE_BYTES,
+            encoding=self.spec.update_encoding,
+            rounding_key=self._rounding_key(task_id),
+        )
         result.upload_bytes += len(frame)
-        incoming = decode_update(frame, max_bytes=DEFAULT_MAX_MESSAGE_BYTES)
+        incoming = decode_update(
+            frame, max_bytes=DEFAULT_MAX_MESSAGE_BYTES, encoding=self.spec.update_encoding
+        )
         before = self.engine.stats.merges
         outcome_ = self.engine.submit(incoming.update, now=now, context=incoming.privacy)
         if outcome_.accepted:
@@ -638,6 +648,15 @@ class Study:
         if self.progress and self.engine.stats.merges == before:
             self.progress(self.engine.stats.accepted, self.scenario.update_budget, None)
         return self.engine.stats.merges > before
+
+    def _rounding_key(self, task_id: str) -> bytes:
+        """The int8 rounding key of one simulated update: fixed by the seed and the task.
+
+        A device draws it from ``os.urandom``; the simulator derives it (BLAKE2b
+        of the scenario's seed and the task id) so a study is reproducible.
+        """
+        material = f"fedward-int8-rounding/{self.scenario.seed}/{task_id}".encode()
+        return hashlib.blake2b(material, digest_size=ROUNDING_KEY_BYTES).digest()
 
     # -- differential privacy (DP rows only) -----------------------------------------
     def _refuses(self, order: TaskOrder, now: float) -> bool:
