@@ -362,20 +362,14 @@ class StudySpec(BaseModel):
 
     @model_validator(mode="after")
     def _server_optimizer_is_ftte_s(self) -> StudySpec:
-        # Why: only FTTE's own merge runs a server optimiser; elsewhere (another strategy,
-        # or a secure-aggregation fill, whose step is the plain staleness-scaled mean) the
-        # setting would be silently ignored.
+        # Why: only FTTE's own merge runs a server optimiser (a secure-aggregation fill of
+        # an FTTE study steps with it too); another strategy would silently ignore it.
         if self.server_optimizer is ServerOptimizer.SGD:
             return self
         if self.strategy is not StrategyName.FTTE:
             raise ValueError(
                 f"server_optimizer {self.server_optimizer.value} runs only with strategy ftte, "
                 f"not {self.strategy.value}: drop it or use strategy ftte"
-            )
-        if self.secagg is not None and self.secagg.enabled:
-            raise ValueError(
-                "server_optimizer other than sgd is not applied to secure-aggregation fills: "
-                "drop it or set secagg.enabled false"
             )
         return self
 

@@ -219,6 +219,14 @@ class FTTE(BufferedStrategy):
         self._devices.extend((u.device_id, u.energy()) for u in buffer)
         return self._server_step(params, mean), weights, coverage
 
+    def server_step(self, params: Mapping[str, np.ndarray], mean: Params) -> Params:
+        """The server optimiser's step with a merged mean (also a secure-aggregation fill's).
+
+        A fill's sum is all the server sees, and the optimiser needs nothing else:
+        its moments are per-coordinate averages of merged means, never of one update.
+        """
+        return self._server_step(params, mean)
+
     def _server_step(self, params: Mapping[str, np.ndarray], mean: Params) -> Params:
         if self.server_optimizer is ServerOptimizer.SGD:
             return apply_step(params, mean, lr=self.server_lr)

@@ -10,6 +10,10 @@ merges that sum with the inner strategy's server step::
                                                    for FedBuff, FTTE's ``staleness_exponent``)
     w    <- w + eta_g * s * mean                  (eta_g: the inner's ``server_lr``)
 
+With FTTE's server momentum or Adam (``StudySpec.server_optimizer``) the last line
+is that optimiser's step with ``s * mean``: its moments average merged means
+over fills, never one device's update.
+
 Staleness scales the server step, never a device's weight (one base version
 per fill makes it the same for every member, and it is public anyway). No
 per-device statistic exists: ``MergeResult.weights`` is empty and every
@@ -28,7 +32,7 @@ under secure aggregation only ever merges fills.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +40,7 @@ import numpy as np
 
 from fedward.privacy.secagg import AggregateResult
 from fedward.privacy.secagg.layout import VectorLayout
+from fedward.tinytrain.models import Params
 
 from ..errors import (
     CoordinatorError,
@@ -46,6 +51,7 @@ from ..errors import (
     UpdateRejected,
 )
 from .base import ClientUpdate, MergeResult, Strategy, apply_step
+from .ftte import FTTE, ServerOptimizer
 from .wrapper import StrategyWrapper
 
 __all__ = ["FillAggregate", "FillMergeError", "SecureAggregated"]
@@ -155,7 +161,12 @@ class SecureAggregated(StrategyWrapper):
         if staleness < 0:
             raise FillMergeError(f"fill {aggregate.fill_id} is based on a future version")
         mean = aggregate.layout.unflatten(self.fill_mean(aggregate))
-        new_params = apply_step(params, mean, lr=self.step_scale(staleness=staleness))
+        optimised = self._optimised_step()
+        if optimised is None:
+            new_params = apply_step(params, mean, lr=self.step_scale(staleness=staleness))
+        else:  # FTTE's server optimiser on the staleness-scaled mean (it applies server_lr)
+            age = (1.0 + staleness) ** -self.staleness_exponent
+            new_params = optimised(params, {n: v * age for n, v in mean.items()})
         reference = aggregate.energy_reference
         survivors = aggregate.result.survivors
         self.fills_merged += 1
@@ -169,6 +180,13 @@ class SecureAggregated(StrategyWrapper):
             staleness=(staleness,) * len(survivors),
             coverage=dict.fromkeys(aggregate.layout.names, len(survivors)),
         )
+
+    def _optimised_step(self) -> Callable[[Mapping[str, np.ndarray], Params], Params] | None:
+        """The inner FTTE's momentum or Adam step, or None for the plain step (SGD)."""
+        base = _innermost(self.inner)
+        if isinstance(base, FTTE) and base.server_optimizer is not ServerOptimizer.SGD:
+            return base.server_step
+        return None
 
     # -- saved state ---------------------------------------------------------------
     def config(self) -> dict[str, Any]:

@@ -367,7 +367,7 @@ class Scenario(BaseModel):
             buffer_size=self.buffer_size,
             server_lr=self.server_lr,
             server_optimizer=self.server_optimizer
-            if run.strategy is StrategyName.FTTE and not run.secagg
+            if run.strategy is StrategyName.FTTE
             else ServerOptimizer.SGD,
             server_adam_lr=self.server_adam_lr,
             staleness_exponent=self.staleness_exponent,
