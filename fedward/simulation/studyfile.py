@@ -27,9 +27,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic.fields import FieldInfo
 
 from fedward.coordinator.privacy.settings import MIN_NOISE_MULTIPLIER
+from fedward.coordinator.strategies import StrategyName
+from fedward.coordinator.strategies.ftte import ServerOptimizer
 from fedward.errors import SimulationError
 from fedward.privacy.accounting import Accountant
-from fedward.protocol.messages import DeviceClass
+from fedward.protocol.messages import DeviceClass, UpdateEncoding
 from fedward.tinytrain.models import ModelKind
 
 from .datafile import DataFileError, Normalisation, Partition, data_format, inspect_data
@@ -189,9 +191,38 @@ class Strategy(BaseModel):
     energy_beta: float = Field(default=1.0, ge=0, description="FTTE energy term beta (0: off)")
     energy_tolerance: float = Field(default=10.0, ge=1, description="FTTE energy tolerance rho")
     energy_window: int = Field(default=200, ge=0, description="FTTE energy look-back (updates)")
+    server_optimizer: ServerOptimizer = Field(
+        default=ServerOptimizer.SGD,
+        description="FTTE's server step: sgd (at server_lr), momentum, or adam (at "
+        "server_adam_lr; 0.003 was the best measured, README levers)",
+    )
+    server_adam_lr: float = Field(default=0.01, gt=0, le=10)
+    update_encoding: UpdateEncoding = Field(
+        default=UpdateEncoding.FLOAT32,
+        description="how devices send deltas: float32, or int8 with a scale per tensor "
+        "(stochastic rounding; about a quarter of the bytes; not with secure aggregation)",
+    )
     heartbeat_timeout_s: float = Field(
         default=30.0, gt=0, description="a silent device is noticed after this long"
     )
+
+    @model_validator(mode="after")
+    def _options_the_strategy_runs(self) -> Strategy:
+        # Why: the scenario would silently drop them for these strategies
+        if (
+            self.server_optimizer is not ServerOptimizer.SGD
+            and self.name.strategy is not StrategyName.FTTE
+        ):
+            raise ValueError(
+                f"server_optimizer {self.server_optimizer.value} runs only with the ftte "
+                f"strategies, not {self.name.value}: drop it or pick an ftte strategy"
+            )
+        if self.update_encoding is UpdateEncoding.INT8 and self.name.secagg:
+            raise ValueError(
+                "update_encoding int8 does not apply to secure aggregation (fills send "
+                "masked fixed-point words): drop it or pick a strategy without secagg"
+            )
+        return self
 
 
 class DpMode(enum.StrEnum):
@@ -397,6 +428,9 @@ class StudyFile(BaseModel):
             "concurrency": s.concurrency,
             "buffer_size": s.buffer_size,
             "server_lr": s.server_lr,
+            "server_optimizer": s.server_optimizer,
+            "server_adam_lr": s.server_adam_lr,
+            "update_encoding": s.update_encoding,
             "update_budget": self.stop.updates,
             "heartbeat_timeout_s": s.heartbeat_timeout_s,
             "staleness_exponent": s.staleness_exponent,
