@@ -43,6 +43,7 @@ class RejectReason(enum.StrEnum):
     MISSING_TENSOR = "missing_tensor"
     SHAPE_MISMATCH = "shape_mismatch"
     NON_FINITE = "non_finite"
+    OUT_OF_RANGE = "out_of_range"  # a coordinate beyond the study's public max_delta_abs
     TOO_STALE = "too_stale"
     BAD_SAMPLE_COUNT = "bad_sample_count"
     DUPLICATE = "duplicate"

@@ -315,6 +315,10 @@ class StudySpec(BaseModel):
     # the largest sample count one update may claim (public: devices and auditors see it);
     # an update claiming more is refused, so no device can buy merge weight with a number
     max_samples_per_update: int = Field(default=10_000, ge=1)
+    # the largest |coordinate| a delta may carry (public); beyond it the update is refused
+    # (OUT_OF_RANGE): float32 sums of a few such updates overflowed the merged model to inf.
+    # A delta of lr x gradients is orders of magnitude below the default.
+    max_delta_abs: float = Field(default=1e3, gt=0, le=1e30, allow_inf_nan=False)
     # how devices send their deltas (Task.update_encoding): float32, or int8 words with a
     # float32 scale per tensor, stochastically rounded (about a quarter of the bytes)
     update_encoding: UpdateEncoding = UpdateEncoding.FLOAT32

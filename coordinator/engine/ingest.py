@@ -5,7 +5,10 @@ reason, so the caller can count and audit it like any other rejection.
 
 Bounds an authenticated device still cannot cross: every tensor is float32
 (the dtype the task's model has; a float64, float16, integer or bool delta is
-refused, never cast), and ``num_samples`` is at most the study's declared
+refused, never cast; an int8 study's words are decoded first, with no more
+coordinates than the model has), no coordinate exceeds the study's public
+``max_delta_abs`` (one update of 3e38 per coordinate made the merged model inf),
+and ``num_samples`` is at most the study's declared
 ``max_samples_per_update`` (the count multiplies an update's merge weight, so an
 unbounded count let one update outweigh the rest of the buffer).
 
@@ -59,8 +62,15 @@ def decode_update(
     max_bytes: int,
     max_samples: int | None = None,
     encoding: UpdateEncoding = UpdateEncoding.FLOAT32,
+    max_abs: float | None = None,
+    max_coordinates: int | None = None,
 ) -> IncomingUpdate:
-    """Decode and bound one update frame; ``encoding`` is the one the study's tasks ask for."""
+    """Decode and bound one update frame.
+
+    ``encoding`` is the one the study's tasks ask for; ``max_abs`` the study's public
+    bound on any one coordinate (``StudySpec.max_delta_abs``); ``max_coordinates`` the
+    model's size, checked before an int8 delta is expanded to float32 (4x its bytes).
+    """
     try:
         header, tensors = decode_frame(frame, max_bytes=max_bytes)
     except ProtocolError as exc:
@@ -68,13 +78,19 @@ def decode_update(
     if not isinstance(header, Update):
         raise UpdateRejected(RejectReason.MALFORMED, f"expected an update, got {header.kind}")
     refusal = _wrong_encoding(header, encoding)
+    coordinates = sum(int(t.size) for t in tensors.values())
+    if refusal is None and max_coordinates is not None and coordinates > max_coordinates:
+        refusal = UpdateRejected(
+            RejectReason.MALFORMED,
+            f"{coordinates} coordinates > the model's {max_coordinates}",
+        )
     if refusal is None and header.scales is not None:
         try:  # int8 words times their scales: the float32 delta every check below sees
             tensors = dequantise_int8(tensors, header.scales)
         except ProtocolError as exc:
             refusal = UpdateRejected(RejectReason.MALFORMED, str(exc)[:200])
     if refusal is None:
-        refusal = _out_of_bounds(header, tensors, max_samples=max_samples)
+        refusal = _out_of_bounds(header, tensors, max_samples=max_samples, max_abs=max_abs)
     measured = update_energy(tensors)
     # Same float32 values summed in float64 on both sides: equal up to summation order.
     # A DP header carries no energy (nothing computed from the data): the measured one is used.
@@ -119,13 +135,28 @@ def _wrong_encoding(header: Update, encoding: UpdateEncoding) -> UpdateRejected 
 
 
 def _out_of_bounds(
-    header: Update, tensors: dict[str, np.ndarray], *, max_samples: int | None
+    header: Update,
+    tensors: dict[str, np.ndarray],
+    *,
+    max_samples: int | None,
+    max_abs: float | None = None,
 ) -> UpdateRejected | None:
     for name, tensor in tensors.items():
         if tensor.dtype != TASK_DTYPE:
             return UpdateRejected(
                 RejectReason.MALFORMED,
                 f"tensor {name[:64]!r} is {tensor.dtype}, the task's model is {TASK_DTYPE}",
+            )
+        # a non-finite delta is left to the strategy's NON_FINITE check
+        if (
+            max_abs is not None
+            and tensor.size
+            and np.isfinite(tensor).all()
+            and float(np.max(np.abs(tensor))) > max_abs
+        ):
+            return UpdateRejected(
+                RejectReason.OUT_OF_RANGE,
+                f"tensor {name[:64]!r} has a coordinate beyond the study's bound {max_abs:g}",
             )
     count = header.num_samples
     if max_samples is not None and count is not None and count > max_samples:

@@ -129,6 +129,8 @@ class UpdateCalls(ServiceCore):
                         max_bytes=self._max_bytes,
                         max_samples=study.spec.max_samples_per_update,
                         encoding=study.spec.update_encoding,
+                        max_abs=study.spec.max_delta_abs,
+                        max_coordinates=study.model_size,
                     )
                 )
             except UpdateRejected as exc:

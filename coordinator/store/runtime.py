@@ -13,6 +13,7 @@ plus an engine snapshot in one transaction.
 
 from __future__ import annotations
 
+import math
 import random
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -68,6 +69,11 @@ class StudyRuntime:
     @property
     def state(self) -> StudyState:
         return self.row.status
+
+    @property
+    def model_size(self) -> int:
+        """Coordinates in the study's model: no update can carry more."""
+        return sum(math.prod(shape) for shape in self.engine.strategy.shapes.values())
 
     def pending_changes(self) -> StudyChanges:
         if self.changes is None:

@@ -172,7 +172,9 @@ def weighted_mean(
                 sums[name] = np.zeros(value.shape, dtype=np.float64)
                 totals[name] = 0.0
                 coverage[name] = 0
-            sums[name] += w * value
+            # float64 before the product: a float32 product of a large weight and value
+            # overflows to inf before the float64 sum could hold it
+            sums[name] += w * value.astype(np.float64)
             totals[name] += w
             coverage[name] += 1
     means = {n: (sums[n] / totals[n]).astype(np.float32) for n in sums if totals[n] > 0}

@@ -356,8 +356,9 @@ class Task(WireMessage):
     deadline_s: PosFloat
     dp: DpParams | None = None
     secagg: SecAggParams | None = None
-    update_encoding: UpdateEncoding = UpdateEncoding.FLOAT32
     """Set when the task is one member of a secure-aggregation fill (one SecAgg instance)."""
+    update_encoding: UpdateEncoding = UpdateEncoding.FLOAT32
+    """How the device sends its delta (the study's ``update_encoding``)."""
 
 
 class ModelDownload(WireMessage):

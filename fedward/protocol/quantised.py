@@ -67,7 +67,7 @@ def _scale_for(peak: float) -> float:
     """
     if peak <= 0.0:
         return 1.0
-    scale = np.float32(peak / INT8_LEVELS)
+    scale = np.float32(min(peak / INT8_LEVELS, MAX_SCALE))
     while (float(scale) * INT8_LEVELS < peak or scale == 0) and float(scale) < MAX_SCALE:
         scale = np.nextafter(scale, np.float32(np.inf))
     return min(float(scale), MAX_SCALE)

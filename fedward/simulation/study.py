@@ -63,6 +63,7 @@ from fedward.edge.dp_training import DPTrainConfig
 from fedward.edge.local import LocalOutcome, LocalTask
 from fedward.edge.updates import encode_update, update_header
 from fedward.errors import SimulationError
+from fedward.protocol.errors import EncodeError
 from fedward.protocol.messages import (
     DEFAULT_MAX_MESSAGE_BYTES,
     ModelDownload,
@@ -626,16 +627,23 @@ class Study:
             base_version=order.model_version,
             privacy=self._record_spend(order, outcome),
         )
-        frame = encode_update(
-            header,
-            outcome,
-            max_bytes=DEFAULT_MAX_MESSAGE_BYTES,
-            encoding=self.spec.update_encoding,
-            rounding_key=self._rounding_key(task_id),
-        )
+        try:
+            frame = encode_update(
+                header,
+                outcome,
+                max_bytes=DEFAULT_MAX_MESSAGE_BYTES,
+                encoding=self.spec.update_encoding,
+                rounding_key=self._rounding_key(task_id),
+            )
+        except EncodeError as exc:  # a non-finite delta has no int8 words: the device gives up
+            self.engine.task_failed(task_id, now=now, reason=f"update not encodable: {exc}")
+            return False
         result.upload_bytes += len(frame)
         incoming = decode_update(
-            frame, max_bytes=DEFAULT_MAX_MESSAGE_BYTES, encoding=self.spec.update_encoding
+            frame,
+            max_bytes=DEFAULT_MAX_MESSAGE_BYTES,
+            encoding=self.spec.update_encoding,
+            max_abs=self.spec.max_delta_abs,
         )
         before = self.engine.stats.merges
         outcome_ = self.engine.submit(incoming.update, now=now, context=incoming.privacy)

@@ -196,7 +196,9 @@ class Strategy(BaseModel):
         description="FTTE's server step: sgd (at server_lr), momentum, or adam (at "
         "server_adam_lr; 0.003 was the best measured, README levers)",
     )
-    server_adam_lr: float = Field(default=0.01, gt=0, le=10)
+    server_adam_lr: float = Field(
+        default=0.01, gt=0, le=10, description="Adam's step size (server_optimizer adam only)"
+    )
     update_encoding: UpdateEncoding = Field(
         default=UpdateEncoding.FLOAT32,
         description="how devices send deltas: float32, or int8 with a scale per tensor "
@@ -217,6 +219,10 @@ class Strategy(BaseModel):
                 f"server_optimizer {self.server_optimizer.value} runs only with the ftte "
                 f"strategies, not {self.name.value}: drop it or pick an ftte strategy"
             )
+        if "server_adam_lr" in self.model_fields_set and (
+            self.server_optimizer is not ServerOptimizer.ADAM
+        ):
+            raise ValueError("server_adam_lr is used only with server_optimizer adam: drop it")
         if self.update_encoding is UpdateEncoding.INT8 and self.name.secagg:
             raise ValueError(
                 "update_encoding int8 does not apply to secure aggregation (fills send "

@@ -19,7 +19,7 @@ from fedward.protocol.messages import (
     encode_frame,
     update_energy,
 )
-from fedward.protocol.quantised import dequantise_int8, quantise_int8
+from fedward.protocol.quantised import MAX_SCALE, dequantise_int8, quantise_int8
 from fedward.tinytrain.models import build_model, param_shapes
 from tests.live.live_helpers import TINY_SPEC
 
@@ -158,6 +158,60 @@ def test_forged_int8_updates_are_refused_and_leave_the_model_as_it_was(int8_stud
     assert int8_study.status("s").rejections[RejectReason.MALFORMED] == 1
     after = _model(int8_study)
     assert all(np.array_equal(before[n], after[n]) for n in before)
+
+
+def _header(task, scales, energy=None) -> Update:
+    return Update(
+        task_id=task.task_id,
+        device_id=task.device_id,
+        base_model_version=task.model_version,
+        subset_id=task.subset_id,
+        num_samples=16,
+        update_energy=energy,
+        scales=scales,
+    )
+
+
+@pytest.mark.parametrize("encoding", ["int8", "float32"])
+def test_a_delta_at_float32s_limit_is_refused_before_it_can_overflow_the_model(tmp_path, encoding):
+    # Prepare: every word 127 at the largest scale (3.4e38), or float32 3e38: finite, but a
+    # weighted sum of such updates overflowed the merged model to inf before this bound
+    spec = INT8_SPEC if encoding == "int8" else TINY_SPEC.model_copy(update={"buffer_size": 1})
+    svc = _service(tmp_path, spec)
+    try:
+        task = svc.dispatch("s")[0].task
+        before = _model(svc)
+        shapes = param_shapes(build_model(TINY_SPEC.model_settings(), seed=0))
+        if encoding == "int8":
+            words = {n: np.full(shapes[n], 127, np.int8) for n in task.subset_names}
+            frame = encode_frame(_header(task, dict.fromkeys(words, MAX_SCALE)), words)
+        else:
+            big = {n: np.full(shapes[n], 3e38, np.float32) for n in task.subset_names}
+            frame = encode_frame(_header(task, None), big)
+        # Execute
+        ack = svc.submit_update("s", frame)
+        # Assert
+        assert ack.status is AckStatus.REJECTED and ack.reason == RejectReason.OUT_OF_RANGE.value
+        assert svc.status("s").rejections[RejectReason.OUT_OF_RANGE] == 1
+        after = _model(svc)
+        assert all(np.array_equal(before[n], after[n]) for n in before)
+    finally:
+        svc.close()
+
+
+def test_a_scale_that_is_no_float32_and_more_words_than_the_model_are_refused(int8_study):
+    # Prepare
+    task = int8_study.dispatch("s")[0].task
+    words, scales, _ = _int8_frame(task)
+    first = next(iter(words))
+    odd = encode_frame(_header(task, {**scales, first: 1e-45}), words)
+    huge_words = {first: np.zeros(10**6, np.int8)}  # far more than the tiny model holds
+    huge = encode_frame(_header(task, {first: 1.0}), huge_words)
+    # Execute
+    acks = [int8_study.submit_update("s", f) for f in (odd, huge)]
+    # Assert
+    assert [a.reason for a in acks] == [RejectReason.MALFORMED.value] * 2
+    assert int8_study.status("s").rejections[RejectReason.MALFORMED] == 2
 
 
 def test_int8_is_refused_with_secure_aggregation():
