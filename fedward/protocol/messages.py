@@ -61,8 +61,10 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     TypeAdapter,
     ValidationError,
+    model_serializer,
     model_validator,
 )
 
@@ -400,6 +402,15 @@ class Update(WireMessage):
     # int8 deltas: one float32 scale per tensor, in the payload's order (None: float32
     # tensors). A function of the (noised, under DP) delta, like the words themselves.
     scales: Annotated[dict[TensorName, PosFloat], Field(max_length=MAX_TENSORS)] | None = None
+
+    @model_serializer(mode="wrap")
+    def _no_null_scales(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # a float32 update's header is byte for byte what it was before int8 existed, so
+        # its frame size (which the simulator charges as transfer time) did not move
+        data: dict[str, Any] = handler(self)
+        if data.get("scales") is None:
+            data.pop("scales", None)
+        return data
 
     @model_validator(mode="after")
     def _dp_side_channels(self) -> Update:
