@@ -172,9 +172,12 @@ def weighted_mean(
                 sums[name] = np.zeros(value.shape, dtype=np.float64)
                 totals[name] = 0.0
                 coverage[name] = 0
-            # float64 before the product: a float32 product of a large weight and value
-            # overflows to inf before the float64 sum could hold it
-            sums[name] += w * value.astype(np.float64)
+            product = w * value  # float32 (numpy 2 keeps the array's dtype)
+            if not np.isfinite(product).all():
+                # a large weight times a large finite value overflowed float32: redo it in
+                # float64. Only then, so every result measured before stays bit for bit.
+                product = w * value.astype(np.float64)
+            sums[name] += product
             totals[name] += w
             coverage[name] += 1
     means = {n: (sums[n] / totals[n]).astype(np.float32) for n in sums if totals[n] > 0}
