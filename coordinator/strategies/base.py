@@ -172,7 +172,8 @@ def weighted_mean(
                 sums[name] = np.zeros(value.shape, dtype=np.float64)
                 totals[name] = 0.0
                 coverage[name] = 0
-            product = w * value  # float32 (numpy 2 keeps the array's dtype)
+            with np.errstate(over="ignore"):  # caught below
+                product = w * value  # float32 (numpy 2 keeps the array's dtype)
             if not np.isfinite(product).all():
                 # a large weight times a large finite value overflowed float32: redo it in
                 # float64. Only then, so every result measured before stays bit for bit.
