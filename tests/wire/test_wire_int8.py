@@ -91,6 +91,18 @@ def _int8_frame(task, *, key=b"k" * 32):
     return words, scales, _frame(task, words, scales=scales, energy=energy)
 
 
+def _header(task, scales, energy=None) -> Update:
+    return Update(
+        task_id=task.task_id,
+        device_id=task.device_id,
+        base_model_version=task.model_version,
+        subset_id=task.subset_id,
+        num_samples=16,
+        update_energy=energy,
+        scales=scales,
+    )
+
+
 def _model(service):
     return decode_tensors(service.model_blob("s", service.status("s").model_version))
 
@@ -142,34 +154,13 @@ def test_forged_int8_updates_are_refused_and_leave_the_model_as_it_was(int8_stud
         scales[first] = 3.0e38
     else:  # the energy term would see a tenth of what it merges
         energy = update_energy(dequantise_int8(words, scales)) / 10
-    header = Update(
-        task_id=task.task_id,
-        device_id=task.device_id,
-        base_model_version=task.model_version,
-        subset_id=task.subset_id,
-        num_samples=16,
-        update_energy=energy,
-        scales=scales,
-    )
     # Execute
-    ack = int8_study.submit_update("s", encode_frame(header, words))
+    ack = int8_study.submit_update("s", encode_frame(_header(task, scales, energy), words))
     # Assert
     assert ack.status is AckStatus.REJECTED and ack.reason == RejectReason.MALFORMED.value
     assert int8_study.status("s").rejections[RejectReason.MALFORMED] == 1
     after = _model(int8_study)
     assert all(np.array_equal(before[n], after[n]) for n in before)
-
-
-def _header(task, scales, energy=None) -> Update:
-    return Update(
-        task_id=task.task_id,
-        device_id=task.device_id,
-        base_model_version=task.model_version,
-        subset_id=task.subset_id,
-        num_samples=16,
-        update_energy=energy,
-        scales=scales,
-    )
 
 
 @pytest.mark.parametrize("encoding", ["int8", "float32"])
