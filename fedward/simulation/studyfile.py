@@ -219,8 +219,10 @@ class Strategy(BaseModel):
                 f"server_optimizer {self.server_optimizer.value} runs only with the ftte "
                 f"strategies, not {self.name.value}: drop it or pick an ftte strategy"
             )
-        if "server_adam_lr" in self.model_fields_set and (
-            self.server_optimizer is not ServerOptimizer.ADAM
+        # a value other than the default (a dumped file repeats the default: that is fine)
+        adam_default = type(self).model_fields["server_adam_lr"].default
+        if self.server_adam_lr != adam_default and self.server_optimizer is not (
+            ServerOptimizer.ADAM
         ):
             raise ValueError("server_adam_lr is used only with server_optimizer adam: drop it")
         if self.update_encoding is UpdateEncoding.INT8 and self.name.secagg:

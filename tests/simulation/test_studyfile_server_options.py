@@ -32,6 +32,7 @@ def test_the_options_reach_the_study_spec(tmp_path: Path) -> None:
     [
         ("{name: fedbuff, server_optimizer: adam}", "runs only with the ftte strategies"),
         ("{name: ftte+secagg, update_encoding: int8}", "does not apply to secure aggregation"),
+        ("{name: ftte, server_adam_lr: 0.5}", "only with server_optimizer adam"),
     ],
 )
 def test_options_the_strategy_would_ignore_are_refused(
