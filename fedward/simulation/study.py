@@ -71,6 +71,7 @@ from fedward.protocol.messages import (
     SecAggParams,
     Task,
     Update,
+    UpdateEncoding,
     frame_size,
 )
 from fedward.protocol.quantised import ROUNDING_KEY_BYTES
@@ -89,6 +90,8 @@ from .sensordata import load_study_data
 from .warmstart import scenario_start
 
 Progress = Callable[[int, int, float | None], None]  # (accepted, budget, accuracy)
+# a scale as long in JSON as most (float32 of 1e-4 / 127), for the int8 upload-time estimate
+_TYPICAL_SCALE = 7.874015750530816e-07
 
 
 @dataclass
@@ -358,6 +361,13 @@ class Study:
         )
 
     def _update_bytes(self, order: TaskOrder) -> int:
+        """The update frame's size, charged as upload time when the task starts.
+
+        In the study's encoding: int8 words and a scale per tensor for an int8 study
+        (a typical 22-character scale; the real frame differs by a few bytes).
+        """
+        tensors = {n: self.engine.params[n] for n in order.subset.names}
+        int8 = self.spec.update_encoding is UpdateEncoding.INT8
         header = Update(
             task_id=order.task_id,
             device_id=order.device_id,
@@ -366,8 +376,11 @@ class Study:
             num_samples=1,
             update_energy=0.0,
             train_loss=0.0,
+            scales=dict.fromkeys(tensors, _TYPICAL_SCALE) if int8 else None,
         )
-        return frame_size(header, {n: self.engine.params[n] for n in order.subset.names})
+        if int8:
+            tensors = {n: np.zeros(t.shape, np.int8) for n, t in tensors.items()}
+        return frame_size(header, tensors)
 
     def _start(self, order: TaskOrder, now: float, result: StudyResult) -> None:
         device = self.by_id[order.device_id]

@@ -42,3 +42,20 @@ def test_a_dp_study_sends_int8_deltas_without_a_side_channel():
     # Assert: every update was accepted (a DP header with energy or loss would be refused)
     assert result.updates >= 8
     assert result.rejected == {}
+
+
+def test_an_int8_task_is_charged_the_upload_time_of_its_int8_frame():
+    # Prepare: the same first task in a float32 and an int8 study
+    studies = {}
+    for encoding in (UpdateEncoding.FLOAT32, UpdateEncoding.INT8):
+        scenario = PRESETS["tiny"].model_copy(update={"update_encoding": encoding})
+        run = StrategyRun.FTTE
+        pool = SerialExecutor(scenario.data_config(), scenario.study_spec(run).model_settings())
+        studies[encoding] = Study(scenario, run, executor=pool)
+    # Execute
+    charged = {
+        encoding: study._update_bytes(study.engine.dispatch(now=0.0)[0])
+        for encoding, study in studies.items()
+    }
+    # Assert: int8 words are a quarter of float32's, plus the header's scales
+    assert charged[UpdateEncoding.INT8] < 0.35 * charged[UpdateEncoding.FLOAT32]
