@@ -24,14 +24,13 @@ from fedward.protocol.messages import (
     EnrolTicket,
     ModelDownload,
     Task,
-    Update,
     decode_frame,
     encode_frame,
-    update_energy,
 )
 from fedward.protocol.signing import Role, SealContext, open_seal, seal
 from fedward.protocol.topics import TopicKind, device_topic, model_topic
 from fedward.tinytrain.models import build_model, param_shapes
+from tests.wire.update_frames import update_frame
 from tests.wire.wire_helpers import Attacker, SignedStudy, wait_until
 
 pytestmark = pytest.mark.mqtt
@@ -73,16 +72,7 @@ def _denied_in_name_of(study: SignedStudy, device: str) -> list[dict]:
 def _forged_update(study: SignedStudy, task: Task) -> bytes:
     shapes = param_shapes(build_model(study.spec.model_settings(), seed=0))
     tensors = {n: np.full(shapes[n], 5.0, dtype=np.float32) for n in task.subset_names}
-    header = Update(
-        task_id=task.task_id,
-        device_id=task.device_id,
-        base_model_version=task.model_version,
-        subset_id=task.subset_id,
-        num_samples=16,
-        update_energy=update_energy(tensors),
-        train_loss=0.1,
-    )
-    return encode_frame(header, tensors)
+    return update_frame(task, tensors, train_loss=0.1)
 
 
 def _slow(seconds: float):

@@ -22,6 +22,7 @@ from fedward.protocol.messages import (
 from fedward.protocol.quantised import MAX_SCALE, dequantise_int8, quantise_int8
 from fedward.tinytrain.models import build_model, param_shapes
 from tests.live.live_helpers import TINY_SPEC
+from tests.wire.update_frames import update_frame
 
 INT8_SPEC = TINY_SPEC.model_copy(update={"update_encoding": UpdateEncoding.INT8, "buffer_size": 1})
 
@@ -71,24 +72,10 @@ def _delta(task) -> dict[str, np.ndarray]:
     }
 
 
-def _frame(task, tensors, *, scales=None, energy=None) -> bytes:
-    header = Update(
-        task_id=task.task_id,
-        device_id=task.device_id,
-        base_model_version=task.model_version,
-        subset_id=task.subset_id,
-        num_samples=16,
-        update_energy=update_energy(tensors) if energy is None else energy,
-        train_loss=0.5,
-        scales=scales,
-    )
-    return encode_frame(header, tensors)
-
-
 def _int8_frame(task, *, key=b"k" * 32):
     words, scales = quantise_int8(_delta(task), rounding_key=key)
     energy = update_energy(dequantise_int8(words, scales))
-    return words, scales, _frame(task, words, scales=scales, energy=energy)
+    return words, scales, update_frame(task, words, scales=scales, energy=energy)
 
 
 def _header(task, scales, energy=None) -> Update:
@@ -125,7 +112,7 @@ def test_an_int8_study_tells_its_devices_and_merges_the_decoded_delta(int8_study
 
 def test_a_float32_delta_to_an_int8_study_is_refused_and_counted(int8_study):
     task = int8_study.dispatch("s")[0].task
-    ack = int8_study.submit_update("s", _frame(task, _delta(task)))
+    ack = int8_study.submit_update("s", update_frame(task, _delta(task)))
     assert ack.status is AckStatus.REJECTED and ack.reason == RejectReason.MALFORMED.value
     assert int8_study.status("s").rejections[RejectReason.MALFORMED] == 1
     assert int8_study.status("s").updates_accepted == 0

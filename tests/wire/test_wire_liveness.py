@@ -14,12 +14,10 @@ from fedward.protocol.messages import (
     DeviceStatus,
     Enrol,
     Heartbeat,
-    Update,
-    encode_frame,
-    update_energy,
 )
 from fedward.tinytrain.models import build_model, param_shapes
 from tests.live.live_helpers import TINY_SPEC
+from tests.wire.update_frames import update_frame
 
 SPEC = TINY_SPEC.model_copy(update={"task_deadline_s": 3600.0, "concurrency": 1})
 
@@ -61,16 +59,7 @@ def clocked(tmp_path):
 def _answer(service, task) -> AckStatus:
     shapes = param_shapes(build_model(SPEC.model_settings(), seed=0))
     tensors = {n: np.full(shapes[n], 1e-3, np.float32) for n in task.subset_names}
-    header = Update(
-        task_id=task.task_id,
-        device_id=task.device_id,
-        base_model_version=task.model_version,
-        subset_id=task.subset_id,
-        num_samples=16,
-        update_energy=update_energy(tensors),
-        train_loss=0.5,
-    )
-    return service.submit_update("s", encode_frame(header, tensors)).status
+    return service.submit_update("s", update_frame(task, tensors)).status
 
 
 def test_deadlines_are_sized_from_observed_task_times(clocked):
