@@ -14,12 +14,11 @@ from fedward.protocol.messages import (
     AckStatus,
     DeviceClass,
     Enrol,
-    Update,
-    encode_frame,
     update_energy,
 )
 from fedward.tinytrain.models import build_model, param_shapes
 from tests.live.live_helpers import TINY_SPEC
+from tests.wire.update_frames import update_frame
 
 
 @pytest.fixture
@@ -52,16 +51,9 @@ def service(tmp_path):
 
 
 def _update(task, tensors, *, num_samples=16) -> bytes:
-    header = Update(
-        task_id=task.task_id,
-        device_id=task.device_id,
-        base_model_version=task.model_version,
-        subset_id=task.subset_id,
-        num_samples=num_samples,
-        update_energy=update_energy({n: t.astype(np.float64) for n, t in tensors.items()}),
-        train_loss=0.5,
-    )
-    return encode_frame(header, tensors)
+    # energy over float64 copies: the bool/int deltas of the dtype test have no float square
+    energy = update_energy({n: t.astype(np.float64) for n, t in tensors.items()})
+    return update_frame(task, tensors, num_samples=num_samples, energy=energy)
 
 
 def _model(service):
