@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fedward.protocol.errors import EncodeError
 from fedward.protocol.messages import (
     Accountant,
     PrivacyReport,
@@ -80,7 +81,7 @@ def encode_update(
     if encoding is UpdateEncoding.FLOAT32:
         return encode_frame(header, outcome.delta, max_bytes=max_bytes)
     if rounding_key is None:
-        raise ValueError("an int8 update needs a rounding key (32 random bytes)")
+        raise EncodeError("an int8 update needs a rounding key (32 random bytes)")
     words, scales = quantise_int8(outcome.delta, rounding_key=rounding_key)
     energy = header.update_energy
     quantised = Update(
