@@ -83,16 +83,9 @@ def encode_update(
     if rounding_key is None:
         raise EncodeError("an int8 update needs a rounding key (32 random bytes)")
     words, scales = quantise_int8(outcome.delta, rounding_key=rounding_key)
-    energy = header.update_energy
-    quantised = Update(
-        task_id=header.task_id,
-        device_id=header.device_id,
-        base_model_version=header.base_model_version,
-        subset_id=header.subset_id,
-        num_samples=header.num_samples,
-        update_energy=None if energy is None else update_energy(dequantise_int8(words, scales)),
-        train_loss=header.train_loss,
-        privacy=header.privacy,
-        scales=scales,
-    )
-    return encode_frame(quantised, words, max_bytes=max_bytes)
+    # the same header with the scales and, if it reports one, the decoded delta's energy
+    # (a copy of its fields would drop any field added to Update later)
+    changes: dict[str, object] = {"scales": scales}
+    if header.update_energy is not None:
+        changes["update_energy"] = update_energy(dequantise_int8(words, scales))
+    return encode_frame(header.model_copy(update=changes), words, max_bytes=max_bytes)
