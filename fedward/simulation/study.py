@@ -379,7 +379,8 @@ class Study:
             scales=dict.fromkeys(tensors, _TYPICAL_SCALE) if int8 else None,
         )
         if int8:
-            tensors = {n: np.zeros(t.shape, np.int8) for n, t in tensors.items()}
+            # sizes only: a zero-stride view, so no dispatch allocates a copy of the subset
+            tensors = {n: np.broadcast_to(np.int8(0), t.shape) for n, t in tensors.items()}
         return frame_size(header, tensors)
 
     def _start(self, order: TaskOrder, now: float, result: StudyResult) -> None:
