@@ -16,7 +16,9 @@ A lever is comma-separated ``name=value`` pairs: ``grace`` (a float, or
 measured task time, or by subset and class only), ``dropout`` (the expected
 dropout the cohort is sized for), ``staleness`` (the age exponent of every
 row's server step; it changes only the secagg row here: ``ftte`` runs once,
-at the scenario's). ``default`` is the scenario as ``fedward bench`` runs it.
+at the scenario's), ``fills`` (an int: fills open at once), ``budget`` (an int, or
+``none``: the most fill members still training at once, ``SecAggPolicy.training_budget``).
+``default`` is the scenario as ``fedward bench`` runs it.
 Virtual time is the simulator's (modelled device time), so load on this
 machine changes only the wall column and, slightly, the PRG cost calibrated
 at the start of each row.
@@ -39,7 +41,10 @@ _FIELDS = {
     "grouping": "secagg_group_by_speed",
     "dropout": "secagg_expected_dropout",
     "staleness": "staleness_exponent",
+    "fills": "secagg_fills_in_flight",
+    "budget": "secagg_training_budget",
 }
+_INTEGERS = {"fills", "budget"}
 
 
 class LeverError(SimulationError, ValueError):
@@ -60,8 +65,13 @@ def parse_lever(text: str) -> dict[str, Any]:
             if value not in ("on", "off"):
                 raise LeverError(f"grouping must be on or off, got {value!r}")
             overrides[_FIELDS[name]] = value == "on"
-        elif name == "grace" and value == "none":
+        elif name in ("grace", "budget") and value == "none":
             overrides[_FIELDS[name]] = None
+        elif name in _INTEGERS:
+            try:
+                overrides[_FIELDS[name]] = int(value)
+            except ValueError as exc:
+                raise LeverError(f"{name} must be an integer, got {value!r}") from exc
         else:
             try:
                 overrides[_FIELDS[name]] = float(value)

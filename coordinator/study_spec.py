@@ -210,6 +210,8 @@ class SecAggSettings(BaseModel):
         default=(), max_length=64
     )
     fills_in_flight: int = Field(default=1, ge=1, le=1000)
+    # members still training across open fills (SecAggPolicy.training_budget); None: no cap
+    training_budget: int | None = Field(default=None, ge=1, le=1_000_000)
     norm_bound: float | None = Field(default=None, gt=0, le=1e9, allow_inf_nan=False)
     straggler_grace: float | None = Field(default=0.5, ge=0, le=100, allow_inf_nan=False)
     group_by_speed: bool = True  # cohorts by measured task time (False: subset and class only)
@@ -244,6 +246,7 @@ class SecAggSettings(BaseModel):
             energy_bins=tuple(self.energy_bins),
             ddp=None,
             fills_in_flight=self.fills_in_flight,
+            training_budget=self.training_budget,
             norm_bound=self.norm_bound,
             straggler_grace=self.straggler_grace,
             group_by_speed=self.group_by_speed,

@@ -80,7 +80,13 @@ class FillBook:
 
     # -- opening -------------------------------------------------------------------
     def room(self) -> int:
-        return self.policy.fills_in_flight - len(self.fills)
+        """How many new fills may open now (``fills_in_flight``, then ``training_budget``)."""
+        room = self.policy.fills_in_flight - len(self.fills)
+        budget = self.policy.training_budget
+        if budget is None or room <= 0:
+            return room
+        training = sum(fill.training for fill in self.fills.values())
+        return min(room, (budget - training) // self.policy.cohort_size)
 
     def next_fill_id(self) -> str:
         self.counter += 1

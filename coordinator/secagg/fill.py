@@ -264,6 +264,19 @@ class Fill:
         """The uplink phase the fill is collecting."""
         return _UPLINK_OF_STAGE[self.server.stage]
 
+    @property
+    def training(self) -> int:
+        """Live members still to send their masked input (members train until they
+        mask, so these are the fill's devices at work; the others wait for unmask)."""
+        if self.closed:
+            return 0
+        reached = _UPLINK_ORDER.index(self.phase) - _UPLINK_ORDER.index(SecAggPhase.MASKED_INPUT)
+        if reached > 0:
+            return 0
+        if reached == 0:
+            return len(self.live - self.answered)
+        return len(self.live)
+
     def task_ids(self) -> tuple[str, ...]:
         return tuple(self.members[d] for d in self.session.cohort)
 

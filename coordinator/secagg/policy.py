@@ -81,6 +81,11 @@ class SecAggPolicy:
         shares, every weight is 1), or None. Its ``min_survivors`` may not exceed
         ``threshold - max_colluders``: colluders know their own noise shares.
     fills_in_flight: how many fills may be open at once (a device is in one at a time).
+    training_budget: the most members still training (live, masked input not yet
+        sent) across the open fills; a new fill opens only while its whole cohort fits
+        under it, so members waiting for their fill's unmask phase free room for the
+        next cohort. The same rule as a buffered strategy's ``concurrency``, which
+        counts tasks being worked on. None: only ``fills_in_flight`` bounds the fills.
     norm_bound: L2 bound each device clips its own update to (None: no bound).
     straggler_grace: once the threshold's masked inputs are in, the masked-input
         phase waits this fraction of the time they took (since the fill opened)
@@ -104,6 +109,7 @@ class SecAggPolicy:
     energy_bins: tuple[float, ...] = ()
     ddp: Any = None
     fills_in_flight: int = 1
+    training_budget: int | None = None
     norm_bound: float | None = None
     masked_input_timeout_s: float | None = None
     straggler_grace: float | None = None
@@ -127,6 +133,13 @@ class SecAggPolicy:
         if self.masked_input_timeout_s is not None:
             _number("masked_input_timeout_s", self.masked_input_timeout_s)
         _int("fills_in_flight", self.fills_in_flight, low=1)
+        if self.training_budget is not None:
+            _int("training_budget", self.training_budget, low=1)
+            if self.training_budget < self.cohort_size:
+                raise SecAggPolicyError(
+                    f"training_budget = {self.training_budget} is under the cohort size "
+                    f"{self.cohort_size}: no fill could ever open; raise it or leave it None"
+                )
         if self.norm_bound is not None:
             _number("norm_bound", self.norm_bound)
         if not isinstance(self.group_by_speed, bool):

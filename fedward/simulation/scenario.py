@@ -281,6 +281,10 @@ class Scenario(BaseModel):
     secagg_scale: float = Field(default=float(1 << 16), gt=0)  # fixed point per coordinate
     secagg_clip: float = Field(default=4.0, gt=0)  # per-coordinate clip of w_i * Delta_i
     secagg_fills_in_flight: int | None = Field(default=None, ge=1)  # None: concurrency / cohort
+    # the most fill members still training at once (SecAggPolicy.training_budget); with it
+    # a member that has masked frees its place for the next cohort while it waits for its
+    # fill's unmask phase. None: no budget (fills_in_flight alone bounds the fills)
+    secagg_training_budget: int | None = Field(default=None, ge=1)
     # a device's masking time: its keystream bytes / (this * its FLOP/s) * its slowdown.
     # Fixed (0.058: this machine's numpy ChaCha20 bytes/s over its FLOP/s, measured
     # 0.049-0.061 under load) so a seed gives the same study on every run and machine;
@@ -408,6 +412,7 @@ class Scenario(BaseModel):
             fills_in_flight=self.secagg_fills_in_flight or max(1, self.concurrency // max(m, 1)),
             straggler_grace=self.secagg_straggler_grace,
             group_by_speed=self.secagg_group_by_speed,
+            training_budget=self.secagg_training_budget,
             # the DDP mechanism is built by secagg_policy (DistributedDpSettings cannot
             # give DistributedDp its scale and min_survivors yet)
             ddp=None,

@@ -235,6 +235,11 @@ def test_a_lever_is_read_or_refused_with_what_to_write() -> None:
         "secagg_expected_dropout": 0.05,
         "staleness_exponent": 0.0,
     }
-    for bad in ("grace", "speed=1", "grouping=maybe", "grace=fast"):
+    assert parse_lever("budget=50,fills=10") == {
+        "secagg_training_budget": 50,
+        "secagg_fills_in_flight": 10,
+    }
+    assert parse_lever("budget=none") == {"secagg_training_budget": None}
+    for bad in ("grace", "speed=1", "grouping=maybe", "grace=fast", "fills=2.5", "budget=x"):
         with pytest.raises(LeverError):
             parse_lever(bad)

@@ -1,0 +1,92 @@
+"""A training budget for fills (issue 11: time to target).
+
+With ``SecAggPolicy.training_budget`` the engine counts the fill members still
+training (live, masked input not yet sent) and opens the next cohort as soon as
+it fits under the budget, so members waiting for their fill's unmask phase do
+not hold back the next fill; a device is still in one fill at a time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from fedward.coordinator.secagg.policy import SecAggPolicy, SecAggPolicyError
+from fedward.protocol.messages import SecAggPhase
+from tests.coordinator.test_secagg_engine import (
+    COHORT,
+    THRESHOLD,
+    Fleet,
+    enrol,
+    make_engine,
+    open_fill,
+)
+
+STRAGGLERS = COHORT - THRESHOLD  # members of the first fill still training after the others mask
+
+
+def _first_fill_waiting(*, budget: int | None, fills_in_flight: int = 3):
+    """An engine with 3 cohorts' worth of phones and one open fill whose fast members
+    have masked while ``STRAGGLERS`` of them still train."""
+    engine = make_engine(fills_in_flight=fills_in_flight)
+    engine.fills.policy = dataclasses.replace(engine.fills.policy, training_budget=budget)
+    enrol(engine, 3 * COHORT)
+    fleet = Fleet(engine)
+    first = open_fill(engine, fleet)
+    slow = sorted(o.device_id for o in first)[:STRAGGLERS]
+    fleet.silent = dict.fromkeys(slow, SecAggPhase.MASKED_INPUT)
+    return engine, fleet, first
+
+
+def test_a_fill_counts_as_training_only_the_members_yet_to_mask() -> None:
+    # Prepare: budget for one cohort and a bit (first dispatch opens exactly one fill)
+    engine, fleet, first = _first_fill_waiting(budget=2 * COHORT - STRAGGLERS)
+    (fill,) = engine.fills.fills.values()
+    before = fill.training
+    # Execute: keys exchanged, the fast members mask
+    fleet.advertise()
+    # Assert: all 7 trained before, the 2 stragglers now
+    assert len(first) == COHORT
+    assert before == COHORT
+    assert fill.phase is SecAggPhase.MASKED_INPUT and fill.training == STRAGGLERS
+
+
+def test_members_that_masked_free_room_for_the_next_cohort() -> None:
+    # Prepare: the budget holds one cohort plus the first fill's stragglers
+    engine, fleet, first = _first_fill_waiting(budget=COHORT + STRAGGLERS)
+    at_first = engine.dispatch(now=fleet.now)  # the first fill still trains: no room
+    fleet.advertise()
+    # Execute
+    second = engine.dispatch(now=fleet.now)
+    third = engine.dispatch(now=fleet.now)
+    # Assert: a second whole cohort of other devices, then no room for a third
+    assert at_first == []
+    assert len(second) == COHORT and len({o.fill_id for o in second}) == 1
+    assert not {o.device_id for o in second} & {o.device_id for o in first}
+    assert third == [] and len(engine.fills.fills) == 2
+
+
+def test_without_a_budget_the_fill_count_alone_bounds_the_fills() -> None:
+    # Prepare: one fill in flight, no budget
+    engine, fleet, _first = _first_fill_waiting(budget=None, fills_in_flight=1)
+    fleet.advertise()
+    # Execute
+    more = engine.dispatch(now=fleet.now)
+    # Assert
+    assert more == [] and len(engine.fills.fills) == 1
+
+
+def test_fills_in_flight_still_caps_the_fills_under_a_budget() -> None:
+    # Prepare: a budget large enough for everyone, but at most 2 fills
+    engine, fleet, _first = _first_fill_waiting(budget=10 * COHORT, fills_in_flight=2)
+    # Execute: the first dispatch already opened 2 fills (3 cohorts were idle)
+    more = engine.dispatch(now=fleet.now)
+    # Assert
+    assert more == [] and len(engine.fills.fills) == 2
+
+
+@pytest.mark.parametrize("budget", [0, -3, True, 2.5, COHORT - 1])
+def test_a_budget_that_could_never_open_a_fill_is_refused_by_name(budget: object) -> None:
+    with pytest.raises(SecAggPolicyError, match="training_budget"):
+        SecAggPolicy(buffer_size=4, expected_dropout=0.34, training_budget=budget)  # type: ignore[arg-type]
