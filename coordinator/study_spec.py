@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fedward.privacy.central import RandomNormal, urandom_normal
 from fedward.protocol.messages import UpdateEncoding
-from fedward.tinytrain.dp_memory import measure_dp_training_step
+from fedward.tinytrain.dp_memory import dp_training_footprint
 from fedward.tinytrain.memory import training_footprint
 from fedward.tinytrain.models import (
     ModelConfig,
@@ -528,7 +528,7 @@ def dp_footprint_bytes(config: ModelConfig, names: tuple[str, ...], batch_size: 
     which ``BatchMemoryManager`` lets a device shrink without changing the
     mechanism. A device that fits more runs larger physical batches.
     """
-    return measure_dp_training_step(
+    return dp_training_footprint(
         config, names, batch_size=batch_size, max_physical_batch_size=1
     ).total
 
@@ -536,8 +536,9 @@ def dp_footprint_bytes(config: ModelConfig, names: tuple[str, ...], batch_size: 
 def build_planner(spec: StudySpec) -> SubsetPlanner:
     """Tiers sized by measured memory: plain SGD, or DP-SGD when the study has a privacy policy.
 
-    Plain SGD figures are memoised in this process and on disk
-    (``fedward.tinytrain.memory.training_footprint``); the planner measures only
+    Both figures are memoised in this process and on disk
+    (``fedward.tinytrain.memory.training_footprint``,
+    ``fedward.tinytrain.dp_memory.dp_training_footprint``); the planner measures only
     the tiers its mode can choose (``SubsetPlanner.choosable_tiers``).
     """
     config = spec.model_settings()

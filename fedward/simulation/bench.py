@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from fedward.coordinator.engine import Device
-from fedward.edge.dp_training import measure_dp_training_step
+from fedward.tinytrain.dp_memory import dp_training_footprint
 from fedward.tinytrain.memory import Footprint
 
 from .executor import ExecutorKind, make_executor
@@ -141,7 +141,7 @@ def measured_footprint(study: Study, names: tuple[str, ...], *, memory_bytes: in
         return step_footprint(study.model_config, names, scenario.batch_size, size)
     physical = scenario.dp_max_physical_batch
     while True:
-        footprint = measure_dp_training_step(
+        footprint = dp_training_footprint(
             study.model_config,
             names,
             batch_size=scenario.batch_size,

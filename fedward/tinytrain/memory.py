@@ -46,11 +46,11 @@ import os
 import platform
 import sys
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch.autograd.profiler_util import FunctionEvent
@@ -220,6 +220,7 @@ class DiskCache(enum.StrEnum):
 
 
 _memo: dict[str, Footprint] = {}
+F = TypeVar("F", bound=Footprint)
 
 
 def disk_cache_setting() -> DiskCache:
@@ -298,8 +299,9 @@ def _entry_path(canonical: str) -> Path:
     return footprint_cache_dir() / f"footprint-{name}.json"
 
 
-def _load(path: Path, key: dict[str, Any]) -> Footprint | None:
-    """The stored figure if ``path`` holds exactly ``key``; None (and a warning) otherwise."""
+def _load(path: Path, key: dict[str, Any], kind: type[F]) -> F | None:
+    """The stored figure if ``path`` holds exactly ``key`` and ``kind``'s fields; None
+    (and a warning) otherwise."""
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -314,12 +316,12 @@ def _load(path: Path, key: dict[str, Any]) -> Footprint | None:
         if entry["key"] != key:
             raise ValueError("its stored key is not this measurement's key")
         stored = entry["footprint"]
-        names = {f.name for f in fields(Footprint)}
+        names = {f.name for f in fields(kind)}
         if not isinstance(stored, dict) or set(stored) != names:
             raise ValueError(f"footprint fields are not {sorted(names)}")
         if any(type(v) is not int or v < 0 for v in stored.values()):
             raise ValueError("footprint figures are not non-negative integers")
-        return Footprint(**stored)
+        return kind(**stored)
     except ValueError as exc:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
         logger.warning("memory cache %s ignored (%s): measuring again and replacing it", path, exc)
         return None
@@ -369,15 +371,10 @@ def training_footprint(
         prefix_micro_batch=prefix_micro_batch,
         seed=seed,
     )
-    canonical = _canonical(key)
-    found = _memo.get(canonical)
-    if found is not None:
-        return found
-    use_disk = disk_cache_setting() is DiskCache.ON
-    path = _entry_path(canonical)
-    found = _load(path, key) if use_disk else None
-    if found is None:
-        found = measure_training_step(
+    return cached_footprint(
+        key,
+        Footprint,
+        lambda: measure_training_step(
             config,
             trainable,
             batch_size=batch_size,
@@ -385,11 +382,27 @@ def training_footprint(
             momentum=momentum,
             prefix_micro_batch=prefix_micro_batch,
             seed=seed,
-        )
+        ),
+    )
+
+
+def cached_footprint(key: dict[str, Any], kind: type[F], measure: Callable[[], F]) -> F:
+    """``measure()``'s figure for ``key``: from this process's memo, else from the disk
+    cache if an entry holds exactly ``key`` and ``kind``'s fields, else measured (and
+    stored). ``key`` must hold everything the figure depends on (``footprint_key``)."""
+    canonical = _canonical(key)
+    found = _memo.get(canonical)
+    if isinstance(found, kind):
+        return found
+    use_disk = disk_cache_setting() is DiskCache.ON
+    path = _entry_path(canonical)
+    loaded = _load(path, key, kind) if use_disk else None
+    if loaded is None:
+        loaded = measure()
         if use_disk:
-            _store(path, key, found)
-    _memo[canonical] = found
-    return found
+            _store(path, key, loaded)
+    _memo[canonical] = loaded
+    return loaded
 
 
 def clear_footprint_memo() -> None:
@@ -402,6 +415,7 @@ __all__ = [
     "PREFIX_MICRO_BATCH",
     "DiskCache",
     "Footprint",
+    "cached_footprint",
     "clear_footprint_memo",
     "disk_cache_setting",
     "footprint_cache_dir",
