@@ -9,9 +9,11 @@ not hold back the next fill; a device is still in one fill at a time.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import pytest
 
+from fedward.coordinator.api import create_app
 from fedward.coordinator.secagg.policy import SecAggPolicy, SecAggPolicyError
 from fedward.protocol.messages import SecAggPhase
 from tests.coordinator.test_secagg_engine import (
@@ -22,6 +24,10 @@ from tests.coordinator.test_secagg_engine import (
     make_engine,
     open_fill,
 )
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from fastapi.testclient import TestClient
 
 STRAGGLERS = COHORT - THRESHOLD  # members of the first fill still training after the others mask
 
@@ -90,3 +96,28 @@ def test_fills_in_flight_still_caps_the_fills_under_a_budget() -> None:
 def test_a_budget_that_could_never_open_a_fill_is_refused_by_name(budget: object) -> None:
     with pytest.raises(SecAggPolicyError, match="training_budget"):
         SecAggPolicy(buffer_size=4, expected_dropout=0.34, training_budget=budget)  # type: ignore[arg-type]
+
+
+def test_an_unbuildable_secagg_policy_is_a_422_over_http_not_a_500(settings, service, token):
+    # Prepare: a real HTTP client against the app; a budget under the cohort, and a
+    # ring too small for the cohort's sum (both refused only when the policy is built;
+    # both were a 500 with a traceback in the log before)
+    small = {"width": 4, "window": 64, "concurrency": 2, "buffer_size": 2, "strategy": "fedbuff"}
+    bad = [({"training_budget": 2}, "training_budget"), ({"modulus_bits": 8}, "secagg")]
+    auth = {"Authorization": f"Bearer {token}"}
+    with TestClient(create_app(settings, service=service)) as client:
+        # Execute
+        answers = [
+            client.post(
+                "/v1/studies",
+                json={"spec": {**small, "secagg": {"enabled": True, **sec}}, "study_id": "sa"},
+                headers=auth,
+            )
+            for sec, _says in bad
+        ]
+        listed = client.get("/v1/studies", headers=auth).json()
+    # Assert: refused with what to change, and nothing created
+    for answer, (_sec, says) in zip(answers, bad, strict=True):
+        assert answer.status_code == 422, answer.text
+        assert says in answer.text
+    assert listed == []

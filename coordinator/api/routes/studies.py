@@ -9,6 +9,7 @@ from pydantic import ValidationError
 from fedward.compliance.reports import BudgetReport
 from fedward.coordinator import audit
 from fedward.coordinator.privacy.settings import PrivacySettingsRefused
+from fedward.coordinator.secagg import SecAggPolicyError
 from fedward.coordinator.service import StudyInfo, StudyStatus
 from fedward.coordinator.study_spec import ModelTooLarge, check_model_size
 
@@ -45,6 +46,8 @@ def create_study(
         return service.create_study(spec, study_id=body.study_id, by=caller.actor_id)
     except PrivacySettingsRefused as exc:
         raise ApiError(422, ErrorCode.VALIDATION_ERROR, str(exc)) from None
+    except SecAggPolicyError as exc:  # e.g. a ring too small for the cohort's sum
+        raise ApiError(422, ErrorCode.VALIDATION_ERROR, f"secagg: {exc}") from None
 
 
 @router.get("", response_model=list[StudyInfo], summary="List studies")
