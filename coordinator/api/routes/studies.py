@@ -12,6 +12,7 @@ from fedward.coordinator.privacy.settings import PrivacySettingsRefused
 from fedward.coordinator.secagg import SecAggPolicyError
 from fedward.coordinator.service import StudyInfo, StudyStatus
 from fedward.coordinator.study_spec import ModelTooLarge, check_model_size
+from fedward.privacy.secagg.errors import SecAggError
 
 from ..deps import BudgetsRead, EvaluationsWrite, ServiceDep, StudiesRead, StudiesWrite
 from ..errors import ApiError, ErrorCode, responses
@@ -46,7 +47,7 @@ def create_study(
         return service.create_study(spec, study_id=body.study_id, by=caller.actor_id)
     except PrivacySettingsRefused as exc:
         raise ApiError(422, ErrorCode.VALIDATION_ERROR, str(exc)) from None
-    except SecAggPolicyError as exc:  # e.g. a ring too small for the cohort's sum
+    except (SecAggPolicyError, SecAggError) as exc:  # e.g. a ring too small for a cohort's sum
         raise ApiError(422, ErrorCode.VALIDATION_ERROR, f"secagg: {exc}") from None
 
 
