@@ -243,3 +243,17 @@ def test_a_lever_is_read_or_refused_with_what_to_write() -> None:
     for bad in ("grace", "speed=1", "grouping=maybe", "grace=fast", "fills=2.5", "budget=x"):
         with pytest.raises(LeverError):
             parse_lever(bad)
+
+
+def test_gain_times_read_the_first_crossing_of_each_share_of_the_references_gain() -> None:
+    from fedward.bench.secagg_levers import gain_times
+
+    # Prepare: warm start 0.5, reference final 0.9 (levels 0.70, 0.82, 0.88)
+    reference = {
+        "final_accuracy": 0.9,
+        "series": [{"t": 0.0, "accuracy": 0.5}, {"t": 10.0, "accuracy": 0.85}],
+    }
+    row = [{"t": 0.0, "accuracy": 0.5}, {"t": 5.0, "accuracy": 0.71}, {"t": 30.0, "accuracy": 0.83}]
+    # Execute / Assert: the row never reaches 0.88; the reference reaches 0.70 and 0.82 at 10 s
+    assert gain_times(row, reference=reference) == [5.0, 30.0, None]
+    assert gain_times(reference["series"], reference=reference) == [10.0, 10.0, None]
