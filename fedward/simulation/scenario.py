@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -280,7 +279,8 @@ class Scenario(BaseModel):
     secagg_modulus_bits: int | None = Field(default=None, ge=8, le=64)
     secagg_scale: float = Field(default=float(1 << 16), gt=0)  # fixed point per coordinate
     secagg_clip: float = Field(default=4.0, gt=0)  # per-coordinate clip of w_i * Delta_i
-    secagg_fills_in_flight: int | None = Field(default=None, ge=1)  # None: concurrency / cohort
+    # None: concurrency / cohort (under a training budget: devices / cohort)
+    secagg_fills_in_flight: int | None = Field(default=None, ge=1)
     # the most fill members still training at once (SecAggPolicy.training_budget); with it
     # a member that has masked frees its place for the next cohort while it waits for its
     # fill's unmask phase. None: no budget (fills_in_flight alone bounds the fills)
@@ -399,7 +399,16 @@ class Scenario(BaseModel):
 
     def secagg_settings(self, run: StrategyRun) -> SecAggSettings:
         """The secure-aggregation settings of the secagg rows (one fill per merge)."""
-        m = math.ceil(self.buffer_size / (1 - self.secagg_expected_dropout) - 1e-9)
+        settings = self._secagg_settings(run, fills_in_flight=1)
+        if self.secagg_fills_in_flight is not None:
+            fills = self.secagg_fills_in_flight
+        else:  # the devices a buffered row keeps at work, or, under a budget, every device
+            m = settings.policy(buffer_size=self.buffer_size).cohort_size
+            work = self.devices if self.secagg_training_budget is not None else self.concurrency
+            fills = max(1, work // m)
+        return settings.model_copy(update={"fills_in_flight": fills})
+
+    def _secagg_settings(self, run: StrategyRun, *, fills_in_flight: int) -> SecAggSettings:
         return SecAggSettings(
             expected_dropout=self.secagg_expected_dropout,
             max_colluders=self.secagg_max_colluders,
@@ -409,7 +418,7 @@ class Scenario(BaseModel):
             clip=self.secagg_clip,
             phase_timeout_s=self.secagg_phase_timeout_s,
             energy_bins=() if run.distributed_dp else self.secagg_energy_bins,
-            fills_in_flight=self.secagg_fills_in_flight or max(1, self.concurrency // max(m, 1)),
+            fills_in_flight=fills_in_flight,
             straggler_grace=self.secagg_straggler_grace,
             group_by_speed=self.secagg_group_by_speed,
             training_budget=self.secagg_training_budget,

@@ -121,3 +121,20 @@ def test_an_unbuildable_secagg_policy_is_a_422_over_http_not_a_500(settings, ser
         assert answer.status_code == 422, answer.text
         assert says in answer.text
     assert listed == []
+
+
+def test_a_scenario_budget_alone_lifts_the_default_fill_cap() -> None:
+    from fedward.simulation.scenario import PRESETS, Scenario, StrategyRun
+
+    # Prepare: the full scenario (cohort 12, 50 tasks at work, 500 devices)
+    full = PRESETS["full"]
+
+    def fills(**change: object) -> int:
+        scenario = Scenario.model_validate({**full.model_dump(), **change})
+        return scenario.secagg_settings(StrategyRun.FTTE_SECAGG).fills_in_flight
+
+    # Execute / Assert: 50 // 12 fills by default; the budget bounds them instead
+    # (500 // 12 as the cap); an explicit cap wins either way
+    assert fills() == 4
+    assert fills(secagg_training_budget=50) == 41
+    assert fills(secagg_training_budget=50, secagg_fills_in_flight=6) == 6
