@@ -49,20 +49,25 @@ def bench_on_empty_cache(
         torch.set_num_threads(before)
 
 
+@pytest.fixture(scope="module")
+def serial(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    """The serial executor's report at 2 threads on its own empty cache, run once for
+    both comparisons (the process run and the Ray run each get their own cache)."""
+    cache = tmp_path_factory.mktemp("cache-serial")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        return cache, bench_on_empty_cache(ExecutorKind.SERIAL, cache, 2, monkeypatch)
+
+
 def test_serial_and_process_agree_on_empty_caches_with_different_thread_counts(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    serial: tuple[Path, dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Prepare
-    runs = [(ExecutorKind.SERIAL, 2), (ExecutorKind.PROCESS, 1)]
+    # Prepare: the serial report at 2 threads (fixture); the process run at 1
+    serial_cache, serial_report = serial
     # Execute
-    reports = [
-        bench_on_empty_cache(kind, tmp_path / f"cache-{kind.value}", threads, monkeypatch)
-        for kind, threads in runs
-    ]
+    process = bench_on_empty_cache(ExecutorKind.PROCESS, tmp_path / "cache-process", 1, monkeypatch)
+    reports = [serial_report, process]
     # Assert
-    assert not (tmp_path / "cache-serial" / "warmstart").samefile(
-        tmp_path / "cache-process" / "warmstart"
-    )
+    assert not (serial_cache / "warmstart").samefile(tmp_path / "cache-process" / "warmstart")
     assert reports[0] == reports[1]
     assert (
         reports[0]["scenario"]["warm_start_accuracy"]
@@ -73,12 +78,12 @@ def test_serial_and_process_agree_on_empty_caches_with_different_thread_counts(
 
 @pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed")
 def test_ray_agrees_with_serial_on_empty_caches(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    serial: tuple[Path, dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import ray
 
-    # Prepare
-    serial = bench_on_empty_cache(ExecutorKind.SERIAL, tmp_path / "serial", 2, monkeypatch)
+    # Prepare: the serial report at 2 threads (fixture)
+    _serial_cache, serial_report = serial
     monkeypatch.setenv("FEDWARD_CACHE", str(tmp_path / "ray"))
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
@@ -87,4 +92,4 @@ def test_ray_agrees_with_serial_on_empty_caches(
     finally:
         ray.shutdown()
     # Assert
-    assert on_ray == serial
+    assert on_ray == serial_report
