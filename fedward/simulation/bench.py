@@ -43,6 +43,7 @@ from fedward.tinytrain.memory import Footprint
 from .executor import ExecutorKind, make_executor
 from .feasibility import fitting_micro_batch, step_footprint
 from .profiles import DEFAULT_PROFILES
+from .provenance import provenance
 from .scenario import Scenario, StrategyRun
 from .study import Study, StudyResult
 
@@ -274,6 +275,7 @@ def run_benchmark(
         },
         "strategies": strategies,
         "total_wall_s": time.perf_counter() - started,
+        "provenance": provenance(),
     }
 
 
@@ -314,6 +316,19 @@ def _cell(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _code_line(found: dict[str, Any] | None) -> str:
+    """`` Code: <digest>, git <commit>[ (dirty)].`` for the table's caption ('' if unknown)."""
+    if not found:
+        return ""
+    commit = found.get("git_commit")
+    git = (
+        ""
+        if commit is None
+        else f", git {commit[:10]}" + (" (dirty)" if found.get("git_dirty") else "")
+    )
+    return f" Code: {found['code_digest'][:12]}{git}."
+
+
 def verdict_table(report: dict[str, Any]) -> str:
     """The benchmark's markdown table: gap closure, AUC, memory (and whether it fits), upload."""
     rows = report["strategies"]
@@ -324,7 +339,8 @@ def verdict_table(report: dict[str, Any]) -> str:
         f"Scenario `{scenario['name']}`, seed {scenario['seed']}: warm start "
         f"{scenario['warm_start_accuracy']:.4f}, target {scenario['target_accuracy']:g}. "
         "Gap = warm start to FedAvg's final accuracy; memory = measured step peak of the "
-        "most constrained class that trains; fits = wearable / phone / gateway.",
+        "most constrained class that trains; fits = wearable / phone / gateway."
+        + _code_line(report.get("provenance")),
         "",
         "| row | final acc | vs FedBuff (pts) | vs feasible FedBuff (pts) | 50% / 80% / 95% of gap (s) "
         "| accuracy AUC | memory (B) | vs FedAvg at 32 / at 1 window | fits W/P/G | upload vs FedAvg |",

@@ -66,6 +66,13 @@ def test_bench_json_has_the_documented_shape(tmp_path: Path) -> None:
     ftte, fedavg = report["strategies"]["ftte"], report["strategies"]["fedavg"]
     assert ftte["peak_train_memory_bytes"] < fedavg["peak_train_memory_bytes"]
     assert out.with_suffix(".md").exists() and out.with_suffix(".png").exists()
+    # where the figures came from: this process's code, hashed
+    from fedward.simulation.provenance import code_digest
+
+    assert report["provenance"]["code_digest"] == code_digest()
+    assert {"git_commit", "git_dirty", "torch", "numpy", "torch_threads"} <= set(
+        report["provenance"]
+    )
 
 
 def test_scenario_files_are_strict(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from fedward.simulation.scenario import PRESETS, StrategyRun
 
 TINY = PRESETS["tiny"]
 ROWS = (StrategyRun.FTTE,)
-MACHINE_DEPENDENT = {"wall_s", "total_wall_s"}
+MACHINE_DEPENDENT = {"wall_s", "total_wall_s", "provenance"}  # provenance: thread count
 
 
 def figures(report: dict[str, Any]) -> dict[str, Any]:

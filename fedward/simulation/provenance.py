@@ -1,0 +1,113 @@
+"""Where a benchmark figure came from: the code that produced it, and the machine.
+
+Why: in session 8 a README table could not be reproduced at HEAD. It had been
+measured at an intermediate commit that summed the buffer's mean in float64.
+Nothing in its JSON said so. Every report now carries:
+
+- ``code_digest``: a SHA-256 over every ``.py`` file of the fedward source
+  trees (path and bytes, in sorted order). It identifies the code even outside
+  a git checkout, as for a wheel or a copied tree;
+- ``git_commit`` and ``git_dirty``: from ``git``, when the sources are a
+  checkout and git is installed (None otherwise);
+- the versions of Python, torch, numpy and Opacus (Opacus only if it is
+  already imported), and the machine and torch thread count.
+
+Two reports with the same ``code_digest`` ran the same code. The machine
+fields say where the wall times come from; a seed's figures do not depend on
+them (``tests/simulation/test_executor_determinism_empty_cache.py``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import platform
+import subprocess
+import sys
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import fedward
+
+GIT_TIMEOUT_S = 5.0
+
+
+# the top-level folders mapped into the namespace (pyproject [tool.fedward.package-dir])
+SUBPACKAGES = ("bench", "compliance", "coordinator", "edge", "privacy")
+
+
+def source_roots() -> list[Path]:
+    """The folders the ``fedward`` namespace is loaded from, whatever is imported yet."""
+    roots = {Path(p).resolve() for p in getattr(fedward, "__path__", [])}
+    for name in SUBPACKAGES:
+        spec = importlib.util.find_spec(f"fedward.{name}")
+        for p in (spec.submodule_search_locations or []) if spec is not None else []:
+            roots.add(Path(p).resolve())
+    return sorted(roots)
+
+
+@lru_cache(maxsize=1)
+def code_digest() -> str:
+    """SHA-256 over (relative path, bytes) of every ``.py`` file under the source roots."""
+    digest = hashlib.sha256()
+    for root in source_roots():
+        for path in sorted(root.rglob("*.py")):
+            if "__pycache__" in path.parts:
+                continue
+            digest.update(f"{root.name}/{path.relative_to(root).as_posix()}\0".encode())
+            digest.update(path.read_bytes())
+            digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def _git(args: list[str], cwd: Path) -> str | None:
+    try:
+        done = subprocess.run(
+            ["git", *args],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=GIT_TIMEOUT_S,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+@lru_cache(maxsize=1)
+def git_state() -> tuple[str | None, bool | None]:
+    """(commit, dirty) of the checkout holding the sources; (None, None) if none is found."""
+    roots = source_roots()
+    if not roots:
+        return None, None
+    top = _git(["rev-parse", "--show-toplevel"], roots[0])
+    if top is None:
+        return None, None
+    commit = _git(["rev-parse", "HEAD"], Path(top))
+    status = _git(["status", "--porcelain", "--untracked-files=no"], Path(top))
+    return commit, None if status is None else bool(status)
+
+
+def provenance() -> dict[str, Any]:
+    """The code and machine a report was produced with (JSON-able)."""
+    commit, dirty = git_state()
+    opacus = sys.modules.get("opacus")
+    return {
+        "code_digest": code_digest(),
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "opacus": getattr(opacus, "__version__", None),
+        "machine": platform.machine(),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+__all__ = ["code_digest", "git_state", "provenance", "source_roots"]
