@@ -86,7 +86,7 @@ class FillBook:
         if budget is None or room <= 0:
             return room
         training = sum(fill.training for fill in self.fills.values())
-        return min(room, (budget - training) // self.policy.cohort_size)
+        return max(0, min(room, (budget - training) // self.policy.cohort_size))
 
     def next_fill_id(self) -> str:
         self.counter += 1
