@@ -9,8 +9,8 @@ Nothing in its JSON said so. Every report now carries:
   a git checkout, as for a wheel or a copied tree;
 - ``git_commit`` and ``git_dirty``: from ``git``, when the sources are a
   checkout and git is installed (None otherwise);
-- the versions of Python, torch, numpy and Opacus (Opacus only if it is
-  already imported), and the machine and torch thread count.
+- the installed versions of Python, torch, numpy and Opacus, and the machine
+  and torch thread count.
 
 Two reports with the same ``code_digest`` ran the same code. The machine
 fields say where the wall times come from; a seed's figures do not depend on
@@ -20,6 +20,7 @@ them (``tests/simulation/test_executor_determinism_empty_cache.py``).
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import importlib.util
 import platform
 import subprocess
@@ -27,9 +28,6 @@ import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
-
-import numpy as np
-import torch
 
 import fedward
 
@@ -93,20 +91,31 @@ def git_state() -> tuple[str | None, bool | None]:
     return commit, None if status is None else bool(status)
 
 
+def _version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def provenance() -> dict[str, Any]:
-    """The code and machine a report was produced with (JSON-able)."""
+    """The code and machine a report was produced with (JSON-able).
+
+    Versions come from the installed distributions, so nothing is imported for them;
+    the thread count is torch's if torch is loaded (torch stays in model and
+    training code, ``tests/test_layering.py``)."""
     commit, dirty = git_state()
-    opacus = sys.modules.get("opacus")
+    torch = sys.modules.get("torch")
     return {
         "code_digest": code_digest(),
         "git_commit": commit,
         "git_dirty": dirty,
         "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "opacus": getattr(opacus, "__version__", None),
+        "torch": _version("torch"),
+        "numpy": _version("numpy"),
+        "opacus": _version("opacus"),
         "machine": platform.machine(),
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": torch.get_num_threads() if torch is not None else None,
     }
 
 
