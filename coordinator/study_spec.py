@@ -594,6 +594,7 @@ def build_engine(
         rng=rng,
         listeners=listeners,
         guards=guards,
+        max_delta_abs=spec.max_delta_abs,
         **({"secagg": secagg} if secagg is not None else {}),
     )
 

@@ -131,6 +131,7 @@ class Engine:
         random_bytes: Callable[[int], bytes] = os.urandom,
         secagg_identity_keys: IdentityKeys | None = None,
         secagg_identity_evidence: IdentityEvidence | None = None,
+        max_delta_abs: float | None = None,
     ) -> None:
         """``secagg``: merge only secure-aggregation fills (the strategy is wrapped in
         ``SecureAggregated`` unless it already is); ``random_bytes``: the source of
@@ -138,9 +139,17 @@ class Engine:
         makes signed key advertisements mandatory; ``secagg_identity_evidence``: device id
         -> evidence bytes of its identity key, attached to every roster member so devices
         check their peers' keys against the signed audit log
-        (``fedward.coordinator.store.enrolment_evidence.EnrolmentEvidence``)."""
+        (``fedward.coordinator.store.enrolment_evidence.EnrolmentEvidence``);
+        ``max_delta_abs``: the study's public bound on any coordinate of a delta
+        (``StudySpec.max_delta_abs``), checked here too, with each tensor's shape, so
+        a caller that skips ingest cannot overflow the model (None: shapes only)."""
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
+        if max_delta_abs is not None and not (0 < max_delta_abs < float("inf")):
+            raise ValueError(
+                f"max_delta_abs must be a positive finite number, got {max_delta_abs!r}"
+            )
+        self.max_delta_abs = max_delta_abs
         self.params: Params = {n: v.astype(np.float32, copy=True) for n, v in params.items()}
         self.version = 0
         if secagg is not None and not isinstance(strategy, SecureAggregated):
@@ -387,6 +396,7 @@ class Engine:
                 raise UpdateRejected(RejectReason.WRONG_SUBSET, update.subset_id)
             if update.base_version != order.model_version:
                 raise UpdateRejected(RejectReason.MALFORMED, "base version differs from the task's")
+            _check_delta(update, self.params, max_abs=self.max_delta_abs)
             if self.strategy.needs_base_params:
                 update = _with_base(update, self._versions[order.model_version])
             device = self.devices[order.device_id]
@@ -723,6 +733,28 @@ def _observe(device: Device, *, seconds: float, lower_bound: bool) -> None:
         device.task_seconds = max(old, seconds)
     else:
         device.task_seconds = (1 - TASK_SECONDS_WEIGHT) * old + TASK_SECONDS_WEIGHT * seconds
+
+
+def _check_delta(update: ClientUpdate, params: Params, *, max_abs: float | None) -> None:
+    """Refuse a delta whose tensor has the wrong shape, or a coordinate beyond
+    ``max_abs``. Ingest checks the same on the wire; this holds for every caller of
+    ``Engine.submit``."""
+    for name, value in update.delta.items():
+        if value.shape != params[name].shape:
+            raise UpdateRejected(
+                RejectReason.MALFORMED,
+                f"{name}: shape {tuple(value.shape)} != the model's {tuple(params[name].shape)}",
+            )
+        # a non-finite delta is left to the strategy's NON_FINITE check, as at ingest
+        if (
+            max_abs is not None
+            and value.size
+            and np.isfinite(value).all()
+            and float(np.max(np.abs(value))) > max_abs
+        ):
+            raise UpdateRejected(
+                RejectReason.OUT_OF_RANGE, f"{name}: a coordinate beyond max_delta_abs {max_abs:g}"
+            )
 
 
 def _with_base(update: ClientUpdate, base: Params) -> ClientUpdate:
