@@ -47,6 +47,7 @@ from ..secagg.fill import FinishedFill, IdentityEvidence, IdentityKeys
 from ..strategies import ClientUpdate, MergeResult, Strategy
 from ..strategies.secure import FillMergeError, SecureAggregated
 from .guards import EngineGuard, GuardDecision, StatefulGuard
+from .ingest import out_of_range
 from .planning import SubsetPlanner
 from .records import (
     ENGINE_STATE_FORMAT,
@@ -737,7 +738,7 @@ def _observe(device: Device, *, seconds: float, lower_bound: bool) -> None:
 
 def _check_delta(update: ClientUpdate, params: Params, *, max_abs: float | None) -> None:
     """Refuse a delta whose tensor has the wrong shape, or a coordinate beyond
-    ``max_abs``. Ingest checks the same on the wire; this holds for every caller of
+    ``max_abs`` (ingest's own check, ``out_of_range``); this holds for every caller of
     ``Engine.submit``."""
     for name, value in update.delta.items():
         if value.shape != params[name].shape:
@@ -745,16 +746,9 @@ def _check_delta(update: ClientUpdate, params: Params, *, max_abs: float | None)
                 RejectReason.MALFORMED,
                 f"{name}: shape {tuple(value.shape)} != the model's {tuple(params[name].shape)}",
             )
-        # a non-finite delta is left to the strategy's NON_FINITE check, as at ingest
-        if (
-            max_abs is not None
-            and value.size
-            and np.isfinite(value).all()
-            and float(np.max(np.abs(value))) > max_abs
-        ):
-            raise UpdateRejected(
-                RejectReason.OUT_OF_RANGE, f"{name}: a coordinate beyond max_delta_abs {max_abs:g}"
-            )
+        refusal = out_of_range(name, value, max_abs=max_abs)
+        if refusal is not None:
+            raise refusal
 
 
 def _with_base(update: ClientUpdate, base: Params) -> ClientUpdate:

@@ -134,6 +134,23 @@ def _wrong_encoding(header: Update, encoding: UpdateEncoding) -> UpdateRejected 
     )
 
 
+def out_of_range(name: str, tensor: np.ndarray, *, max_abs: float | None) -> UpdateRejected | None:
+    """The refusal of a tensor with a coordinate beyond the study's ``max_abs`` (None: in
+    bounds). Ingest and ``Engine.submit`` both apply it; a non-finite delta is left to
+    the strategy's NON_FINITE check."""
+    if (
+        max_abs is not None
+        and tensor.size
+        and np.isfinite(tensor).all()
+        and float(np.max(np.abs(tensor))) > max_abs
+    ):
+        return UpdateRejected(
+            RejectReason.OUT_OF_RANGE,
+            f"tensor {name[:64]!r} has a coordinate beyond the study's bound {max_abs:g}",
+        )
+    return None
+
+
 def _out_of_bounds(
     header: Update,
     tensors: dict[str, np.ndarray],
@@ -147,17 +164,9 @@ def _out_of_bounds(
                 RejectReason.MALFORMED,
                 f"tensor {name[:64]!r} is {tensor.dtype}, the task's model is {TASK_DTYPE}",
             )
-        # a non-finite delta is left to the strategy's NON_FINITE check
-        if (
-            max_abs is not None
-            and tensor.size
-            and np.isfinite(tensor).all()
-            and float(np.max(np.abs(tensor))) > max_abs
-        ):
-            return UpdateRejected(
-                RejectReason.OUT_OF_RANGE,
-                f"tensor {name[:64]!r} has a coordinate beyond the study's bound {max_abs:g}",
-            )
+        refusal = out_of_range(name, tensor, max_abs=max_abs)
+        if refusal is not None:
+            return refusal
     count = header.num_samples
     if max_samples is not None and count is not None and count > max_samples:
         return UpdateRejected(
