@@ -34,7 +34,6 @@ from typing import Any
 
 from fedward.errors import SimulationError
 from fedward.simulation.bench import run_benchmark
-from fedward.simulation.provenance import provenance
 from fedward.simulation.scenario import Scenario, StrategyRun, load_scenario
 
 _FIELDS = {
@@ -198,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
                 "reference": reference,
                 "levers": [{"lever": n, **r} for n, r in rows],
                 "wall_s": time.perf_counter() - started,
-                "provenance": provenance(),
+                "provenance": base["provenance"],  # taken before the first row ran
             },
             indent=1,
             default=str,

@@ -48,7 +48,7 @@ from .strategies import (
     Strategy,
     StrategyName,
 )
-from .strategies.ftte import EnergyRule, ServerOptimizer
+from .strategies.ftte import EnergyNormaliser, EnergyRule, ServerOptimizer
 
 SAFE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 """Names and ids an operator gives over the API: no leading ``.``, ``-`` or ``_``,
@@ -304,6 +304,10 @@ class StudySpec(BaseModel):
     # FTTE's energy term: damp an update's weight beyond the bound (default) or clip it
     energy_rule: EnergyRule = EnergyRule.DAMP
     energy_quantile: float = Field(default=0.8, ge=0.5, lt=1)
+    # what each tensor's weighted sum is divided by: the damped weights of the updates
+    # that trained it (default), or their undamped weights, so that damping shrinks an
+    # update's pull even on a tensor it alone trained (strategies.ftte.EnergyNormaliser)
+    energy_normaliser: EnergyNormaliser = EnergyNormaliser.CONTRIBUTORS
     # FTTE's server step on the merged update (strategies.ftte.ServerOptimizer): plain SGD
     # at server_lr (default), heavy-ball momentum, or Adam at server_adam_lr (issue 14's
     # lever; only the FTTE strategies take it)
@@ -377,6 +381,20 @@ class StudySpec(BaseModel):
             raise ValueError(
                 f"server_optimizer {self.server_optimizer.value} runs only with strategy ftte, "
                 f"not {self.strategy.value}: drop it or use strategy ftte"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _energy_normaliser_is_ftte_s(self) -> StudySpec:
+        # Why: only FTTE's own buffered merge divides by per-update weights; another
+        # strategy, or a secure-aggregation fill (one masked sum), would silently ignore it.
+        if self.energy_normaliser is EnergyNormaliser.CONTRIBUTORS:
+            return self
+        if self.strategy is not StrategyName.FTTE or self.secagg_on:
+            raise ValueError(
+                f"energy_normaliser {self.energy_normaliser.value} applies only to strategy "
+                "ftte without secure aggregation: drop it, or use strategy ftte with "
+                "secagg.enabled false"
             )
         return self
 
@@ -511,6 +529,7 @@ def _strategy(
         max_staleness=spec.max_staleness,
         energy_rule=spec.energy_rule,
         energy_quantile=spec.energy_quantile,
+        energy_normaliser=spec.energy_normaliser,
         server_optimizer=spec.server_optimizer,
         server_momentum=spec.server_momentum,
         server_adam_lr=spec.server_adam_lr,

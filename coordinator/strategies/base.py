@@ -160,13 +160,27 @@ def validate_update(
 
 
 def weighted_mean(
-    updates: Iterable[ClientUpdate], weights: Iterable[float]
+    updates: Iterable[ClientUpdate],
+    weights: Iterable[float],
+    *,
+    normalisers: Iterable[float] | None = None,
 ) -> tuple[Params, dict[str, int]]:
-    """Per-tensor weighted mean over the updates that trained each tensor."""
+    """Per-tensor weighted mean over the updates that trained each tensor.
+
+    Each tensor's sum of ``w_i * delta_i`` is divided by the sum, over the same
+    updates, of ``normalisers`` (default: the weights themselves). A normaliser
+    above its weight shrinks that update's pull even where it alone trained a
+    tensor (FTTE's ``EnergyNormaliser.UNDAMPED``).
+    """
+    updates = list(updates)
+    weights = list(weights)
+    norms = weights if normalisers is None else list(normalisers)
+    if len(norms) != len(weights) or any(n < w for n, w in zip(norms, weights, strict=True)):
+        raise ValueError("weighted_mean needs one normaliser >= its weight per update")
     sums: dict[str, np.ndarray] = {}
     totals: dict[str, float] = {}
     coverage: dict[str, int] = {}
-    for update, w in zip(updates, weights, strict=True):
+    for update, w, norm in zip(updates, weights, norms, strict=True):
         for name, value in update.delta.items():
             if name not in sums:
                 sums[name] = np.zeros(value.shape, dtype=np.float64)
@@ -179,7 +193,7 @@ def weighted_mean(
                 # float64. Only then, so every result measured before stays bit for bit.
                 product = w * value.astype(np.float64)
             sums[name] += product
-            totals[name] += w
+            totals[name] += norm
             coverage[name] += 1
     means = {n: (sums[n] / totals[n]).astype(np.float32) for n in sums if totals[n] > 0}
     return means, coverage

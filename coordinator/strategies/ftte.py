@@ -8,15 +8,24 @@ weights from their *age* and the *energy* of their update::
     r_i   = q_i / m                             (energy ratio)
     rho'  = max(rho, 2 * P_p / m)   (P_p: p-quantile of each recent device's latest energy)
     s_i   = (1 + tau_i) ^ -a                    (age: server versions since the base)
-    rho'  = max(rho, 2 * P_p / m)   (P_p: p-quantile of each recent device's latest energy)
     g_i   = 1 / (1 + beta * max(0, r_i - rho'))  (energy: damp updates beyond rho' x median)
     w_i   = n_i * s_i * g_i                      (n_i = samples, optional)
-    Delta = sum_i w_i Delta_i / sum_{i trained it} w_i     (per tensor)
+    Delta = sum_i w_i Delta_i / sum_{i trained it} w_i     (per tensor; CONTRIBUTORS)
+    Delta = sum_i w_i Delta_i / sum_{i trained it} w_i / g_i   (per tensor; UNDAMPED)
     w    <- w + eta_g * Delta
 
 Defaults: a = 0.5 (``staleness_exponent``), beta = 1 (``energy_beta``),
 rho = 10 (``energy_tolerance``), a window of 200 updates (``energy_window``),
-p = 0.8 (``energy_quantile``), ``EnergyRule.DAMP`` (``energy_rule``).
+p = 0.8 (``energy_quantile``), ``EnergyRule.DAMP`` (``energy_rule``),
+``EnergyNormaliser.CONTRIBUTORS`` (``energy_normaliser``).
+
+Why ``EnergyNormaliser.UNDAMPED`` (issue 14, item 5). Each tensor is averaged
+over the updates that trained it, so a tensor that one update alone trained
+(the deep tensors only a gateway trains, under ``ftte_nested``) takes that
+update at full size whatever its damping: its weight cancels. UNDAMPED divides
+by the same updates' weights *before* damping, so the energy term shrinks a
+damped update's pull in absolute terms, even alone, and an undamped buffer
+merges exactly as before.
 
 Why the quantile (issue 14). Before it the bound was rho x the median
 (p = 0.5). That tells poison from honest difference only when the honest fleet
@@ -95,6 +104,13 @@ class EnergyRule(enum.StrEnum):
     CLIP = "clip"  # scale the update to the bound; its weight stays (tried, not kept)
 
 
+class EnergyNormaliser(enum.StrEnum):
+    """What each tensor's weighted sum is divided by (see the module docstring)."""
+
+    CONTRIBUTORS = "contributors"  # the damped weights of the updates that trained it
+    UNDAMPED = "undamped"  # the same updates' weights before the energy damping
+
+
 class ServerOptimizer(enum.StrEnum):
     """What the server does with the merged delta (levers tried in issue 14)."""
 
@@ -120,6 +136,7 @@ class FTTE(BufferedStrategy):
         max_staleness: int | None = None,
         energy_rule: EnergyRule = EnergyRule.DAMP,
         energy_quantile: float = 0.8,
+        energy_normaliser: EnergyNormaliser = EnergyNormaliser.CONTRIBUTORS,
         server_optimizer: ServerOptimizer = ServerOptimizer.SGD,
         server_momentum: float = 0.9,
         server_adam_lr: float = 0.01,
@@ -144,6 +161,7 @@ class FTTE(BufferedStrategy):
         if not 0.5 <= energy_quantile < 1:
             raise StrategyConfigError("energy_quantile must be in [0.5, 1)")
         self.energy_quantile = energy_quantile
+        self.energy_normaliser = EnergyNormaliser(energy_normaliser)
         self._energies = EnergyWindow(energy_window)
         self._devices = DeviceEnergies(energy_window)
         self.server_optimizer = ServerOptimizer(server_optimizer)
@@ -190,13 +208,18 @@ class FTTE(BufferedStrategy):
 
     def weights(self, buffer: list[ClientUpdate], staleness: tuple[int, ...]) -> list[float]:
         """w_i (times g_i under the DAMP rule): the normaliser's weights."""
+        return self._weights(buffer, staleness, damped=True)
+
+    def _weights(
+        self, buffer: list[ClientUpdate], staleness: tuple[int, ...], *, damped: bool
+    ) -> list[float]:
         r = self.energy_ratios(buffer)
         rho = self.tolerance(buffer) if self.energy_rule is EnergyRule.DAMP else 0.0
         weights = []
         for update, tau, ratio in zip(buffer, staleness, r, strict=True):
             s = (1.0 + tau) ** -self.staleness_exponent
             g = 1.0
-            if self.energy_rule is EnergyRule.DAMP:
+            if damped and self.energy_rule is EnergyRule.DAMP:
                 excess = max(0.0, float(ratio) - rho)
                 g = 1.0 / (1.0 + self.energy_beta * excess)
             n = float(update.num_samples) if self.sample_weighting else 1.0
@@ -214,7 +237,10 @@ class FTTE(BufferedStrategy):
             u if c == 1.0 else dataclasses.replace(u, delta={n: v * c for n, v in u.delta.items()})
             for u, c in zip(buffer, self.clip_factors(buffer), strict=True)
         ]
-        mean, coverage = weighted_mean(clipped, weights)
+        normaliser = None
+        if self.energy_normaliser is EnergyNormaliser.UNDAMPED:
+            normaliser = self._weights(buffer, staleness, damped=False)
+        mean, coverage = weighted_mean(clipped, weights, normalisers=normaliser)
         self._energies.extend(u.energy() for u in buffer)
         self._devices.extend((u.device_id, u.energy()) for u in buffer)
         return self._server_step(params, mean), weights, coverage
@@ -263,6 +289,11 @@ class FTTE(BufferedStrategy):
                 else {}
             ),
             **({"energy_quantile": self.energy_quantile} if self.energy_quantile != 0.8 else {}),
+            **(
+                {"energy_normaliser": self.energy_normaliser.value}
+                if self.energy_normaliser is not EnergyNormaliser.CONTRIBUTORS
+                else {}
+            ),
             **(
                 {
                     "server_optimizer": self.server_optimizer.value,

@@ -238,6 +238,8 @@ def run_benchmark(
     """Every row on ``scenario``; DP rows write their privacy ledger into ``ledger_dir``
     (``fedward budget report --study <row's study> --data-dir <ledger_dir>`` reads it)."""
     started = time.perf_counter()
+    # taken before the run: a source file edited while it runs must not be credited with it
+    origin = provenance()
     spec = scenario.study_spec(runs[0])
     pool = make_executor(
         executor,
@@ -275,7 +277,7 @@ def run_benchmark(
         },
         "strategies": strategies,
         "total_wall_s": time.perf_counter() - started,
-        "provenance": provenance(),
+        "provenance": origin,
     }
 
 

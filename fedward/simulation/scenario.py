@@ -20,7 +20,7 @@ from fedward.coordinator.engine.planning import SubsetMode
 from fedward.coordinator.privacy.settings import StudyPrivacy
 from fedward.coordinator.secagg import SecAggPolicy
 from fedward.coordinator.strategies import StrategyName
-from fedward.coordinator.strategies.ftte import EnergyRule, ServerOptimizer
+from fedward.coordinator.strategies.ftte import EnergyNormaliser, EnergyRule, ServerOptimizer
 from fedward.coordinator.study_spec import (
     ClientDPSettings,
     SecAggSettings,
@@ -233,6 +233,8 @@ class Scenario(BaseModel):
     energy_window: int = Field(default=200, ge=0)
     energy_rule: EnergyRule = EnergyRule.DAMP  # CLIP: tried in issue 14, not kept
     energy_quantile: float = Field(default=0.8, ge=0.5, lt=1)  # 0.5: the former bound
+    # UNDAMPED: a damped update's pull shrinks even on a tensor it alone trained (issue 14)
+    energy_normaliser: EnergyNormaliser = EnergyNormaliser.CONTRIBUTORS
     # synchronous FedAvg as deployed: over-select the cohort by this fraction and close
     # the round on the first `concurrency` reports; a round still open at the deadline
     # (virtual s after it opened) merges what it has and drops the rest (None: no deadline)
@@ -380,6 +382,9 @@ class Scenario(BaseModel):
             energy_window=self.energy_window,
             energy_rule=self.energy_rule,
             energy_quantile=self.energy_quantile,
+            energy_normaliser=self.energy_normaliser
+            if run.strategy is StrategyName.FTTE and not run.secagg
+            else EnergyNormaliser.CONTRIBUTORS,
             norm_bound_tolerance=self.energy_tolerance if run.norm_bounded else None,
             norm_bound_window=max(1, self.energy_window),
             fedavg_over_selection=self.fedavg_over_selection,

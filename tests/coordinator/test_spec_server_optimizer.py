@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from fedward.coordinator.strategies import FTTE
-from fedward.coordinator.strategies.ftte import ServerOptimizer
+from fedward.coordinator.strategies.ftte import EnergyNormaliser, ServerOptimizer
 from fedward.coordinator.study_spec import StudySpec, build_strategy
 from fedward.simulation.scenario import PRESETS, StrategyRun
 
@@ -58,3 +58,28 @@ def test_the_scenario_gives_it_to_the_ftte_rows_only() -> None:  # secagg ftte r
     assert scenario.study_spec(StrategyRun.FTTE_SECAGG).server_optimizer is ServerOptimizer.ADAM
     for run in (StrategyRun.FEDBUFF, StrategyRun.FEDAVG):
         assert scenario.study_spec(run).server_optimizer is ServerOptimizer.SGD
+
+
+def test_the_spec_builds_ftte_with_its_energy_normaliser_and_refuses_it_elsewhere() -> None:
+    # Prepare
+    spec = StudySpec(strategy="ftte", energy_normaliser="undamped")
+    # Execute
+    ftte = _ftte(build_strategy(spec, SHAPES))
+    # Assert
+    assert ftte.energy_normaliser is EnergyNormaliser.UNDAMPED
+    for changes in (
+        {"strategy": "fedbuff", "energy_normaliser": "undamped"},
+        {"strategy": "ftte", "energy_normaliser": "undamped", "secagg": {"enabled": True}},
+    ):
+        with pytest.raises(ValidationError, match="energy_normaliser undamped applies only"):
+            StudySpec(**changes)
+
+
+def test_the_scenario_gives_the_energy_normaliser_to_plain_ftte_rows_only() -> None:
+    # Prepare
+    scenario = PRESETS["quick"].model_copy(update={"energy_normaliser": EnergyNormaliser.UNDAMPED})
+    # Execute / Assert
+    for run in (StrategyRun.FTTE, StrategyRun.FTTE_NESTED):
+        assert scenario.study_spec(run).energy_normaliser is EnergyNormaliser.UNDAMPED
+    for run in (StrategyRun.FEDBUFF, StrategyRun.FTTE_SECAGG):
+        assert scenario.study_spec(run).energy_normaliser is EnergyNormaliser.CONTRIBUTORS
