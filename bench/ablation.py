@@ -40,6 +40,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "neither (sample-weighted mean)": {"energy_beta": 0.0, "staleness_exponent": 0.0},
     "former energy rule (damp beyond 10x median)": {"energy_rule": "damp", "energy_quantile": 0.5},
     "clip rule (tried in issue 14, not kept)": {"energy_rule": "clip"},
+    "undamped normaliser (issue 14)": {"energy_normaliser": "undamped"},
 }
 Row = dict[str, float | int | None]
 

@@ -52,7 +52,7 @@ from fedward.saved_state import open_checked, seal_checked
 from fedward.tinytrain.models import Params
 from fedward.tinytrain.training import LocalTrainConfig, Model
 
-from .dp_training import DPTrainConfig
+from .dp_config import DPTrainConfig
 from .local import LocalOutcome, LocalTask, run_local_task
 from .updates import privacy_report
 

@@ -19,7 +19,7 @@ from fedward.protocol.messages import update_energy
 from fedward.tinytrain.models import Params
 from fedward.tinytrain.training import LocalTrainConfig, Model, train_subset
 
-from .dp_training import DPTrainConfig, train_subset_dp
+from .dp_config import DPTrainConfig
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -68,6 +68,9 @@ def run_local_task(
         result = train_subset(model, base, names, x, y, config=task.train, seed=int(seed or 0))
         delta, steps, loss = result.delta, result.steps, result.mean_loss
     else:
+        # imported here: Opacus costs seconds per process, and a fleet without DP never needs it
+        from .dp_training import train_subset_dp
+
         dp = train_subset_dp(
             model,
             base,

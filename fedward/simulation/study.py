@@ -59,7 +59,7 @@ from fedward.coordinator.study_spec import (
     footprint_bytes,
 )
 from fedward.edge.budget import DeviceBudget, TaskRefused
-from fedward.edge.dp_training import DPTrainConfig
+from fedward.edge.dp_config import DPTrainConfig
 from fedward.edge.local import LocalOutcome, LocalTask
 from fedward.edge.updates import encode_update, update_header
 from fedward.errors import SimulationError

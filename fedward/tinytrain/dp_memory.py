@@ -12,16 +12,14 @@ depend on it. The coordinator's planner sizes DP subsets with this measurement.
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-import opacus
 import torch
-from opacus import GradSampleModule
-from opacus.optimizers import DPOptimizer
 from torch import nn
 
 from .memory import (
@@ -91,6 +89,11 @@ def measure_dp_training_step(
     ``saved`` also counts the layer inputs Opacus' hooks keep for the
     per-sample gradient computation.
     """
+    # Opacus is imported here, not at module level: a study without DP (and so
+    # `fedward bench` or `simulate` without a privacy row) never pays for its import
+    from opacus import GradSampleModule
+    from opacus.optimizers import DPOptimizer
+
     physical = batch_size if max_physical_batch_size is None else max_physical_batch_size
     if batch_size < 1 or physical < 1:
         raise ValueError("batch_size and max_physical_batch_size must be >= 1")
@@ -218,7 +221,7 @@ def dp_training_footprint(
         "max_physical_batch_size": max_physical_batch_size,
         "noise_multiplier": noise_multiplier,
         "max_grad_norm": max_grad_norm,
-        "opacus": opacus.__version__,
+        "opacus": importlib.metadata.version("opacus"),
         "code": _dp_code_digest(),
     }
     return cached_footprint(
