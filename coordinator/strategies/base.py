@@ -164,27 +164,34 @@ def weighted_mean(
     weights: Iterable[float],
     *,
     normalisers: Iterable[float] | None = None,
+    floors: Iterable[float] | None = None,
 ) -> tuple[Params, dict[str, int]]:
     """Per-tensor weighted mean over the updates that trained each tensor.
 
-    Each tensor's sum of ``w_i * delta_i`` is divided by the sum, over the same
-    updates, of ``normalisers`` (default: the weights themselves). A normaliser
-    above its weight shrinks that update's pull even where it alone trained a
-    tensor (FTTE's ``EnergyNormaliser.UNDAMPED``).
+    Each tensor's sum of ``w_i * delta_i`` is divided by the larger of the sum of
+    ``normalisers`` (default: the weights themselves) and the largest of ``floors``
+    (default: none), both over the updates that trained it. A normaliser or a floor
+    above an update's weight shrinks its pull even where it alone trained a tensor
+    (FTTE's ``EnergyNormaliser``).
     """
     updates = list(updates)
     weights = list(weights)
     norms = weights if normalisers is None else list(normalisers)
-    if len(norms) != len(weights) or any(n < w for n, w in zip(norms, weights, strict=True)):
-        raise ValueError("weighted_mean needs one normaliser >= its weight per update")
+    lows = [0.0] * len(weights) if floors is None else list(floors)
+    if len(norms) != len(weights) or len(lows) != len(weights):
+        raise ValueError("weighted_mean needs one normaliser and one floor per update")
+    if any(n < w for n, w in zip(norms, weights, strict=True)):
+        raise ValueError("weighted_mean needs each normaliser >= its weight")
     sums: dict[str, np.ndarray] = {}
     totals: dict[str, float] = {}
+    highest: dict[str, float] = {}
     coverage: dict[str, int] = {}
-    for update, w, norm in zip(updates, weights, norms, strict=True):
+    for update, w, norm, low in zip(updates, weights, norms, lows, strict=True):
         for name, value in update.delta.items():
             if name not in sums:
                 sums[name] = np.zeros(value.shape, dtype=np.float64)
                 totals[name] = 0.0
+                highest[name] = 0.0
                 coverage[name] = 0
             with np.errstate(over="ignore"):  # caught below
                 product = w * value  # float32 (numpy 2 keeps the array's dtype)
@@ -194,8 +201,10 @@ def weighted_mean(
                 product = w * value.astype(np.float64)
             sums[name] += product
             totals[name] += norm
+            highest[name] = max(highest[name], low)
             coverage[name] += 1
-    means = {n: (sums[n] / totals[n]).astype(np.float32) for n in sums if totals[n] > 0}
+    denominators = {n: max(totals[n], highest[n]) for n in sums}
+    means = {n: (sums[n] / denominators[n]).astype(np.float32) for n in sums if denominators[n] > 0}
     return means, coverage
 
 

@@ -12,6 +12,8 @@ weights from their *age* and the *energy* of their update::
     w_i   = n_i * s_i * g_i                      (n_i = samples, optional)
     Delta = sum_i w_i Delta_i / sum_{i trained it} w_i     (per tensor; CONTRIBUTORS)
     Delta = sum_i w_i Delta_i / sum_{i trained it} w_i / g_i   (per tensor; UNDAMPED)
+    Delta = sum_i w_i Delta_i / max(sum_{i trained it} w_i, max_{i trained it} w_i / g_i)
+                                                           (per tensor; HEAVIEST)
     w    <- w + eta_g * Delta
 
 Defaults: a = 0.5 (``staleness_exponent``), beta = 1 (``energy_beta``),
@@ -25,7 +27,12 @@ over the updates that trained it, so a tensor that one update alone trained
 update at full size whatever its damping: its weight cancels. UNDAMPED divides
 by the same updates' weights *before* damping, so the energy term shrinks a
 damped update's pull in absolute terms, even alone, and an undamped buffer
-merges exactly as before.
+merges exactly as before; but a damped update then also shrinks the step of
+every tensor it shares with honest ones (their share of the buffer is not
+renormalised). HEAVIEST divides by the damped weights' sum unless that is
+below the undamped weight of the heaviest update that trained the tensor: a
+tensor that at least one undamped update trained merges as under CONTRIBUTORS,
+one that only damped updates trained is shrunk by their damping.
 
 Why the quantile (issue 14). Before it the bound was rho x the median
 (p = 0.5). That tells poison from honest difference only when the honest fleet
@@ -109,6 +116,7 @@ class EnergyNormaliser(enum.StrEnum):
 
     CONTRIBUTORS = "contributors"  # the damped weights of the updates that trained it
     UNDAMPED = "undamped"  # the same updates' weights before the energy damping
+    HEAVIEST = "heaviest"  # their damped sum, at least the heaviest one's undamped weight
 
 
 class ServerOptimizer(enum.StrEnum):
@@ -237,10 +245,13 @@ class FTTE(BufferedStrategy):
             u if c == 1.0 else dataclasses.replace(u, delta={n: v * c for n, v in u.delta.items()})
             for u, c in zip(buffer, self.clip_factors(buffer), strict=True)
         ]
-        normaliser = None
+        undamped = None
+        if self.energy_normaliser is not EnergyNormaliser.CONTRIBUTORS:
+            undamped = self._weights(buffer, staleness, damped=False)
         if self.energy_normaliser is EnergyNormaliser.UNDAMPED:
-            normaliser = self._weights(buffer, staleness, damped=False)
-        mean, coverage = weighted_mean(clipped, weights, normalisers=normaliser)
+            mean, coverage = weighted_mean(clipped, weights, normalisers=undamped)
+        else:
+            mean, coverage = weighted_mean(clipped, weights, floors=undamped)
         self._energies.extend(u.energy() for u in buffer)
         self._devices.extend((u.device_id, u.energy()) for u in buffer)
         return self._server_step(params, mean), weights, coverage

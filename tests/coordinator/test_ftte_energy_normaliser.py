@@ -4,8 +4,8 @@ Each tensor is averaged over the updates that trained it. Under
 ``EnergyNormaliser.CONTRIBUTORS`` (the default) a damped update that is the only
 one to train a tensor takes it whole, since its weight cancels; under
 ``UNDAMPED`` the sum is divided by the undamped weights, so the damping is an
-absolute shrink there too, and a buffer with nothing damped merges bit for bit
-as before.
+absolute shrink there too; under ``HEAVIEST`` only where no undamped update
+trained the tensor. A buffer with nothing damped merges bit for bit as before.
 """
 
 from __future__ import annotations
@@ -95,6 +95,34 @@ def test_a_damped_update_alone_on_a_tensor_is_shrunk_by_its_damping_under_undamp
     assert float(undamped["head"][0]) < float(contributors["head"][0])
 
 
+def test_heaviest_shrinks_only_the_tensor_that_no_undamped_update_trained() -> None:
+    # Prepare
+    buffer = poisoned_buffer()
+    strategy = ftte(EnergyNormaliser.HEAVIEST)
+    g = strategy.weights(buffer, (0, 0, 0, 0))[3]
+
+    # Execute
+    contributors = merge(ftte(EnergyNormaliser.CONTRIBUTORS), buffer)
+    heaviest = merge(strategy, buffer)
+
+    # Assert: the deep tensor as under UNDAMPED, the shared head exactly as before
+    assert np.allclose(heaviest["deep"], 30.0 * g, rtol=1e-5)
+    assert np.array_equal(heaviest["head"], contributors["head"])
+
+
+def test_heaviest_merges_a_buffer_with_nothing_damped_bit_for_bit_as_before() -> None:
+    # Prepare
+    buffer = honest_buffer()
+
+    # Execute
+    before = merge(ftte(EnergyNormaliser.CONTRIBUTORS), buffer)
+    after = merge(ftte(EnergyNormaliser.HEAVIEST), buffer)
+
+    # Assert
+    for name in SHAPES:
+        assert np.array_equal(before[name], after[name])
+
+
 def test_weighted_mean_refuses_a_normaliser_below_its_weight() -> None:
     # Prepare
     buffer = honest_buffer()[:2]
@@ -102,7 +130,7 @@ def test_weighted_mean_refuses_a_normaliser_below_its_weight() -> None:
     # Execute / Assert
     with pytest.raises(ValueError, match="normaliser >= its weight"):
         weighted_mean(buffer, [1.0, 1.0], normalisers=[1.0, 0.5])
-    with pytest.raises(ValueError, match="one normaliser"):
+    with pytest.raises(ValueError, match="one normaliser and one floor"):
         weighted_mean(buffer, [1.0, 1.0], normalisers=[1.0])
 
 
