@@ -148,3 +148,68 @@ def test_the_normaliser_survives_a_saved_state_and_only_a_non_default_is_in_the_
     assert "energy_normaliser" not in default.config()  # states saved before it still load
     with pytest.raises(Exception, match="config"):
         default.load_state_dict(strategy.state_dict())
+
+
+# -- a toy nested federation: wearables train the head, one gateway per buffer also
+# trains the deep tensor (as under ftte_nested, where only a few devices reach it)
+
+NESTED_MERGES = 80
+
+
+def nested_federate(strategy: FTTE, *, poison_every: int) -> dict[str, np.ndarray]:
+    """Buffers of four: three head-only updates and one head+deep update. Every
+    ``poison_every``-th gateway update is divergent (pulls both tensors to -50)."""
+    rng = np.random.default_rng(11)
+    params = {n: np.zeros(s, dtype=np.float32) for n, s in SHAPES.items()}
+    for merge_no in range(NESTED_MERGES):
+        for slot in range(4):
+            names = ("head", "deep") if slot == 3 else ("head",)
+            poison = slot == 3 and poison_every and merge_no % poison_every == 0
+            goal = -50.0 if poison else 1.0
+            delta = {
+                n: (0.5 * (goal - params[n]) + rng.normal(0, 0.02, SHAPES[n])).astype(np.float32)
+                for n in names
+            }
+            strategy.accept(
+                ClientUpdate(
+                    device_id=f"d{merge_no % 7}-{slot}",
+                    task_id=f"t{merge_no}-{slot}",
+                    base_version=merge_no,
+                    subset_id="deep" if slot == 3 else "head",
+                    delta=delta,
+                    num_samples=1,
+                ),
+                server_version=merge_no,
+            )
+        params = strategy.aggregate(params, server_version=merge_no).params
+    return params
+
+
+def nested_ftte(normaliser: EnergyNormaliser) -> FTTE:
+    return FTTE(shapes=SHAPES, buffer_size=4, staleness_exponent=0.0, energy_normaliser=normaliser)
+
+
+@pytest.mark.parametrize("normaliser", [EnergyNormaliser.HEAVIEST, EnergyNormaliser.UNDAMPED])
+def test_a_divergent_device_alone_on_the_deep_tensor_is_resisted(
+    normaliser: EnergyNormaliser,
+) -> None:
+    # Execute: every fourth gateway update is divergent
+    contributors = nested_federate(nested_ftte(EnergyNormaliser.CONTRIBUTORS), poison_every=4)
+    robust = nested_federate(nested_ftte(normaliser), poison_every=4)
+
+    # Assert: the default takes the divergent deep delta whole (its damping cancels);
+    # the normaliser keeps the deep tensor near its target, and the head as well
+    assert float(np.abs(contributors["deep"] - 1.0).max()) > 2.0
+    assert float(np.abs(robust["deep"] - 1.0).max()) < 0.1
+    assert float(np.abs(robust["head"] - 1.0).max()) < 0.1
+
+
+def test_heaviest_is_the_default_on_an_honest_nested_fleet() -> None:
+    # Execute
+    contributors = nested_federate(nested_ftte(EnergyNormaliser.CONTRIBUTORS), poison_every=0)
+    heaviest = nested_federate(nested_ftte(EnergyNormaliser.HEAVIEST), poison_every=0)
+
+    # Assert: nothing divergent, so both learn both tensors, to the same values
+    for name in SHAPES:
+        assert float(np.abs(heaviest[name] - 1.0).max()) < 0.1
+        assert np.allclose(heaviest[name], contributors[name], atol=1e-3)
