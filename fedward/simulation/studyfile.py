@@ -28,7 +28,7 @@ from pydantic.fields import FieldInfo
 
 from fedward.coordinator.privacy.settings import MIN_NOISE_MULTIPLIER
 from fedward.coordinator.strategies import StrategyName
-from fedward.coordinator.strategies.ftte import ServerOptimizer
+from fedward.coordinator.strategies.ftte import EnergyNormaliser, ServerOptimizer
 from fedward.errors import SimulationError
 from fedward.privacy.accounting import Accountant
 from fedward.protocol.messages import DeviceClass, UpdateEncoding
@@ -191,6 +191,13 @@ class Strategy(BaseModel):
     energy_beta: float = Field(default=1.0, ge=0, description="FTTE energy term beta (0: off)")
     energy_tolerance: float = Field(default=10.0, ge=1, description="FTTE energy tolerance rho")
     energy_window: int = Field(default=200, ge=0, description="FTTE energy look-back (updates)")
+    energy_normaliser: EnergyNormaliser = Field(
+        default=EnergyNormaliser.CONTRIBUTORS,
+        description="what FTTE divides each tensor's weighted sum by: contributors (the "
+        "damped weights of the updates that trained it), undamped, or heaviest (at least "
+        "its heaviest trainer's undamped weight, so a damped update alone on a tensor "
+        "does not move it whole; README, merge weights)",
+    )
     server_optimizer: ServerOptimizer = Field(
         default=ServerOptimizer.SGD,
         description="FTTE's server step: sgd (at server_lr), momentum, or adam (at "
@@ -218,6 +225,13 @@ class Strategy(BaseModel):
             raise ValueError(
                 f"server_optimizer {self.server_optimizer.value} runs only with the ftte "
                 f"strategies, not {self.name.value}: drop it or pick an ftte strategy"
+            )
+        if self.energy_normaliser is not EnergyNormaliser.CONTRIBUTORS and (
+            self.name.strategy is not StrategyName.FTTE or self.name.secagg
+        ):
+            raise ValueError(
+                f"energy_normaliser {self.energy_normaliser.value} applies only to the ftte "
+                f"strategies without secure aggregation, not {self.name.value}: drop it"
             )
         # a value other than the default (a dumped file repeats the default: that is fine)
         adam_default = type(self).model_fields["server_adam_lr"].default
@@ -445,6 +459,7 @@ class StudyFile(BaseModel):
             "energy_beta": s.energy_beta,
             "energy_tolerance": s.energy_tolerance,
             "energy_window": s.energy_window,
+            "energy_normaliser": s.energy_normaliser,
             "target_accuracy": e.target_accuracy,
             "eval_every_updates": e.every_updates,
             "eval_windows": e.windows,
