@@ -98,6 +98,28 @@ def _version(distribution: str) -> str | None:
         return None
 
 
+def cpu_identity(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, str | None]:
+    """The CPU's model name and a digest of its feature flags (None where unknown).
+
+    Why: a seed's figures are the same run after run on one machine but not bitwise
+    across CPUs (the warm start scored 0.7320 on one machine, 0.7435 on another, at
+    the same code), so a report says which CPU it came from."""
+    try:
+        text = cpuinfo.read_text(errors="replace")
+    except OSError:
+        return {"model": platform.processor() or None, "flags_digest": None}
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() in ("model name", "flags", "Features") and key.strip() not in fields:
+            fields[key.strip()] = value.strip()
+    flags = fields.get("flags") or fields.get("Features")
+    return {
+        "model": fields.get("model name") or platform.processor() or None,
+        "flags_digest": hashlib.sha256(flags.encode()).hexdigest()[:16] if flags else None,
+    }
+
+
 def provenance() -> dict[str, Any]:
     """The code and machine a report was produced with (JSON-able).
 
@@ -115,8 +137,9 @@ def provenance() -> dict[str, Any]:
         "numpy": _version("numpy"),
         "opacus": _version("opacus"),
         "machine": platform.machine(),
+        "cpu": cpu_identity(),
         "torch_threads": torch.get_num_threads() if torch is not None else None,
     }
 
 
-__all__ = ["code_digest", "git_state", "provenance", "source_roots"]
+__all__ = ["code_digest", "cpu_identity", "git_state", "provenance", "source_roots"]

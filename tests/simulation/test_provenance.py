@@ -78,3 +78,23 @@ def test_the_real_namespace_roots_cover_every_top_level_folder() -> None:
     names = {root.name for root in prov.source_roots()}
     # Assert: the design's folders, as pyproject maps them (whatever is imported yet)
     assert {"fedward", "coordinator", "edge", "privacy", "compliance", "bench"} <= names
+
+
+def test_the_cpu_is_identified_by_model_and_a_digest_of_its_flags(tmp_path: Path) -> None:
+    # Prepare
+    info = tmp_path / "cpuinfo"
+    info.write_text(
+        "processor\t: 0\nmodel name\t: Test CPU 9000\nflags\t\t: fpu sse2 avx2\n\n"
+        "processor\t: 1\nmodel name\t: Test CPU 9000\nflags\t\t: fpu sse2 avx2\n"
+    )
+    other = tmp_path / "other"
+    other.write_text("model name\t: Test CPU 9000\nflags\t\t: fpu sse2 avx512f\n")
+
+    # Execute
+    cpu = prov.cpu_identity(info)
+
+    # Assert: same model, different flags -> a different digest; no file -> no digest
+    assert cpu["model"] == "Test CPU 9000"
+    assert cpu["flags_digest"] is not None and len(cpu["flags_digest"]) == 16
+    assert prov.cpu_identity(other)["flags_digest"] != cpu["flags_digest"]
+    assert prov.cpu_identity(tmp_path / "missing")["flags_digest"] is None
