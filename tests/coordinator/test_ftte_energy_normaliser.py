@@ -64,13 +64,16 @@ def poisoned_buffer() -> list[ClientUpdate]:
     return [*honest_buffer()[:3], update("t4", {"head": 30.0, "deep": 30.0})]
 
 
-def test_a_buffer_with_nothing_damped_merges_bit_for_bit_as_before() -> None:
+@pytest.mark.parametrize("normaliser", [EnergyNormaliser.UNDAMPED, EnergyNormaliser.HEAVIEST])
+def test_a_buffer_with_nothing_damped_merges_bit_for_bit_as_before(
+    normaliser: EnergyNormaliser,
+) -> None:
     # Prepare
     buffer = honest_buffer()
 
     # Execute
     before = merge(ftte(EnergyNormaliser.CONTRIBUTORS), buffer)
-    after = merge(ftte(EnergyNormaliser.UNDAMPED), buffer)
+    after = merge(ftte(normaliser), buffer)
 
     # Assert
     for name in SHAPES:
@@ -108,19 +111,6 @@ def test_heaviest_shrinks_only_the_tensor_that_no_undamped_update_trained() -> N
     # Assert: the deep tensor as under UNDAMPED, the shared head exactly as before
     assert np.allclose(heaviest["deep"], 30.0 * g, rtol=1e-5)
     assert np.array_equal(heaviest["head"], contributors["head"])
-
-
-def test_heaviest_merges_a_buffer_with_nothing_damped_bit_for_bit_as_before() -> None:
-    # Prepare
-    buffer = honest_buffer()
-
-    # Execute
-    before = merge(ftte(EnergyNormaliser.CONTRIBUTORS), buffer)
-    after = merge(ftte(EnergyNormaliser.HEAVIEST), buffer)
-
-    # Assert
-    for name in SHAPES:
-        assert np.array_equal(before[name], after[name])
 
 
 def test_weighted_mean_refuses_a_normaliser_below_its_weight() -> None:
