@@ -55,6 +55,7 @@ def _inner(payload: bytes):
 
 
 def _anonymous_refusals(study: SignedStudy, reason: str, device: str) -> list[dict]:
+    # callers wait for it: the refusal is counted before its audit entry is written
     return [
         r
         for r in study.audit()
@@ -104,8 +105,8 @@ def test_task_hijack_by_another_client_is_refused(study, attacker):
     assert study.bridge.stats.rejected["unsigned"] >= 1
     assert study.bridge.stats.rejected["bad_signature"] >= 1
     # audited as anonymous, the claimed id a detail, never an entry in the victim's name
-    assert _anonymous_refusals(study, "unsigned", victim)
-    assert _anonymous_refusals(study, "bad_signature", victim)
+    assert wait_until(lambda: _anonymous_refusals(study, "unsigned", victim), 10)
+    assert wait_until(lambda: _anonymous_refusals(study, "bad_signature", victim), 10)
     assert _denied_in_name_of(study, victim) == []
     assert study.service.wire_refusals(study.study_id)["bad_signature"] >= 1
     scraped = generate_latest(metrics_registry(lambda: study.service)).decode()
@@ -160,7 +161,7 @@ def test_mass_fake_enrolment_is_refused_and_rate_limited(study, attacker):
     counts = study.service.wire_refusals(study.study_id)
     assert counts["enrolment_denied"] >= 24 and counts["unsigned"] >= 1
     assert counts["enrol_rate_limited"] >= 12 - 3  # a burst of 3 per id, then 1 per 5 s
-    assert _anonymous_refusals(study, "enrolment_denied", "fake-0")
+    assert wait_until(lambda: _anonymous_refusals(study, "enrolment_denied", "fake-0"), 10)
     assert _denied_in_name_of(study, "genuine") == []
     assert not any(
         r["action"] == "device_enrolled"
@@ -227,7 +228,7 @@ def test_replayed_update_is_refused_and_audited(study, attacker):
     attacker.publish(device_topic(TopicKind.UPDATE, study.study_id, "dev"), captured)
     # Assert: refused as a replay, counted, audited as anonymous
     assert wait_until(lambda: study.bridge.stats.rejected["replayed"] >= 1, 10)
-    assert _anonymous_refusals(study, "replayed", "dev")
+    assert wait_until(lambda: _anonymous_refusals(study, "replayed", "dev"), 10)
     assert study.service.wire_refusals(study.study_id)["replayed"] >= 1
 
 
@@ -263,7 +264,7 @@ def test_agent_without_a_valid_secret_is_refused_and_stops(study):
     with pytest.raises(EnrolmentRefused, match="no valid enrolment secret"):
         agent.start(wait_enrolled_s=15)
     assert [d.device_id for d in study.service.list_devices(study.study_id)] == []
-    assert _anonymous_refusals(study, "enrolment_denied", "intruder")
+    assert wait_until(lambda: _anonymous_refusals(study, "enrolment_denied", "intruder"), 10)
 
 
 def test_secret_for_another_device_is_refused_before_anything_is_sent(study):
@@ -310,5 +311,5 @@ def test_bad_chunks_are_counted_and_audited_as_anonymous(study, attacker):
     attacker.publish(topic, huge)
     # Assert
     assert wait_until(lambda: study.bridge.stats.rejected["chunk"] >= 2, 10)
-    assert len(_anonymous_refusals(study, "chunk", "someone")) >= 2
+    assert wait_until(lambda: len(_anonymous_refusals(study, "chunk", "someone")) >= 2, 10)
     assert study.service.wire_refusals(study.study_id)["chunk"] >= 2

@@ -31,7 +31,9 @@ __all__ = ["Attacker", "SignedStudy", "TINY_SPEC", "audit_records", "wait_until"
 
 
 def audit_records(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """Every complete record; a last line still being written (no newline yet) is left out."""
+    complete = path.read_text().rpartition("\n")[0]
+    return [json.loads(line) for line in complete.splitlines() if line.strip()]
 
 
 class Attacker:
