@@ -305,8 +305,9 @@ class StudySpec(BaseModel):
     energy_rule: EnergyRule = EnergyRule.DAMP
     energy_quantile: float = Field(default=0.8, ge=0.5, lt=1)
     # what each tensor's weighted sum is divided by: the damped weights of the updates
-    # that trained it (default), or their undamped weights, so that damping shrinks an
-    # update's pull even on a tensor it alone trained (strategies.ftte.EnergyNormaliser)
+    # that trained it (default); their undamped weights; or (heaviest) that sum, at least
+    # the heaviest trainer's undamped weight, so a damped update alone on a tensor does
+    # not move it whole (strategies.ftte.EnergyNormaliser)
     energy_normaliser: EnergyNormaliser = EnergyNormaliser.CONTRIBUTORS
     # FTTE's server step on the merged update (strategies.ftte.ServerOptimizer): plain SGD
     # at server_lr (default), heavy-ball momentum, or Adam at server_adam_lr (issue 14's

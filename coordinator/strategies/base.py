@@ -174,7 +174,6 @@ def weighted_mean(
     above an update's weight shrinks its pull even where it alone trained a tensor
     (FTTE's ``EnergyNormaliser``).
     """
-    updates = list(updates)
     weights = list(weights)
     norms = weights if normalisers is None else list(normalisers)
     lows = [0.0] * len(weights) if floors is None else list(floors)

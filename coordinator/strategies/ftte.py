@@ -216,23 +216,25 @@ class FTTE(BufferedStrategy):
 
     def weights(self, buffer: list[ClientUpdate], staleness: tuple[int, ...]) -> list[float]:
         """w_i (times g_i under the DAMP rule): the normaliser's weights."""
-        return self._weights(buffer, staleness, damped=True)
+        return self._weights(buffer, staleness)[0]
 
     def _weights(
-        self, buffer: list[ClientUpdate], staleness: tuple[int, ...], *, damped: bool
-    ) -> list[float]:
+        self, buffer: list[ClientUpdate], staleness: tuple[int, ...]
+    ) -> tuple[list[float], list[float]]:
+        """(w_i, w_i / g_i): each update's weight, and the same before energy damping."""
         r = self.energy_ratios(buffer)
         rho = self.tolerance(buffer) if self.energy_rule is EnergyRule.DAMP else 0.0
-        weights = []
+        weights, undamped = [], []
         for update, tau, ratio in zip(buffer, staleness, r, strict=True):
             s = (1.0 + tau) ** -self.staleness_exponent
             g = 1.0
-            if damped and self.energy_rule is EnergyRule.DAMP:
+            if self.energy_rule is EnergyRule.DAMP:
                 excess = max(0.0, float(ratio) - rho)
                 g = 1.0 / (1.0 + self.energy_beta * excess)
             n = float(update.num_samples) if self.sample_weighting else 1.0
+            undamped.append(n * s)
             weights.append(n * s * g)
-        return weights
+        return weights, undamped
 
     def _merge(
         self,
@@ -240,18 +242,19 @@ class FTTE(BufferedStrategy):
         buffer: list[ClientUpdate],
         staleness: tuple[int, ...],
     ) -> tuple[Params, list[float], dict[str, int]]:
-        weights = self.weights(buffer, staleness)
+        # one pass for both: the reference median and the quantile bound are computed once
+        weights, undamped = self._weights(buffer, staleness)
         clipped = [
             u if c == 1.0 else dataclasses.replace(u, delta={n: v * c for n, v in u.delta.items()})
             for u, c in zip(buffer, self.clip_factors(buffer), strict=True)
         ]
-        undamped = None
-        if self.energy_normaliser is not EnergyNormaliser.CONTRIBUTORS:
-            undamped = self._weights(buffer, staleness, damped=False)
-        if self.energy_normaliser is EnergyNormaliser.UNDAMPED:
-            mean, coverage = weighted_mean(clipped, weights, normalisers=undamped)
-        else:
-            mean, coverage = weighted_mean(clipped, weights, floors=undamped)
+        rule = self.energy_normaliser
+        mean, coverage = weighted_mean(
+            clipped,
+            weights,
+            normalisers=undamped if rule is EnergyNormaliser.UNDAMPED else None,
+            floors=undamped if rule is EnergyNormaliser.HEAVIEST else None,
+        )
         self._energies.extend(u.energy() for u in buffer)
         self._devices.extend((u.device_id, u.energy()) for u in buffer)
         return self._server_step(params, mean), weights, coverage

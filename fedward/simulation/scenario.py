@@ -233,7 +233,8 @@ class Scenario(BaseModel):
     energy_window: int = Field(default=200, ge=0)
     energy_rule: EnergyRule = EnergyRule.DAMP  # CLIP: tried in issue 14, not kept
     energy_quantile: float = Field(default=0.8, ge=0.5, lt=1)  # 0.5: the former bound
-    # UNDAMPED: a damped update's pull shrinks even on a tensor it alone trained (issue 14)
+    # HEAVIEST / UNDAMPED: a damped update alone on a tensor no longer moves it whole
+    # (issue 14 item 5; plain FTTE rows only, see study_spec)
     energy_normaliser: EnergyNormaliser = EnergyNormaliser.CONTRIBUTORS
     # synchronous FedAvg as deployed: over-select the cohort by this fraction and close
     # the round on the first `concurrency` reports; a round still open at the deadline
