@@ -17,7 +17,8 @@ measured task time, or by subset and class only), ``dropout`` (the expected
 dropout the cohort is sized for), ``staleness`` (the age exponent of every
 row's server step; it changes only the secagg row here: ``ftte`` runs once,
 at the scenario's), ``fills`` (an int: fills open at once), ``budget`` (an int, or
-``none``: the most fill members still training at once, ``SecAggPolicy.training_budget``).
+``none``: the most fill members still training at once, ``SecAggPolicy.training_budget``),
+``binding`` (``dispatch`` / ``arrival``: when a fill's cohort is fixed, ``CohortBinding``).
 ``default`` is the scenario as ``fedward bench`` runs it.
 Virtual time is the simulator's (modelled device time), so load on this
 machine changes only the wall column and, slightly, the PRG cost calibrated
@@ -43,6 +44,7 @@ _FIELDS = {
     "staleness": "staleness_exponent",
     "fills": "secagg_fills_in_flight",
     "budget": "secagg_training_budget",
+    "binding": "secagg_cohort_binding",
 }
 _INTEGERS = {"fills", "budget"}
 
@@ -65,6 +67,10 @@ def parse_lever(text: str) -> dict[str, Any]:
             if value not in ("on", "off"):
                 raise LeverError(f"grouping must be on or off, got {value!r}")
             overrides[_FIELDS[name]] = value == "on"
+        elif name == "binding":
+            if value not in ("dispatch", "arrival"):
+                raise LeverError(f"binding must be dispatch or arrival, got {value!r}")
+            overrides[_FIELDS[name]] = value
         elif name in ("grace", "budget") and value == "none":
             overrides[_FIELDS[name]] = None
         elif name in _INTEGERS:

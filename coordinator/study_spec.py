@@ -38,6 +38,7 @@ from .engine.planning import SubsetMode, SubsetPlanner
 from .errors import CoordinatorError
 from .privacy.guard import PrivacyGuard, PrivacyListener
 from .privacy.settings import DistributedPrivacy, PatientPrivacy, StudyPrivacy
+from .secagg.policy import CohortBinding
 from .strategies import (
     FTTE,
     ClientLevelDP,
@@ -215,6 +216,9 @@ class SecAggSettings(BaseModel):
     norm_bound: float | None = Field(default=None, gt=0, le=1e9, allow_inf_nan=False)
     straggler_grace: float | None = Field(default=0.5, ge=0, le=100, allow_inf_nan=False)
     group_by_speed: bool = True  # cohorts by measured task time (False: subset and class only)
+    # "dispatch": whole cohorts sent together; "arrival": devices train first and the
+    # first m ready form a fill (SecAggPolicy.cohort_binding says what each costs)
+    cohort_binding: CohortBinding = CohortBinding.DISPATCH
     ddp: DistributedDpSettings | None = None
 
     @model_validator(mode="after")
@@ -250,6 +254,7 @@ class SecAggSettings(BaseModel):
             norm_bound=self.norm_bound,
             straggler_grace=self.straggler_grace,
             group_by_speed=self.group_by_speed,
+            cohort_binding=self.cohort_binding,
         )
         if self.ddp is None:
             return policy

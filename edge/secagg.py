@@ -599,7 +599,8 @@ class SecAggParticipant:
             tolerance=weighting.energy_tolerance,
             beta=weighting.energy_beta,
         )
-        return vector, weight, counts
+        # public, in (0, 1]: the coordinator knows the base version the device trained from
+        return vector, weight * weighting.staleness_weight, counts
 
     def _mask_if_ready(self) -> MaskedInput | None:
         if self._prepared is None or self._delivery is None:

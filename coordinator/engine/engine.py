@@ -15,8 +15,10 @@ devices and updates; the engine applies each ``GuardDecision``, so every
 change of a study's state happens here.
 
 Secure aggregation (``secagg=SecAggPolicy(...)``): dispatch forms whole
-cohorts, one fill (one SecAgg instance) each, and the fill's sum is the only
-thing merged (through ``SecureAggregated``, which wraps the strategy). The
+cohorts, one fill (one SecAgg instance) each, or, with cohorts bound at
+arrival, sends plain training tasks and opens a fill from the first ``m``
+devices that say they have trained (``secagg_ready``); a fill's sum is the
+only thing merged (through ``SecureAggregated``, which wraps the strategy). The
 logic lives in ``fedward.coordinator.secagg``; the engine keeps thin hooks:
 ``secagg_receive`` / ``secagg_tick`` drive the fills, ``secagg_params`` is what
 a member's Task carries, and the fill book is part of ``state_dict``.
@@ -221,11 +223,14 @@ class Engine:
             for d in self.devices.values()
             if d.state is DeviceState.IDLE and eligible(d) and self._may_dispatch(d, now=now)
         ]
-        if self.fills is not None:
+        if self.fills is not None and not self.fills.policy.at_arrival:
             orders = self._dispatch_fills(idle, now=now)
         else:
+            # under ARRIVAL, devices that have trained (ready, or in a fill) hold no
+            # training slot: the strategy's concurrency counts devices at work
+            holding = self.fills.holding() if self.fills is not None else 0
             room = self.strategy.dispatch_room(
-                in_flight=self.in_flight(), concurrency=self.concurrency
+                in_flight=self.in_flight() - holding, concurrency=self.concurrency
             )
             if room <= 0 or not idle:
                 return []
@@ -286,6 +291,69 @@ class Engine:
             orders.extend(cohort)
         return orders
 
+    def _open_ready_fills(self, *, now: float) -> tuple[TaskOrder, ...]:
+        """ARRIVAL: open fills from ready tasks while a cohort is full and there is room.
+
+        Each member's staleness weight is ``(1 + tau_i)^-a``, ``tau_i`` its base version
+        against the current one, and the fill's base version is the current one (the
+        server step is damped only for what merges while the fill runs); under
+        distributed DP every weight is 1 and the base version is the members' median.
+        """
+        book = self.fills
+        if book is None or not book.policy.at_arrival:
+            return ()
+        invited: list[TaskOrder] = []
+        while book.room() > 0:
+            chosen = book.take_ready()
+            if chosen is None:
+                break
+            orders = [self.tasks[t] for t in chosen]
+            fill_id = book.next_fill_id()
+            members = {o.device_id: o.task_id for o in orders}
+            exponent = getattr(self.strategy, "staleness_exponent", 0.5)
+            if book.policy.ddp is None:
+                base = self.version
+                weights = {
+                    o.device_id: float((1.0 + self.version - o.model_version) ** -exponent)
+                    for o in orders
+                }
+            else:
+                base = sorted(o.model_version for o in orders)[(len(orders) - 1) // 2]
+                weights = {}
+            for order in orders:
+                bound = replace(order, fill_id=fill_id)
+                self.tasks[order.task_id] = bound
+                invited.append(bound)
+            effects = book.open(
+                fill_id=fill_id,
+                members=members,
+                subset=orders[0].subset,
+                base_version=base,
+                weighting=book.weighting_for(self.strategy),
+                now=now,
+                staleness_weights=weights,
+            )
+            self._carry_out(effects, now=now)
+        return tuple(invited)
+
+    def secagg_ready(self, *, task_id: str, device_id: str, now: float) -> FillStep:
+        """``device_id`` has trained ``task_id`` and holds its update (ARRIVAL): it waits
+        for the next fill, which opens once ``m`` are ready (``FillStep.invited``)."""
+        book = self._book()
+        order = self.tasks.get(task_id)
+        if order is None or order.device_id != device_id:
+            raise CoordinatorError(f"task {task_id} is not in flight on device {device_id}")
+        if order.fill_id is not None:
+            raise CoordinatorError(f"task {task_id} is already in fill {order.fill_id}")
+        book.mark_ready(task_id=task_id, subset_id=order.subset.subset_id, now=now)
+        return self._with_invited(FillStep(), now=now)
+
+    def _with_invited(self, step: FillStep, *, now: float) -> FillStep:
+        invited = self._open_ready_fills(now=now)
+        if not invited:
+            return step
+        return replace(step, invited=step.invited + invited)
+
     def _make_task(
         self, device: Device, *, now: float, round_id: int | None, fill_id: str | None = None
     ) -> TaskOrder:
@@ -336,6 +404,8 @@ class Engine:
         self._emit(
             EventKind.TASK_FAILED, now, task_id=task_id, device_id=order.device_id, reason=reason
         )
+        if self.fills is not None:
+            self.fills.drop_ready(task_id)  # a ready task that failed before its fill
         if order.fill_id is not None and self.fills is not None:
             # out of its fill (which may abort); the ABORT goes out with the next fill step
             effects = self.fills.member_failed(
@@ -386,7 +456,8 @@ class Engine:
                 raise UpdateRejected(RejectReason.UNKNOWN_TASK, update.task_id)
             if order.device_id != update.device_id:
                 raise UpdateRejected(RejectReason.UNKNOWN_TASK, "task belongs to another device")
-            if order.fill_id is not None:
+            if order.fill_id is not None or self.fills is not None:
+                # under ARRIVAL a task has no fill until it is ready: still never in plaintext
                 raise UpdateRejected(
                     RejectReason.MALFORMED,
                     "a secure-aggregation task answers through its fill, never in plaintext",
@@ -484,7 +555,7 @@ class Engine:
         """The ``fedward.protocol.messages.SecAggParams`` of a fill member's Task."""
         if order.fill_id is None:
             raise CoordinatorError(f"task {order.task_id} is not in a fill")
-        return self._book().task_params(fill_id=order.fill_id)
+        return self._book().task_params(fill_id=order.fill_id, device_id=order.device_id)
 
     def secagg_receive(
         self,
@@ -501,12 +572,13 @@ class Engine:
         effects = self._book().receive(
             device_id=device_id, task_id=task_id, phase=phase, message=message, now=now
         )
-        return self._carry_out(effects, now=now)
+        return self._with_invited(self._carry_out(effects, now=now), now=now)
 
     def secagg_tick(self, *, now: float) -> FillStep:
         """Run the phase timers: a phase past its deadline closes without its silent
-        members (dropped, their tasks failed), or aborts the fill below the threshold."""
-        return self._carry_out(self._book().tick(now=now), now=now)
+        members (dropped, their tasks failed), or aborts the fill below the threshold
+        (and, under ARRIVAL, open the fills that room now allows)."""
+        return self._with_invited(self._carry_out(self._book().tick(now=now), now=now), now=now)
 
     def secagg_next_deadline(self) -> float | None:
         """When the next fill timer needs ``secagg_tick`` (None: no fill is open)."""

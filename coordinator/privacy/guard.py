@@ -34,7 +34,8 @@ A task in flight from a state saved before reservations is charged when its
 update arrives, with the task's mechanism.
 
 Secure-aggregation fills (issue 11): a fill member's task is reserved at
-dispatch like any other, and the guard remembers which fill it belongs to.
+dispatch like any other, and the guard remembers which fill it belongs to
+(with cohorts bound at arrival, from the fill's ``FILL_OPENED`` event).
 No member's update ever reaches the coordinator, so nothing is confirmed at
 admission: when the engine releases the fill's sum (``FILL_MERGED``) the
 survivors' reservations are confirmed and the dropped members' released
@@ -195,7 +196,19 @@ class PrivacyGuard:
         return GuardDecision(allowed=True, spend=record)
 
     def engine_event(self, event: EngineEvent) -> None:
-        """Settle a fill's reservations when its sum is released or it aborts."""
+        """Settle a fill's reservations when its sum is released or it aborts.
+
+        A fill formed from tasks dispatched before it (cohorts bound at arrival) is
+        learnt when it opens: its members' tasks were reserved as plain tasks.
+        """
+        if event.kind is EventKind.FILL_OPENED:
+            fill_id = str(event.details.get("fill_id"))
+            pairs = zip(
+                event.details.get("cohort", ()), event.details.get("task_ids", ()), strict=True
+            )
+            if fill_id not in self._status.fills:
+                self._status.fills[fill_id] = {str(d): str(t) for d, t in pairs}
+            return
         if event.kind not in (EventKind.FILL_MERGED, EventKind.FILL_ABORTED):
             return
         members = self._status.fills.pop(str(event.details.get("fill_id")), None)

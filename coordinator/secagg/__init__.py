@@ -25,10 +25,11 @@ from .fill import (
     FillWeighting,
     IdentityEvidence,
 )
-from .policy import SecAggPolicy, SecAggPolicyError
+from .policy import CohortBinding, SecAggPolicy, SecAggPolicyError
 
 __all__ = [
     "SESSION_ID_BYTES",
+    "CohortBinding",
     "Fill",
     "FillBook",
     "FillEffects",

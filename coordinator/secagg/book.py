@@ -8,6 +8,11 @@ threshold), routes each device message to its fill, runs the phase timers on
 strategy wrapper to merge. Fills finish in any order; each merges when it
 finishes (completion order). Closed fills leave the book; a message for one is
 refused like a late member's.
+
+Under ``CohortBinding.ARRIVAL`` the book also holds the *ready queue*: tasks
+whose devices have trained and wait for a fill (task id -> the time it said so,
+in arrival order). The engine opens a fill from the first ``m`` ready tasks of
+one subset (``take_ready``); the queue is saved with the fills.
 """
 
 from __future__ import annotations
@@ -64,6 +69,8 @@ class FillBook:
         self._queued: list[FillOutbound] = []  # ABORTs decided outside a fill step
         # task id -> (fill id, the phase its member was dropped in, or "closed"); not saved
         self._closed: dict[str, tuple[str, str]] = {}
+        # ARRIVAL: task id -> (subset id, when its device said it had trained), in order
+        self.ready: dict[str, tuple[str, float]] = {}
         # the largest fill masks the whole model: fail now, not at the first dispatch
         policy.check_vector(sum(_size(s) for s in self.model_shapes.values()))
 
@@ -87,6 +94,37 @@ class FillBook:
             return room
         training = sum(fill.training for fill in self.fills.values())
         return max(0, min(room, (budget - training) // self.policy.cohort_size))
+
+    def holding(self) -> int:
+        """Tasks not training: ready and waiting for a fill, or live in an open one."""
+        return len(self.ready) + sum(len(fill.live) for fill in self.fills.values())
+
+    def mark_ready(self, *, task_id: str, subset_id: str, now: float) -> None:
+        """``task_id``'s device has trained (ARRIVAL); it waits for the next fill."""
+        if not self.policy.at_arrival:
+            raise CoordinatorError("cohorts are bound at dispatch: no task says it is ready")
+        if task_id in self.ready or self.fill_of(task_id) is not None:
+            raise CoordinatorError(f"task {task_id} has already said it is ready")
+        self.ready[task_id] = (subset_id, now)
+
+    def take_ready(self) -> list[str] | None:
+        """The task ids of the next cohort (the first ``m`` ready of one subset, the
+        subset whose oldest ready task has waited longest), or None: none is full."""
+        size = self.policy.cohort_size
+        by_subset: dict[str, list[str]] = {}
+        for task_id, (subset_id, _at) in self.ready.items():
+            by_subset.setdefault(subset_id, []).append(task_id)
+        full = [tasks for tasks in by_subset.values() if len(tasks) >= size]
+        if not full:
+            return None
+        chosen = min(full, key=lambda tasks: self.ready[tasks[0]][1])[:size]
+        for task_id in chosen:
+            del self.ready[task_id]
+        return chosen
+
+    def drop_ready(self, task_id: str) -> bool:
+        """A ready task failed before its fill opened (True if it was waiting)."""
+        return self.ready.pop(task_id, None) is not None
 
     def next_fill_id(self) -> str:
         self.counter += 1
@@ -121,8 +159,10 @@ class FillBook:
         base_version: int,
         weighting: FillWeighting,
         now: float,
+        staleness_weights: Mapping[str, float] | None = None,
     ) -> FillEffects:
-        """A new fill for ``members`` (device id -> its task id), all on ``subset``."""
+        """A new fill for ``members`` (device id -> its task id), all on ``subset``
+        (``staleness_weights``: device id -> its public staleness weight, ARRIVAL)."""
         policy = self.policy
         if len(members) != policy.cohort_size:
             raise CoordinatorError(f"a cohort has {policy.cohort_size} members, not {len(members)}")
@@ -157,7 +197,8 @@ class FillBook:
             identity_keys=_keys_for(session.cohort, self.identity_keys),
             identity_evidence=self._evidence,
             identity_keys_source=self._identity_keys_now,
-            straggler_grace=policy.straggler_grace,
+            straggler_grace=policy.fill_straggler_grace,
+            staleness_weights=staleness_weights,
         )
         self.fills[fill_id] = fill
         effects = FillEffects()
@@ -167,6 +208,7 @@ class FillBook:
                 {
                     "fill_id": fill_id,
                     "cohort": list(session.cohort),
+                    "task_ids": [members[d] for d in session.cohort],
                     "cohort_size": session.n,
                     "threshold": fill.threshold,
                     "model_version": base_version,
@@ -272,18 +314,20 @@ class FillBook:
             ddp=self.policy.ddp,
         )
 
-    def task_params(self, *, fill_id: str) -> SecAggParams:
-        """What every member's Task carries (the same for the whole cohort)."""
+    def task_params(self, *, fill_id: str, device_id: str | None = None) -> SecAggParams:
+        """What a member's Task carries: the same for the whole cohort, but for
+        ``device_id``'s staleness weight (cohorts formed at arrival)."""
         fill = self.fills.get(fill_id)
         if fill is None:
             raise CoordinatorError(f"fill {fill_id} is not open")
         policy = self.policy
+        staleness = fill.staleness_weights.get(device_id, 1.0) if device_id else 1.0
         return SecAggParams(
             fill_id=fill.fill_id,
             config=fill.config.to_plain(),
             session=fill.session.to_plain(),
             phase_timeout_s=policy.phase_timeout_s,
-            weighting=SecAggWeighting(**fill.weighting.to_plain()),
+            weighting=SecAggWeighting(**fill.weighting.to_plain(), staleness_weight=staleness),
             energy_bins=policy.energy_bins if policy.histogram else (),
             ddp=_ddp_plain(policy.ddp),
         )
@@ -294,6 +338,7 @@ class FillBook:
             "counter": self.counter,
             "refused": self.refused,
             "fills": [fill.state_dict() for fill in self.fills.values()],
+            "ready": [[t, s, at] for t, (s, at) in self.ready.items()],
         }
 
     def restored(self, saved: Mapping[str, Any] | None, *, tasks: Mapping[str, Any]) -> FillBook:
@@ -311,6 +356,7 @@ class FillBook:
                 book.counter = int(saved["counter"])
                 book.refused = int(saved["refused"])
                 fills = list(saved["fills"])
+                book.ready = {str(t): (str(s), float(at)) for t, s, at in saved.get("ready", [])}
             except (KeyError, TypeError, ValueError) as exc:
                 raise StateLoadError(f"the saved fill book is malformed: {exc!r}") from exc
             for item in fills:
@@ -343,9 +389,17 @@ def _check_tasks(book: FillBook, tasks: Mapping[str, Any]) -> None:
                 )
             if order.subset.subset_id != fill.subset.subset_id:
                 raise StateLoadError(f"fill {fill.fill_id}: task {task_id} trains another subset")
-            if order.model_version != fill.base_version:
+            if not book.policy.at_arrival and order.model_version != fill.base_version:
                 raise StateLoadError(f"fill {fill.fill_id}: task {task_id} has another base")
             owners[task_id] = fill.fill_id
+    if book.ready and not book.policy.at_arrival:
+        raise StateLoadError("the saved book has ready tasks; this policy binds at dispatch")
+    for task_id, (subset_id, _at) in book.ready.items():
+        order = tasks.get(task_id)
+        if order is None or order.fill_id is not None or task_id in owners:
+            raise StateLoadError(f"ready task {task_id} is not in flight outside a fill")
+        if order.subset.subset_id != subset_id:
+            raise StateLoadError(f"ready task {task_id} trains another subset")
     for task_id, order in tasks.items():
         fill_id = getattr(order, "fill_id", None)
         if fill_id is not None and owners.get(task_id) != fill_id:

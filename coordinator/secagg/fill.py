@@ -139,13 +139,17 @@ class FillStep:
 
     ``outbound``: messages to send (in order); ``merge``: the last merge of the
     step (``merges``: all of them, in completion order; a tick can finish two
-    fills); ``aborted``: ids of the fills that aborted in the step.
+    fills); ``aborted``: ids of the fills that aborted in the step; ``invited``:
+    the task orders (now naming their fill) of the members of fills opened in the
+    step from ready devices (``CohortBinding.ARRIVAL``): each device is sent its
+    task again, with the fill's ``SecAggParams`` in it.
     """
 
     outbound: tuple[FillOutbound, ...] = ()
     merge: Any = None  # MergeResult | None
     aborted: tuple[str, ...] = ()
     merges: tuple[Any, ...] = ()
+    invited: tuple[Any, ...] = ()  # TaskOrder
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -218,9 +222,15 @@ class Fill:
         identity_evidence: IdentityEvidence | None = None,
         identity_keys_source: Callable[[], IdentityKeys | None] | None = None,
         straggler_grace: float | None = None,
+        staleness_weights: Mapping[str, float] | None = None,
     ) -> None:
         if set(members) != set(session.cohort):
             raise ValueError("a fill's members are exactly its session's cohort")
+        weights = dict(staleness_weights or {})
+        if not set(weights) <= set(members) or not all(
+            isinstance(w, float) and 0.0 < w <= 1.0 for w in weights.values()
+        ):
+            raise ValueError("staleness weights are floats in (0, 1] for cohort members")
         self.fill_id = fill_id
         self.config = config
         self.session = session
@@ -229,6 +239,9 @@ class Fill:
         self.members = dict(members)  # device id -> task id, fixed at dispatch
         self.base_version = base_version
         self.weighting = weighting
+        # a member's public (1 + tau_i)^-a when cohorts form at arrival (its base version
+        # against the fill's); a member not named here has weight 1
+        self.staleness_weights = weights
         self.opened_at = opened_at
         self.deadline = deadline
         self.timeout_for = timeout_for  # uplink phase value -> seconds it waits
@@ -648,6 +661,7 @@ class Fill:
             "members": dict(self.members),
             "base_version": self.base_version,
             "weighting": self.weighting.to_plain(),
+            "staleness_weights": dict(sorted(self.staleness_weights.items())),
             "opened_at": self.opened_at,
             "deadline": self.deadline,
             "live": sorted(self.live),
@@ -693,7 +707,10 @@ class Fill:
                 identity_keys=_keys_for(session.cohort, identity_keys),
                 identity_evidence=identity_evidence,
                 identity_keys_source=identity_keys_source,
-                straggler_grace=policy.straggler_grace,
+                straggler_grace=policy.fill_straggler_grace,
+                staleness_weights={
+                    str(d): float(w) for d, w in saved.get("staleness_weights", {}).items()
+                },
             )
             fill.server.load_state_dict(plain.from_json(saved["server"]))
             live = {str(d) for d in saved["live"]}

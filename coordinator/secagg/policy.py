@@ -12,11 +12,28 @@ so the fill merges at least ``K`` updates (what the buffer needs) and a server
 helped by ``max_colluders`` Sybil devices that asks different devices different
 questions still falls short of one device's update (``2t > m + c``). A fill
 whose survivors fall below ``t`` at any phase aborts and nothing is released.
+
+When the cohort is bound (``CohortBinding``):
+
+- ``DISPATCH``: the coordinator picks a whole cohort of idle devices, sends each
+  its task with the fill in it, and the fill's key phases run while its members
+  train. A fill then moves at the pace of its slower members, and its fast
+  members sit idle once they have masked.
+- ``ARRIVAL``: devices are sent plain training tasks (the strategy's
+  ``concurrency`` of them, as in a buffered row) and say when they are done
+  (``Engine.secagg_ready``); the first ``m`` ready devices of a subset form the
+  next fill. A fill then waits only for its protocol round trips, and its
+  members' staleness differs: each member's public staleness weight
+  ``(1 + tau_i)^-a`` (its base version against the version at the fill's opening)
+  goes in its task and scales its own weight; the server step is damped only for
+  the versions merged while the fill ran. Under distributed DP (every weight 1)
+  the fill's base version is its members' median instead.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -26,13 +43,20 @@ from fedward.privacy.secagg.errors import SecAggError
 
 from ..errors import CoordinatorError
 
-__all__ = ["SecAggPolicy", "SecAggPolicyError"]
+__all__ = ["CohortBinding", "SecAggPolicy", "SecAggPolicyError"]
 
 MAX_ENERGY_BINS = 64  # mirrors fedward.protocol.messages.MAX_ENERGY_BINS (edges per task)
 
 
 class SecAggPolicyError(CoordinatorError, ValueError):
     """A secure-aggregation policy that cannot run (the message says which field and why)."""
+
+
+class CohortBinding(enum.StrEnum):
+    """When a fill's cohort is fixed (the module docstring says what each costs)."""
+
+    DISPATCH = "dispatch"  # whole cohorts dispatched together; keys exchanged while training
+    ARRIVAL = "arrival"  # devices train first; the first m ready form the next fill
 
 
 def _number(name: str, value: object, *, positive: bool = True) -> float:
@@ -96,6 +120,11 @@ class SecAggPolicy:
         devices nearest it in measured task time (True, the default), or only by
         subset and class (False: the rule before measured speeds, kept to measure
         what grouping buys).
+    cohort_binding: ``CohortBinding.DISPATCH`` (the default) or ``ARRIVAL`` (devices
+        train first; cohorts form from ready devices; ``group_by_speed``,
+        ``straggler_grace`` and ``masked_input_timeout_s`` then have nothing to wait
+        for, and ``training_budget`` is refused: the strategy's concurrency bounds
+        the devices at work).
     """
 
     buffer_size: int
@@ -114,8 +143,18 @@ class SecAggPolicy:
     masked_input_timeout_s: float | None = None
     straggler_grace: float | None = None
     group_by_speed: bool = True
+    cohort_binding: CohortBinding = CohortBinding.DISPATCH
 
     def __post_init__(self) -> None:
+        if not isinstance(self.cohort_binding, CohortBinding):
+            raise SecAggPolicyError(
+                f"cohort_binding must be a CohortBinding, got {self.cohort_binding!r}"
+            )
+        if self.cohort_binding is CohortBinding.ARRIVAL and self.training_budget is not None:
+            raise SecAggPolicyError(
+                "training_budget applies to cohorts bound at dispatch; with cohort_binding "
+                "arrival the strategy's concurrency bounds the devices training: leave it None"
+            )
         _int("buffer_size", self.buffer_size, low=1)
         dropout = _number("expected_dropout", self.expected_dropout, positive=False)
         if not 0 <= dropout < 1:
@@ -191,8 +230,23 @@ class SecAggPolicy:
     def timeout_for(self, phase: str) -> float:
         """Seconds the uplink ``phase`` (a SecAggPhase value) waits before it closes."""
         if phase == "masked_input" and self.masked_input_timeout_s is not None:
-            return float(self.masked_input_timeout_s)
+            if not self.at_arrival:  # at arrival nobody trains during the phase
+                return float(self.masked_input_timeout_s)
         return float(self.phase_timeout_s)
+
+    @property
+    def fill_straggler_grace(self) -> float | None:
+        """The grace a fill's masked-input phase gets: none for cohorts bound at arrival.
+
+        Their members have trained already: the phase waits only for masking and one
+        upload, and declaring a member dropped would throw away a finished update.
+        """
+        return None if self.at_arrival else self.straggler_grace
+
+    @property
+    def at_arrival(self) -> bool:
+        """Whether cohorts form from devices that have finished training."""
+        return self.cohort_binding is CohortBinding.ARRIVAL
 
     @property
     def histogram(self) -> bool:

@@ -13,6 +13,7 @@ import numpy as np
 from fedward.coordinator import audit
 from fedward.coordinator.engine import DeviceState
 from fedward.coordinator.privacy.settings import check_first_task
+from fedward.coordinator.secagg import CohortBinding, SecAggPolicyError
 from fedward.coordinator.store import StudyChanges, StudyState, TaskStatus
 from fedward.coordinator.store.audit_trail import OPERATOR
 from fedward.coordinator.store.models import StudyRow
@@ -106,6 +107,18 @@ def finish_if_done(core: ServiceCore, study: StudyRuntime, changes: StudyChanges
     core._audit(entry, study_id=study.id)
 
 
+def _check_live_secagg(spec: StudySpec) -> None:
+    """Refuse what the live path cannot run: cohorts bound at arrival need a device to
+    say "trained" and hold its update, which the edge agent does not do yet."""
+    secagg = spec.secagg
+    if secagg is not None and secagg.enabled and secagg.cohort_binding is CohortBinding.ARRIVAL:
+        raise SecAggPolicyError(
+            "cohort_binding 'arrival' runs in the simulator only (fedward simulate, fedward "
+            "bench): live devices cannot yet report a finished update and wait for a fill; "
+            "use cohort_binding 'dispatch' (the default) for a live study"
+        )
+
+
 class StudyCalls(ServiceCore):
     def create_study(
         self,
@@ -133,6 +146,7 @@ class StudyCalls(ServiceCore):
         """
         if spec.privacy is not None:
             check_first_task(spec.privacy)
+        _check_live_secagg(spec)
         with self._lock:
             sid = study_id if study_id is not None else self._new_study_id(spec.name)
             if not isinstance(sid, str) or not _STUDY_ID_RE.fullmatch(sid):

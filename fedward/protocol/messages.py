@@ -300,14 +300,18 @@ class SecAggWeighting(WireModel):
     """Public numbers a fill member derives its own weight from, on the device.
 
     FTTE's energy damping ``g = 1/(1 + beta*max(0, q/ref - tol))`` (weight 1
-    when ``energy_reference`` is None) and ``NormBounded``'s L2 bound, so no
-    per-device statistic leaves the device in the clear.
+    when ``energy_reference`` is None), the member's staleness weight and
+    ``NormBounded``'s L2 bound, so no per-device statistic leaves the device in
+    the clear.
     """
 
     energy_reference: NonNegFloat | None
     energy_tolerance: PosFloat
     energy_beta: NonNegFloat
     norm_bound: PosFloat | None
+    staleness_weight: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] = 1.0
+    """This member's public ``(1 + tau)^-a`` (cohorts formed at arrival: members trained
+    from different versions); it multiplies the device's own weight."""
 
 
 def _increasing(edges: tuple[float, ...]) -> tuple[float, ...]:

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fedward.coordinator.engine.planning import SubsetMode
 from fedward.coordinator.privacy.settings import StudyPrivacy
-from fedward.coordinator.secagg import SecAggPolicy
+from fedward.coordinator.secagg import CohortBinding, SecAggPolicy
 from fedward.coordinator.strategies import StrategyName
 from fedward.coordinator.strategies.ftte import EnergyNormaliser, EnergyRule, ServerOptimizer
 from fedward.coordinator.study_spec import (
@@ -298,6 +298,9 @@ class Scenario(BaseModel):
     # cohorts are grouped by each device's measured task time (SecAggSettings)
     secagg_straggler_grace: float | None = Field(default=0.5, ge=0)
     secagg_group_by_speed: bool = True
+    # when a fill's cohort is fixed (SecAggPolicy.cohort_binding): at dispatch, or from
+    # the first m devices that have trained
+    secagg_cohort_binding: CohortBinding = CohortBinding.DISPATCH
     # natural-log energy histogram edges (energy: mean squared update value) the devices
     # report as masked one-hot count words, from which the server sets FTTE's energy
     # reference; () sends none (the energy term is then off: every weight 1)
@@ -409,8 +412,13 @@ class Scenario(BaseModel):
         if self.secagg_fills_in_flight is not None:
             fills = self.secagg_fills_in_flight
         else:  # the devices a buffered row keeps at work, or, under a budget, every device
+            # (at arrival, fills hold only devices that have trained: no training slot)
             m = settings.policy(buffer_size=self.buffer_size).cohort_size
-            work = self.devices if self.secagg_training_budget is not None else self.concurrency
+            every = (
+                self.secagg_training_budget is not None
+                or self.secagg_cohort_binding is CohortBinding.ARRIVAL
+            )
+            work = self.devices if every else self.concurrency
             fills = max(1, work // m)
         return settings.model_copy(update={"fills_in_flight": fills})
 
@@ -428,6 +436,7 @@ class Scenario(BaseModel):
             straggler_grace=self.secagg_straggler_grace,
             group_by_speed=self.secagg_group_by_speed,
             training_budget=self.secagg_training_budget,
+            cohort_binding=self.secagg_cohort_binding,
             # the DDP mechanism is built by secagg_policy (DistributedDpSettings cannot
             # give DistributedDp its scale and min_survivors yet)
             ddp=None,

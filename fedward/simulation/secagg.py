@@ -62,6 +62,7 @@ from fedward.protocol.messages import (
     Task,
     decode_frame,
     encode_frame,
+    frame_size,
     secagg_body,
     secagg_frame_tensors,
     secagg_words_data,
@@ -338,6 +339,10 @@ class FillCosts:
     survivors: list[int] = field(default_factory=list)
     late_refused: int = 0
     refused: int = 0  # a device's own checks refused the fill (or a step of it)
+    # ARRIVAL: "trained" frames (device to coordinator) and the re-sent tasks naming a fill
+    ready_frames: int = 0
+    ready_bytes: int = 0
+    invite_bytes: int = 0
 
     def count(self, phase: SecAggPhase, nbytes: int) -> None:
         table = self.bytes_up_by_phase if phase.uplink else self.bytes_down_by_phase
@@ -360,6 +365,9 @@ class FillCosts:
             "survivors_mean": float(np.mean(self.survivors)) if self.survivors else None,
             "late_refused": self.late_refused,
             "device_refused": self.refused,
+            "ready_frames": self.ready_frames,
+            "ready_bytes": self.ready_bytes,
+            "invite_bytes": self.invite_bytes,
         }
 
 
@@ -375,10 +383,14 @@ class FillSimulator:
     ``push`` and handles the events it scheduled (``handle``). Event kinds:
     ``sa_recv`` (a task reaches its device), ``sa_trained`` (its training
     ends), ``sa_up`` / ``sa_down`` (a phase frame reaches the coordinator /
-    the device) and ``sa_tick`` (a phase timer may have fired).
+    the device), ``sa_tick`` (a phase timer may have fired) and, with cohorts
+    bound at arrival, ``sa_ready`` (a device's "trained" reaches the
+    coordinator; :meth:`train_first`). A fill the engine opens from ready devices
+    sends each member its task again with the fill in it (``FillStep.invited``);
+    the member then runs the phases as one whose training is already done.
     """
 
-    KINDS = frozenset({"sa_recv", "sa_trained", "sa_up", "sa_down", "sa_tick"})
+    KINDS = frozenset({"sa_recv", "sa_trained", "sa_up", "sa_down", "sa_tick", "sa_ready"})
 
     def __init__(
         self,
@@ -391,6 +403,7 @@ class FillSimulator:
         push: Push,
         phase_timeout_s: float,
         random_bytes: Callable[[int], bytes] = os.urandom,
+        task_for: Callable[[Any], Task] | None = None,
     ) -> None:
         self.engine, self.study_id, self.shapes, self.by_id = engine, study_id, shapes, by_id
         self.calibration, self.push, self.phase_timeout_s = calibration, push, phase_timeout_s
@@ -404,6 +417,11 @@ class FillSimulator:
         self._ticks: set[float] = set()
         self._opened: set[str] = set()
         self.merges: list[Any] = []  # MergeResult of every fill merged, in order
+        # ARRIVAL: the Task a member's engine order becomes once its fill opens
+        self.task_for = task_for
+        # ARRIVAL: task id -> (training job, when its device goes silent) until invited
+        self.waiting: dict[str, tuple[Any, float | None]] = {}
+        self.orphans: list[Any] = []  # jobs whose device went silent: drained at the end
 
     # -- dispatch ---------------------------------------------------------------
     def start(
@@ -442,11 +460,65 @@ class FillSimulator:
             self._tick_at(now + self.phase_timeout_s)
         received = now + download_s
         trained = received + compute_s
+        # receipt first: it advertises, then takes the trained update (an invited member's
+        # training is done already, compute_s == 0, and the heap breaks ties in push order)
+        self.push(received, "sa_recv", task.task_id)
         if silent_at is None or silent_at > trained:  # else it never masks: no training
             self.jobs[task.task_id] = submit()
             self.push(trained, "sa_trained", task.task_id)
-        self.push(received, "sa_recv", task.task_id)
         return True
+
+    def train_first(
+        self,
+        *,
+        task_id: str,
+        device_id: str,
+        ready_at: float,
+        ready_bytes: int,
+        silent_at: float | None,
+        job: Any,
+    ) -> None:
+        """ARRIVAL: a plain training task whose device says "trained" at ``ready_at``
+        (a ``ready_bytes`` frame) and keeps its update for the fill it is invited to."""
+        self.waiting[task_id] = (job, silent_at)
+        self.upload_bytes += ready_bytes
+        self.costs.ready_frames += 1
+        self.costs.ready_bytes += ready_bytes
+        self.push(ready_at, "sa_ready", (task_id, device_id))
+
+    def _on_ready(self, payload: tuple[str, str], now: float) -> list[Any]:
+        task_id, device_id = payload
+        waiting = self.waiting.get(task_id)
+        if waiting is None or (waiting[1] is not None and now >= waiting[1]):
+            return []  # silent before it could say so: its task fails at the heartbeat
+        try:
+            step = self.engine.secagg_ready(task_id=task_id, device_id=device_id, now=now)
+        except Exception as exc:  # its task failed meanwhile (e.g. its deadline)
+            if not _is_refusal(exc):
+                raise
+            return []
+        return self._apply(step, now)
+
+    def _invite(self, order: Any, now: float) -> None:
+        """Send an invited member its task with the fill in it; it has trained already."""
+        if self.task_for is None:
+            raise ValueError("cohorts bound at arrival need task_for")
+        job, silent_at = self.waiting.pop(order.task_id)
+        task = self.task_for(order)
+        nbytes = frame_size(task)
+        self.download_bytes += nbytes
+        self.costs.invite_bytes += nbytes
+        device = self.by_id[order.device_id]
+        started = self.start(
+            task,
+            now=now,
+            download_s=one_way_down_s(device, nbytes),
+            compute_s=0.0,
+            silent_at=silent_at,
+            submit=lambda: job,
+        )
+        if not started or order.task_id not in self.jobs:
+            self.orphans.append(job)  # refused, or silent before it could mask
 
     # -- events -----------------------------------------------------------------
     def handle(self, kind: str, payload: Any, now: float) -> list[Any]:
@@ -458,6 +530,8 @@ class FillSimulator:
             return []
         if kind == "sa_trained":
             return self._on_trained(payload, now)
+        if kind == "sa_ready":
+            return self._on_ready(payload, now)
         if kind == "sa_down":
             self._on_down(payload, now)
             return []
@@ -615,6 +689,8 @@ class FillSimulator:
         return self._apply(step, now)
 
     def _apply(self, step: Any, now: float) -> list[Any]:
+        for order in getattr(step, "invited", ()):
+            self._invite(order, now)
         phases: set[tuple[str, SecAggPhase]] = set()
         for out in step.outbound:
             member = self.members.get(out.task_id)
@@ -675,9 +751,11 @@ class FillSimulator:
 
     def drain(self) -> None:
         """Wait for training jobs still in flight (the executor must finish them)."""
-        for handle in self.jobs.values():
+        for handle in [*self.jobs.values(), *(j for j, _ in self.waiting.values()), *self.orphans]:
             handle.result()
         self.jobs.clear()
+        self.waiting.clear()
+        self.orphans.clear()
 
 
 def _is_refusal(exc: Exception) -> bool:

@@ -66,6 +66,8 @@ from fedward.errors import SimulationError
 from fedward.protocol.errors import EncodeError
 from fedward.protocol.messages import (
     DEFAULT_MAX_MESSAGE_BYTES,
+    DeviceStatus,
+    Heartbeat,
     ModelDownload,
     PrivacyReport,
     SecAggParams,
@@ -85,7 +87,7 @@ from .executor import Executor, TrainJob
 from .feasibility import fitting_micro_batch
 from .profiles import SimDevice, draw_fleet
 from .scenario import Scenario, StrategyRun
-from .secagg import FillSimulator, PrgCalibration
+from .secagg import FillSimulator, PrgCalibration, one_way_up_s
 from .sensordata import load_study_data
 from .warmstart import scenario_start
 
@@ -284,6 +286,7 @@ class Study:
                 calibration=self.calibration,
                 push=lambda at, kind, payload: self._push(at, kind, payload=payload),
                 phase_timeout_s=scenario.secagg_phase_timeout_s,
+                task_for=self._fill_task,
             )
 
     # -- what the report shows per device class ---------------------------------
@@ -431,6 +434,9 @@ class Study:
             raise SimulationError("not a secagg row")
         device = self.by_id[order.device_id]
         self.fills_joined[order.device_id] += 1
+        if order.fill_id is None:  # cohorts bound at arrival: train first, then say so
+            self._train_then_ready(order, now, result)
+            return
         task = self._fill_task(order)
         down = self._download_bytes(order) + frame_size(task)  # the task carries the fill
         result.download_bytes += down
@@ -468,6 +474,53 @@ class Study:
             submit=lambda: self.executor.submit(
                 TrainJob(device_index=device.index, base=base, task=local)
             ),
+        )
+
+    def _train_then_ready(self, order: TaskOrder, now: float, result: StudyResult) -> None:
+        """ARRIVAL: a plain training task; the device then says "trained" (a heartbeat-
+        sized frame naming the task) and waits, update in hand, for its fill's task."""
+        fills = self.fills
+        if fills is None:
+            raise SimulationError("not a secagg row")
+        device = self.by_id[order.device_id]
+        down = self._download_bytes(order)
+        result.download_bytes += down
+        flops = task_flops(
+            self.model_config,
+            order.subset.names,
+            samples=self.num_samples[device.index],
+            epochs=self.scenario.epochs,
+            batch_size=self.scenario.batch_size,
+        )
+        ready_bytes = frame_size(
+            Heartbeat(device_id=order.device_id, status=DeviceStatus.BUSY, tasks=(order.task_id,))
+        )
+        trained = now + device.download_s(down) + device.compute_s(flops)
+        ready_at = trained + one_way_up_s(device, ready_bytes)
+        silent_at = None
+        if self.chance.random() < device.profile.dropout:  # as the plaintext rows draw it
+            duration = trained - now + device.upload_s(self._update_bytes(order))
+            silent_at = now + self.chance.uniform(0, duration)
+            # noticed a heartbeat timeout later, as in the plaintext rows (in a fill, its
+            # phase timer would drop it anyway)
+            self._push(silent_at + self.scenario.heartbeat_timeout_s, "dropped", order.task_id)
+            if silent_at < trained:
+                return  # it never finishes training: nothing to run
+        local = LocalTask(
+            task_id=order.task_id,
+            model_version=order.model_version,
+            subset_names=order.subset.names,
+            train=self._train_for(device),
+            seed=self.scenario.seed * 1_000_003 + int(order.task_id[1:]),
+        )
+        base = self.engine.base_params(order.model_version)
+        fills.train_first(
+            task_id=order.task_id,
+            device_id=order.device_id,
+            ready_at=ready_at,
+            ready_bytes=ready_bytes,
+            silent_at=silent_at,
+            job=self.executor.submit(TrainJob(device_index=device.index, base=base, task=local)),
         )
 
     def _fill_task(self, order: TaskOrder) -> Task:

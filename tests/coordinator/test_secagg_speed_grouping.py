@@ -240,7 +240,9 @@ def test_a_lever_is_read_or_refused_with_what_to_write() -> None:
         "secagg_fills_in_flight": 10,
     }
     assert parse_lever("budget=none") == {"secagg_training_budget": None}
-    for bad in ("grace", "speed=1", "grouping=maybe", "grace=fast", "fills=2.5", "budget=x"):
+    assert parse_lever("binding=arrival") == {"secagg_cohort_binding": "arrival"}
+    bad_levers = ("grace", "speed=1", "grouping=maybe", "grace=fast", "fills=2.5", "budget=x")
+    for bad in (*bad_levers, "binding=later"):
         with pytest.raises(LeverError):
             parse_lever(bad)
 

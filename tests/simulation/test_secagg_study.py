@@ -128,6 +128,7 @@ def _expected_merge(run: dict[str, Any], event: EngineEvent) -> dict[str, np.nda
             tolerance=weighting.energy_tolerance,
             beta=weighting.energy_beta,
         )
+        w *= weighting.staleness_weight  # 1 unless cohorts form at arrival
         term = np.clip(w * vector, -policy.clip, policy.clip)  # the per-coordinate clip
         weighted = term if weighted is None else weighted + term
         weights += w
@@ -232,3 +233,22 @@ def test_distributed_dp_row_keeps_every_device_within_the_dp_budget() -> None:
     assert max(study.fills_joined.values()) == cap  # it bound, and nobody went past it
     assert 0 < result.privacy["epsilon_max"] <= scenario.dp_epsilon
     assert result.merges > 0 and result.secagg["fills_merged"] == result.merges
+
+
+@pytest.fixture(scope="module")
+def arrival() -> dict[str, Any]:
+    # cohorts bound at arrival: devices train plain tasks, the first m ready form a fill
+    return _run(_scenario(secagg_cohort_binding="arrival"))
+
+
+def test_fills_formed_at_arrival_merge_the_staleness_weighted_plaintext_mean(arrival) -> None:
+    # Prepare / Execute: a tiny study whose cohorts form from devices that have trained
+    result, study = arrival["result"], arrival["study"]
+    members = study.fills.members.values()
+    weights = {m.participant.params.weighting.staleness_weight for m in members}
+    # Assert: every merge is a fill, equal to the plaintext merge with each member's
+    # public staleness weight; some members were stale when their fill opened
+    assert result.merges == result.secagg["fills_merged"] > 0
+    assert _check_every_fill_merge(arrival) == result.merges
+    assert result.secagg["ready_frames"] >= result.updates
+    assert any(w < 1.0 for w in weights) and max(weights) == 1.0
