@@ -226,11 +226,11 @@ class Engine:
         if self.fills is not None and not self.fills.policy.at_arrival:
             orders = self._dispatch_fills(idle, now=now)
         else:
-            # under ARRIVAL, devices that have trained (ready, or in a fill) hold no
-            # training slot: the strategy's concurrency counts devices at work
-            holding = self.fills.holding() if self.fills is not None else 0
+            # under ARRIVAL, a device that has trained and waits for its cohort holds no
+            # training slot; once in a fill it counts again (its protocol is its upload)
+            waiting = self.fills.waiting() if self.fills is not None else 0
             room = self.strategy.dispatch_room(
-                in_flight=self.in_flight() - holding, concurrency=self.concurrency
+                in_flight=self.in_flight() - waiting, concurrency=self.concurrency
             )
             if room <= 0 or not idle:
                 return []

@@ -95,9 +95,14 @@ class FillBook:
         training = sum(fill.training for fill in self.fills.values())
         return max(0, min(room, (budget - training) // self.policy.cohort_size))
 
-    def holding(self) -> int:
-        """Tasks not training: ready and waiting for a fill, or live in an open one."""
-        return len(self.ready) + sum(len(fill.live) for fill in self.fills.values())
+    def waiting(self) -> int:
+        """Tasks trained and waiting for their cohort (ARRIVAL): no training slot.
+
+        Members of an open fill are not counted: the protocol is their upload, and
+        freeing their slots too let so many fills run at once that each merged
+        several versions stale (measured: README, "Cohorts bound at arrival").
+        """
+        return len(self.ready)
 
     def mark_ready(self, *, task_id: str, subset_id: str, now: float) -> None:
         """``task_id``'s device has trained (ARRIVAL); it waits for the next fill."""

@@ -20,9 +20,10 @@ When the cohort is bound (``CohortBinding``):
   train. A fill then moves at the pace of its slower members, and its fast
   members sit idle once they have masked.
 - ``ARRIVAL``: devices are sent plain training tasks (the strategy's
-  ``concurrency`` of them, as in a buffered row) and say when they are done
-  (``Engine.secagg_ready``); the first ``m`` ready devices of a subset form the
-  next fill. A fill then waits only for its protocol round trips, and its
+  ``concurrency`` of them, as in a buffered row; a device that has trained and
+  waits for its cohort holds no slot, a fill member does) and say when they are
+  done (``Engine.secagg_ready``); the first ``m`` ready devices of a subset form
+  the next fill. A fill then waits only for its protocol round trips, and its
   members' staleness differs: each member's public staleness weight
   ``(1 + tau_i)^-a`` (its base version against the version at the fill's opening)
   goes in its task and scales its own weight; the server step is damped only for

@@ -14,8 +14,10 @@ With FTTE's server momentum or Adam (``StudySpec.server_optimizer``) the last li
 is that optimiser's step with ``s * mean``: its moments average merged means
 over fills, never one device's update.
 
-Staleness scales the server step, never a device's weight (one base version
-per fill makes it the same for every member, and it is public anyway). No
+Staleness scales the server step (one base version per fill makes it the same
+for every member, and it is public anyway); with cohorts bound at arrival the
+members' bases differ, and each member's public ``(1 + tau_i)^-a`` against the
+fill's opening also scales its own weight, on the device. No
 per-device statistic exists: ``MergeResult.weights`` is empty and every
 survivor has the fill's staleness. Under distributed DP the sum is the
 survivors' rotated, noised vectors; ``fedward.privacy.secagg.ddp.recover``

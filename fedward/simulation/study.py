@@ -393,25 +393,13 @@ class Study:
         if self.fills is not None:
             self._start_member(order, now, result)
             return
-        samples = self.num_samples[device.index]
         down = self._download_bytes(order)
         result.download_bytes += down
-        flops = task_flops(
-            self.model_config,
-            order.subset.names,
-            samples=samples,
-            epochs=self.scenario.epochs,
-            batch_size=self.scenario.batch_size,
-        )
+        flops = self._task_flops(order, device)
         up_s = device.upload_s(self._update_bytes(order))
         duration = device.download_s(down) + device.compute_s(flops) + up_s
-        if self.chance.random() < device.profile.dropout:
-            silent_at = now + self.chance.uniform(0, duration)
-            # the coordinator notices the silence a heartbeat timeout later, as in the
-            # plaintext rows; the fill's phase timer would drop it anyway
-            self._push(silent_at + self.scenario.heartbeat_timeout_s, "dropped", order.task_id)
-            self._push(silent_at + self.scenario.heartbeat_timeout_s, "dropped", order.task_id)
-            return
+        if self._silent_at(device, order, now=now, duration=duration) is not None:
+            return  # it goes silent before its update arrives: nothing to train
         task = LocalTask(
             task_id=order.task_id,
             model_version=order.model_version,
@@ -440,40 +428,17 @@ class Study:
         task = self._fill_task(order)
         down = self._download_bytes(order) + frame_size(task)  # the task carries the fill
         result.download_bytes += down
-        flops = task_flops(
-            self.model_config,
-            order.subset.names,
-            samples=self.num_samples[device.index],
-            epochs=self.scenario.epochs,
-            batch_size=self.scenario.batch_size,
-        )
-        compute = device.compute_s(flops)
-        silent_at = None
-        if self.chance.random() < device.profile.dropout:  # as the plaintext rows draw it
-            duration = (
-                device.download_s(down) + compute + device.upload_s(self._update_bytes(order))
-            )
-            silent_at = now + self.chance.uniform(0, duration)
-            # the coordinator notices the silence a heartbeat timeout later, as in the
-            # plaintext rows; the fill's phase timer would drop it anyway
-            self._push(silent_at + self.scenario.heartbeat_timeout_s, "dropped", order.task_id)
-        local = LocalTask(
-            task_id=order.task_id,
-            model_version=order.model_version,
-            subset_names=order.subset.names,
-            train=self._train_for(device),
-            seed=self.scenario.seed * 1_000_003 + int(order.task_id[1:]),
-        )
-        base = self.engine.base_params(order.model_version)
+        compute = device.compute_s(self._task_flops(order, device))
+        duration = device.download_s(down) + compute + device.upload_s(self._update_bytes(order))
+        silent_at = self._silent_at(device, order, now=now, duration=duration)
+        job = self._member_job(order, device)
         fills.start(
             task,
             now=now,
             download_s=device.download_s(down),
             compute_s=compute,
             silent_at=silent_at,
-            submit=lambda: self.executor.submit(
-                TrainJob(device_index=device.index, base=base, task=local)
-            ),
+            submit=lambda: self.executor.submit(job),
         )
 
     def _train_then_ready(self, order: TaskOrder, now: float, result: StudyResult) -> None:
@@ -485,27 +450,47 @@ class Study:
         device = self.by_id[order.device_id]
         down = self._download_bytes(order)
         result.download_bytes += down
-        flops = task_flops(
+        ready_bytes = frame_size(
+            Heartbeat(device_id=order.device_id, status=DeviceStatus.BUSY, tasks=(order.task_id,))
+        )
+        trained = now + device.download_s(down) + device.compute_s(self._task_flops(order, device))
+        ready_at = trained + one_way_up_s(device, ready_bytes)
+        duration = trained - now + device.upload_s(self._update_bytes(order))
+        silent_at = self._silent_at(device, order, now=now, duration=duration)
+        if silent_at is not None and silent_at < trained:
+            return  # it never finishes training: nothing to run
+        fills.train_first(
+            task_id=order.task_id,
+            device_id=order.device_id,
+            ready_at=ready_at,
+            ready_bytes=ready_bytes,
+            silent_at=silent_at,
+            job=self.executor.submit(self._member_job(order, device)),
+        )
+
+    def _task_flops(self, order: TaskOrder, device: SimDevice) -> float:
+        return task_flops(
             self.model_config,
             order.subset.names,
             samples=self.num_samples[device.index],
             epochs=self.scenario.epochs,
             batch_size=self.scenario.batch_size,
         )
-        ready_bytes = frame_size(
-            Heartbeat(device_id=order.device_id, status=DeviceStatus.BUSY, tasks=(order.task_id,))
-        )
-        trained = now + device.download_s(down) + device.compute_s(flops)
-        ready_at = trained + one_way_up_s(device, ready_bytes)
-        silent_at = None
-        if self.chance.random() < device.profile.dropout:  # as the plaintext rows draw it
-            duration = trained - now + device.upload_s(self._update_bytes(order))
-            silent_at = now + self.chance.uniform(0, duration)
-            # noticed a heartbeat timeout later, as in the plaintext rows (in a fill, its
-            # phase timer would drop it anyway)
-            self._push(silent_at + self.scenario.heartbeat_timeout_s, "dropped", order.task_id)
-            if silent_at < trained:
-                return  # it never finishes training: nothing to run
+
+    def _silent_at(
+        self, device: SimDevice, order: TaskOrder, *, now: float, duration: float
+    ) -> float | None:
+        """When the device goes silent within ``duration`` of its task (its class's dropout
+        chance), or None; the coordinator notices a heartbeat timeout later (in a fill, its
+        phase timer would drop it anyway)."""
+        if self.chance.random() >= device.profile.dropout:
+            return None
+        silent_at = now + self.chance.uniform(0, duration)
+        self._push(silent_at + self.scenario.heartbeat_timeout_s, "dropped", order.task_id)
+        return silent_at
+
+    def _member_job(self, order: TaskOrder, device: SimDevice) -> TrainJob:
+        """A secagg member's training: no DP-SGD (its noise, if any, is distributed)."""
         local = LocalTask(
             task_id=order.task_id,
             model_version=order.model_version,
@@ -514,14 +499,7 @@ class Study:
             seed=self.scenario.seed * 1_000_003 + int(order.task_id[1:]),
         )
         base = self.engine.base_params(order.model_version)
-        fills.train_first(
-            task_id=order.task_id,
-            device_id=order.device_id,
-            ready_at=ready_at,
-            ready_bytes=ready_bytes,
-            silent_at=silent_at,
-            job=self.executor.submit(TrainJob(device_index=device.index, base=base, task=local)),
-        )
+        return TrainJob(device_index=device.index, base=base, task=local)
 
     def _fill_task(self, order: TaskOrder) -> Task:
         """The Task a fill member receives (its SecAggParams from the engine)."""

@@ -73,7 +73,7 @@ def test_devices_train_plain_tasks_and_the_first_m_ready_form_a_fill() -> None:
     assert fill.fill_id == last[0].fill_id and engine.tasks[last[0].task_id].fill_id == fill.fill_id
 
 
-def test_ready_devices_free_their_training_slot() -> None:
+def test_devices_waiting_for_their_cohort_free_their_training_slot() -> None:
     # Prepare: the strategy's concurrency is all in flight
     engine = arrival_engine()
     enrol(engine, CONCURRENCY + 3)
@@ -82,10 +82,14 @@ def test_ready_devices_free_their_training_slot() -> None:
     # Execute: three say they have trained (no fill yet: 3 < m)
     ready(engine, orders[:3], now=2.0)
     more = engine.dispatch(now=2.0)
-    # Assert: no room while all train; then three more devices train, the ready three
-    # hold their updates
+    # the other four of the cohort say so too: the fill opens, its members count again
+    invited = ready(engine, orders[3:COHORT], now=3.0)
+    after = engine.dispatch(now=3.0)
+    # Assert: no room while all train; then three more devices train while the ready
+    # three wait; once their fill runs, its members hold slots as any upload does
     assert len(orders) == CONCURRENCY and full == []
-    assert len(more) == 3 and engine.fills.holding() == 3
+    assert len(more) == 3
+    assert len(invited) == COHORT and engine.fills.waiting() == 0 and after == []
 
 
 def test_a_fill_of_members_with_different_bases_merges_their_staleness_weighted_mean() -> None:
