@@ -299,9 +299,11 @@ class Engine:
         server step is damped only for what merges while the fill runs); under
         distributed DP every weight is 1 and the base version is the members' median.
         """
-        book = self.fills
+        book, strategy = self.fills, self.strategy
         if book is None or not book.policy.at_arrival:
             return ()
+        if not isinstance(strategy, SecureAggregated):
+            raise CoordinatorError("secure aggregation merges through SecureAggregated")
         invited: list[TaskOrder] = []
         while book.room() > 0:
             chosen = book.take_ready()
@@ -310,11 +312,10 @@ class Engine:
             orders = [self.tasks[t] for t in chosen]
             fill_id = book.next_fill_id()
             members = {o.device_id: o.task_id for o in orders}
-            exponent = getattr(self.strategy, "staleness_exponent", 0.5)
             if book.policy.ddp is None:
                 base = self.version
                 weights = {
-                    o.device_id: float((1.0 + self.version - o.model_version) ** -exponent)
+                    o.device_id: strategy.age_factor(staleness=self.version - o.model_version)
                     for o in orders
                 }
             else:
@@ -329,7 +330,7 @@ class Engine:
                 members=members,
                 subset=orders[0].subset,
                 base_version=base,
-                weighting=book.weighting_for(self.strategy),
+                weighting=book.weighting_for(strategy),
                 now=now,
                 staleness_weights=weights,
             )

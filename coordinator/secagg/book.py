@@ -326,7 +326,7 @@ class FillBook:
         if fill is None:
             raise CoordinatorError(f"fill {fill_id} is not open")
         policy = self.policy
-        staleness = fill.staleness_weights.get(device_id, 1.0) if device_id else 1.0
+        staleness = fill.staleness_weights.get(device_id or "", 1.0)
         return SecAggParams(
             fill_id=fill.fill_id,
             config=fill.config.to_plain(),

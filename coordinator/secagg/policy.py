@@ -230,9 +230,10 @@ class SecAggPolicy:
 
     def timeout_for(self, phase: str) -> float:
         """Seconds the uplink ``phase`` (a SecAggPhase value) waits before it closes."""
-        if phase == "masked_input" and self.masked_input_timeout_s is not None:
-            if not self.at_arrival:  # at arrival nobody trains during the phase
-                return float(self.masked_input_timeout_s)
+        # at arrival nobody trains during the masked-input phase: no longer timer
+        longer = phase == "masked_input" and not self.at_arrival
+        if longer and self.masked_input_timeout_s is not None:
+            return float(self.masked_input_timeout_s)
         return float(self.phase_timeout_s)
 
     @property

@@ -127,9 +127,13 @@ class SecureAggregated(StrategyWrapper):
         raise NotReadyError("a secure-aggregation study merges fills (merge_fill), not a buffer")
 
     # -- a fill's sum ----------------------------------------------------------------
+    def age_factor(self, *, staleness: int) -> float:
+        """(1 + tau)^-a: a fill's step damping, and an arrival-bound member's own weight."""
+        return float((1.0 + staleness) ** -self.staleness_exponent)
+
     def step_scale(self, *, staleness: int) -> float:
         """eta_g * (1 + tau)^-a: the server step of a fill of staleness ``tau``."""
-        return self.server_lr * (1.0 + staleness) ** -self.staleness_exponent
+        return self.server_lr * self.age_factor(staleness=staleness)
 
     def fill_mean(self, aggregate: FillAggregate) -> np.ndarray:
         """The fill's weighted mean update over its index set (float64)."""
@@ -167,7 +171,7 @@ class SecureAggregated(StrategyWrapper):
         if optimised is None:
             new_params = apply_step(params, mean, lr=self.step_scale(staleness=staleness))
         else:  # FTTE's server optimiser on the staleness-scaled mean (it applies server_lr)
-            age = (1.0 + staleness) ** -self.staleness_exponent
+            age = self.age_factor(staleness=staleness)
             new_params = optimised(params, {n: v * age for n, v in mean.items()})
         reference = aggregate.energy_reference
         survivors = aggregate.result.survivors
