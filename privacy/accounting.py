@@ -114,6 +114,15 @@ def _check_delta(delta: float) -> None:
         raise ValueError(f"delta must be in (0, 1), got {delta!r}")
 
 
+def load_accountants() -> None:
+    """Import Opacus' accountants now (seconds on a cold machine, once per process).
+
+    For a caller about to fork a child that must answer within a time limit: the
+    child then inherits the import instead of paying for it inside the limit.
+    """
+    import opacus.accountants  # noqa: F401
+
+
 def _opacus_accountant(
     accountant: Accountant,
 ) -> RDPAccountant | PRVAccountant | GaussianAccountant:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import multiprocessing
 from collections.abc import Sequence
 
-from fedward.privacy.accounting import Accountant, MechanismStep, epsilon_for
+from fedward.privacy.accounting import Accountant, MechanismStep, epsilon_for, load_accountants
 from fedward.privacy.errors import PolicyError
 
 
@@ -43,6 +43,10 @@ def epsilon_within(
     """``epsilon_for(history)``, or ``EpsilonTooSlow`` after ``seconds`` (child killed)."""
     if not seconds > 0:
         raise ValueError("seconds must be > 0")
+    # Opacus is imported lazily (plain studies never load it): load it here, outside the
+    # limit, or a cold coordinator's child spends it importing (5 s measured on one
+    # machine against a 2 s limit, which refused a valid DP study)
+    load_accountants()
     context = multiprocessing.get_context("fork")
     receiver, sender = context.Pipe(duplex=False)
     child = context.Process(
