@@ -18,7 +18,10 @@ dropout the cohort is sized for), ``staleness`` (the age exponent of every
 row's server step; it changes only the secagg row here: ``ftte`` runs once,
 at the scenario's), ``fills`` (an int: fills open at once), ``budget`` (an int, or
 ``none``: the most fill members still training at once, ``SecAggPolicy.training_budget``),
-``binding`` (``dispatch`` / ``arrival``: when a fill's cohort is fixed, ``CohortBinding``).
+``binding`` (``dispatch`` / ``arrival``: when a fill's cohort is fixed, ``CohortBinding``),
+``buffer`` (an int: the secagg row's buffer, hence its cohort ``ceil(buffer / (1 - dropout))``
+and, unless ``fills`` is given, its fills ``concurrency // cohort``; ``ftte`` keeps the
+scenario's), ``adam_lr`` (the secagg row's server Adam learning rate).
 ``default`` is the scenario as ``fedward bench`` runs it.
 Virtual time is the simulator's (modelled device time), so load on this
 machine changes only the wall column and, slightly, the PRG cost calibrated
@@ -45,8 +48,10 @@ _FIELDS = {
     "fills": "secagg_fills_in_flight",
     "budget": "secagg_training_budget",
     "binding": "secagg_cohort_binding",
+    "buffer": "buffer_size",
+    "adam_lr": "server_adam_lr",
 }
-_INTEGERS = {"fills", "budget"}
+_INTEGERS = {"fills", "budget", "buffer"}
 
 
 class LeverError(SimulationError, ValueError):
