@@ -22,7 +22,10 @@ at the scenario's), ``fills`` (an int: fills open at once), ``budget`` (an int, 
 ``buffer`` (an int: the secagg row's buffer, hence its cohort ``ceil(buffer / (1 - dropout))``
 and, unless ``fills`` is given, its fills ``concurrency // cohort``; ``ftte`` keeps the
 scenario's), ``adam_lr`` (the secagg row's server Adam learning rate).
-``default`` is the scenario as ``fedward bench`` runs it.
+``default`` is the scenario as ``fedward bench`` runs it. Every lever is
+checked against the scenario (its fields and the secagg row's cohort policy)
+before the first row runs, so a bad value is a usage error, not a traceback
+after the ``ftte`` row's minutes.
 Virtual time is the simulator's (modelled device time), so load on this
 machine changes only the wall column and, slightly, the PRG cost calibrated
 at the start of each row.
@@ -36,7 +39,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fedward.errors import SimulationError
+from pydantic import ValidationError
+
+from fedward.errors import FedwardError, SimulationError
 from fedward.simulation.bench import run_benchmark
 from fedward.simulation.scenario import Scenario, StrategyRun, load_scenario
 
@@ -91,6 +96,23 @@ def parse_lever(text: str) -> dict[str, Any]:
     return overrides
 
 
+def vary(scenario: Scenario, overrides: dict[str, Any], *, lever: str) -> Scenario:
+    """``scenario`` under ``overrides``, checked as the secagg row will build it (its
+    scenario fields and its cohort policy), so a bad value is refused before any row runs
+    rather than as a traceback after the ``ftte`` row's minutes."""
+    try:
+        varied = Scenario.model_validate({**scenario.model_dump(), **overrides})
+        varied.secagg_policy(StrategyRun.FTTE_SECAGG, model_size=1)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'scenario'}: {e['msg']}" for e in exc.errors()
+        )
+        raise LeverError(f"lever {lever!r}: {problems}") from exc
+    except FedwardError as exc:
+        raise LeverError(f"lever {lever!r}: {exc}") from exc
+    return varied
+
+
 def first_at(series: list[dict[str, Any]], accuracy: float) -> dict[str, Any] | None:
     """The first evaluation at or above ``accuracy`` (None: never)."""
     return next((p for p in series if p["accuracy"] >= accuracy), None)
@@ -113,10 +135,10 @@ def gain_times(series: list[dict[str, Any]], *, reference: dict[str, Any]) -> li
 
 
 def lever_row(
-    scenario: Scenario, overrides: dict[str, Any], *, reference: dict[str, Any], workers: int
+    varied: Scenario, overrides: dict[str, Any], *, reference: dict[str, Any], workers: int
 ) -> dict[str, Any]:
-    """The secagg row under ``overrides``, against the ``reference`` (ftte) row."""
-    varied = Scenario.model_validate({**scenario.model_dump(), **overrides})
+    """The secagg row on ``varied`` (the scenario under ``overrides``), against the
+    ``reference`` (ftte) row."""
     started = time.perf_counter()
     report = run_benchmark(varied, runs=[StrategyRun.FTTE_SECAGG], workers=workers)
     row = report["strategies"][StrategyRun.FTTE_SECAGG.value]
@@ -184,20 +206,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=Path("runs/secagg-levers/levers.json"))
     args = parser.parse_args(argv)
     try:
-        levers = [(text, parse_lever(text)) for text in (args.lever or ["default"])]
-    except LeverError as exc:
-        parser.error(str(exc))
-    scenario = load_scenario(args.scenario)
+        scenario = load_scenario(args.scenario)
+    except (OSError, ValueError, FedwardError) as exc:  # a missing file, bad JSON or field
+        parser.error(f"--scenario {args.scenario}: {exc}")
     if args.seed is not None:
         scenario = scenario.model_copy(update={"seed": args.seed})
+    try:
+        levers = []
+        for text in args.lever or ["default"]:
+            overrides = parse_lever(text)
+            levers.append((text, overrides, vary(scenario, overrides, lever=text)))
+    except LeverError as exc:
+        parser.error(str(exc))
     started = time.perf_counter()
     base = run_benchmark(scenario, runs=[StrategyRun.FTTE], workers=args.workers)
     reference = base["strategies"][StrategyRun.FTTE.value]
     rows = []
-    for name, overrides in levers:
-        rows.append(
-            (name, lever_row(scenario, overrides, reference=reference, workers=args.workers))
-        )
+    for name, overrides, varied in levers:
+        rows.append((name, lever_row(varied, overrides, reference=reference, workers=args.workers)))
         print(table(reference, rows), flush=True)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(

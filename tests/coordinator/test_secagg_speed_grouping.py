@@ -248,6 +248,33 @@ def test_a_lever_is_read_or_refused_with_what_to_write() -> None:
             parse_lever(bad)
 
 
+@pytest.mark.parametrize(
+    ("lever", "field"),
+    [
+        ("buffer=0", "buffer_size"),
+        ("fills=0", "secagg_fills_in_flight"),
+        ("dropout=1.5", "dropout"),
+    ],
+)
+def test_a_lever_value_the_scenario_refuses_stops_the_run_before_any_row(
+    lever: str, field: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fedward.bench import secagg_levers
+
+    # Prepare: a benchmark that must not start (the ftte row takes minutes on full)
+    def no_row(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a row ran before the levers were checked")
+
+    monkeypatch.setattr(secagg_levers, "run_benchmark", no_row)
+    # Execute: a good lever first, then the bad one
+    with pytest.raises(SystemExit) as exit_info:
+        secagg_levers.main(["--scenario", "quick", "--lever", "buffer=5", "--lever", lever])
+    # Assert: a usage error naming the lever and the field, no traceback, no row run
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert lever in err and field in err and "Traceback" not in err
+
+
 def test_gain_times_read_the_first_crossing_of_each_share_of_the_references_gain() -> None:
     from fedward.bench.secagg_levers import gain_times
 
