@@ -165,16 +165,39 @@ def lever_row(
         "upload_bytes_per_update": row["upload_bytes_per_update"],
         "virtual_time_s": row["virtual_time_s"],
         "dropped_by_phase": secagg.get("dropped_by_phase", {}),
+        # where a merged member's slot went (FillCosts.slot_times): shares of its seconds
+        # from dispatch to the end of training and to its masked input's arrival
+        "slot_times": {k: secagg.get(k) for k in SLOT_KEYS},
         "wall_s": time.perf_counter() - started,
     }
+
+
+SLOT_KEYS = (
+    "member_slot_s_median",
+    "member_trained_s_median",
+    "member_input_s_median",
+    "slot_share_training",
+    "slot_share_to_input",
+    "slot_share_delivery_wait",
+    "fill_s_median",
+)
+
+
+def _shares(slot: dict[str, Any]) -> str:
+    training, to_input = slot.get("slot_share_training"), slot.get("slot_share_to_input")
+    waiting = slot.get("slot_share_delivery_wait")
+    if training is None or to_input is None or waiting is None:
+        return "-"
+    return f"{training:.2f} / {to_input:.2f} / {waiting:.2f}"
 
 
 def table(reference: dict[str, Any], rows: list[tuple[str, dict[str, Any]]]) -> str:
     ref_hit = first_at(reference["series"], reference["final_accuracy"])
     lines = [
         "| lever | time to ftte's final acc (s) | vs ftte | to 50/80/95% of ftte's gain: vs ftte "
-        "| updates / merges to it | final acc | vs ftte (pts) | dropped at masked input |",
-        "|---|---:|---:|---|---|---:|---:|---:|",
+        "| updates / merges to it | final acc | vs ftte (pts) | dropped at masked input "
+        "| member's slot: to training's end / to masked input / waiting for shares (share) |",
+        "|---|---:|---:|---|---|---:|---:|---:|---|",
         f"| ftte (reference) | {ref_hit['t'] if ref_hit else 0:,.0f} | 1.00 | "
         + " / ".join(
             "-" if t is None else f"{t:,.0f} s"
@@ -182,7 +205,7 @@ def table(reference: dict[str, Any], rows: list[tuple[str, dict[str, Any]]]) -> 
         )
         + f" | {ref_hit['updates'] if ref_hit else '-'} / "
         f"{ref_hit['version'] if ref_hit else '-'} | "
-        f"{reference['final_accuracy']:.4f} | - | - |",
+        f"{reference['final_accuracy']:.4f} | - | - | - |",
     ]
     for name, r in rows:
         t, ratio = r["time_to_ftte_final_s"], r["vs_ftte"]
@@ -192,7 +215,7 @@ def table(reference: dict[str, Any], rows: list[tuple[str, dict[str, Any]]]) -> 
             + " / ".join("-" if g is None else f"{g:.2f}" for g in r["gain_vs_ftte"])
             + f" | {r['updates_to_ftte_final'] or '-'} / {r['merges_to_ftte_final'] or '-'} | "
             f"{r['final_accuracy']:.4f} | {r['vs_ftte_points']:+.2f} | "
-            f"{r['dropped_by_phase'].get('masked_input', 0)} |"
+            f"{r['dropped_by_phase'].get('masked_input', 0)} | {_shares(r.get('slot_times', {}))} |"
         )
     return "\n".join(lines)
 

@@ -285,6 +285,12 @@ class Member:
     sent_bytes: int = 0
     received_bytes: int = 0
     dropped_at: SecAggPhase | None = None
+    # virtual times: its task left the coordinator / its training ended / its masked
+    # input reached the coordinator (where a member's slot goes: FillCosts.slot_times)
+    dispatched_at: float = 0.0
+    trained_at: float | None = None
+    delivered_at: float | None = None  # its share delivery (it masks only once it has both)
+    input_at: float | None = None
 
     @property
     def session(self) -> SecAggSession:
@@ -343,6 +349,42 @@ class FillCosts:
     ready_frames: int = 0
     ready_bytes: int = 0
     invite_bytes: int = 0
+    # per member of a merged fill, virtual seconds from its task's dispatch to its
+    # training's end, to its masked input's arrival, and to the fill's merge: how much of
+    # the slot a fill holds goes to training, and how much to masking, upload and waiting
+    trained_s: list[float] = field(default_factory=list)
+    input_s: list[float] = field(default_factory=list)
+    delivery_wait_s: list[float] = field(default_factory=list)  # trained, shares not yet in
+    slot_s: list[float] = field(default_factory=list)
+    fill_opened_at: dict[str, float] = field(default_factory=dict)
+    fill_s: list[float] = field(default_factory=list)  # first dispatch to merge, per fill
+
+    def slot_times(self) -> dict[str, float | None]:
+        """Medians of the per-member times above and the shares of all merged members'
+        slot-seconds spent up to the end of training, up to the masked input, and trained
+        but waiting for the share delivery (the cohort's slowest key exchange)."""
+        if not self.slot_s:
+            return {
+                "member_slot_s_median": None,
+                "member_trained_s_median": None,
+                "member_input_s_median": None,
+                "slot_share_training": None,
+                "slot_share_to_input": None,
+                "slot_share_delivery_wait": None,
+                "fill_s_median": None,
+            }
+        total = float(np.sum(self.slot_s))
+        return {
+            "member_slot_s_median": float(np.median(self.slot_s)),
+            "member_trained_s_median": float(np.median(self.trained_s)),
+            "member_input_s_median": float(np.median(self.input_s)),
+            "slot_share_training": float(np.sum(self.trained_s)) / total if total else None,
+            "slot_share_to_input": float(np.sum(self.input_s)) / total if total else None,
+            "slot_share_delivery_wait": (
+                float(np.sum(self.delivery_wait_s)) / total if total else None
+            ),
+            "fill_s_median": float(np.median(self.fill_s)) if self.fill_s else None,
+        }
 
     def count(self, phase: SecAggPhase, nbytes: int) -> None:
         table = self.bytes_up_by_phase if phase.uplink else self.bytes_down_by_phase
@@ -368,6 +410,7 @@ class FillCosts:
             "ready_frames": self.ready_frames,
             "ready_bytes": self.ready_bytes,
             "invite_bytes": self.invite_bytes,
+            **self.slot_times(),
         }
 
 
@@ -453,9 +496,11 @@ class FillSimulator:
         except SecAggRefused:
             self.costs.refused += 1
             return False
+        member.dispatched_at = now
         self.members[task.task_id] = member
         if member.fill_id not in self._opened:
             self._opened.add(member.fill_id)
+            self.costs.fill_opened_at[member.fill_id] = now
             self.costs.cohort_sizes.append(member.session.n)
             self._tick_at(now + self.phase_timeout_s)
         received = now + download_s
@@ -603,7 +648,7 @@ class FillSimulator:
         if member is None or handle is None:
             return []
         outcome = handle.result()
-        member.trained = True
+        member.trained, member.trained_at = True, now
         if member.done or member.silent(now):
             return []
         if member.delivered:  # the delivery came first: mask now, send after the PRG work
@@ -646,6 +691,7 @@ class FillSimulator:
         elif phase is SecAggPhase.DELIVERY:
             delivery = cast(ShareDelivery, message)
             member.delivered, member.peers = True, len(delivery.shares)
+            member.delivered_at = now
             if member.trained and not member.masked:
                 member.masked = True
                 cost = self._masking_s(member, len(delivery.shares))
@@ -686,6 +732,8 @@ class FillSimulator:
                 raise
             self.costs.late_refused += 1
             return []
+        if header.phase is SecAggPhase.MASKED_INPUT:
+            member.input_at = now
         return self._apply(step, now)
 
     def _apply(self, step: Any, now: float) -> list[Any]:
@@ -721,13 +769,13 @@ class FillSimulator:
             self._tick_at(deadline)
         merges = tuple(getattr(step, "merges", ()) or ((step.merge,) if step.merge else ()))
         self.costs.fills_aborted += len(set(step.aborted))  # the fill ids aborted
-        return [self._merged(merge) for merge in merges]
+        return [self._merged(merge, now) for merge in merges]
 
     def flush(self, now: float) -> list[Any]:
         """The engine's pending fill step (e.g. the ABORT after a member's task failed)."""
         return self._apply(self.engine.secagg_tick(now=now), now)
 
-    def _merged(self, merge: Any) -> Any:
+    def _merged(self, merge: Any, now: float) -> Any:
         self.merges.append(merge)
         self.costs.fills_merged += 1
         survivors = len(merge.task_ids)
@@ -747,7 +795,20 @@ class FillSimulator:
             done = self.members.get(task_id)
             if done is not None:
                 self.stores[done.device.device_id].discard(done.session.session_id)
+                self._time_slot(done, now)
+        opened = self.costs.fill_opened_at.pop(member.fill_id, None) if member else None
+        if opened is not None:
+            self.costs.fill_s.append(now - opened)
         return merge
+
+    def _time_slot(self, member: Member, now: float) -> None:
+        if member.trained_at is None or member.input_at is None:
+            return  # (a survivor has both; kept safe for a member the engine merged anyway)
+        self.costs.trained_s.append(member.trained_at - member.dispatched_at)
+        self.costs.input_s.append(member.input_at - member.dispatched_at)
+        delivered = member.delivered_at if member.delivered_at is not None else member.trained_at
+        self.costs.delivery_wait_s.append(max(0.0, delivered - member.trained_at))
+        self.costs.slot_s.append(now - member.dispatched_at)
 
     def drain(self) -> None:
         """Wait for training jobs still in flight (the executor must finish them)."""

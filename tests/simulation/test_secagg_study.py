@@ -76,8 +76,11 @@ def _run(scenario: Scenario, run: StrategyRun = StrategyRun.FTTE_SECAGG) -> dict
         frames: list[tuple[str, Any]] = []
         push = study.fills.push
 
+        timed: list[tuple[float, str, Any]] = []
+
         def recorded(at: float, kind: str, payload: Any) -> None:
             frames.append((kind, payload))
+            timed.append((at, kind, payload))
             push(at, kind, payload)
 
         study.fills.push = recorded
@@ -91,6 +94,7 @@ def _run(scenario: Scenario, run: StrategyRun = StrategyRun.FTTE_SECAGG) -> dict
         "params_at": params_at,
         "events": events,
         "frames": frames,
+        "timed": timed,
     }
 
 
@@ -215,6 +219,56 @@ def test_counted_bytes_are_the_real_encodings_of_each_phase(clean) -> None:
     assert dict(down) == result.secagg["bytes_down_by_phase"]
     assert result.upload_bytes == sum(up.values())
     assert set(up) == {"advertise", "shares", "masked_input", "unmask_response"}
+
+
+def test_slot_times_are_where_each_merged_members_virtual_seconds_went(clean) -> None:
+    # Prepare: the same times read back from the engine's events and the pushed events
+    result, study = clean["result"], clean["study"]
+    dispatched = {
+        e.details["task_id"]: e.at for e in clean["events"] if e.kind is EventKind.TASK_DISPATCHED
+    }
+    trained = {p: at for at, kind, p in clean["timed"] if kind == "sa_trained"}
+    arrived: dict[str, float] = {}
+    for at, kind, payload in clean["timed"]:
+        if kind == "sa_up":
+            member = study.fills.members[payload[0]]
+            header, _ = read_frame(
+                payload[1], session=member.session, modulus_bits=member.config.modulus_bits
+            )
+            if header.phase is SecAggPhase.MASKED_INPUT:
+                arrived[payload[0]] = at
+    delivered = {
+        payload[0]: at
+        for at, kind, payload in clean["timed"]
+        if kind == "sa_down" and payload[1] is SecAggPhase.DELIVERY
+    }
+    merged = [e for e in clean["events"] if e.kind is EventKind.FILL_MERGED]
+    # Execute: each merged member's seconds to its training's end, its input's arrival, the merge
+    to_trained, to_input, slot, fills, waits = [], [], [], [], []
+    for event in merged:
+        for task_id in event.details["task_ids"]:
+            start = dispatched[task_id]
+            to_trained.append(trained[task_id] - start)
+            to_input.append(arrived[task_id] - start)
+            slot.append(event.at - start)
+            waits.append(max(0.0, delivered[task_id] - trained[task_id]))
+        fills.append(event.at - min(dispatched[t] for t in event.details["task_ids"]))
+    # Assert: the study's figures are those, and each member's times come in that order
+    costs = study.fills.costs
+    assert sorted(costs.trained_s) == pytest.approx(sorted(to_trained))
+    assert sorted(costs.input_s) == pytest.approx(sorted(to_input))
+    assert sorted(costs.slot_s) == pytest.approx(sorted(slot))
+    assert len(costs.fill_s) == len(merged) == result.secagg["fills_merged"]
+    assert all(0 < a < b < c for a, b, c in zip(to_trained, to_input, slot, strict=True))
+    share = sum(to_trained) / sum(slot)
+    assert result.secagg["slot_share_training"] == pytest.approx(share)
+    assert 0 < share < result.secagg["slot_share_to_input"] < 1
+    assert result.secagg["member_slot_s_median"] == pytest.approx(float(np.median(slot)))
+    assert sorted(costs.fill_s) == pytest.approx(sorted(fills))
+    assert sorted(costs.delivery_wait_s) == pytest.approx(sorted(waits))
+    wait_share = result.secagg["slot_share_delivery_wait"]
+    assert wait_share == pytest.approx(sum(waits) / sum(slot))
+    assert 0 <= wait_share < result.secagg["slot_share_to_input"] - share
 
 
 def test_distributed_dp_row_keeps_every_device_within_the_dp_budget() -> None:
