@@ -142,9 +142,22 @@ def lever_row(
     started = time.perf_counter()
     report = run_benchmark(varied, runs=[StrategyRun.FTTE_SECAGG], workers=workers)
     row = report["strategies"][StrategyRun.FTTE_SECAGG.value]
+    return compare(
+        row, reference=reference, overrides=overrides, wall_s=time.perf_counter() - started
+    )
+
+
+def compare(
+    row: dict[str, Any], *, reference: dict[str, Any], overrides: dict[str, Any], wall_s: float
+) -> dict[str, Any]:
+    """A secagg ``row`` (a benchmark row, or a lever entry this script saved) against the
+    ``reference`` (ftte) row: pure, so saved rows can be set against another reference."""
     target = reference["final_accuracy"]
     hit, ref_hit = first_at(row["series"], target), first_at(reference["series"], target)
-    secagg = row.get("secagg", {})
+    secagg = row.get("secagg") or {
+        "dropped_by_phase": row.get("dropped_by_phase", {}),
+        **row.get("slot_times", {}),
+    }
     mine, theirs = (
         gain_times(row["series"], reference=reference),
         gain_times(reference["series"], reference=reference),
@@ -168,8 +181,34 @@ def lever_row(
         # where a merged member's slot went (FillCosts.slot_times): shares of its seconds
         # from dispatch to the end of training and to its masked input's arrival
         "slot_times": {k: secagg.get(k) for k in SLOT_KEYS},
-        "wall_s": time.perf_counter() - started,
+        "wall_s": wall_s,
     }
+
+
+def retable(rows_doc: dict[str, Any], reference_doc: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The lever rows a run saved (``rows_doc``), against the ``ftte`` row another run of
+    the same scenario name and seed saved (``reference_doc``): e.g. secagg rows at a
+    smaller buffer against ``ftte`` at the scenario's own. Every row is deterministic for
+    its seed on one machine, so this is the table one run of both would print."""
+    for key in ("scenario", "seed"):
+        if rows_doc.get(key) != reference_doc.get(key):
+            raise LeverError(
+                f"--retable and --reference-from differ in {key}: "
+                f"{rows_doc.get(key)!r} != {reference_doc.get(key)!r}"
+            )
+    reference = reference_doc["reference"]
+    return [
+        (
+            entry["lever"],
+            compare(
+                entry,
+                reference=reference,
+                overrides=entry.get("overrides", {}),
+                wall_s=entry.get("wall_s", 0.0),
+            ),
+        )
+        for entry in rows_doc["levers"]
+    ]
 
 
 SLOT_KEYS = (
@@ -227,7 +266,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lever", action="append", default=[])
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--json", type=Path, default=Path("runs/secagg-levers/levers.json"))
+    parser.add_argument(
+        "--retable",
+        type=Path,
+        default=None,
+        help="run nothing: print this saved run's lever rows against --reference-from's ftte row",
+    )
+    parser.add_argument("--reference-from", type=Path, default=None)
     args = parser.parse_args(argv)
+    if (args.retable is None) != (args.reference_from is None):
+        parser.error("--retable and --reference-from go together")
+    if args.retable is not None:
+        try:
+            docs = [json.loads(p.read_text()) for p in (args.retable, args.reference_from)]
+            rows = retable(docs[0], docs[1])
+        except (OSError, ValueError, KeyError) as exc:  # LeverError is a ValueError
+            parser.error(f"--retable: {exc}")
+        reference = docs[1]["reference"]
+        print(table(reference, rows))
+        meta = {
+            **docs[1],
+            "retabled": {
+                "rows_from": str(args.retable),
+                "reference_from": str(args.reference_from),
+                "rows_provenance": docs[0].get("provenance"),
+            },
+        }
+        _write(args.json, meta, reference, rows, wall_s=0.0)
+        return 0
     try:
         scenario = load_scenario(args.scenario)
     except (OSError, ValueError, FedwardError) as exc:  # a missing file, bad JSON or field
@@ -248,23 +314,36 @@ def main(argv: list[str] | None = None) -> int:
     for name, overrides, varied in levers:
         rows.append((name, lever_row(varied, overrides, reference=reference, workers=args.workers)))
         print(table(reference, rows), flush=True)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(
+    meta = {"scenario": scenario.name, "seed": scenario.seed, "provenance": base["provenance"]}
+    _write(args.json, meta, reference, rows, wall_s=time.perf_counter() - started)
+    return 0
+
+
+def _write(
+    path: Path,
+    meta: dict[str, Any],
+    reference: dict[str, Any],
+    rows: list[tuple[str, dict[str, Any]]],
+    *,
+    wall_s: float,
+) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
         json.dumps(
             {
-                "scenario": scenario.name,
-                "seed": scenario.seed,
+                "scenario": meta["scenario"],
+                "seed": meta["seed"],
                 "reference": reference,
                 "levers": [{"lever": n, **r} for n, r in rows],
-                "wall_s": time.perf_counter() - started,
-                "provenance": base["provenance"],  # taken before the first row ran
+                "wall_s": wall_s,
+                "provenance": meta.get("provenance"),  # taken before the first row ran
+                **({"retabled": meta["retabled"]} if "retabled" in meta else {}),
             },
             indent=1,
             default=str,
         )
     )
-    print(f"wrote {args.json}")
-    return 0
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

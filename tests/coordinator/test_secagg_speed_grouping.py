@@ -10,9 +10,11 @@ as SecAgg dropouts, whose late inputs are then refused.
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -287,3 +289,69 @@ def test_gain_times_read_the_first_crossing_of_each_share_of_the_references_gain
     # Execute / Assert: the row never reaches 0.88; the reference reaches 0.70 and 0.82 at 10 s
     assert gain_times(row, reference=reference) == [5.0, 30.0, None]
     assert gain_times(reference["series"], reference=reference) == [10.0, 10.0, None]
+
+
+def _levers_doc(*, seed: int, reference: dict, levers: list) -> dict:
+    return {"scenario": "ecg-rhythm-500", "seed": seed, "reference": reference, "levers": levers}
+
+
+def test_saved_rows_are_set_against_another_runs_reference_as_one_run_would(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fedward.bench.secagg_levers import LeverError, compare, main, retable
+
+    # Prepare: a row (as the benchmark reports it) and two ftte references of one seed
+    row = {
+        "series": [
+            {"t": 0.0, "accuracy": 0.5, "updates": 0, "version": 0},
+            {"t": 40.0, "accuracy": 0.8, "updates": 12, "version": 2},
+            {"t": 90.0, "accuracy": 0.9, "updates": 24, "version": 4},
+        ],
+        "final_accuracy": 0.9,
+        "upload_bytes_per_update": 100.0,
+        "virtual_time_s": 90.0,
+        "secagg": {"dropped_by_phase": {"masked_input": 1}, "slot_share_training": 0.5},
+    }
+    slow = {
+        "final_accuracy": 0.8,
+        "series": [
+            {"t": 0.0, "accuracy": 0.5, "updates": 0, "version": 0},
+            {"t": 20.0, "accuracy": 0.8, "updates": 10, "version": 1},
+        ],
+    }
+    fast = {
+        "final_accuracy": 0.85,
+        "series": [
+            {"t": 0.0, "accuracy": 0.5, "updates": 0, "version": 0},
+            {"t": 10.0, "accuracy": 0.85, "updates": 10, "version": 2},
+        ],
+    }
+    saved = compare(row, reference=slow, overrides={"buffer_size": 5}, wall_s=3.0)
+    rows_doc = _levers_doc(seed=1, reference=slow, levers=[{"lever": "buffer=5", **saved}])
+    # Execute: the saved entry against the other reference, and against its own
+    ((_, against_fast),) = retable(rows_doc, _levers_doc(seed=1, reference=fast, levers=[]))
+    ((_, against_own),) = retable(rows_doc, rows_doc)
+    # Assert: the same figures compare() gives the benchmark row against each reference
+    assert against_fast == compare(row, reference=fast, overrides={"buffer_size": 5}, wall_s=3.0)
+    assert against_own == saved
+    assert against_fast["vs_ftte"] == pytest.approx(90.0 / 10.0)
+    assert saved["vs_ftte"] == pytest.approx(40.0 / 20.0)
+    assert against_fast["slot_times"]["slot_share_training"] == 0.5
+    # a reference of another seed is refused, as is --retable alone
+    with pytest.raises(LeverError, match="seed"):
+        retable(rows_doc, _levers_doc(seed=2, reference=fast, levers=[]))
+    rows_path, ref_path = tmp_path / "rows.json", tmp_path / "ref.json"
+    rows_path.write_text(json.dumps(rows_doc))
+    ref_path.write_text(json.dumps(_levers_doc(seed=1, reference=fast, levers=[])))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--retable", str(rows_path)])
+    assert exit_info.value.code == 2
+    out = tmp_path / "out.json"
+    assert (
+        main(["--retable", str(rows_path), "--reference-from", str(ref_path), "--json", str(out)])
+        == 0
+    )
+    written = json.loads(out.read_text())
+    assert written["levers"][0]["vs_ftte"] == pytest.approx(9.0)
+    assert written["retabled"]["rows_from"] == str(rows_path)
+    assert "| buffer=5 | 90 | 9.00 |" in capsys.readouterr().out
