@@ -26,9 +26,14 @@ scenario's), ``adam_lr`` (the secagg row's server Adam learning rate).
 checked against the scenario (its fields and the secagg row's cohort policy)
 before the first row runs, so a bad value is a usage error, not a traceback
 after the ``ftte`` row's minutes.
+``--retable ROWS.json --reference-from REF.json`` runs nothing: it prints a
+saved run's lever rows against another saved run's ``ftte`` row of the same
+scenario name and seed (secagg rows at buffer 5, say, against ``ftte`` at 10).
 Virtual time is the simulator's (modelled device time), so load on this
-machine changes only the wall column and, slightly, the PRG cost calibrated
-at the start of each row.
+machine changes only the wall column (the masking rate is fixed,
+``secagg_prg_bytes_per_flop``; stochastic rounding draws from the CSPRNG, so
+two runs can differ in the last digits of the loss, by a fraction of a second
+in virtual time, and by one evaluation in a crossing).
 """
 
 from __future__ import annotations
