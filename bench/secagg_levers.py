@@ -184,7 +184,8 @@ def compare(
         "virtual_time_s": row["virtual_time_s"],
         "dropped_by_phase": secagg.get("dropped_by_phase", {}),
         # where a merged member's slot went (FillCosts.slot_times): shares of its seconds
-        # from dispatch to the end of training and to its masked input's arrival
+        # to the end of training, to its masked input's arrival, and trained but waiting
+        # for the share delivery
         "slot_times": {k: secagg.get(k) for k in SLOT_KEYS},
         "wall_s": wall_s,
     }
@@ -289,15 +290,20 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--retable: {exc}")
         reference = docs[1]["reference"]
         print(table(reference, rows))
-        meta = {
-            **docs[1],
-            "retabled": {
+        _write(
+            args.json,
+            scenario=docs[1]["scenario"],
+            seed=docs[1]["seed"],
+            provenance=docs[1].get("provenance"),
+            reference=reference,
+            rows=rows,
+            wall_s=0.0,
+            retabled={
                 "rows_from": str(args.retable),
                 "reference_from": str(args.reference_from),
                 "rows_provenance": docs[0].get("provenance"),
             },
-        }
-        _write(args.json, meta, reference, rows, wall_s=0.0)
+        )
         return 0
     try:
         scenario = load_scenario(args.scenario)
@@ -319,30 +325,40 @@ def main(argv: list[str] | None = None) -> int:
     for name, overrides, varied in levers:
         rows.append((name, lever_row(varied, overrides, reference=reference, workers=args.workers)))
         print(table(reference, rows), flush=True)
-    meta = {"scenario": scenario.name, "seed": scenario.seed, "provenance": base["provenance"]}
-    _write(args.json, meta, reference, rows, wall_s=time.perf_counter() - started)
+    _write(
+        args.json,
+        scenario=scenario.name,
+        seed=scenario.seed,
+        provenance=base["provenance"],  # taken before the first row ran
+        reference=reference,
+        rows=rows,
+        wall_s=time.perf_counter() - started,
+    )
     return 0
 
 
 def _write(
     path: Path,
-    meta: dict[str, Any],
+    *,
+    scenario: str,
+    seed: int,
+    provenance: Any,
     reference: dict[str, Any],
     rows: list[tuple[str, dict[str, Any]]],
-    *,
     wall_s: float,
+    retabled: dict[str, Any] | None = None,
 ) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
         json.dumps(
             {
-                "scenario": meta["scenario"],
-                "seed": meta["seed"],
+                "scenario": scenario,
+                "seed": seed,
                 "reference": reference,
                 "levers": [{"lever": n, **r} for n, r in rows],
                 "wall_s": wall_s,
-                "provenance": meta.get("provenance"),  # taken before the first row ran
-                **({"retabled": meta["retabled"]} if "retabled" in meta else {}),
+                "provenance": provenance,
+                **({"retabled": retabled} if retabled is not None else {}),
             },
             indent=1,
             default=str,

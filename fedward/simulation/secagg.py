@@ -356,7 +356,6 @@ class FillCosts:
     input_s: list[float] = field(default_factory=list)
     delivery_wait_s: list[float] = field(default_factory=list)  # trained, shares not yet in
     slot_s: list[float] = field(default_factory=list)
-    fill_opened_at: dict[str, float] = field(default_factory=dict)
     fill_s: list[float] = field(default_factory=list)  # first dispatch to merge, per fill
 
     def slot_times(self) -> dict[str, float | None]:
@@ -458,7 +457,7 @@ class FillSimulator:
         self.upload_bytes = 0
         self.download_bytes = 0
         self._ticks: set[float] = set()
-        self._opened: set[str] = set()
+        self._opened_at: dict[str, float] = {}  # fill id -> its first member's dispatch
         self.merges: list[Any] = []  # MergeResult of every fill merged, in order
         # ARRIVAL: the Task a member's engine order becomes once its fill opens
         self.task_for = task_for
@@ -498,9 +497,8 @@ class FillSimulator:
             return False
         member.dispatched_at = now
         self.members[task.task_id] = member
-        if member.fill_id not in self._opened:
-            self._opened.add(member.fill_id)
-            self.costs.fill_opened_at[member.fill_id] = now
+        if member.fill_id not in self._opened_at:
+            self._opened_at[member.fill_id] = now
             self.costs.cohort_sizes.append(member.session.n)
             self._tick_at(now + self.phase_timeout_s)
         received = now + download_s
@@ -796,9 +794,8 @@ class FillSimulator:
             if done is not None:
                 self.stores[done.device.device_id].discard(done.session.session_id)
                 self._time_slot(done, now)
-        opened = self.costs.fill_opened_at.pop(member.fill_id, None) if member else None
-        if opened is not None:
-            self.costs.fill_s.append(now - opened)
+        if member is not None:
+            self.costs.fill_s.append(now - self._opened_at[member.fill_id])
         return merge
 
     def _time_slot(self, member: Member, now: float) -> None:
