@@ -21,7 +21,9 @@ at the scenario's), ``fills`` (an int: fills open at once), ``budget`` (an int, 
 ``binding`` (``dispatch`` / ``arrival``: when a fill's cohort is fixed, ``CohortBinding``),
 ``buffer`` (an int: the secagg row's buffer, hence its cohort ``ceil(buffer / (1 - dropout))``
 and, unless ``fills`` is given, its fills ``concurrency // cohort``; ``ftte`` keeps the
-scenario's), ``adam_lr`` (the secagg row's server Adam learning rate).
+scenario's), ``adam_lr`` (the secagg row's server Adam learning rate), ``protocol``
+(``modelled`` / ``free``: ``free`` is an ablation, ``PhaseCost.FREE``, that charges the key
+exchange, masking and unmasking no time, so the row shows what the cohort rules alone cost).
 ``default`` is the scenario as ``fedward bench`` runs it. Every lever is
 checked against the scenario (its fields and the secagg row's cohort policy)
 before the first row runs, so a bad value is a usage error, not a traceback
@@ -60,6 +62,7 @@ _FIELDS = {
     "binding": "secagg_cohort_binding",
     "buffer": "buffer_size",
     "adam_lr": "server_adam_lr",
+    "protocol": "secagg_phase_cost",
 }
 _INTEGERS = {"fills", "budget", "buffer"}
 
@@ -85,6 +88,10 @@ def parse_lever(text: str) -> dict[str, Any]:
         elif name == "binding":
             if value not in ("dispatch", "arrival"):
                 raise LeverError(f"binding must be dispatch or arrival, got {value!r}")
+            overrides[_FIELDS[name]] = value
+        elif name == "protocol":
+            if value not in ("modelled", "free"):
+                raise LeverError(f"protocol must be modelled or free, got {value!r}")
             overrides[_FIELDS[name]] = value
         elif name in ("grace", "budget") and value == "none":
             overrides[_FIELDS[name]] = None

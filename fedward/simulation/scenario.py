@@ -34,6 +34,7 @@ from fedward.tinytrain.models import ModelKind
 
 from .datafile import DataFormat, FileDataConfig, Normalisation, Partition, data_format
 from .profiles import DEFAULT_PROFILES, DeviceProfile
+from .secagg import PhaseCost
 from .sensordata import DataConfig, StudyDataConfig
 
 
@@ -301,6 +302,9 @@ class Scenario(BaseModel):
     # when a fill's cohort is fixed (SecAggPolicy.cohort_binding): at dispatch, or from
     # the first m devices that have trained
     secagg_cohort_binding: CohortBinding = CohortBinding.DISPATCH
+    # an ablation, never a deployable setting (PhaseCost): FREE charges no time for the
+    # key exchange, masking and unmasking, so a row shows what the cohort rules alone cost
+    secagg_phase_cost: PhaseCost = PhaseCost.MODELLED
     # natural-log energy histogram edges (energy: mean squared update value) the devices
     # report as masked one-hot count words, from which the server sets FTTE's energy
     # reference; () sends none (the energy term is then off: every weight 1)

@@ -32,6 +32,7 @@ its Skellam share (``fedward.privacy.secagg.ddp``) with weight 1.
 
 from __future__ import annotations
 
+import enum
 import math
 import os
 import time
@@ -81,6 +82,22 @@ _ANSWERS = {
 
 
 # -- what masking costs a device -------------------------------------------------
+
+
+class PhaseCost(enum.StrEnum):
+    """What the protocol's own messages and masking cost in virtual time.
+
+    ``MODELLED`` (every row of the benchmark): each phase frame its link time, masking
+    its PRG work. ``FREE`` is an ablation that bounds what any protocol speed-up could
+    buy while the cohort rules stay (fixed at dispatch, a threshold, a grace, one fill
+    per device): keys are exchanged at dispatch (as if carried by the task and its
+    acknowledgement), masking and every phase frame but the masked input take no time,
+    and the masked input costs half a round trip plus its bytes, less than a plain
+    upload's full round trip. It simulates no deployable setting.
+    """
+
+    MODELLED = "modelled"
+    FREE = "free"
 
 
 NOMINAL_FLOPS_PER_S = 5e10  # the server of a fixed calibration (this machine: 3.5-6.7e10)
@@ -446,8 +463,10 @@ class FillSimulator:
         phase_timeout_s: float,
         random_bytes: Callable[[int], bytes] = os.urandom,
         task_for: Callable[[Any], Task] | None = None,
+        phase_cost: PhaseCost = PhaseCost.MODELLED,
     ) -> None:
         self.engine, self.study_id, self.shapes, self.by_id = engine, study_id, shapes, by_id
+        self.free = phase_cost is PhaseCost.FREE
         self.calibration, self.push, self.phase_timeout_s = calibration, push, phase_timeout_s
         self.random_bytes = random_bytes
         self.stores: dict[str, MemoryStore] = {}  # one per device, all its sessions
@@ -504,8 +523,9 @@ class FillSimulator:
         received = now + download_s
         trained = received + compute_s
         # receipt first: it advertises, then takes the trained update (an invited member's
-        # training is done already, compute_s == 0, and the heap breaks ties in push order)
-        self.push(received, "sa_recv", task.task_id)
+        # training is done already, compute_s == 0, and the heap breaks ties in push order);
+        # FREE: it advertises at dispatch, so its key exchange waits for no one's download
+        self.push(now if self.free else received, "sa_recv", task.task_id)
         if silent_at is None or silent_at > trained:  # else it never masks: no training
             self.jobs[task.task_id] = submit()
             self.push(trained, "sa_trained", task.task_id)
@@ -620,7 +640,10 @@ class FillSimulator:
         member.sent_bytes += len(frame)
         self.upload_bytes += len(frame)
         self.costs.count(phase, len(frame))
-        self.push(at + one_way_up_s(member.device, len(frame)), "sa_up", (member.task_id, frame))
+        link_s = one_way_up_s(member.device, len(frame))
+        if self.free and phase is not SecAggPhase.MASKED_INPUT:
+            link_s = 0.0
+        self.push(at + link_s, "sa_up", (member.task_id, frame))
 
     def _went_silent(self, member: Member, phase: SecAggPhase) -> None:
         if member.dropped_at is None:
@@ -629,6 +652,8 @@ class FillSimulator:
             self.costs.dropped_by_phase[key] = self.costs.dropped_by_phase.get(key, 0) + 1
 
     def _masking_s(self, member: Member, peers: int) -> float:
+        if self.free:
+            return 0.0  # not charged, and not counted in device_prg_s
         session, config = member.session, member.config
         prg = masking_prg_bytes(
             peers=peers,
@@ -755,7 +780,7 @@ class FillSimulator:
             self.download_bytes += len(frame)
             self.costs.count(phase, len(frame))
             self.push(
-                now + one_way_down_s(member.device, len(frame)),
+                now + (0.0 if self.free else one_way_down_s(member.device, len(frame))),
                 "sa_down",
                 (out.task_id, phase, frame),
             )

@@ -287,6 +287,7 @@ class Study:
                 push=lambda at, kind, payload: self._push(at, kind, payload=payload),
                 phase_timeout_s=scenario.secagg_phase_timeout_s,
                 task_for=self._fill_task,
+                phase_cost=scenario.secagg_phase_cost,
             )
 
     # -- what the report shows per device class ---------------------------------

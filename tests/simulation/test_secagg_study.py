@@ -20,7 +20,13 @@ from fedward.edge.secagg import device_weight, l2_clip
 from fedward.protocol.messages import DeviceClass, SecAggPhase
 from fedward.simulation.executor import ExecutorKind, TrainJob, make_executor
 from fedward.simulation.scenario import PRESETS, Scenario, StrategyRun
-from fedward.simulation.secagg import PrgCalibration, phase_frame, read_frame
+from fedward.simulation.secagg import (
+    PhaseCost,
+    PrgCalibration,
+    one_way_up_s,
+    phase_frame,
+    read_frame,
+)
 from fedward.simulation.study import Study
 
 CALIBRATION = PrgCalibration(chacha_bytes_per_s=1e9, machine_flops_per_s=2e10)
@@ -269,6 +275,53 @@ def test_slot_times_are_where_each_merged_members_virtual_seconds_went(clean) ->
     wait_share = result.secagg["slot_share_delivery_wait"]
     assert wait_share == pytest.approx(sum(waits) / sum(slot))
     assert 0 <= wait_share < result.secagg["slot_share_to_input"] - share
+
+
+def _masked_input_arrivals(run: dict[str, Any]) -> dict[str, tuple[float, int]]:
+    """Task id -> (virtual time its masked input reached the coordinator, frame bytes)."""
+    out: dict[str, tuple[float, int]] = {}
+    for at, kind, payload in run["timed"]:
+        if kind == "sa_up":
+            member = run["study"].fills.members[payload[0]]
+            header, _ = read_frame(
+                payload[1], session=member.session, modulus_bits=member.config.modulus_bits
+            )
+            if header.phase is SecAggPhase.MASKED_INPUT:
+                out[payload[0]] = (at, len(payload[1]))
+    return out
+
+
+def test_a_free_protocol_charges_only_the_masked_inputs_upload_and_merges_the_same(
+    clean,
+) -> None:
+    # Prepare: the same tiny study with the protocol's own time taken away (an ablation)
+    free = _run(_scenario(secagg_phase_cost=PhaseCost.FREE))
+    study = free["study"]
+    trained = {p: at for at, kind, p in free["timed"] if kind == "sa_trained"}
+    # Execute: what each member waited between its training's end and its input's arrival
+    arrivals = _masked_input_arrivals(free)
+    spent = {
+        task_id: (at - trained[task_id], nbytes)
+        for task_id, (at, nbytes) in arrivals.items()
+        if task_id in trained
+    }
+    modelled = _masked_input_arrivals(clean)
+    modelled_trained = {p: at for at, kind, p in clean["timed"] if kind == "sa_trained"}
+    # Assert: every merge is still the plaintext weighted mean of its survivors; an input
+    # costs only its upload (no masking time, no wait for shares: keys go at dispatch),
+    # where the modelled row also charged masking and the share delivery
+    assert _check_every_fill_merge(free) == free["result"].merges > 0
+    assert spent
+    for task_id, (seconds, nbytes) in spent.items():
+        device = study.fills.members[task_id].device
+        assert seconds == pytest.approx(one_way_up_s(device, nbytes), rel=1e-9, abs=1e-9)
+    assert free["result"].secagg["slot_share_delivery_wait"] == 0
+    assert free["result"].secagg["device_prg_s_median"] is None
+    assert any(
+        at - modelled_trained[t] > one_way_up_s(clean["study"].fills.members[t].device, n) + 1e-9
+        for t, (at, n) in modelled.items()
+        if t in modelled_trained
+    )
 
 
 def test_distributed_dp_row_keeps_every_device_within_the_dp_budget() -> None:
