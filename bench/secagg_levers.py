@@ -146,6 +146,24 @@ def gain_times(series: list[dict[str, Any]], *, reference: dict[str, Any]) -> li
     return out
 
 
+def pace(row: dict[str, Any], *, reference: dict[str, Any]) -> tuple[float | None, float | None]:
+    """(virtual seconds per merged update, merges per virtual second), each over the
+    ``reference``'s: how fast a row turns device time into updates and server steps,
+    whatever the accuracy does (read from the last evaluation: the run's updates and
+    merges, over its virtual time)."""
+
+    def rates(r: dict[str, Any]) -> tuple[float, float] | None:
+        last, seconds = (r["series"] or [None])[-1], r.get("virtual_time_s")
+        if last is None or not last["updates"] or not seconds:
+            return None
+        return seconds / last["updates"], last["version"] / seconds
+
+    mine, theirs = rates(row), rates(reference)
+    if mine is None or theirs is None:
+        return None, None
+    return mine[0] / theirs[0], (mine[1] / theirs[1] if theirs[1] else None)
+
+
 def lever_row(
     varied: Scenario, overrides: dict[str, Any], *, reference: dict[str, Any], workers: int
 ) -> dict[str, Any]:
@@ -174,6 +192,7 @@ def compare(
         gain_times(row["series"], reference=reference),
         gain_times(reference["series"], reference=reference),
     )
+    per_update, merge_rate = pace(row, reference=reference)
     return {
         "gain_times_s": mine,
         "gain_vs_ftte": [
@@ -189,6 +208,8 @@ def compare(
         "merges_to_ftte_final": hit["version"] if hit else None,
         "upload_bytes_per_update": row["upload_bytes_per_update"],
         "virtual_time_s": row["virtual_time_s"],
+        "seconds_per_update_vs_ftte": per_update,
+        "merge_rate_vs_ftte": merge_rate,
         "dropped_by_phase": secagg.get("dropped_by_phase", {}),
         # where a merged member's slot went (FillCosts.slot_times): shares of its seconds
         # to the end of training, to its masked input's arrival, and trained but waiting
@@ -248,8 +269,9 @@ def table(reference: dict[str, Any], rows: list[tuple[str, dict[str, Any]]]) -> 
     lines = [
         "| lever | time to ftte's final acc (s) | vs ftte | to 50/80/95% of ftte's gain: vs ftte "
         "| updates / merges to it | final acc | vs ftte (pts) | dropped at masked input "
-        "| member's slot: to training's end / to masked input / waiting for shares (share) |",
-        "|---|---:|---:|---|---|---:|---:|---:|---|",
+        "| member's slot: to training's end / to masked input / waiting for shares (share) "
+        "| s per update / merges per s: vs ftte |",
+        "|---|---:|---:|---|---|---:|---:|---:|---|---|",
         f"| ftte (reference) | {ref_hit['t'] if ref_hit else 0:,.0f} | 1.00 | "
         + " / ".join(
             "-" if t is None else f"{t:,.0f} s"
@@ -257,7 +279,7 @@ def table(reference: dict[str, Any], rows: list[tuple[str, dict[str, Any]]]) -> 
         )
         + f" | {ref_hit['updates'] if ref_hit else '-'} / "
         f"{ref_hit['version'] if ref_hit else '-'} | "
-        f"{reference['final_accuracy']:.4f} | - | - | - |",
+        f"{reference['final_accuracy']:.4f} | - | - | - | 1.00 / 1.00 |",
     ]
     for name, r in rows:
         t, ratio = r["time_to_ftte_final_s"], r["vs_ftte"]
@@ -267,7 +289,12 @@ def table(reference: dict[str, Any], rows: list[tuple[str, dict[str, Any]]]) -> 
             + " / ".join("-" if g is None else f"{g:.2f}" for g in r["gain_vs_ftte"])
             + f" | {r['updates_to_ftte_final'] or '-'} / {r['merges_to_ftte_final'] or '-'} | "
             f"{r['final_accuracy']:.4f} | {r['vs_ftte_points']:+.2f} | "
-            f"{r['dropped_by_phase'].get('masked_input', 0)} | {_shares(r.get('slot_times', {}))} |"
+            f"{r['dropped_by_phase'].get('masked_input', 0)} | {_shares(r.get('slot_times', {}))} | "
+            + " / ".join(
+                "-" if v is None else f"{v:.2f}"
+                for v in (r.get("seconds_per_update_vs_ftte"), r.get("merge_rate_vs_ftte"))
+            )
+            + " |"
         )
     return "\n".join(lines)
 

@@ -356,3 +356,19 @@ def test_saved_rows_are_set_against_another_runs_reference_as_one_run_would(
     assert written["levers"][0]["vs_ftte"] == pytest.approx(9.0)
     assert written["retabled"]["rows_from"] == str(rows_path)
     assert "| buffer=5 | 90 | 9.00 |" in capsys.readouterr().out
+
+
+def test_pace_is_seconds_per_update_and_merges_per_second_against_the_reference() -> None:
+    from fedward.bench.secagg_levers import pace
+
+    # Prepare: the reference merges 100 updates in 10 merges over 50 s; the row 120 in 10
+    # merges over 100 s (1/0.5 s per update vs 1/2 s: 1.67x; 0.1 vs 0.2 merges per s)
+    reference = {"virtual_time_s": 50.0, "series": [{"updates": 100, "version": 10}]}
+    row = {"virtual_time_s": 100.0, "series": [{"updates": 120, "version": 10}]}
+    # Execute
+    per_update, merge_rate = pace(row, reference=reference)
+    # Assert
+    assert per_update == pytest.approx((100.0 / 120) / (50.0 / 100))
+    assert merge_rate == pytest.approx(0.5)
+    assert pace({"series": []}, reference=reference) == (None, None)
+    assert pace(row, reference={"series": [{"updates": 1, "version": 1}]}) == (None, None)
