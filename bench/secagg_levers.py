@@ -23,7 +23,9 @@ at the scenario's), ``fills`` (an int: fills open at once), ``budget`` (an int, 
 and, unless ``fills`` is given, its fills ``concurrency // cohort``; ``ftte`` keeps the
 scenario's), ``adam_lr`` (the secagg row's server Adam learning rate), ``protocol``
 (``modelled`` / ``free``: ``free`` is an ablation, ``PhaseCost.FREE``, that charges the key
-exchange, masking and unmasking no time, so the row shows what the cohort rules alone cost).
+exchange, masking and unmasking no time, so the row shows what the cohort rules alone cost),
+``prior`` (``measured`` / ``oracle``: ``oracle`` is an ablation, ``SpeedPrior.ORACLE``, that
+gives the cohorts every device's modelled task time before its first task).
 ``default`` is the scenario as ``fedward bench`` runs it. Every lever is
 checked against the scenario (its fields and the secagg row's cohort policy)
 before the first row runs, so a bad value is a usage error, not a traceback
@@ -63,6 +65,7 @@ _FIELDS = {
     "buffer": "buffer_size",
     "adam_lr": "server_adam_lr",
     "protocol": "secagg_phase_cost",
+    "prior": "secagg_speed_prior",
 }
 _INTEGERS = {"fills", "budget", "buffer"}
 
@@ -92,6 +95,10 @@ def parse_lever(text: str) -> dict[str, Any]:
         elif name == "protocol":
             if value not in ("modelled", "free"):
                 raise LeverError(f"protocol must be modelled or free, got {value!r}")
+            overrides[_FIELDS[name]] = value
+        elif name == "prior":
+            if value not in ("measured", "oracle"):
+                raise LeverError(f"prior must be measured or oracle, got {value!r}")
             overrides[_FIELDS[name]] = value
         elif name in ("grace", "budget") and value == "none":
             overrides[_FIELDS[name]] = None

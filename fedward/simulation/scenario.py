@@ -34,7 +34,7 @@ from fedward.tinytrain.models import ModelKind
 
 from .datafile import DataFormat, FileDataConfig, Normalisation, Partition, data_format
 from .profiles import DEFAULT_PROFILES, DeviceProfile
-from .secagg import PhaseCost
+from .secagg import PhaseCost, SpeedPrior
 from .sensordata import DataConfig, StudyDataConfig
 
 
@@ -305,6 +305,9 @@ class Scenario(BaseModel):
     # an ablation, never a deployable setting (PhaseCost): FREE charges no time for the
     # key exchange, masking and unmasking, so a row shows what the cohort rules alone cost
     secagg_phase_cost: PhaseCost = PhaseCost.MODELLED
+    # an ablation as well (SpeedPrior): ORACLE gives the cohorts every device's modelled
+    # task time before its first task, so a row shows what speed prediction could buy
+    secagg_speed_prior: SpeedPrior = SpeedPrior.MEASURED
     # natural-log energy histogram edges (energy: mean squared update value) the devices
     # report as masked one-hot count words, from which the server sets FTTE's energy
     # reference; () sends none (the energy term is then off: every weight 1)

@@ -84,6 +84,21 @@ _ANSWERS = {
 # -- what masking costs a device -------------------------------------------------
 
 
+class SpeedPrior(enum.StrEnum):
+    """What the coordinator knows of a device's speed before its first task.
+
+    ``MEASURED`` (every row of the benchmark): nothing; it learns a device's task time
+    from the tasks it finishes (``Device.task_seconds``), so first tasks are grouped by
+    class only. ``ORACLE`` is an ablation: every device's modelled plain-task time (its
+    subset's float32 bytes down and up, its training FLOPs, its straggler slowdown) is
+    its ``task_seconds`` before it starts, as an exact speed hint at enrolment would be.
+    It bounds what better speed prediction could buy the cohorts; not a setting.
+    """
+
+    MEASURED = "measured"
+    ORACLE = "oracle"
+
+
 class PhaseCost(enum.StrEnum):
     """What the protocol's own messages and masking cost in virtual time.
 

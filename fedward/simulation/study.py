@@ -48,6 +48,7 @@ from fedward.coordinator.engine import (
     TaskOrder,
 )
 from fedward.coordinator.engine.ingest import decode_update
+from fedward.coordinator.engine.planning import DoesNotFit
 from fedward.coordinator.privacy.events import PrivacyEvent, PrivacyEventKind
 from fedward.coordinator.privacy.guard import PrivacyListener, privacy_guard_of
 from fedward.coordinator.privacy.ledger_store import ledger_file, save_guard_state
@@ -87,7 +88,7 @@ from .executor import Executor, TrainJob
 from .feasibility import fitting_micro_batch
 from .profiles import SimDevice, draw_fleet
 from .scenario import Scenario, StrategyRun
-from .secagg import FillSimulator, PrgCalibration, one_way_up_s
+from .secagg import FillSimulator, PrgCalibration, SpeedPrior, one_way_up_s
 from .sensordata import load_study_data
 from .warmstart import scenario_start
 
@@ -289,6 +290,27 @@ class Study:
                 task_for=self._fill_task,
                 phase_cost=scenario.secagg_phase_cost,
             )
+            if scenario.secagg_speed_prior is SpeedPrior.ORACLE:
+                self._prime_task_seconds()
+
+    def _prime_task_seconds(self) -> None:
+        """SpeedPrior.ORACLE (an ablation): each device's modelled plain-task time as its
+        measured task time before its first task (its tasks' own times then refine it)."""
+        for d in self.fleet:
+            record = self.engine.devices[d.device_id]
+            try:
+                names = self.engine.subset_for(record).names
+            except DoesNotFit:  # no tier fits: it never joins a cohort
+                continue
+            nbytes = sum(4 * int(self.engine.params[n].size) for n in names)
+            flops = task_flops(
+                self.model_config,
+                names,
+                samples=self.num_samples[d.index],
+                epochs=self.scenario.epochs,
+                batch_size=self.scenario.batch_size,
+            )
+            record.task_seconds = d.download_s(nbytes) + d.compute_s(flops) + d.upload_s(nbytes)
 
     # -- what the report shows per device class ---------------------------------
     def _class_of(self, device_id: str) -> str:
