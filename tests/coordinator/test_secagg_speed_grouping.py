@@ -245,8 +245,16 @@ def test_a_lever_is_read_or_refused_with_what_to_write() -> None:
     assert parse_lever("binding=arrival") == {"secagg_cohort_binding": "arrival"}
     assert parse_lever("buffer=5,adam_lr=0.0015") == {"buffer_size": 5, "server_adam_lr": 0.0015}
     assert parse_lever("protocol=free") == {"secagg_phase_cost": "free"}
+    assert parse_lever("prior=oracle") == {"secagg_speed_prior": "oracle"}
     bad_levers = ("grace", "speed=1", "grouping=maybe", "grace=fast", "fills=2.5", "budget=x")
-    for bad in (*bad_levers, "binding=later", "buffer=5.5", "adam_lr=fast", "protocol=cheap"):
+    for bad in (
+        *bad_levers,
+        "binding=later",
+        "buffer=5.5",
+        "adam_lr=fast",
+        "protocol=cheap",
+        "prior=guess",
+    ):
         with pytest.raises(LeverError):
             parse_lever(bad)
 

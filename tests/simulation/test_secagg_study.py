@@ -23,6 +23,7 @@ from fedward.simulation.scenario import PRESETS, Scenario, StrategyRun
 from fedward.simulation.secagg import (
     PhaseCost,
     PrgCalibration,
+    SpeedPrior,
     one_way_up_s,
     phase_frame,
     read_frame,
@@ -322,6 +323,36 @@ def test_a_free_protocol_charges_only_the_masked_inputs_upload_and_merges_the_sa
         for t, (at, n) in modelled.items()
         if t in modelled_trained
     )
+
+
+def _first_cohort(run: dict[str, Any]) -> list[str]:
+    opened = next(e for e in run["events"] if e.kind is EventKind.FILL_OPENED)
+    return list(opened.details["cohort"])
+
+
+def test_an_oracle_speed_prior_groups_even_the_first_cohorts_by_task_time(clean) -> None:
+    # Prepare: every device's modelled task time, as the ablation primes it before any task
+    scenario = _scenario(secagg_speed_prior=SpeedPrior.ORACLE)
+    pool = make_executor(
+        ExecutorKind.SERIAL,
+        scenario.data_config(),
+        scenario.study_spec(StrategyRun.FTTE_SECAGG).model_settings(),
+    )
+    try:
+        primed = Study(scenario, StrategyRun.FTTE_SECAGG, executor=pool, calibration=CALIBRATION)
+        prior = {i: d.task_seconds for i, d in primed.engine.devices.items()}
+    finally:
+        pool.close()
+    # Execute: the first cohort of the oracle row and of the measured row (class only)
+    oracle = _run(scenario)
+    spread = {
+        name: max(prior[d] for d in cohort) / min(prior[d] for d in cohort)
+        for name, cohort in (("oracle", _first_cohort(oracle)), ("measured", _first_cohort(clean)))
+    }
+    # Assert: every device had a time before its first task, and the first oracle cohort
+    # is closer in task time than the class-only one
+    assert all(seconds is not None and seconds > 0 for seconds in prior.values())
+    assert spread["oracle"] < spread["measured"]
 
 
 def test_distributed_dp_row_keeps_every_device_within_the_dp_budget() -> None:
