@@ -803,7 +803,10 @@ class FillSimulator:
         if any(phase is not SecAggPhase.ABORT for _fill, phase in phases):
             self._tick_at(now + self.phase_timeout_s)  # the next phase's timer
         deadline = self.engine.secagg_next_deadline()
-        if deadline is not None and deadline > now:  # e.g. a fill's straggler grace
+        # e.g. a fill's straggler grace; at grace 0 it is now itself, and the tick just
+        # past it is what closes the fill at its threshold (with ">" it waited for the
+        # next tick of any fill: another phase's timer or its last member)
+        if deadline is not None and deadline >= now:
             self._tick_at(deadline)
         merges = tuple(getattr(step, "merges", ()) or ((step.merge,) if step.merge else ()))
         self.costs.fills_aborted += len(set(step.aborted))  # the fill ids aborted

@@ -118,8 +118,11 @@ def lossy() -> dict[str, Any]:
     return _run(_scenario(profiles=profiles, update_budget=48, secagg_energy_bins=()))
 
 
-def _expected_merge(run: dict[str, Any], event: EngineEvent) -> dict[str, np.ndarray]:
-    """The plaintext weighted merge of the fill's survivors (the device-side rules, in the clear)."""
+def _expected_merge(
+    run: dict[str, Any], event: EngineEvent
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The plaintext weighted merge of the fill's survivors (the device-side rules, in the
+    clear), and the quantisation's bound on each coordinate's error (tensors it moved)."""
     study = run["study"]
     policy = study.spec.secagg_policy()
     members = [study.fills.members[t] for t in event.details["task_ids"]]
@@ -145,20 +148,26 @@ def _expected_merge(run: dict[str, Any], event: EngineEvent) -> dict[str, np.nda
         weights += w
     step = study.engine.strategy.step_scale(staleness=event.details["staleness"])
     mean = members[0].participant.layout.unflatten(weighted / weights)
-    return {n: parent[n] + step * mean[n] if n in mean else parent[n] for n in parent}
+    merged = {n: parent[n] + step * mean[n] if n in mean else parent[n] for n in parent}
+    # stochastic rounding moves each survivor's coordinate, and its weight, by < 1/scale:
+    # the decoded sum S and weight W are each off by < k/scale for k survivors, so the
+    # mean S/W is off by < (k/scale) * (1 + |S/W|) / W, times the server's step
+    k = len(members) / policy.scale
+    bound = {n: step * k * (1.0 + np.abs(mean[n])) / weights + 1e-6 for n in mean}
+    return merged, bound
 
 
 def _check_every_fill_merge(run: dict[str, Any]) -> int:
     merged = [e for e in run["events"] if e.kind is EventKind.FILL_MERGED]
-    scale = run["study"].spec.secagg_policy().scale
     for event in merged:
-        expected = _expected_merge(run, event)
+        expected, bound = _expected_merge(run, event)
         got = run["params_at"][event.details["version"]]
-        survivors = len(event.details["survivors"])
-        # stochastic rounding: each survivor's coordinate is off by < 1/scale
-        tolerance = survivors / scale + 1e-6
         for name in expected:
-            np.testing.assert_allclose(got[name], expected[name], rtol=0, atol=tolerance)
+            if name not in bound:  # not in the fill's subset: unchanged
+                np.testing.assert_array_equal(got[name], expected[name])
+                continue
+            error = np.abs(got[name] - expected[name])
+            assert np.all(error <= bound[name]), (name, float(np.max(error - bound[name])))
     return len(merged)
 
 
@@ -323,6 +332,29 @@ def test_a_free_protocol_charges_only_the_masked_inputs_upload_and_merges_the_sa
         for t, (at, n) in modelled.items()
         if t in modelled_trained
     )
+
+
+def test_at_grace_zero_a_fill_merges_when_its_threshold_is_in() -> None:
+    # Prepare: no protocol time, so a fill closed at its threshold merges at that instant
+    run = _run(_scenario(secagg_phase_cost=PhaseCost.FREE, secagg_straggler_grace=0.0))
+    arrivals = _masked_input_arrivals(run)
+    opened = {
+        e.details["fill_id"]: e.details for e in run["events"] if e.kind is EventKind.FILL_OPENED
+    }
+    merged = [e for e in run["events"] if e.kind is EventKind.FILL_MERGED]
+    # Execute: each merged fill's threshold-th masked input, among its members' arrivals
+    lags, extra = [], []
+    for event in merged:
+        fill = opened[event.details["fill_id"]]
+        times = sorted(arrivals[t][0] for t in fill["task_ids"] if t in arrivals)
+        threshold = fill["threshold"]
+        lags.append(event.at - times[threshold - 1])
+        extra.append(len(event.details["survivors"]) - threshold)
+    # Assert: merged just past it (the timer tick), not at a later tick or its last member
+    assert merged and run["result"].merges == len(merged)
+    assert max(lags) < 1e-3
+    assert sum(extra) <= len(merged) // 4  # only inputs landing at that same instant join
+    assert _check_every_fill_merge(run) == len(merged)
 
 
 def _first_cohort(run: dict[str, Any]) -> list[str]:
