@@ -68,6 +68,12 @@ _FIELDS = {
     "prior": "secagg_speed_prior",
 }
 _INTEGERS = {"fills", "budget", "buffer"}
+# levers that name one of two enum values, passed through as the value itself
+_CHOICES = {
+    "binding": ("dispatch", "arrival"),
+    "protocol": ("modelled", "free"),
+    "prior": ("measured", "oracle"),
+}
 
 
 class LeverError(SimulationError, ValueError):
@@ -88,17 +94,10 @@ def parse_lever(text: str) -> dict[str, Any]:
             if value not in ("on", "off"):
                 raise LeverError(f"grouping must be on or off, got {value!r}")
             overrides[_FIELDS[name]] = value == "on"
-        elif name == "binding":
-            if value not in ("dispatch", "arrival"):
-                raise LeverError(f"binding must be dispatch or arrival, got {value!r}")
-            overrides[_FIELDS[name]] = value
-        elif name == "protocol":
-            if value not in ("modelled", "free"):
-                raise LeverError(f"protocol must be modelled or free, got {value!r}")
-            overrides[_FIELDS[name]] = value
-        elif name == "prior":
-            if value not in ("measured", "oracle"):
-                raise LeverError(f"prior must be measured or oracle, got {value!r}")
+        elif name in _CHOICES:
+            first, second = _CHOICES[name]
+            if value not in (first, second):
+                raise LeverError(f"{name} must be {first} or {second}, got {value!r}")
             overrides[_FIELDS[name]] = value
         elif name in ("grace", "budget") and value == "none":
             overrides[_FIELDS[name]] = None

@@ -81,7 +81,7 @@ _ANSWERS = {
 }
 
 
-# -- what masking costs a device -------------------------------------------------
+# -- ablations (simulator only: bounds, not settings a deployment could choose) ------
 
 
 class SpeedPrior(enum.StrEnum):
@@ -113,6 +113,9 @@ class PhaseCost(enum.StrEnum):
 
     MODELLED = "modelled"
     FREE = "free"
+
+
+# -- what masking costs a device -------------------------------------------------
 
 
 NOMINAL_FLOPS_PER_S = 5e10  # the server of a fixed calibration (this machine: 3.5-6.7e10)

@@ -32,7 +32,7 @@ import heapq
 import random
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -303,13 +303,7 @@ class Study:
             except DoesNotFit:  # no tier fits: it never joins a cohort
                 continue
             nbytes = sum(4 * int(self.engine.params[n].size) for n in names)
-            flops = task_flops(
-                self.model_config,
-                names,
-                samples=self.num_samples[d.index],
-                epochs=self.scenario.epochs,
-                batch_size=self.scenario.batch_size,
-            )
+            flops = self._subset_flops(names, d)
             record.task_seconds = d.download_s(nbytes) + d.compute_s(flops) + d.upload_s(nbytes)
 
     # -- what the report shows per device class ---------------------------------
@@ -498,9 +492,12 @@ class Study:
         )
 
     def _task_flops(self, order: TaskOrder, device: SimDevice) -> float:
+        return self._subset_flops(order.subset.names, device)
+
+    def _subset_flops(self, names: Sequence[str], device: SimDevice) -> float:
         return task_flops(
             self.model_config,
-            order.subset.names,
+            names,
             samples=self.num_samples[device.index],
             epochs=self.scenario.epochs,
             batch_size=self.scenario.batch_size,

@@ -237,6 +237,20 @@ def test_counted_bytes_are_the_real_encodings_of_each_phase(clean) -> None:
     assert set(up) == {"advertise", "shares", "masked_input", "unmask_response"}
 
 
+def _masked_input_arrivals(run: dict[str, Any]) -> dict[str, tuple[float, int]]:
+    """Task id -> (virtual time its masked input reached the coordinator, frame bytes)."""
+    out: dict[str, tuple[float, int]] = {}
+    for at, kind, payload in run["timed"]:
+        if kind == "sa_up":
+            member = run["study"].fills.members[payload[0]]
+            header, _ = read_frame(
+                payload[1], session=member.session, modulus_bits=member.config.modulus_bits
+            )
+            if header.phase is SecAggPhase.MASKED_INPUT:
+                out[payload[0]] = (at, len(payload[1]))
+    return out
+
+
 def test_slot_times_are_where_each_merged_members_virtual_seconds_went(clean) -> None:
     # Prepare: the same times read back from the engine's events and the pushed events
     result, study = clean["result"], clean["study"]
@@ -244,15 +258,7 @@ def test_slot_times_are_where_each_merged_members_virtual_seconds_went(clean) ->
         e.details["task_id"]: e.at for e in clean["events"] if e.kind is EventKind.TASK_DISPATCHED
     }
     trained = {p: at for at, kind, p in clean["timed"] if kind == "sa_trained"}
-    arrived: dict[str, float] = {}
-    for at, kind, payload in clean["timed"]:
-        if kind == "sa_up":
-            member = study.fills.members[payload[0]]
-            header, _ = read_frame(
-                payload[1], session=member.session, modulus_bits=member.config.modulus_bits
-            )
-            if header.phase is SecAggPhase.MASKED_INPUT:
-                arrived[payload[0]] = at
+    arrived = {task_id: at for task_id, (at, _) in _masked_input_arrivals(clean).items()}
     delivered = {
         payload[0]: at
         for at, kind, payload in clean["timed"]
@@ -285,20 +291,6 @@ def test_slot_times_are_where_each_merged_members_virtual_seconds_went(clean) ->
     wait_share = result.secagg["slot_share_delivery_wait"]
     assert wait_share == pytest.approx(sum(waits) / sum(slot))
     assert 0 <= wait_share < result.secagg["slot_share_to_input"] - share
-
-
-def _masked_input_arrivals(run: dict[str, Any]) -> dict[str, tuple[float, int]]:
-    """Task id -> (virtual time its masked input reached the coordinator, frame bytes)."""
-    out: dict[str, tuple[float, int]] = {}
-    for at, kind, payload in run["timed"]:
-        if kind == "sa_up":
-            member = run["study"].fills.members[payload[0]]
-            header, _ = read_frame(
-                payload[1], session=member.session, modulus_bits=member.config.modulus_bits
-            )
-            if header.phase is SecAggPhase.MASKED_INPUT:
-                out[payload[0]] = (at, len(payload[1]))
-    return out
 
 
 def test_a_free_protocol_charges_only_the_masked_inputs_upload_and_merges_the_same(
